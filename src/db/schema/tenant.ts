@@ -1,0 +1,156 @@
+// Tenant data tables. They are declared without a schema on purpose: the same DDL creates them in
+// the shared `equilateral` schema (row-level-security mode) or in a tenant's own schema
+// (schema-per-tenant mode), and the engine's SQL names them unqualified, resolved by the
+// transaction's search_path. Every table leads its primary key and indexes with tenant_id so the
+// tables can be distributed by tenant (Citus) without a redesign.
+import { sql } from 'drizzle-orm'
+import {
+  bigint,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  primaryKey,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from 'drizzle-orm/pg-core'
+
+const tz = (name: string) => timestamp(name, { withTimezone: true })
+
+export const WORKFLOW_STATUSES = ['running', 'completed', 'failed', 'cancelled'] as const
+export type WorkflowStatus = (typeof WORKFLOW_STATUSES)[number]
+
+export const workflows = pgTable(
+  'workflows',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: uuid('id').notNull(),
+    type: text('type').notNull(),
+    version: integer('version').notNull(),
+    status: text('status', { enum: WORKFLOW_STATUSES }).notNull(),
+    input: jsonb('input'),
+    /** Results of the tasks that have no dependents, once the workflow completed. */
+    output: jsonb('output'),
+    error: jsonb('error'),
+    idempotencyKey: text('idempotency_key'),
+    correlationId: text('correlation_id').notNull(),
+    /** Tasks not yet in a terminal state; the completion that takes it to zero completes the workflow. */
+    tasksRemaining: integer('tasks_remaining').notNull(),
+    createdAt: tz('created_at').notNull().defaultNow(),
+    updatedAt: tz('updated_at').notNull().defaultNow(),
+    completedAt: tz('completed_at'),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    uniqueIndex('workflows_idempotency_key_idx')
+      .on(t.tenantId, t.idempotencyKey)
+      .where(sql`${t.idempotencyKey} IS NOT NULL`),
+    index('workflows_recent_idx').on(t.tenantId, t.createdAt.desc(), t.id.desc()),
+    index('workflows_type_status_idx').on(t.tenantId, t.type, t.status, t.createdAt),
+  ],
+)
+
+export const TASK_STATUSES = [
+  'pending', // waiting for dependencies
+  'queued', // a job is in the queue for this attempt
+  'running', // an agent holds the current attempt
+  'completed',
+  'failed',
+  'skipped', // can no longer run (its workflow failed or a dependency failed)
+  'cancelled',
+] as const
+export type TaskStatus = (typeof TASK_STATUSES)[number]
+
+/** One row per task of a workflow: the coordination state (the design document's agent_coordination). */
+export const tasks = pgTable(
+  'agent_coordination',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: uuid('id').notNull(),
+    workflowId: uuid('workflow_id').notNull(),
+    taskKey: text('task_key').notNull(),
+    agentId: text('agent_id').notNull(),
+    taskType: text('task_type').notNull(),
+    queue: text('queue').notNull(),
+    data: jsonb('data'),
+    status: text('status', { enum: TASK_STATUSES }).notNull(),
+    /** Keys of the tasks this one depends on (what the agent sees its parents' results under). */
+    dependencies: text('dependencies').array().notNull().default(sql`'{}'::text[]`),
+    dependsOn: uuid('depends_on').array().notNull().default(sql`'{}'::uuid[]`),
+    /** Children, so readiness is found in O(out-degree) at completion. */
+    dependents: uuid('dependents').array().notNull().default(sql`'{}'::uuid[]`),
+    depsRemaining: integer('deps_remaining').notNull(),
+    /** Dispatch generation: every new job for this task gets attempt + 1. Completions are fenced on it. */
+    attempt: integer('attempt').notNull().default(0),
+    /** Failed attempts so far (agent errors, timeouts, lost workers); compared with maxAttempts. */
+    failures: integer('failures').notNull().default(0),
+    maxAttempts: integer('max_attempts').notNull(),
+    backoffMs: integer('backoff_ms').notNull(),
+    backoffMaxMs: integer('backoff_max_ms').notNull(),
+    timeoutMs: integer('timeout_ms').notNull(),
+    jobId: uuid('job_id'),
+    result: jsonb('result'),
+    error: jsonb('error'),
+    workerId: text('worker_id'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+    queuedAt: tz('queued_at'),
+    startedAt: tz('started_at'),
+    heartbeatAt: tz('heartbeat_at'),
+    completedAt: tz('completed_at'),
+    updatedAt: tz('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    uniqueIndex('agent_coordination_task_key_idx').on(t.tenantId, t.workflowId, t.taskKey),
+    // The sweeper pages through in-flight tasks only; the partial index stays as small as the backlog.
+    index('agent_coordination_inflight_idx')
+      .on(t.tenantId, t.id)
+      .where(sql`${t.status} IN ('queued', 'running')`),
+    index('agent_coordination_completed_idx')
+      .on(t.tenantId, t.agentId, t.completedAt)
+      .where(sql`${t.completedAt} IS NOT NULL`),
+  ],
+)
+
+export const auditLog = pgTable(
+  'agent_audit_log',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: bigint('id', { mode: 'bigint' }).generatedAlwaysAsIdentity().notNull(),
+    workflowId: uuid('workflow_id').notNull(),
+    taskId: uuid('task_id'),
+    agentId: text('agent_id'),
+    actionType: text('action_type').notNull(),
+    actionData: jsonb('action_data').notNull().default(sql`'{}'::jsonb`),
+    actor: text('actor'),
+    correlationId: text('correlation_id'),
+    timestamp: tz('timestamp').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    index('agent_audit_log_workflow_idx').on(t.tenantId, t.workflowId, t.id),
+    index('agent_audit_log_temporal_idx').on(t.tenantId, t.timestamp),
+  ],
+)
+
+export const COMPLIANCE_TYPES = ['GDPR', 'SOX', 'HIPAA'] as const
+
+export const complianceEvents = pgTable(
+  'compliance_events',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: bigint('id', { mode: 'bigint' }).generatedAlwaysAsIdentity().notNull(),
+    agentId: text('agent_id').notNull(),
+    complianceType: text('compliance_type', { enum: COMPLIANCE_TYPES }).notNull(),
+    eventType: text('event_type').notNull(),
+    eventData: jsonb('event_data').notNull(),
+    retentionUntil: tz('retention_until'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    index('compliance_events_retention_idx').on(t.tenantId, t.retentionUntil),
+  ],
+)

@@ -1,0 +1,93 @@
+// The error vocabulary of the library. Each error has a stable `code` string that HTTP and CLI
+// surfaces map to statuses and exit codes; `cause` is kept where there is one.
+
+export class EquilateralError extends Error {
+  readonly code: string
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+    this.name = new.target.name
+    this.code = code
+  }
+}
+
+/** A workflow or agent definition is invalid (cycle, unknown agent, duplicate key, ...). */
+export class DefinitionError extends EquilateralError {
+  /** The task key (or agent id) the problem is about, when there is one. */
+  readonly key: string | undefined
+  constructor(message: string, key?: string) {
+    super('invalid_definition', message)
+    this.key = key
+  }
+}
+
+/** A value given to the library (workflow input, task data, agent result) cannot be stored. */
+export class InvalidInputError extends EquilateralError {
+  /** JSON path of the offending value, e.g. `$.input.name`. */
+  readonly path: string | undefined
+  constructor(message: string, path?: string) {
+    super('invalid_input', message)
+    this.path = path
+  }
+}
+
+export class UnknownWorkflowTypeError extends EquilateralError {
+  constructor(type: string) {
+    super('unknown_workflow_type', `unknown workflow type "${type}"`)
+  }
+}
+
+export class NotFoundError extends EquilateralError {
+  constructor(what: string) {
+    super('not_found', `${what} not found`)
+  }
+}
+
+export class TenantError extends EquilateralError {
+  constructor(code: 'unknown_tenant' | 'tenant_suspended' | 'invalid_tenant_id', message: string) {
+    super(code, message)
+  }
+}
+
+export class ConfigError extends EquilateralError {
+  readonly problems: string[]
+  constructor(problems: string[]) {
+    super('invalid_config', `invalid configuration:\n  - ${problems.join('\n  - ')}`)
+    this.problems = problems
+  }
+}
+
+/**
+ * Thrown by an agent to fail its task without further retries (bad input that another attempt
+ * cannot fix). Any other thrown value is retried per the task's retry policy.
+ */
+export class PermanentError extends EquilateralError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('permanent', message, options)
+  }
+}
+
+/** The task was cancelled, timed out or reassigned while the agent ran; its result is discarded. */
+export class LeaseLostError extends EquilateralError {
+  constructor(taskId: string, attempt: number) {
+    super('lease_lost', `task ${taskId} attempt ${attempt} is no longer held by this worker`)
+  }
+}
+
+/** Turns anything thrown into a JSON-safe error record (agents may throw non-Error values). */
+export function serializeError(thrown: unknown): { name: string; message: string; code?: string } {
+  if (thrown instanceof Error) {
+    const code = (thrown as { code?: unknown }).code
+    return {
+      name: thrown.name,
+      message: String(thrown.message).slice(0, 4000),
+      ...(typeof code === 'string' ? { code } : {}),
+    }
+  }
+  let message: string
+  try {
+    message = typeof thrown === 'string' ? thrown : (JSON.stringify(thrown) ?? String(thrown))
+  } catch {
+    message = String(thrown)
+  }
+  return { name: 'NonErrorThrown', message: message.slice(0, 4000) }
+}
