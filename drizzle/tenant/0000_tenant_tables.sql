@@ -64,7 +64,6 @@ CREATE TABLE "workflows" (
 	"version" integer NOT NULL,
 	"status" text NOT NULL,
 	"input" jsonb,
-	"output" jsonb,
 	"error" jsonb,
 	"idempotency_key" text,
 	"correlation_id" text NOT NULL,
@@ -80,6 +79,7 @@ CREATE INDEX "agent_audit_log_temporal_idx" ON "agent_audit_log" USING btree ("t
 CREATE INDEX "compliance_events_retention_idx" ON "compliance_events" USING btree ("tenant_id","retention_until");--> statement-breakpoint
 CREATE UNIQUE INDEX "agent_coordination_task_key_idx" ON "agent_coordination" USING btree ("tenant_id","workflow_id","task_key");--> statement-breakpoint
 CREATE INDEX "agent_coordination_inflight_idx" ON "agent_coordination" USING btree ("tenant_id","id") WHERE "agent_coordination"."status" IN ('queued', 'running');--> statement-breakpoint
+CREATE INDEX "agent_coordination_orphan_idx" ON "agent_coordination" USING btree ("tenant_id","id") WHERE "agent_coordination"."status" = 'pending' AND "agent_coordination"."deps_remaining" = 0;--> statement-breakpoint
 CREATE INDEX "agent_coordination_completed_idx" ON "agent_coordination" USING btree ("tenant_id","agent_id","completed_at") WHERE "agent_coordination"."completed_at" IS NOT NULL;--> statement-breakpoint
 CREATE UNIQUE INDEX "workflows_idempotency_key_idx" ON "workflows" USING btree ("tenant_id","idempotency_key") WHERE "workflows"."idempotency_key" IS NOT NULL;--> statement-breakpoint
 CREATE INDEX "workflows_recent_idx" ON "workflows" USING btree ("tenant_id","created_at" DESC NULLS LAST,"id" DESC NULLS LAST);--> statement-breakpoint

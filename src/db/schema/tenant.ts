@@ -17,10 +17,10 @@ import {
   uuid,
 } from 'drizzle-orm/pg-core'
 
+import { TASK_STATUSES, WORKFLOW_STATUSES } from '../../core/task-state.ts'
+
 const tz = (name: string) => timestamp(name, { withTimezone: true })
 
-export const WORKFLOW_STATUSES = ['running', 'completed', 'failed', 'cancelled'] as const
-export type WorkflowStatus = (typeof WORKFLOW_STATUSES)[number]
 
 export const workflows = pgTable(
   'workflows',
@@ -31,8 +31,6 @@ export const workflows = pgTable(
     version: integer('version').notNull(),
     status: text('status', { enum: WORKFLOW_STATUSES }).notNull(),
     input: jsonb('input'),
-    /** Results of the tasks that have no dependents, once the workflow completed. */
-    output: jsonb('output'),
     error: jsonb('error'),
     idempotencyKey: text('idempotency_key'),
     correlationId: text('correlation_id').notNull(),
@@ -52,16 +50,6 @@ export const workflows = pgTable(
   ],
 )
 
-export const TASK_STATUSES = [
-  'pending', // waiting for dependencies
-  'queued', // a job is in the queue for this attempt
-  'running', // an agent holds the current attempt
-  'completed',
-  'failed',
-  'skipped', // can no longer run (its workflow failed or a dependency failed)
-  'cancelled',
-] as const
-export type TaskStatus = (typeof TASK_STATUSES)[number]
 
 /** One row per task of a workflow: the coordination state (the design document's agent_coordination). */
 export const tasks = pgTable(
@@ -108,6 +96,10 @@ export const tasks = pgTable(
     index('agent_coordination_inflight_idx')
       .on(t.tenantId, t.id)
       .where(sql`${t.status} IN ('queued', 'running')`),
+    // Ready tasks without a job: only after a bug or a manual edit, so this index is nearly always empty.
+    index('agent_coordination_orphan_idx')
+      .on(t.tenantId, t.id)
+      .where(sql`${t.status} = 'pending' AND ${t.depsRemaining} = 0`),
     index('agent_coordination_completed_idx')
       .on(t.tenantId, t.agentId, t.completedAt)
       .where(sql`${t.completedAt} IS NOT NULL`),

@@ -1,0 +1,79 @@
+// Configuration, parsed once at boot into a frozen object; every problem is reported at once.
+import type { GroupConcurrencyConfig } from 'pg-boss'
+import { ConfigError } from './errors.ts'
+
+export interface Config {
+  databaseUrl: string | undefined
+  logLevel: string
+  /** Agents one worker process runs at once. */
+  workerConcurrency: number
+  /** Jobs fetched per query at most. */
+  fetchBatchSize: number
+  pollIntervalMs: number
+  heartbeatIntervalMs: number
+  /** A running task whose heartbeat is older than this is recovered by the sweeper. */
+  staleAfterMs: number
+  /** 0: the sweeper runs from a pg-boss cron schedule (every minute, once across the fleet). */
+  sweepIntervalMs: number
+  shutdownGraceMs: number
+  maxPayloadBytes: number
+  dbPoolMax: number
+  /** Per-tenant limit of active tasks across the fleet, by tier; undefined means no limit. */
+  tenantConcurrency: GroupConcurrencyConfig | undefined
+}
+
+type Env = Record<string, string | undefined>
+
+export function loadConfig(env: Env = process.env): Readonly<Config> {
+  const problems: string[] = []
+  const int = (name: string, fallback: number, min: number, max = Number.MAX_SAFE_INTEGER): number => {
+    const raw = env[name]
+    if (raw === undefined || raw === '') return fallback
+    const n = Number(raw)
+    if (!Number.isInteger(n) || n < min || n > max) {
+      problems.push(`${name} must be an integer from ${min} to ${max} (got "${raw}")`)
+      return fallback
+    }
+    return n
+  }
+  const config: Config = {
+    databaseUrl: env.DATABASE_URL || undefined,
+    logLevel: env.LOG_LEVEL || 'info',
+    workerConcurrency: int('WORKER_CONCURRENCY', 16, 1, 10_000),
+    fetchBatchSize: int('FETCH_BATCH_SIZE', 16, 1, 1000),
+    pollIntervalMs: int('POLL_INTERVAL_MS', 2000, 50),
+    heartbeatIntervalMs: int('HEARTBEAT_INTERVAL_MS', 5000, 100),
+    staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
+    sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),
+    shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),
+    maxPayloadBytes: int('MAX_PAYLOAD_BYTES', 1024 * 1024, 1024, 256 * 1024 * 1024),
+    dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
+    tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
+  }
+  if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel)) {
+    problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got "${config.logLevel}")`)
+  }
+  if (config.heartbeatIntervalMs * 2 > config.staleAfterMs) {
+    problems.push('STALE_AFTER_MS must be at least twice HEARTBEAT_INTERVAL_MS, or live tasks would be recovered')
+  }
+  if (problems.length > 0) throw new ConfigError(problems)
+  return Object.freeze(config)
+}
+
+/** TENANT_CONCURRENCY=8 and TENANT_CONCURRENCY_TIERS=enterprise:32,free:2 */
+function parseTiers(base: string | undefined, tiers: string | undefined, problems: string[]): GroupConcurrencyConfig | undefined {
+  if (!base && !tiers) return undefined
+  const n = Number(base ?? '')
+  if (!Number.isInteger(n) || n < 1) {
+    problems.push(`TENANT_CONCURRENCY must be a positive integer when tiers are set (got "${base ?? ''}")`)
+    return undefined
+  }
+  const result: GroupConcurrencyConfig = { default: n, tiers: {} }
+  for (const part of (tiers ?? '').split(',').filter(Boolean)) {
+    const [name, value] = part.split(':')
+    const v = Number(value)
+    if (!name || !Number.isInteger(v) || v < 1) problems.push(`TENANT_CONCURRENCY_TIERS entry "${part}" must be tier:positive-integer`)
+    else (result.tiers as Record<string, number>)[name.trim()] = v
+  }
+  return result
+}

@@ -1,0 +1,284 @@
+// Agents and workflow types: what users define, validated when defined so that a bad DAG fails at
+// boot with an error naming the offending key, never at run time.
+import type { Logger } from 'pino'
+import { DefinitionError } from '../errors.ts'
+import type { Json } from './json.ts'
+
+/** What an agent's handler gets for one attempt of one task. */
+export interface AgentContext<TData = Json> {
+  tenantId: string
+  workflowId: string
+  workflowType: string
+  taskId: string
+  taskKey: string
+  taskType: string
+  /** Dispatch generation of this task, starting at 1. */
+  attempt: number
+  /**
+   * Stable key for the agent's own external side effects in this attempt (`<taskId>:<attempt>`).
+   * An attempt can run again after a crash; the same key tells an external system it is a repeat.
+   */
+  idempotencyKey: string
+  correlationId: string
+  data: TData
+  /** The workflow's input. */
+  input: Json
+  /** Results of the tasks this one depends on, by task key. */
+  results: Record<string, Json>
+  /** Logger bound to tenant, workflow, task, agent, attempt and correlation ids. */
+  log: Logger
+  /** Aborted on timeout, cancellation of the workflow, or worker shutdown past its grace period. */
+  signal: AbortSignal
+  /** Tells the engine the agent is alive; long-running agents call it periodically. */
+  heartbeat(): Promise<void>
+  /**
+   * Adds tasks to this workflow. They are validated and inserted in the same transaction that
+   * completes this task, and dispatched when their dependencies are done.
+   */
+  spawn(tasks: SpawnedTask | SpawnedTask[]): void
+}
+
+export type AgentHandler<TData = Json, TResult extends Json = Json> = (ctx: AgentContext<TData>) => Promise<TResult>
+
+export interface AgentDefinition<TData = Json, TResult extends Json = Json> {
+  readonly kind: 'agent'
+  readonly id: string
+  /** Task types this agent handles. */
+  readonly taskTypes: readonly string[]
+  /** Most tasks of this agent one worker process runs at once (default: the worker's concurrency). */
+  readonly concurrency: number | undefined
+  readonly handler: AgentHandler<TData, TResult>
+}
+
+export interface RetryOptions {
+  /** Attempts in all, including the first (default 3). */
+  maxAttempts?: number
+  /** Delay before the first retry, doubled per failure, with jitter (default 1000 ms). */
+  backoffMs?: number
+  /** Upper bound of the retry delay (default 5 minutes). */
+  backoffMaxMs?: number
+}
+
+export interface TaskOptions extends RetryOptions {
+  /** The agent is aborted through its signal after this long (default 5 minutes). */
+  timeoutMs?: number
+}
+
+export interface TaskSpec<TInput = Json> extends TaskOptions {
+  key: string
+  agent: AgentDefinition<any, any> | string
+  /** Task type; defaults to the agent's first task type. */
+  type?: string
+  dependsOn?: readonly string[]
+  /** The task's data, or a function of the workflow input computed when the workflow starts. */
+  data?: Json | ((input: TInput) => Json)
+}
+
+/** A task added at run time by an agent (see AgentContext.spawn). */
+export interface SpawnedTask extends TaskOptions {
+  key: string
+  agent: AgentDefinition<any, any> | string
+  type?: string
+  /** Keys of tasks in the same workflow (existing or spawned in the same call). */
+  dependsOn?: readonly string[]
+  data?: Json
+}
+
+export interface WorkflowDefinition<TInput = Json> {
+  readonly kind: 'workflow'
+  readonly name: string
+  readonly version: number
+  readonly tasks: readonly ResolvedTaskSpec<TInput>[]
+  /** Task keys in an order where every task comes after its dependencies. */
+  readonly order: readonly string[]
+}
+
+export interface ResolvedTaskSpec<TInput = Json> {
+  key: string
+  agentId: string
+  type: string
+  dependsOn: readonly string[]
+  data: Json | ((input: TInput) => Json) | undefined
+  maxAttempts: number
+  backoffMs: number
+  backoffMaxMs: number
+  timeoutMs: number
+}
+
+export const TASK_DEFAULTS = {
+  maxAttempts: 3,
+  backoffMs: 1000,
+  backoffMaxMs: 5 * 60_000,
+  timeoutMs: 5 * 60_000,
+} as const
+
+export const LIMITS = {
+  /** Tasks one workflow definition (or one workflow, with spawned tasks) may have. */
+  maxTasksPerWorkflow: 10_000,
+  maxDependencies: 1_000,
+  maxKeyLength: 200,
+  maxAttempts: 100,
+  maxTimeoutMs: 7 * 24 * 3600_000,
+} as const
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$/
+const KEY = /^[A-Za-z0-9][A-Za-z0-9_.:/-]*$/
+
+export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
+  id: string
+  taskTypes?: readonly string[]
+  concurrency?: number
+  handler: AgentHandler<TData, TResult>
+}): AgentDefinition<TData, TResult> {
+  if (typeof spec.id !== 'string' || !NAME.test(spec.id)) {
+    throw new DefinitionError(
+      `agent id ${JSON.stringify(spec.id)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
+      String(spec.id),
+    )
+  }
+  if (typeof spec.handler !== 'function') throw new DefinitionError(`agent "${spec.id}" has no handler`, spec.id)
+  const taskTypes = spec.taskTypes ?? [spec.id]
+  if (taskTypes.length === 0) throw new DefinitionError(`agent "${spec.id}" handles no task type`, spec.id)
+  for (const t of taskTypes) {
+    if (typeof t !== 'string' || !NAME.test(t)) {
+      throw new DefinitionError(`agent "${spec.id}" has an invalid task type ${JSON.stringify(t)}`, spec.id)
+    }
+  }
+  if (spec.concurrency !== undefined && !(Number.isInteger(spec.concurrency) && spec.concurrency > 0)) {
+    throw new DefinitionError(`agent "${spec.id}" concurrency must be a positive integer`, spec.id)
+  }
+  return Object.freeze({
+    kind: 'agent',
+    id: spec.id,
+    taskTypes: Object.freeze([...taskTypes]),
+    concurrency: spec.concurrency,
+    handler: spec.handler,
+  })
+}
+
+export function defineWorkflow<TInput = Json>(spec: {
+  name: string
+  version?: number
+  tasks: readonly TaskSpec<TInput>[]
+}): WorkflowDefinition<TInput> {
+  if (typeof spec.name !== 'string' || !NAME.test(spec.name)) {
+    throw new DefinitionError(
+      `workflow name ${JSON.stringify(spec.name)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
+    )
+  }
+  const version = spec.version ?? 1
+  if (!Number.isInteger(version) || version < 1) throw new DefinitionError(`workflow "${spec.name}" version must be a positive integer`)
+  if (!Array.isArray(spec.tasks) || spec.tasks.length === 0) {
+    throw new DefinitionError(`workflow "${spec.name}" has no tasks`)
+  }
+  if (spec.tasks.length > LIMITS.maxTasksPerWorkflow) {
+    throw new DefinitionError(`workflow "${spec.name}" has ${spec.tasks.length} tasks, over the limit of ${LIMITS.maxTasksPerWorkflow}`)
+  }
+  const tasks = spec.tasks.map((t) => resolveTask(t, `workflow "${spec.name}"`))
+  const order = topologicalOrder(tasks, new Set(), `workflow "${spec.name}"`)
+  return Object.freeze({ kind: 'workflow', name: spec.name, version, tasks: Object.freeze(tasks), order })
+}
+
+/** Validates one task spec and fills in its defaults. */
+export function resolveTask<TInput>(t: TaskSpec<TInput> | SpawnedTask, where: string): ResolvedTaskSpec<TInput> {
+  if (t === null || typeof t !== 'object') throw new DefinitionError(`${where}: a task is not an object`)
+  const key = t.key
+  if (typeof key !== 'string' || key.length === 0 || key.length > LIMITS.maxKeyLength || !KEY.test(key)) {
+    throw new DefinitionError(
+      `${where}: task key ${JSON.stringify(key)} must be 1-${LIMITS.maxKeyLength} characters of letters, digits, '_', '.', ':', '/', '-'`,
+      typeof key === 'string' ? key : undefined,
+    )
+  }
+  const agent = t.agent
+  const agentId = typeof agent === 'string' ? agent : agent?.kind === 'agent' ? agent.id : undefined
+  if (agentId === undefined || !NAME.test(agentId)) {
+    throw new DefinitionError(`${where}: task "${key}" has no valid agent`, key)
+  }
+  let type = t.type
+  if (typeof agent === 'object') {
+    type ??= agent.taskTypes[0]
+    if (type === undefined || !agent.taskTypes.includes(type)) {
+      throw new DefinitionError(`${where}: task "${key}" has type "${type}", which agent "${agentId}" does not handle`, key)
+    }
+  }
+  type ??= agentId
+  if (!NAME.test(type)) throw new DefinitionError(`${where}: task "${key}" has an invalid type ${JSON.stringify(type)}`, key)
+  const dependsOn = t.dependsOn ?? []
+  if (!Array.isArray(dependsOn) || dependsOn.some((d) => typeof d !== 'string')) {
+    throw new DefinitionError(`${where}: task "${key}" dependsOn must be an array of task keys`, key)
+  }
+  if (dependsOn.length > LIMITS.maxDependencies) {
+    throw new DefinitionError(`${where}: task "${key}" has more than ${LIMITS.maxDependencies} dependencies`, key)
+  }
+  if (dependsOn.includes(key)) throw new DefinitionError(`${where}: task "${key}" depends on itself`, key)
+  if (new Set(dependsOn).size !== dependsOn.length) {
+    throw new DefinitionError(`${where}: task "${key}" lists a dependency twice`, key)
+  }
+  const maxAttempts = intOption(t.maxAttempts, TASK_DEFAULTS.maxAttempts, 1, LIMITS.maxAttempts, 'maxAttempts', key, where)
+  const backoffMs = intOption(t.backoffMs, TASK_DEFAULTS.backoffMs, 0, LIMITS.maxTimeoutMs, 'backoffMs', key, where)
+  const backoffMaxMs = intOption(t.backoffMaxMs, Math.max(TASK_DEFAULTS.backoffMaxMs, backoffMs), backoffMs, LIMITS.maxTimeoutMs, 'backoffMaxMs', key, where)
+  const timeoutMs = intOption(t.timeoutMs, TASK_DEFAULTS.timeoutMs, 1, LIMITS.maxTimeoutMs, 'timeoutMs', key, where)
+  return { key, agentId, type, dependsOn: [...dependsOn], data: t.data, maxAttempts, backoffMs, backoffMaxMs, timeoutMs }
+}
+
+function intOption(value: unknown, fallback: number, min: number, max: number, name: string, key: string, where: string): number {
+  if (value === undefined) return fallback
+  if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
+    throw new DefinitionError(`${where}: task "${key}" ${name} must be an integer from ${min} to ${max}`, key)
+  }
+  return value
+}
+
+/**
+ * Orders tasks so each comes after its dependencies (Kahn's algorithm). `existing` holds keys that
+ * are already satisfied references (tasks already in the workflow, for spawned tasks). Throws on
+ * duplicate keys, unknown dependencies and cycles, naming a key involved.
+ */
+export function topologicalOrder(
+  tasks: readonly { key: string; dependsOn: readonly string[] }[],
+  existing: ReadonlySet<string>,
+  where: string,
+): string[] {
+  const byKey = new Map<string, { key: string; dependsOn: readonly string[] }>()
+  for (const t of tasks) {
+    if (byKey.has(t.key) || existing.has(t.key)) throw new DefinitionError(`${where}: duplicate task key "${t.key}"`, t.key)
+    byKey.set(t.key, t)
+  }
+  const indegree = new Map<string, number>()
+  const children = new Map<string, string[]>()
+  for (const t of tasks) {
+    let n = 0
+    for (const d of t.dependsOn) {
+      if (byKey.has(d)) {
+        n++
+        let list = children.get(d)
+        if (!list) children.set(d, (list = []))
+        list.push(t.key)
+      } else if (!existing.has(d)) {
+        throw new DefinitionError(`${where}: task "${t.key}" depends on unknown task "${d}"`, t.key)
+      }
+    }
+    indegree.set(t.key, n)
+  }
+  const order: string[] = []
+  const ready = tasks.filter((t) => indegree.get(t.key) === 0).map((t) => t.key)
+  while (ready.length > 0) {
+    const key = ready.pop() as string
+    order.push(key)
+    for (const child of children.get(key) ?? []) {
+      const n = (indegree.get(child) as number) - 1
+      indegree.set(child, n)
+      if (n === 0) ready.push(child)
+    }
+  }
+  if (order.length !== tasks.length) {
+    // Walk back along unresolved dependencies: after as many steps as there are tasks, we are on the cycle.
+    const stuck = (key: string) => (indegree.get(key) ?? 0) > 0
+    let key = (tasks.find((t) => stuck(t.key)) as { key: string }).key
+    for (let i = 0; i < tasks.length; i++) {
+      key = (byKey.get(key) as { dependsOn: readonly string[] }).dependsOn.find(stuck) as string
+    }
+    throw new DefinitionError(`${where}: task "${key}" is part of a dependency cycle`, key)
+  }
+  return order
+}

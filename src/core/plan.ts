@@ -1,0 +1,85 @@
+// Turns a workflow definition and an input into the rows to insert: ids, dependency edges in both
+// directions, remaining-dependency counts, and which tasks are ready at once. Pure.
+import { InvalidInputError } from '../errors.ts'
+import type { ResolvedTaskSpec, WorkflowDefinition } from './definition.ts'
+import { assertStorableJson, type Json, type JsonLimits } from './json.ts'
+
+export interface PlannedTask {
+  id: string
+  task_key: string
+  agent_id: string
+  task_type: string
+  queue: string
+  data: Json
+  status: 'pending' | 'queued'
+  dependencies: string[]
+  depends_on: string[]
+  dependents: string[]
+  deps_remaining: number
+  attempt: number
+  max_attempts: number
+  backoff_ms: number
+  backoff_max_ms: number
+  timeout_ms: number
+  job_id: string | null
+}
+
+export interface PlanDeps {
+  newId: () => string
+  queueName: (agentId: string) => string
+  limits: JsonLimits
+}
+
+/**
+ * Plans task rows for `specs`. `existing` maps keys of tasks already in the workflow (for spawned
+ * tasks) to their id and whether they count as done; `data` is each spec's data already computed.
+ */
+export function planTasks(
+  specs: readonly ResolvedTaskSpec<any>[],
+  data: readonly Json[],
+  deps: PlanDeps,
+  existing: ReadonlyMap<string, { id: string; done: boolean }> = new Map(),
+): PlannedTask[] {
+  const ids = new Map<string, string>()
+  for (const s of specs) ids.set(s.key, deps.newId())
+  const rows = specs.map((s, i): PlannedTask => {
+    const dependsOn = s.dependsOn.map((d) => ids.get(d) ?? (existing.get(d)?.id as string))
+    const remaining = s.dependsOn.filter((d) => ids.has(d) || existing.get(d)?.done === false).length
+    return {
+      id: ids.get(s.key) as string,
+      task_key: s.key,
+      agent_id: s.agentId,
+      task_type: s.type,
+      queue: deps.queueName(s.agentId),
+      data: data[i] ?? null,
+      status: remaining === 0 ? 'queued' : 'pending',
+      dependencies: [...s.dependsOn],
+      depends_on: dependsOn,
+      dependents: [],
+      deps_remaining: remaining,
+      attempt: remaining === 0 ? 1 : 0,
+      max_attempts: s.maxAttempts,
+      backoff_ms: s.backoffMs,
+      backoff_max_ms: s.backoffMaxMs,
+      timeout_ms: s.timeoutMs,
+      job_id: remaining === 0 ? deps.newId() : null,
+    }
+  })
+  const byId = new Map(rows.map((r) => [r.id, r]))
+  for (const r of rows) for (const parent of r.depends_on) byId.get(parent)?.dependents.push(r.id)
+  return rows
+}
+
+/** Computes each task's data from the workflow input and checks it can be stored. */
+export function taskData<TInput>(def: WorkflowDefinition<TInput>, input: TInput, limits: JsonLimits): Json[] {
+  return def.tasks.map((t) => {
+    let value: Json
+    try {
+      value = typeof t.data === 'function' ? t.data(input) : (t.data ?? null)
+    } catch (error) {
+      throw new InvalidInputError(`task "${t.key}" data could not be computed from the input: ${String(error)}`, `$.tasks.${t.key}`)
+    }
+    assertStorableJson(value ?? null, `$.tasks.${t.key}.data`, limits)
+    return value ?? null
+  })
+}

@@ -1,0 +1,78 @@
+// Transactions scoped to one tenant. Every statement of the engine runs inside one of these: the
+// tenant id and search_path are set transaction-locally (set_config(..., true)), so a pooled
+// connection never carries a tenant into its next transaction, and row-level security (or the
+// tenant's own schema) decides what the statements can see.
+import pg from 'pg'
+import type { Db as BossDb } from 'pg-boss'
+
+/** Anything that runs SQL: a pooled client, a caller's transaction, pg-boss's `db` option. */
+export type Db = BossDb
+
+export interface TenantScope {
+  readonly tenantId: string
+  /** search_path for the tenant's tables: the shared schema, or the tenant's own. */
+  readonly searchPath: string
+  /** Fairness tier (pg-boss group tier). */
+  readonly tier: string
+}
+
+export function clientDb(client: pg.ClientBase): Db {
+  return { executeSql: (text, values) => client.query(text, values as unknown[]) }
+}
+
+const RETRYABLE = new Set(['40001', '40P01'])
+
+function scopeSql(scope: TenantScope): string {
+  return `SELECT set_config('app.tenant_id', ${pg.escapeLiteral(scope.tenantId)}, true), set_config('search_path', ${pg.escapeLiteral(scope.searchPath)}, true)`
+}
+
+/**
+ * Runs `fn` in a transaction scoped to the tenant, retrying on serialization failures and
+ * deadlocks (the body must be safe to run again: every engine transaction is). BEGIN and the scope
+ * travel in one round trip.
+ */
+export async function withTenantTx<T>(pool: pg.Pool, scope: TenantScope, fn: (db: Db) => Promise<T>): Promise<T> {
+  for (let attempt = 1; ; attempt++) {
+    const client = await pool.connect()
+    let broken = false
+    try {
+      await client.query(`BEGIN; ${scopeSql(scope)}`)
+      const result = await fn(clientDb(client))
+      await client.query('COMMIT')
+      return result
+    } catch (error) {
+      try {
+        await client.query('ROLLBACK')
+      } catch {
+        broken = true
+      }
+      const code = (error as { code?: string }).code
+      if (code && RETRYABLE.has(code) && attempt < 5) {
+        await new Promise((r) => setTimeout(r, 5 * 2 ** attempt * (0.5 + Math.random())))
+        continue
+      }
+      throw error
+    } finally {
+      client.release(broken)
+    }
+  }
+}
+
+/**
+ * Runs `fn` inside a transaction the caller already opened (their pg client or ORM transaction),
+ * scoped to the tenant for the duration of `fn` and restored afterwards, so the caller's own
+ * statements keep the settings they had.
+ */
+export async function withinCallerTx<T>(db: Db, scope: TenantScope, fn: (db: Db) => Promise<T>): Promise<T> {
+  const { rows } = await db.executeSql(
+    `SELECT current_setting('app.tenant_id', true) AS tenant, current_setting('search_path') AS path, ` +
+      `set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)`,
+    [scope.tenantId, scope.searchPath],
+  )
+  const result = await fn(db)
+  await db.executeSql(`SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)`, [
+    rows[0]?.tenant ?? '',
+    rows[0]?.path,
+  ])
+  return result
+}

@@ -1,0 +1,317 @@
+// The library entry point: an Engine owns the pool and the pg-boss instance of a process, knows the
+// agents and workflow types, and hands out tenant-scoped handles (the only way to start or read a
+// workflow), workers, and the sweeper.
+import pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import type { Logger } from 'pino'
+import { type Config, loadConfig } from './config.ts'
+import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
+import type { Json, JsonLimits } from './core/json.ts'
+import type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
+import { type TenantScope, withTenantTx } from './db/tx.ts'
+import { DefinitionError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
+import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
+import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
+import { type SweepReport, sweepOnce } from './flow/sweep.ts'
+import { Worker, type WorkerHooks } from './flow/worker.ts'
+import { createLogger } from './log.ts'
+import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
+import { type CreatedTenant, createTenant, TenantDirectory } from './tenants.ts'
+
+export interface EngineOptions {
+  connectionString: string
+  agents?: readonly AgentDefinition<any, any>[]
+  workflows?: readonly WorkflowDefinition<any>[]
+  /** Overrides of the configuration read from the environment. */
+  config?: Partial<Config>
+  log?: Logger
+  /** Run pg-boss maintenance and cron in this process (default true). */
+  supervise?: boolean
+}
+
+export interface WorkflowView {
+  id: string
+  type: string
+  version: number
+  status: WorkflowStatus
+  input: Json
+  error: Json | null
+  correlationId: string
+  createdAt: Date
+  completedAt: Date | null
+  /** Results of the completed tasks that nothing depends on. */
+  output: Record<string, Json>
+  tasks: TaskView[]
+}
+
+export interface TaskView {
+  id: string
+  key: string
+  agent: string
+  type: string
+  status: TaskStatus
+  dependsOn: string[]
+  attempt: number
+  failures: number
+  result: Json | null
+  error: Json | null
+  queuedAt: Date | null
+  startedAt: Date | null
+  completedAt: Date | null
+}
+
+export interface AuditEntry {
+  id: string
+  taskId: string | null
+  agentId: string | null
+  action: string
+  data: Json
+  actor: string | null
+  correlationId: string | null
+  at: Date
+}
+
+export class Engine {
+  readonly pool: pg.Pool
+  readonly boss: PgBoss
+  readonly config: Readonly<Config>
+  readonly log: Logger
+  readonly tenants: TenantDirectory
+  readonly #connectionString: string
+  readonly #agents = new Map<string, AgentDefinition<any, any>>()
+  readonly #workflows = new Map<string, WorkflowDefinition<any>>()
+  readonly #workers = new Set<Worker>()
+  #sweepTimer: NodeJS.Timeout | null = null
+
+  constructor(options: EngineOptions) {
+    this.config = Object.freeze({ ...loadConfig(), ...options.config })
+    this.log = options.log ?? createLogger(this.config.logLevel)
+    this.#connectionString = options.connectionString
+    this.pool = new pg.Pool({ connectionString: options.connectionString, max: this.config.dbPoolMax, application_name: 'equilateral' })
+    this.pool.on('error', (error) => this.log.warn({ err: error }, 'idle database connection lost'))
+    this.boss = createBoss({ connectionString: options.connectionString, supervise: options.supervise ?? true, schedule: options.supervise ?? true })
+    this.boss.on('error', (error) => this.log.warn({ err: error }, 'pg-boss error'))
+    this.tenants = new TenantDirectory(this.pool)
+    for (const a of options.agents ?? []) this.#agents.set(a.id, a)
+    for (const w of options.workflows ?? []) this.registerWorkflow(w)
+  }
+
+  get limits(): JsonLimits {
+    return { maxBytes: this.config.maxPayloadBytes, maxDepth: 64 }
+  }
+
+  registerWorkflow(def: WorkflowDefinition<any>): void {
+    if (this.#agents.size > 0) {
+      for (const t of def.tasks) {
+        if (!this.#agents.has(t.agentId)) {
+          throw new DefinitionError(`workflow "${def.name}": task "${t.key}" uses unknown agent "${t.agentId}"`, t.key)
+        }
+      }
+    }
+    this.#workflows.set(def.name, def)
+  }
+
+  workflow(type: string): WorkflowDefinition<any> {
+    const def = this.#workflows.get(type)
+    if (!def) throw new UnknownWorkflowTypeError(type)
+    return def
+  }
+
+  get workflowTypes(): string[] {
+    return [...this.#workflows.keys()]
+  }
+
+  async start(): Promise<this> {
+    await this.boss.start()
+    return this
+  }
+
+  createTenant(spec: { id: string; name?: string; tier?: string }): Promise<CreatedTenant> {
+    return createTenant(this.pool, spec)
+  }
+
+  /** A handle on one active tenant, by id (for trusted backend code) ... */
+  async tenant(id: string): Promise<TenantHandle> {
+    return new TenantHandle(this, await this.tenants.require(id))
+  }
+
+  /** ... or by API key (for requests from outside). */
+  async tenantByApiKey(key: string): Promise<TenantHandle> {
+    return new TenantHandle(this, await this.tenants.byApiKey(key))
+  }
+
+  /** Creates the agents' queues and starts a worker running them in this process. */
+  async startWorker(options: { agents?: readonly AgentDefinition<any, any>[]; concurrency?: number; hooks?: WorkerHooks } = {}): Promise<Worker> {
+    const agents = options.agents ?? [...this.#agents.values()]
+    await ensureQueues(this.boss, agents.map((a) => a.id), {
+      heartbeatSeconds: Math.max(30, Math.ceil((this.config.staleAfterMs * 2) / 1000)),
+      deleteAfterSeconds: 24 * 3600,
+    })
+    const worker = new Worker({
+      pool: this.pool,
+      boss: this.boss,
+      connectionString: this.#connectionString,
+      agents,
+      scopeOf: (ids) => this.tenants.scopeOf(ids),
+      log: this.log,
+      concurrency: options.concurrency ?? this.config.workerConcurrency,
+      batchSize: this.config.fetchBatchSize,
+      pollIntervalMs: this.config.pollIntervalMs,
+      heartbeatIntervalMs: this.config.heartbeatIntervalMs,
+      shutdownGraceMs: this.config.shutdownGraceMs,
+      limits: this.limits,
+      tenantConcurrency: this.config.tenantConcurrency,
+      ...(options.hooks ? { hooks: options.hooks } : {}),
+    })
+    await worker.start()
+    this.#workers.add(worker)
+    return worker
+  }
+
+  /** One pass of the stale-task sweeper. */
+  sweep(options: { staleAfterMs?: number } = {}): Promise<SweepReport> {
+    return sweepOnce(
+      { pool: this.pool, boss: this.boss, scopeOf: (ids) => this.tenants.scopeOf(ids) },
+      { staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs, batchSize: 500, maxPages: 20 },
+    )
+  }
+
+  /**
+   * Runs the sweeper across the fleet: from a pg-boss cron schedule (every minute, sent once
+   * whatever the number of processes), or, with SWEEP_INTERVAL_MS, on a local timer guarded by an
+   * advisory lock so only one process sweeps at a time.
+   */
+  async startSweeper(): Promise<void> {
+    const run = async () => {
+      const report = await this.sweep()
+      if (report.requeued > 0 || report.lost > 0) this.log.info(report, 'sweeper recovered tasks')
+    }
+    if (this.config.sweepIntervalMs > 0) {
+      this.#sweepTimer = setInterval(() => {
+        void this.#withSweepLock(run).catch((error) => this.log.warn({ err: error }, 'sweep failed'))
+      }, this.config.sweepIntervalMs)
+      return
+    }
+    await this.boss.createQueue(SWEEP_QUEUE).catch(() => {})
+    await this.boss.schedule(SWEEP_QUEUE, '* * * * *')
+    await this.boss.work(SWEEP_QUEUE, { pollingIntervalSeconds: 5 }, async () => {
+      await run()
+    })
+  }
+
+  async #withSweepLock(fn: () => Promise<void>): Promise<void> {
+    const client = await this.pool.connect()
+    try {
+      const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS ok', [0x65717377])
+      if (!rows[0]?.ok) return
+      try {
+        await fn()
+      } finally {
+        await client.query('SELECT pg_advisory_unlock($1)', [0x65717377])
+      }
+    } finally {
+      client.release()
+    }
+  }
+
+  /** Stops workers (gracefully), the sweeper, pg-boss and the pool. */
+  async close(): Promise<void> {
+    if (this.#sweepTimer) clearInterval(this.#sweepTimer)
+    await Promise.allSettled([...this.#workers].map((w) => w.stop()))
+    this.#workers.clear()
+    await this.boss.stop({ graceful: false, close: true }).catch(() => {})
+    await this.pool.end().catch(() => {})
+  }
+}
+
+/** Everything a caller can do for one tenant; obtained from Engine.tenant() or tenantByApiKey(). */
+export class TenantHandle {
+  readonly #engine: Engine
+  readonly scope: TenantScope
+
+  constructor(engine: Engine, scope: TenantScope) {
+    this.#engine = engine
+    this.scope = scope
+  }
+
+  get id(): string {
+    return this.scope.tenantId
+  }
+
+  startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
+    const e = this.#engine
+    return startWorkflow({ pool: e.pool, boss: e.boss, limits: e.limits }, this.scope, e.workflow(type), input, options)
+  }
+
+  cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
+    return cancelWorkflow(this.#engine, this.scope, id, options)
+  }
+
+  async getWorkflow(id: string): Promise<WorkflowView> {
+    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+      const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [this.scope.tenantId, id])
+      const w = wf.rows[0]
+      if (!w) throw new NotFoundError(`workflow ${id}`)
+      const { rows } = await db.executeSql(
+        `SELECT id, task_key, agent_id, task_type, status, dependencies, dependents, attempt, failures, result, error,
+           queued_at, started_at, completed_at
+         FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
+        [this.scope.tenantId, id],
+      )
+      const output: Record<string, Json> = {}
+      for (const r of rows) if (r.status === 'completed' && r.dependents.length === 0) output[r.task_key] = r.result
+      return {
+        id: w.id,
+        type: w.type,
+        version: w.version,
+        status: w.status,
+        input: w.input,
+        error: w.error,
+        correlationId: w.correlation_id,
+        createdAt: w.created_at,
+        completedAt: w.completed_at,
+        output,
+        tasks: rows.map((r) => ({
+          id: r.id,
+          key: r.task_key,
+          agent: r.agent_id,
+          type: r.task_type,
+          status: r.status,
+          dependsOn: r.dependencies,
+          attempt: r.attempt,
+          failures: r.failures,
+          result: r.result,
+          error: r.error,
+          queuedAt: r.queued_at,
+          startedAt: r.started_at,
+          completedAt: r.completed_at,
+        })),
+      }
+    })
+  }
+
+  /** The workflow's audit trail, in the order it was written. */
+  async history(workflowId: string): Promise<AuditEntry[]> {
+    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+      const { rows } = await db.executeSql(
+        `SELECT id, task_id, agent_id, action_type, action_data, actor, correlation_id, timestamp
+         FROM agent_audit_log WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY id`,
+        [this.scope.tenantId, workflowId],
+      )
+      return rows.map((r) => ({
+        id: String(r.id),
+        taskId: r.task_id,
+        agentId: r.agent_id,
+        action: r.action_type,
+        data: r.action_data,
+        actor: r.actor,
+        correlationId: r.correlation_id,
+        at: r.timestamp,
+      }))
+    })
+  }
+}
+
+export async function createEngine(options: EngineOptions): Promise<Engine> {
+  return new Engine(options).start()
+}

@@ -1,0 +1,7 @@
+// LISTEN/NOTIFY channels. Notifications are emitted by the same statements that decide readiness
+// or cancellation, so they are delivered exactly when those transactions commit.
+
+/** Payload: a queue name. Workers serving that queue fetch at once instead of at their next poll. */
+export const READY_CHANNEL = 'equilateral_ready'
+/** Payload: comma-separated task ids whose running agents must be aborted (their workflow was cancelled). */
+export const CANCEL_CHANNEL = 'equilateral_cancel'

@@ -1,0 +1,121 @@
+// Step 3: a worker fetched jobs; before running agents it claims their tasks. One transaction per
+// tenant marks the fetched tasks running (fenced on status and attempt), writes their audit rows and
+// reads what each agent needs: task data, workflow input, and its dependencies' results. Jobs whose
+// task can no longer run (completed, cancelled, a newer attempt exists) are completed as dropped.
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import type { Json } from '../core/json.ts'
+import { type TenantScope, withTenantTx } from '../db/tx.ts'
+
+export interface FetchedJob {
+  queue: string
+  jobId: string
+  retryCount: number
+  taskId: string
+  workflowId: string
+  attempt: number
+}
+
+export interface ClaimedTask {
+  job: FetchedJob
+  taskId: string
+  workflowId: string
+  workflowType: string
+  taskKey: string
+  agentId: string
+  taskType: string
+  attempt: number
+  failures: number
+  maxAttempts: number
+  backoffMs: number
+  backoffMaxMs: number
+  timeoutMs: number
+  data: Json
+  input: Json
+  results: Record<string, Json>
+  correlationId: string
+}
+
+const CLAIM = `
+WITH j AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS j(id uuid, attempt int)),
+claimed AS (
+  UPDATE agent_coordination t
+  SET status = 'running', started_at = now(), heartbeat_at = now(), worker_id = $3, updated_at = now()
+  FROM j, workflows w
+  WHERE t.tenant_id = $1 AND t.id = j.id AND t.attempt = j.attempt AND t.status IN ('queued', 'running')
+    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
+  RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
+    t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_started', jsonb_build_object('attempt', c.attempt, 'worker', $3::text),
+    c.correlation_id
+  FROM claimed c
+)
+SELECT c.*, (
+  SELECT coalesce(jsonb_object_agg(p.task_key, p.result), '{}'::jsonb)
+  FROM agent_coordination p WHERE p.tenant_id = $1 AND p.id = ANY(c.depends_on)
+) AS results
+FROM claimed c`
+
+export interface ClaimOutcome {
+  claimed: ClaimedTask[]
+  /** Jobs whose task was not claimable; already completed as dropped in the same transaction. */
+  dropped: FetchedJob[]
+}
+
+export async function claimTasks(
+  deps: { pool: pg.Pool; boss: PgBoss },
+  scope: TenantScope,
+  jobs: readonly FetchedJob[],
+  workerId: string,
+): Promise<ClaimOutcome> {
+  return withTenantTx(deps.pool, scope, async (db) => {
+    const { rows } = await db.executeSql(CLAIM, [
+      scope.tenantId,
+      JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
+      workerId,
+    ])
+    const byTask = new Map(rows.map((r) => [r.id as string, r]))
+    const claimed: ClaimedTask[] = []
+    const dropped: FetchedJob[] = []
+    for (const job of jobs) {
+      const r = byTask.get(job.taskId)
+      if (!r || r.attempt !== job.attempt) {
+        dropped.push(job)
+        continue
+      }
+      byTask.delete(job.taskId) // a job delivered twice in one batch runs once
+      claimed.push({
+        job,
+        taskId: r.id,
+        workflowId: r.workflow_id,
+        workflowType: r.workflow_type,
+        taskKey: r.task_key,
+        agentId: r.agent_id,
+        taskType: r.task_type,
+        attempt: r.attempt,
+        failures: r.failures,
+        maxAttempts: r.max_attempts,
+        backoffMs: r.backoff_ms,
+        backoffMaxMs: r.backoff_max_ms,
+        timeoutMs: r.timeout_ms,
+        data: r.data,
+        input: r.input,
+        results: r.results,
+        correlationId: r.correlation_id,
+      })
+    }
+    const byQueue = Map.groupBy(dropped, (j) => j.queue)
+    for (const [queue, list] of byQueue) {
+      await deps.boss.complete(
+        queue,
+        list.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
+        { dropped: 'task no longer runnable for this attempt' },
+        { db },
+      )
+    }
+    return { claimed, dropped }
+  })
+}

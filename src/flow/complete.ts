@@ -1,0 +1,154 @@
+// Step 5: agents returned. ONE transaction per batch of completions (per tenant) stores each result,
+// marks the task completed (fenced on status and attempt, so a duplicate delivery or a late worker
+// changes nothing), writes the audit rows, decrements the dependents' remaining-dependency counts
+// and queues the ones that reach zero (with their jobs and a NOTIFY), completes the workflow whose
+// last task this was, and completes the pg-boss jobs. A batch is a fixed number of statements
+// whatever its size: the worker groups completions that finish while a flush is under way.
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import type { Json } from '../core/json.ts'
+import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { READY_CHANNEL } from './channels.ts'
+import type { FetchedJob } from './claim.ts'
+import { spawnTasks, type SpawnRequest } from './spawn.ts'
+
+export interface Completion {
+  job: FetchedJob
+  taskId: string
+  workflowId: string
+  attempt: number
+  result: Json
+  /** Tasks the agent added to its workflow (validated and inserted in this transaction). */
+  spawn?: SpawnRequest
+}
+
+export interface CompletionOutcome {
+  /** Task ids whose completion was written. The others had lost their lease (result discarded). */
+  completed: Set<string>
+  /** Workflows this batch finished, with their type and duration. */
+  workflowsCompleted: { id: string; type: string; durationMs: number }[]
+  /** Tasks this batch made ready. */
+  dispatched: ReadyJob[]
+}
+
+const COMPLETE = `
+WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb)),
+done AS (
+  UPDATE agent_coordination t
+  SET status = 'completed', result = x.result, error = NULL, completed_at = now(), updated_at = now()
+  FROM x
+  WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
+  RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.dependents
+),
+wf_before AS (
+  SELECT w.id, w.status, w.correlation_id FROM workflows w
+  WHERE w.tenant_id = $1 AND w.id IN (SELECT workflow_id FROM done)
+),
+dec AS (
+  SELECT d.child AS id, count(*)::int AS n FROM done, unnest(done.dependents) AS d(child) GROUP BY d.child
+),
+children AS (
+  UPDATE agent_coordination c
+  SET deps_remaining = c.deps_remaining - dec.n,
+    status = CASE WHEN c.deps_remaining = dec.n THEN 'queued' ELSE c.status END,
+    attempt = CASE WHEN c.deps_remaining = dec.n THEN c.attempt + 1 ELSE c.attempt END,
+    job_id = CASE WHEN c.deps_remaining = dec.n THEN gen_random_uuid() ELSE c.job_id END,
+    queued_at = CASE WHEN c.deps_remaining = dec.n THEN now() ELSE c.queued_at END,
+    updated_at = now()
+  FROM dec
+  WHERE c.tenant_id = $1 AND c.id = dec.id AND c.status = 'pending'
+    AND EXISTS (SELECT 1 FROM wf_before w WHERE w.id = c.workflow_id AND w.status = 'running')
+  RETURNING c.id, c.workflow_id, c.agent_id, c.task_key, c.status, c.attempt, c.job_id, c.queue, c.timeout_ms
+),
+wf AS (
+  UPDATE workflows w
+  SET tasks_remaining = w.tasks_remaining - k.n,
+    status = CASE WHEN w.tasks_remaining = k.n THEN 'completed' ELSE w.status END,
+    completed_at = CASE WHEN w.tasks_remaining = k.n THEN now() ELSE w.completed_at END,
+    updated_at = now()
+  FROM (SELECT workflow_id, count(*)::int AS n FROM done GROUP BY workflow_id) k
+  WHERE w.tenant_id = $1 AND w.id = k.workflow_id AND w.status = 'running'
+  RETURNING w.id, w.status, w.type, w.correlation_id, w.created_at, w.completed_at
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, d.workflow_id, d.id, d.agent_id, 'task_completed', jsonb_build_object('attempt', d.attempt), w.correlation_id
+  FROM done d JOIN wf_before w ON w.id = d.workflow_id
+  UNION ALL
+  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_queued', jsonb_build_object('key', c.task_key, 'attempt', c.attempt),
+    w.correlation_id
+  FROM children c JOIN wf_before w ON w.id = c.workflow_id WHERE c.status = 'queued'
+  UNION ALL
+  SELECT $1, w.id, NULL, NULL, 'workflow_completed', '{}'::jsonb, w.correlation_id FROM wf w WHERE w.status = 'completed'
+),
+notified AS (
+  SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
+)
+SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
+  NULL::float8 AS n, NULL AS type
+FROM done d
+UNION ALL
+SELECT 'ready', c.id, c.workflow_id, c.queue, c.attempt, c.job_id, c.timeout_ms, NULL FROM children c WHERE c.status = 'queued'
+UNION ALL
+SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_at - w.created_at) * 1000, w.type
+FROM wf w WHERE w.status = 'completed'
+UNION ALL
+SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, NULL, NULL`
+
+export async function completeTasks(
+  deps: { pool: pg.Pool; boss: PgBoss },
+  scope: TenantScope,
+  items: readonly Completion[],
+): Promise<CompletionOutcome> {
+  return withTenantTx(deps.pool, scope, async (db) => {
+    const spawned: ReadyJob[] = []
+    for (const item of items) {
+      if (item.spawn) spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
+    }
+    const outcome = await writeCompletions(deps.boss, db, scope, items)
+    const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
+    if (lostSpawner) {
+      // Roll back the spawned tasks with the rest: their parent's completion did not happen.
+      throw new SpawnLeaseLostError(lostSpawner.taskId)
+    }
+    await insertJobs(deps.boss, db, scope, spawned)
+    outcome.dispatched.push(...spawned)
+    return outcome
+  })
+}
+
+export class SpawnLeaseLostError extends Error {
+  readonly taskId: string
+  constructor(taskId: string) {
+    super(`task ${taskId} lost its lease; its spawned tasks were not added`)
+    this.taskId = taskId
+  }
+}
+
+async function writeCompletions(boss: PgBoss, db: Db, scope: TenantScope, items: readonly Completion[]): Promise<CompletionOutcome> {
+  const { rows } = await db.executeSql(COMPLETE, [
+    scope.tenantId,
+    JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, result: i.result ?? null }))),
+  ])
+  const completed = new Set<string>()
+  const dispatched: ReadyJob[] = []
+  const workflowsCompleted: CompletionOutcome['workflowsCompleted'] = []
+  for (const r of rows) {
+    if (r.kind === 'done') completed.add(r.id)
+    else if (r.kind === 'ready') {
+      dispatched.push({ queue: r.queue, jobId: r.job_id, workflowId: r.workflow_id, taskId: r.id, attempt: r.attempt, timeoutMs: r.n })
+    } else if (r.kind === 'workflow') workflowsCompleted.push({ id: r.id, type: r.type, durationMs: r.n })
+  }
+  await insertJobs(boss, db, scope, dispatched)
+  // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done too.
+  for (const [queue, list] of Map.groupBy(items, (i) => i.job.queue)) {
+    await boss.complete(
+      queue,
+      list.map((i) => ({ id: i.job.jobId, retryCount: i.job.retryCount })),
+      null,
+      { db },
+    )
+  }
+  return { completed, workflowsCompleted, dispatched }
+}

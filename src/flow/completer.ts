@@ -1,0 +1,104 @@
+// Group commit for completions: per tenant, the first completion is written at once; those that
+// finish while that transaction is under way are written together by the next one. Under load a
+// transaction carries many completions (a fixed number of statements per batch); when idle, each
+// completion is written alone with no added wait.
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import type { TenantScope } from '../db/tx.ts'
+import { type Completion, type CompletionOutcome, completeTasks } from './complete.ts'
+
+export interface CompletionResult {
+  /** False when the task's lease was lost (cancelled, recovered elsewhere): the result was discarded. */
+  written: boolean
+  outcome: CompletionOutcome
+}
+
+interface Pending {
+  item: Completion
+  resolve: (r: CompletionResult) => void
+  reject: (e: unknown) => void
+}
+
+const MAX_BATCH = 200
+const RETRY_FOR_MS = 30_000
+
+export class Completer {
+  readonly #deps: { pool: pg.Pool; boss: PgBoss }
+  readonly #queues = new Map<string, { scope: TenantScope; items: Pending[]; flushing: Promise<void> | null }>()
+  readonly #onError: (error: unknown, attempt: number) => void
+
+  constructor(deps: { pool: pg.Pool; boss: PgBoss }, onError: (error: unknown, attempt: number) => void) {
+    this.#deps = deps
+    this.#onError = onError
+  }
+
+  submit(scope: TenantScope, item: Completion): Promise<CompletionResult> {
+    return new Promise((resolve, reject) => {
+      if (item.spawn) {
+        // A spawn can be refused (invalid tasks); write it alone so it cannot fail its neighbours.
+        this.#write(scope, [{ item, resolve, reject }]).catch(reject)
+        return
+      }
+      let q = this.#queues.get(scope.tenantId)
+      if (!q) this.#queues.set(scope.tenantId, (q = { scope, items: [], flushing: null }))
+      q.items.push({ item, resolve, reject })
+      if (!q.flushing) q.flushing = this.#drain(scope.tenantId)
+    })
+  }
+
+  /** Resolves when every submitted completion has been written (or has failed). */
+  async idle(): Promise<void> {
+    for (;;) {
+      const pending = [...this.#queues.values()].map((q) => q.flushing).filter((p) => p !== null)
+      if (pending.length === 0) return
+      await Promise.allSettled(pending)
+    }
+  }
+
+  async #drain(tenantId: string): Promise<void> {
+    const q = this.#queues.get(tenantId)
+    if (!q) return
+    try {
+      while (q.items.length > 0) {
+        const batch = q.items.splice(0, MAX_BATCH)
+        await this.#write(q.scope, batch)
+      }
+    } finally {
+      q.flushing = null
+      if (q.items.length === 0) this.#queues.delete(tenantId)
+      else q.flushing = this.#drain(tenantId)
+    }
+  }
+
+  async #write(scope: TenantScope, batch: Pending[]): Promise<void> {
+    const started = Date.now()
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const outcome = await completeTasks(this.#deps, scope, batch.map((p) => p.item))
+        for (const p of batch) p.resolve({ written: outcome.completed.has(p.item.taskId), outcome })
+        return
+      } catch (error) {
+        // Errors that another try cannot fix go back to the caller at once.
+        const transient = isTransient(error)
+        if (!transient || Date.now() - started > RETRY_FOR_MS) {
+          for (const p of batch) p.reject(error)
+          return
+        }
+        this.#onError(error, attempt)
+        await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)))
+      }
+    }
+  }
+}
+
+/** Connection-level and server-availability errors: the database may come back. */
+export function isTransient(error: unknown): boolean {
+  const code = (error as { code?: string } | null)?.code
+  if (typeof code !== 'string') {
+    const message = String((error as { message?: string } | null)?.message ?? '')
+    return /Connection terminated|ECONNREFUSED|ECONNRESET|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
+      message,
+    )
+  }
+  return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === 'ECONNREFUSED' || code === 'ECONNRESET'
+}

@@ -1,0 +1,139 @@
+// Step 5, unhappy path: an attempt failed (the agent threw, timed out, returned a value that cannot
+// be stored, or its worker was lost). One transaction records the failure and either queues the
+// next attempt after its backoff, or fails the task for good: the workflow fails, its tasks that
+// have not started are skipped, and a dead-letter job records the task.
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import { canRetry, retryDelayMs } from '../core/retry.ts'
+import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
+
+export interface AttemptFailure {
+  taskId: string
+  workflowId: string
+  /** The attempt that failed, and the failure count and limits read when it was claimed. */
+  attempt: number
+  failures: number
+  maxAttempts: number
+  backoffMs: number
+  backoffMaxMs: number
+  timeoutMs: number
+  queue: string
+  agentId: string
+  error: { name: string; message: string; code?: string }
+  /** No retry whatever attempts are left (PermanentError, a result that cannot be stored). */
+  permanent: boolean
+  /** The attempt's job, to mark failed; absent when the job is gone. */
+  job?: { jobId: string; retryCount?: number }
+  /** Audit action for the failure: 'task_failed_attempt' by default, 'task_lost' from the sweeper. */
+  action?: string
+}
+
+export type FailureOutcome =
+  | { kind: 'retrying'; attempt: number; delayMs: number }
+  | { kind: 'failed'; workflowFailed: boolean; skipped: number }
+  | { kind: 'lease_lost' }
+
+const FAIL_ATTEMPT = `
+WITH t AS (
+  UPDATE agent_coordination
+  SET failures = failures + 1, error = $5::jsonb, updated_at = now(), worker_id = NULL,
+    status = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,
+    attempt = CASE WHEN $6 THEN attempt + 1 ELSE attempt END,
+    job_id = CASE WHEN $6 THEN gen_random_uuid() ELSE job_id END,
+    queued_at = CASE WHEN $6 THEN now() + $7::int * interval '1 millisecond' ELSE queued_at END,
+    completed_at = CASE WHEN $6 THEN NULL ELSE now() END
+  WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND failures = $4 AND status IN ('running', 'queued')
+  RETURNING id, workflow_id, agent_id, status, attempt, job_id
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, t.workflow_id, t.id, t.agent_id, $8, jsonb_build_object('attempt', $3::int, 'error', $5::jsonb), w.correlation_id
+  FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
+  UNION ALL
+  SELECT $1, t.workflow_id, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_retry_queued' ELSE 'task_failed' END,
+    jsonb_build_object('attempt', t.attempt, 'delayMs', $7::int), w.correlation_id
+  FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
+)
+SELECT status, attempt, job_id FROM t`
+
+const FAIL_WORKFLOW = `
+WITH wf AS (
+  UPDATE workflows SET status = 'failed', error = $3::jsonb, tasks_remaining = 0, completed_at = now(), updated_at = now()
+  WHERE tenant_id = $1 AND id = $2 AND status = 'running'
+  RETURNING id, correlation_id
+),
+skipped AS (
+  UPDATE agent_coordination t SET status = 'skipped', completed_at = now(), updated_at = now()
+  FROM wf
+  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued')
+  RETURNING t.id, t.agent_id, t.job_id, t.queue, t.attempt
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, wf.id, NULL, NULL, 'workflow_failed', $3::jsonb, wf.correlation_id FROM wf
+  UNION ALL
+  SELECT $1, wf.id, s.id, s.agent_id, 'task_skipped', jsonb_build_object('reason', 'workflow failed'), wf.correlation_id
+  FROM skipped s, wf
+)
+SELECT 'workflow' AS kind, NULL::uuid AS job_id, NULL AS queue FROM wf
+UNION ALL
+SELECT 'skipped', s.job_id, s.queue FROM skipped s`
+
+export async function failAttempt(
+  deps: { pool: pg.Pool; boss: PgBoss },
+  scope: TenantScope,
+  f: AttemptFailure,
+  random: () => number = Math.random,
+): Promise<FailureOutcome> {
+  return withTenantTx(deps.pool, scope, (db) => failAttemptIn(deps.boss, db, scope, f, random))
+}
+
+export async function failAttemptIn(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  f: AttemptFailure,
+  random: () => number = Math.random,
+): Promise<FailureOutcome> {
+  const failures = f.failures + 1
+  const retry = canRetry(failures, f.maxAttempts, f.permanent)
+  const delayMs = retry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
+  const { rows } = await db.executeSql(FAIL_ATTEMPT, [
+    scope.tenantId,
+    f.taskId,
+    f.attempt,
+    f.failures,
+    JSON.stringify(f.error),
+    retry,
+    delayMs,
+    f.action ?? 'task_failed_attempt',
+  ])
+  const row = rows[0]
+  if (!row) return { kind: 'lease_lost' }
+  if (f.job) {
+    const { jobId, retryCount } = f.job
+    await boss.fail(f.queue, retryCount === undefined ? jobId : { id: jobId, retryCount }, { error: f.error }, { db })
+  }
+  if (retry) {
+    await insertJobs(boss, db, scope, [
+      { queue: f.queue, jobId: row.job_id, workflowId: f.workflowId, taskId: f.taskId, attempt: row.attempt, timeoutMs: f.timeoutMs, delayMs },
+    ])
+    return { kind: 'retrying', attempt: row.attempt, delayMs }
+  }
+  const wf = await db.executeSql(FAIL_WORKFLOW, [
+    scope.tenantId,
+    f.workflowId,
+    JSON.stringify({ task: f.taskId, agent: f.agentId, error: f.error }),
+  ])
+  const skipped = wf.rows.filter((r) => r.kind === 'skipped')
+  for (const [queue, list] of Map.groupBy(skipped.filter((r) => r.job_id), (r) => r.queue as string)) {
+    await boss.cancel(queue, list.map((r) => r.job_id as string), { db })
+  }
+  await boss.send(
+    DEAD_LETTER_QUEUE,
+    { t: scope.tenantId, w: f.workflowId, k: f.taskId, a: f.attempt, agent: f.agentId, error: f.error },
+    { db },
+  )
+  return { kind: 'failed', workflowFailed: wf.rows.some((r) => r.kind === 'workflow'), skipped: skipped.length }
+}

@@ -1,0 +1,25 @@
+// Heartbeats: a worker periodically stamps the tasks it runs with the database clock (one statement
+// per tenant), and learns from the same statement which of them it no longer holds (cancelled,
+// recovered by the sweeper): those agents are aborted. Staleness is judged by the sweeper against
+// now() in the database, never against a worker's clock.
+import type pg from 'pg'
+import { type TenantScope, withTenantTx } from '../db/tx.ts'
+
+const BEAT = `
+UPDATE agent_coordination t SET heartbeat_at = now()
+FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int)
+WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
+RETURNING t.id`
+
+/** Returns the ids of the tasks still held by their attempt. */
+export async function heartbeat(
+  pool: pg.Pool,
+  scope: TenantScope,
+  tasks: readonly { taskId: string; attempt: number }[],
+): Promise<Set<string>> {
+  if (tasks.length === 0) return new Set()
+  return withTenantTx(pool, scope, async (db) => {
+    const { rows } = await db.executeSql(BEAT, [scope.tenantId, JSON.stringify(tasks.map((t) => ({ id: t.taskId, attempt: t.attempt })))])
+    return new Set(rows.map((r) => r.id as string))
+  })
+}

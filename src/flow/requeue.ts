@@ -1,0 +1,66 @@
+// Puts tasks back in the queue with a new attempt, without counting a failure: a released task
+// (its worker shut down before the agent finished), a queued task whose job was lost, or a ready
+// task that has no job. Fenced on the status and attempt the caller saw.
+import type { PgBoss } from 'pg-boss'
+import type { Db, TenantScope } from '../db/tx.ts'
+import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { READY_CHANNEL } from './channels.ts'
+
+export interface RequeueItem {
+  taskId: string
+  attempt: number
+  status: 'pending' | 'queued' | 'running'
+  reason: string
+  /** The old job, failed so it cannot run alongside the new one. */
+  oldJob?: { queue: string; jobId: string }
+}
+
+const REQUEUE = `
+WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, status text, reason text)),
+t AS (
+  UPDATE agent_coordination t
+  SET status = 'queued', attempt = t.attempt + 1, job_id = gen_random_uuid(), worker_id = NULL, queued_at = now(),
+    heartbeat_at = NULL, updated_at = now()
+  FROM x
+  WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = x.status
+    AND (t.status <> 'pending' OR t.deps_remaining = 0)
+    AND EXISTS (SELECT 1 FROM workflows w WHERE w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running')
+  RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.job_id, t.queue, t.timeout_ms, x.reason
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, t.workflow_id, t.id, t.agent_id, $3, jsonb_build_object('attempt', t.attempt, 'reason', t.reason), w.correlation_id
+  FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
+),
+notified AS (SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t) q)
+SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t`
+
+export async function requeueTasks(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  items: readonly RequeueItem[],
+  action: 'task_released' | 'task_recovered',
+): Promise<ReadyJob[]> {
+  if (items.length === 0) return []
+  const { rows } = await db.executeSql(REQUEUE, [
+    scope.tenantId,
+    JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, status: i.status, reason: i.reason }))),
+    action,
+  ])
+  const requeued = new Set(rows.map((r) => r.id as string))
+  const old = items.filter((i) => i.oldJob && requeued.has(i.taskId)).map((i) => i.oldJob as { queue: string; jobId: string })
+  for (const [queue, list] of Map.groupBy(old, (j) => j.queue)) {
+    await boss.fail(queue, list.map((j) => j.jobId), { error: { name: 'Requeued', message: action } }, { db })
+  }
+  const jobs: ReadyJob[] = rows.map((r) => ({
+    queue: r.queue,
+    jobId: r.job_id,
+    workflowId: r.workflow_id,
+    taskId: r.id,
+    attempt: r.attempt,
+    timeoutMs: r.timeout_ms,
+  }))
+  await insertJobs(boss, db, scope, jobs)
+  return jobs
+}

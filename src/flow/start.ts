@@ -1,0 +1,145 @@
+// Step 1 of the data flow: a backend service starts a workflow. One transaction writes the
+// workflow row, every task row, their audit rows, and the jobs of the tasks that have no
+// dependencies; it can be the caller's own transaction, so their row and the workflow commit together.
+import { randomUUID } from 'node:crypto'
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import type { WorkflowDefinition } from '../core/definition.ts'
+import { assertStorableJson, type JsonLimits } from '../core/json.ts'
+import { planTasks, taskData } from '../core/plan.ts'
+import type { WorkflowStatus } from '../core/task-state.ts'
+import { type Db, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
+import { EquilateralError, InvalidInputError } from '../errors.ts'
+import { insertJobs, queueName } from '../queue/boss.ts'
+import { READY_CHANNEL } from './channels.ts'
+
+export interface StartOptions {
+  /** Starting twice with the same key returns the first workflow instead of a second one. */
+  idempotencyKey?: string
+  /** Follows the workflow through logs and audit rows (e.g. the HTTP request id). */
+  correlationId?: string
+  /** The caller's open transaction (see `clientDb`, or pg-boss's `fromDrizzle(tx, sql)`). */
+  db?: Db
+}
+
+export interface StartResult {
+  id: string
+  /** False when an earlier start with the same idempotency key is returned. */
+  created: boolean
+  status: WorkflowStatus
+}
+
+export class IdempotencyConflictError extends EquilateralError {
+  constructor(key: string, existingType: string) {
+    super('idempotency_conflict', `idempotency key "${key}" was already used to start a "${existingType}" workflow`)
+  }
+}
+
+const START = `
+WITH wf AS (
+  INSERT INTO workflows (tenant_id, id, type, version, status, input, idempotency_key, correlation_id, tasks_remaining)
+  VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6, $7, $8)
+  ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+  RETURNING id, correlation_id
+),
+x AS (
+  SELECT * FROM jsonb_to_recordset($9::jsonb) AS x(
+    id uuid, task_key text, agent_id text, task_type text, queue text, data jsonb, status text,
+    dependencies text[], depends_on uuid[], dependents uuid[], deps_remaining int, attempt int,
+    max_attempts int, backoff_ms int, backoff_max_ms int, timeout_ms int, job_id uuid)
+),
+t AS (
+  INSERT INTO agent_coordination (tenant_id, id, workflow_id, task_key, agent_id, task_type, queue, data, status,
+    dependencies, depends_on, dependents, deps_remaining, attempt, max_attempts, backoff_ms, backoff_max_ms,
+    timeout_ms, job_id, queued_at)
+  SELECT $1, x.id, wf.id, x.task_key, x.agent_id, x.task_type, x.queue, x.data, x.status,
+    x.dependencies, x.depends_on, x.dependents, x.deps_remaining, x.attempt, x.max_attempts, x.backoff_ms,
+    x.backoff_max_ms, x.timeout_ms, x.job_id, CASE WHEN x.status = 'queued' THEN now() END
+  FROM x, wf
+  RETURNING id, task_key, agent_id, status, attempt, queue
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, wf.id, NULL, NULL, 'workflow_started',
+    jsonb_build_object('type', $3::text, 'version', $4::int, 'tasks', $8::int), wf.correlation_id
+  FROM wf
+  UNION ALL
+  SELECT $1, wf.id, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_queued' ELSE 'task_created' END,
+    jsonb_build_object('key', t.task_key, 'attempt', t.attempt), wf.correlation_id
+  FROM t, wf
+),
+notified AS (
+  SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
+)
+SELECT (SELECT id FROM wf) AS id, (SELECT count(*) FROM notified) AS notified`
+
+export interface StartDeps {
+  pool: pg.Pool
+  boss: PgBoss
+  limits: JsonLimits
+}
+
+export async function startWorkflow<TInput>(
+  deps: StartDeps,
+  scope: TenantScope,
+  def: WorkflowDefinition<TInput>,
+  input: TInput,
+  options: StartOptions = {},
+): Promise<StartResult> {
+  // Everything that can be refused is refused before anything is written.
+  assertStorableJson(input ?? null, '$.input', deps.limits)
+  if (options.idempotencyKey !== undefined) checkKey(options.idempotencyKey, 'idempotencyKey')
+  if (options.correlationId !== undefined) checkKey(options.correlationId, 'correlationId')
+  const data = taskData(def, input, deps.limits)
+  const tasks = planTasks(def.tasks, data, { newId: randomUUID, queueName, limits: deps.limits })
+  const workflowId = randomUUID()
+  const correlationId = options.correlationId ?? workflowId
+
+  const run = async (db: Db): Promise<StartResult> => {
+    const { rows } = await db.executeSql(START, [
+      scope.tenantId,
+      workflowId,
+      def.name,
+      def.version,
+      JSON.stringify(input ?? null),
+      options.idempotencyKey ?? null,
+      correlationId,
+      tasks.length,
+      JSON.stringify(tasks),
+    ])
+    if (rows[0]?.id) {
+      const ready = tasks.filter((t) => t.status === 'queued')
+      await insertJobs(
+        deps.boss,
+        db,
+        scope,
+        ready.map((t) => ({
+          queue: t.queue,
+          jobId: t.job_id as string,
+          workflowId,
+          taskId: t.id,
+          attempt: t.attempt,
+          timeoutMs: t.timeout_ms,
+        })),
+      )
+      return { id: workflowId, created: true, status: 'running' }
+    }
+    const existing = await db.executeSql(
+      'SELECT id, type, status FROM workflows WHERE tenant_id = $1 AND idempotency_key = $2',
+      [scope.tenantId, options.idempotencyKey],
+    )
+    const row = existing.rows[0]
+    if (!row) throw new Error('workflow insert conflicted but no workflow has the idempotency key')
+    if (row.type !== def.name) throw new IdempotencyConflictError(options.idempotencyKey as string, row.type)
+    return { id: row.id, created: false, status: row.status }
+  }
+
+  return options.db ? withinCallerTx(options.db, scope, run) : withTenantTx(deps.pool, scope, run)
+}
+
+function checkKey(value: unknown, name: string): void {
+  if (typeof value !== 'string' || value.length === 0 || value.length > 200) {
+    throw new InvalidInputError(`${name} must be a string of 1-200 characters`, `$.${name}`)
+  }
+  assertStorableJson(value, `$.${name}`)
+}

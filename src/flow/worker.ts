@@ -1,0 +1,486 @@
+// Steps 3-5 of the data flow in one process: fetch jobs -> claim tasks -> run agents -> complete.
+//
+// Each agent's queue has a loop that fetches min(free slots, batch size) jobs and fetches again at
+// once while it gets jobs; when a fetch comes back empty it sleeps until a NOTIFY names its queue
+// (sent by the transaction that made a task ready) or the poll interval passes. pg-boss's work()
+// is not used for task queues: with batch size 1 it sleeps a full polling interval after every job
+// unless notified, and batches hold every slot until the slowest job of the batch finishes.
+import { hostname } from 'node:os'
+import { randomUUID } from 'node:crypto'
+import pg from 'pg'
+import type { GroupConcurrencyConfig, PgBoss } from 'pg-boss'
+import type { Logger } from 'pino'
+import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definition.ts'
+import { assertStorableJson, type JsonLimits } from '../core/json.ts'
+import type { TenantScope } from '../db/tx.ts'
+import { DefinitionError, InvalidInputError, PermanentError, serializeError } from '../errors.ts'
+import { queueName, type TaskJobData } from '../queue/boss.ts'
+import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
+import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
+import { SpawnLeaseLostError } from './complete.ts'
+import { Completer, isTransient } from './completer.ts'
+import { failAttempt } from './fail.ts'
+import { heartbeat } from './heartbeat.ts'
+import { requeueTasks } from './requeue.ts'
+import { withTenantTx } from '../db/tx.ts'
+
+export interface WorkerOptions {
+  pool: pg.Pool
+  boss: PgBoss
+  /** For the dedicated LISTEN connection. */
+  connectionString: string
+  agents: readonly AgentDefinition<any, any>[]
+  scopeOf: (tenantIds: string[]) => Promise<Map<string, TenantScope>>
+  log: Logger
+  /** Agents running at once in this process. */
+  concurrency: number
+  /** Jobs fetched per query at most. */
+  batchSize: number
+  /** Fetch this often when no NOTIFY arrives (delayed retries, missed notifications). */
+  pollIntervalMs: number
+  heartbeatIntervalMs: number
+  /** On shutdown, how long running agents may finish before their tasks are released. */
+  shutdownGraceMs: number
+  limits: JsonLimits
+  /** Per-tenant limit of active jobs across the fleet (pg-boss group concurrency). */
+  tenantConcurrency?: GroupConcurrencyConfig | undefined
+  workerId?: string
+  hooks?: WorkerHooks
+}
+
+/** Observation points for metrics; every hook is optional and must not throw. */
+export interface WorkerHooks {
+  taskStarted?(t: ClaimedTask, dispatchLatencyMs: number | undefined): void
+  taskFinished?(t: ClaimedTask, outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released', durationMs: number): void
+  workflowCompleted?(type: string, durationMs: number): void
+}
+
+class AbortReason extends Error {
+  readonly kind: 'timeout' | 'cancelled' | 'shutdown'
+  constructor(kind: 'timeout' | 'cancelled' | 'shutdown', message: string) {
+    super(message)
+    this.name = kind === 'timeout' ? 'TimeoutError' : 'AbortError'
+    this.kind = kind
+  }
+}
+
+interface Running {
+  task: ClaimedTask
+  scope: TenantScope
+  controller: AbortController
+  /** 'agent' while the handler runs; 'writing' once its outcome is being written. */
+  phase: 'agent' | 'writing'
+  done: Promise<void>
+}
+
+/** A wake-up for one queue loop; a wake that arrives while the loop is busy is remembered. */
+class Waker {
+  #pending = false
+  #resolve: (() => void) | null = null
+  wake(): void {
+    this.#pending = true
+    this.#resolve?.()
+  }
+  async wait(ms: number): Promise<void> {
+    if (this.#pending) {
+      this.#pending = false
+      return
+    }
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(done, ms)
+      const self = this
+      function done() {
+        clearTimeout(timer)
+        self.#resolve = null
+        resolve()
+      }
+      this.#resolve = done
+    })
+    this.#pending = false
+  }
+}
+
+export class Worker {
+  readonly id: string
+  readonly #o: WorkerOptions
+  readonly #agents = new Map<string, AgentDefinition<any, any>>()
+  readonly #running = new Map<string, Running>()
+  readonly #inflight = new Map<string, number>()
+  readonly #wakers = new Map<string, Waker>()
+  readonly #slotWaker = new Waker()
+  readonly #completer: Completer
+  #loops: Promise<void>[] = []
+  #stopping = false
+  #listener: pg.Client | null = null
+  #listenerRetry: NodeJS.Timeout | null = null
+  #heartbeatTimer: NodeJS.Timeout | null = null
+
+  constructor(options: WorkerOptions) {
+    this.#o = options
+    this.id = options.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
+    for (const a of options.agents) this.#agents.set(a.id, a)
+    this.#completer = new Completer(options, (error, attempt) =>
+      options.log.warn({ err: error, attempt }, 'completion write failed; retrying'),
+    )
+  }
+
+  get runningCount(): number {
+    return this.#running.size
+  }
+
+  async start(): Promise<void> {
+    await this.#listen()
+    for (const agent of this.#agents.values()) {
+      const queue = queueName(agent.id)
+      this.#wakers.set(queue, new Waker())
+      this.#inflight.set(queue, 0)
+      this.#loops.push(this.#loop(agent, queue))
+    }
+    this.#heartbeatTimer = setInterval(() => void this.#beat(), this.#o.heartbeatIntervalMs)
+    this.#o.log.info({ worker: this.id, agents: [...this.#agents.keys()], concurrency: this.#o.concurrency }, 'worker started')
+  }
+
+  /** Wakes the loop of a queue (as a NOTIFY would). */
+  wake(queue?: string): void {
+    if (queue) this.#wakers.get(queue)?.wake()
+    else for (const w of this.#wakers.values()) w.wake()
+  }
+
+  async #loop(agent: AgentDefinition<any, any>, queue: string): Promise<void> {
+    const waker = this.#wakers.get(queue) as Waker
+    const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
+    let failures = 0
+    while (!this.#stopping) {
+      const free = Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#o.concurrency - this.#reserved())
+      if (free <= 0) {
+        await this.#slotWaker.wait(this.#o.pollIntervalMs)
+        continue
+      }
+      let jobs: { id: string; data: TaskJobData; retryCount: number }[]
+      try {
+        jobs = await this.#o.boss.fetch<TaskJobData>(queue, {
+          batchSize: Math.min(free, this.#o.batchSize),
+          ...(this.#o.tenantConcurrency ? { groupConcurrency: this.#o.tenantConcurrency } : {}),
+        })
+        failures = 0
+      } catch (error) {
+        failures++
+        this.#o.log.warn({ err: error, queue }, 'fetch failed; backing off')
+        await waker.wait(Math.min(10_000, 100 * 2 ** failures))
+        continue
+      }
+      if (jobs.length === 0) {
+        await waker.wait(this.#o.pollIntervalMs)
+        continue
+      }
+      this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + jobs.length)
+      try {
+        await this.#dispatch(queue, jobs)
+      } catch (error) {
+        this.#o.log.error({ err: error, queue, jobs: jobs.length }, 'claiming fetched jobs failed; the sweeper will recover them')
+      }
+    }
+  }
+
+  #reserved(): number {
+    let n = 0
+    for (const v of this.#inflight.values()) n += v
+    return n
+  }
+
+  #release(queue: string, n: number): void {
+    this.#inflight.set(queue, Math.max(0, (this.#inflight.get(queue) ?? 0) - n))
+    this.#slotWaker.wake()
+  }
+
+  async #dispatch(queue: string, jobs: { id: string; data: TaskJobData; retryCount: number }[]): Promise<void> {
+    let unclaimed = jobs.length
+    try {
+      const fetched: FetchedJob[] = []
+      const tenants = new Map<string, FetchedJob[]>()
+      for (const j of jobs) {
+        const d = j.data
+        if (!d || typeof d.t !== 'string' || typeof d.k !== 'string' || typeof d.a !== 'number') {
+          this.#o.log.error({ queue, job: j.id }, 'job without task ids; failing it')
+          await this.#o.boss.fail(queue, j.id, { error: 'job data is not a task reference' })
+          continue
+        }
+        const f: FetchedJob = { queue, jobId: j.id, retryCount: j.retryCount, taskId: d.k, workflowId: d.w, attempt: d.a }
+        fetched.push(f)
+        let list = tenants.get(d.t)
+        if (!list) tenants.set(d.t, (list = []))
+        list.push(f)
+      }
+      const scopes = await this.#o.scopeOf([...tenants.keys()])
+      for (const [tenantId, list] of tenants) {
+        const scope = scopes.get(tenantId)
+        if (!scope) {
+          this.#o.log.warn({ queue, tenant: tenantId, jobs: list.length }, 'jobs of an unknown or suspended tenant; leaving them')
+          continue
+        }
+        const { claimed } = await claimTasks(this.#o, scope, list, this.id)
+        for (const task of claimed) {
+          unclaimed--
+          this.#run(task, scope)
+        }
+      }
+    } finally {
+      this.#release(queue, unclaimed)
+    }
+  }
+
+  #run(task: ClaimedTask, scope: TenantScope): void {
+    const controller = new AbortController()
+    const entry = { task, scope, controller, phase: 'agent' } as Running
+    this.#running.set(task.taskId, entry)
+    entry.done = this.#execute(entry).finally(() => {
+      this.#running.delete(task.taskId)
+      this.#release(task.job.queue, 1)
+    })
+  }
+
+  async #execute(entry: Running): Promise<void> {
+    const { task, scope, controller } = entry
+    const agent = this.#agents.get(task.agentId) as AgentDefinition<any, any>
+    const started = performance.now()
+    const log = this.#o.log.child({
+      tenant: scope.tenantId,
+      workflow: task.workflowId,
+      task: task.taskId,
+      taskKey: task.taskKey,
+      agent: task.agentId,
+      attempt: task.attempt,
+      correlation: task.correlationId,
+    })
+    this.#o.hooks?.taskStarted?.(task, undefined)
+    const spawned: SpawnedTask[] = []
+    const timer = setTimeout(
+      () => controller.abort(new AbortReason('timeout', `task timed out after ${task.timeoutMs} ms`)),
+      task.timeoutMs,
+    )
+    const ctx: AgentContext<any> = {
+      tenantId: scope.tenantId,
+      workflowId: task.workflowId,
+      workflowType: task.workflowType,
+      taskId: task.taskId,
+      taskKey: task.taskKey,
+      taskType: task.taskType,
+      attempt: task.attempt,
+      idempotencyKey: `${task.taskId}:${task.attempt}`,
+      correlationId: task.correlationId,
+      data: task.data,
+      input: task.input,
+      results: task.results,
+      log,
+      signal: controller.signal,
+      heartbeat: async () => {
+        const held = await heartbeat(this.#o.pool, scope, [task])
+        if (!held.has(task.taskId)) {
+          controller.abort(new AbortReason('cancelled', 'the task is no longer held by this attempt'))
+          throw controller.signal.reason
+        }
+      },
+      spawn: (t) => {
+        spawned.push(...(Array.isArray(t) ? t : [t]))
+      },
+    }
+    let result: unknown
+    let failure: { error: ReturnType<typeof serializeError>; permanent: boolean } | null = null
+    try {
+      result = await raceAbort(agent.handler(ctx), controller.signal)
+      assertStorableJson(result ?? null, '$.result', this.#o.limits)
+    } catch (thrown) {
+      const reason = controller.signal.aborted ? controller.signal.reason : undefined
+      if (reason instanceof AbortReason && reason.kind !== 'timeout') {
+        // Cancelled or released: another transaction already decided this task's fate.
+        log.info({ reason: reason.kind }, 'agent aborted')
+        this.#o.hooks?.taskFinished?.(task, reason.kind === 'shutdown' ? 'released' : 'lease_lost', performance.now() - started)
+        return
+      }
+      const error = reason instanceof AbortReason ? reason : thrown
+      failure = {
+        error: serializeError(error),
+        permanent: error instanceof PermanentError || error instanceof InvalidInputError || error instanceof DefinitionError,
+      }
+    } finally {
+      clearTimeout(timer)
+    }
+    if (controller.signal.aborted && (controller.signal.reason as AbortReason).kind === 'shutdown') return
+    entry.phase = 'writing'
+    const duration = performance.now() - started
+    try {
+      if (!failure) {
+        try {
+          const written = await this.#completer.submit(scope, {
+            job: task.job,
+            taskId: task.taskId,
+            workflowId: task.workflowId,
+            attempt: task.attempt,
+            result: (result ?? null) as any,
+            ...(spawned.length ? { spawn: { tasks: spawned, limits: this.#o.limits } } : {}),
+          })
+          log.debug({ written: written.written, ms: Math.round(duration) }, 'task completed')
+          this.#o.hooks?.taskFinished?.(task, written.written ? 'completed' : 'lease_lost', duration)
+          for (const wf of written.outcome.workflowsCompleted) this.#o.hooks?.workflowCompleted?.(wf.type, wf.durationMs)
+          // Wake our own loops for dependents we serve: the NOTIFY will say the same a little later.
+          for (const d of written.outcome.dispatched) this.wake(d.queue)
+          return
+        } catch (error) {
+          if (error instanceof SpawnLeaseLostError) {
+            this.#o.hooks?.taskFinished?.(task, 'lease_lost', duration)
+            return
+          }
+          if (!(error instanceof DefinitionError || error instanceof InvalidInputError)) throw error
+          failure = { error: serializeError(error), permanent: true }
+        }
+      }
+      log.warn({ error: failure.error, permanent: failure.permanent }, 'task attempt failed')
+      const outcome = await failAttempt(this.#o, scope, {
+        taskId: task.taskId,
+        workflowId: task.workflowId,
+        attempt: task.attempt,
+        failures: task.failures,
+        maxAttempts: task.maxAttempts,
+        backoffMs: task.backoffMs,
+        backoffMaxMs: task.backoffMaxMs,
+        timeoutMs: task.timeoutMs,
+        queue: task.job.queue,
+        agentId: task.agentId,
+        error: failure.error,
+        permanent: failure.permanent,
+        job: { jobId: task.job.jobId, retryCount: task.job.retryCount },
+      })
+      this.#o.hooks?.taskFinished?.(task, outcome.kind, duration)
+    } catch (error) {
+      // The outcome could not be written (database unavailable): the sweeper recovers the task.
+      log.error({ err: error, transient: isTransient(error) }, 'could not record the task outcome')
+    }
+  }
+
+  async #listen(): Promise<void> {
+    if (this.#stopping) return
+    const client = new pg.Client({ connectionString: this.#o.connectionString, application_name: 'equilateral-listen' })
+    client.on('notification', (n) => {
+      if (n.channel === READY_CHANNEL && n.payload) this.wake(n.payload)
+      else if (n.channel === CANCEL_CHANNEL && n.payload) {
+        for (const id of n.payload.split(',')) {
+          this.#running.get(id)?.controller.abort(new AbortReason('cancelled', 'the workflow was cancelled'))
+        }
+      }
+    })
+    client.on('error', (error) => {
+      this.#o.log.warn({ err: error }, 'LISTEN connection lost; reconnecting')
+      this.#listener = null
+      client.end().catch(() => {})
+      this.#scheduleListen()
+    })
+    try {
+      await client.connect()
+      await client.query(`LISTEN ${READY_CHANNEL}; LISTEN ${CANCEL_CHANNEL}`)
+      this.#listener = client
+      this.wake() // notifications may have been missed while disconnected
+    } catch (error) {
+      this.#o.log.warn({ err: error }, 'LISTEN connection failed; polling until it is back')
+      client.end().catch(() => {})
+      this.#scheduleListen()
+    }
+  }
+
+  #scheduleListen(): void {
+    if (this.#stopping || this.#listenerRetry) return
+    this.#listenerRetry = setTimeout(() => {
+      this.#listenerRetry = null
+      void this.#listen()
+    }, 1000)
+  }
+
+  async #beat(): Promise<void> {
+    const byTenant = Map.groupBy(
+      [...this.#running.values()].filter((r) => r.phase === 'agent'),
+      (r) => r.scope.tenantId,
+    )
+    for (const list of byTenant.values()) {
+      try {
+        const held = await heartbeat(this.#o.pool, (list[0] as Running).scope, list.map((r) => r.task))
+        for (const r of list) {
+          if (!held.has(r.task.taskId) && r.phase === 'agent') {
+            r.controller.abort(new AbortReason('cancelled', 'the task is no longer held by this attempt'))
+          }
+        }
+        for (const [queue, jobs] of Map.groupBy(list, (r) => r.task.job.queue)) {
+          await this.#o.boss.touch(queue, jobs.map((r) => r.task.job.jobId))
+        }
+      } catch (error) {
+        this.#o.log.warn({ err: error }, 'heartbeat failed')
+      }
+    }
+  }
+
+  /**
+   * Stops fetching, lets running agents finish within the grace period, then releases the tasks
+   * that did not finish (a new attempt is queued at once, without counting a failure) and aborts
+   * their agents.
+   */
+  async stop(): Promise<void> {
+    if (this.#stopping) return
+    this.#stopping = true
+    this.wake()
+    this.#slotWaker.wake()
+    await Promise.allSettled(this.#loops)
+    const all = () => Promise.allSettled([...this.#running.values()].map((r) => r.done))
+    let timer: NodeJS.Timeout | undefined
+    await Promise.race([all(), new Promise((r) => (timer = setTimeout(r, this.#o.shutdownGraceMs)))])
+    clearTimeout(timer)
+    const unfinished = [...this.#running.values()].filter((r) => r.phase === 'agent')
+    for (const r of unfinished) r.controller.abort(new AbortReason('shutdown', 'worker shutting down'))
+    for (const list of Map.groupBy(unfinished, (r) => r.scope.tenantId).values()) {
+      const scope = (list[0] as Running).scope
+      try {
+        await withTenantTx(this.#o.pool, scope, (db) =>
+          requeueTasks(
+            this.#o.boss,
+            db,
+            scope,
+            list.map((r) => ({
+              taskId: r.task.taskId,
+              attempt: r.task.attempt,
+              status: 'running' as const,
+              reason: 'worker shut down',
+              oldJob: { queue: r.task.job.queue, jobId: r.task.job.jobId },
+            })),
+            'task_released',
+          ),
+        )
+        this.#o.log.info({ tasks: list.length, tenant: scope.tenantId }, 'released unfinished tasks')
+      } catch (error) {
+        this.#o.log.error({ err: error }, 'could not release unfinished tasks; the sweeper will recover them')
+      }
+    }
+    await all()
+    await this.#completer.idle()
+    if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer)
+    if (this.#listenerRetry) clearTimeout(this.#listenerRetry)
+    await this.#listener?.end().catch(() => {})
+    this.#listener = null
+    this.#o.log.info({ worker: this.id }, 'worker stopped')
+  }
+}
+
+/** Resolves or rejects with the promise, or rejects with the signal's reason as soon as it aborts. */
+function raceAbort<T>(promise: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(v)
+      },
+      (e) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(e)
+      },
+    )
+  })
+}

@@ -1,0 +1,97 @@
+// pg-boss setup: one queue per agent, the dead-letter queue and the sweeper's queue. Jobs carry only
+// ids; the task itself lives in the coordination table. pg-boss does not retry our jobs
+// (retryLimit 0): retries are decided, counted and audited by the engine, fenced on its own rows.
+import { PgBoss, type JobInsert } from 'pg-boss'
+import type { Db, TenantScope } from '../db/tx.ts'
+import { BOSS_SCHEMA } from '../db/names.ts'
+
+export const DEAD_LETTER_QUEUE = 'eq.dead-letter'
+export const SWEEP_QUEUE = 'eq.sweep'
+
+export function queueName(agentId: string): string {
+  return `eq.${agentId}`
+}
+
+/** What a task's job carries: ids only (tenant, workflow, task, attempt). */
+export interface TaskJobData {
+  t: string
+  w: string
+  k: string
+  a: number
+}
+
+/** A job to insert for a task that just became ready (or is retried, recovered, released). */
+export interface ReadyJob {
+  queue: string
+  jobId: string
+  workflowId: string
+  taskId: string
+  attempt: number
+  timeoutMs: number
+  /** Milliseconds from now before the job may start (retry backoff). */
+  delayMs?: number
+}
+
+export interface BossOptions {
+  connectionString: string
+  max?: number
+  /** Run pg-boss maintenance (expiry, retention) in this process. */
+  supervise?: boolean
+  /** Run pg-boss's cron scheduler in this process. */
+  schedule?: boolean
+}
+
+export function createBoss(options: BossOptions): PgBoss {
+  return new PgBoss({
+    connectionString: options.connectionString,
+    schema: BOSS_SCHEMA,
+    max: options.max ?? 4,
+    application_name: 'equilateral-boss',
+    supervise: options.supervise ?? true,
+    schedule: options.schedule ?? true,
+    migrate: false,
+  })
+}
+
+export interface QueueSettings {
+  heartbeatSeconds: number
+  /** How long completed jobs are kept in pg-boss (the task rows keep the history). */
+  deleteAfterSeconds: number
+}
+
+/** Creates (or updates) the queues for the given agents. Idempotent; safe from many processes. */
+export async function ensureQueues(boss: PgBoss, agentIds: readonly string[], settings: QueueSettings): Promise<void> {
+  const existing = new Set((await boss.getQueues()).map((q) => q.name))
+  const options = {
+    retryLimit: 0,
+    heartbeatSeconds: settings.heartbeatSeconds,
+    deleteAfterSeconds: settings.deleteAfterSeconds,
+  }
+  for (const name of [DEAD_LETTER_QUEUE, SWEEP_QUEUE, ...agentIds.map(queueName)]) {
+    if (existing.has(name)) continue
+    try {
+      await boss.createQueue(name, name === DEAD_LETTER_QUEUE ? { retryLimit: 0, deleteAfterSeconds: 0 } : options)
+    } catch (error) {
+      // Another process created it between our read and our create.
+      if (!(await boss.getQueue(name))) throw error
+    }
+  }
+}
+
+/** Inserts the jobs in the caller's transaction: one statement per distinct queue. */
+export async function insertJobs(boss: PgBoss, db: Db, scope: TenantScope, jobs: readonly ReadyJob[]): Promise<void> {
+  const byQueue = new Map<string, JobInsert<TaskJobData>[]>()
+  for (const job of jobs) {
+    let list = byQueue.get(job.queue)
+    if (!list) byQueue.set(job.queue, (list = []))
+    list.push({
+      id: job.jobId,
+      data: { t: scope.tenantId, w: job.workflowId, k: job.taskId, a: job.attempt },
+      group: { id: scope.tenantId, tier: scope.tier },
+      // pg-boss's expiry is a backstop behind the engine's own timeout and heartbeat checks.
+      expireInSeconds: Math.ceil(job.timeoutMs / 1000) + 60,
+      ...(job.delayMs ? { startAfter: new Date(Date.now() + job.delayMs) } : {}),
+    })
+  }
+  for (const [queue, list] of byQueue) await boss.insert(queue, list, { db })
+}

@@ -1,0 +1,53 @@
+// An engine on a fresh test database, with quiet logs and fast timers, torn down after the file.
+import { pino } from 'pino'
+import { afterAll } from 'vitest'
+import type { Config } from '../../src/config.ts'
+import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definition.ts'
+import { createEngine, type Engine } from '../../src/engine.ts'
+import { createTestDatabase, type TestDatabase } from './db.ts'
+
+export interface TestEngine {
+  engine: Engine
+  db: TestDatabase
+}
+
+export async function testEngine(options: {
+  agents: readonly AgentDefinition<any, any>[]
+  workflows: readonly WorkflowDefinition<any>[]
+  config?: Partial<Config>
+}): Promise<TestEngine> {
+  const db = await createTestDatabase()
+  const engine = await createEngine({
+    connectionString: db.url,
+    agents: options.agents,
+    workflows: options.workflows,
+    log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+    supervise: false,
+    config: { pollIntervalMs: 200, heartbeatIntervalMs: 200, staleAfterMs: 2000, shutdownGraceMs: 2000, ...options.config },
+  })
+  afterAll(async () => {
+    await engine.close()
+    await db.drop()
+  })
+  return { engine, db }
+}
+
+/** Polls until `check` returns a value (not undefined) or the time runs out. */
+export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 20_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`)
+    await new Promise((r) => setTimeout(r, everyMs))
+  }
+}
+
+/** Waits until the workflow reaches a terminal status and returns its view. */
+export async function settled(engine: Engine, tenantId: string, workflowId: string, timeoutMs = 20_000) {
+  const tenant = await engine.tenant(tenantId)
+  return eventually(async () => {
+    const wf = await tenant.getWorkflow(workflowId)
+    return wf.status === 'running' ? undefined : wf
+  }, timeoutMs)
+}
