@@ -121,9 +121,18 @@ export class Engine {
     return [...this.#workflows.keys()]
   }
 
+  /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
   async start(): Promise<this> {
     await this.boss.start()
+    await this.#ensureQueues([...new Set([...this.#agents.keys(), ...[...this.#workflows.values()].flatMap((w) => w.tasks.map((t) => t.agentId))])])
     return this
+  }
+
+  #ensureQueues(agentIds: string[]): Promise<void> {
+    return ensureQueues(this.boss, agentIds, {
+      heartbeatSeconds: Math.max(30, Math.ceil((this.config.staleAfterMs * 2) / 1000)),
+      deleteAfterSeconds: 24 * 3600,
+    })
   }
 
   createTenant(spec: { id: string; name?: string; tier?: string }): Promise<CreatedTenant> {
@@ -143,10 +152,7 @@ export class Engine {
   /** Creates the agents' queues and starts a worker running them in this process. */
   async startWorker(options: { agents?: readonly AgentDefinition<any, any>[]; concurrency?: number; hooks?: WorkerHooks } = {}): Promise<Worker> {
     const agents = options.agents ?? [...this.#agents.values()]
-    await ensureQueues(this.boss, agents.map((a) => a.id), {
-      heartbeatSeconds: Math.max(30, Math.ceil((this.config.staleAfterMs * 2) / 1000)),
-      deleteAfterSeconds: 24 * 3600,
-    })
+    await this.#ensureQueues(agents.map((a) => a.id))
     const worker = new Worker({
       pool: this.pool,
       boss: this.boss,
@@ -238,7 +244,7 @@ export class TenantHandle {
     return this.scope.tenantId
   }
 
-  startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
+  async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
     const e = this.#engine
     return startWorkflow({ pool: e.pool, boss: e.boss, limits: e.limits }, this.scope, e.workflow(type), input, options)
   }

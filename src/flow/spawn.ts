@@ -80,7 +80,7 @@ export async function spawnTasks(
     throw new DefinitionError(`${where}: the workflow would have more than ${LIMITS.maxTasksPerWorkflow} tasks`)
   }
   const existing = new Map<string, { id: string; done: boolean }>(
-    rows.map((r) => [r.task_key as string, { id: r.id as string, done: r.status === 'completed' || r.id === spawnerId }]),
+    rows.map((r) => [r.task_key as string, { id: r.id as string, done: r.status === 'completed' }]),
   )
   topologicalOrder(specs, new Set(existing.keys()), where)
   const data = request.tasks.map((t, i) => {
@@ -90,8 +90,10 @@ export async function spawnTasks(
   })
   const planned = planTasks(specs, data, { newId: randomUUID, queueName, limits: request.limits }, existing)
   const newIds = new Set(planned.map((p) => p.id))
+  // Edges from existing tasks, the spawner included: the spawner's own completion, in this same
+  // transaction, then counts down its new dependents like any other.
   const edges = planned.flatMap((p) =>
-    p.depends_on.filter((parent) => !newIds.has(parent) && parent !== spawnerId).map((parent) => ({ parent, child: p.id })),
+    p.depends_on.filter((parent) => !newIds.has(parent)).map((parent) => ({ parent, child: p.id })),
   )
   // A dependency on an existing task that is not done only makes sense if it can still complete.
   const statusById = new Map(rows.map((r) => [r.id as string, r.status as string]))
