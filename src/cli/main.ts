@@ -1,0 +1,237 @@
+// The `equilateral` command. Every command resolves its database the same way: DATABASE_URL, or
+// the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
+import { readFile } from 'node:fs/promises'
+import { Command, InvalidArgumentError } from 'commander'
+import type { Logger } from 'pino'
+import { loadConfig } from '../config.ts'
+import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
+import { migrate } from '../db/migrate.ts'
+import { provisionDatabase } from '../db/provision.ts'
+import { createEngine, type Engine } from '../engine.ts'
+import { EquilateralError } from '../errors.ts'
+import { createLogger } from '../log.ts'
+
+interface Registry {
+  agents: readonly AgentDefinition<any, any>[]
+  workflows: readonly WorkflowDefinition<any>[]
+}
+
+const DEFAULT_REGISTRY = new URL(
+  import.meta.url.endsWith('.ts') ? '../../workers/registry.ts' : '../../workers/registry.js',
+  import.meta.url,
+).href
+
+async function loadRegistry(specifier: string | undefined): Promise<Registry> {
+  const url = specifier ? new URL(specifier, `file://${process.cwd()}/`).href : DEFAULT_REGISTRY
+  const mod = (await import(url)) as Partial<Registry>
+  if (!Array.isArray(mod.agents) || !Array.isArray(mod.workflows)) {
+    throw new EquilateralError('invalid_registry', `${url} must export arrays \`agents\` and \`workflows\``)
+  }
+  return { agents: mod.agents, workflows: mod.workflows }
+}
+
+/** Runs `body`, stopping everything on SIGINT/SIGTERM (twice: exit at once). */
+async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
+  await new Promise<void>((resolve) => {
+    let stopping = false
+    const onSignal = (signal: NodeJS.Signals) => {
+      if (stopping) {
+        log.warn({ signal }, 'second signal: exiting now')
+        process.exit(1)
+      }
+      stopping = true
+      log.info({ signal }, 'shutting down')
+      stop().then(resolve, (error: unknown) => {
+        log.error({ err: error }, 'shutdown failed')
+        resolve()
+      })
+    }
+    process.once('SIGINT', onSignal)
+    process.once('SIGTERM', onSignal)
+  })
+}
+
+async function withEngine<T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>): Promise<T> {
+  const config = loadConfig()
+  const db = await provisionDatabase({ log: () => {} })
+  const registry = await loadRegistry(registryPath)
+  const engine = await createEngine({
+    connectionString: db.url,
+    ...registry,
+    log: createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel),
+    supervise: false,
+  })
+  try {
+    return await fn(engine)
+  } finally {
+    await engine.close()
+    await db.stop()
+  }
+}
+
+function print(value: unknown): void {
+  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+}
+
+async function parseInput(raw: string | undefined): Promise<unknown> {
+  if (raw === undefined) return null
+  const text = raw.startsWith('@') ? await readFile(raw.slice(1), 'utf8') : raw
+  try {
+    return JSON.parse(text)
+  } catch (error) {
+    throw new InvalidArgumentError(`--input is not valid JSON: ${(error as Error).message}`)
+  }
+}
+
+const program = new Command()
+  .name('equilateral')
+  .description('Durable, multi-tenant, database-orchestrated agent workflows on PostgreSQL')
+  .showHelpAfterError()
+
+program
+  .command('migrate')
+  .description('apply the database migrations (idempotent; safe from several processes at once)')
+  .action(async () => {
+    const db = await provisionDatabase()
+    try {
+      await migrate(db.url, { onStep: (m) => process.stderr.write(`migrate: ${m}\n`) })
+    } finally {
+      await db.stop()
+    }
+  })
+
+program
+  .command('worker')
+  .description('run a worker process: fetch jobs, run agents, complete tasks, and sweep stale tasks')
+  .option('--registry <module>', 'module exporting `agents` and `workflows` (default: the examples in workers/)')
+  .option('--concurrency <n>', 'agents run at once (default WORKER_CONCURRENCY or 16)', (v) => positiveInt(v))
+  .action(async (opts: { registry?: string; concurrency?: number }) => {
+    const config = loadConfig()
+    const log = createLogger(config.logLevel)
+    const db = await provisionDatabase({ log: (line) => log.info(line) })
+    const registry = await loadRegistry(opts.registry)
+    const engine = await createEngine({ connectionString: db.url, ...registry, log })
+    await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
+    await engine.startSweeper()
+    await runUntilSignal(log, async () => {
+      await engine.close()
+      await db.stop()
+    })
+  })
+
+program
+  .command('dev')
+  .description('run the whole fleet in one process (migrations, worker, sweeper) on DATABASE_URL or an embedded PostgreSQL')
+  .option('--registry <module>', 'module exporting `agents` and `workflows` (default: the examples in workers/)')
+  .action(async (opts: { registry?: string }) => {
+    const config = loadConfig()
+    const log = createLogger(config.logLevel)
+    const db = await provisionDatabase({ log: (line) => log.info(line) })
+    await migrate(db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
+    const registry = await loadRegistry(opts.registry)
+    const engine = await createEngine({ connectionString: db.url, ...registry, log })
+    let apiKey: string | undefined
+    try {
+      apiKey = (await engine.createTenant({ id: 'demo', name: 'Demo tenant' })).apiKey
+    } catch (error) {
+      if ((error as EquilateralError).code !== 'tenant_exists') throw error
+    }
+    await engine.startWorker()
+    await engine.startSweeper()
+    const lines = [
+      '',
+      'equilateral-agents is running: one worker and the sweeper, on the database above.',
+      apiKey ? `Created tenant "demo"; its API key (shown once): ${apiKey}` : 'Tenant "demo" exists (created on an earlier run).',
+      'Start a workflow from another terminal:',
+      `  node bin/equilateral.js workflow start deploy-feature --tenant demo --input @examples/deploy-feature.json --wait`,
+      'Stop with Ctrl-C.',
+      '',
+    ]
+    process.stderr.write(lines.join('\n'))
+    await runUntilSignal(log, async () => {
+      await engine.close()
+      await db.stop()
+    })
+  })
+
+const tenant = program.command('tenant').description('manage tenants')
+tenant
+  .command('create <id>')
+  .description('create a tenant and print its API key (shown once)')
+  .option('--name <name>', 'display name')
+  .option('--tier <tier>', 'fairness tier (see TENANT_CONCURRENCY_TIERS)', 'standard')
+  .action(async (id: string, opts: { name?: string; tier: string }) => {
+    await withEngine(undefined, async (engine) => {
+      print(await engine.createTenant({ id, tier: opts.tier, ...(opts.name ? { name: opts.name } : {}) }))
+    })
+  })
+
+const workflow = program.command('workflow').description('start and follow workflows')
+workflow
+  .command('start <type>')
+  .description('start a workflow for a tenant')
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--input <json>', 'workflow input as JSON, or @file.json')
+  .option('--idempotency-key <key>', 'starting twice with the same key returns the first workflow')
+  .option('--wait', 'wait until the workflow ends and print it')
+  .option('--registry <module>', 'module exporting `agents` and `workflows`')
+  .action(async (type: string, opts: { tenant: string; input?: string; idempotencyKey?: string; wait?: boolean; registry?: string }) => {
+    const input = await parseInput(opts.input)
+    await withEngine(opts.registry, async (engine) => {
+      const handle = await engine.tenant(opts.tenant)
+      const started = await handle.startWorkflow(type, input as never, opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {})
+      if (!opts.wait) return print(started)
+      for (;;) {
+        const wf = await handle.getWorkflow(started.id)
+        if (wf.status !== 'running') return print(wf)
+        await new Promise((r) => setTimeout(r, 200))
+      }
+    })
+  })
+workflow
+  .command('status <id>')
+  .description("print a workflow's status and tasks")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .action(async (id: string, opts: { tenant: string }) => {
+    await withEngine(undefined, async (engine) => print(await (await engine.tenant(opts.tenant)).getWorkflow(id)))
+  })
+workflow
+  .command('history <id>')
+  .description("print a workflow's audit trail in order")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .action(async (id: string, opts: { tenant: string }) => {
+    await withEngine(undefined, async (engine) => print(await (await engine.tenant(opts.tenant)).history(id)))
+  })
+workflow
+  .command('cancel <id>')
+  .description('cancel a running workflow')
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--reason <text>', 'why', 'cancelled from the command line')
+  .action(async (id: string, opts: { tenant: string; reason: string }) => {
+    await withEngine(undefined, async (engine) =>
+      print(await (await engine.tenant(opts.tenant)).cancelWorkflow(id, { reason: opts.reason, actor: 'cli' })),
+    )
+  })
+
+program
+  .command('sweep')
+  .description('run the stale-task sweeper once and print what it did')
+  .action(async () => {
+    await withEngine(undefined, async (engine) => print(await engine.sweep()))
+  })
+
+function positiveInt(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer')
+  return n
+}
+
+try {
+  await program.parseAsync(process.argv)
+} catch (error) {
+  if (error instanceof EquilateralError) {
+    process.stderr.write(`equilateral: ${error.message}\n`)
+    process.exit(2)
+  }
+  throw error
+}

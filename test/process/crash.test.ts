@@ -1,0 +1,114 @@
+// Crash safety with real processes: worker processes are killed with SIGKILL at random moments
+// while workflows run. Afterwards every workflow has completed, every task completed exactly once
+// (one completion in the audit log, a result written once), and nothing is left in flight.
+import { type ChildProcess, fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import pg from 'pg'
+import { pino } from 'pino'
+import { afterAll, describe, expect, it } from 'vitest'
+import { createEngine } from '../../src/index.ts'
+import { workflows } from '../fixtures/chaos-registry.ts'
+import { createTestDatabase } from '../helpers/db.ts'
+
+const script = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url))
+const db = await createTestDatabase()
+const engine = await createEngine({
+  connectionString: db.url,
+  workflows,
+  log: pino({ level: 'silent' }),
+  supervise: false,
+  config: { staleAfterMs: 1500, heartbeatIntervalMs: 200 },
+})
+const children = new Set<ChildProcess>()
+afterAll(async () => {
+  for (const c of children) c.kill('SIGKILL')
+  await engine.close()
+  await db.drop()
+})
+
+function spawnWorker(): Promise<ChildProcess> {
+  const child = fork(script, [db.url], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
+  children.add(child)
+  child.on('exit', () => children.delete(child))
+  return new Promise((resolve, reject) => {
+    child.once('message', () => resolve(child))
+    child.once('exit', (code) => reject(new Error(`worker exited early with ${code}`)))
+  })
+}
+
+async function query<T = Record<string, unknown>>(sql: string): Promise<T[]> {
+  const c = new pg.Client({ connectionString: db.url })
+  await c.connect()
+  try {
+    return (await c.query(sql)).rows as T[]
+  } finally {
+    await c.end()
+  }
+}
+
+const WORKFLOWS = 240
+
+describe('crash safety', () => {
+  it('completes every workflow exactly once while workers are SIGKILLed', async () => {
+    await engine.createTenant({ id: 'acme' })
+    await engine.createTenant({ id: 'globex' })
+    await Promise.all([spawnWorker(), spawnWorker(), spawnWorker()])
+    const tenants = [await engine.tenant('acme'), await engine.tenant('globex')]
+    const started: string[] = []
+    for (let i = 0; i < WORKFLOWS; i++) {
+      const t = tenants[i % 2] as (typeof tenants)[number]
+      started.push((await t.startWorkflow(workflows[i % 3]?.name as string, { i })).id)
+    }
+    let kills = 0
+    const deadline = Date.now() + 90_000
+    for (;;) {
+      const [row] = await query<{ running: number }>(`SELECT count(*)::int AS running FROM equilateral.workflows WHERE status = 'running'`)
+      if (row?.running === 0) break
+      if (Date.now() > deadline) throw new Error(`${row?.running} workflows still running after 90 s (${kills} kills)`)
+      // kill a random worker at a random moment, start a replacement; sweep like the cron would
+      if (kills < 12 && children.size > 0) {
+        const victims = [...children]
+        const victim = victims[Math.floor(Math.random() * victims.length)]
+        await new Promise((r) => setTimeout(r, 100 + Math.random() * 300))
+        victim?.kill('SIGKILL')
+        kills++
+        void spawnWorker().catch(() => {}) // the replacement starts while the others work
+      } else {
+        await new Promise((r) => setTimeout(r, 300))
+      }
+      await engine.sweep()
+    }
+    expect(kills).toBeGreaterThanOrEqual(5)
+    // the kills hit work in flight: the sweeper had tasks to recover
+    const [recovered] = await query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM equilateral.agent_audit_log WHERE action_type IN ('task_lost', 'task_recovered')`,
+    )
+    expect(recovered?.n).toBeGreaterThan(0)
+
+    const wfs = await query<{ status: string; n: number }>(`SELECT status, count(*)::int AS n FROM equilateral.workflows GROUP BY status`)
+    expect(wfs).toEqual([{ status: 'completed', n: WORKFLOWS }])
+    const notDone = await query(`SELECT id, status FROM equilateral.agent_coordination WHERE status <> 'completed'`)
+    expect(notDone).toEqual([])
+    // exactly one completion per task in the audit log, and per workflow one workflow_completed
+    const completions = await query<{ task_id: string; n: number }>(
+      `SELECT t.id AS task_id, count(a.id)::int AS n FROM equilateral.agent_coordination t
+       LEFT JOIN equilateral.agent_audit_log a ON a.task_id = t.id AND a.action_type = 'task_completed'
+       GROUP BY t.id HAVING count(a.id) <> 1`,
+    )
+    expect(completions).toEqual([])
+    const wfCompleted = await query<{ n: number }>(
+      `SELECT count(*)::int AS n FROM equilateral.agent_audit_log WHERE action_type = 'workflow_completed'`,
+    )
+    expect(wfCompleted[0]?.n).toBe(WORKFLOWS)
+    // every task's history is well-formed: no start after its completion
+    const late = await query(
+      `SELECT a.task_id FROM equilateral.agent_audit_log a JOIN equilateral.agent_audit_log c
+         ON c.task_id = a.task_id AND c.action_type = 'task_completed' AND a.id > c.id
+       WHERE a.task_id IS NOT NULL`,
+    )
+    expect(late).toEqual([])
+    // no job of ours is left active
+    const active = await query(`SELECT id FROM pgboss.job WHERE name LIKE 'eq.%' AND state = 'active'`)
+    expect(active).toEqual([])
+  })
+})
