@@ -51,17 +51,25 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
   }
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel)) {
-    problems.push(`LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got "${config.logLevel}")`)
+    problems.push(
+      `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got "${config.logLevel}")`,
+    )
   }
   if (config.heartbeatIntervalMs * 2 > config.staleAfterMs) {
-    problems.push('STALE_AFTER_MS must be at least twice HEARTBEAT_INTERVAL_MS, or live tasks would be recovered')
+    problems.push(
+      'STALE_AFTER_MS must be at least twice HEARTBEAT_INTERVAL_MS, or live tasks would be recovered',
+    )
   }
   if (problems.length > 0) throw new ConfigError(problems)
   return Object.freeze(config)
 }
 
 /** TENANT_CONCURRENCY=8 and TENANT_CONCURRENCY_TIERS=enterprise:32,free:2 */
-function parseTiers(base: string | undefined, tiers: string | undefined, problems: string[]): GroupConcurrencyConfig | undefined {
+function parseTiers(
+  base: string | undefined,
+  tiers: string | undefined,
+  problems: string[],
+): GroupConcurrencyConfig | undefined {
   if (!base && !tiers) return undefined
   const n = Number(base ?? '')
   if (!Number.isInteger(n) || n < 1) {
@@ -72,7 +80,8 @@ function parseTiers(base: string | undefined, tiers: string | undefined, problem
   for (const part of (tiers ?? '').split(',').filter(Boolean)) {
     const [name, value] = part.split(':')
     const v = Number(value)
-    if (!name || !Number.isInteger(v) || v < 1) problems.push(`TENANT_CONCURRENCY_TIERS entry "${part}" must be tier:positive-integer`)
+    if (!name || !Number.isInteger(v) || v < 1)
+      problems.push(`TENANT_CONCURRENCY_TIERS entry "${part}" must be tier:positive-integer`)
     else (result.tiers as Record<string, number>)[name.trim()] = v
   }
   return result

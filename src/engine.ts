@@ -87,9 +87,17 @@ export class Engine {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
     this.log = options.log ?? createLogger(this.config.logLevel)
     this.#connectionString = options.connectionString
-    this.pool = new pg.Pool({ connectionString: options.connectionString, max: this.config.dbPoolMax, application_name: 'equilateral' })
+    this.pool = new pg.Pool({
+      connectionString: options.connectionString,
+      max: this.config.dbPoolMax,
+      application_name: 'equilateral',
+    })
     this.pool.on('error', (error) => this.log.warn({ err: error }, 'idle database connection lost'))
-    this.boss = createBoss({ connectionString: options.connectionString, supervise: options.supervise ?? true, schedule: options.supervise ?? true })
+    this.boss = createBoss({
+      connectionString: options.connectionString,
+      supervise: options.supervise ?? true,
+      schedule: options.supervise ?? true,
+    })
     this.boss.on('error', (error) => this.log.warn({ err: error }, 'pg-boss error'))
     this.tenants = new TenantDirectory(this.pool)
     for (const a of options.agents ?? []) this.#agents.set(a.id, a)
@@ -104,7 +112,10 @@ export class Engine {
     if (this.#agents.size > 0) {
       for (const t of def.tasks) {
         if (!this.#agents.has(t.agentId)) {
-          throw new DefinitionError(`workflow "${def.name}": task "${t.key}" uses unknown agent "${t.agentId}"`, t.key)
+          throw new DefinitionError(
+            `workflow "${def.name}": task "${t.key}" uses unknown agent "${t.agentId}"`,
+            t.key,
+          )
         }
       }
     }
@@ -124,7 +135,12 @@ export class Engine {
   /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
   async start(): Promise<this> {
     await this.boss.start()
-    await this.#ensureQueues([...new Set([...this.#agents.keys(), ...[...this.#workflows.values()].flatMap((w) => w.tasks.map((t) => t.agentId))])])
+    await this.#ensureQueues([
+      ...new Set([
+        ...this.#agents.keys(),
+        ...[...this.#workflows.values()].flatMap((w) => w.tasks.map((t) => t.agentId)),
+      ]),
+    ])
     return this
   }
 
@@ -150,7 +166,13 @@ export class Engine {
   }
 
   /** Creates the agents' queues and starts a worker running them in this process. */
-  async startWorker(options: { agents?: readonly AgentDefinition<any, any>[]; concurrency?: number; hooks?: WorkerHooks } = {}): Promise<Worker> {
+  async startWorker(
+    options: {
+      agents?: readonly AgentDefinition<any, any>[]
+      concurrency?: number
+      hooks?: WorkerHooks
+    } = {},
+  ): Promise<Worker> {
     const agents = options.agents ?? [...this.#agents.values()]
     await this.#ensureQueues(agents.map((a) => a.id))
     const worker = new Worker({
@@ -246,7 +268,13 @@ export class TenantHandle {
 
   async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
     const e = this.#engine
-    return startWorkflow({ pool: e.pool, boss: e.boss, limits: e.limits }, this.scope, e.workflow(type), input, options)
+    return startWorkflow(
+      { pool: e.pool, boss: e.boss, limits: e.limits },
+      this.scope,
+      e.workflow(type),
+      input,
+      options,
+    )
   }
 
   cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
@@ -255,7 +283,10 @@ export class TenantHandle {
 
   async getWorkflow(id: string): Promise<WorkflowView> {
     return withTenantTx(this.#engine.pool, this.scope, async (db) => {
-      const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [this.scope.tenantId, id])
+      const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [
+        this.scope.tenantId,
+        id,
+      ])
       const w = wf.rows[0]
       if (!w) throw new NotFoundError(`workflow ${id}`)
       const { rows } = await db.executeSql(
@@ -265,7 +296,8 @@ export class TenantHandle {
         [this.scope.tenantId, id],
       )
       const output: Record<string, Json> = {}
-      for (const r of rows) if (r.status === 'completed' && r.dependents.length === 0) output[r.task_key] = r.result
+      for (const r of rows)
+        if (r.status === 'completed' && r.dependents.length === 0) output[r.task_key] = r.result
       return {
         id: w.id,
         type: w.type,

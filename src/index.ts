@@ -2,7 +2,14 @@
 export { createEngine, Engine, TenantHandle } from './engine.ts'
 export type { EngineOptions, WorkflowView, TaskView, AuditEntry } from './engine.ts'
 export { defineAgent, defineWorkflow } from './core/definition.ts'
-export type { AgentContext, AgentDefinition, AgentHandler, SpawnedTask, TaskSpec, WorkflowDefinition } from './core/definition.ts'
+export type {
+  AgentContext,
+  AgentDefinition,
+  AgentHandler,
+  SpawnedTask,
+  TaskSpec,
+  WorkflowDefinition,
+} from './core/definition.ts'
 export type { Json } from './core/json.ts'
 export type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
 export { clientDb } from './db/tx.ts'

@@ -76,7 +76,9 @@ export class TenantDirectory {
       for (const id of missing) {
         const r = found.get(id)
         const scope: TenantScope | null =
-          r && r.status === 'active' ? { tenantId: id, tier: r.tier, searchPath: r.schema_name ?? APP_SCHEMA } : null
+          r && r.status === 'active'
+            ? { tenantId: id, tier: r.tier, searchPath: r.schema_name ?? APP_SCHEMA }
+            : null
         this.#cache.set(id, { scope, at: now })
         if (scope) result.set(id, scope)
       }
@@ -96,7 +98,9 @@ export class TenantDirectory {
 
   /** The tenant an API key belongs to. */
   async byApiKey(key: string): Promise<TenantScope> {
-    const { rows } = await this.#pool.query(`SELECT id FROM ${APP_SCHEMA}.tenants WHERE api_key_hash = $1`, [hashApiKey(key)])
+    const { rows } = await this.#pool.query(`SELECT id FROM ${APP_SCHEMA}.tenants WHERE api_key_hash = $1`, [
+      hashApiKey(key),
+    ])
     if (!rows[0]) throw new TenantError('unknown_tenant', 'unknown API key')
     return this.require(rows[0].id)
   }

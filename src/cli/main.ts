@@ -51,7 +51,10 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
   })
 }
 
-async function withEngine<T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>): Promise<T> {
+async function withEngine<T>(
+  registryPath: string | undefined,
+  fn: (engine: Engine) => Promise<T>,
+): Promise<T> {
   const config = loadConfig()
   const db = await provisionDatabase({ log: () => {} })
   const registry = await loadRegistry(registryPath)
@@ -103,7 +106,10 @@ program
 program
   .command('worker')
   .description('run a worker process: fetch jobs, run agents, complete tasks, and sweep stale tasks')
-  .option('--registry <module>', 'module exporting `agents` and `workflows` (default: the examples in workers/)')
+  .option(
+    '--registry <module>',
+    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+  )
   .option('--concurrency <n>', 'agents run at once (default WORKER_CONCURRENCY or 16)', (v) => positiveInt(v))
   .action(async (opts: { registry?: string; concurrency?: number }) => {
     const config = loadConfig()
@@ -121,8 +127,13 @@ program
 
 program
   .command('dev')
-  .description('run the whole fleet in one process (migrations, worker, sweeper) on DATABASE_URL or an embedded PostgreSQL')
-  .option('--registry <module>', 'module exporting `agents` and `workflows` (default: the examples in workers/)')
+  .description(
+    'run the whole fleet in one process (migrations, worker, sweeper) on DATABASE_URL or an embedded PostgreSQL',
+  )
+  .option(
+    '--registry <module>',
+    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+  )
   .action(async (opts: { registry?: string }) => {
     const config = loadConfig()
     const log = createLogger(config.logLevel)
@@ -141,7 +152,9 @@ program
     const lines = [
       '',
       'equilateral-agents is running: one worker and the sweeper, on the database above.',
-      apiKey ? `Created tenant "demo"; its API key (shown once): ${apiKey}` : 'Tenant "demo" exists (created on an earlier run).',
+      apiKey
+        ? `Created tenant "demo"; its API key (shown once): ${apiKey}`
+        : 'Tenant "demo" exists (created on an earlier run).',
       'Start a workflow from another terminal:',
       `  node bin/equilateral.js workflow start deploy-feature --tenant demo --input @examples/deploy-feature.json --wait`,
       'Stop with Ctrl-C.',
@@ -175,25 +188,36 @@ workflow
   .option('--idempotency-key <key>', 'starting twice with the same key returns the first workflow')
   .option('--wait', 'wait until the workflow ends and print it')
   .option('--registry <module>', 'module exporting `agents` and `workflows`')
-  .action(async (type: string, opts: { tenant: string; input?: string; idempotencyKey?: string; wait?: boolean; registry?: string }) => {
-    const input = await parseInput(opts.input)
-    await withEngine(opts.registry, async (engine) => {
-      const handle = await engine.tenant(opts.tenant)
-      const started = await handle.startWorkflow(type, input as never, opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {})
-      if (!opts.wait) return print(started)
-      for (;;) {
-        const wf = await handle.getWorkflow(started.id)
-        if (wf.status !== 'running') return print(wf)
-        await new Promise((r) => setTimeout(r, 200))
-      }
-    })
-  })
+  .action(
+    async (
+      type: string,
+      opts: { tenant: string; input?: string; idempotencyKey?: string; wait?: boolean; registry?: string },
+    ) => {
+      const input = await parseInput(opts.input)
+      await withEngine(opts.registry, async (engine) => {
+        const handle = await engine.tenant(opts.tenant)
+        const started = await handle.startWorkflow(
+          type,
+          input as never,
+          opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {},
+        )
+        if (!opts.wait) return print(started)
+        for (;;) {
+          const wf = await handle.getWorkflow(started.id)
+          if (wf.status !== 'running') return print(wf)
+          await new Promise((r) => setTimeout(r, 200))
+        }
+      })
+    },
+  )
 workflow
   .command('status <id>')
   .description("print a workflow's status and tasks")
   .requiredOption('--tenant <id>', 'tenant id')
   .action(async (id: string, opts: { tenant: string }) => {
-    await withEngine(undefined, async (engine) => print(await (await engine.tenant(opts.tenant)).getWorkflow(id)))
+    await withEngine(undefined, async (engine) =>
+      print(await (await engine.tenant(opts.tenant)).getWorkflow(id)),
+    )
   })
 workflow
   .command('history <id>')
@@ -209,7 +233,9 @@ workflow
   .option('--reason <text>', 'why', 'cancelled from the command line')
   .action(async (id: string, opts: { tenant: string; reason: string }) => {
     await withEngine(undefined, async (engine) =>
-      print(await (await engine.tenant(opts.tenant)).cancelWorkflow(id, { reason: opts.reason, actor: 'cli' })),
+      print(
+        await (await engine.tenant(opts.tenant)).cancelWorkflow(id, { reason: opts.reason, actor: 'cli' }),
+      ),
     )
   })
 

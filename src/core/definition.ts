@@ -38,7 +38,9 @@ export interface AgentContext<TData = Json> {
   spawn(tasks: SpawnedTask | SpawnedTask[]): void
 }
 
-export type AgentHandler<TData = Json, TResult extends Json = Json> = (ctx: AgentContext<TData>) => Promise<TResult>
+export type AgentHandler<TData = Json, TResult extends Json = Json> = (
+  ctx: AgentContext<TData>,
+) => Promise<TResult>
 
 export interface AgentDefinition<TData = Json, TResult extends Json = Json> {
   readonly kind: 'agent'
@@ -136,7 +138,8 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
       String(spec.id),
     )
   }
-  if (typeof spec.handler !== 'function') throw new DefinitionError(`agent "${spec.id}" has no handler`, spec.id)
+  if (typeof spec.handler !== 'function')
+    throw new DefinitionError(`agent "${spec.id}" has no handler`, spec.id)
   const taskTypes = spec.taskTypes ?? [spec.id]
   if (taskTypes.length === 0) throw new DefinitionError(`agent "${spec.id}" handles no task type`, spec.id)
   for (const t of taskTypes) {
@@ -167,12 +170,15 @@ export function defineWorkflow<TInput = Json>(spec: {
     )
   }
   const version = spec.version ?? 1
-  if (!Number.isInteger(version) || version < 1) throw new DefinitionError(`workflow "${spec.name}" version must be a positive integer`)
+  if (!Number.isInteger(version) || version < 1)
+    throw new DefinitionError(`workflow "${spec.name}" version must be a positive integer`)
   if (!Array.isArray(spec.tasks) || spec.tasks.length === 0) {
     throw new DefinitionError(`workflow "${spec.name}" has no tasks`)
   }
   if (spec.tasks.length > LIMITS.maxTasksPerWorkflow) {
-    throw new DefinitionError(`workflow "${spec.name}" has ${spec.tasks.length} tasks, over the limit of ${LIMITS.maxTasksPerWorkflow}`)
+    throw new DefinitionError(
+      `workflow "${spec.name}" has ${spec.tasks.length} tasks, over the limit of ${LIMITS.maxTasksPerWorkflow}`,
+    )
   }
   const tasks = spec.tasks.map((t) => resolveTask(t, `workflow "${spec.name}"`))
   const order = topologicalOrder(tasks, new Set(), `workflow "${spec.name}"`)
@@ -180,7 +186,10 @@ export function defineWorkflow<TInput = Json>(spec: {
 }
 
 /** Validates one task spec and fills in its defaults. */
-export function resolveTask<TInput>(t: TaskSpec<TInput> | SpawnedTask, where: string): ResolvedTaskSpec<TInput> {
+export function resolveTask<TInput>(
+  t: TaskSpec<TInput> | SpawnedTask,
+  where: string,
+): ResolvedTaskSpec<TInput> {
   if (t === null || typeof t !== 'object') throw new DefinitionError(`${where}: a task is not an object`)
   const key = t.key
   if (typeof key !== 'string' || key.length === 0 || key.length > LIMITS.maxKeyLength || !KEY.test(key)) {
@@ -198,30 +207,87 @@ export function resolveTask<TInput>(t: TaskSpec<TInput> | SpawnedTask, where: st
   if (typeof agent === 'object') {
     type ??= agent.taskTypes[0]
     if (type === undefined || !agent.taskTypes.includes(type)) {
-      throw new DefinitionError(`${where}: task "${key}" has type "${type}", which agent "${agentId}" does not handle`, key)
+      throw new DefinitionError(
+        `${where}: task "${key}" has type "${type}", which agent "${agentId}" does not handle`,
+        key,
+      )
     }
   }
   type ??= agentId
-  if (!NAME.test(type)) throw new DefinitionError(`${where}: task "${key}" has an invalid type ${JSON.stringify(type)}`, key)
+  if (!NAME.test(type))
+    throw new DefinitionError(`${where}: task "${key}" has an invalid type ${JSON.stringify(type)}`, key)
   const dependsOn = t.dependsOn ?? []
   if (!Array.isArray(dependsOn) || dependsOn.some((d) => typeof d !== 'string')) {
     throw new DefinitionError(`${where}: task "${key}" dependsOn must be an array of task keys`, key)
   }
   if (dependsOn.length > LIMITS.maxDependencies) {
-    throw new DefinitionError(`${where}: task "${key}" has more than ${LIMITS.maxDependencies} dependencies`, key)
+    throw new DefinitionError(
+      `${where}: task "${key}" has more than ${LIMITS.maxDependencies} dependencies`,
+      key,
+    )
   }
   if (dependsOn.includes(key)) throw new DefinitionError(`${where}: task "${key}" depends on itself`, key)
   if (new Set(dependsOn).size !== dependsOn.length) {
     throw new DefinitionError(`${where}: task "${key}" lists a dependency twice`, key)
   }
-  const maxAttempts = intOption(t.maxAttempts, TASK_DEFAULTS.maxAttempts, 1, LIMITS.maxAttempts, 'maxAttempts', key, where)
-  const backoffMs = intOption(t.backoffMs, TASK_DEFAULTS.backoffMs, 0, LIMITS.maxTimeoutMs, 'backoffMs', key, where)
-  const backoffMaxMs = intOption(t.backoffMaxMs, Math.max(TASK_DEFAULTS.backoffMaxMs, backoffMs), backoffMs, LIMITS.maxTimeoutMs, 'backoffMaxMs', key, where)
-  const timeoutMs = intOption(t.timeoutMs, TASK_DEFAULTS.timeoutMs, 1, LIMITS.maxTimeoutMs, 'timeoutMs', key, where)
-  return { key, agentId, type, dependsOn: [...dependsOn], data: t.data, maxAttempts, backoffMs, backoffMaxMs, timeoutMs }
+  const maxAttempts = intOption(
+    t.maxAttempts,
+    TASK_DEFAULTS.maxAttempts,
+    1,
+    LIMITS.maxAttempts,
+    'maxAttempts',
+    key,
+    where,
+  )
+  const backoffMs = intOption(
+    t.backoffMs,
+    TASK_DEFAULTS.backoffMs,
+    0,
+    LIMITS.maxTimeoutMs,
+    'backoffMs',
+    key,
+    where,
+  )
+  const backoffMaxMs = intOption(
+    t.backoffMaxMs,
+    Math.max(TASK_DEFAULTS.backoffMaxMs, backoffMs),
+    backoffMs,
+    LIMITS.maxTimeoutMs,
+    'backoffMaxMs',
+    key,
+    where,
+  )
+  const timeoutMs = intOption(
+    t.timeoutMs,
+    TASK_DEFAULTS.timeoutMs,
+    1,
+    LIMITS.maxTimeoutMs,
+    'timeoutMs',
+    key,
+    where,
+  )
+  return {
+    key,
+    agentId,
+    type,
+    dependsOn: [...dependsOn],
+    data: t.data,
+    maxAttempts,
+    backoffMs,
+    backoffMaxMs,
+    timeoutMs,
+  }
 }
 
-function intOption(value: unknown, fallback: number, min: number, max: number, name: string, key: string, where: string): number {
+function intOption(
+  value: unknown,
+  fallback: number,
+  min: number,
+  max: number,
+  name: string,
+  key: string,
+  where: string,
+): number {
   if (value === undefined) return fallback
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
     throw new DefinitionError(`${where}: task "${key}" ${name} must be an integer from ${min} to ${max}`, key)
@@ -241,7 +307,8 @@ export function topologicalOrder(
 ): string[] {
   const byKey = new Map<string, { key: string; dependsOn: readonly string[] }>()
   for (const t of tasks) {
-    if (byKey.has(t.key) || existing.has(t.key)) throw new DefinitionError(`${where}: duplicate task key "${t.key}"`, t.key)
+    if (byKey.has(t.key) || existing.has(t.key))
+      throw new DefinitionError(`${where}: duplicate task key "${t.key}"`, t.key)
     byKey.set(t.key, t)
   }
   const indegree = new Map<string, number>()

@@ -19,11 +19,18 @@ export const DEFAULT_JSON_LIMITS: JsonLimits = { maxBytes: 1024 * 1024, maxDepth
  * Returns the value's serialised size in bytes, or throws InvalidInputError naming the JSON path of
  * the first value PostgreSQL would reject.
  */
-export function assertStorableJson(value: unknown, label: string, limits: JsonLimits = DEFAULT_JSON_LIMITS): number {
+export function assertStorableJson(
+  value: unknown,
+  label: string,
+  limits: JsonLimits = DEFAULT_JSON_LIMITS,
+): number {
   walk(value, label, 0, limits.maxDepth, new Set())
   const bytes = Buffer.byteLength(JSON.stringify(value ?? null), 'utf8')
   if (bytes > limits.maxBytes) {
-    throw new InvalidInputError(`${label} is ${bytes} bytes, over the limit of ${limits.maxBytes} bytes`, label)
+    throw new InvalidInputError(
+      `${label} is ${bytes} bytes, over the limit of ${limits.maxBytes} bytes`,
+      label,
+    )
   }
   return bytes
 }
@@ -42,13 +49,15 @@ function walk(value: unknown, path: string, depth: number, maxDepth: number, see
       return
     }
     case 'number':
-      if (!Number.isFinite(value)) throw new InvalidInputError(`${path} is ${value}, which JSON cannot represent`, path)
+      if (!Number.isFinite(value))
+        throw new InvalidInputError(`${path} is ${value}, which JSON cannot represent`, path)
       return
     case 'boolean':
       return
     case 'object': {
       if (value === null) return
-      if (depth >= maxDepth) throw new InvalidInputError(`${path} is nested deeper than ${maxDepth} levels`, path)
+      if (depth >= maxDepth)
+        throw new InvalidInputError(`${path} is nested deeper than ${maxDepth} levels`, path)
       if (seen.has(value)) throw new InvalidInputError(`${path} contains a circular reference`, path)
       seen.add(value)
       if (Array.isArray(value)) {
@@ -56,7 +65,10 @@ function walk(value: unknown, path: string, depth: number, maxDepth: number, see
       } else {
         const proto = Object.getPrototypeOf(value)
         if (proto !== Object.prototype && proto !== null && !(value instanceof Date)) {
-          throw new InvalidInputError(`${path} is a ${proto?.constructor?.name ?? 'non-plain'} object, not JSON`, path)
+          throw new InvalidInputError(
+            `${path} is a ${proto?.constructor?.name ?? 'non-plain'} object, not JSON`,
+            path,
+          )
         }
         if (!(value instanceof Date)) {
           for (const key of Object.keys(value)) {

@@ -77,7 +77,10 @@ export function taskData<TInput>(def: WorkflowDefinition<TInput>, input: TInput,
     try {
       value = typeof t.data === 'function' ? t.data(input) : (t.data ?? null)
     } catch (error) {
-      throw new InvalidInputError(`task "${t.key}" data could not be computed from the input: ${String(error)}`, `$.tasks.${t.key}`)
+      throw new InvalidInputError(
+        `task "${t.key}" data could not be computed from the input: ${String(error)}`,
+        `$.tasks.${t.key}`,
+      )
     }
     assertStorableJson(value ?? null, `$.tasks.${t.key}.data`, limits)
     return value ?? null

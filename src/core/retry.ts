@@ -9,7 +9,12 @@ export function canRetry(failures: number, maxAttempts: number, permanent: boole
  * Delay before the next attempt: exponential in the number of failures so far, capped, with up to
  * 20% jitter taken off so a burst of failures does not come back as a burst.
  */
-export function retryDelayMs(failures: number, backoffMs: number, backoffMaxMs: number, random: () => number = Math.random): number {
+export function retryDelayMs(
+  failures: number,
+  backoffMs: number,
+  backoffMaxMs: number,
+  random: () => number = Math.random,
+): number {
   if (backoffMs <= 0) return 0
   const exponent = Math.min(Math.max(failures - 1, 0), 30)
   const raw = Math.min(backoffMaxMs, backoffMs * 2 ** exponent)

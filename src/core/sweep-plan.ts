@@ -36,13 +36,16 @@ export function decideSweep(c: SweepCandidate): SweepAction {
   switch (c.status) {
     case 'running':
       if (c.jobState === null) return { kind: 'lost_worker', reason: 'job gone while the task was running' }
-      if (FINISHED_JOB.has(c.jobState)) return { kind: 'lost_worker', reason: `job ${c.jobState} while the task was running` }
+      if (FINISHED_JOB.has(c.jobState))
+        return { kind: 'lost_worker', reason: `job ${c.jobState} while the task was running` }
       if (c.heartbeatStale) return { kind: 'lost_worker', reason: 'heartbeat stale' }
       return { kind: 'none' }
     case 'queued':
       if (c.jobState === null) return { kind: 'requeue', reason: 'job gone' }
-      if (FINISHED_JOB.has(c.jobState)) return { kind: 'requeue', reason: `job ${c.jobState} before the task started` }
-      if (c.jobState === 'active' && c.jobStale) return { kind: 'requeue', reason: 'job fetched but never started' }
+      if (FINISHED_JOB.has(c.jobState))
+        return { kind: 'requeue', reason: `job ${c.jobState} before the task started` }
+      if (c.jobState === 'active' && c.jobStale)
+        return { kind: 'requeue', reason: 'job fetched but never started' }
       return { kind: 'none' }
     case 'pending':
       return { kind: 'requeue', reason: 'ready without a job' }

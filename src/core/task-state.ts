@@ -58,7 +58,9 @@ export function canTransition(from: TaskStatus, to: TaskStatus): boolean {
   return TASK_TRANSITIONS[from][to] !== undefined
 }
 
-export const WORKFLOW_TRANSITIONS: Readonly<Record<WorkflowStatus, Readonly<Partial<Record<WorkflowStatus, string>>>>> = {
+export const WORKFLOW_TRANSITIONS: Readonly<
+  Record<WorkflowStatus, Readonly<Partial<Record<WorkflowStatus, string>>>>
+> = {
   running: {
     completed: 'its last task completed',
     failed: 'a task failed with no attempts left',

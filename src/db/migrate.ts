@@ -58,7 +58,9 @@ export async function migrateTenantTables(client: pg.Client | pg.PoolClient, sch
       migrationsTable: '__tenant_migrations',
     })
   } finally {
-    await client.query(`SELECT set_config('search_path', $1, false)`, [previous.rows[0]?.search_path ?? 'public'])
+    await client.query(`SELECT set_config('search_path', $1, false)`, [
+      previous.rows[0]?.search_path ?? 'public',
+    ])
   }
 }
 

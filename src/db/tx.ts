@@ -31,7 +31,11 @@ function scopeSql(scope: TenantScope): string {
  * deadlocks (the body must be safe to run again: every engine transaction is). BEGIN and the scope
  * travel in one round trip.
  */
-export async function withTenantTx<T>(pool: pg.Pool, scope: TenantScope, fn: (db: Db) => Promise<T>): Promise<T> {
+export async function withTenantTx<T>(
+  pool: pg.Pool,
+  scope: TenantScope,
+  fn: (db: Db) => Promise<T>,
+): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     const client = await pool.connect()
     let broken = false

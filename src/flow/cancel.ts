@@ -56,9 +56,17 @@ export async function cancelWorkflow(
   options: { reason?: string; actor?: string } = {},
 ): Promise<CancelResult> {
   return withTenantTx(deps.pool, scope, async (db) => {
-    const { rows } = await db.executeSql(CANCEL, [scope.tenantId, workflowId, options.reason ?? 'cancelled', options.actor ?? null])
+    const { rows } = await db.executeSql(CANCEL, [
+      scope.tenantId,
+      workflowId,
+      options.reason ?? 'cancelled',
+      options.actor ?? null,
+    ])
     if (!rows.some((r) => r.kind === 'workflow')) {
-      const wf = await db.executeSql('SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2', [scope.tenantId, workflowId])
+      const wf = await db.executeSql('SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2', [
+        scope.tenantId,
+        workflowId,
+      ])
       const status = wf.rows[0]?.status as WorkflowStatus | undefined
       if (!status) throw new NotFoundError(`workflow ${workflowId}`)
       return { cancelled: false, status, tasksCancelled: 0 }
@@ -66,7 +74,11 @@ export async function cancelWorkflow(
     const tasks = rows.filter((r) => r.kind === 'task')
     const queued = tasks.filter((r) => r.job_id && r.status !== 'pending')
     for (const [queue, list] of Map.groupBy(queued, (r) => r.queue as string)) {
-      await deps.boss.cancel(queue, list.map((r) => r.job_id as string), { db })
+      await deps.boss.cancel(
+        queue,
+        list.map((r) => r.job_id as string),
+        { db },
+      )
     }
     return { cancelled: true, status: 'cancelled', tasksCancelled: tasks.length }
   })

@@ -104,7 +104,8 @@ export async function completeTasks(
   return withTenantTx(deps.pool, scope, async (db) => {
     const spawned: ReadyJob[] = []
     for (const item of items) {
-      if (item.spawn) spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
+      if (item.spawn)
+        spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
     }
     const outcome = await writeCompletions(deps.boss, db, scope, items)
     const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
@@ -126,7 +127,12 @@ export class SpawnLeaseLostError extends Error {
   }
 }
 
-async function writeCompletions(boss: PgBoss, db: Db, scope: TenantScope, items: readonly Completion[]): Promise<CompletionOutcome> {
+async function writeCompletions(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  items: readonly Completion[],
+): Promise<CompletionOutcome> {
   const { rows } = await db.executeSql(COMPLETE, [
     scope.tenantId,
     JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, result: i.result ?? null }))),
@@ -137,7 +143,14 @@ async function writeCompletions(boss: PgBoss, db: Db, scope: TenantScope, items:
   for (const r of rows) {
     if (r.kind === 'done') completed.add(r.id)
     else if (r.kind === 'ready') {
-      dispatched.push({ queue: r.queue, jobId: r.job_id, workflowId: r.workflow_id, taskId: r.id, attempt: r.attempt, timeoutMs: r.n })
+      dispatched.push({
+        queue: r.queue,
+        jobId: r.job_id,
+        workflowId: r.workflow_id,
+        taskId: r.id,
+        attempt: r.attempt,
+        timeoutMs: r.n,
+      })
     } else if (r.kind === 'workflow') workflowsCompleted.push({ id: r.id, type: r.type, durationMs: r.n })
   }
   await insertJobs(boss, db, scope, dispatched)

@@ -24,7 +24,10 @@ const RETRY_FOR_MS = 30_000
 
 export class Completer {
   readonly #deps: { pool: pg.Pool; boss: PgBoss }
-  readonly #queues = new Map<string, { scope: TenantScope; items: Pending[]; flushing: Promise<void> | null }>()
+  readonly #queues = new Map<
+    string,
+    { scope: TenantScope; items: Pending[]; flushing: Promise<void> | null }
+  >()
   readonly #onError: (error: unknown, attempt: number) => void
 
   constructor(deps: { pool: pg.Pool; boss: PgBoss }, onError: (error: unknown, attempt: number) => void) {
@@ -74,7 +77,11 @@ export class Completer {
     const started = Date.now()
     for (let attempt = 1; ; attempt++) {
       try {
-        const outcome = await completeTasks(this.#deps, scope, batch.map((p) => p.item))
+        const outcome = await completeTasks(
+          this.#deps,
+          scope,
+          batch.map((p) => p.item),
+        )
         for (const p of batch) p.resolve({ written: outcome.completed.has(p.item.taskId), outcome })
         return
       } catch (error) {
@@ -100,5 +107,12 @@ export function isTransient(error: unknown): boolean {
       message,
     )
   }
-  return code.startsWith('08') || code === '57P01' || code === '57P02' || code === '57P03' || code === 'ECONNREFUSED' || code === 'ECONNRESET'
+  return (
+    code.startsWith('08') ||
+    code === '57P01' ||
+    code === '57P02' ||
+    code === '57P03' ||
+    code === 'ECONNREFUSED' ||
+    code === 'ECONNRESET'
+  )
 }

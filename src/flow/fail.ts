@@ -113,11 +113,24 @@ export async function failAttemptIn(
   if (!row) return { kind: 'lease_lost' }
   if (f.job) {
     const { jobId, retryCount } = f.job
-    await boss.fail(f.queue, retryCount === undefined ? jobId : { id: jobId, retryCount }, { error: f.error }, { db })
+    await boss.fail(
+      f.queue,
+      retryCount === undefined ? jobId : { id: jobId, retryCount },
+      { error: f.error },
+      { db },
+    )
   }
   if (retry) {
     await insertJobs(boss, db, scope, [
-      { queue: f.queue, jobId: row.job_id, workflowId: f.workflowId, taskId: f.taskId, attempt: row.attempt, timeoutMs: f.timeoutMs, delayMs },
+      {
+        queue: f.queue,
+        jobId: row.job_id,
+        workflowId: f.workflowId,
+        taskId: f.taskId,
+        attempt: row.attempt,
+        timeoutMs: f.timeoutMs,
+        delayMs,
+      },
     ])
     return { kind: 'retrying', attempt: row.attempt, delayMs }
   }
@@ -127,13 +140,24 @@ export async function failAttemptIn(
     JSON.stringify({ task: f.taskId, agent: f.agentId, error: f.error }),
   ])
   const skipped = wf.rows.filter((r) => r.kind === 'skipped')
-  for (const [queue, list] of Map.groupBy(skipped.filter((r) => r.job_id), (r) => r.queue as string)) {
-    await boss.cancel(queue, list.map((r) => r.job_id as string), { db })
+  for (const [queue, list] of Map.groupBy(
+    skipped.filter((r) => r.job_id),
+    (r) => r.queue as string,
+  )) {
+    await boss.cancel(
+      queue,
+      list.map((r) => r.job_id as string),
+      { db },
+    )
   }
   await boss.send(
     DEAD_LETTER_QUEUE,
     { t: scope.tenantId, w: f.workflowId, k: f.taskId, a: f.attempt, agent: f.agentId, error: f.error },
     { db },
   )
-  return { kind: 'failed', workflowFailed: wf.rows.some((r) => r.kind === 'workflow'), skipped: skipped.length }
+  return {
+    kind: 'failed',
+    workflowFailed: wf.rows.some((r) => r.kind === 'workflow'),
+    skipped: skipped.length,
+  }
 }

@@ -19,7 +19,10 @@ export async function heartbeat(
 ): Promise<Set<string>> {
   if (tasks.length === 0) return new Set()
   return withTenantTx(pool, scope, async (db) => {
-    const { rows } = await db.executeSql(BEAT, [scope.tenantId, JSON.stringify(tasks.map((t) => ({ id: t.taskId, attempt: t.attempt })))])
+    const { rows } = await db.executeSql(BEAT, [
+      scope.tenantId,
+      JSON.stringify(tasks.map((t) => ({ id: t.taskId, attempt: t.attempt }))),
+    ])
     return new Set(rows.map((r) => r.id as string))
   })
 }

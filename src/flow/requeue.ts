@@ -45,13 +45,22 @@ export async function requeueTasks(
   if (items.length === 0) return []
   const { rows } = await db.executeSql(REQUEUE, [
     scope.tenantId,
-    JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, status: i.status, reason: i.reason }))),
+    JSON.stringify(
+      items.map((i) => ({ id: i.taskId, attempt: i.attempt, status: i.status, reason: i.reason })),
+    ),
     action,
   ])
   const requeued = new Set(rows.map((r) => r.id as string))
-  const old = items.filter((i) => i.oldJob && requeued.has(i.taskId)).map((i) => i.oldJob as { queue: string; jobId: string })
+  const old = items
+    .filter((i) => i.oldJob && requeued.has(i.taskId))
+    .map((i) => i.oldJob as { queue: string; jobId: string })
   for (const [queue, list] of Map.groupBy(old, (j) => j.queue)) {
-    await boss.fail(queue, list.map((j) => j.jobId), { error: { name: 'Requeued', message: action } }, { db })
+    await boss.fail(
+      queue,
+      list.map((j) => j.jobId),
+      { error: { name: 'Requeued', message: action } },
+      { db },
+    )
   }
   const jobs: ReadyJob[] = rows.map((r) => ({
     queue: r.queue,

@@ -67,17 +67,19 @@ export async function spawnTasks(
   const where = `spawned by task ${spawnerId}`
   const specs = request.tasks.map((t) => resolveTask(t, where))
   // Lock the workflow row first: concurrent spawns into one workflow see each other's keys.
-  const wf = await db.executeSql(
-    'SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2 FOR UPDATE',
-    [scope.tenantId, workflowId],
-  )
+  const wf = await db.executeSql('SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2 FOR UPDATE', [
+    scope.tenantId,
+    workflowId,
+  ])
   if (wf.rows[0]?.status !== 'running') return []
   const { rows } = await db.executeSql(
     'SELECT id, task_key, status FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2',
     [scope.tenantId, workflowId],
   )
   if (rows.length + specs.length > LIMITS.maxTasksPerWorkflow) {
-    throw new DefinitionError(`${where}: the workflow would have more than ${LIMITS.maxTasksPerWorkflow} tasks`)
+    throw new DefinitionError(
+      `${where}: the workflow would have more than ${LIMITS.maxTasksPerWorkflow} tasks`,
+    )
   }
   const existing = new Map<string, { id: string; done: boolean }>(
     rows.map((r) => [r.task_key as string, { id: r.id as string, done: r.status === 'completed' }]),
@@ -101,12 +103,28 @@ export async function spawnTasks(
     for (const key of p.dependencies) {
       const e = existing.get(key)
       if (e && !e.done && !['pending', 'queued', 'running'].includes(statusById.get(e.id) ?? '')) {
-        throw new DefinitionError(`${where}: task "${p.task_key}" depends on "${key}", which can no longer complete`, p.task_key)
+        throw new DefinitionError(
+          `${where}: task "${p.task_key}" depends on "${key}", which can no longer complete`,
+          p.task_key,
+        )
       }
     }
   }
-  await db.executeSql(INSERT_SPAWNED, [scope.tenantId, workflowId, JSON.stringify(planned), JSON.stringify(edges), spawnerId])
+  await db.executeSql(INSERT_SPAWNED, [
+    scope.tenantId,
+    workflowId,
+    JSON.stringify(planned),
+    JSON.stringify(edges),
+    spawnerId,
+  ])
   return planned
     .filter((p) => p.status === 'queued')
-    .map((p) => ({ queue: p.queue, jobId: p.job_id as string, workflowId, taskId: p.id, attempt: p.attempt, timeoutMs: p.timeout_ms }))
+    .map((p) => ({
+      queue: p.queue,
+      jobId: p.job_id as string,
+      workflowId,
+      taskId: p.id,
+      attempt: p.attempt,
+      timeoutMs: p.timeout_ms,
+    }))
 }

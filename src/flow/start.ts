@@ -31,7 +31,10 @@ export interface StartResult {
 
 export class IdempotencyConflictError extends EquilateralError {
   constructor(key: string, existingType: string) {
-    super('idempotency_conflict', `idempotency key "${key}" was already used to start a "${existingType}" workflow`)
+    super(
+      'idempotency_conflict',
+      `idempotency key "${key}" was already used to start a "${existingType}" workflow`,
+    )
   }
 }
 

@@ -61,7 +61,9 @@ export async function sweepOnce(
       report.pages++
       report.scanned += rows.length
       const candidates = rows.map(toCandidate)
-      const work = candidates.map((c) => ({ c, action: decideSweep(c) })).filter((w) => w.action.kind !== 'none')
+      const work = candidates
+        .map((c) => ({ c, action: decideSweep(c) }))
+        .filter((w) => w.action.kind !== 'none')
       if (work.length > 0) {
         const scopes = await deps.scopeOf([...new Set(work.map((w) => w.c.tenantId))])
         for (const [tenantId, list] of Map.groupBy(work, (w) => w.c.tenantId)) {

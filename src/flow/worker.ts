@@ -51,7 +51,11 @@ export interface WorkerOptions {
 /** Observation points for metrics; every hook is optional and must not throw. */
 export interface WorkerHooks {
   taskStarted?(t: ClaimedTask, dispatchLatencyMs: number | undefined): void
-  taskFinished?(t: ClaimedTask, outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released', durationMs: number): void
+  taskFinished?(
+    t: ClaimedTask,
+    outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released',
+    durationMs: number,
+  ): void
   workflowCompleted?(type: string, durationMs: number): void
 }
 
@@ -73,13 +77,14 @@ interface Running {
   done: Promise<void>
 }
 
-/** A wake-up for one queue loop; a wake that arrives while the loop is busy is remembered. */
+/** A wake-up for the loops waiting on it; a wake that arrives while nobody waits is remembered. */
 class Waker {
   #pending = false
-  #resolve: (() => void) | null = null
+  readonly #waiters = new Set<() => void>()
   wake(): void {
-    this.#pending = true
-    this.#resolve?.()
+    if (this.#waiters.size === 0) this.#pending = true
+    for (const resolve of this.#waiters) resolve()
+    this.#waiters.clear()
   }
   async wait(ms: number): Promise<void> {
     if (this.#pending) {
@@ -87,16 +92,14 @@ class Waker {
       return
     }
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(done, ms)
-      const self = this
-      function done() {
+      const done = () => {
         clearTimeout(timer)
-        self.#resolve = null
+        this.#waiters.delete(done)
         resolve()
       }
-      this.#resolve = done
+      const timer = setTimeout(done, ms)
+      this.#waiters.add(done)
     })
-    this.#pending = false
   }
 }
 
@@ -137,7 +140,10 @@ export class Worker {
       this.#loops.push(this.#loop(agent, queue))
     }
     this.#heartbeatTimer = setInterval(() => void this.#beat(), this.#o.heartbeatIntervalMs)
-    this.#o.log.info({ worker: this.id, agents: [...this.#agents.keys()], concurrency: this.#o.concurrency }, 'worker started')
+    this.#o.log.info(
+      { worker: this.id, agents: [...this.#agents.keys()], concurrency: this.#o.concurrency },
+      'worker started',
+    )
   }
 
   /** Wakes the loop of a queue (as a NOTIFY would). */
@@ -177,7 +183,10 @@ export class Worker {
       try {
         await this.#dispatch(queue, jobs)
       } catch (error) {
-        this.#o.log.error({ err: error, queue, jobs: jobs.length }, 'claiming fetched jobs failed; the sweeper will recover them')
+        this.#o.log.error(
+          { err: error, queue, jobs: jobs.length },
+          'claiming fetched jobs failed; the sweeper will recover them',
+        )
       }
     }
   }
@@ -193,7 +202,10 @@ export class Worker {
     this.#slotWaker.wake()
   }
 
-  async #dispatch(queue: string, jobs: { id: string; data: TaskJobData; retryCount: number }[]): Promise<void> {
+  async #dispatch(
+    queue: string,
+    jobs: { id: string; data: TaskJobData; retryCount: number }[],
+  ): Promise<void> {
     let unclaimed = jobs.length
     try {
       const fetched: FetchedJob[] = []
@@ -205,7 +217,14 @@ export class Worker {
           await this.#o.boss.fail(queue, j.id, { error: 'job data is not a task reference' })
           continue
         }
-        const f: FetchedJob = { queue, jobId: j.id, retryCount: j.retryCount, taskId: d.k, workflowId: d.w, attempt: d.a }
+        const f: FetchedJob = {
+          queue,
+          jobId: j.id,
+          retryCount: j.retryCount,
+          taskId: d.k,
+          workflowId: d.w,
+          attempt: d.a,
+        }
         fetched.push(f)
         let list = tenants.get(d.t)
         if (!list) tenants.set(d.t, (list = []))
@@ -215,7 +234,10 @@ export class Worker {
       for (const [tenantId, list] of tenants) {
         const scope = scopes.get(tenantId)
         if (!scope) {
-          this.#o.log.warn({ queue, tenant: tenantId, jobs: list.length }, 'jobs of an unknown or suspended tenant; leaving them')
+          this.#o.log.warn(
+            { queue, tenant: tenantId, jobs: list.length },
+            'jobs of an unknown or suspended tenant; leaving them',
+          )
           continue
         }
         const { claimed } = await claimTasks(this.#o, scope, list, this.id)
@@ -294,13 +316,20 @@ export class Worker {
       if (reason instanceof AbortReason && reason.kind !== 'timeout') {
         // Cancelled or released: another transaction already decided this task's fate.
         log.info({ reason: reason.kind }, 'agent aborted')
-        this.#o.hooks?.taskFinished?.(task, reason.kind === 'shutdown' ? 'released' : 'lease_lost', performance.now() - started)
+        this.#o.hooks?.taskFinished?.(
+          task,
+          reason.kind === 'shutdown' ? 'released' : 'lease_lost',
+          performance.now() - started,
+        )
         return
       }
       const error = reason instanceof AbortReason ? reason : thrown
       failure = {
         error: serializeError(error),
-        permanent: error instanceof PermanentError || error instanceof InvalidInputError || error instanceof DefinitionError,
+        permanent:
+          error instanceof PermanentError ||
+          error instanceof InvalidInputError ||
+          error instanceof DefinitionError,
       }
     } finally {
       clearTimeout(timer)
@@ -321,7 +350,8 @@ export class Worker {
           })
           log.debug({ written: written.written, ms: Math.round(duration) }, 'task completed')
           this.#o.hooks?.taskFinished?.(task, written.written ? 'completed' : 'lease_lost', duration)
-          for (const wf of written.outcome.workflowsCompleted) this.#o.hooks?.workflowCompleted?.(wf.type, wf.durationMs)
+          for (const wf of written.outcome.workflowsCompleted)
+            this.#o.hooks?.workflowCompleted?.(wf.type, wf.durationMs)
           // Wake our own loops for dependents we serve: the NOTIFY will say the same a little later.
           for (const d of written.outcome.dispatched) this.wake(d.queue)
           return
@@ -359,7 +389,10 @@ export class Worker {
 
   async #listen(): Promise<void> {
     if (this.#stopping) return
-    const client = new pg.Client({ connectionString: this.#o.connectionString, application_name: 'equilateral-listen' })
+    const client = new pg.Client({
+      connectionString: this.#o.connectionString,
+      application_name: 'equilateral-listen',
+    })
     client.on('notification', (n) => {
       if (n.channel === READY_CHANNEL && n.payload) this.wake(n.payload)
       else if (n.channel === CANCEL_CHANNEL && n.payload) {
@@ -401,14 +434,21 @@ export class Worker {
     )
     for (const list of byTenant.values()) {
       try {
-        const held = await heartbeat(this.#o.pool, (list[0] as Running).scope, list.map((r) => r.task))
+        const held = await heartbeat(
+          this.#o.pool,
+          (list[0] as Running).scope,
+          list.map((r) => r.task),
+        )
         for (const r of list) {
           if (!held.has(r.task.taskId) && r.phase === 'agent') {
             r.controller.abort(new AbortReason('cancelled', 'the task is no longer held by this attempt'))
           }
         }
         for (const [queue, jobs] of Map.groupBy(list, (r) => r.task.job.queue)) {
-          await this.#o.boss.touch(queue, jobs.map((r) => r.task.job.jobId))
+          await this.#o.boss.touch(
+            queue,
+            jobs.map((r) => r.task.job.jobId),
+          )
         }
       } catch (error) {
         this.#o.log.warn({ err: error }, 'heartbeat failed')

@@ -60,7 +60,11 @@ export interface QueueSettings {
 }
 
 /** Creates (or updates) the queues for the given agents. Idempotent; safe from many processes. */
-export async function ensureQueues(boss: PgBoss, agentIds: readonly string[], settings: QueueSettings): Promise<void> {
+export async function ensureQueues(
+  boss: PgBoss,
+  agentIds: readonly string[],
+  settings: QueueSettings,
+): Promise<void> {
   const existing = new Set((await boss.getQueues()).map((q) => q.name))
   const options = {
     retryLimit: 0,
@@ -70,7 +74,10 @@ export async function ensureQueues(boss: PgBoss, agentIds: readonly string[], se
   for (const name of [DEAD_LETTER_QUEUE, SWEEP_QUEUE, ...agentIds.map(queueName)]) {
     if (existing.has(name)) continue
     try {
-      await boss.createQueue(name, name === DEAD_LETTER_QUEUE ? { retryLimit: 0, deleteAfterSeconds: 0 } : options)
+      await boss.createQueue(
+        name,
+        name === DEAD_LETTER_QUEUE ? { retryLimit: 0, deleteAfterSeconds: 0 } : options,
+      )
     } catch (error) {
       // Another process created it between our read and our create.
       if (!(await boss.getQueue(name))) throw error
@@ -79,7 +86,12 @@ export async function ensureQueues(boss: PgBoss, agentIds: readonly string[], se
 }
 
 /** Inserts the jobs in the caller's transaction: one statement per distinct queue. */
-export async function insertJobs(boss: PgBoss, db: Db, scope: TenantScope, jobs: readonly ReadyJob[]): Promise<void> {
+export async function insertJobs(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  jobs: readonly ReadyJob[],
+): Promise<void> {
   const byQueue = new Map<string, JobInsert<TaskJobData>[]>()
   for (const job of jobs) {
     let list = byQueue.get(job.queue)

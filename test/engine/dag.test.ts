@@ -43,7 +43,7 @@ const fan = defineWorkflow({
 // A random 50-task DAG: each task depends on a random subset of earlier tasks (seeded, reproducible).
 function randomDag(seed: number, n: number) {
   let s = seed
-  const rand = () => ((s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31)
+  const rand = () => (s = (s * 1103515245 + 12345) % 2 ** 31) / 2 ** 31
   return defineWorkflow({
     name: 'random50',
     tasks: Array.from({ length: n }, (_, i) => ({

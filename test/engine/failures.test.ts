@@ -62,14 +62,24 @@ const failing = defineWorkflow({
   name: 'failing',
   tasks: [
     { key: 'root', agent: ok },
-    { key: 'doomed', agent: flaky, data: { failTimes: 99 }, maxAttempts: 2, backoffMs: 10, dependsOn: ['root'] },
+    {
+      key: 'doomed',
+      agent: flaky,
+      data: { failTimes: 99 },
+      maxAttempts: 2,
+      backoffMs: 10,
+      dependsOn: ['root'],
+    },
     { key: 'child', agent: ok, dependsOn: ['doomed'] },
     { key: 'grandchild', agent: ok, dependsOn: ['child'] },
   ],
 })
 const perm = defineWorkflow({ name: 'perm', tasks: [{ key: 'p', agent: permanent, maxAttempts: 5 }] })
 const weird = defineWorkflow({ name: 'weird', tasks: [{ key: 'w', agent: thrower, maxAttempts: 1 }] })
-const timing = defineWorkflow({ name: 'timing', tasks: [{ key: 's', agent: slow, timeoutMs: 200, maxAttempts: 1 }] })
+const timing = defineWorkflow({
+  name: 'timing',
+  tasks: [{ key: 's', agent: slow, timeoutMs: 200, maxAttempts: 1 }],
+})
 const cancellable = defineWorkflow({
   name: 'cancellable',
   tasks: [
@@ -152,13 +162,19 @@ describe('failures', () => {
 
   it('cancels a workflow: queued work stops, the running agent is told through its signal', async () => {
     const { id } = await acme.startWorkflow('cancellable')
-    await eventually(async () => ((await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined))
+    await eventually(async () =>
+      (await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined,
+    )
     const result = await acme.cancelWorkflow(id, { reason: 'changed my mind', actor: 'test' })
     expect(result).toEqual({ cancelled: true, status: 'cancelled', tasksCancelled: 2 })
     await eventually(async () => (aborted.includes(`${id}/long:AbortError`) ? true : undefined))
     const wf = await acme.getWorkflow(id)
     expect(wf.tasks.map((t) => t.status)).toEqual(['cancelled', 'cancelled'])
-    expect(await acme.cancelWorkflow(id)).toEqual({ cancelled: false, status: 'cancelled', tasksCancelled: 0 })
+    expect(await acme.cancelWorkflow(id)).toEqual({
+      cancelled: false,
+      status: 'cancelled',
+      tasksCancelled: 0,
+    })
     const history = await acme.history(id)
     expect(history.filter((h) => h.action === 'workflow_cancelled')[0]?.actor).toBe('test')
     expect(history.some((h) => h.action === 'task_completed')).toBe(false)

@@ -33,15 +33,30 @@ const planner = defineAgent<{ parts: number }>({
 const badPlanner = defineAgent({
   id: 'bad-planner',
   handler: async (ctx) => {
-    ctx.spawn([{ key: 'loop-a', agent: 'step', dependsOn: ['loop-b'] }, { key: 'loop-b', agent: 'step', dependsOn: ['loop-a'] }])
+    ctx.spawn([
+      { key: 'loop-a', agent: 'step', dependsOn: ['loop-b'] },
+      { key: 'loop-b', agent: 'step', dependsOn: ['loop-a'] },
+    ])
     return null
   },
 })
 
 const pair = (agent: typeof step) =>
-  defineWorkflow({ name: `pair-${agent.id}`, tasks: [{ key: 'a', agent }, { key: 'b', agent, dependsOn: ['a'] }] })
-const planned = defineWorkflow({ name: 'planned', tasks: [{ key: 'plan', agent: planner, data: { parts: 3 } }] })
-const badPlan = defineWorkflow({ name: 'bad-plan', tasks: [{ key: 'plan', agent: badPlanner, maxAttempts: 3 }] })
+  defineWorkflow({
+    name: `pair-${agent.id}`,
+    tasks: [
+      { key: 'a', agent },
+      { key: 'b', agent, dependsOn: ['a'] },
+    ],
+  })
+const planned = defineWorkflow({
+  name: 'planned',
+  tasks: [{ key: 'plan', agent: planner, data: { parts: 3 } }],
+})
+const badPlan = defineWorkflow({
+  name: 'bad-plan',
+  tasks: [{ key: 'plan', agent: badPlanner, maxAttempts: 3 }],
+})
 
 const { engine, db } = await testEngine({
   agents: [step, dup, gone, lost, planner, badPlanner],
@@ -65,14 +80,23 @@ describe('without a worker running', () => {
     const { id } = await acme.startWorkflow('pair-dup')
     const [job] = await engine.boss.fetch<TaskJobData>(queueName('dup'))
     if (!job) throw new Error('no job')
-    const fetched: FetchedJob = { queue: queueName('dup'), jobId: job.id, retryCount: job.retryCount, taskId: job.data.k, workflowId: id, attempt: job.data.a }
+    const fetched: FetchedJob = {
+      queue: queueName('dup'),
+      jobId: job.id,
+      retryCount: job.retryCount,
+      taskId: job.data.k,
+      workflowId: id,
+      attempt: job.data.a,
+    }
     // two workers receive the same job
     const first = await claimTasks(engine, acme.scope, [fetched], 'worker-1')
     const second = await claimTasks(engine, acme.scope, [fetched], 'worker-2')
     expect(first.claimed).toHaveLength(1)
     expect(second.claimed).toHaveLength(1)
     const complete = (result: string) =>
-      completeTasks(engine, acme.scope, [{ job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result }])
+      completeTasks(engine, acme.scope, [
+        { job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result },
+      ])
     const a = await complete('first')
     const b = await complete('second')
     expect(a.completed.has(fetched.taskId)).toBe(true)
@@ -94,7 +118,9 @@ describe('without a worker running', () => {
     const { id } = await acme.startWorkflow('pair-gone')
     const wf = await acme.getWorkflow(id)
     const a = wf.tasks[0]
-    await owner((c) => c.query(`DELETE FROM pgboss.job WHERE name = $1 AND data->>'k' = $2`, [queueName('gone'), a?.id]))
+    await owner((c) =>
+      c.query(`DELETE FROM pgboss.job WHERE name = $1 AND data->>'k' = $2`, [queueName('gone'), a?.id]),
+    )
     const report = await engine.sweep()
     expect(report.requeued).toBeGreaterThanOrEqual(1)
     const after = await acme.getWorkflow(id)
@@ -111,15 +137,29 @@ describe('without a worker running', () => {
     const { id } = await acme.startWorkflow('pair-lost')
     const [job] = await engine.boss.fetch<TaskJobData>(queueName('lost'))
     if (!job) throw new Error('no job')
-    const fetched: FetchedJob = { queue: queueName('lost'), jobId: job.id, retryCount: job.retryCount, taskId: job.data.k, workflowId: id, attempt: job.data.a }
+    const fetched: FetchedJob = {
+      queue: queueName('lost'),
+      jobId: job.id,
+      retryCount: job.retryCount,
+      taskId: job.data.k,
+      workflowId: id,
+      attempt: job.data.a,
+    }
     await claimTasks(engine, acme.scope, [fetched], 'doomed-worker')
     // the worker dies: no heartbeat for longer than the threshold
-    await owner((c) => c.query(`UPDATE equilateral.agent_coordination SET heartbeat_at = now() - interval '1 hour' WHERE id = $1`, [fetched.taskId]))
+    await owner((c) =>
+      c.query(
+        `UPDATE equilateral.agent_coordination SET heartbeat_at = now() - interval '1 hour' WHERE id = $1`,
+        [fetched.taskId],
+      ),
+    )
     const report = await engine.sweep()
     expect(report.lost).toBeGreaterThanOrEqual(1)
     expect((await acme.getWorkflow(id)).tasks[0]).toMatchObject({ status: 'queued', attempt: 2, failures: 1 })
     // the dead worker's late completion is fenced out
-    const late = await completeTasks(engine, acme.scope, [{ job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result: 'late' }])
+    const late = await completeTasks(engine, acme.scope, [
+      { job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result: 'late' },
+    ])
     expect(late.completed.size).toBe(0)
     expect((await acme.history(id)).map((h) => h.action)).toContain('task_lost')
   })
@@ -129,10 +169,14 @@ describe('with a worker', () => {
   it('finishes what the sweeper recovered', async () => {
     await engine.startWorker()
     await eventually(async () => {
-      const { rows } = await owner((c) => c.query(`SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`))
+      const { rows } = await owner((c) =>
+        c.query(`SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`),
+      )
       return rows[0].n === 0 ? true : undefined
     })
-    const { rows } = await owner((c) => c.query(`SELECT status, count(*)::int AS n FROM equilateral.workflows GROUP BY status`))
+    const { rows } = await owner((c) =>
+      c.query(`SELECT status, count(*)::int AS n FROM equilateral.workflows GROUP BY status`),
+    )
     expect(rows).toEqual([{ status: 'completed', n: 3 }])
   })
 

@@ -50,7 +50,9 @@ describe('starting workflows', () => {
     ])
     expect(first.created).toBe(true)
     for (const a of again) expect(a).toMatchObject({ id: first.id, created: false })
-    await expect(acme.startWorkflow('other', null, { idempotencyKey: 'order-1' })).rejects.toBeInstanceOf(IdempotencyConflictError)
+    await expect(acme.startWorkflow('other', null, { idempotencyKey: 'order-1' })).rejects.toBeInstanceOf(
+      IdempotencyConflictError,
+    )
   })
 
   it("commits with the caller's transaction and leaves nothing when it rolls back", async () => {
@@ -111,10 +113,25 @@ describe('starting workflows', () => {
 describe('workflow definitions', () => {
   const a = defineAgent({ id: 'a', taskTypes: ['scan', 'fix'], handler: async () => null })
   it.each([
-    ['a cycle', [{ key: 'x', agent: a, dependsOn: ['z'] }, { key: 'y', agent: a, dependsOn: ['x'] }, { key: 'z', agent: a, dependsOn: ['y'] }], /cycle/],
+    [
+      'a cycle',
+      [
+        { key: 'x', agent: a, dependsOn: ['z'] },
+        { key: 'y', agent: a, dependsOn: ['x'] },
+        { key: 'z', agent: a, dependsOn: ['y'] },
+      ],
+      /cycle/,
+    ],
     ['a self-dependency', [{ key: 'x', agent: a, dependsOn: ['x'] }], /depends on itself/],
     ['an unknown dependency', [{ key: 'x', agent: a, dependsOn: ['nope'] }], /unknown task "nope"/],
-    ['a duplicate key', [{ key: 'x', agent: a }, { key: 'x', agent: a }], /duplicate task key "x"/],
+    [
+      'a duplicate key',
+      [
+        { key: 'x', agent: a },
+        { key: 'x', agent: a },
+      ],
+      /duplicate task key "x"/,
+    ],
     ['a task type the agent does not handle', [{ key: 'x', agent: a, type: 'deploy' }], /does not handle/],
     ['no tasks', [], /no tasks/],
     ['a bad key', [{ key: 'has space', agent: a }], /task key/],
@@ -154,8 +171,8 @@ describe('workflow definitions', () => {
 
   it('rejects a workflow whose agent the engine does not know', () => {
     const stranger = defineAgent({ id: 'stranger', handler: async () => null })
-    expect(() => engine.registerWorkflow(defineWorkflow({ name: 'w', tasks: [{ key: 'k', agent: stranger }] }))).toThrow(
-      /unknown agent "stranger"/,
-    )
+    expect(() =>
+      engine.registerWorkflow(defineWorkflow({ name: 'w', tasks: [{ key: 'k', agent: stranger }] })),
+    ).toThrow(/unknown agent "stranger"/)
   })
 })

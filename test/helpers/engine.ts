@@ -23,7 +23,13 @@ export async function testEngine(options: {
     workflows: options.workflows,
     log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
     supervise: false,
-    config: { pollIntervalMs: 200, heartbeatIntervalMs: 200, staleAfterMs: 2000, shutdownGraceMs: 2000, ...options.config },
+    config: {
+      pollIntervalMs: 200,
+      heartbeatIntervalMs: 200,
+      staleAfterMs: 2000,
+      shutdownGraceMs: 2000,
+      ...options.config,
+    },
   })
   afterAll(async () => {
     await engine.close()
@@ -33,7 +39,11 @@ export async function testEngine(options: {
 }
 
 /** Polls until `check` returns a value (not undefined) or the time runs out. */
-export async function eventually<T>(check: () => Promise<T | undefined>, timeoutMs = 20_000, everyMs = 25): Promise<T> {
+export async function eventually<T>(
+  check: () => Promise<T | undefined>,
+  timeoutMs = 20_000,
+  everyMs = 25,
+): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const value = await check()

@@ -62,9 +62,12 @@ describe('crash safety', () => {
     let kills = 0
     const deadline = Date.now() + 90_000
     for (;;) {
-      const [row] = await query<{ running: number }>(`SELECT count(*)::int AS running FROM equilateral.workflows WHERE status = 'running'`)
+      const [row] = await query<{ running: number }>(
+        `SELECT count(*)::int AS running FROM equilateral.workflows WHERE status = 'running'`,
+      )
       if (row?.running === 0) break
-      if (Date.now() > deadline) throw new Error(`${row?.running} workflows still running after 90 s (${kills} kills)`)
+      if (Date.now() > deadline)
+        throw new Error(`${row?.running} workflows still running after 90 s (${kills} kills)`)
       // kill a random worker at a random moment, start a replacement; sweep like the cron would
       if (kills < 12 && children.size > 0) {
         const victims = [...children]
@@ -85,9 +88,13 @@ describe('crash safety', () => {
     )
     expect(recovered?.n).toBeGreaterThan(0)
 
-    const wfs = await query<{ status: string; n: number }>(`SELECT status, count(*)::int AS n FROM equilateral.workflows GROUP BY status`)
+    const wfs = await query<{ status: string; n: number }>(
+      `SELECT status, count(*)::int AS n FROM equilateral.workflows GROUP BY status`,
+    )
     expect(wfs).toEqual([{ status: 'completed', n: WORKFLOWS }])
-    const notDone = await query(`SELECT id, status FROM equilateral.agent_coordination WHERE status <> 'completed'`)
+    const notDone = await query(
+      `SELECT id, status FROM equilateral.agent_coordination WHERE status <> 'completed'`,
+    )
     expect(notDone).toEqual([])
     // exactly one completion per task in the audit log, and per workflow one workflow_completed
     const completions = await query<{ task_id: string; n: number }>(

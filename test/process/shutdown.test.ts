@@ -12,7 +12,12 @@ import { eventually } from '../helpers/engine.ts'
 
 const script = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url))
 const db = await createTestDatabase()
-const engine = await createEngine({ connectionString: db.url, workflows, log: pino({ level: 'silent' }), supervise: false })
+const engine = await createEngine({
+  connectionString: db.url,
+  workflows,
+  log: pino({ level: 'silent' }),
+  supervise: false,
+})
 const children = new Set<ChildProcess>()
 afterAll(async () => {
   for (const c of children) c.kill('SIGKILL')
@@ -21,7 +26,10 @@ afterAll(async () => {
 })
 
 function spawnWorker(env: Record<string, string> = {}): Promise<ChildProcess> {
-  const child = fork(script, [db.url], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'], env: { ...process.env, ...env } })
+  const child = fork(script, [db.url], {
+    stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    env: { ...process.env, ...env },
+  })
   children.add(child)
   child.on('exit', () => children.delete(child))
   return new Promise((resolve, reject) => {
@@ -36,7 +44,9 @@ describe('graceful shutdown', () => {
     const acme = await engine.tenant('acme')
     const first = await spawnWorker()
     const { id } = await acme.startWorkflow('chaos-slow')
-    await eventually(async () => ((await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined))
+    await eventually(async () =>
+      (await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined,
+    )
     const exited = new Promise<number | null>((resolve) => first.once('exit', (code) => resolve(code)))
     first.kill('SIGTERM')
     expect(await exited).toBe(0)
@@ -59,7 +69,9 @@ describe('graceful shutdown', () => {
     const acme = await engine.tenant('acme')
     const worker = await spawnWorker({ SLOW_AGENT_MS: '600' })
     const { id } = await acme.startWorkflow('chaos-slow')
-    await eventually(async () => ((await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined))
+    await eventually(async () =>
+      (await acme.getWorkflow(id)).tasks[0]?.status === 'running' ? true : undefined,
+    )
     const exited = new Promise<number | null>((resolve) => worker.once('exit', (code) => resolve(code)))
     worker.kill('SIGTERM')
     expect(await exited).toBe(0)

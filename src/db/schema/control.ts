@@ -18,7 +18,9 @@ export const tenants = controlSchema.table('tenants', {
   /** SHA-256 of the tenant's API key; the key itself is never stored. */
   apiKeyHash: text('api_key_hash').unique(),
   /** Which compliance regimes apply and their retention periods. */
-  complianceProfile: jsonb('compliance_profile').notNull().default(sql`'{}'::jsonb`),
+  complianceProfile: jsonb('compliance_profile')
+    .notNull()
+    .default(sql`'{}'::jsonb`),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
 })

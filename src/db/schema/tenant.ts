@@ -21,7 +21,6 @@ import { TASK_STATUSES, WORKFLOW_STATUSES } from '../../core/task-state.ts'
 
 const tz = (name: string) => timestamp(name, { withTimezone: true })
 
-
 export const workflows = pgTable(
   'workflows',
   {
@@ -50,7 +49,6 @@ export const workflows = pgTable(
   ],
 )
 
-
 /** One row per task of a workflow: the coordination state (the design document's agent_coordination). */
 export const tasks = pgTable(
   'agent_coordination',
@@ -65,10 +63,19 @@ export const tasks = pgTable(
     data: jsonb('data'),
     status: text('status', { enum: TASK_STATUSES }).notNull(),
     /** Keys of the tasks this one depends on (what the agent sees its parents' results under). */
-    dependencies: text('dependencies').array().notNull().default(sql`'{}'::text[]`),
-    dependsOn: uuid('depends_on').array().notNull().default(sql`'{}'::uuid[]`),
+    dependencies: text('dependencies')
+      .array()
+      .notNull()
+      .default(sql`'{}'::text[]`),
+    dependsOn: uuid('depends_on')
+      .array()
+      .notNull()
+      .default(sql`'{}'::uuid[]`),
     /** Children, so readiness is found in O(out-degree) at completion. */
-    dependents: uuid('dependents').array().notNull().default(sql`'{}'::uuid[]`),
+    dependents: uuid('dependents')
+      .array()
+      .notNull()
+      .default(sql`'{}'::uuid[]`),
     depsRemaining: integer('deps_remaining').notNull(),
     /** Dispatch generation: every new job for this task gets attempt + 1. Completions are fenced on it. */
     attempt: integer('attempt').notNull().default(0),
@@ -115,7 +122,9 @@ export const auditLog = pgTable(
     taskId: uuid('task_id'),
     agentId: text('agent_id'),
     actionType: text('action_type').notNull(),
-    actionData: jsonb('action_data').notNull().default(sql`'{}'::jsonb`),
+    actionData: jsonb('action_data')
+      .notNull()
+      .default(sql`'{}'::jsonb`),
     actor: text('actor'),
     correlationId: text('correlation_id'),
     timestamp: tz('timestamp').notNull().defaultNow(),
