@@ -1,0 +1,104 @@
+// Counts the hot path's cost per task: SQL statements this process sends (every pg query call,
+// pg-boss's included), database transactions (pg_stat_database), and tasks per second, for W
+// diamond workflows with no-op agents on one worker process.
+// Usage: node bench/hot-path.ts <admin database url> [workflows=300] [concurrency=16]
+import pg from 'pg'
+import { pino } from 'pino'
+import { createEngine, defineAgent, defineWorkflow, migrate } from '../src/index.ts'
+
+const adminUrl = process.argv[2] ?? 'postgres://postgres@127.0.0.1:5432/postgres'
+const W = Number(process.argv[3] ?? 300)
+const concurrency = Number(process.argv[4] ?? 16)
+const dbName = `eq_bench_${process.pid}`
+
+let statements = 0
+const original = pg.Client.prototype.query
+pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+  statements++
+  return (original as (...a: unknown[]) => unknown).apply(this, args)
+} as typeof original
+
+const admin = new pg.Client({ connectionString: adminUrl })
+await admin.connect()
+await admin.query(`CREATE DATABASE ${dbName}`)
+const url = new URL(adminUrl)
+url.pathname = `/${dbName}`
+await migrate(url.href)
+
+const noop = defineAgent({ id: 'noop', handler: async () => null })
+const diamond = defineWorkflow({
+  name: 'diamond',
+  tasks: [
+    { key: 'a', agent: noop },
+    { key: 'b', agent: noop, dependsOn: ['a'] },
+    { key: 'c', agent: noop, dependsOn: ['a'] },
+    { key: 'd', agent: noop, dependsOn: ['b', 'c'] },
+  ],
+})
+const engine = await createEngine({
+  connectionString: url.href,
+  agents: [noop],
+  workflows: [diamond],
+  log: pino({ level: 'warn' }),
+  supervise: false,
+  config: { workerConcurrency: concurrency, dbPoolMax: 20 },
+})
+await engine.createTenant({ id: 'bench' })
+const tenant = await engine.tenant('bench')
+
+// Backends report their counters to pg_stat_database when idle, at most once a second: wait for it.
+const xacts = async () => {
+  await new Promise((r) => setTimeout(r, 1500))
+  return readXacts()
+}
+const readXacts = async () =>
+  Number((await admin.query('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [dbName])).rows[0].xact_commit)
+
+// Start all workflows first (measured separately), then run them.
+const s0 = statements
+const x0 = await xacts()
+const tStart = performance.now()
+const ids: string[] = []
+for (let i = 0; i < W; i++) ids.push((await tenant.startWorkflow('diamond', { i })).id)
+const startMs = performance.now() - tStart
+const startStatements = statements - s0
+const startXacts = (await xacts()) - x0
+
+const s1 = statements
+const x1 = await xacts()
+const t0 = performance.now()
+let polls = 0
+await engine.startWorker()
+const check = new pg.Client({ connectionString: url.href })
+await check.connect()
+for (;;) {
+  polls++
+  const { rows } = await check.query(`SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`)
+  if (rows[0].n === 0) break
+  await new Promise((r) => setTimeout(r, 20))
+}
+const runMs = performance.now() - t0
+const runStatements = statements - s1 - polls
+const runXacts = (await xacts()) - x1 - polls - 1
+const tasks = W * 4
+console.log(
+  JSON.stringify(
+    {
+      workflows: W,
+      tasks,
+      concurrency,
+      start: { ms: Math.round(startMs), perWorkflow: { statements: startStatements / W, transactions: startXacts / W } },
+      run: {
+        ms: Math.round(runMs),
+        tasksPerSecond: Math.round(tasks / (runMs / 1000)),
+        perTask: { statements: +(runStatements / tasks).toFixed(2), transactions: +(runXacts / tasks).toFixed(2) },
+      },
+    },
+    null,
+    2,
+  ),
+)
+await check.end()
+await engine.close()
+await admin.query(`DROP DATABASE ${dbName} WITH (FORCE)`)
+await admin.end()
