@@ -73,6 +73,15 @@ export class LeaseLostError extends EquilateralError {
   }
 }
 
+/**
+ * Whether a failure must not be retried. Decided by `code`, not `instanceof`, so an error from
+ * another copy of this library (built and source side by side) is recognised too.
+ */
+export function isPermanent(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return code === 'permanent' || code === 'invalid_input' || code === 'invalid_definition'
+}
+
 /** Turns anything thrown into a JSON-safe error record (agents may throw non-Error values). */
 export function serializeError(thrown: unknown): { name: string; message: string; code?: string } {
   if (thrown instanceof Error) {

@@ -13,7 +13,7 @@ import type { Logger } from 'pino'
 import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definition.ts'
 import { assertStorableJson, type JsonLimits } from '../core/json.ts'
 import type { TenantScope } from '../db/tx.ts'
-import { DefinitionError, InvalidInputError, PermanentError, serializeError } from '../errors.ts'
+import { isPermanent, serializeError } from '../errors.ts'
 import { queueName, type TaskJobData } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
@@ -326,10 +326,7 @@ export class Worker {
       const error = reason instanceof AbortReason ? reason : thrown
       failure = {
         error: serializeError(error),
-        permanent:
-          error instanceof PermanentError ||
-          error instanceof InvalidInputError ||
-          error instanceof DefinitionError,
+        permanent: isPermanent(error),
       }
     } finally {
       clearTimeout(timer)
@@ -360,7 +357,7 @@ export class Worker {
             this.#o.hooks?.taskFinished?.(task, 'lease_lost', duration)
             return
           }
-          if (!(error instanceof DefinitionError || error instanceof InvalidInputError)) throw error
+          if (!isPermanent(error)) throw error
           failure = { error: serializeError(error), permanent: true }
         }
       }

@@ -55,7 +55,7 @@ describe('graceful shutdown', () => {
     expect((await acme.history(id)).map((h) => h.action)).toContain('task_released')
 
     const startedAt = Date.now()
-    await spawnWorker({ SLOW_AGENT_MS: '50' })
+    const second = await spawnWorker({ SLOW_AGENT_MS: '50' })
     const done = await eventually(async () => {
       const wf = await acme.getWorkflow(id)
       return wf.status === 'completed' ? wf : undefined
@@ -63,6 +63,9 @@ describe('graceful shutdown', () => {
     // picked up at once (the stale threshold is 1.5 s and no sweeper runs here)
     expect(Date.now() - startedAt).toBeLessThan(10_000)
     expect(done.output).toEqual({ slow: { attempt: 2 } })
+    const gone = new Promise((resolve) => second.once('exit', resolve))
+    second.kill('SIGTERM')
+    await gone
   })
 
   it('lets an agent that finishes within the grace period complete', async () => {
