@@ -12,6 +12,8 @@ const concurrency = Number(process.argv[4] ?? 16)
 const dbName = `eq_bench_${process.pid}`
 
 let statements = 0
+// Counting wrapper around every query this process sends; `this` is passed through with apply().
+// eslint-disable-next-line @typescript-eslint/unbound-method
 const original = pg.Client.prototype.query
 pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
   statements++
@@ -52,7 +54,10 @@ const xacts = async () => {
   return readXacts()
 }
 const readXacts = async () =>
-  Number((await admin.query('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [dbName])).rows[0].xact_commit)
+  Number(
+    (await admin.query('SELECT xact_commit FROM pg_stat_database WHERE datname = $1', [dbName])).rows[0]
+      .xact_commit,
+  )
 
 // Start all workflows first (measured separately), then run them.
 const s0 = statements
@@ -73,7 +78,9 @@ const check = new pg.Client({ connectionString: url.href })
 await check.connect()
 for (;;) {
   polls++
-  const { rows } = await check.query(`SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`)
+  const { rows } = await check.query(
+    `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
+  )
   if (rows[0].n === 0) break
   await new Promise((r) => setTimeout(r, 20))
 }
@@ -87,11 +94,17 @@ console.log(
       workflows: W,
       tasks,
       concurrency,
-      start: { ms: Math.round(startMs), perWorkflow: { statements: startStatements / W, transactions: startXacts / W } },
+      start: {
+        ms: Math.round(startMs),
+        perWorkflow: { statements: startStatements / W, transactions: startXacts / W },
+      },
       run: {
         ms: Math.round(runMs),
         tasksPerSecond: Math.round(tasks / (runMs / 1000)),
-        perTask: { statements: +(runStatements / tasks).toFixed(2), transactions: +(runXacts / tasks).toFixed(2) },
+        perTask: {
+          statements: +(runStatements / tasks).toFixed(2),
+          transactions: +(runXacts / tasks).toFixed(2),
+        },
       },
     },
     null,

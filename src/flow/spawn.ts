@@ -10,6 +10,7 @@ import type { Db, TenantScope } from '../db/tx.ts'
 import { DefinitionError } from '../errors.ts'
 import { queueName, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
+import { insertPlannedTasks } from './task-rows.ts'
 
 export interface SpawnRequest {
   tasks: SpawnedTask[]
@@ -17,22 +18,7 @@ export interface SpawnRequest {
 }
 
 const INSERT_SPAWNED = `
-WITH x AS (
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS x(
-    id uuid, task_key text, agent_id text, task_type text, queue text, data jsonb, status text,
-    dependencies text[], depends_on uuid[], dependents uuid[], deps_remaining int, attempt int,
-    max_attempts int, backoff_ms int, backoff_max_ms int, timeout_ms int, job_id uuid)
-),
-t AS (
-  INSERT INTO agent_coordination (tenant_id, id, workflow_id, task_key, agent_id, task_type, queue, data, status,
-    dependencies, depends_on, dependents, deps_remaining, attempt, max_attempts, backoff_ms, backoff_max_ms,
-    timeout_ms, job_id, queued_at)
-  SELECT $1, x.id, $2, x.task_key, x.agent_id, x.task_type, x.queue, x.data, x.status,
-    x.dependencies, x.depends_on, x.dependents, x.deps_remaining, x.attempt, x.max_attempts, x.backoff_ms,
-    x.backoff_max_ms, x.timeout_ms, x.job_id, CASE WHEN x.status = 'queued' THEN now() END
-  FROM x
-  RETURNING id, task_key, agent_id, status, attempt, queue
-),
+WITH ${insertPlannedTasks('$3', '$2', 'x')},
 parents AS (
   UPDATE agent_coordination p SET dependents = p.dependents || e.children, updated_at = now()
   FROM (SELECT parent, array_agg(child) AS children

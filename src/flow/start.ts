@@ -12,6 +12,7 @@ import { type Db, type TenantScope, withinCallerTx, withTenantTx } from '../db/t
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { insertJobs, queueName } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
+import { insertPlannedTasks } from './task-rows.ts'
 
 export interface StartOptions {
   /** Starting twice with the same key returns the first workflow instead of a second one. */
@@ -45,22 +46,7 @@ WITH wf AS (
   ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, correlation_id
 ),
-x AS (
-  SELECT * FROM jsonb_to_recordset($9::jsonb) AS x(
-    id uuid, task_key text, agent_id text, task_type text, queue text, data jsonb, status text,
-    dependencies text[], depends_on uuid[], dependents uuid[], deps_remaining int, attempt int,
-    max_attempts int, backoff_ms int, backoff_max_ms int, timeout_ms int, job_id uuid)
-),
-t AS (
-  INSERT INTO agent_coordination (tenant_id, id, workflow_id, task_key, agent_id, task_type, queue, data, status,
-    dependencies, depends_on, dependents, deps_remaining, attempt, max_attempts, backoff_ms, backoff_max_ms,
-    timeout_ms, job_id, queued_at)
-  SELECT $1, x.id, wf.id, x.task_key, x.agent_id, x.task_type, x.queue, x.data, x.status,
-    x.dependencies, x.depends_on, x.dependents, x.deps_remaining, x.attempt, x.max_attempts, x.backoff_ms,
-    x.backoff_max_ms, x.timeout_ms, x.job_id, CASE WHEN x.status = 'queued' THEN now() END
-  FROM x, wf
-  RETURNING id, task_key, agent_id, status, attempt, queue
-),
+${insertPlannedTasks('$9', 'wf.id', 'x, wf')},
 audit AS (
   INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
   SELECT $1, wf.id, NULL, NULL, 'workflow_started',

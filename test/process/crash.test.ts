@@ -1,16 +1,14 @@
 // Crash safety with real processes: worker processes are killed with SIGKILL at random moments
 // while workflows run. Afterwards every workflow has completed, every task completed exactly once
 // (one completion in the audit log, a result written once), and nothing is left in flight.
-import { type ChildProcess, fork } from 'node:child_process'
-import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createEngine } from '../../src/index.ts'
 import { workflows } from '../fixtures/chaos-registry.ts'
 import { createTestDatabase } from '../helpers/db.ts'
+import { workerProcesses } from '../helpers/processes.ts'
 
-const script = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url))
 const db = await createTestDatabase()
 const engine = await createEngine({
   connectionString: db.url,
@@ -19,22 +17,11 @@ const engine = await createEngine({
   supervise: false,
   config: { staleAfterMs: 1500, heartbeatIntervalMs: 200 },
 })
-const children = new Set<ChildProcess>()
+const { children, spawn: spawnWorker } = workerProcesses(db.url)
 afterAll(async () => {
-  for (const c of children) c.kill('SIGKILL')
   await engine.close()
   await db.drop()
 })
-
-function spawnWorker(): Promise<ChildProcess> {
-  const child = fork(script, [db.url], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] })
-  children.add(child)
-  child.on('exit', () => children.delete(child))
-  return new Promise((resolve, reject) => {
-    child.once('message', () => resolve(child))
-    child.once('exit', (code) => reject(new Error(`worker exited early with ${code}`)))
-  })
-}
 
 async function query<T = Record<string, unknown>>(sql: string): Promise<T[]> {
   const c = new pg.Client({ connectionString: db.url })

@@ -1,0 +1,34 @@
+// Real worker processes for the crash and shutdown tests (test/fixtures/worker-process.ts), killed
+// at the end of the file whatever happened.
+import { type ChildProcess, fork } from 'node:child_process'
+import { fileURLToPath } from 'node:url'
+import { afterAll } from 'vitest'
+
+const script = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url))
+
+export function workerProcesses(databaseUrl: string) {
+  const children = new Set<ChildProcess>()
+  afterAll(() => {
+    for (const c of children) c.kill('SIGKILL')
+  })
+  /** Starts a worker process; resolves once it runs its worker. */
+  function spawn(env: Record<string, string> = {}): Promise<ChildProcess> {
+    const child = fork(script, [databaseUrl], {
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: { ...process.env, ...env },
+    })
+    children.add(child)
+    child.on('exit', () => children.delete(child))
+    return new Promise((resolve, reject) => {
+      child.once('message', () => resolve(child))
+      child.once('exit', (code) => reject(new Error(`worker exited early with ${code}`)))
+    })
+  }
+  /** Sends the signal and resolves with the exit code. */
+  function stop(child: ChildProcess, signal: NodeJS.Signals): Promise<number | null> {
+    const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)))
+    child.kill(signal)
+    return exited
+  }
+  return { children, spawn, stop }
+}
