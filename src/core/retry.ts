@@ -20,3 +20,27 @@ export function retryDelayMs(
   const raw = Math.min(backoffMaxMs, backoffMs * 2 ** exponent)
   return Math.round(raw * (1 - 0.2 * random()))
 }
+
+/** A task's attempt counters and retry policy, as its row holds them. */
+export interface AttemptState {
+  /** Dispatch generation (the fence of completions). */
+  attempt: number
+  /** Failed attempts so far. */
+  failures: number
+  maxAttempts: number
+  backoffMs: number
+  backoffMaxMs: number
+  timeoutMs: number
+}
+
+/** Reads an AttemptState from an agent_coordination row. */
+export function attemptStateOf(row: Record<string, any>): AttemptState {
+  return {
+    attempt: row.attempt,
+    failures: row.failures,
+    maxAttempts: row.max_attempts,
+    backoffMs: row.backoff_ms,
+    backoffMaxMs: row.backoff_max_ms,
+    timeoutMs: row.timeout_ms,
+  }
+}

@@ -1,17 +1,13 @@
 // The sweeper's decisions, pure: given what one scan saw of an in-flight task and its job, what to
 // do with it. The flow/sweep.ts side reads and writes; this side only decides.
 
-export interface SweepCandidate {
+import type { AttemptState } from './retry.ts'
+
+export interface SweepCandidate extends AttemptState {
   tenantId: string
   taskId: string
   workflowId: string
   status: 'pending' | 'queued' | 'running'
-  attempt: number
-  failures: number
-  maxAttempts: number
-  backoffMs: number
-  backoffMaxMs: number
-  timeoutMs: number
   queue: string
   agentId: string
   jobId: string | null

@@ -5,6 +5,7 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
+import { type AttemptState, attemptStateOf } from '../core/retry.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 
 export interface FetchedJob {
@@ -16,7 +17,7 @@ export interface FetchedJob {
   attempt: number
 }
 
-export interface ClaimedTask {
+export interface ClaimedTask extends AttemptState {
   job: FetchedJob
   taskId: string
   workflowId: string
@@ -24,12 +25,6 @@ export interface ClaimedTask {
   taskKey: string
   agentId: string
   taskType: string
-  attempt: number
-  failures: number
-  maxAttempts: number
-  backoffMs: number
-  backoffMaxMs: number
-  timeoutMs: number
   data: Json
   input: Json
   results: Record<string, Json>
@@ -95,12 +90,7 @@ export async function claimTasks(
         taskKey: r.task_key,
         agentId: r.agent_id,
         taskType: r.task_type,
-        attempt: r.attempt,
-        failures: r.failures,
-        maxAttempts: r.max_attempts,
-        backoffMs: r.backoff_ms,
-        backoffMaxMs: r.backoff_max_ms,
-        timeoutMs: r.timeout_ms,
+        ...attemptStateOf(r),
         data: r.data,
         input: r.input,
         results: r.results,

@@ -4,20 +4,14 @@
 // have not started are skipped, and a dead-letter job records the task.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
-import { canRetry, retryDelayMs } from '../core/retry.ts'
+import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
 
-export interface AttemptFailure {
+/** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
+export interface AttemptFailure extends AttemptState {
   taskId: string
   workflowId: string
-  /** The attempt that failed, and the failure count and limits read when it was claimed. */
-  attempt: number
-  failures: number
-  maxAttempts: number
-  backoffMs: number
-  backoffMaxMs: number
-  timeoutMs: number
   queue: string
   agentId: string
   error: { name: string; message: string; code?: string }

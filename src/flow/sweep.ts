@@ -5,6 +5,7 @@
 // attempt it saw, so it is safe beside live workers and beside another sweeper.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
+import { attemptStateOf } from '../core/retry.ts'
 import { decideSweep, type SweepCandidate } from '../core/sweep-plan.ts'
 import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
@@ -112,12 +113,7 @@ function toCandidate(r: Record<string, any>): SweepCandidate {
     taskId: r.id,
     workflowId: r.workflow_id,
     status: r.status,
-    attempt: r.attempt,
-    failures: r.failures,
-    maxAttempts: r.max_attempts,
-    backoffMs: r.backoff_ms,
-    backoffMaxMs: r.backoff_max_ms,
-    timeoutMs: r.timeout_ms,
+    ...attemptStateOf(r),
     queue: r.queue,
     agentId: r.agent_id,
     jobId: r.job_id,
