@@ -220,7 +220,7 @@ export class Engine {
       }, this.config.sweepIntervalMs)
       return
     }
-    await this.boss.createQueue(SWEEP_QUEUE).catch(() => {})
+    // The sweep queue exists: start() created it with the agents' queues.
     await this.boss.schedule(SWEEP_QUEUE, '* * * * *')
     await this.boss.work(SWEEP_QUEUE, { pollingIntervalSeconds: 5 }, async () => {
       await run()

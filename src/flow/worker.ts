@@ -50,7 +50,7 @@ export interface WorkerOptions {
 
 /** Observation points for metrics; every hook is optional and must not throw. */
 export interface WorkerHooks {
-  taskStarted?(t: ClaimedTask, dispatchLatencyMs: number | undefined): void
+  taskStarted?(t: ClaimedTask): void
   taskFinished?(
     t: ClaimedTask,
     outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released',
@@ -274,7 +274,7 @@ export class Worker {
       attempt: task.attempt,
       correlation: task.correlationId,
     })
-    this.#o.hooks?.taskStarted?.(task, undefined)
+    this.#o.hooks?.taskStarted?.(task)
     const spawned: SpawnedTask[] = []
     const timer = setTimeout(
       () => controller.abort(new AbortReason('timeout', `task timed out after ${task.timeoutMs} ms`)),
