@@ -1,9 +1,22 @@
 // Configuration, parsed once at boot into a frozen object; every problem is reported at once.
 import type { GroupConcurrencyConfig } from 'pg-boss'
+import { APP_ROLE } from './db/names.ts'
 import { ConfigError } from './errors.ts'
+
+export const ISOLATION_MODES = ['row-level', 'schema-per-tenant'] as const
+export type IsolationMode = (typeof ISOLATION_MODES)[number]
 
 export interface Config {
   databaseUrl: string | undefined
+  /** The owner role's URL, for migrations and tenant administration; defaults to databaseUrl. */
+  migrationDatabaseUrl: string | undefined
+  /**
+   * The role every run-time connection switches to (`-c role=...`): the application role, which
+   * owns nothing and cannot bypass row-level security. '' keeps the login role as it is.
+   */
+  databaseRole: string
+  /** Where new tenants' tables go: the shared schema under RLS, or a schema of their own (also under RLS). */
+  isolationMode: IsolationMode
   logLevel: string
   /** Agents one worker process runs at once. */
   workerConcurrency: number
@@ -38,6 +51,9 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   }
   const config: Config = {
     databaseUrl: env.DATABASE_URL || undefined,
+    migrationDatabaseUrl: env.MIGRATION_DATABASE_URL || undefined,
+    databaseRole: env.DATABASE_ROLE ?? APP_ROLE,
+    isolationMode: (env.TENANT_ISOLATION_MODE || 'row-level') as IsolationMode,
     logLevel: env.LOG_LEVEL || 'info',
     workerConcurrency: int('WORKER_CONCURRENCY', 16, 1, 10_000),
     fetchBatchSize: int('FETCH_BATCH_SIZE', 16, 1, 1000),
@@ -54,6 +70,14 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     problems.push(
       `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got "${config.logLevel}")`,
     )
+  }
+  if (!ISOLATION_MODES.includes(config.isolationMode)) {
+    problems.push(
+      `TENANT_ISOLATION_MODE must be one of ${ISOLATION_MODES.join(', ')} (got "${config.isolationMode}")`,
+    )
+  }
+  if (config.databaseRole !== '' && !/^[a-z_][a-z0-9_]{0,62}$/.test(config.databaseRole)) {
+    problems.push(`DATABASE_ROLE must be a lower-case role name or empty (got "${config.databaseRole}")`)
   }
   if (config.heartbeatIntervalMs * 2 > config.staleAfterMs) {
     problems.push(

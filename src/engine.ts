@@ -8,7 +8,7 @@ import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import type { Json, JsonLimits } from './core/json.ts'
 import type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
-import { type TenantScope, withTenantTx } from './db/tx.ts'
+import { runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
 import { DefinitionError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
@@ -16,10 +16,25 @@ import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { Worker, type WorkerHooks } from './flow/worker.ts'
 import { createLogger } from './log.ts'
 import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
-import { type CreatedTenant, createTenant, TenantDirectory } from './tenants.ts'
+import {
+  type CreatedTenant,
+  createTenant,
+  listTenants,
+  rotateApiKey,
+  setTenantStatus,
+  TenantDirectory,
+  type TenantInfo,
+  type TenantSpec,
+} from './tenants.ts'
 
 export interface EngineOptions {
+  /** The run-time connection (switched to the application role, see DATABASE_ROLE). */
   connectionString: string
+  /**
+   * The owner's connection, for tenant administration (create, suspend, rotate key), which the
+   * application role may not do. Defaults to MIGRATION_DATABASE_URL, then connectionString.
+   */
+  adminConnectionString?: string
   agents?: readonly AgentDefinition<any, any>[]
   workflows?: readonly WorkflowDefinition<any>[]
   /** Overrides of the configuration read from the environment. */
@@ -78,6 +93,8 @@ export class Engine {
   readonly log: Logger
   readonly tenants: TenantDirectory
   readonly #connectionString: string
+  readonly #adminConnectionString: string
+  #adminPool: pg.Pool | null = null
   readonly #agents = new Map<string, AgentDefinition<any, any>>()
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
   readonly #workers = new Set<Worker>()
@@ -86,15 +103,17 @@ export class Engine {
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
     this.log = options.log ?? createLogger(this.config.logLevel)
-    this.#connectionString = options.connectionString
+    this.#connectionString = runtimeConnectionString(options.connectionString, this.config.databaseRole)
+    this.#adminConnectionString =
+      options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
     this.pool = new pg.Pool({
-      connectionString: options.connectionString,
+      connectionString: this.#connectionString,
       max: this.config.dbPoolMax,
       application_name: 'equilateral',
     })
     this.pool.on('error', (error) => this.log.warn({ err: error }, 'idle database connection lost'))
     this.boss = createBoss({
-      connectionString: options.connectionString,
+      connectionString: this.#connectionString,
       supervise: options.supervise ?? true,
       schedule: options.supervise ?? true,
     })
@@ -134,6 +153,15 @@ export class Engine {
 
   /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
   async start(): Promise<this> {
+    const { rows } = await this.pool.query(
+      'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
+    )
+    if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
+      this.log.warn(
+        { role: rows[0].role },
+        'run-time connections can bypass row-level security (superuser or BYPASSRLS); set DATABASE_ROLE',
+      )
+    }
     await this.boss.start()
     await this.#ensureQueues([
       ...new Set([
@@ -151,8 +179,46 @@ export class Engine {
     })
   }
 
-  createTenant(spec: { id: string; name?: string; tier?: string }): Promise<CreatedTenant> {
-    return createTenant(this.pool, spec)
+  /** The owner's pool, opened on first use by a tenant administration call. */
+  get #admin(): pg.Pool {
+    if (!this.#adminPool) {
+      this.#adminPool = new pg.Pool({
+        connectionString: this.#adminConnectionString,
+        max: 2,
+        application_name: 'equilateral-admin',
+      })
+      this.#adminPool.on('error', (error) => this.log.warn({ err: error }, 'idle admin connection lost'))
+    }
+    return this.#adminPool
+  }
+
+  /** Creates a tenant (and, in schema-per-tenant mode, its schema) and returns its API key, once. */
+  createTenant(spec: TenantSpec): Promise<CreatedTenant> {
+    return createTenant(this.#admin, spec, this.config.isolationMode)
+  }
+
+  listTenants(): Promise<TenantInfo[]> {
+    return listTenants(this.#admin)
+  }
+
+  /**
+   * A suspended tenant's API key and handles are refused and its queued tasks wait (workers leave
+   * their jobs, the sweeper skips them) until it is resumed. Other processes notice within the
+   * directory's cache time (5 s).
+   */
+  async suspendTenant(id: string): Promise<void> {
+    await setTenantStatus(this.#admin, id, 'suspended')
+    this.tenants.invalidate(id)
+  }
+
+  async resumeTenant(id: string): Promise<void> {
+    await setTenantStatus(this.#admin, id, 'active')
+    this.tenants.invalidate(id)
+  }
+
+  /** A new API key for the tenant; the old one stops working at once. */
+  rotateApiKey(id: string): Promise<string> {
+    return rotateApiKey(this.#admin, id)
   }
 
   /** A handle on one active tenant, by id (for trusted backend code) ... */
@@ -199,7 +265,7 @@ export class Engine {
   /** One pass of the stale-task sweeper. */
   sweep(options: { staleAfterMs?: number } = {}): Promise<SweepReport> {
     return sweepOnce(
-      { pool: this.pool, boss: this.boss, scopeOf: (ids) => this.tenants.scopeOf(ids) },
+      { pool: this.pool, boss: this.boss, tenants: this.tenants },
       { staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs, batchSize: 500, maxPages: 20 },
     )
   }
@@ -249,6 +315,7 @@ export class Engine {
     this.#workers.clear()
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})
     await this.pool.end().catch(() => {})
+    await this.#adminPool?.end().catch(() => {})
   }
 }
 

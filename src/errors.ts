@@ -43,7 +43,10 @@ export class NotFoundError extends EquilateralError {
 }
 
 export class TenantError extends EquilateralError {
-  constructor(code: 'unknown_tenant' | 'tenant_suspended' | 'invalid_tenant_id', message: string) {
+  constructor(
+    code: 'unknown_tenant' | 'tenant_suspended' | 'invalid_tenant_id' | 'invalid_tier' | 'tenant_exists',
+    message: string,
+  ) {
     super(code, message)
   }
 }

@@ -1,12 +1,16 @@
-// Tenants: creation (returns an API key once; only its hash is stored) and resolution of a tenant
-// id or key to the transaction scope the engine runs its statements in.
+// Tenants: administration (create, list, suspend, resume, rotate key) on the owner connection, and
+// resolution of a tenant id or API key to the transaction scope the engine runs its statements in,
+// on the application connection (which may only read the tenants table).
 import { createHash, randomBytes } from 'node:crypto'
-import type pg from 'pg'
-import { APP_SCHEMA } from './db/names.ts'
+import pg from 'pg'
+import type { IsolationMode } from './config.ts'
+import { inTransaction, MIGRATION_LOCK, migrateTenantTables } from './db/migrate.ts'
+import { APP_SCHEMA, isTenantSchema } from './db/names.ts'
 import type { TenantScope } from './db/tx.ts'
-import { EquilateralError, TenantError } from './errors.ts'
+import { TenantError } from './errors.ts'
 
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/
+const TIER = /^[a-z0-9][a-z0-9_-]{0,31}$/
 
 export function assertTenantId(id: unknown): asserts id is string {
   if (typeof id !== 'string' || !TENANT_ID.test(id)) {
@@ -17,32 +21,126 @@ export function assertTenantId(id: unknown): asserts id is string {
   }
 }
 
+function assertTier(tier: string): void {
+  if (!TIER.test(tier)) {
+    throw new TenantError(
+      'invalid_tier',
+      `tier ${JSON.stringify(tier).slice(0, 40)} must be 1-32 lower-case letters, digits, '_' or '-'`,
+    )
+  }
+}
+
 export function hashApiKey(key: string): string {
   return createHash('sha256').update(key).digest('hex')
+}
+
+function newApiKey(): string {
+  return `eqk_${randomBytes(32).toString('base64url')}`
+}
+
+/** A fresh tenant schema name: never derived from the tenant id (see TENANT_SCHEMA_PATTERN). */
+function newSchemaName(): string {
+  const name = `t_${randomBytes(8).toString('hex')}`
+  if (!isTenantSchema(name)) throw new Error(`generated schema name ${name} is malformed`)
+  return name
 }
 
 export interface CreatedTenant {
   id: string
   name: string
   tier: string
+  /** The tenant's own schema (schema-per-tenant mode), or null for the shared schema. */
+  schema: string | null
   /** Shown once; only its SHA-256 is stored. */
   apiKey: string
 }
 
+export interface TenantInfo {
+  id: string
+  name: string
+  tier: string
+  status: 'active' | 'suspended'
+  schema: string | null
+  createdAt: Date
+}
+
+export interface TenantSpec {
+  id: string
+  name?: string
+  tier?: string
+}
+
+/**
+ * Creates a tenant in one transaction: its row and, in schema-per-tenant mode, its schema with every
+ * tenant table migrated, so a failure leaves neither. Waits for a running migration (shared lock).
+ */
 export async function createTenant(
-  pool: pg.Pool,
-  spec: { id: string; name?: string; tier?: string },
+  admin: pg.Pool,
+  spec: TenantSpec,
+  mode: IsolationMode,
 ): Promise<CreatedTenant> {
   assertTenantId(spec.id)
-  const apiKey = `eqk_${randomBytes(32).toString('base64url')}`
-  const name = spec.name ?? spec.id
   const tier = spec.tier ?? 'standard'
-  const { rowCount } = await pool.query(
-    `INSERT INTO ${APP_SCHEMA}.tenants (id, name, tier, api_key_hash) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING`,
-    [spec.id, name, tier, hashApiKey(apiKey)],
+  assertTier(tier)
+  const name = spec.name ?? spec.id
+  const apiKey = newApiKey()
+  const schema = mode === 'schema-per-tenant' ? newSchemaName() : null
+  const client = await admin.connect()
+  try {
+    await inTransaction(client, async () => {
+      await client.query('SELECT pg_advisory_xact_lock_shared($1)', [MIGRATION_LOCK])
+      const { rowCount } = await client.query(
+        `INSERT INTO ${APP_SCHEMA}.tenants (id, name, tier, schema_name, api_key_hash)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING`,
+        [spec.id, name, tier, schema, hashApiKey(apiKey)],
+      )
+      if (rowCount === 0) throw new TenantError('tenant_exists', `tenant "${spec.id}" already exists`)
+      if (schema) await migrateTenantTables(client, schema)
+    })
+  } finally {
+    client.release()
+  }
+  return { id: spec.id, name, tier, schema, apiKey }
+}
+
+export async function listTenants(admin: pg.Pool): Promise<TenantInfo[]> {
+  const { rows } = await admin.query(
+    `SELECT id, name, tier, status, schema_name, created_at FROM ${APP_SCHEMA}.tenants ORDER BY id`,
   )
-  if (rowCount === 0) throw new EquilateralError('tenant_exists', `tenant "${spec.id}" already exists`)
-  return { id: spec.id, name, tier, apiKey }
+  return rows.map((r) => ({
+    id: r.id,
+    name: r.name,
+    tier: r.tier,
+    status: r.status,
+    schema: r.schema_name,
+    createdAt: r.created_at,
+  }))
+}
+
+/** Suspends or re-activates a tenant: a suspended tenant's keys and handles are refused, its tasks wait. */
+export async function setTenantStatus(
+  admin: pg.Pool,
+  id: string,
+  status: 'active' | 'suspended',
+): Promise<void> {
+  assertTenantId(id)
+  const { rowCount } = await admin.query(
+    `UPDATE ${APP_SCHEMA}.tenants SET status = $2, updated_at = now() WHERE id = $1`,
+    [id, status],
+  )
+  if (rowCount === 0) throw new TenantError('unknown_tenant', `unknown tenant "${id}"`)
+}
+
+/** Replaces the tenant's API key; the old one stops working at once. Returns the new key (shown once). */
+export async function rotateApiKey(admin: pg.Pool, id: string): Promise<string> {
+  assertTenantId(id)
+  const apiKey = newApiKey()
+  const { rowCount } = await admin.query(
+    `UPDATE ${APP_SCHEMA}.tenants SET api_key_hash = $2, updated_at = now() WHERE id = $1`,
+    [id, hashApiKey(apiKey)],
+  )
+  if (rowCount === 0) throw new TenantError('unknown_tenant', `unknown tenant "${id}"`)
+  return apiKey
 }
 
 /** Resolves tenants to scopes, with a short cache so a hot worker does not ask for every batch. */
@@ -54,6 +152,11 @@ export class TenantDirectory {
   constructor(pool: pg.Pool, ttlMs = 5000) {
     this.#pool = pool
     this.#ttlMs = ttlMs
+  }
+
+  /** Forgets what it knows of a tenant (after this process changed it). */
+  invalidate(id: string): void {
+    this.#cache.delete(id)
   }
 
   /** Active tenants among `ids`, by id. Unknown and suspended tenants are absent. */
@@ -75,15 +178,22 @@ export class TenantDirectory {
       const found = new Map(rows.map((r) => [r.id as string, r]))
       for (const id of missing) {
         const r = found.get(id)
-        const scope: TenantScope | null =
-          r && r.status === 'active'
-            ? { tenantId: id, tier: r.tier, searchPath: r.schema_name ?? APP_SCHEMA }
-            : null
+        const scope = r && r.status === 'active' ? scopeOfRow(r) : null
         this.#cache.set(id, { scope, at: now })
         if (scope) result.set(id, scope)
       }
     }
     return result
+  }
+
+  /** Active tenants in id order, a page at a time (for the sweeper). */
+  async activePage(after: string, limit: number): Promise<TenantScope[]> {
+    const { rows } = await this.#pool.query(
+      `SELECT id, tier, status, schema_name FROM ${APP_SCHEMA}.tenants
+       WHERE status = 'active' AND id > $1 ORDER BY id LIMIT $2`,
+      [after, limit],
+    )
+    return rows.map(scopeOfRow)
   }
 
   /** The scope of one active tenant, or a typed error saying why there is none. */
@@ -96,12 +206,28 @@ export class TenantDirectory {
     throw new TenantError('unknown_tenant', `unknown tenant "${id}"`)
   }
 
-  /** The tenant an API key belongs to. */
+  /** The tenant an API key belongs to (never cached: a rotated key stops working at once). */
   async byApiKey(key: string): Promise<TenantScope> {
-    const { rows } = await this.#pool.query(`SELECT id FROM ${APP_SCHEMA}.tenants WHERE api_key_hash = $1`, [
-      hashApiKey(key),
-    ])
-    if (!rows[0]) throw new TenantError('unknown_tenant', 'unknown API key')
-    return this.require(rows[0].id)
+    const { rows } = await this.#pool.query(
+      `SELECT id, tier, status, schema_name FROM ${APP_SCHEMA}.tenants WHERE api_key_hash = $1`,
+      [hashApiKey(key)],
+    )
+    const r = rows[0]
+    if (!r) throw new TenantError('unknown_tenant', 'unknown API key')
+    if (r.status !== 'active') throw new TenantError('tenant_suspended', `tenant "${r.id}" is suspended`)
+    return scopeOfRow(r)
+  }
+}
+
+function scopeOfRow(r: { id: string; tier: string; schema_name: string | null }): TenantScope {
+  // The schema name is quoted into search_path: it was generated by createTenant, but a row edited by
+  // hand must not smuggle a second schema (or the shared one) into the path.
+  if (r.schema_name !== null && !isTenantSchema(r.schema_name)) {
+    throw new Error(`tenant "${r.id}" has a malformed schema name; refusing to use it`)
+  }
+  return {
+    tenantId: r.id,
+    tier: r.tier,
+    searchPath: pg.escapeIdentifier(r.schema_name ?? APP_SCHEMA),
   }
 }

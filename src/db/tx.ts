@@ -80,3 +80,17 @@ export async function withinCallerTx<T>(db: Db, scope: TenantScope, fn: (db: Db)
   ])
   return result
 }
+
+/**
+ * The connection string run-time processes use: the same server and login, switched at connection
+ * start to `role` (`options=-c role=...`), so every statement runs as the application role even
+ * when the login is the owner. (A login that is itself only a member of the role is stronger still:
+ * a compromised session cannot RESET ROLE to anything more.)
+ */
+export function runtimeConnectionString(url: string, role: string): string {
+  if (!role) return url
+  const u = new URL(url)
+  const existing = u.searchParams.get('options')
+  u.searchParams.set('options', `${existing ? `${existing} ` : ''}-c role=${role}`)
+  return u.toString()
+}

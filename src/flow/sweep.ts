@@ -1,14 +1,17 @@
-// The stale-task sweeper (after River's JobRescuer): pages through in-flight tasks in bounded
-// batches (`(tenant_id, id) > cursor ORDER BY ... LIMIT n`, on a partial index that holds only
-// in-flight rows), lets the pure decideSweep() judge each against its job and the database clock,
-// and fixes what it must, one tenant transaction per page and tenant, fenced on the status and
-// attempt it saw, so it is safe beside live workers and beside another sweeper.
-import type pg from 'pg'
+// The stale-task sweeper (after River's JobRescuer). Row-level security lets no transaction see
+// across tenants, so it works tenant by tenant, exactly as the engine does everywhere else: for each
+// active tenant (paged by id), one transaction in the tenant's scope pages through its in-flight
+// tasks and its ready tasks without a job (`id > cursor ORDER BY id LIMIT n`, on two partial
+// indexes that hold only such rows), lets the pure decideSweep() judge each against its job and the
+// database clock, and fixes what it must, fenced on the status and attempt it saw, so it is safe
+// beside live workers and beside another sweeper.
 import type { PgBoss } from 'pg-boss'
+import type pg from 'pg'
 import { attemptStateOf } from '../core/retry.ts'
 import { decideSweep, type SweepCandidate } from '../core/sweep-plan.ts'
-import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
+import { BOSS_SCHEMA } from '../db/names.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
+import type { TenantDirectory } from '../tenants.ts'
 import { failAttemptIn } from './fail.ts'
 import { requeueTasks, type RequeueItem } from './requeue.ts'
 
@@ -17,7 +20,7 @@ export interface SweepOptions {
   staleAfterMs: number
   /** Rows per page. */
   batchSize: number
-  /** Pages per run at most, so one run is bounded; the next run starts over. */
+  /** Pages per tenant and run at most, so one run is bounded; the next run starts over. */
   maxPages: number
 }
 
@@ -26,85 +29,92 @@ export interface SweepReport {
   requeued: number
   lost: number
   pages: number
+  /** Active tenants examined. */
+  tenants: number
 }
 
-const COLUMNS = `t.tenant_id, t.id, t.workflow_id, t.status, t.attempt, t.failures, t.max_attempts, t.backoff_ms,
+// In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
+const SCAN = `
+SELECT t.tenant_id, t.id, t.workflow_id, t.status, t.attempt, t.failures, t.max_attempts, t.backoff_ms,
   t.backoff_max_ms, t.timeout_ms, t.queue, t.agent_id, t.job_id, j.state AS job_state,
   coalesce(j.started_on < now() - $3 * interval '1 millisecond', false) AS job_stale,
-  coalesce(t.heartbeat_at < now() - $3 * interval '1 millisecond', true) AS heartbeat_stale`
-
-// Two partial indexes, two scans: in-flight tasks, and ready tasks that have no job.
-const SCAN_INFLIGHT = `
-SELECT ${COLUMNS}
-FROM ${APP_SCHEMA}.agent_coordination t
+  coalesce(t.heartbeat_at < now() - $3 * interval '1 millisecond', true) AS heartbeat_stale
+FROM agent_coordination t
 LEFT JOIN ${BOSS_SCHEMA}.job j ON j.name = t.queue AND j.id = t.job_id
-WHERE t.status IN ('queued', 'running') AND (t.tenant_id, t.id) > ($1, $2::uuid)
-ORDER BY t.tenant_id, t.id
+WHERE t.tenant_id = $1 AND t.id > $2::uuid
+  AND (t.status IN ('queued', 'running') OR (t.status = 'pending' AND t.deps_remaining = 0))
+ORDER BY t.id
 LIMIT $4`
 
-const SCAN_ORPHANS = `
-SELECT ${COLUMNS}
-FROM ${APP_SCHEMA}.agent_coordination t
-LEFT JOIN ${BOSS_SCHEMA}.job j ON j.name = t.queue AND j.id = t.job_id
-WHERE t.status = 'pending' AND t.deps_remaining = 0 AND (t.tenant_id, t.id) > ($1, $2::uuid)
-ORDER BY t.tenant_id, t.id
-LIMIT $4`
+const TENANT_PAGE = 200
 
 export async function sweepOnce(
-  deps: { pool: pg.Pool; boss: PgBoss; scopeOf: (tenantIds: string[]) => Promise<Map<string, TenantScope>> },
+  deps: { pool: pg.Pool; boss: PgBoss; tenants: TenantDirectory },
   options: SweepOptions,
 ): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0 }
-  for (const scan of [SCAN_INFLIGHT, SCAN_ORPHANS]) {
-    let cursor: [string, string] = ['', '00000000-0000-0000-0000-000000000000']
-    while (report.pages < options.maxPages) {
-      const { rows } = await deps.pool.query(scan, [...cursor, options.staleAfterMs, options.batchSize])
-      report.pages++
-      report.scanned += rows.length
+  const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0, tenants: 0 }
+  let after = ''
+  for (;;) {
+    const page = await deps.tenants.activePage(after, TENANT_PAGE)
+    for (const scope of page) {
+      await sweepTenant(deps.pool, deps.boss, scope, options, report)
+      report.tenants++
+    }
+    if (page.length < TENANT_PAGE) return report
+    after = page[page.length - 1]!.tenantId
+  }
+}
+
+async function sweepTenant(
+  pool: pg.Pool,
+  boss: PgBoss,
+  scope: TenantScope,
+  options: SweepOptions,
+  report: SweepReport,
+): Promise<void> {
+  let cursor = '00000000-0000-0000-0000-000000000000'
+  for (let pages = 0; pages < options.maxPages; pages++) {
+    const scanned = await withTenantTx(pool, scope, async (db) => {
+      const { rows } = await db.executeSql(SCAN, [
+        scope.tenantId,
+        cursor,
+        options.staleAfterMs,
+        options.batchSize,
+      ])
       const candidates = rows.map(toCandidate)
-      const work = candidates
-        .map((c) => ({ c, action: decideSweep(c) }))
-        .filter((w) => w.action.kind !== 'none')
-      if (work.length > 0) {
-        const scopes = await deps.scopeOf([...new Set(work.map((w) => w.c.tenantId))])
-        for (const [tenantId, list] of Map.groupBy(work, (w) => w.c.tenantId)) {
-          const scope = scopes.get(tenantId)
-          if (!scope) continue
-          await withTenantTx(deps.pool, scope, async (db) => {
-            const requeue: RequeueItem[] = []
-            for (const { c, action } of list) {
-              if (action.kind === 'requeue') {
-                requeue.push({
-                  taskId: c.taskId,
-                  attempt: c.attempt,
-                  status: c.status,
-                  reason: action.reason,
-                  ...(c.jobId ? { oldJob: { queue: c.queue, jobId: c.jobId } } : {}),
-                })
-              } else if (action.kind === 'lost_worker') {
-                const outcome = await failAttemptIn(deps.boss, db, scope, {
-                  ...c,
-                  error: { name: 'WorkerLost', message: action.reason },
-                  permanent: false,
-                  action: 'task_lost',
-                  ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
-                    ? { job: { jobId: c.jobId } }
-                    : {}),
-                })
-                if (outcome.kind !== 'lease_lost') report.lost++
-              }
-            }
-            const jobs = await requeueTasks(deps.boss, db, scope, requeue, 'task_recovered')
-            report.requeued += jobs.length
+      const requeue: RequeueItem[] = []
+      for (const c of candidates) {
+        const action = decideSweep(c)
+        if (action.kind === 'requeue') {
+          requeue.push({
+            taskId: c.taskId,
+            attempt: c.attempt,
+            status: c.status,
+            reason: action.reason,
+            ...(c.jobId ? { oldJob: { queue: c.queue, jobId: c.jobId } } : {}),
           })
+        } else if (action.kind === 'lost_worker') {
+          const outcome = await failAttemptIn(boss, db, scope, {
+            ...c,
+            error: { name: 'WorkerLost', message: action.reason },
+            permanent: false,
+            action: 'task_lost',
+            ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
+              ? { job: { jobId: c.jobId } }
+              : {}),
+          })
+          if (outcome.kind !== 'lease_lost') report.lost++
         }
       }
-      if (rows.length < options.batchSize) break
-      const last = candidates[candidates.length - 1] as SweepCandidate
-      cursor = [last.tenantId, last.taskId]
-    }
+      const jobs = await requeueTasks(boss, db, scope, requeue, 'task_recovered')
+      report.requeued += jobs.length
+      return candidates
+    })
+    report.pages++
+    report.scanned += scanned.length
+    if (scanned.length < options.batchSize) return
+    cursor = scanned[scanned.length - 1]!.taskId
   }
-  return report
 }
 
 function toCandidate(r: Record<string, any>): SweepCandidate {

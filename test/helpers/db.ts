@@ -7,7 +7,10 @@ import { withDatabase } from '../../src/db/provision.ts'
 import type { PgContext } from '../setup/global.ts'
 
 export interface TestDatabase {
+  /** As the server's superuser: migrations, tenant administration, and checks behind the engine's back. */
   url: string
+  /** As the application's login role (member of equilateral_app): what engines run with. */
+  appUrl: string
   name: string
   /** Drops the database, disconnecting anyone still connected. Safe to call twice. */
   drop: () => Promise<void>
@@ -26,7 +29,7 @@ export function pgContext(): PgContext {
 }
 
 export async function createTestDatabase(options: CreateTestDatabaseOptions = {}): Promise<TestDatabase> {
-  const { adminUrl, template, prefix } = pgContext()
+  const { adminUrl, template, prefix, appUser } = pgContext()
   const name = `${prefix}${randomBytes(6).toString('hex')}`
   const source = options.migrated === false ? 'template0' : template
   const admin = new pg.Client({ connectionString: adminUrl })
@@ -52,6 +55,7 @@ export async function createTestDatabase(options: CreateTestDatabaseOptions = {}
   let dropped: Promise<void> | undefined
   return {
     url: withDatabase(adminUrl, name),
+    appUrl: withLogin(withDatabase(adminUrl, name), appUser.user, appUser.password),
     name,
     drop: () => (dropped ??= dropDatabase(adminUrl, name)),
   }
@@ -65,4 +69,11 @@ async function dropDatabase(adminUrl: string, name: string): Promise<void> {
   } finally {
     await admin.end()
   }
+}
+
+function withLogin(url: string, user: string, password: string): string {
+  const u = new URL(url)
+  u.username = user
+  u.password = password
+  return u.toString()
 }

@@ -18,7 +18,8 @@ export async function testEngine(options: {
 }): Promise<TestEngine> {
   const db = await createTestDatabase()
   const engine = await createEngine({
-    connectionString: db.url,
+    connectionString: db.appUrl,
+    adminConnectionString: db.url,
     agents: options.agents,
     workflows: options.workflows,
     log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),

@@ -11,13 +11,14 @@ import { workerProcesses } from '../helpers/processes.ts'
 
 const db = await createTestDatabase()
 const engine = await createEngine({
-  connectionString: db.url,
+  connectionString: db.appUrl,
+  adminConnectionString: db.url,
   workflows,
   log: pino({ level: 'silent' }),
   supervise: false,
   config: { staleAfterMs: 1500, heartbeatIntervalMs: 200 },
 })
-const { children, spawn: spawnWorker } = workerProcesses(db.url)
+const { children, spawn: spawnWorker } = workerProcesses(db.appUrl)
 afterAll(async () => {
   await engine.close()
   await db.drop()

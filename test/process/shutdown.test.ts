@@ -11,12 +11,13 @@ import { workerProcesses } from '../helpers/processes.ts'
 
 const db = await createTestDatabase()
 const engine = await createEngine({
-  connectionString: db.url,
+  connectionString: db.appUrl,
+  adminConnectionString: db.url,
   workflows,
   log: pino({ level: 'silent' }),
   supervise: false,
 })
-const { spawn: spawnWorker, stop } = workerProcesses(db.url)
+const { spawn: spawnWorker, stop } = workerProcesses(db.appUrl)
 afterAll(async () => {
   await engine.close()
   await db.drop()

@@ -8,12 +8,15 @@ import path from 'node:path'
 import pg from 'pg'
 import type { TestProject } from 'vitest/node'
 import { migrate } from '../../src/db/migrate.ts'
+import { APP_ROLE } from '../../src/db/names.ts'
 import { describeUrl, findFreePort, startEmbeddedPostgres, withDatabase } from '../../src/db/provision.ts'
 import { selectServer, type ServerSource } from './select-server.ts'
 
 export interface PgContext {
   /** A superuser (or CREATEDB) URL on the server, for CREATE/DROP DATABASE. */
   adminUrl: string
+  /** Login of the run-time role the engines in tests use: a member of equilateral_app, nothing more. */
+  appUser: { user: string; password: string }
   /** The migrated template database to clone. */
   template: string
   /** Every database the helpers create starts with this; teardown drops them all. */
@@ -28,6 +31,9 @@ declare module 'vitest' {
     pg: PgContext
   }
 }
+
+// Roles are cluster-wide; parallel runs on one server share this one (same password, idempotent).
+const APP_LOGIN = { user: 'equilateral_test_app', password: 'equilateral_test_app' }
 
 const CONTAINER_IMAGE = 'postgres:17-alpine'
 const DOCKER_PROBE_MS = 3_000
@@ -72,7 +78,14 @@ export default async function setup(project: TestProject): Promise<() => Promise
 
   try {
     const version = await createTemplate(server.adminUrl, template)
-    project.provide('pg', { adminUrl: server.adminUrl, template, prefix, source: choice.source, version })
+    project.provide('pg', {
+      adminUrl: server.adminUrl,
+      appUser: APP_LOGIN,
+      template,
+      prefix,
+      source: choice.source,
+      version,
+    })
     const seconds = ((performance.now() - started) / 1000).toFixed(1)
     console.log(
       `test database: ${server.description}, PostgreSQL ${version}; template ${template} ready in ${seconds} s`,
@@ -153,6 +166,15 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
     const version = await admin.query<{ server_version: string }>('SHOW server_version')
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(template)}`)
     await migrate(withDatabase(adminUrl, template))
+    await admin.query(`
+      DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${APP_LOGIN.user}') THEN
+          CREATE ROLE ${APP_LOGIN.user} LOGIN;
+        END IF;
+      EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
+      END $$;
+      ALTER ROLE ${APP_LOGIN.user} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '${APP_LOGIN.password}';
+      GRANT ${APP_ROLE} TO ${APP_LOGIN.user};`)
     // Nobody may connect to it any more: a connection to a template makes cloning it fail.
     await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(template)} WITH ALLOW_CONNECTIONS false`)
     return version.rows[0]?.server_version.split(' ')[0] ?? 'unknown'

@@ -1,7 +1,7 @@
 // Control tables: one set per database, in the `equilateral` schema. They describe tenants, not
 // tenant data; the tenant data tables are in ./tenant.ts.
 import { sql } from 'drizzle-orm'
-import { jsonb, pgSchema, text, timestamp } from 'drizzle-orm/pg-core'
+import { index, jsonb, pgSchema, primaryKey, text, timestamp, uuid } from 'drizzle-orm/pg-core'
 
 export const controlSchema = pgSchema('equilateral')
 
@@ -24,3 +24,47 @@ export const tenants = controlSchema.table('tenants', {
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
 })
+
+export const ENTERPRISE_RUN_STATUSES = ['running', 'completed', 'partial', 'failed'] as const
+export const ENTERPRISE_MEMBER_STATUSES = [
+  'starting',
+  'running',
+  'completed',
+  'failed',
+  'cancelled',
+  'rejected',
+] as const
+
+/**
+ * One workflow type started across a set of tenants (EnterpriseOrchestrator). The run and its
+ * members are control rows: they name tenants and workflows, and hold the consolidated results once
+ * every member has finished. Each member's own data is read only inside that tenant's scope.
+ */
+export const enterpriseRuns = controlSchema.table('enterprise_runs', {
+  id: uuid('id').primaryKey(),
+  workflowType: text('workflow_type').notNull(),
+  status: text('status', { enum: ENTERPRISE_RUN_STATUSES }).notNull().default('running'),
+  /** Per-tenant outcome once consolidated: { completed, failed, tenants: { id: { status, output | error } } }. */
+  summary: jsonb('summary'),
+  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+  completedAt: timestamp('completed_at', { withTimezone: true }),
+})
+
+export const enterpriseRunTenants = controlSchema.table(
+  'enterprise_run_tenants',
+  {
+    runId: uuid('run_id')
+      .notNull()
+      .references(() => enterpriseRuns.id, { onDelete: 'cascade' }),
+    tenantId: text('tenant_id').notNull(),
+    input: jsonb('input'),
+    workflowId: uuid('workflow_id'),
+    status: text('status', { enum: ENTERPRISE_MEMBER_STATUSES }).notNull().default('starting'),
+    error: jsonb('error'),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.runId, t.tenantId] }),
+    index('enterprise_run_tenants_tenant_idx').on(t.tenantId),
+  ],
+)

@@ -9,6 +9,7 @@ import {
   index,
   integer,
   jsonb,
+  pgPolicy,
   pgTable,
   primaryKey,
   text,
@@ -20,6 +21,21 @@ import {
 import { TASK_STATUSES, WORKFLOW_STATUSES } from '../../core/task-state.ts'
 
 const tz = (name: string) => timestamp(name, { withTimezone: true })
+
+/**
+ * Row-level security, the same on every tenant table: a row is visible and writable only inside a
+ * transaction whose `app.tenant_id` (set transaction-locally by withTenantTx) is its tenant. With no
+ * setting, or an empty one, NULLIF yields NULL and nothing matches: fail closed. RLS is also FORCED
+ * (drizzle/tenant/0001_isolation.sql), so the tables' owner is bound by the policy too.
+ */
+const tenantIsolation = () =>
+  pgPolicy('tenant_isolation', {
+    as: 'permissive',
+    for: 'all',
+    to: 'public',
+    using: sql`tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`,
+    withCheck: sql`tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`,
+  })
 
 export const workflows = pgTable(
   'workflows',
@@ -41,6 +57,7 @@ export const workflows = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
     uniqueIndex('workflows_idempotency_key_idx')
       .on(t.tenantId, t.idempotencyKey)
       .where(sql`${t.idempotencyKey} IS NOT NULL`),
@@ -98,6 +115,7 @@ export const tasks = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
     uniqueIndex('agent_coordination_task_key_idx').on(t.tenantId, t.workflowId, t.taskKey),
     // The sweeper pages through in-flight tasks only; the partial index stays as small as the backlog.
     index('agent_coordination_inflight_idx')
@@ -131,6 +149,7 @@ export const auditLog = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
     index('agent_audit_log_workflow_idx').on(t.tenantId, t.workflowId, t.id),
     index('agent_audit_log_temporal_idx').on(t.tenantId, t.timestamp),
   ],
@@ -152,6 +171,7 @@ export const complianceEvents = pgTable(
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
     index('compliance_events_retention_idx').on(t.tenantId, t.retentionUntil),
   ],
 )
