@@ -97,7 +97,10 @@ program
   .action(async () => {
     const db = await provisionDatabase()
     try {
-      await migrate(db.url, { onStep: (m) => process.stderr.write(`migrate: ${m}\n`) })
+      // As the owner: MIGRATION_DATABASE_URL when the run-time DATABASE_URL is a lesser role.
+      await migrate(loadConfig().migrationDatabaseUrl ?? db.url, {
+        onStep: (m) => process.stderr.write(`migrate: ${m}\n`),
+      })
     } finally {
       await db.stop()
     }
@@ -138,7 +141,7 @@ program
     const config = loadConfig()
     const log = createLogger(config.logLevel)
     const db = await provisionDatabase({ log: (line) => log.info(line) })
-    await migrate(db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
+    await migrate(config.migrationDatabaseUrl ?? db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
     const registry = await loadRegistry(opts.registry)
     const engine = await createEngine({ connectionString: db.url, ...registry, log })
     let apiKey: string | undefined
@@ -167,16 +170,50 @@ program
     })
   })
 
-const tenant = program.command('tenant').description('manage tenants')
+const tenant = program
+  .command('tenant')
+  .description('manage tenants (uses MIGRATION_DATABASE_URL, the owner, when set)')
 tenant
   .command('create <id>')
-  .description('create a tenant and print its API key (shown once)')
+  .description(
+    'create a tenant and print its API key (shown once); TENANT_ISOLATION_MODE decides where its tables go',
+  )
   .option('--name <name>', 'display name')
   .option('--tier <tier>', 'fairness tier (see TENANT_CONCURRENCY_TIERS)', 'standard')
   .action(async (id: string, opts: { name?: string; tier: string }) => {
     await withEngine(undefined, async (engine) => {
       print(await engine.createTenant({ id, tier: opts.tier, ...(opts.name ? { name: opts.name } : {}) }))
     })
+  })
+tenant
+  .command('list')
+  .description('list tenants with their status, tier and schema')
+  .action(async () => {
+    await withEngine(undefined, async (engine) => print(await engine.listTenants()))
+  })
+tenant
+  .command('suspend <id>')
+  .description("refuse the tenant's key and handles; its queued work waits until it is resumed")
+  .action(async (id: string) => {
+    await withEngine(undefined, async (engine) => {
+      await engine.suspendTenant(id)
+      print({ id, status: 'suspended' })
+    })
+  })
+tenant
+  .command('resume <id>')
+  .description('re-activate a suspended tenant')
+  .action(async (id: string) => {
+    await withEngine(undefined, async (engine) => {
+      await engine.resumeTenant(id)
+      print({ id, status: 'active' })
+    })
+  })
+tenant
+  .command('rotate-key <id>')
+  .description('issue a new API key (printed once); the old one stops working at once')
+  .action(async (id: string) => {
+    await withEngine(undefined, async (engine) => print({ id, apiKey: await engine.rotateApiKey(id) }))
   })
 
 const workflow = program.command('workflow').description('start and follow workflows')

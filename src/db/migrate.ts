@@ -124,7 +124,8 @@ async function migrateTenantSchemas(
   let cursor = ''
   for (;;) {
     const { rows } = await client.query<{ schema_name: string }>(
-      `SELECT schema_name FROM ${APP_SCHEMA}.tenants WHERE schema_name > $1 ORDER BY schema_name LIMIT $2`,
+      `SELECT schema_name FROM ${APP_SCHEMA}.tenants
+       WHERE schema_name > $1 AND schema_name ~ '^t_[0-9a-f]{16}$' ORDER BY schema_name LIMIT $2`,
       [cursor, batchSize],
     )
     for (const { schema_name: schema } of rows) {

@@ -150,7 +150,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     })
     // Beta's workflow is intact.
     const beta = await ctx.engine.tenant('beta')
-    expect((await beta.getWorkflow(ctx.ids.beta)).status).toBe('completed')
+    expect((await beta.getWorkflow(ctx.ids.beta as string)).status).toBe('completed')
   })
 
   it("refuses rows written under another tenant's id, and moving a row to another tenant", async () => {
