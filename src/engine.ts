@@ -111,7 +111,8 @@ export class Engine {
       max: this.config.dbPoolMax,
       application_name: 'equilateral',
     })
-    this.pool.on('error', (error) => this.log.warn({ err: error }, 'idle database connection lost'))
+    // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
+    this.pool.on('error', (error) => this.log.warn(connectionError(error), 'idle database connection lost'))
     this.boss = createBoss({
       connectionString: this.#connectionString,
       supervise: options.supervise ?? true,
@@ -187,7 +188,9 @@ export class Engine {
         max: 2,
         application_name: 'equilateral-admin',
       })
-      this.#adminPool.on('error', (error) => this.log.warn({ err: error }, 'idle admin connection lost'))
+      this.#adminPool.on('error', (error) =>
+        this.log.warn(connectionError(error), 'idle admin connection lost'),
+      )
     }
     return this.#adminPool
   }
@@ -415,6 +418,11 @@ export class TenantHandle {
       }))
     })
   }
+}
+
+function connectionError(error: Error): { err: { message: string; code?: string } } {
+  const code = (error as { code?: string }).code
+  return { err: { message: error.message, ...(code ? { code } : {}) } }
 }
 
 export async function createEngine(options: EngineOptions): Promise<Engine> {

@@ -231,6 +231,27 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     expect(code).toBe(INSUFFICIENT_PRIVILEGE)
   })
 
+  it('gives the application role no SECURITY DEFINER function without a pinned search_path, and no definer views', async () => {
+    const owner = await connect(ctx.db.url)
+    try {
+      const functions = await owner.query(
+        `SELECT p.oid::regprocedure::text AS fn FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+         WHERE p.prosecdef AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND has_function_privilege('equilateral_app', p.oid, 'EXECUTE')
+           AND NOT EXISTS (SELECT FROM unnest(coalesce(p.proconfig, '{}')) c WHERE c LIKE 'search\\_path=%')`,
+      )
+      expect(functions.rows).toEqual([])
+      const views = await owner.query(
+        `SELECT c.oid::regclass::text AS view FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('v', 'm') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND NOT coalesce(c.reloptions @> '{security_invoker=true}', false)`,
+      )
+      expect(views.rows).toEqual([])
+    } finally {
+      await owner.end()
+    }
+  })
+
   it('runs every engine connection as the application role, never as the owner', async () => {
     const { rows } = await ctx.engine.pool.query(
       `SELECT current_user AS role, r.rolsuper, r.rolbypassrls,
