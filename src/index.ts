@@ -20,3 +20,21 @@ export type { Config } from './config.ts'
 export { IdempotencyConflictError } from './flow/start.ts'
 export type { StartOptions, StartResult } from './flow/start.ts'
 export * from './errors.ts'
+export {
+  ENTERPRISE_QUEUE,
+  EnterpriseOrchestrator,
+  EnterpriseRunConflictError,
+  EnterpriseTimeoutError,
+} from './enterprise.ts'
+export type {
+  EnterpriseMemberSpec,
+  EnterpriseMemberStatus,
+  EnterpriseMemberView,
+  EnterpriseOrchestratorOptions,
+  EnterpriseRunStatus,
+  EnterpriseRunView,
+  EnterpriseStartOptions,
+  EnterpriseStartResult,
+  EnterpriseSummary,
+  EnterpriseTenantResult,
+} from './enterprise.ts'

@@ -1,0 +1,627 @@
+// Enterprise fan-out: one workflow type started across a set of tenants (each team a tenant), each
+// with its own input, tracked as one enterprise run and consolidated once every tenant's workflow has
+// finished, whether it completed or not.
+//
+// The run and its members are control rows (equilateral.enterprise_runs / enterprise_run_tenants):
+// they name tenants and workflows and, once consolidated, hold the per-tenant results. They are not
+// under row-level security, so nothing tenant-owned is read through them: every member's workflow
+// (status, output, error) is read through that tenant's own handle, inside that tenant's scope.
+//
+// Durability. start() writes the run, its members (status 'starting') and the first consolidation
+// job in one transaction, then starts each member's workflow with the idempotency key
+// `enterprise:<runId>`. A crash anywhere after that commit loses nothing: the consolidation job
+// (queue `eq/enterprise`, one chain of jobs per run) starts the members still 'starting' again, and
+// the idempotency key makes a second start return the first workflow instead of creating another.
+// Each pass of the job reads the members' workflows, records the ones that ended and, when all have,
+// writes the summary and the run's final status with a conditional UPDATE (WHERE status = 'running'),
+// so it happens once however many passes race. Until then the job sends its successor, startAfter a
+// few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
+// a resume scan) collapse to at most one waiting job per run.
+import { randomUUID } from 'node:crypto'
+import type pg from 'pg'
+import { assertStorableJson, type Json } from './core/json.ts'
+import { taskData } from './core/plan.ts'
+import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/control.ts'
+import { APP_SCHEMA } from './db/names.ts'
+import { clientDb, type Db } from './db/tx.ts'
+import type { Engine, TenantHandle, WorkflowView } from './engine.ts'
+import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from './errors.ts'
+import { assertTenantId } from './tenants.ts'
+
+/**
+ * The consolidation queue. Agent queues are `eq.<agentId>`; agent ids cannot contain '/', so no
+ * agent's queue can ever be this one.
+ */
+export const ENTERPRISE_QUEUE = 'eq/enterprise'
+
+/** Most tenants one run may name (the run and its members are written in one transaction). */
+export const MAX_ENTERPRISE_MEMBERS = 10_000
+
+const RUNS = `${APP_SCHEMA}.enterprise_runs`
+const MEMBERS = `${APP_SCHEMA}.enterprise_run_tenants`
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+
+export type EnterpriseRunStatus = (typeof ENTERPRISE_RUN_STATUSES)[number]
+export type EnterpriseMemberStatus = (typeof ENTERPRISE_MEMBER_STATUSES)[number]
+
+/** Member statuses that no longer change. */
+const TERMINAL: ReadonlySet<EnterpriseMemberStatus> = new Set([
+  'completed',
+  'failed',
+  'cancelled',
+  'rejected',
+])
+
+export interface EnterpriseMemberSpec {
+  tenantId: string
+  input?: Json
+}
+
+export interface EnterpriseStartOptions {
+  /**
+   * The run's id, chosen by the caller (a UUID). Starting again with the same id, workflow type and
+   * members returns the existing run and starts only the members not started yet, so a caller that
+   * crashed before learning the outcome can simply start again.
+   */
+  runId?: string
+}
+
+export interface EnterpriseStartResult {
+  runId: string
+  /** False when a run with the given runId already existed (see EnterpriseStartOptions.runId). */
+  created: boolean
+}
+
+export interface EnterpriseMemberView {
+  tenantId: string
+  input: Json
+  workflowId: string | null
+  status: EnterpriseMemberStatus
+  /** Why the member was rejected, or the error of its failed or cancelled workflow. */
+  error: Json | null
+  updatedAt: Date
+}
+
+export interface EnterpriseTenantResult {
+  status: EnterpriseMemberStatus
+  workflowId: string | null
+  /** A completed workflow's output (results of its sink tasks), read in the tenant's scope. */
+  output?: Record<string, Json>
+  /** Why a member did not complete. */
+  error?: Json | null
+}
+
+export interface EnterpriseSummary {
+  total: number
+  completed: number
+  failed: number
+  cancelled: number
+  rejected: number
+  tenants: Record<string, EnterpriseTenantResult>
+}
+
+export interface EnterpriseRunView {
+  id: string
+  workflowType: string
+  status: EnterpriseRunStatus
+  /** Set once, when every member has finished. */
+  summary: EnterpriseSummary | null
+  createdAt: Date
+  completedAt: Date | null
+  members: EnterpriseMemberView[]
+}
+
+export interface EnterpriseOrchestratorOptions {
+  /** Time between consolidation passes of a running run (default 5 s). */
+  checkIntervalMs?: number
+  /** Members started or read at once by one pass (default 4). */
+  concurrency?: number
+}
+
+export class EnterpriseRunConflictError extends EquilateralError {
+  constructor(runId: string) {
+    super(
+      'idempotency_conflict',
+      `enterprise run ${runId} already exists with a different workflow type or different members`,
+    )
+  }
+}
+
+export class EnterpriseTimeoutError extends EquilateralError {
+  constructor(runId: string, timeoutMs: number) {
+    super('timeout', `enterprise run ${runId} still running after ${timeoutMs} ms`)
+  }
+}
+
+interface CheckJob {
+  runId: string
+}
+
+export class EnterpriseOrchestrator {
+  readonly #engine: Engine
+  readonly #checkIntervalMs: number
+  readonly #concurrency: number
+  #queueReady: Promise<void> | null = null
+  #workerId: string | null = null
+
+  constructor(engine: Engine, options: EnterpriseOrchestratorOptions = {}) {
+    this.#engine = engine
+    this.#checkIntervalMs = options.checkIntervalMs ?? 5000
+    this.#concurrency = options.concurrency ?? 4
+    if (!(Number.isFinite(this.#checkIntervalMs) && this.#checkIntervalMs >= 0)) {
+      throw new InvalidInputError('checkIntervalMs must be a non-negative number', '$.checkIntervalMs')
+    }
+    if (!(Number.isInteger(this.#concurrency) && this.#concurrency > 0)) {
+      throw new InvalidInputError('concurrency must be a positive integer', '$.concurrency')
+    }
+  }
+
+  /**
+   * Starts `workflowType` for every member, in that member's tenant. Everything that can be refused
+   * for the whole run (unknown type, no members, a tenant named twice, an input that cannot be
+   * stored) is refused before anything is written. A tenant that is unknown or suspended is recorded
+   * as 'rejected' with the reason; the other members start regardless.
+   */
+  async start(
+    workflowType: string,
+    members: readonly EnterpriseMemberSpec[],
+    options: EnterpriseStartOptions = {},
+  ): Promise<EnterpriseStartResult> {
+    const rows = this.#validate(workflowType, members)
+    if (options.runId !== undefined && !(typeof options.runId === 'string' && UUID.test(options.runId))) {
+      throw new InvalidInputError('runId must be a UUID', '$.runId')
+    }
+    // Lower case, as PostgreSQL prints a uuid: the id is also spelled into the members' idempotency
+    // key and the job's singleton key, which must come out the same from every path.
+    const runId = (options.runId ?? randomUUID()).toLowerCase()
+    await this.#ensureQueue()
+
+    const created = await this.#transaction(async (client) => {
+      const inserted = await client.query(
+        `INSERT INTO ${RUNS} (id, workflow_type, status) VALUES ($1, $2, 'running') ON CONFLICT (id) DO NOTHING`,
+        [runId, workflowType],
+      )
+      const payload = JSON.stringify(rows)
+      if (inserted.rowCount === 0) {
+        // Started before with this id: the same run again is fine, a different one is not.
+        const { rows: same } = await client.query(
+          `SELECT r.workflow_type,
+             (SELECT count(*)::int FROM ${MEMBERS} e WHERE e.run_id = r.id) AS members,
+             (SELECT count(*)::int FROM ${MEMBERS} e
+                JOIN jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb)
+                  ON m.tenant_id = e.tenant_id AND m.input IS NOT DISTINCT FROM e.input
+              WHERE e.run_id = r.id) AS matching
+           FROM ${RUNS} r WHERE r.id = $1`,
+          [runId, payload],
+        )
+        const r = same[0]
+        if (
+          !r ||
+          r.workflow_type !== workflowType ||
+          r.members !== rows.length ||
+          r.matching !== rows.length
+        ) {
+          throw new EnterpriseRunConflictError(runId)
+        }
+        return false
+      }
+      await client.query(
+        `INSERT INTO ${MEMBERS} (run_id, tenant_id, input, status)
+         SELECT $1, m.tenant_id, m.input, 'starting' FROM jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb)`,
+        [runId, payload],
+      )
+      // The first consolidation pass commits with the run: from here on, a crash of this process
+      // leaves a job that finishes what this call started.
+      await this.#scheduleCheck(runId, clientDb(client))
+      return true
+    })
+
+    const pending = (await this.#members(runId)).filter((m) => m.status === 'starting')
+    await eachLimit(pending, this.#concurrency, async (m) => {
+      await this.#startMember(runId, workflowType, m).catch((error: unknown) => {
+        // Not the member's fault (e.g. the database went away): the consolidation job tries again.
+        this.#engine.log.warn(
+          { err: error, runId, tenantId: m.tenantId },
+          'enterprise member not started yet',
+        )
+      })
+    })
+    return { runId, created }
+  }
+
+  /** The run and its members, as recorded now. */
+  async get(runId: string): Promise<EnterpriseRunView> {
+    if (typeof runId !== 'string' || !UUID.test(runId)) throw new NotFoundError(`enterprise run ${runId}`)
+    const { rows } = await this.#engine.pool.query(
+      `SELECT id, workflow_type, status, summary, created_at, completed_at FROM ${RUNS} WHERE id = $1`,
+      [runId],
+    )
+    const r = rows[0]
+    if (!r) throw new NotFoundError(`enterprise run ${runId}`)
+    return {
+      id: r.id,
+      workflowType: r.workflow_type,
+      status: r.status,
+      summary: r.summary,
+      createdAt: r.created_at,
+      completedAt: r.completed_at,
+      members: await this.#members(runId),
+    }
+  }
+
+  /**
+   * One consolidation pass, here and now: starts the members still 'starting', reads each unfinished
+   * member's workflow in its tenant's scope and records the ones that ended, and, when every member
+   * has ended, writes the summary and the final status (once). Returns the run as it then stands.
+   * Safe to run concurrently with itself and with start(), from any number of processes.
+   */
+  async checkRun(id: string): Promise<EnterpriseRunView> {
+    const run = await this.get(id)
+    if (run.status !== 'running') return run
+    const runId = run.id // as stored (lower case), whatever case the caller used
+    // Outputs of the workflows this pass saw completed, so consolidation need not read them twice.
+    const outputs = new Map<string, Record<string, Json>>()
+    const open = run.members.filter((m) => !TERMINAL.has(m.status))
+    await eachLimit(open, this.#concurrency, async (m) => {
+      try {
+        const started = m.status === 'starting' ? await this.#startMember(runId, run.workflowType, m) : m
+        if (started.status === 'running' && started.workflowId) {
+          await this.#observe(runId, started.tenantId, started.workflowId, outputs)
+        }
+      } catch (error) {
+        this.#engine.log.warn({ err: error, runId, tenantId: m.tenantId }, 'enterprise member check failed')
+      }
+    })
+
+    const members = await this.#members(runId)
+    if (!members.every((m) => TERMINAL.has(m.status))) return { ...run, members }
+    const summary = await this.#summarise(runId, members, outputs)
+    if (!summary) return { ...run, members }
+    const status: EnterpriseRunStatus =
+      summary.completed === summary.total ? 'completed' : summary.completed === 0 ? 'failed' : 'partial'
+    const { rowCount } = await this.#engine.pool.query(
+      `UPDATE ${RUNS} SET status = $2, summary = $3::jsonb, completed_at = now() WHERE id = $1 AND status = 'running'`,
+      [runId, status, JSON.stringify(summary)],
+    )
+    if (rowCount === 1) this.#engine.log.info({ runId, status, ...count(summary) }, 'enterprise run finished')
+    return this.get(runId)
+  }
+
+  /** Polls the run until it is no longer running, and returns it. */
+  async wait(
+    runId: string,
+    options: { timeoutMs?: number; intervalMs?: number } = {},
+  ): Promise<EnterpriseRunView> {
+    const timeoutMs = options.timeoutMs ?? 60_000
+    const intervalMs = options.intervalMs ?? 250
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      const run = await this.get(runId)
+      if (run.status !== 'running') return run
+      if (Date.now() >= deadline) throw new EnterpriseTimeoutError(runId, timeoutMs)
+      await new Promise((resolve) => setTimeout(resolve, Math.min(intervalMs, deadline - Date.now() + 1)))
+    }
+  }
+
+  /**
+   * Runs consolidation passes in this process (any number of processes may). Also re-arms the pass
+   * of every running run, so a run whose job chain was lost (e.g. pg-boss gave up retrying while
+   * the database was unreachable) is picked up again; duplicates collapse on the run id.
+   */
+  async work(): Promise<void> {
+    if (this.#workerId) return
+    await this.#ensureQueue()
+    const { rows } = await this.#engine.pool.query(`SELECT id FROM ${RUNS} WHERE status = 'running'`)
+    for (const r of rows) await this.#scheduleCheck(r.id, undefined, 0)
+    this.#workerId = await this.#engine.boss.work<CheckJob>(
+      ENTERPRISE_QUEUE,
+      {
+        batchSize: 1,
+        localConcurrency: this.#concurrency,
+        pollingIntervalSeconds: Math.max(0.5, Math.min(this.#checkIntervalMs, 2000) / 1000),
+      },
+      async (jobs) => {
+        for (const job of jobs) await this.#onCheckJob(job.data.runId)
+      },
+    )
+  }
+
+  /** Stops this process's consolidation worker (waiting for a pass in progress); runs go on elsewhere. */
+  async stop(): Promise<void> {
+    const id = this.#workerId
+    if (!id) return
+    this.#workerId = null
+    await this.#engine.boss.offWork(ENTERPRISE_QUEUE, { id, wait: true })
+  }
+
+  async #onCheckJob(runId: string): Promise<void> {
+    let status: EnterpriseRunStatus | 'gone' = 'running'
+    try {
+      status = (await this.checkRun(runId)).status
+    } catch (error) {
+      if (error instanceof NotFoundError) status = 'gone'
+      else this.#engine.log.warn({ err: error, runId }, 'enterprise consolidation pass failed')
+    }
+    // If this send fails the handler throws and pg-boss retries the job, which sends it then.
+    if (status === 'running') await this.#scheduleCheck(runId)
+  }
+
+  #validate(workflowType: string, members: readonly EnterpriseMemberSpec[]) {
+    const def = this.#engine.workflow(workflowType)
+    if (!Array.isArray(members) || members.length === 0) {
+      throw new InvalidInputError('an enterprise run needs at least one tenant', '$.members')
+    }
+    if (members.length > MAX_ENTERPRISE_MEMBERS) {
+      throw new InvalidInputError(
+        `an enterprise run names at most ${MAX_ENTERPRISE_MEMBERS} tenants, not ${members.length}`,
+        '$.members',
+      )
+    }
+    const limits = this.#engine.limits
+    const seen = new Set<string>()
+    return members.map((m, i) => {
+      if (m === null || typeof m !== 'object') {
+        throw new InvalidInputError(`$.members[${i}] is not an object`, `$.members[${i}]`)
+      }
+      assertTenantId(m.tenantId)
+      if (seen.has(m.tenantId)) {
+        throw new InvalidInputError(`tenant "${m.tenantId}" appears twice`, `$.members[${i}].tenantId`)
+      }
+      seen.add(m.tenantId)
+      const input = m.input ?? null
+      assertStorableJson(input, `$.members[${i}].input`, limits)
+      // What startWorkflow would refuse for this input (task data computed from it), refused now.
+      taskData(def, input, limits)
+      return { tenant_id: m.tenantId, input }
+    })
+  }
+
+  /**
+   * Starts one member's workflow (or finds the one an earlier attempt started: same idempotency
+   * key) and records it. A tenant that cannot take it (unknown, suspended, input refused) rejects
+   * the member; anything else is thrown and left for the next pass.
+   */
+  async #startMember(
+    runId: string,
+    workflowType: string,
+    m: EnterpriseMemberView,
+  ): Promise<EnterpriseMemberView> {
+    let handle: TenantHandle
+    let workflowId: string
+    try {
+      handle = await this.#engine.tenant(m.tenantId)
+      ;({ id: workflowId } = await handle.startWorkflow(workflowType, m.input, {
+        idempotencyKey: `enterprise:${runId}`,
+        correlationId: runId,
+      }))
+    } catch (error) {
+      if (!rejects(error)) throw error
+      const rejected = serializeError(error)
+      await this.#setMember(runId, m.tenantId, 'rejected', null, rejected)
+      this.#engine.log.info({ runId, tenantId: m.tenantId, error: rejected }, 'enterprise member rejected')
+      return { ...m, status: 'rejected', error: rejected }
+    }
+    await this.#setMember(runId, m.tenantId, 'running', workflowId, null)
+    return { ...m, status: 'running', workflowId }
+  }
+
+  /** Reads a member's workflow in its tenant's scope and records it if it has ended. */
+  async #observe(
+    runId: string,
+    tenantId: string,
+    workflowId: string,
+    outputs: Map<string, Record<string, Json>>,
+  ): Promise<void> {
+    const handle = await this.#readable(tenantId)
+    if (!handle) return
+    let wf: WorkflowView
+    try {
+      wf = await handle.getWorkflow(workflowId)
+    } catch (error) {
+      // The workflow is gone from the tenant (deleted by retention or by hand): it will not finish.
+      if (!(error instanceof NotFoundError)) throw error
+      await this.#setMember(runId, tenantId, 'failed', null, serializeError(error))
+      return
+    }
+    if (wf.status === 'running') return
+    if (wf.status === 'completed') outputs.set(tenantId, wf.output)
+    await this.#setMember(runId, tenantId, wf.status, null, wf.status === 'completed' ? null : wf.error)
+  }
+
+  /**
+   * The consolidated result of a run whose members have all ended, or null if a completed member's
+   * output cannot be read now (its tenant is suspended): the run then waits rather than consolidating
+   * without it.
+   */
+  async #summarise(
+    runId: string,
+    members: EnterpriseMemberView[],
+    outputs: Map<string, Record<string, Json>>,
+  ): Promise<EnterpriseSummary | null> {
+    const results = new Map<string, EnterpriseTenantResult>()
+    let complete = true
+    await eachLimit(members, this.#concurrency, async (m) => {
+      if (m.status !== 'completed') {
+        results.set(m.tenantId, { status: m.status, workflowId: m.workflowId, error: m.error })
+        return
+      }
+      let output = outputs.get(m.tenantId)
+      if (!output) {
+        const handle = await this.#readable(m.tenantId)
+        if (!handle || !m.workflowId) {
+          complete = false
+          return
+        }
+        try {
+          output = (await handle.getWorkflow(m.workflowId)).output
+        } catch (error) {
+          // Completed, then deleted before consolidation (retention, by hand): say so, keep the status.
+          if (!(error instanceof NotFoundError)) throw error
+          results.set(m.tenantId, {
+            status: 'completed',
+            workflowId: m.workflowId,
+            error: serializeError(error),
+          })
+          return
+        }
+      }
+      results.set(m.tenantId, { status: 'completed', workflowId: m.workflowId, output })
+    })
+    if (!complete) {
+      this.#engine.log.info({ runId }, 'enterprise run waits to read the output of a suspended tenant')
+      return null
+    }
+    const summary: EnterpriseSummary = {
+      total: members.length,
+      completed: 0,
+      failed: 0,
+      cancelled: 0,
+      rejected: 0,
+      // Member order (tenant id), whatever order the reads finished in.
+      tenants: Object.fromEntries(
+        members.map((m) => [m.tenantId, results.get(m.tenantId) as EnterpriseTenantResult]),
+      ),
+    }
+    for (const m of members) {
+      if (
+        m.status === 'completed' ||
+        m.status === 'failed' ||
+        m.status === 'cancelled' ||
+        m.status === 'rejected'
+      )
+        summary[m.status]++
+    }
+    return summary
+  }
+
+  /** The tenant's handle, or null while the tenant is suspended (its workflows wait, and so do we). */
+  async #readable(tenantId: string): Promise<TenantHandle | null> {
+    try {
+      return await this.#engine.tenant(tenantId)
+    } catch (error) {
+      if ((error as { code?: unknown }).code === 'tenant_suspended') return null
+      throw error
+    }
+  }
+
+  /** Records a member's progress; a member that has ended is never changed again. */
+  async #setMember(
+    runId: string,
+    tenantId: string,
+    status: EnterpriseMemberStatus,
+    workflowId: string | null,
+    error: Json | null,
+  ): Promise<void> {
+    await this.#engine.pool.query(
+      `UPDATE ${MEMBERS} SET status = $3, workflow_id = COALESCE($4::uuid, workflow_id), error = $5::jsonb,
+         updated_at = now()
+       WHERE run_id = $1 AND tenant_id = $2 AND status IN ('starting', 'running')`,
+      [runId, tenantId, status, workflowId, error === null ? null : JSON.stringify(error)],
+    )
+  }
+
+  async #members(runId: string): Promise<EnterpriseMemberView[]> {
+    const { rows } = await this.#engine.pool.query(
+      `SELECT tenant_id, input, workflow_id, status, error, updated_at FROM ${MEMBERS}
+       WHERE run_id = $1 ORDER BY tenant_id`,
+      [runId],
+    )
+    return rows.map((r) => ({
+      tenantId: r.tenant_id,
+      input: r.input,
+      workflowId: r.workflow_id,
+      status: r.status,
+      error: r.error,
+      updatedAt: r.updated_at,
+    }))
+  }
+
+  /** Sends the run's next consolidation pass (in the caller's transaction when `db` is given). */
+  async #scheduleCheck(runId: string, db?: Db, delayMs = this.#checkIntervalMs): Promise<void> {
+    await this.#engine.boss.send(ENTERPRISE_QUEUE, { runId } satisfies CheckJob, {
+      singletonKey: runId,
+      ...(delayMs > 0 ? { startAfter: new Date(Date.now() + delayMs) } : {}),
+      ...(db ? { db } : {}),
+    })
+  }
+
+  /** Creates the consolidation queue once per process (idempotent across processes). */
+  #ensureQueue(): Promise<void> {
+    this.#queueReady ??= (async () => {
+      const boss = this.#engine.boss
+      if (await boss.getQueue(ENTERPRISE_QUEUE)) return
+      try {
+        await boss.createQueue(ENTERPRISE_QUEUE, {
+          // One waiting and one active job per run (singleton key = run id).
+          policy: 'stately',
+          // A pass that crashed or could not re-arm itself is retried; passes are idempotent.
+          retryLimit: 100,
+          retryDelay: 5,
+          retryBackoff: true,
+          retryDelayMax: 300,
+          expireInSeconds: 600,
+          deleteAfterSeconds: 24 * 3600,
+        })
+      } catch (error) {
+        // Another process created it between our read and our create.
+        if (!(await boss.getQueue(ENTERPRISE_QUEUE))) throw error
+      }
+    })().catch((error: unknown) => {
+      this.#queueReady = null
+      throw error
+    })
+    return this.#queueReady
+  }
+
+  async #transaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    const client = await this.#engine.pool.connect()
+    let broken = false
+    try {
+      await client.query('BEGIN')
+      const result = await fn(client)
+      await client.query('COMMIT')
+      return result
+    } catch (error) {
+      await client.query('ROLLBACK').catch(() => {
+        broken = true
+      })
+      throw error
+    } finally {
+      client.release(broken)
+    }
+  }
+}
+
+/** Errors that mean this tenant will not take this workflow (as opposed to a passing failure). */
+function rejects(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code
+  return (
+    code === 'unknown_tenant' ||
+    code === 'tenant_suspended' ||
+    code === 'invalid_input' ||
+    code === 'idempotency_conflict'
+  )
+}
+
+function count(s: EnterpriseSummary) {
+  return {
+    total: s.total,
+    completed: s.completed,
+    failed: s.failed,
+    cancelled: s.cancelled,
+    rejected: s.rejected,
+  }
+}
+
+/** Runs `fn` over the items, at most `limit` at a time. */
+async function eachLimit<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0
+  const lane = async () => {
+    while (next < items.length) await fn(items[next++] as T)
+  }
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane))
+}
