@@ -258,6 +258,10 @@ export class Worker {
     entry.done = this.#execute(entry).finally(() => {
       this.#running.delete(task.taskId)
       this.#release(task.job.queue, 1)
+      // With tenant limits an empty fetch may only mean that every tenant with jobs waiting was at
+      // its limit. This task's job has normally been completed by now, freeing a slot of its tenant:
+      // fetch again at once, or a tenant at its limit would start at most its limit per poll interval.
+      if (this.#o.tenantConcurrency) this.wake(task.job.queue)
     })
   }
 
