@@ -5,8 +5,10 @@ import { PgBoss, type JobInsert } from 'pg-boss'
 import type { Db, TenantScope } from '../db/tx.ts'
 import { BOSS_SCHEMA } from '../db/names.ts'
 
-export const DEAD_LETTER_QUEUE = 'eq.dead-letter'
-export const SWEEP_QUEUE = 'eq.sweep'
+// Internal queues use '/', which agent ids cannot contain, so no agent's queue (`eq.<id>`) can
+// ever share a name with them (an agent called "sweep" would otherwise).
+export const DEAD_LETTER_QUEUE = 'eq/dead-letter'
+export const SWEEP_QUEUE = 'eq/sweep'
 
 export function queueName(agentId: string): string {
   return `eq.${agentId}`
