@@ -31,7 +31,10 @@ export interface Config {
   shutdownGraceMs: number
   maxPayloadBytes: number
   dbPoolMax: number
-  /** Per-tenant limit of active tasks across the fleet, by tier; undefined means no limit. */
+  /**
+   * Per-tenant limit of active tasks of one agent (pg-boss group concurrency is per queue), by tier;
+   * undefined means no limit. Several worker processes fetching at the same instant can overshoot it.
+   */
   tenantConcurrency: GroupConcurrencyConfig | undefined
 }
 
