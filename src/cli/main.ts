@@ -8,6 +8,7 @@ import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import { migrate } from '../db/migrate.ts'
 import { provisionDatabase } from '../db/provision.ts'
 import { createEngine, type Engine } from '../engine.ts'
+import { EnterpriseOrchestrator } from '../enterprise.ts'
 import { EquilateralError } from '../errors.ts'
 import { createLogger } from '../log.ts'
 
@@ -108,7 +109,9 @@ program
 
 program
   .command('worker')
-  .description('run a worker process: fetch jobs, run agents, complete tasks, and sweep stale tasks')
+  .description(
+    'run a worker process: fetch jobs, run agents, complete tasks, sweep stale tasks, consolidate enterprise runs',
+  )
   .option(
     '--registry <module>',
     'module exporting `agents` and `workflows` (default: the examples in workers/)',
@@ -122,7 +125,10 @@ program
     const engine = await createEngine({ connectionString: db.url, ...registry, log })
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
     await engine.startSweeper()
+    const enterprise = new EnterpriseOrchestrator(engine)
+    await enterprise.work()
     await runUntilSignal(log, async () => {
+      await enterprise.stop()
       await engine.close()
       await db.stop()
     })
@@ -152,6 +158,8 @@ program
     }
     await engine.startWorker()
     await engine.startSweeper()
+    const enterprise = new EnterpriseOrchestrator(engine)
+    await enterprise.work()
     const lines = [
       '',
       'equilateral-agents is running: one worker and the sweeper, on the database above.',
@@ -165,6 +173,7 @@ program
     ]
     process.stderr.write(lines.join('\n'))
     await runUntilSignal(log, async () => {
+      await enterprise.stop()
       await engine.close()
       await db.stop()
     })
