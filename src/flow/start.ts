@@ -19,6 +19,11 @@ export interface StartOptions {
   idempotencyKey?: string
   /** Follows the workflow through logs and audit rows (e.g. the HTTP request id). */
   correlationId?: string
+  /**
+   * The data subject the workflow is about (e.g. a user id), stored in plain text beside the
+   * (possibly encrypted) payloads, so a GDPR erasure request can find the subject's workflows.
+   */
+  subjectKey?: string
   /** The caller's open transaction (see `clientDb`, or pg-boss's `fromDrizzle(tx, sql)`). */
   db?: Db
 }
@@ -41,8 +46,8 @@ export class IdempotencyConflictError extends EquilateralError {
 
 const START = `
 WITH wf AS (
-  INSERT INTO workflows (tenant_id, id, type, version, status, input, idempotency_key, correlation_id, tasks_remaining)
-  VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6, $7, $8)
+  INSERT INTO workflows (tenant_id, id, type, version, status, input, idempotency_key, correlation_id, tasks_remaining, subject_key)
+  VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6, $7, $8, $10)
   ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
   RETURNING id, correlation_id
 ),
@@ -79,6 +84,7 @@ export async function startWorkflow<TInput>(
   assertStorableJson(input ?? null, '$.input', deps.limits)
   if (options.idempotencyKey !== undefined) checkKey(options.idempotencyKey, 'idempotencyKey')
   if (options.correlationId !== undefined) checkKey(options.correlationId, 'correlationId')
+  if (options.subjectKey !== undefined) checkKey(options.subjectKey, 'subjectKey')
   const data = taskData(def, input, deps.limits)
   const tasks = planTasks(def.tasks, data, { newId: randomUUID, queueName, limits: deps.limits })
   const workflowId = randomUUID()
@@ -95,6 +101,7 @@ export async function startWorkflow<TInput>(
       correlationId,
       tasks.length,
       JSON.stringify(tasks),
+      options.subjectKey ?? null,
     ])
     if (rows[0]?.id) {
       const ready = tasks.filter((t) => t.status === 'queued')

@@ -49,6 +49,8 @@ export const workflows = pgTable(
     error: jsonb('error'),
     idempotencyKey: text('idempotency_key'),
     correlationId: text('correlation_id').notNull(),
+    /** The data subject the workflow is about (e.g. a user id), for GDPR erasure; never encrypted. */
+    subjectKey: text('subject_key'),
     /** Tasks not yet in a terminal state; the completion that takes it to zero completes the workflow. */
     tasksRemaining: integer('tasks_remaining').notNull(),
     createdAt: tz('created_at').notNull().defaultNow(),
@@ -63,6 +65,9 @@ export const workflows = pgTable(
       .where(sql`${t.idempotencyKey} IS NOT NULL`),
     index('workflows_recent_idx').on(t.tenantId, t.createdAt.desc(), t.id.desc()),
     index('workflows_type_status_idx').on(t.tenantId, t.type, t.status, t.createdAt),
+    index('workflows_subject_idx')
+      .on(t.tenantId, t.subjectKey)
+      .where(sql`${t.subjectKey} IS NOT NULL`),
   ],
 )
 
@@ -146,13 +151,50 @@ export const auditLog = pgTable(
     actor: text('actor'),
     correlationId: text('correlation_id'),
     timestamp: tz('timestamp').notNull().defaultNow(),
+    /**
+     * The writing transaction's 64-bit id. The sealer seals, in (txid, id) order, only rows whose
+     * transaction is older than every transaction still running (pg_snapshot_xmin), so no row can
+     * appear later below the sealed horizon: the chain is gap-free without a lock on the hot path.
+     */
+    txid: bigint('txid', { mode: 'bigint' })
+      .notNull()
+      .default(sql`(pg_current_xact_id()::text)::bigint`),
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
     tenantIsolation(),
     index('agent_audit_log_workflow_idx').on(t.tenantId, t.workflowId, t.id),
     index('agent_audit_log_temporal_idx').on(t.tenantId, t.timestamp),
+    index('agent_audit_log_seal_idx').on(t.tenantId, t.txid, t.id),
   ],
+)
+
+/**
+ * The audit hash chain: each block seals the next audit rows of one tenant (in (txid, id) order),
+ * numbering them contiguously (first_seq ...) and chaining hash = sha256(prev_hash, row hashes).
+ * Row hashes cover the row's fields and the hash of its action_data, kept here too, so a GDPR
+ * redaction of action_data leaves the chain verifiable. Append-only for the application.
+ */
+export const auditSeals = pgTable(
+  'agent_audit_seals',
+  {
+    tenantId: text('tenant_id').notNull(),
+    blockNo: bigint('block_no', { mode: 'bigint' }).notNull(),
+    firstSeq: bigint('first_seq', { mode: 'bigint' }).notNull(),
+    rowCount: integer('row_count').notNull(),
+    /** The (txid, id) of the block's last row: the next block starts after it. */
+    lastTxid: bigint('last_txid', { mode: 'bigint' }).notNull(),
+    lastId: bigint('last_id', { mode: 'bigint' }).notNull(),
+    rowIds: bigint('row_ids', { mode: 'bigint' }).array().notNull(),
+    rowHashes: text('row_hashes').array().notNull(),
+    dataHashes: text('data_hashes').array().notNull(),
+    prevHash: text('prev_hash').notNull(),
+    hash: text('hash').notNull(),
+    sealedAt: tz('sealed_at').notNull().defaultNow(),
+    /** Set when retention purged the block's rows; the block (its hashes) stays as the chain's anchor. */
+    purgedAt: tz('purged_at'),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.blockNo] }), tenantIsolation()],
 )
 
 export const COMPLIANCE_TYPES = ['GDPR', 'SOX', 'HIPAA'] as const
