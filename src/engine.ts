@@ -4,6 +4,7 @@
 import pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
+import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from './audit/seal.ts'
 import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import type { Json, JsonLimits } from './core/json.ts'
@@ -265,6 +266,36 @@ export class Engine {
     return worker
   }
 
+  /**
+   * Seals every active tenant's new audit rows into its hash chain (runs with the sweeper; safe
+   * beside writers and beside another sealer).
+   */
+  async sealAudit(options: { maxRowsPerBlock?: number } = {}): Promise<SealReport> {
+    const total: SealReport = { blocks: 0, rows: 0 }
+    for await (const scope of this.tenants.active()) {
+      // Bounded per run, so a tenant that writes without pause cannot hold the sealer.
+      for (let blocks = 0; blocks < 20; blocks++) {
+        const r = await withTenantTx(this.pool, scope, (db) =>
+          sealTenant(db, scope.tenantId, options.maxRowsPerBlock),
+        )
+        total.blocks += r.blocks
+        total.rows += r.rows
+        if (r.blocks === 0) break
+      }
+    }
+    return total
+  }
+
+  /** Recomputes audit hash chains: one tenant's, or every active tenant's. */
+  async verifyAudit(tenantId?: string): Promise<VerifyReport[]> {
+    const scopes = tenantId ? [await this.tenants.require(tenantId)] : this.tenants.active()
+    const reports: VerifyReport[] = []
+    for await (const scope of scopes) {
+      reports.push(await withTenantTx(this.pool, scope, (db) => verifyTenant(db, scope.tenantId)))
+    }
+    return reports
+  }
+
   /** One pass of the stale-task sweeper. */
   sweep(options: { staleAfterMs?: number } = {}): Promise<SweepReport> {
     return sweepOnce(
@@ -282,6 +313,8 @@ export class Engine {
     const run = async () => {
       const report = await this.sweep()
       if (report.requeued > 0 || report.lost > 0) this.log.info(report, 'sweeper recovered tasks')
+      const sealed = await this.sealAudit()
+      if (sealed.rows > 0) this.log.debug(sealed, 'audit rows sealed')
     }
     if (this.config.sweepIntervalMs > 0) {
       this.#sweepTimer = setInterval(() => {

@@ -197,6 +197,16 @@ export class TenantDirectory {
     return rows.filter((r) => r.schema_name === null || isTenantSchema(r.schema_name)).map(scopeOfRow)
   }
 
+  /** Every active tenant, in id order, read a page at a time. */
+  async *active(pageSize = 200): AsyncGenerator<TenantScope> {
+    for (let after = ''; ;) {
+      const page = await this.activePage(after, pageSize)
+      yield* page
+      if (page.length < pageSize) return
+      after = page[page.length - 1]!.tenantId
+    }
+  }
+
   /** The scope of one active tenant, or a typed error saying why there is none. */
   async require(id: string): Promise<TenantScope> {
     assertTenantId(id)

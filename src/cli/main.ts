@@ -285,6 +285,32 @@ workflow
     )
   })
 
+const audit = program.command('audit').description('the tamper-evident audit trail')
+audit
+  .command('seal')
+  .description("seal every active tenant's new audit rows into its hash chain (the sweeper does this too)")
+  .action(async () => {
+    await withEngine(undefined, async (engine) => print(await engine.sealAudit()))
+  })
+audit
+  .command('verify')
+  .description(
+    'recompute the audit hash chain and name the first row or block altered, deleted or inserted out of band',
+  )
+  .option('--tenant <id>', 'one tenant (default: every active tenant)')
+  .action(async (opts: { tenant?: string }) => {
+    await withEngine(undefined, async (engine) => {
+      const reports = await engine.verifyAudit(opts.tenant)
+      for (const r of reports) {
+        const line = r.ok
+          ? `ok        ${r.tenantId}: ${r.rows} rows in ${r.blocks} blocks (${r.redacted} redacted, ${r.purgedBlocks} blocks purged, ${r.unsealed} not sealed yet)`
+          : `TAMPERED  ${r.tenantId}: ${r.problem?.message} [${r.problem?.kind}, block ${r.problem?.blockNo}]`
+        process.stdout.write(`${line}\n`)
+      }
+      if (reports.some((r) => !r.ok)) process.exitCode = 1
+    })
+  })
+
 program
   .command('sweep')
   .description('run the stale-task sweeper once and print what it did')

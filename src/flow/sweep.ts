@@ -46,23 +46,16 @@ WHERE t.tenant_id = $1 AND t.id > $2::uuid
 ORDER BY t.id
 LIMIT $4`
 
-const TENANT_PAGE = 200
-
 export async function sweepOnce(
   deps: { pool: pg.Pool; boss: PgBoss; tenants: TenantDirectory },
   options: SweepOptions,
 ): Promise<SweepReport> {
   const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0, tenants: 0 }
-  let after = ''
-  for (;;) {
-    const page = await deps.tenants.activePage(after, TENANT_PAGE)
-    for (const scope of page) {
-      await sweepTenant(deps.pool, deps.boss, scope, options, report)
-      report.tenants++
-    }
-    if (page.length < TENANT_PAGE) return report
-    after = page[page.length - 1]!.tenantId
+  for await (const scope of deps.tenants.active()) {
+    await sweepTenant(deps.pool, deps.boss, scope, options, report)
+    report.tenants++
   }
+  return report
 }
 
 async function sweepTenant(

@@ -1,0 +1,296 @@
+// Tamper evidence for the audit log, without a lock on the hot path.
+//
+// Writers only INSERT audit rows, each stamped with its transaction's 64-bit id (txid). A sealer,
+// per tenant and off the hot path, takes the rows below the horizon of its snapshot (every
+// transaction with a smaller id has ended, so no row can appear there later), in (txid, id) order,
+// numbers them contiguously after the previous block, and appends a block to agent_audit_seals:
+//
+//   data_hash = sha256(action_data::text)          (jsonb's text form is canonical)
+//   row_hash  = sha256(JSON [tenant, id, txid, workflow, task, agent, action, actor, correlation,
+//                            timestamp in microseconds, data_hash])
+//   hash      = sha256(prev_hash, block_no, first_seq, row_hash...)
+//
+// verify recomputes all of it and names the first row or block that differs: a row altered, a row
+// deleted, a row inserted out of band into a sealed range, or a seal altered. A GDPR redaction
+// replaces action_data with {"$redacted": ...}; the seal kept its data hash, so the chain still
+// verifies (and the row is counted as redacted). A retention purge keeps the purged blocks' hashes
+// as the chain's anchor. (Numbers travel as text; ORDER BY names the table's columns, never the
+// text aliases, which would sort '10' before '9'.)
+import { createHash } from 'node:crypto'
+import type { Db } from '../db/tx.ts'
+
+export const GENESIS = '0'.repeat(64)
+
+export interface SealReport {
+  blocks: number
+  rows: number
+}
+
+export type VerifyProblemKind = 'altered' | 'deleted' | 'inserted' | 'seal_altered' | 'broken_chain'
+
+export interface VerifyProblem {
+  kind: VerifyProblemKind
+  blockNo: string
+  /** The audit row concerned (its id, and its sequence number in the tenant's chain). */
+  rowId?: string
+  seq?: string
+  message: string
+}
+
+export interface VerifyReport {
+  tenantId: string
+  ok: boolean
+  blocks: number
+  rows: number
+  redacted: number
+  purgedBlocks: number
+  /** Rows written but not sealed yet (newer than the last block). */
+  unsealed: number
+  problem: VerifyProblem | null
+}
+
+const ROW_COLUMNS = `a.id::text, a.txid::text, a.workflow_id, a.task_id, a.agent_id, a.action_type, a.actor,
+  a.correlation_id, (extract(epoch FROM a."timestamp") * 1000000)::bigint::text AS ts_us, a.action_data::text AS data`
+
+interface AuditRow {
+  id: string
+  txid: string
+  workflow_id: string
+  task_id: string | null
+  agent_id: string | null
+  action_type: string
+  actor: string | null
+  correlation_id: string | null
+  ts_us: string
+  data: string
+}
+
+interface SealRow {
+  block_no: string
+  first_seq: string
+  row_count: number
+  last_txid: string
+  last_id: string
+  row_ids: string[]
+  row_hashes: string[]
+  data_hashes: string[]
+  prev_hash: string
+  hash: string
+  purged_at: Date | null
+}
+
+const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
+
+export function dataHash(dataText: string): string {
+  return sha256(dataText)
+}
+
+export function rowHash(tenantId: string, r: AuditRow, dataHashHex: string): string {
+  return sha256(
+    JSON.stringify([
+      tenantId,
+      r.id,
+      r.txid,
+      r.workflow_id,
+      r.task_id,
+      r.agent_id,
+      r.action_type,
+      r.actor,
+      r.correlation_id,
+      r.ts_us,
+      dataHashHex,
+    ]),
+  )
+}
+
+export function blockHash(prevHash: string, blockNo: string, firstSeq: string, rowHashes: string[]): string {
+  return sha256([prevHash, blockNo, firstSeq, ...rowHashes].join('\n'))
+}
+
+function isRedacted(dataText: string): boolean {
+  try {
+    const v = JSON.parse(dataText) as unknown
+    return typeof v === 'object' && v !== null && !Array.isArray(v) && '$redacted' in v
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Seals the tenant's next audit rows (up to `maxRows` per block), in the caller's tenant-scoped
+ * transaction. Sealers of one tenant serialise on a transaction advisory lock; writers never take it.
+ */
+export async function sealTenant(db: Db, tenantId: string, maxRows = 1000): Promise<SealReport> {
+  await db.executeSql(`SELECT pg_advisory_xact_lock(hashtextextended('equilateral.seal:' || $1, 0))`, [
+    tenantId,
+  ])
+  const horizon = await db.executeSql(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`, [])
+  const last = await db.executeSql(
+    `SELECT block_no::text, first_seq::text, row_count, last_txid::text, last_id::text, hash
+     FROM agent_audit_seals s WHERE s.tenant_id = $1 ORDER BY s.block_no DESC LIMIT 1`,
+    [tenantId],
+  )
+  const prev = last.rows[0] as
+    | {
+        block_no: string
+        first_seq: string
+        row_count: number
+        last_txid: string
+        last_id: string
+        hash: string
+      }
+    | undefined
+  const { rows } = await db.executeSql(
+    `SELECT ${ROW_COLUMNS} FROM agent_audit_log a
+     WHERE a.tenant_id = $1 AND (a.txid, a.id) > ($2::bigint, $3::bigint) AND a.txid < $4::bigint
+     ORDER BY a.txid, a.id LIMIT $5`,
+    [tenantId, prev?.last_txid ?? '0', prev?.last_id ?? '0', horizon.rows[0]?.xmin, maxRows],
+  )
+  if (rows.length === 0) return { blocks: 0, rows: 0 }
+  const audit = rows as AuditRow[]
+  const blockNo = prev ? String(BigInt(prev.block_no) + 1n) : '1'
+  const firstSeq = prev ? String(BigInt(prev.first_seq) + BigInt(prev.row_count)) : '1'
+  const dataHashes = audit.map((r) => dataHash(r.data))
+  const rowHashes = audit.map((r, i) => rowHash(tenantId, r, dataHashes[i] as string))
+  const prevHash = prev?.hash ?? GENESIS
+  const lastRow = audit[audit.length - 1] as AuditRow
+  await db.executeSql(
+    `INSERT INTO agent_audit_seals (tenant_id, block_no, first_seq, row_count, last_txid, last_id, row_ids,
+       row_hashes, data_hashes, prev_hash, hash)
+     VALUES ($1, $2, $3, $4, $5, $6, $7::bigint[], $8::text[], $9::text[], $10, $11)`,
+    [
+      tenantId,
+      blockNo,
+      firstSeq,
+      audit.length,
+      lastRow.txid,
+      lastRow.id,
+      audit.map((r) => r.id),
+      rowHashes,
+      dataHashes,
+      prevHash,
+      blockHash(prevHash, blockNo, firstSeq, rowHashes),
+    ],
+  )
+  return { blocks: 1, rows: audit.length }
+}
+
+/** Recomputes the tenant's chain, block by block, and reports the first thing that differs. */
+export async function verifyTenant(db: Db, tenantId: string, pageSize = 100): Promise<VerifyReport> {
+  const report: VerifyReport = {
+    tenantId,
+    ok: true,
+    blocks: 0,
+    rows: 0,
+    redacted: 0,
+    purgedBlocks: 0,
+    unsealed: 0,
+    problem: null,
+  }
+  const fail = (problem: VerifyProblem): VerifyReport => ({ ...report, ok: false, problem })
+  let expect = { blockNo: 1n, firstSeq: 1n, prevHash: GENESIS, txid: '0', id: '0' }
+  for (;;) {
+    const { rows: seals } = await db.executeSql(
+      `SELECT block_no::text, first_seq::text, row_count, last_txid::text, last_id::text, row_ids::text[],
+         row_hashes, data_hashes, prev_hash, hash, purged_at
+       FROM agent_audit_seals s WHERE s.tenant_id = $1 AND s.block_no >= $2 ORDER BY s.block_no LIMIT $3`,
+      [tenantId, String(expect.blockNo), pageSize],
+    )
+    for (const s of seals as SealRow[]) {
+      const at = s.block_no
+      if (BigInt(s.block_no) !== expect.blockNo || BigInt(s.first_seq) !== expect.firstSeq) {
+        return fail({
+          kind: 'broken_chain',
+          blockNo: at,
+          message: `block ${at} should be block ${expect.blockNo} starting at sequence ${expect.firstSeq}`,
+        })
+      }
+      if (s.prev_hash !== expect.prevHash) {
+        return fail({
+          kind: 'broken_chain',
+          blockNo: at,
+          message: `block ${at} does not chain to the block before it`,
+        })
+      }
+      if (s.purged_at) {
+        report.purgedBlocks++
+      } else {
+        if (blockHash(s.prev_hash, s.block_no, s.first_seq, s.row_hashes) !== s.hash) {
+          return fail({ kind: 'seal_altered', blockNo: at, message: `the seal of block ${at} was altered` })
+        }
+        const { rows } = await db.executeSql(
+          `SELECT ${ROW_COLUMNS} FROM agent_audit_log a
+           WHERE a.tenant_id = $1 AND (a.txid, a.id) > ($2::bigint, $3::bigint)
+             AND (a.txid, a.id) <= ($4::bigint, $5::bigint)
+           ORDER BY a.txid, a.id`,
+          [tenantId, expect.txid, expect.id, s.last_txid, s.last_id],
+        )
+        const audit = rows as AuditRow[]
+        const present = new Set(audit.map((r) => r.id))
+        const sealed = new Set(s.row_ids)
+        const seqOf = (i: number) => String(BigInt(s.first_seq) + BigInt(i))
+        for (let i = 0; i < s.row_ids.length; i++) {
+          const id = s.row_ids[i] as string
+          if (!present.has(id)) {
+            return fail({
+              kind: 'deleted',
+              blockNo: at,
+              rowId: id,
+              seq: seqOf(i),
+              message: `audit row ${id} (sequence ${seqOf(i)}) was deleted`,
+            })
+          }
+        }
+        const extra = audit.find((r) => !sealed.has(r.id))
+        if (extra) {
+          return fail({
+            kind: 'inserted',
+            blockNo: at,
+            rowId: extra.id,
+            message: `audit row ${extra.id} was inserted into sealed block ${at} out of band`,
+          })
+        }
+        for (let i = 0; i < audit.length; i++) {
+          const r = audit[i] as AuditRow
+          const redacted = isRedacted(r.data)
+          const stored = s.data_hashes[i] as string
+          if (!redacted && dataHash(r.data) !== stored) {
+            return fail({
+              kind: 'altered',
+              blockNo: at,
+              rowId: r.id,
+              seq: seqOf(i),
+              message: `audit row ${r.id} (sequence ${seqOf(i)}) was altered: its data differs from what was sealed`,
+            })
+          }
+          if (redacted) report.redacted++
+          if (rowHash(tenantId, r, stored) !== s.row_hashes[i]) {
+            return fail({
+              kind: 'altered',
+              blockNo: at,
+              rowId: r.id,
+              seq: seqOf(i),
+              message: `audit row ${r.id} (sequence ${seqOf(i)}) was altered`,
+            })
+          }
+        }
+        report.rows += audit.length
+      }
+      report.blocks++
+      expect = {
+        blockNo: expect.blockNo + 1n,
+        firstSeq: expect.firstSeq + BigInt(s.row_count),
+        prevHash: s.hash,
+        txid: s.last_txid,
+        id: s.last_id,
+      }
+    }
+    if (seals.length < pageSize) break
+  }
+  const { rows } = await db.executeSql(
+    `SELECT count(*)::int AS n FROM agent_audit_log WHERE tenant_id = $1 AND (txid, id) > ($2::bigint, $3::bigint)`,
+    [tenantId, expect.txid, expect.id],
+  )
+  report.unsealed = rows[0]?.n ?? 0
+  return report
+}
