@@ -194,7 +194,15 @@ export const auditSeals = pgTable(
     /** Set when retention purged the block's rows; the block (its hashes) stays as the chain's anchor. */
     purgedAt: tz('purged_at'),
   },
-  (t) => [primaryKey({ columns: [t.tenantId, t.blockNo] }), tenantIsolation()],
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.blockNo] }),
+    tenantIsolation(),
+    // Retention purges a prefix of the chain: it starts at the first block not purged yet, found
+    // here without walking past every block purged before.
+    index('agent_audit_seals_unpurged_idx')
+      .on(t.tenantId, t.blockNo)
+      .where(sql`${t.purgedAt} IS NULL`),
+  ],
 )
 
 export const COMPLIANCE_TYPES = ['GDPR', 'SOX', 'HIPAA'] as const

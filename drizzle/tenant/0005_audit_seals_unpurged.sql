@@ -1,0 +1,1 @@
+CREATE INDEX "agent_audit_seals_unpurged_idx" ON "agent_audit_seals" USING btree ("tenant_id","block_no") WHERE "agent_audit_seals"."purged_at" IS NULL;
