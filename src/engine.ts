@@ -5,6 +5,16 @@ import pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
 import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from './audit/seal.ts'
+import { type ErasureReport, eraseSubject, eraseTenant } from './compliance/erasure.ts'
+import type { ComplianceProfile } from './compliance/profile.ts'
+import {
+  ensureRetentionQueue,
+  ownsTenantTables,
+  type PurgeOptions,
+  type PurgeReport,
+  purgeExpired,
+  RETENTION_QUEUE,
+} from './compliance/retention.ts'
 import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import type { Json, JsonLimits } from './core/json.ts'
@@ -22,6 +32,7 @@ import {
   createTenant,
   listTenants,
   rotateApiKey,
+  setComplianceProfile,
   setTenantStatus,
   TenantDirectory,
   type TenantInfo,
@@ -223,6 +234,50 @@ export class Engine {
   /** A new API key for the tenant; the old one stops working at once. */
   rotateApiKey(id: string): Promise<string> {
     return rotateApiKey(this.#admin, id)
+  }
+
+  /** Replaces a tenant's compliance profile (owner connection); returns it as stored. */
+  setComplianceProfile(id: string, profile: ComplianceProfile): Promise<ComplianceProfile> {
+    return setComplianceProfile(this.#admin, id, profile)
+  }
+
+  /**
+   * Retention: purges, for every tenant, coordination data, compliance events and sealed audit
+   * blocks past their retention, in bounded batches, recording a `purge` compliance event
+   * (src/compliance/retention.ts). Owner connection.
+   */
+  purgeExpired(options: PurgeOptions = {}): Promise<PurgeReport> {
+    return purgeExpired(this.#admin, options)
+  }
+
+  /** GDPR erasure of one data subject's personal data (workflows started with that subjectKey). */
+  eraseSubject(tenantId: string, subjectKey: string): Promise<ErasureReport> {
+    return eraseSubject({ admin: this.#admin, boss: this.boss }, tenantId, subjectKey)
+  }
+
+  /** GDPR erasure of a whole tenant's personal data; the tenant stays (suspend it to stop intake). */
+  eraseTenantData(tenantId: string): Promise<ErasureReport> {
+    return eraseTenant({ admin: this.#admin, boss: this.boss }, tenantId)
+  }
+
+  /**
+   * Runs the retention purge from a pg-boss cron schedule (hourly by default, sent once across the
+   * fleet). Needs the owner connection (MIGRATION_DATABASE_URL, or an owner DATABASE_URL): without
+   * it, logs a warning and returns false; run `equilateral retention purge` from a scheduler then.
+   */
+  async startRetention(cron = '17 * * * *'): Promise<boolean> {
+    if (!(await ownsTenantTables(this.#admin))) {
+      this.log.warn('retention purge not scheduled: the admin connection does not own the tenant tables')
+      return false
+    }
+    await ensureRetentionQueue(this.boss)
+    await this.boss.schedule(RETENTION_QUEUE, cron)
+    await this.boss.work(RETENTION_QUEUE, { pollingIntervalSeconds: 30 }, async () => {
+      const { problems, ...report } = await this.purgeExpired()
+      for (const p of problems) this.log.warn(p, 'retention purge skipped part of a tenant')
+      this.log.info(report, 'retention purge')
+    })
+    return true
   }
 
   /** A handle on one active tenant, by id (for trusted backend code) ... */

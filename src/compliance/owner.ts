@@ -1,0 +1,88 @@
+// The owner's side of compliance work (retention purge, GDPR erasure): tenant lookup whatever the
+// tenant's status, owner transactions scoped to one tenant with the narrow audit switches the
+// append-only triggers honour, and the compliance events the engine records itself.
+import type pg from 'pg'
+import { APP_SCHEMA } from '../db/names.ts'
+import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { TenantError } from '../errors.ts'
+import { assertTenantId, scopeOfRow } from '../tenants.ts'
+
+/** agent_id of the events the engine records itself ('/' cannot appear in an agent id). */
+export const RETENTION_ACTOR = 'eq/retention'
+export const ERASURE_ACTOR = 'eq/erasure'
+
+export interface OwnerTenant {
+  scope: TenantScope
+  /** The stored profile, unvalidated (see parseComplianceProfile). */
+  profile: unknown
+}
+
+export interface TenantRow {
+  id: string
+  tier: string
+  schema_name: string | null
+  compliance_profile: unknown
+}
+
+export const TENANT_COLUMNS = 'id, tier, schema_name, compliance_profile'
+
+/** One tenant, active or suspended (retention and erasure apply to both). */
+export async function ownerTenant(admin: pg.Pool, id: string): Promise<OwnerTenant> {
+  assertTenantId(id)
+  const { rows } = await admin.query<TenantRow>(
+    `SELECT ${TENANT_COLUMNS} FROM ${APP_SCHEMA}.tenants WHERE id = $1`,
+    [id],
+  )
+  const row = rows[0]
+  if (!row) throw new TenantError('unknown_tenant', `unknown tenant "${id}"`)
+  return { scope: scopeOfRow(row), profile: row.compliance_profile }
+}
+
+/** The switches of drizzle/tenant/0004 and 0006, set transaction-locally. */
+export type OwnerSwitch =
+  'equilateral.audit_redaction' | 'equilateral.audit_purge' | 'equilateral.retention_purge'
+
+/**
+ * An owner transaction scoped to the tenant (app.tenant_id and search_path, as every engine
+ * transaction, because row-level security binds the owner too), with the given switches on for
+ * this transaction only. Retried on serialization failures and deadlocks: bodies are idempotent.
+ */
+export function ownerTx<T>(
+  admin: pg.Pool,
+  scope: TenantScope,
+  switches: readonly OwnerSwitch[],
+  fn: (db: Db) => Promise<T>,
+): Promise<T> {
+  return withTenantTx(admin, scope, async (db) => {
+    if (switches.length > 0) {
+      await db.executeSql(
+        `SELECT ${switches.map((_, i) => `set_config($${i + 1}, 'on', true)`).join(', ')}`,
+        [...switches],
+      )
+    }
+    return fn(db)
+  })
+}
+
+/**
+ * Records an event the engine writes itself (purge, deletion): one per regime that applies to the
+ * tenant, with that regime's retention; under GDPR, kept, when none applies (erasure and storage
+ * limitation are GDPR notions, and the record of them must exist whatever the profile says).
+ */
+export async function recordComplianceEvent(
+  db: Db,
+  tenantId: string,
+  actor: string,
+  eventType: string,
+  data: Record<string, unknown>,
+): Promise<number> {
+  const { rows } = await db.executeSql(
+    `INSERT INTO compliance_events (tenant_id, agent_id, compliance_type, event_type, event_data, retention_until)
+     SELECT $1, $2, r.regime, $3, $4::jsonb, r.retention_until FROM ${APP_SCHEMA}.compliance_regimes($1) r
+     UNION ALL
+     SELECT $1, $2, 'GDPR', $3, $4::jsonb, NULL WHERE NOT EXISTS (SELECT FROM ${APP_SCHEMA}.compliance_regimes($1))
+     RETURNING id`,
+    [tenantId, actor, eventType, JSON.stringify(data)],
+  )
+  return rows.length
+}
