@@ -3,6 +3,7 @@
 import { readFile } from 'node:fs/promises'
 import { Command, InvalidArgumentError } from 'commander'
 import type { Logger } from 'pino'
+import type { ComplianceProfile } from '../compliance/profile.ts'
 import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import { migrate } from '../db/migrate.ts'
@@ -87,6 +88,16 @@ async function parseInput(raw: string | undefined): Promise<unknown> {
   }
 }
 
+/** A compliance profile given as JSON or @file.json (validated by the engine). */
+async function parseProfile(raw: string): Promise<ComplianceProfile> {
+  const text = raw.startsWith('@') ? await readFile(raw.slice(1), 'utf8') : raw
+  try {
+    return JSON.parse(text) as ComplianceProfile
+  } catch (error) {
+    throw new InvalidArgumentError(`compliance profile is not valid JSON: ${(error as Error).message}`)
+  }
+}
+
 const program = new Command()
   .name('equilateral')
   .description('Durable, multi-tenant, database-orchestrated agent workflows on PostgreSQL')
@@ -125,6 +136,7 @@ program
     const engine = await createEngine({ connectionString: db.url, ...registry, log })
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
     await engine.startSweeper()
+    await engine.startRetention()
     const enterprise = new EnterpriseOrchestrator(engine)
     await enterprise.work()
     await runUntilSignal(log, async () => {
@@ -158,6 +170,7 @@ program
     }
     await engine.startWorker()
     await engine.startSweeper()
+    await engine.startRetention()
     const enterprise = new EnterpriseOrchestrator(engine)
     await enterprise.work()
     const lines = [
@@ -189,9 +202,21 @@ tenant
   )
   .option('--name <name>', 'display name')
   .option('--tier <tier>', 'fairness tier (see TENANT_CONCURRENCY_TIERS)', 'standard')
-  .action(async (id: string, opts: { name?: string; tier: string }) => {
+  .option(
+    '--compliance <json>',
+    'compliance profile as JSON or @file, e.g. \'{"GDPR":{"retentionDays":30},"dataRetentionDays":90}\'',
+  )
+  .action(async (id: string, opts: { name?: string; tier: string; compliance?: string }) => {
+    const complianceProfile = opts.compliance ? await parseProfile(opts.compliance) : undefined
     await withEngine(undefined, async (engine) => {
-      print(await engine.createTenant({ id, tier: opts.tier, ...(opts.name ? { name: opts.name } : {}) }))
+      print(
+        await engine.createTenant({
+          id,
+          tier: opts.tier,
+          ...(opts.name ? { name: opts.name } : {}),
+          ...(complianceProfile ? { complianceProfile } : {}),
+        }),
+      )
     })
   })
 tenant
@@ -224,6 +249,17 @@ tenant
   .action(async (id: string) => {
     await withEngine(undefined, async (engine) => print({ id, apiKey: await engine.rotateApiKey(id) }))
   })
+tenant
+  .command('compliance <id> <profile>')
+  .description(
+    "replace the tenant's compliance profile (JSON or @file): regimes GDPR, SOX, HIPAA with retentionDays, dataRetentionDays, auditRetentionDays",
+  )
+  .action(async (id: string, raw: string) => {
+    const profile = await parseProfile(raw)
+    await withEngine(undefined, async (engine) =>
+      print({ id, complianceProfile: await engine.setComplianceProfile(id, profile) }),
+    )
+  })
 
 const workflow = program.command('workflow').description('start and follow workflows')
 workflow
@@ -232,21 +268,28 @@ workflow
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--input <json>', 'workflow input as JSON, or @file.json')
   .option('--idempotency-key <key>', 'starting twice with the same key returns the first workflow')
+  .option('--subject <key>', 'the data subject the workflow is about, for erasure (`erase --subject`)')
   .option('--wait', 'wait until the workflow ends and print it')
   .option('--registry <module>', 'module exporting `agents` and `workflows`')
   .action(
     async (
       type: string,
-      opts: { tenant: string; input?: string; idempotencyKey?: string; wait?: boolean; registry?: string },
+      opts: {
+        tenant: string
+        input?: string
+        idempotencyKey?: string
+        subject?: string
+        wait?: boolean
+        registry?: string
+      },
     ) => {
       const input = await parseInput(opts.input)
       await withEngine(opts.registry, async (engine) => {
         const handle = await engine.tenant(opts.tenant)
-        const started = await handle.startWorkflow(
-          type,
-          input as never,
-          opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {},
-        )
+        const started = await handle.startWorkflow(type, input as never, {
+          ...(opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {}),
+          ...(opts.subject ? { subjectKey: opts.subject } : {}),
+        })
         if (!opts.wait) return print(started)
         for (;;) {
           const wf = await handle.getWorkflow(started.id)
@@ -309,6 +352,44 @@ audit
       }
       if (reports.some((r) => !r.ok)) process.exitCode = 1
     })
+  })
+
+const retention = program
+  .command('retention')
+  .description('retention of coordination data, audit rows and compliance events (owner connection)')
+retention
+  .command('purge')
+  .description(
+    "purge, for every tenant, what is past its compliance profile's retention, in bounded batches, recording a purge compliance event",
+  )
+  .option('--batch-size <n>', 'rows or sealed blocks per statement (default 500)', (v) => positiveInt(v))
+  .option('--max-batches <n>', 'batches per tenant in this run (default 100)', (v) => positiveInt(v))
+  .action(async (opts: { batchSize?: number; maxBatches?: number }) => {
+    await withEngine(undefined, async (engine) =>
+      print(
+        await engine.purgeExpired({
+          ...(opts.batchSize ? { batchSize: opts.batchSize } : {}),
+          ...(opts.maxBatches ? { maxBatches: opts.maxBatches } : {}),
+        }),
+      ),
+    )
+  })
+
+program
+  .command('erase')
+  .description(
+    "GDPR erasure: cancel, then erase the personal data of a data subject's workflows (--subject) or of a whole tenant, keeping the audit chain verifiable; records a deletion compliance event",
+  )
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--subject <key>', 'the subject key the workflows were started with (default: the whole tenant)')
+  .action(async (opts: { tenant: string; subject?: string }) => {
+    await withEngine(undefined, async (engine) =>
+      print(
+        opts.subject !== undefined
+          ? await engine.eraseSubject(opts.tenant, opts.subject)
+          : await engine.eraseTenantData(opts.tenant),
+      ),
+    )
   })
 
 program
