@@ -1,5 +1,6 @@
 // Configuration, parsed once at boot into a frozen object; every problem is reported at once.
 import type { GroupConcurrencyConfig } from 'pg-boss'
+import { type KeyRing, parseKeyRing } from './crypto/keyring.ts'
 import { APP_ROLE } from './db/names.ts'
 import { ConfigError } from './errors.ts'
 
@@ -36,6 +37,11 @@ export interface Config {
    * undefined means no limit. Several worker processes fetching at the same instant can overshoot it.
    */
   tenantConcurrency: GroupConcurrencyConfig | undefined
+  /**
+   * Keys that payloads (workflow input, task data, results) are encrypted under at rest; KeyRing.none
+   * stores them unencrypted. From ENCRYPTION_KEYS (`id:base64,...`) and ENCRYPTION_ACTIVE_KEY.
+   */
+  encryption: KeyRing
 }
 
 type Env = Record<string, string | undefined>
@@ -68,6 +74,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     maxPayloadBytes: int('MAX_PAYLOAD_BYTES', 1024 * 1024, 1024, 256 * 1024 * 1024),
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
+    encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
   }
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel)) {
     problems.push(

@@ -60,6 +60,21 @@ export class ConfigError extends EquilateralError {
 }
 
 /**
+ * A stored payload could not be decrypted: `no_keys` (it is encrypted but no keys are configured),
+ * `unknown_key` (its key is not in the key ring), `decryption_failed` (altered, copied from another
+ * tenant or column, or different key material under its key id), `invalid_envelope` (malformed).
+ * The message names the tenant, the column and the key id; never any data.
+ */
+export class EncryptionError extends EquilateralError {
+  declare readonly code: EncryptionErrorCode
+  constructor(code: EncryptionErrorCode, message: string, options?: { cause?: unknown }) {
+    super(code, message, options)
+  }
+}
+
+export type EncryptionErrorCode = 'no_keys' | 'unknown_key' | 'decryption_failed' | 'invalid_envelope'
+
+/**
  * Thrown by an agent to fail its task without further retries (bad input that another attempt
  * cannot fix). Any other thrown value is retried per the task's retry policy.
  */
@@ -78,11 +93,19 @@ export class LeaseLostError extends EquilateralError {
 
 /**
  * Whether a failure must not be retried. Decided by `code`, not `instanceof`, so an error from
- * another copy of this library (built and source side by side) is recognised too.
+ * another copy of this library (built and source side by side) is recognised too. A payload that
+ * fails authentication or is malformed stays so; a missing key (`no_keys`, `unknown_key`) may be a
+ * worker not yet given the new key ring during a rollout, so another attempt (elsewhere) may succeed.
  */
 export function isPermanent(error: unknown): boolean {
   const code = (error as { code?: unknown } | null)?.code
-  return code === 'permanent' || code === 'invalid_input' || code === 'invalid_definition'
+  return (
+    code === 'permanent' ||
+    code === 'invalid_input' ||
+    code === 'invalid_definition' ||
+    code === 'decryption_failed' ||
+    code === 'invalid_envelope'
+  )
 }
 
 /** Turns anything thrown into a JSON-safe error record (agents may throw non-Error values). */
