@@ -233,6 +233,24 @@ export class TenantDirectory {
     }
   }
 
+  /**
+   * Every tenant, suspended ones too (or only the tenant `id`), in id order, read a page at a time:
+   * for maintenance that must reach all rows, such as re-encryption.
+   */
+  async *all(options: { id?: string; pageSize?: number } = {}): AsyncGenerator<TenantScope> {
+    const pageSize = options.pageSize ?? 200
+    for (let after = ''; ;) {
+      const { rows } = await this.#pool.query(
+        `SELECT id, tier, status, schema_name FROM ${APP_SCHEMA}.tenants
+         WHERE id > $1 AND ($3::text IS NULL OR id = $3) ORDER BY id LIMIT $2`,
+        [after, pageSize, options.id ?? null],
+      )
+      yield* rows.filter((r) => r.schema_name === null || isTenantSchema(r.schema_name)).map(scopeOfRow)
+      if (rows.length < pageSize) return
+      after = rows[rows.length - 1].id
+    }
+  }
+
   /** The scope of one active tenant, or a typed error saying why there is none. */
   async require(id: string): Promise<TenantScope> {
     assertTenantId(id)
