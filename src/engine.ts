@@ -19,6 +19,8 @@ import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import type { Json, JsonLimits } from './core/json.ts'
 import type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
+import type { KeyRing } from './crypto/keyring.ts'
+import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
 import { DefinitionError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
@@ -140,6 +142,11 @@ export class Engine {
     return { maxBytes: this.config.maxPayloadBytes, maxDepth: 64 }
   }
 
+  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted). */
+  get keyRing(): KeyRing {
+    return this.config.encryption
+  }
+
   registerWorkflow(def: WorkflowDefinition<any>): void {
     if (this.#agents.size > 0) {
       for (const t of def.tasks) {
@@ -174,6 +181,14 @@ export class Engine {
         { role: rows[0].role },
         'run-time connections can bypass row-level security (superuser or BYPASSRLS); set DATABASE_ROLE',
       )
+    }
+    if (this.keyRing.enabled) {
+      this.log.info(
+        { activeKey: this.keyRing.activeKeyId, keys: this.keyRing.keyIds },
+        'payloads are encrypted at rest (AES-256-GCM)',
+      )
+    } else {
+      this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
     await this.boss.start()
     await this.#ensureQueues([
@@ -313,6 +328,7 @@ export class Engine {
       heartbeatIntervalMs: this.config.heartbeatIntervalMs,
       shutdownGraceMs: this.config.shutdownGraceMs,
       limits: this.limits,
+      keyRing: this.keyRing,
       tenantConcurrency: this.config.tenantConcurrency,
       ...(options.hooks ? { hooks: options.hooks } : {}),
     })
@@ -349,6 +365,14 @@ export class Engine {
       reports.push(await withTenantTx(this.pool, scope, (db) => verifyTenant(db, scope.tenantId)))
     }
     return reports
+  }
+
+  /**
+   * Rewrites stored payloads (every tenant's, suspended ones too, or one tenant's) that are plain or
+   * under another key, under the active key; in pages of `batchSize` rows, resumable.
+   */
+  reencrypt(options: ReencryptOptions = {}): Promise<ReencryptReport> {
+    return reencryptPayloads({ pool: this.pool, tenants: this.tenants, keyRing: this.keyRing }, options)
   }
 
   /** One pass of the stale-task sweeper. */
@@ -427,7 +451,7 @@ export class TenantHandle {
   async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
     const e = this.#engine
     return startWorkflow(
-      { pool: e.pool, boss: e.boss, limits: e.limits },
+      { pool: e.pool, boss: e.boss, limits: e.limits, keyRing: e.keyRing },
       this.scope,
       e.workflow(type),
       input,
@@ -439,7 +463,10 @@ export class TenantHandle {
     return cancelWorkflow(this.#engine, this.scope, id, options)
   }
 
+  /** Decrypts the input and results; a missing or wrong key throws EncryptionError. */
   async getWorkflow(id: string): Promise<WorkflowView> {
+    const ring = this.#engine.keyRing
+    const tenant = this.scope.tenantId
     return withTenantTx(this.#engine.pool, this.scope, async (db) => {
       const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [
         this.scope.tenantId,
@@ -453,6 +480,7 @@ export class TenantHandle {
          FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
         [this.scope.tenantId, id],
       )
+      for (const r of rows) r.result = ring.decrypt(tenant, 'task.result', r.result)
       const output: Record<string, Json> = {}
       for (const r of rows)
         if (r.status === 'completed' && r.dependents.length === 0) output[r.task_key] = r.result
@@ -461,7 +489,7 @@ export class TenantHandle {
         type: w.type,
         version: w.version,
         status: w.status,
-        input: w.input,
+        input: ring.decrypt(tenant, 'workflow.input', w.input),
         error: w.error,
         correlationId: w.correlation_id,
         createdAt: w.created_at,

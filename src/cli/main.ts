@@ -2,7 +2,7 @@
 // the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
 import { readFile } from 'node:fs/promises'
 import { Command, InvalidArgumentError } from 'commander'
-import type { Logger } from 'pino'
+import { type Logger, pino } from 'pino'
 import type { ComplianceProfile } from '../compliance/profile.ts'
 import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
@@ -63,7 +63,8 @@ async function withEngine<T>(
   const engine = await createEngine({
     connectionString: db.url,
     ...registry,
-    log: createLogger(config.logLevel === 'info' ? 'warn' : config.logLevel),
+    // To stderr: stdout carries the command's JSON (the engine warns at start when payloads are plain).
+    log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
     supervise: false,
   })
   try {
@@ -397,6 +398,25 @@ program
   .description('run the stale-task sweeper once and print what it did')
   .action(async () => {
     await withEngine(undefined, async (engine) => print(await engine.sweep()))
+  })
+
+program
+  .command('reencrypt')
+  .description(
+    'rewrite stored inputs, task data and results that are plain or under another key under ENCRYPTION_ACTIVE_KEY (resumable)',
+  )
+  .option('--tenant <id>', 'one tenant (default: every tenant, suspended ones too)')
+  .option('--batch <n>', 'rows per transaction (default 500)', (v) => positiveInt(v))
+  .action(async (opts: { tenant?: string; batch?: number }) => {
+    await withEngine(undefined, async (engine) =>
+      print(
+        await engine.reencrypt({
+          ...(opts.tenant ? { tenant: opts.tenant } : {}),
+          ...(opts.batch ? { batchSize: opts.batch } : {}),
+          onTenant: (r) => process.stderr.write(`reencrypt: ${JSON.stringify(r)}\n`),
+        }),
+      ),
+    )
   })
 
 function positiveInt(value: string): number {

@@ -2,11 +2,15 @@
 // tenant marks the fetched tasks running (fenced on status and attempt), writes their audit rows and
 // reads what each agent needs: task data, workflow input, and its dependencies' results. Jobs whose
 // task can no longer run (completed, cancelled, a newer attempt exists) are completed as dropped.
+// Encrypted payloads are decrypted after the commit: CPU only, and one that cannot be decrypted fails
+// its own task (see payloadError), not the batch.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type AttemptState, attemptStateOf } from '../core/retry.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
+import type { EncryptionError } from '../errors.ts'
 
 export interface FetchedJob {
   queue: string
@@ -29,6 +33,12 @@ export interface ClaimedTask extends AttemptState {
   input: Json
   results: Record<string, Json>
   correlationId: string
+  /**
+   * Set when the task's data, the workflow input or a parent's result could not be decrypted (a
+   * missing or wrong key): the worker records it as the attempt's failure instead of running the
+   * agent, and data, input and results are empty.
+   */
+  payloadError?: EncryptionError
 }
 
 const CLAIM = `
@@ -61,12 +71,12 @@ export interface ClaimOutcome {
 }
 
 export async function claimTasks(
-  deps: { pool: pg.Pool; boss: PgBoss },
+  deps: { pool: pg.Pool; boss: PgBoss; keyRing: KeyRing },
   scope: TenantScope,
   jobs: readonly FetchedJob[],
   workerId: string,
 ): Promise<ClaimOutcome> {
-  return withTenantTx(deps.pool, scope, async (db) => {
+  const outcome = await withTenantTx(deps.pool, scope, async (db) => {
     const { rows } = await db.executeSql(CLAIM, [
       scope.tenantId,
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
@@ -108,4 +118,26 @@ export async function claimTasks(
     }
     return { claimed, dropped }
   })
+  for (const task of outcome.claimed) openPayloads(deps.keyRing, scope.tenantId, task)
+  return outcome
+}
+
+/** Decrypts the task's payloads in place, or sets payloadError. */
+function openPayloads(keyRing: KeyRing, tenantId: string, task: ClaimedTask): void {
+  try {
+    const data = keyRing.decrypt(tenantId, 'task.data', task.data)
+    const input = keyRing.decrypt(tenantId, 'workflow.input', task.input)
+    const results: Record<string, Json> = {}
+    for (const [key, value] of Object.entries(task.results)) {
+      results[key] = keyRing.decrypt(tenantId, 'task.result', value)
+    }
+    task.data = data
+    task.input = input
+    task.results = results
+  } catch (error) {
+    task.payloadError = error as EncryptionError
+    task.data = null
+    task.input = null
+    task.results = {}
+  }
 }

@@ -6,6 +6,7 @@ import type { PgBoss } from 'pg-boss'
 import { LIMITS, resolveTask, type SpawnedTask, topologicalOrder } from '../core/definition.ts'
 import { assertStorableJson, type JsonLimits } from '../core/json.ts'
 import { planTasks } from '../core/plan.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
 import type { Db, TenantScope } from '../db/tx.ts'
 import { DefinitionError } from '../errors.ts'
 import { queueName, type ReadyJob } from '../queue/boss.ts'
@@ -15,6 +16,8 @@ import { insertPlannedTasks } from './task-rows.ts'
 export interface SpawnRequest {
   tasks: SpawnedTask[]
   limits: JsonLimits
+  /** Encrypts the spawned tasks' data (limits apply to the plain values). */
+  keyRing: KeyRing
 }
 
 const INSERT_SPAWNED = `
@@ -74,7 +77,7 @@ export async function spawnTasks(
   const data = request.tasks.map((t, i) => {
     const value = t.data ?? null
     assertStorableJson(value, `$.spawn[${i}].data`, request.limits)
-    return value
+    return request.keyRing.encrypt(scope.tenantId, 'task.data', value, `$.spawn[${i}].data`)
   })
   const planned = planTasks(specs, data, { newId: randomUUID, queueName, limits: request.limits }, existing)
   const newIds = new Set(planned.map((p) => p.id))

@@ -1,13 +1,15 @@
 // Step 1 of the data flow: a backend service starts a workflow. One transaction writes the
 // workflow row, every task row, their audit rows, and the jobs of the tasks that have no
 // dependencies; it can be the caller's own transaction, so their row and the workflow commit together.
+// The input and task data are checked, then encrypted (with keys configured), before it begins.
 import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { WorkflowDefinition } from '../core/definition.ts'
-import { assertStorableJson, type JsonLimits } from '../core/json.ts'
+import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import { planTasks, taskData } from '../core/plan.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
 import { type Db, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { insertJobs, queueName } from '../queue/boss.ts'
@@ -71,6 +73,8 @@ export interface StartDeps {
   pool: pg.Pool
   boss: PgBoss
   limits: JsonLimits
+  /** Encrypts the input and the task data (limits apply to the plain values). */
+  keyRing: KeyRing
 }
 
 export async function startWorkflow<TInput>(
@@ -85,7 +89,11 @@ export async function startWorkflow<TInput>(
   if (options.idempotencyKey !== undefined) checkKey(options.idempotencyKey, 'idempotencyKey')
   if (options.correlationId !== undefined) checkKey(options.correlationId, 'correlationId')
   if (options.subjectKey !== undefined) checkKey(options.subjectKey, 'subjectKey')
-  const data = taskData(def, input, deps.limits)
+  const tenant = scope.tenantId
+  const storedInput = deps.keyRing.encrypt(tenant, 'workflow.input', input ?? null, '$.input')
+  const data = taskData(def, input, deps.limits).map((d, i) =>
+    deps.keyRing.encrypt(tenant, 'task.data', d, `$.tasks.${def.tasks[i]?.key}.data`),
+  )
   const tasks = planTasks(def.tasks, data, { newId: randomUUID, queueName, limits: deps.limits })
   const workflowId = randomUUID()
   const correlationId = options.correlationId ?? workflowId
@@ -96,7 +104,7 @@ export async function startWorkflow<TInput>(
       workflowId,
       def.name,
       def.version,
-      JSON.stringify(input ?? null),
+      JSON.stringify(storedInput),
       options.idempotencyKey ?? null,
       correlationId,
       tasks.length,

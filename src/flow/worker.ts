@@ -11,7 +11,8 @@ import pg from 'pg'
 import type { GroupConcurrencyConfig, PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
 import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definition.ts'
-import { assertStorableJson, type JsonLimits } from '../core/json.ts'
+import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { isPermanent, serializeError } from '../errors.ts'
 import { queueName, type TaskJobData } from '../queue/boss.ts'
@@ -42,6 +43,8 @@ export interface WorkerOptions {
   /** On shutdown, how long running agents may finish before their tasks are released. */
   shutdownGraceMs: number
   limits: JsonLimits
+  /** Decrypts what agents read (in the claim) and encrypts what they return. */
+  keyRing: KeyRing
   /** Per-tenant limit of active jobs across the fleet (pg-boss group concurrency). */
   tenantConcurrency?: GroupConcurrencyConfig | undefined
   workerId?: string
@@ -310,11 +313,14 @@ export class Worker {
         spawned.push(...(Array.isArray(t) ? t : [t]))
       },
     }
-    let result: unknown
+    let result: Json = null
     let failure: { error: ReturnType<typeof serializeError>; permanent: boolean } | null = null
     try {
-      result = await raceAbort(agent.handler(ctx), controller.signal)
-      assertStorableJson(result ?? null, '$.result', this.#o.limits)
+      // A payload that could not be decrypted fails the attempt without running the agent.
+      if (task.payloadError) throw task.payloadError
+      const returned = await raceAbort(agent.handler(ctx), controller.signal)
+      assertStorableJson(returned ?? null, '$.result', this.#o.limits)
+      result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
     } catch (thrown) {
       const reason = controller.signal.aborted ? controller.signal.reason : undefined
       if (reason instanceof AbortReason && reason.kind !== 'timeout') {
@@ -346,8 +352,10 @@ export class Worker {
             taskId: task.taskId,
             workflowId: task.workflowId,
             attempt: task.attempt,
-            result: (result ?? null) as any,
-            ...(spawned.length ? { spawn: { tasks: spawned, limits: this.#o.limits } } : {}),
+            result,
+            ...(spawned.length
+              ? { spawn: { tasks: spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
+              : {}),
           })
           log.debug({ written: written.written, ms: Math.round(duration) }, 'task completed')
           this.#o.hooks?.taskFinished?.(task, written.written ? 'completed' : 'lease_lost', duration)
