@@ -2,6 +2,11 @@
 // pg-boss's included), database transactions (pg_stat_database), and tasks per second, for W
 // diamond workflows with no-op agents on one worker process.
 // Usage: node bench/hot-path.ts <admin database url> [workflows=300] [concurrency=16]
+// BENCH_PAYLOAD_BYTES=n gives every input, task data and result a random string of n bytes
+// (default: no payloads); with ENCRYPTION_KEYS set (e.g. k1:$(openssl rand -base64 32)) they are
+// encrypted. Random, so both runs store incompressible bytes: ciphertext defeats TOAST compression,
+// which would otherwise dominate the comparison for compressible payloads.
+import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { pino } from 'pino'
 import { createEngine, defineAgent, defineWorkflow, migrate } from '../src/index.ts'
@@ -27,14 +32,17 @@ const url = new URL(adminUrl)
 url.pathname = `/${dbName}`
 await migrate(url.href)
 
-const noop = defineAgent({ id: 'noop', handler: async () => null })
+const payloadBytes = Number(process.env.BENCH_PAYLOAD_BYTES ?? 0)
+const blob = payloadBytes > 0 ? randomBytes(payloadBytes).toString('base64').slice(0, payloadBytes) : null
+const data = () => (blob === null ? null : { blob })
+const noop = defineAgent({ id: 'noop', handler: async () => data() })
 const diamond = defineWorkflow({
   name: 'diamond',
   tasks: [
-    { key: 'a', agent: noop },
-    { key: 'b', agent: noop, dependsOn: ['a'] },
-    { key: 'c', agent: noop, dependsOn: ['a'] },
-    { key: 'd', agent: noop, dependsOn: ['b', 'c'] },
+    { key: 'a', agent: noop, data },
+    { key: 'b', agent: noop, dependsOn: ['a'], data },
+    { key: 'c', agent: noop, dependsOn: ['a'], data },
+    { key: 'd', agent: noop, dependsOn: ['b', 'c'], data },
   ],
 })
 const engine = await createEngine({
@@ -45,7 +53,13 @@ const engine = await createEngine({
   supervise: false,
   config: { workerConcurrency: concurrency, dbPoolMax: 20 },
 })
-await engine.createTenant({ id: 'bench' })
+// BENCH_COMPLIANCE_PROFILE='{"GDPR":{"retentionDays":30},"SOX":{"retentionDays":2555}}' gives the
+// tenant a compliance profile: every task change then also writes one compliance event per regime.
+const complianceProfile = process.env.BENCH_COMPLIANCE_PROFILE
+await engine.createTenant({
+  id: 'bench',
+  ...(complianceProfile ? { complianceProfile: JSON.parse(complianceProfile) as object } : {}),
+})
 const tenant = await engine.tenant('bench')
 
 // Backends report their counters to pg_stat_database when idle, at most once a second: wait for it.
@@ -64,7 +78,8 @@ const s0 = statements
 const x0 = await xacts()
 const tStart = performance.now()
 const ids: string[] = []
-for (let i = 0; i < W; i++) ids.push((await tenant.startWorkflow('diamond', { i })).id)
+for (let i = 0; i < W; i++)
+  ids.push((await tenant.startWorkflow('diamond', blob === null ? { i } : { i, blob })).id)
 const startMs = performance.now() - tStart
 const startStatements = statements - s0
 const startXacts = (await xacts()) - x0
@@ -94,6 +109,8 @@ console.log(
       workflows: W,
       tasks,
       concurrency,
+      payloadBytes,
+      encrypted: engine.keyRing.enabled,
       start: {
         ms: Math.round(startMs),
         perWorkflow: { statements: startStatements / W, transactions: startXacts / W },
