@@ -2,6 +2,7 @@
 // pg-boss's included), database transactions (pg_stat_database), and tasks per second, for W
 // diamond workflows with no-op agents on one worker process.
 // Usage: node bench/hot-path.ts <admin database url> [workflows=300] [concurrency=16]
+// BENCH_WITHOUT_AUDIT=1 discards the audit rows (see below).
 // BENCH_PAYLOAD_BYTES=n gives every input, task data and result a random string of n bytes
 // (default: no payloads); with ENCRYPTION_KEYS set (e.g. k1:$(openssl rand -base64 32)) they are
 // encrypted. Random, so both runs store incompressible bytes: ciphertext defeats TOAST compression,
@@ -31,6 +32,17 @@ await admin.query(`CREATE DATABASE ${dbName}`)
 const url = new URL(adminUrl)
 url.pathname = `/${dbName}`
 await migrate(url.href)
+// BENCH_WITHOUT_AUDIT=1 discards audit rows with a BEFORE INSERT trigger (a measurement only: the
+// engine itself cannot run without its audit trail), to price the audit writes.
+if (process.env.BENCH_WITHOUT_AUDIT === '1') {
+  const bench = new pg.Client({ connectionString: url.href })
+  await bench.connect()
+  await bench.query(`
+    CREATE FUNCTION equilateral.bench_discard() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$;
+    CREATE TRIGGER bench_discard BEFORE INSERT ON equilateral.agent_audit_log
+      FOR EACH ROW EXECUTE FUNCTION equilateral.bench_discard();`)
+  await bench.end()
+}
 
 const payloadBytes = Number(process.env.BENCH_PAYLOAD_BYTES ?? 0)
 const blob = payloadBytes > 0 ? randomBytes(payloadBytes).toString('base64').slice(0, payloadBytes) : null

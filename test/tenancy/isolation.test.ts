@@ -64,7 +64,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     const owner = await connect(db.url)
     const { rows } = await owner.query(`SELECT id, schema_name FROM equilateral.tenants`)
     const schemaOf = Object.fromEntries(rows.map((r) => [r.id, r.schema_name ?? 'equilateral']))
-    // No trigger writes compliance events yet: give each tenant one as the owner, so every table has rows.
+    // Tenants without a compliance profile get no events from the trigger: give each one as the owner.
     for (const t of ['alpha', 'beta']) {
       await owner.query(
         `INSERT INTO ${pg.escapeIdentifier(schemaOf[t])}.compliance_events
