@@ -18,12 +18,11 @@
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
 import { randomUUID } from 'node:crypto'
-import type pg from 'pg'
 import { assertStorableJson, type Json } from './core/json.ts'
 import { taskData } from './core/plan.ts'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/control.ts'
 import { APP_SCHEMA } from './db/names.ts'
-import { clientDb, type Db } from './db/tx.ts'
+import { clientDb, type Db, withTransaction } from './db/tx.ts'
 import type { Engine, TenantHandle, WorkflowView } from './engine.ts'
 import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from './errors.ts'
 import { assertTenantId } from './tenants.ts'
@@ -176,7 +175,7 @@ export class EnterpriseOrchestrator {
     const runId = (options.runId ?? randomUUID()).toLowerCase()
     await this.#ensureQueue()
 
-    const created = await this.#transaction(async (client) => {
+    const created = await withTransaction(this.#engine.pool, async (client) => {
       const inserted = await client.query(
         `INSERT INTO ${RUNS} (id, workflow_type, status) VALUES ($1, $2, 'running') ON CONFLICT (id) DO NOTHING`,
         [runId, workflowType],
@@ -571,24 +570,6 @@ export class EnterpriseOrchestrator {
       throw error
     })
     return this.#queueReady
-  }
-
-  async #transaction<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-    const client = await this.#engine.pool.connect()
-    let broken = false
-    try {
-      await client.query('BEGIN')
-      const result = await fn(client)
-      await client.query('COMMIT')
-      return result
-    } catch (error) {
-      await client.query('ROLLBACK').catch(() => {
-        broken = true
-      })
-      throw error
-    } finally {
-      client.release(broken)
-    }
   }
 }
 

@@ -5,9 +5,9 @@ import { createHash, randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { type ComplianceProfile, parseComplianceProfile } from './compliance/profile.ts'
 import type { IsolationMode } from './config.ts'
-import { inTransaction, MIGRATION_LOCK, migrateTenantTables } from './db/migrate.ts'
+import { MIGRATION_LOCK, migrateTenantTables } from './db/migrate.ts'
 import { APP_SCHEMA, isTenantSchema } from './db/names.ts'
-import type { TenantScope } from './db/tx.ts'
+import { type TenantScope, withTransaction } from './db/tx.ts'
 import { TenantError } from './errors.ts'
 
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/
@@ -91,21 +91,16 @@ export async function createTenant(
   const profile = parseComplianceProfile(spec.complianceProfile ?? {})
   const apiKey = newApiKey()
   const schema = mode === 'schema-per-tenant' ? newSchemaName() : null
-  const client = await admin.connect()
-  try {
-    await inTransaction(client, async () => {
-      await client.query('SELECT pg_advisory_xact_lock_shared($1)', [MIGRATION_LOCK])
-      const { rowCount } = await client.query(
-        `INSERT INTO ${APP_SCHEMA}.tenants (id, name, tier, schema_name, api_key_hash, compliance_profile)
+  await withTransaction(admin, async (client) => {
+    await client.query('SELECT pg_advisory_xact_lock_shared($1)', [MIGRATION_LOCK])
+    const { rowCount } = await client.query(
+      `INSERT INTO ${APP_SCHEMA}.tenants (id, name, tier, schema_name, api_key_hash, compliance_profile)
          VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT (id) DO NOTHING`,
-        [spec.id, name, tier, schema, hashApiKey(apiKey), JSON.stringify(profile)],
-      )
-      if (rowCount === 0) throw new TenantError('tenant_exists', `tenant "${spec.id}" already exists`)
-      if (schema) await migrateTenantTables(client, schema)
-    })
-  } finally {
-    client.release()
-  }
+      [spec.id, name, tier, schema, hashApiKey(apiKey), JSON.stringify(profile)],
+    )
+    if (rowCount === 0) throw new TenantError('tenant_exists', `tenant "${spec.id}" already exists`)
+    if (schema) await migrateTenantTables(client, schema)
+  })
   return { id: spec.id, name, tier, schema, apiKey }
 }
 
@@ -212,41 +207,34 @@ export class TenantDirectory {
     return result
   }
 
-  /** Active tenants in id order, a page at a time (for the sweeper). */
-  async activePage(after: string, limit: number): Promise<TenantScope[]> {
-    const { rows } = await this.#pool.query(
-      `SELECT id, tier, status, schema_name FROM ${APP_SCHEMA}.tenants
-       WHERE status = 'active' AND id > $1 ORDER BY id LIMIT $2`,
-      [after, limit],
-    )
-    // A row whose schema name was edited by hand is passed over here (and refused by require()).
-    return rows.filter((r) => r.schema_name === null || isTenantSchema(r.schema_name)).map(scopeOfRow)
-  }
-
-  /** Every active tenant, in id order, read a page at a time. */
-  async *active(pageSize = 200): AsyncGenerator<TenantScope> {
-    for (let after = ''; ;) {
-      const page = await this.activePage(after, pageSize)
-      yield* page
-      if (page.length < pageSize) return
-      after = page[page.length - 1]!.tenantId
-    }
+  /** Every active tenant, in id order, read a page at a time (sweeper, sealer, verify). */
+  active(pageSize = 200): AsyncGenerator<TenantScope> {
+    return this.#scan({ activeOnly: true, pageSize })
   }
 
   /**
    * Every tenant, suspended ones too (or only the tenant `id`), in id order, read a page at a time:
    * for maintenance that must reach all rows, such as re-encryption.
    */
-  async *all(options: { id?: string; pageSize?: number } = {}): AsyncGenerator<TenantScope> {
-    const pageSize = options.pageSize ?? 200
+  all(options: { id?: string; pageSize?: number } = {}): AsyncGenerator<TenantScope> {
+    return this.#scan({ activeOnly: false, pageSize: options.pageSize ?? 200, id: options.id })
+  }
+
+  async *#scan(o: {
+    activeOnly: boolean
+    pageSize: number
+    id?: string | undefined
+  }): AsyncGenerator<TenantScope> {
     for (let after = ''; ;) {
       const { rows } = await this.#pool.query(
         `SELECT id, tier, status, schema_name FROM ${APP_SCHEMA}.tenants
-         WHERE id > $1 AND ($3::text IS NULL OR id = $3) ORDER BY id LIMIT $2`,
-        [after, pageSize, options.id ?? null],
+         WHERE id > $1 AND (NOT $3 OR status = 'active') AND ($4::text IS NULL OR id = $4)
+         ORDER BY id LIMIT $2`,
+        [after, o.pageSize, o.activeOnly, o.id ?? null],
       )
+      // A row whose schema name was edited by hand is passed over here (and refused by require()).
       yield* rows.filter((r) => r.schema_name === null || isTenantSchema(r.schema_name)).map(scopeOfRow)
-      if (rows.length < pageSize) return
+      if (rows.length < o.pageSize) return
       after = rows[rows.length - 1].id
     }
   }

@@ -63,6 +63,31 @@ export async function withTenantTx<T>(
 }
 
 /**
+ * A plain transaction on a pooled client, for statements outside any tenant's scope (control
+ * tables). A client whose ROLLBACK failed is discarded rather than returned to the pool.
+ */
+export async function withTransaction<T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect()
+  let broken = false
+  try {
+    await client.query('BEGIN')
+    const result = await fn(client)
+    await client.query('COMMIT')
+    return result
+  } catch (error) {
+    await client.query('ROLLBACK').catch(() => {
+      broken = true
+    })
+    throw error
+  } finally {
+    client.release(broken)
+  }
+}
+
+/**
  * Runs `fn` inside a transaction the caller already opened (their pg client or ORM transaction),
  * scoped to the tenant for the duration of `fn` and restored afterwards, so the caller's own
  * statements keep the settings they had.

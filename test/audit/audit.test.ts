@@ -6,6 +6,7 @@ import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
 import { clientDb, defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
+import { errorCode } from '../helpers/errors.ts'
 
 const attempts = new Map<string, number>()
 const flaky = defineAgent({
@@ -52,15 +53,6 @@ await engine.startWorker()
 const owner = new pg.Client({ connectionString: db.url })
 await owner.connect()
 afterAll(() => owner.end())
-
-async function sqlState(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (error) {
-    return (error as { code: string }).code
-  }
-  return 'no error'
-}
 
 async function verifyAcme() {
   await engine.sealAudit()
@@ -140,7 +132,7 @@ describe('audit trail', () => {
         `UPDATE equilateral.agent_audit_seals SET hash = 'x'`,
       ]) {
         await app.query(`BEGIN; SELECT set_config('app.tenant_id', 'acme', true)`)
-        expect(await sqlState(app.query(sql)), sql).toBe('42501')
+        expect(await errorCode(app.query(sql)), sql).toBe('42501')
         await app.query('ROLLBACK')
       }
     } finally {
@@ -151,7 +143,7 @@ describe('audit trail', () => {
       `DELETE FROM equilateral.agent_audit_log`,
       `TRUNCATE equilateral.agent_audit_log`,
     ]) {
-      expect(await sqlState(owner.query(sql)), `owner: ${sql}`).toBe('42501')
+      expect(await errorCode(owner.query(sql)), `owner: ${sql}`).toBe('42501')
     }
   })
 })
@@ -232,7 +224,7 @@ describe('hash chain', () => {
       `UPDATE equilateral.agent_audit_log SET action_data = '{"forged": 1}' WHERE tenant_id = 'acme'`,
     ]) {
       await owner.query(`BEGIN; SET LOCAL equilateral.audit_redaction = 'on'`)
-      expect(await sqlState(owner.query(sql)), sql).toBe('42501')
+      expect(await errorCode(owner.query(sql)), sql).toBe('42501')
       await owner.query('ROLLBACK')
     }
   })

@@ -7,6 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
+import { errorCode } from '../helpers/errors.ts'
 
 const INSUFFICIENT_PRIVILEGE = '42501'
 
@@ -18,15 +19,6 @@ const pair = defineWorkflow({
     { key: 'b', agent: ok, dependsOn: ['a'] },
   ],
 })
-
-async function sqlState(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (error) {
-    return (error as { code: string }).code
-  }
-  return 'no error'
-}
 
 describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('retention purge, %s', (mode) => {
   let ctx: Awaited<ReturnType<typeof setup>>
@@ -267,7 +259,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('retention purg
       `UPDATE compliance_events SET retention_until = now() - interval '1 day'`,
       `UPDATE equilateral.tenants SET compliance_profile = '{}' WHERE id = 'keep'`,
     ]) {
-      expect(await inTx(() => sqlState(app.query(sql)), purge), sql).toBe(INSUFFICIENT_PRIVILEGE)
+      expect(await inTx(() => errorCode(app.query(sql)), purge), sql).toBe(INSUFFICIENT_PRIVILEGE)
     }
     // It may delete its own tasks, but cannot make that go unrecorded with the purge's switch.
     const recorded = await inTx(async () => {

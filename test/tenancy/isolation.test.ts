@@ -10,6 +10,7 @@ import type { IsolationMode } from '../../src/config.ts'
 import { type TenantScope, withTenantTx } from '../../src/db/tx.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
+import { errorCode } from '../helpers/errors.ts'
 
 const TABLES = ['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events'] as const
 const INSUFFICIENT_PRIVILEGE = '42501'
@@ -31,15 +32,6 @@ async function inRolledBackTx<T>(c: pg.Client, fn: () => Promise<T>): Promise<T>
   } finally {
     await c.query('ROLLBACK')
   }
-}
-
-async function sqlState(p: Promise<unknown>): Promise<string> {
-  try {
-    await p
-  } catch (error) {
-    return (error as { code: string }).code
-  }
-  return 'no error'
 }
 
 describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode %s', (mode) => {
@@ -110,7 +102,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
       })
       await inRolledBackTx(ctx.app, async () => {
         if (setting !== null) await asTenant(setting)
-        const code = await sqlState(
+        const code = await errorCode(
           ctx.app.query(
             `INSERT INTO ${table('beta', 'agent_audit_log')} (tenant_id, workflow_id, action_type) VALUES ('', gen_random_uuid(), 'forged')`,
           ),
@@ -162,7 +154,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     ]) {
       const code = await inRolledBackTx(ctx.app, async () => {
         await asTenant('alpha')
-        return sqlState(ctx.app.query(sql))
+        return errorCode(ctx.app.query(sql))
       })
       expect(code, sql).toBe(INSUFFICIENT_PRIVILEGE)
     }
@@ -219,14 +211,14 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     ]) {
       const code = await inRolledBackTx(ctx.app, async () => {
         await asTenant('alpha')
-        return sqlState(ctx.app.query(sql))
+        return errorCode(ctx.app.query(sql))
       })
       expect(code, sql).toBe(INSUFFICIENT_PRIVILEGE)
     }
     // With row_security off, PostgreSQL raises an error rather than silently apply the policy.
     const code = await inRolledBackTx(ctx.app, async () => {
       await ctx.app.query('SET LOCAL row_security = off')
-      return sqlState(ctx.app.query(`SELECT count(*) FROM ${table('beta', 'workflows')}`))
+      return errorCode(ctx.app.query(`SELECT count(*) FROM ${table('beta', 'workflows')}`))
     })
     expect(code).toBe(INSUFFICIENT_PRIVILEGE)
   })

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { migrate } from '../../src/db/migrate.ts'
 import { defineAgent, defineWorkflow, TenantError } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
+import { errorCode } from '../helpers/errors.ts'
 
 const echo = defineAgent({ id: 'echo', handler: async (ctx) => ({ echoed: ctx.input }) })
 const single = defineWorkflow({ name: 'single', tasks: [{ key: 'only', agent: echo }] })
@@ -27,15 +28,6 @@ async function schemas(): Promise<string[]> {
   return rows.map((r) => r.nspname)
 }
 
-async function code(p: Promise<unknown>): Promise<string | undefined> {
-  try {
-    await p
-  } catch (error) {
-    return (error as { code?: string }).code
-  }
-  return undefined
-}
-
 describe('tenant credentials', () => {
   it('stores only a hash of the API key, and resolves the key to its tenant', async () => {
     const created = await engine.createTenant({ id: 'keys', name: 'Keys Inc' })
@@ -44,25 +36,25 @@ describe('tenant credentials', () => {
     expect(JSON.stringify(rows[0])).not.toContain(created.apiKey)
     expect(rows[0].api_key_hash).toBe(createHash('sha256').update(created.apiKey).digest('hex'))
     expect((await engine.tenantByApiKey(created.apiKey)).id).toBe('keys')
-    expect(await code(engine.tenantByApiKey('eqk_wrong'))).toBe('unknown_tenant')
-    expect(await code(engine.tenantByApiKey(''))).toBe('unknown_tenant')
+    expect(await errorCode(engine.tenantByApiKey('eqk_wrong'))).toBe('unknown_tenant')
+    expect(await errorCode(engine.tenantByApiKey(''))).toBe('unknown_tenant')
   })
 
   it('stops the old key at once when the key is rotated', async () => {
     const { apiKey } = await engine.createTenant({ id: 'rotating' })
     const fresh = await engine.rotateApiKey('rotating')
     expect(fresh).not.toBe(apiKey)
-    expect(await code(engine.tenantByApiKey(apiKey))).toBe('unknown_tenant')
+    expect(await errorCode(engine.tenantByApiKey(apiKey))).toBe('unknown_tenant')
     expect((await engine.tenantByApiKey(fresh)).id).toBe('rotating')
-    expect(await code(engine.rotateApiKey('nobody'))).toBe('unknown_tenant')
+    expect(await errorCode(engine.rotateApiKey('nobody'))).toBe('unknown_tenant')
   })
 
   it('refuses a suspended tenant, leaves its queued work waiting, and finishes it when resumed', async () => {
     const { apiKey } = await engine.createTenant({ id: 'paused' })
     const paused = await engine.tenant('paused')
     await engine.suspendTenant('paused')
-    expect(await code(engine.tenant('paused'))).toBe('tenant_suspended')
-    expect(await code(engine.tenantByApiKey(apiKey))).toBe('tenant_suspended')
+    expect(await errorCode(engine.tenant('paused'))).toBe('tenant_suspended')
+    expect(await errorCode(engine.tenantByApiKey(apiKey))).toBe('tenant_suspended')
     // A handle obtained before the suspension can still enqueue (it was authorised then); the work waits.
     const { id } = await paused.startWorkflow('single', 1)
     const worker = await engine.startWorker()
