@@ -17,17 +17,21 @@ import {
 } from './compliance/retention.ts'
 import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
+import { isUuid, requireUuid } from './core/ids.ts'
 import type { Json, JsonLimits } from './core/json.ts'
-import type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
+import { type TaskStatus, WORKFLOW_STATUSES, type WorkflowStatus } from './core/task-state.ts'
 import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
+import { latestMigrations } from './db/migrate.ts'
+import { APP_SCHEMA } from './db/names.ts'
 import { runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
-import { DefinitionError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
+import { DefinitionError, InvalidInputError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { Worker, type WorkerHooks } from './flow/worker.ts'
 import { createLogger } from './log.ts'
+import { Metrics } from './metrics.ts'
 import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
 import {
   type CreatedTenant,
@@ -89,6 +93,38 @@ export interface TaskView {
   completedAt: Date | null
 }
 
+export interface Readiness {
+  ready: boolean
+  database: 'ok' | 'unreachable'
+  migrations: 'current' | 'pending' | 'unknown'
+  detail?: string
+}
+
+export interface WorkflowFilter {
+  status?: WorkflowStatus
+  type?: string
+  /** 1 to 200, default 50. */
+  limit?: number
+  /** `nextCursor` of the previous page. */
+  cursor?: string
+}
+
+export interface WorkflowSummary {
+  id: string
+  type: string
+  version: number
+  status: WorkflowStatus
+  correlationId: string
+  tasksRemaining: number
+  createdAt: Date
+  completedAt: Date | null
+}
+
+export interface WorkflowPage {
+  workflows: WorkflowSummary[]
+  nextCursor: string | null
+}
+
 export interface AuditEntry {
   id: string
   taskId: string | null
@@ -106,6 +142,7 @@ export class Engine {
   readonly config: Readonly<Config>
   readonly log: Logger
   readonly tenants: TenantDirectory
+  readonly metrics = new Metrics()
   readonly #connectionString: string
   readonly #adminConnectionString: string
   #adminPool: pg.Pool | null = null
@@ -113,6 +150,7 @@ export class Engine {
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
   readonly #workers = new Set<Worker>()
   #sweepTimer: NodeJS.Timeout | null = null
+  readonly #latestMigrations = latestMigrations()
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
@@ -423,6 +461,53 @@ export class Engine {
     }
   }
 
+  /**
+   * Whether this process can serve: the database answers (within `timeoutMs`) and has every
+   * migration this build ships (control tables and the shared tenant schema; tenant schemas are
+   * migrated by the same `migrate` run, after these).
+   */
+  async readiness(timeoutMs = 2000): Promise<Readiness> {
+    let timer: NodeJS.Timeout | undefined
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs)
+    })
+    try {
+      const { rows } = await Promise.race([
+        this.pool.query(
+          `SELECT (SELECT max(created_at) FROM drizzle.__equilateral_control_migrations)::text AS control,
+             (SELECT max(created_at) FROM ${APP_SCHEMA}.__tenant_migrations)::text AS tenant`,
+        ),
+        timeout,
+      ])
+      const want = this.#latestMigrations
+      const control = Number(rows[0]?.control ?? 0)
+      const tenant = Number(rows[0]?.tenant ?? 0)
+      const pending = control < want.control || tenant < want.tenant
+      return {
+        ready: !pending,
+        database: 'ok',
+        migrations: pending ? 'pending' : 'current',
+        ...(pending
+          ? { detail: 'the database lacks migrations this build ships: run `equilateral migrate`' }
+          : {}),
+      }
+    } catch (error) {
+      const code = (error as { code?: string }).code
+      // 42P01/3F000: the tracking tables do not exist yet (never migrated).
+      if (code === '42P01' || code === '3F000' || code === '42501') {
+        return { ready: false, database: 'ok', migrations: 'pending', detail: 'the database is not migrated' }
+      }
+      return {
+        ready: false,
+        database: 'unreachable',
+        migrations: 'unknown',
+        detail: (error as Error).message,
+      }
+    } finally {
+      clearTimeout(timer)
+    }
+  }
+
   /** Stops workers (gracefully), the sweeper, pg-boss and the pool. */
   async close(): Promise<void> {
     if (this.#sweepTimer) clearInterval(this.#sweepTimer)
@@ -460,11 +545,62 @@ export class TenantHandle {
   }
 
   cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
-    return cancelWorkflow(this.#engine, this.scope, id, options)
+    return cancelWorkflow(this.#engine, this.scope, requireUuid(id, 'workflow id'), options)
+  }
+
+  /**
+   * The tenant's workflows, newest first, `limit` at a time (keyset pagination on the
+   * workflows_recent index: a page costs the same however deep it is). Pass the returned
+   * `nextCursor` to read the next page; it is null on the last one.
+   */
+  async listWorkflows(filter: WorkflowFilter = {}): Promise<WorkflowPage> {
+    const limit = filter.limit ?? 50
+    if (!Number.isInteger(limit) || limit < 1 || limit > 200) {
+      throw new InvalidInputError(`limit must be an integer from 1 to 200 (got ${limit})`)
+    }
+    if (filter.status !== undefined && !WORKFLOW_STATUSES.includes(filter.status)) {
+      throw new InvalidInputError(`status must be one of ${WORKFLOW_STATUSES.join(', ')}`)
+    }
+    const after = filter.cursor === undefined ? null : decodeCursor(filter.cursor)
+    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+      const { rows } = await db.executeSql(
+        `SELECT id, type, version, status, correlation_id, created_at, completed_at, tasks_remaining,
+           created_at::text AS cursor_at
+         FROM workflows
+         WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR type = $3)
+           AND ($4::timestamptz IS NULL OR (created_at, id) < ($4::timestamptz, $5::uuid))
+         ORDER BY created_at DESC, id DESC
+         LIMIT $6`,
+        [
+          this.scope.tenantId,
+          filter.status ?? null,
+          filter.type ?? null,
+          after?.at ?? null,
+          after?.id ?? null,
+          limit + 1,
+        ],
+      )
+      const page = rows.slice(0, limit)
+      const last = page[page.length - 1]
+      return {
+        workflows: page.map((r) => ({
+          id: r.id,
+          type: r.type,
+          version: r.version,
+          status: r.status,
+          correlationId: r.correlation_id,
+          tasksRemaining: r.tasks_remaining,
+          createdAt: r.created_at,
+          completedAt: r.completed_at,
+        })),
+        nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id) : null,
+      }
+    })
   }
 
   /** Decrypts the input and results; a missing or wrong key throws EncryptionError. */
   async getWorkflow(id: string): Promise<WorkflowView> {
+    requireUuid(id, 'workflow id')
     const ring = this.#engine.keyRing
     const tenant = this.scope.tenantId
     return withTenantTx(this.#engine.pool, this.scope, async (db) => {
@@ -514,14 +650,23 @@ export class TenantHandle {
     })
   }
 
-  /** The workflow's audit trail, in the order it was written. */
+  /** The workflow's audit trail, in the order it was written; NotFoundError for an unknown workflow. */
   async history(workflowId: string): Promise<AuditEntry[]> {
+    requireUuid(workflowId, 'workflow id')
     return withTenantTx(this.#engine.pool, this.scope, async (db) => {
       const { rows } = await db.executeSql(
         `SELECT id, task_id, agent_id, action_type, action_data, actor, correlation_id, timestamp
          FROM agent_audit_log WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY id`,
         [this.scope.tenantId, workflowId],
       )
+      if (rows.length === 0) {
+        // Every workflow has a workflow_started row until retention purges it with the workflow.
+        const wf = await db.executeSql('SELECT 1 FROM workflows WHERE tenant_id = $1 AND id = $2', [
+          this.scope.tenantId,
+          workflowId,
+        ])
+        if (wf.rows.length === 0) throw new NotFoundError(`workflow ${workflowId}`)
+      }
       return rows.map((r) => ({
         id: String(r.id),
         taskId: r.task_id,
@@ -534,6 +679,29 @@ export class TenantHandle {
       }))
     })
   }
+}
+
+/** An opaque page cursor: the last row's exact created_at (as PostgreSQL prints it) and id. */
+function encodeCursor(at: string, id: string): string {
+  return Buffer.from(JSON.stringify([at, id])).toString('base64url')
+}
+
+function decodeCursor(cursor: string): { at: string; id: string } {
+  try {
+    const value: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
+    if (
+      Array.isArray(value) &&
+      value.length === 2 &&
+      typeof value[0] === 'string' &&
+      /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d(:\d\d)?$/.test(value[0]) &&
+      isUuid(value[1])
+    ) {
+      return { at: value[0], id: value[1] }
+    }
+  } catch {
+    // reported below
+  }
+  throw new InvalidInputError('cursor is not one this API returned')
 }
 
 function connectionError(error: Error): { err: { message: string; code?: string } } {

@@ -18,6 +18,7 @@
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
 import { randomUUID } from 'node:crypto'
+import { isUuid } from './core/ids.ts'
 import { assertStorableJson, type Json } from './core/json.ts'
 import { taskData } from './core/plan.ts'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/control.ts'
@@ -38,7 +39,6 @@ export const MAX_ENTERPRISE_MEMBERS = 10_000
 
 const RUNS = `${APP_SCHEMA}.enterprise_runs`
 const MEMBERS = `${APP_SCHEMA}.enterprise_run_tenants`
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
 
 export type EnterpriseRunStatus = (typeof ENTERPRISE_RUN_STATUSES)[number]
 export type EnterpriseMemberStatus = (typeof ENTERPRISE_MEMBER_STATUSES)[number]
@@ -167,7 +167,7 @@ export class EnterpriseOrchestrator {
     options: EnterpriseStartOptions = {},
   ): Promise<EnterpriseStartResult> {
     const rows = this.#validate(workflowType, members)
-    if (options.runId !== undefined && !(typeof options.runId === 'string' && UUID.test(options.runId))) {
+    if (options.runId !== undefined && !isUuid(options.runId)) {
       throw new InvalidInputError('runId must be a UUID', '$.runId')
     }
     // Lower case, as PostgreSQL prints a uuid: the id is also spelled into the members' idempotency
@@ -230,7 +230,7 @@ export class EnterpriseOrchestrator {
 
   /** The run and its members, as recorded now. */
   async get(runId: string): Promise<EnterpriseRunView> {
-    if (typeof runId !== 'string' || !UUID.test(runId)) throw new NotFoundError(`enterprise run ${runId}`)
+    if (!isUuid(runId)) throw new NotFoundError(`enterprise run ${runId}`)
     const { rows } = await this.#engine.pool.query(
       `SELECT id, workflow_type, status, summary, created_at, completed_at FROM ${RUNS} WHERE id = $1`,
       [runId],

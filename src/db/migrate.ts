@@ -70,6 +70,16 @@ export async function migrate(
 let tenantMigrations: MigrationMeta[] | undefined
 
 /**
+ * The folder timestamps of the newest control and tenant-table migrations this build ships; a
+ * database whose tracking tables have reached both is current (see Engine.readiness()).
+ */
+export function latestMigrations(): { control: number; tenant: number } {
+  tenantMigrations ??= readMigrationFiles({ migrationsFolder: migrationsFolder.tenant })
+  const control = readMigrationFiles({ migrationsFolder: migrationsFolder.control })
+  return { control: control.at(-1)?.folderMillis ?? 0, tenant: tenantMigrations.at(-1)?.folderMillis ?? 0 }
+}
+
+/**
  * Applies the tenant-table migrations to one schema (the shared one, or a tenant's own), inside the
  * caller's transaction, so creating a tenant and its tables is one atomic step. Progress is kept in
  * `<schema>.__tenant_migrations`, in drizzle's own format (hash, created_at = the migration's
