@@ -42,6 +42,16 @@ export interface Config {
    * stores them unencrypted. From ENCRYPTION_KEYS (`id:base64,...`) and ENCRYPTION_ACTIVE_KEY.
    */
   encryption: KeyRing
+  /** HTTP port of the `web` process (PORT, as on Heroku/Render). */
+  port: number
+  /** Interface the web process listens on. */
+  host: string
+  /** Processes `equilateral web` forks to serve PORT together (WEB_CONCURRENCY, as on Heroku). */
+  webConcurrency: number
+  /** Bearer token of the admin API (/v1/admin/...); undefined disables it. At least 16 characters. */
+  adminToken: string | undefined
+  /** Port of a worker's Prometheus listener (/metrics); 0 turns it off. */
+  metricsPort: number
 }
 
 type Env = Record<string, string | undefined>
@@ -75,6 +85,14 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
     encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
+    port: int('PORT', 3000, 0, 65535),
+    host: env.HOST || '0.0.0.0',
+    webConcurrency: int('WEB_CONCURRENCY', 1, 1, 64),
+    adminToken: env.ADMIN_TOKEN || undefined,
+    metricsPort: int('METRICS_PORT', 9464, 0, 65535),
+  }
+  if (config.adminToken !== undefined && config.adminToken.length < 16) {
+    problems.push('ADMIN_TOKEN must be at least 16 characters (or unset, which disables the admin API)')
   }
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel)) {
     problems.push(

@@ -1,6 +1,17 @@
 // Public API of equilateral-agents.
 export { createEngine, Engine, TenantHandle } from './engine.ts'
-export type { EngineOptions, WorkflowView, TaskView, AuditEntry } from './engine.ts'
+export type {
+  EngineOptions,
+  WorkflowView,
+  TaskView,
+  AuditEntry,
+  Readiness,
+  WorkflowFilter,
+  WorkflowPage,
+  WorkflowSummary,
+} from './engine.ts'
+export { buildApp, type AppOptions } from './web/app.ts'
+export { startWeb, type WebServer } from './web/server.ts'
 export { defineAgent, defineWorkflow } from './core/definition.ts'
 export type {
   AgentContext,

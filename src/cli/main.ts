@@ -1,5 +1,6 @@
 // The `equilateral` command. Every command resolves its database the same way: DATABASE_URL, or
 // the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
+import cluster from 'node:cluster'
 import { readFile } from 'node:fs/promises'
 import { Command, InvalidArgumentError } from 'commander'
 import { type Logger, pino } from 'pino'
@@ -8,10 +9,12 @@ import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import { migrate } from '../db/migrate.ts'
 import { provisionDatabase } from '../db/provision.ts'
-import { createEngine, type Engine } from '../engine.ts'
+import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
 import { EquilateralError } from '../errors.ts'
 import { createLogger } from '../log.ts'
+import { buildApp } from '../web/app.ts'
+import { startWeb } from '../web/server.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -142,6 +145,36 @@ program
     await enterprise.work()
     await runUntilSignal(log, async () => {
       await enterprise.stop()
+      await engine.close()
+      await db.stop()
+    })
+  })
+
+program
+  .command('web')
+  .description(
+    'serve the HTTP API on PORT (WEB_CONCURRENCY processes share it); run `migrate` first (the release phase)',
+  )
+  .option(
+    '--registry <module>',
+    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+  )
+  .option('--port <n>', 'port (default PORT or 3000)', (v) => port(v))
+  .action(async (opts: { registry?: string; port?: number }) => {
+    const config = loadConfig()
+    const log = createLogger(config.logLevel)
+    if (config.webConcurrency > 1 && cluster.isPrimary) {
+      await superviseWebProcesses(config.webConcurrency, log)
+      return
+    }
+    const db = await provisionDatabase({ log: (line) => log.info(line) })
+    const registry = await loadRegistry(opts.registry)
+    // supervise: false: pg-boss maintenance and cron belong to workers, not to the web tier.
+    const engine = await createEngine({ connectionString: db.url, ...registry, log, supervise: false })
+    const server = await startWeb(engine, opts.port === undefined ? {} : { port: opts.port })
+    log.info({ url: server.url, admin: config.adminToken ? 'enabled' : 'disabled' }, 'web: listening')
+    await runUntilSignal(log, async () => {
+      await server.close()
       await engine.close()
       await db.stop()
     })
@@ -394,6 +427,25 @@ program
   })
 
 program
+  .command('openapi')
+  .description('print the OpenAPI document of the HTTP API (openapi.json is this output)')
+  .action(async () => {
+    // The document comes from the route schemas; no database is contacted.
+    const engine = new Engine({
+      connectionString: 'postgres://localhost/unused',
+      log: pino({ level: 'silent' }),
+    })
+    try {
+      const app = await buildApp(engine)
+      await app.ready()
+      print(app.swagger())
+      await app.close()
+    } finally {
+      await engine.close()
+    }
+  })
+
+program
   .command('sweep')
   .description('run the stale-task sweeper once and print what it did')
   .action(async () => {
@@ -418,6 +470,41 @@ program
       ),
     )
   })
+
+/**
+ * WEB_CONCURRENCY > 1: this process forks that many web processes sharing the port (node:cluster),
+ * restarts one that dies (at most once a second), and passes SIGTERM/SIGINT on at shutdown.
+ */
+async function superviseWebProcesses(count: number, log: Logger): Promise<void> {
+  let stopping = false
+  const fork = () => cluster.fork()
+  for (let i = 0; i < count; i++) fork()
+  cluster.on('exit', (child, code, signal) => {
+    if (stopping) return
+    log.error({ pid: child.process.pid, code, signal }, 'web process died; starting another')
+    setTimeout(fork, 1000)
+  })
+  log.info({ processes: count }, 'web: supervising')
+  await runUntilSignal(log, async () => {
+    stopping = true
+    const children = Object.values(cluster.workers ?? {}).filter((w) => w !== undefined)
+    await Promise.all(
+      children.map(
+        (w) =>
+          new Promise<void>((resolve) => {
+            w.once('exit', () => resolve())
+            w.process.kill('SIGTERM')
+          }),
+      ),
+    )
+  })
+}
+
+function port(value: string): number {
+  const n = Number(value)
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('must be a port number')
+  return n
+}
 
 function positiveInt(value: string): number {
   const n = Number(value)

@@ -1,0 +1,199 @@
+// The HTTP API of the `web` process: Fastify with the engine's pino logger, JSON Schema validation of
+// every request (src/web/schemas.ts), errors as problem+json (src/web/problems.ts). Routes are thin:
+// authenticate, call the engine's tenant handle, shape the answer. A tenant sees only its own
+// workflows; another tenant's id is "not found", like an id that does not exist, so ids do not leak.
+import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
+import swagger from '@fastify/swagger'
+import Fastify, { type FastifyRequest } from 'fastify'
+import type { Json } from '../core/json.ts'
+import type { WorkflowStatus } from '../core/task-state.ts'
+import type { Engine, TenantHandle } from '../engine.ts'
+import { HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
+import { routes, sharedSchemas } from './schemas.ts'
+
+export interface AppOptions {
+  /** Bearer token of the admin API; undefined disables it (503). Defaults to the engine's config. */
+  adminToken?: string | undefined
+}
+
+declare module 'fastify' {
+  interface FastifyRequest {
+    tenant: TenantHandle | null
+  }
+}
+
+/** A client-chosen request id is kept (and becomes the workflow's correlation id) if it is sane. */
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/
+
+export async function buildApp(engine: Engine, options: AppOptions = {}) {
+  const adminToken = 'adminToken' in options ? options.adminToken : engine.config.adminToken
+  const app = Fastify({
+    loggerInstance: engine.log,
+    // The largest payload the engine accepts, plus room for the envelope around it.
+    bodyLimit: engine.config.maxPayloadBytes + 64 * 1024,
+    requestIdHeader: false,
+    genReqId: (req) => {
+      const given = req.headers['x-request-id']
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : randomUUID()
+    },
+    // Unknown body fields are refused (a mistyped idempotencyKey must not be silently dropped).
+    ajv: { customOptions: { removeAdditional: false } },
+    onProtoPoisoning: 'error',
+    onConstructorPoisoning: 'error',
+  })
+  app.decorateRequest('tenant', null)
+  // Bodies are JSON only: anything else is a 415, not a string that fails validation.
+  app.removeContentTypeParser('text/plain')
+  for (const schema of sharedSchemas) app.addSchema(schema)
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'equilateral-agents',
+        version: '1',
+        description:
+          'Start and follow durable multi-agent workflows. Authenticate with `Authorization: Bearer <tenant API key>`; the admin API takes the ADMIN_TOKEN instead. Errors are application/problem+json with a stable `code`.',
+      },
+      components: {
+        securitySchemes: {
+          tenantKey: { type: 'http', scheme: 'bearer', description: "the tenant's API key" },
+          adminToken: { type: 'http', scheme: 'bearer', description: 'the ADMIN_TOKEN of the web process' },
+        },
+      },
+    },
+    refResolver: {
+      buildLocalReference: (json, _base, _fragment, i) =>
+        typeof json.$id === 'string' ? json.$id : `def-${i}`,
+    },
+  })
+
+  app.setErrorHandler(errorHandler)
+  app.setNotFoundHandler((request, reply) =>
+    sendProblem(reply, problem('not_found', `no route ${request.method} ${request.url}`, request.url)),
+  )
+  app.addHook('onSend', async (request, reply) => {
+    reply.header('x-request-id', request.id)
+  })
+
+  const tenantAuth = async (request: FastifyRequest) => {
+    const key = bearerToken(request)
+    if (!key)
+      throw new HttpProblem('unauthorized', 'send the tenant API key as `Authorization: Bearer <key>`')
+    try {
+      request.tenant = await engine.tenantByApiKey(key)
+    } catch (error) {
+      if ((error as { code?: string }).code === 'unknown_tenant') {
+        throw new HttpProblem('unauthorized', 'the API key is not valid')
+      }
+      throw error
+    }
+  }
+  const adminAuth = async (request: FastifyRequest) => {
+    if (!adminToken) throw new HttpProblem('admin_disabled', 'set ADMIN_TOKEN to enable the admin API')
+    const token = bearerToken(request)
+    if (!token || !sameSecret(token, adminToken)) {
+      throw new HttpProblem('unauthorized', 'send the admin token as `Authorization: Bearer <ADMIN_TOKEN>`')
+    }
+  }
+  const tenantOf = (request: FastifyRequest): TenantHandle => request.tenant!
+
+  // --- workflows (tenant API key) -------------------------------------------------------------
+  app.post<{ Body: { type: string; input?: Json; idempotencyKey?: string; subjectKey?: string } }>(
+    '/v1/workflows',
+    { schema: routes.startWorkflow, preHandler: tenantAuth },
+    async (request, reply) => {
+      const { type, input, idempotencyKey, subjectKey } = request.body
+      const started = await tenantOf(request).startWorkflow(type, input ?? null, {
+        correlationId: request.id,
+        ...(idempotencyKey ? { idempotencyKey } : {}),
+        ...(subjectKey ? { subjectKey } : {}),
+      })
+      reply.header('location', `/v1/workflows/${started.id}`)
+      return reply.code(started.created ? 201 : 200).send(started)
+    },
+  )
+  app.get<{ Querystring: { status?: WorkflowStatus; type?: string; limit?: number; cursor?: string } }>(
+    '/v1/workflows',
+    { schema: routes.listWorkflows, preHandler: tenantAuth },
+    async (request) => tenantOf(request).listWorkflows(request.query),
+  )
+  app.get<{ Params: { id: string } }>(
+    '/v1/workflows/:id',
+    { schema: routes.getWorkflow, preHandler: tenantAuth },
+    async (request) => tenantOf(request).getWorkflow(request.params.id),
+  )
+  app.get<{ Params: { id: string } }>(
+    '/v1/workflows/:id/audit',
+    { schema: routes.workflowAudit, preHandler: tenantAuth },
+    async (request) => ({
+      workflowId: request.params.id,
+      entries: await tenantOf(request).history(request.params.id),
+    }),
+  )
+  app.post<{ Params: { id: string }; Body: { reason?: string } | null }>(
+    '/v1/workflows/:id/cancel',
+    { schema: routes.cancelWorkflow, preHandler: tenantAuth },
+    async (request) =>
+      tenantOf(request).cancelWorkflow(request.params.id, {
+        reason: request.body?.reason ?? 'cancelled through the API',
+        actor: `api:${request.id}`,
+      }),
+  )
+
+  // --- tenants (admin token) ------------------------------------------------------------------
+  app.post<{ Body: { id: string; name?: string; tier?: string; complianceProfile?: never } }>(
+    '/v1/admin/tenants',
+    { schema: routes.createTenant, preHandler: adminAuth },
+    async (request, reply) => reply.code(201).send(await engine.createTenant(request.body)),
+  )
+  app.get('/v1/admin/tenants', { schema: routes.listTenants, preHandler: adminAuth }, async () => ({
+    tenants: await engine.listTenants(),
+  }))
+  app.post<{ Params: { id: string } }>(
+    '/v1/admin/tenants/:id/suspend',
+    { schema: routes.suspendTenant, preHandler: adminAuth },
+    async (request) => {
+      await engine.suspendTenant(request.params.id)
+      return { id: request.params.id, status: 'suspended' }
+    },
+  )
+  app.post<{ Params: { id: string } }>(
+    '/v1/admin/tenants/:id/resume',
+    { schema: routes.resumeTenant, preHandler: adminAuth },
+    async (request) => {
+      await engine.resumeTenant(request.params.id)
+      return { id: request.params.id, status: 'active' }
+    },
+  )
+  app.post<{ Params: { id: string } }>(
+    '/v1/admin/tenants/:id/rotate-key',
+    { schema: routes.rotateKey, preHandler: adminAuth },
+    async (request) => ({ id: request.params.id, apiKey: await engine.rotateApiKey(request.params.id) }),
+  )
+
+  // --- operations -------------------------------------------------------------------------------
+  app.get('/healthz', { schema: routes.healthz }, async () => ({ status: 'ok' }))
+  app.get('/readyz', { schema: routes.readyz }, async (_request, reply) => {
+    const readiness = await engine.readiness()
+    return reply.code(readiness.ready ? 200 : 503).send(readiness)
+  })
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    const { contentType, body } = await engine.metrics.expose()
+    return reply.type(contentType).send(body)
+  })
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+
+  return app
+}
+
+function bearerToken(request: FastifyRequest): string | undefined {
+  const header = request.headers.authorization
+  const match = typeof header === 'string' ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null
+  return match?.[1]
+}
+
+/** Compares secrets in constant time (over their digests, so lengths do not leak either). */
+function sameSecret(given: string, expected: string): boolean {
+  const digest = (s: string) => createHash('sha256').update(s).digest()
+  return timingSafeEqual(digest(given), digest(expected))
+}

@@ -1,0 +1,108 @@
+// Errors as RFC 9457 problem details (application/problem+json). Every error the API returns has a
+// stable `code` (the library's error code, or one of the HTTP layer's own below), a `title` for
+// people and, where it helps, a `detail`; an unexpected error is logged and answered with a bare 500,
+// never its message (it could name tables, keys or data).
+import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+
+export interface Problem {
+  type: string
+  title: string
+  status: number
+  code: string
+  detail?: string
+  instance?: string
+  /** JSON path or request part the problem is about, when known. */
+  path?: string
+}
+
+/** The library's error codes (src/errors.ts) and the HTTP layer's own, with their status and title. */
+const STATUS: Record<string, [number, string]> = {
+  invalid_request: [400, 'The request is malformed'],
+  invalid_json: [400, 'The body is not valid JSON'],
+  invalid_input: [422, 'The input cannot be accepted'],
+  invalid_tenant_id: [422, 'The tenant id is not valid'],
+  invalid_tier: [422, 'The tier is not valid'],
+  unknown_workflow_type: [422, 'Unknown workflow type'],
+  unauthorized: [401, 'Missing or invalid credentials'],
+  tenant_suspended: [403, 'The tenant is suspended'],
+  not_found: [404, 'Not found'],
+  unknown_tenant: [404, 'Unknown tenant'],
+  idempotency_conflict: [409, 'The idempotency key was used for another workflow type'],
+  tenant_exists: [409, 'The tenant exists already'],
+  payload_too_large: [413, 'The body is too large'],
+  unsupported_media_type: [415, 'The body must be application/json'],
+  admin_disabled: [503, 'The admin API is disabled'],
+  unavailable: [503, 'The service is not ready'],
+  internal: [500, 'Internal error'],
+}
+
+export class HttpProblem extends Error {
+  readonly code: string
+  constructor(code: string, detail?: string) {
+    super(detail ?? STATUS[code]?.[1] ?? code)
+    this.code = code
+  }
+}
+
+export function problem(code: string, detail: string | undefined, instance?: string): Problem {
+  const [status, title] = STATUS[code] ?? STATUS.internal!
+  return {
+    type: `https://equilateral-agents.dev/problems/${code}`,
+    title,
+    status,
+    code: STATUS[code] ? code : 'internal',
+    ...(detail ? { detail } : {}),
+    ...(instance ? { instance } : {}),
+  }
+}
+
+/** Fastify's own errors (body parsing, validation, limits) in the same vocabulary. */
+function fromFastify(error: FastifyError): { code: string; detail: string } | undefined {
+  switch (error.code) {
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+      return { code: 'invalid_json', detail: error.message }
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return { code: 'payload_too_large', detail: error.message }
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+    case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
+      return { code: 'unsupported_media_type', detail: error.message }
+    case 'FST_ERR_VALIDATION':
+      return { code: 'invalid_request', detail: validationDetail(error) }
+  }
+  // secure-json-parse refuses __proto__ and constructor.prototype keys with a SyntaxError.
+  if (error instanceof SyntaxError) return { code: 'invalid_json', detail: error.message }
+  if (error.statusCode && error.statusCode >= 400 && error.statusCode < 500) {
+    return { code: 'invalid_request', detail: error.message }
+  }
+  return undefined
+}
+
+/** Names every offending field, including the unknown ones (ajv's message alone does not). */
+function validationDetail(error: FastifyError): string {
+  const part = error.validationContext ?? 'request'
+  return (error.validation ?? [])
+    .map((v) => {
+      const extra = (v.params as { additionalProperty?: string }).additionalProperty
+      return `${part}${v.instancePath.replaceAll('/', '.')} ${v.message ?? 'is invalid'}${extra ? `: "${extra}"` : ''}`
+    })
+    .join('; ')
+}
+
+export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
+  if (p.status === 401) reply.header('www-authenticate', 'Bearer')
+  return reply.code(p.status).type('application/problem+json').send(p)
+}
+
+export function errorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
+  const code = (error as { code?: unknown }).code
+  const known = typeof code === 'string' && STATUS[code] ? code : undefined
+  const mapped = known ? { code: known, detail: error.message } : fromFastify(error)
+  if (!mapped) {
+    request.log.error({ err: error }, 'request failed')
+    return sendProblem(reply, problem('internal', undefined, request.url))
+  }
+  const p = problem(mapped.code, mapped.detail, request.url)
+  const path = (error as { path?: unknown }).path
+  return sendProblem(reply, typeof path === 'string' ? { ...p, path } : p)
+}

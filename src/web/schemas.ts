@@ -1,0 +1,368 @@
+// JSON Schemas of the HTTP API: Fastify validates requests and serialises responses with them, and
+// @fastify/swagger turns the same objects into the OpenAPI document (openapi.json), so the document
+// describes exactly what the server checks. Shared shapes are registered once by $id.
+import { TASK_STATUSES, WORKFLOW_STATUSES } from '../core/task-state.ts'
+
+const json = { description: 'any JSON value' }
+const dateTime = { type: 'string', format: 'date-time' } as const
+const nullableDateTime = { type: ['string', 'null'], format: 'date-time' } as const
+const uuid = { type: 'string', format: 'uuid' } as const
+
+export const sharedSchemas = [
+  {
+    $id: 'Problem',
+    type: 'object',
+    description: 'RFC 9457 problem details; `code` is stable and meant for programs.',
+    required: ['type', 'title', 'status', 'code'],
+    properties: {
+      type: { type: 'string' },
+      title: { type: 'string' },
+      status: { type: 'integer' },
+      code: { type: 'string' },
+      detail: { type: 'string' },
+      instance: { type: 'string' },
+      path: { type: 'string' },
+    },
+  },
+  {
+    $id: 'Task',
+    type: 'object',
+    required: ['id', 'key', 'agent', 'status', 'dependsOn', 'attempt', 'failures'],
+    properties: {
+      id: uuid,
+      key: { type: 'string' },
+      agent: { type: 'string' },
+      type: { type: 'string' },
+      status: { type: 'string', enum: [...TASK_STATUSES] },
+      dependsOn: { type: 'array', items: { type: 'string' } },
+      attempt: { type: 'integer', description: 'attempts started so far' },
+      failures: { type: 'integer' },
+      result: json,
+      error: json,
+      queuedAt: nullableDateTime,
+      startedAt: nullableDateTime,
+      completedAt: nullableDateTime,
+    },
+  },
+  {
+    $id: 'Workflow',
+    type: 'object',
+    required: ['id', 'type', 'version', 'status', 'correlationId', 'createdAt', 'tasks'],
+    properties: {
+      id: uuid,
+      type: { type: 'string' },
+      version: { type: 'integer' },
+      status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+      input: json,
+      error: json,
+      correlationId: { type: 'string' },
+      createdAt: dateTime,
+      completedAt: nullableDateTime,
+      output: {
+        type: 'object',
+        additionalProperties: true,
+        description: 'results of the final tasks by key',
+      },
+      tasks: { type: 'array', items: { $ref: 'Task#' } },
+    },
+  },
+  {
+    $id: 'WorkflowSummary',
+    type: 'object',
+    required: ['id', 'type', 'version', 'status', 'correlationId', 'tasksRemaining', 'createdAt'],
+    properties: {
+      id: uuid,
+      type: { type: 'string' },
+      version: { type: 'integer' },
+      status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+      correlationId: { type: 'string' },
+      tasksRemaining: { type: 'integer' },
+      createdAt: dateTime,
+      completedAt: nullableDateTime,
+    },
+  },
+  {
+    $id: 'AuditEntry',
+    type: 'object',
+    required: ['id', 'action', 'at'],
+    properties: {
+      id: { type: 'string', description: 'position in the tenant audit log (a bigint as a string)' },
+      taskId: { type: ['string', 'null'] },
+      agentId: { type: ['string', 'null'] },
+      action: { type: 'string' },
+      data: json,
+      actor: { type: ['string', 'null'] },
+      correlationId: { type: ['string', 'null'] },
+      at: dateTime,
+    },
+  },
+  {
+    $id: 'Tenant',
+    type: 'object',
+    required: ['id', 'name', 'tier', 'status'],
+    properties: {
+      id: { type: 'string' },
+      name: { type: 'string' },
+      tier: { type: 'string' },
+      status: { type: 'string', enum: ['active', 'suspended'] },
+      schema: { type: ['string', 'null'] },
+      complianceProfile: { type: 'object', additionalProperties: true },
+      createdAt: dateTime,
+    },
+  },
+  {
+    $id: 'Readiness',
+    type: 'object',
+    required: ['ready', 'database', 'migrations'],
+    properties: {
+      ready: { type: 'boolean' },
+      database: { type: 'string', enum: ['ok', 'unreachable'] },
+      migrations: { type: 'string', enum: ['current', 'pending', 'unknown'] },
+      detail: { type: 'string' },
+    },
+  },
+] as const
+
+const problems = (...statuses: number[]) =>
+  Object.fromEntries(statuses.map((s) => [s, { $ref: 'Problem#', description: 'problem details' }]))
+
+const idParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { ...uuid, description: 'workflow id' } },
+} as const
+
+const tenantParams = {
+  type: 'object',
+  required: ['id'],
+  properties: { id: { type: 'string', maxLength: 63 } },
+} as const
+
+const bearer = [{ tenantKey: [] }]
+const admin = [{ adminToken: [] }]
+
+export const routes = {
+  startWorkflow: {
+    tags: ['workflows'],
+    summary: 'Start a workflow',
+    description:
+      'Starts a workflow of a registered type for the tenant of the API key. With an idempotencyKey, a repeated request returns the workflow the first one started (200 instead of 201).',
+    security: bearer,
+    body: {
+      type: 'object',
+      required: ['type'],
+      additionalProperties: false,
+      properties: {
+        type: { type: 'string', minLength: 1, maxLength: 200, description: 'registered workflow type' },
+        input: { ...json, description: 'the workflow input (any JSON, default null)' },
+        idempotencyKey: { type: 'string', minLength: 1, maxLength: 255 },
+        subjectKey: {
+          type: 'string',
+          minLength: 1,
+          maxLength: 255,
+          description: 'the data subject the workflow is about, for GDPR erasure',
+        },
+      },
+    },
+    response: {
+      201: {
+        description: 'started',
+        type: 'object',
+        required: ['id', 'status', 'created'],
+        properties: {
+          id: uuid,
+          status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+          created: { type: 'boolean' },
+        },
+      },
+      200: {
+        description: 'the workflow an earlier request with the same idempotencyKey started',
+        type: 'object',
+        required: ['id', 'status', 'created'],
+        properties: {
+          id: uuid,
+          status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+          created: { type: 'boolean' },
+        },
+      },
+      ...problems(400, 401, 403, 409, 413, 415, 422),
+    },
+  },
+  listWorkflows: {
+    tags: ['workflows'],
+    summary: "List the tenant's workflows, newest first",
+    security: bearer,
+    querystring: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+        type: { type: 'string', minLength: 1, maxLength: 200 },
+        limit: { type: 'integer', minimum: 1, maximum: 200, default: 50 },
+        cursor: { type: 'string', maxLength: 512, description: 'nextCursor of the previous page' },
+      },
+    },
+    response: {
+      200: {
+        description: 'a page of workflows',
+        type: 'object',
+        required: ['workflows', 'nextCursor'],
+        properties: {
+          workflows: { type: 'array', items: { $ref: 'WorkflowSummary#' } },
+          nextCursor: { type: ['string', 'null'] },
+        },
+      },
+      ...problems(400, 401, 403, 422),
+    },
+  },
+  getWorkflow: {
+    tags: ['workflows'],
+    summary: 'A workflow with its tasks (state, attempts, results or errors, timings)',
+    security: bearer,
+    params: idParams,
+    response: { 200: { $ref: 'Workflow#', description: 'the workflow' }, ...problems(400, 401, 403, 404) },
+  },
+  workflowAudit: {
+    tags: ['workflows'],
+    summary: "A workflow's audit trail, in the order it was written",
+    security: bearer,
+    params: idParams,
+    response: {
+      200: {
+        description: 'the audit trail',
+        type: 'object',
+        required: ['workflowId', 'entries'],
+        properties: { workflowId: uuid, entries: { type: 'array', items: { $ref: 'AuditEntry#' } } },
+      },
+      ...problems(400, 401, 403, 404),
+    },
+  },
+  cancelWorkflow: {
+    tags: ['workflows'],
+    summary: 'Cancel a running workflow',
+    description: 'Idempotent: cancelling an ended workflow returns its status with cancelled=false.',
+    security: bearer,
+    params: idParams,
+    body: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: { reason: { type: 'string', maxLength: 1000 } },
+    },
+    response: {
+      200: {
+        description: 'the outcome',
+        type: 'object',
+        required: ['cancelled', 'status', 'tasksCancelled'],
+        properties: {
+          cancelled: { type: 'boolean' },
+          status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+          tasksCancelled: { type: 'integer' },
+        },
+      },
+      ...problems(400, 401, 403, 404, 415),
+    },
+  },
+  createTenant: {
+    tags: ['admin'],
+    summary: 'Create a tenant; its API key is in the response, once',
+    security: admin,
+    body: {
+      type: 'object',
+      required: ['id'],
+      additionalProperties: false,
+      properties: {
+        id: { type: 'string', minLength: 1, maxLength: 63 },
+        name: { type: 'string', minLength: 1, maxLength: 200 },
+        tier: { type: 'string', minLength: 1, maxLength: 32 },
+        complianceProfile: { type: 'object', description: 'see the README, Compliance' },
+      },
+    },
+    response: {
+      201: {
+        description: 'created',
+        type: 'object',
+        required: ['id', 'name', 'tier', 'apiKey'],
+        properties: {
+          id: { type: 'string' },
+          name: { type: 'string' },
+          tier: { type: 'string' },
+          schema: { type: ['string', 'null'] },
+          apiKey: { type: 'string' },
+        },
+      },
+      ...problems(400, 401, 409, 413, 415, 422, 503),
+    },
+  },
+  listTenants: {
+    tags: ['admin'],
+    summary: 'List tenants',
+    security: admin,
+    response: {
+      200: {
+        description: 'every tenant',
+        type: 'object',
+        required: ['tenants'],
+        properties: { tenants: { type: 'array', items: { $ref: 'Tenant#' } } },
+      },
+      ...problems(401, 503),
+    },
+  },
+  suspendTenant: {
+    tags: ['admin'],
+    summary: 'Suspend a tenant: its key is refused and its queued work waits',
+    security: admin,
+    params: tenantParams,
+    response: {
+      200: {
+        description: 'suspended',
+        type: 'object',
+        properties: { id: { type: 'string' }, status: { type: 'string' } },
+      },
+      ...problems(401, 404, 503),
+    },
+  },
+  resumeTenant: {
+    tags: ['admin'],
+    summary: 'Resume a suspended tenant',
+    security: admin,
+    params: tenantParams,
+    response: {
+      200: {
+        description: 'active again',
+        type: 'object',
+        properties: { id: { type: 'string' }, status: { type: 'string' } },
+      },
+      ...problems(401, 404, 503),
+    },
+  },
+  rotateKey: {
+    tags: ['admin'],
+    summary: 'Issue a new API key; the old one stops working at once',
+    security: admin,
+    params: tenantParams,
+    response: {
+      200: {
+        description: 'the new key (shown once)',
+        type: 'object',
+        required: ['id', 'apiKey'],
+        properties: { id: { type: 'string' }, apiKey: { type: 'string' } },
+      },
+      ...problems(401, 404, 503),
+    },
+  },
+  healthz: {
+    tags: ['operations'],
+    summary: 'The process is up',
+    response: {
+      200: { description: 'up', type: 'object', properties: { status: { type: 'string' } } },
+    },
+  },
+  readyz: {
+    tags: ['operations'],
+    summary: 'The database answers and has every migration this build ships',
+    response: {
+      200: { $ref: 'Readiness#', description: 'ready' },
+      503: { $ref: 'Readiness#', description: 'not ready' },
+    },
+  },
+} as const
