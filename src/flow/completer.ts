@@ -10,7 +10,10 @@ import { type Completion, type CompletionOutcome, completeTasks } from './comple
 export interface CompletionResult {
   /** False when the task's lease was lost (cancelled, recovered elsewhere): the result was discarded. */
   written: boolean
+  /** The whole batch's outcome (its dispatched jobs, shared by every completion in the batch). */
   outcome: CompletionOutcome
+  /** Workflows this completion ended: each ended workflow is reported by one completion of the batch. */
+  workflowsCompleted: CompletionOutcome['workflowsCompleted']
 }
 
 interface Pending {
@@ -82,7 +85,15 @@ export class Completer {
           scope,
           batch.map((p) => p.item),
         )
-        for (const p of batch) p.resolve({ written: outcome.completed.has(p.item.taskId), outcome })
+        const reported = new Set<string>()
+        for (const p of batch) {
+          const written = outcome.completed.has(p.item.taskId)
+          const ended = outcome.workflowsCompleted.filter(
+            (w) => written && w.id === p.item.workflowId && !reported.has(w.id),
+          )
+          for (const w of ended) reported.add(w.id)
+          p.resolve({ written, outcome, workflowsCompleted: ended })
+        }
         return
       } catch (error) {
         // Errors that another try cannot fix go back to the caller at once.
