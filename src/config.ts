@@ -52,6 +52,8 @@ export interface Config {
   adminToken: string | undefined
   /** Port of a worker's Prometheus listener (/metrics); 0 turns it off. */
   metricsPort: number
+  /** Adds a `tenant` label to task and workflow counters (METRICS_TENANT_LABEL=true); mind the cardinality. */
+  metricsTenantLabel: boolean
 }
 
 type Env = Record<string, string | undefined>
@@ -67,6 +69,14 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
       return fallback
     }
     return n
+  }
+  const bool = (name: string, fallback: boolean): boolean => {
+    const raw = env[name]
+    if (raw === undefined || raw === '') return fallback
+    if (['true', '1', 'yes'].includes(raw)) return true
+    if (['false', '0', 'no'].includes(raw)) return false
+    problems.push(`${name} must be true or false (got "${raw}")`)
+    return fallback
   }
   const config: Config = {
     databaseUrl: env.DATABASE_URL || undefined,
@@ -90,6 +100,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     webConcurrency: int('WEB_CONCURRENCY', 1, 1, 64),
     adminToken: env.ADMIN_TOKEN || undefined,
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),
+    metricsTenantLabel: bool('METRICS_TENANT_LABEL', false),
   }
   if (config.adminToken !== undefined && config.adminToken.length < 16) {
     problems.push('ADMIN_TOKEN must be at least 16 characters (or unset, which disables the admin API)')

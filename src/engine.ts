@@ -142,7 +142,7 @@ export class Engine {
   readonly config: Readonly<Config>
   readonly log: Logger
   readonly tenants: TenantDirectory
-  readonly metrics = new Metrics()
+  readonly metrics: Metrics
   readonly #connectionString: string
   readonly #adminConnectionString: string
   #adminPool: pg.Pool | null = null
@@ -172,6 +172,8 @@ export class Engine {
     })
     this.boss.on('error', (error) => this.log.warn({ err: error }, 'pg-boss error'))
     this.tenants = new TenantDirectory(this.pool)
+    this.metrics = new Metrics({ tenantLabel: this.config.metricsTenantLabel })
+    this.metrics.observeResources(this.pool, this.boss)
     for (const a of options.agents ?? []) this.#agents.set(a.id, a)
     for (const w of options.workflows ?? []) this.registerWorkflow(w)
   }
@@ -368,11 +370,34 @@ export class Engine {
       limits: this.limits,
       keyRing: this.keyRing,
       tenantConcurrency: this.config.tenantConcurrency,
-      ...(options.hooks ? { hooks: options.hooks } : {}),
+      hooks: this.#metricsHooks(options.hooks),
     })
     await worker.start()
     this.#workers.add(worker)
     return worker
+  }
+
+  /** Worker hooks that feed the metrics, then call the caller's own hooks. */
+  #metricsHooks(extra: WorkerHooks = {}): WorkerHooks {
+    const m = this.metrics
+    return {
+      taskStarted: (task, tenant, dispatchMs) => {
+        m.tasksStarted.inc(m.withTenant({ agent: task.agentId }, tenant))
+        m.taskQueueWait.observe({ agent: task.agentId }, task.queueWaitMs / 1000)
+        m.taskDispatchLatency.observe({ agent: task.agentId }, dispatchMs / 1000)
+        extra.taskStarted?.(task, tenant, dispatchMs)
+      },
+      taskFinished: (task, tenant, outcome, ms) => {
+        m.tasksFinished.inc(m.withTenant({ agent: task.agentId, outcome }, tenant))
+        if (outcome !== 'released') m.taskRunDuration.observe({ agent: task.agentId }, ms / 1000)
+        if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
+        extra.taskFinished?.(task, tenant, outcome, ms)
+      },
+      workflowFinished: (tenant, type, status, ms) => {
+        m.workflowFinished(type, status, ms, tenant)
+        extra.workflowFinished?.(tenant, type, status, ms)
+      },
+    }
   }
 
   /**
@@ -430,6 +455,8 @@ export class Engine {
     const run = async () => {
       const report = await this.sweep()
       if (report.requeued > 0 || report.lost > 0) this.log.info(report, 'sweeper recovered tasks')
+      this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
+      this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
       const sealed = await this.sealAudit()
       if (sealed.rows > 0) this.log.debug(sealed, 'audit rows sealed')
     }
@@ -535,17 +562,23 @@ export class TenantHandle {
 
   async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
     const e = this.#engine
-    return startWorkflow(
+    const started = await startWorkflow(
       { pool: e.pool, boss: e.boss, limits: e.limits, keyRing: e.keyRing },
       this.scope,
       e.workflow(type),
       input,
       options,
     )
+    // In the caller's own transaction (options.db) this counts a start that may still roll back.
+    if (started.created) e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type }, this.id))
+    return started
   }
 
   cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
-    return cancelWorkflow(this.#engine, this.scope, requireUuid(id, 'workflow id'), options)
+    const m = this.#engine.metrics
+    return cancelWorkflow(this.#engine, this.scope, requireUuid(id, 'workflow id'), options, (wf) =>
+      m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id),
+    )
   }
 
   /**

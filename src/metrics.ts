@@ -1,12 +1,185 @@
-// The process's Prometheus registry. Each Engine owns one (so tests can run several engines in one
-// process without their series mixing); the web process serves it at /metrics.
-import { collectDefaultMetrics, Registry } from 'prom-client'
+// Prometheus metrics of a process (prom-client). Each Engine owns one registry, so tests can run
+// several engines in one process without their series mixing; web serves it at /metrics and workers
+// on METRICS_PORT (src/metrics-server.ts).
+//
+// Names follow the Prometheus conventions: the `equilateral_` prefix, base units in the name
+// (`_seconds`), `_total` on counters. Labels are bounded sets: agent ids, workflow types, queue
+// names, outcomes. Tenant ids are NOT labels unless METRICS_TENANT_LABEL is set (see the README):
+// with thousands of tenants every tenant-labelled series multiplies by the tenant count.
+import type pg from 'pg'
+import type { PgBoss } from 'pg-boss'
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+
+/** Seconds, from 1 ms to 1 min: dispatch latency lives at the low end, agents at the high end. */
+const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
+/** Seconds, from 10 ms to 1 h: whole workflows. */
+const DURATION_BUCKETS = [0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600]
+
+/** How old the queue depths may be when scraped (each refresh is one small query). */
+const QUEUE_STATS_MAX_AGE_MS = 5000
+
+export interface MetricsOptions {
+  /** Adds a `tenant` label to the task and workflow counters (not histograms). Default false. */
+  tenantLabel?: boolean
+}
+
+export type TaskOutcome = 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released'
+export type WorkflowEnd = 'completed' | 'failed' | 'cancelled'
 
 export class Metrics {
   readonly registry = new Registry()
+  readonly tenantLabel: boolean
 
-  constructor() {
+  readonly tasksStarted: Counter<string>
+  readonly tasksFinished: Counter<string>
+  readonly taskRunDuration: Histogram<string>
+  readonly taskDispatchLatency: Histogram<string>
+  readonly taskQueueWait: Histogram<string>
+  readonly deadLettered: Counter<string>
+  readonly workflowsStarted: Counter<string>
+  readonly workflowsFinished: Counter<string>
+  readonly workflowDuration: Histogram<string>
+  readonly sweeperRecovered: Counter<string>
+
+  constructor(options: MetricsOptions = {}) {
+    this.tenantLabel = options.tenantLabel ?? false
+    const t = this.tenantLabel ? ['tenant'] : []
+    const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry })
+    // Gauges named like counters (promtool's lint refuses them); nodejs_active_handles and
+    // nodejs_active_requests, by type, carry the same numbers.
+    for (const name of [
+      'nodejs_active_handles_total',
+      'nodejs_active_requests_total',
+      'nodejs_active_resources_total',
+    ])
+      this.registry.removeSingleMetric(name)
+    this.tasksStarted = new Counter({
+      name: 'equilateral_tasks_started_total',
+      help: 'Task attempts whose agent started in this process.',
+      labelNames: ['agent', ...t],
+      registers,
+    })
+    this.tasksFinished = new Counter({
+      name: 'equilateral_tasks_finished_total',
+      help: 'Task attempts that ended in this process, by outcome: completed, retrying (failed, another attempt queued), failed (for good), lease_lost (cancelled or recovered elsewhere; result discarded), released (at shutdown).',
+      labelNames: ['agent', 'outcome', ...t],
+      registers,
+    })
+    this.taskRunDuration = new Histogram({
+      name: 'equilateral_task_run_duration_seconds',
+      help: "Time an agent's handler ran, per attempt.",
+      labelNames: ['agent'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
+    this.taskDispatchLatency = new Histogram({
+      name: 'equilateral_task_dispatch_latency_seconds',
+      help: 'From the moment a task became ready (its last dependency committed, or its retry became due) to its agent starting.',
+      labelNames: ['agent'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
+    this.taskQueueWait = new Histogram({
+      name: 'equilateral_task_queue_wait_seconds',
+      help: 'From the moment a task became ready to a worker claiming it (database clock): the part of dispatch latency spent waiting in the queue.',
+      labelNames: ['agent'],
+      buckets: LATENCY_BUCKETS,
+      registers,
+    })
+    this.deadLettered = new Counter({
+      name: 'equilateral_tasks_dead_lettered_total',
+      help: 'Tasks that failed for good and were recorded in the dead-letter queue by this process.',
+      labelNames: ['agent'],
+      registers,
+    })
+    this.workflowsStarted = new Counter({
+      name: 'equilateral_workflows_started_total',
+      help: 'Workflows started through this process (repeated idempotency keys are not counted).',
+      labelNames: ['type', ...t],
+      registers,
+    })
+    this.workflowsFinished = new Counter({
+      name: 'equilateral_workflows_finished_total',
+      help: 'Workflows that ended in this process, by status: completed, failed, cancelled.',
+      labelNames: ['type', 'status', ...t],
+      registers,
+    })
+    this.workflowDuration = new Histogram({
+      name: 'equilateral_workflow_duration_seconds',
+      help: 'From start to end of a workflow, by type and final status.',
+      labelNames: ['type', 'status'],
+      buckets: DURATION_BUCKETS,
+      registers,
+    })
+    this.sweeperRecovered = new Counter({
+      name: 'equilateral_sweeper_recovered_tasks_total',
+      help: 'Tasks the sweeper recovered: requeued (job lost or worker silent, attempt left) or lost (no attempt left: failed).',
+      labelNames: ['action'],
+      registers,
+    })
+  }
+
+  /** Labels with the tenant only when the deployment asked for it. */
+  withTenant<L extends Record<string, string>>(labels: L, tenant: string): L | (L & { tenant: string }) {
+    return this.tenantLabel ? { ...labels, tenant } : labels
+  }
+
+  workflowFinished(type: string, status: WorkflowEnd, durationMs: number | null, tenant: string): void {
+    this.workflowsFinished.inc(this.withTenant({ type, status }, tenant))
+    if (durationMs !== null) this.workflowDuration.observe({ type, status }, durationMs / 1000)
+  }
+
+  /**
+   * Gauges read at scrape time: the pool's connections, and pg-boss's per-queue job counts (from its
+   * queue table, which its monitor keeps up to date: one row per queue, never a scan of the jobs).
+   */
+  observeResources(pool: pg.Pool, boss: PgBoss, poolName = 'app'): void {
+    new Gauge({
+      name: 'equilateral_db_pool_connections',
+      help: 'Connections of the database pool, by state: in_use, idle, waiting (requests queued for a connection).',
+      labelNames: ['pool', 'state'],
+      registers: [this.registry],
+      collect() {
+        this.set({ pool: poolName, state: 'in_use' }, pool.totalCount - pool.idleCount)
+        this.set({ pool: poolName, state: 'idle' }, pool.idleCount)
+        this.set({ pool: poolName, state: 'waiting' }, pool.waitingCount)
+      },
+    })
+    let cached: { at: number; queues: Awaited<ReturnType<PgBoss['getQueues']>> } | null = null
+    const queues = async () => {
+      if (!cached || Date.now() - cached.at > QUEUE_STATS_MAX_AGE_MS) {
+        cached = { at: Date.now(), queues: await boss.getQueues() }
+      }
+      return cached.queues
+    }
+    new Gauge({
+      name: 'equilateral_queue_jobs',
+      help: 'Jobs per pg-boss queue and state: queued (created, incl. deferred), deferred (waiting for a start time, e.g. a retry backoff), active, failed (kept until deleted). As of the last pg-boss monitor pass.',
+      labelNames: ['queue', 'state'],
+      registers: [this.registry],
+      async collect() {
+        this.reset()
+        for (const q of await queues().catch(() => [])) {
+          this.set({ queue: q.name, state: 'queued' }, q.queuedCount)
+          this.set({ queue: q.name, state: 'deferred' }, q.deferredCount)
+          this.set({ queue: q.name, state: 'active' }, q.activeCount)
+          this.set({ queue: q.name, state: 'failed' }, q.failedCount ?? 0)
+        }
+      },
+    })
+    new Gauge({
+      name: 'equilateral_queue_oldest_ready_job_age_seconds',
+      help: 'Age of the oldest job ready to run per queue (0 when none), as of the last pg-boss monitor pass: a queue nobody drains grows it.',
+      labelNames: ['queue'],
+      registers: [this.registry],
+      async collect() {
+        this.reset()
+        for (const q of await queues().catch(() => [])) {
+          this.set({ queue: q.name }, Number(q.readyOldestSeconds ?? 0))
+        }
+      },
+    })
   }
 
   /** The exposition text and its content type. */

@@ -13,7 +13,7 @@ WITH wf AS (
   UPDATE workflows SET status = 'cancelled', error = jsonb_build_object('reason', $3::text), tasks_remaining = 0,
     completed_at = now(), updated_at = now()
   WHERE tenant_id = $1 AND id = $2 AND status = 'running'
-  RETURNING id, correlation_id
+  RETURNING id, correlation_id, type, extract(epoch FROM now() - created_at) * 1000 AS ms
 ),
 before AS (
   SELECT t.id, t.status FROM agent_coordination t, wf
@@ -36,11 +36,11 @@ notified AS (
     SELECT id, (row_number() OVER ()) / 200 AS chunk FROM before WHERE status = 'running'
   ) b GROUP BY b.chunk
 )
-SELECT 'workflow' AS kind, wf.id, NULL::uuid AS job_id, NULL AS queue, NULL AS status FROM wf
+SELECT 'workflow' AS kind, wf.id, NULL::uuid AS job_id, NULL AS queue, NULL AS status, wf.type, wf.ms::float8 AS ms FROM wf
 UNION ALL
-SELECT 'task', t.id, t.job_id, t.queue, b.status FROM t JOIN before b ON b.id = t.id
+SELECT 'task', t.id, t.job_id, t.queue, b.status, NULL, NULL FROM t JOIN before b ON b.id = t.id
 UNION ALL
-SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::text`
+SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::text, NULL, NULL`
 
 export interface CancelResult {
   /** False when the workflow had already ended; its status is returned unchanged. */
@@ -49,27 +49,35 @@ export interface CancelResult {
   tasksCancelled: number
 }
 
+/** What the engine's metrics need of a cancellation that happened. */
+export interface CancelledWorkflow {
+  type: string
+  durationMs: number
+}
+
 export async function cancelWorkflow(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
   workflowId: string,
   options: { reason?: string; actor?: string } = {},
+  onCancelled: (wf: CancelledWorkflow) => void = () => {},
 ): Promise<CancelResult> {
-  return withTenantTx(deps.pool, scope, async (db) => {
+  const { result, ended } = await withTenantTx(deps.pool, scope, async (db) => {
     const { rows } = await db.executeSql(CANCEL, [
       scope.tenantId,
       workflowId,
       options.reason ?? 'cancelled',
       options.actor ?? null,
     ])
-    if (!rows.some((r) => r.kind === 'workflow')) {
+    const ended = rows.find((r) => r.kind === 'workflow')
+    if (!ended) {
       const wf = await db.executeSql('SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2', [
         scope.tenantId,
         workflowId,
       ])
       const status = wf.rows[0]?.status as WorkflowStatus | undefined
       if (!status) throw new NotFoundError(`workflow ${workflowId}`)
-      return { cancelled: false, status, tasksCancelled: 0 }
+      return { result: { cancelled: false, status, tasksCancelled: 0 }, ended: null }
     }
     const tasks = rows.filter((r) => r.kind === 'task')
     const queued = tasks.filter((r) => r.job_id && r.status !== 'pending')
@@ -80,6 +88,12 @@ export async function cancelWorkflow(
         { db },
       )
     }
-    return { cancelled: true, status: 'cancelled', tasksCancelled: tasks.length }
+    return {
+      result: { cancelled: true, status: 'cancelled', tasksCancelled: tasks.length } as CancelResult,
+      ended: { type: ended.type as string, durationMs: ended.ms as number },
+    }
   })
+  // After the commit, so a transaction run again after a serialization failure reports once.
+  if (ended) onCancelled(ended)
+  return result
 }

@@ -33,6 +33,10 @@ export interface ClaimedTask extends AttemptState {
   input: Json
   results: Record<string, Json>
   correlationId: string
+  /** From the task becoming ready (queued_at) to this claim, on the database's clock. */
+  queueWaitMs: number
+  /** performance.now() when the claim returned: dispatch latency = queueWaitMs + (agent start - claimedAt). */
+  claimedAt: number
   /**
    * Set when the task's data, the workflow input or a parent's result could not be decrypted (a
    * missing or wrong key): the worker records it as the attempt's failure instead of running the
@@ -50,7 +54,8 @@ claimed AS (
   WHERE t.tenant_id = $1 AND t.id = j.id AND t.attempt = j.attempt AND t.status IN ('queued', 'running')
     AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
   RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
-    t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id
+    t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id,
+    greatest(0, extract(epoch FROM clock_timestamp() - t.queued_at) * 1000)::float8 AS queue_wait_ms
 ),
 audit AS (
   INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
@@ -105,6 +110,8 @@ export async function claimTasks(
         input: r.input,
         results: r.results,
         correlationId: r.correlation_id,
+        queueWaitMs: r.queue_wait_ms ?? 0,
+        claimedAt: 0,
       })
     }
     const byQueue = Map.groupBy(dropped, (j) => j.queue)
@@ -118,7 +125,11 @@ export async function claimTasks(
     }
     return { claimed, dropped }
   })
-  for (const task of outcome.claimed) openPayloads(deps.keyRing, scope.tenantId, task)
+  const claimedAt = performance.now()
+  for (const task of outcome.claimed) {
+    task.claimedAt = claimedAt
+    openPayloads(deps.keyRing, scope.tenantId, task)
+  }
   return outcome
 }
 

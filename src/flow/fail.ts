@@ -25,7 +25,12 @@ export interface AttemptFailure extends AttemptState {
 
 export type FailureOutcome =
   | { kind: 'retrying'; attempt: number; delayMs: number }
-  | { kind: 'failed'; workflowFailed: boolean; skipped: number }
+  | {
+      kind: 'failed'
+      /** The workflow this failure ended (null if it had ended already), with its type and duration. */
+      workflow: { type: string; durationMs: number } | null
+      skipped: number
+    }
   | { kind: 'lease_lost' }
 
 const FAIL_ATTEMPT = `
@@ -55,7 +60,7 @@ const FAIL_WORKFLOW = `
 WITH wf AS (
   UPDATE workflows SET status = 'failed', error = $3::jsonb, tasks_remaining = 0, completed_at = now(), updated_at = now()
   WHERE tenant_id = $1 AND id = $2 AND status = 'running'
-  RETURNING id, correlation_id
+  RETURNING id, correlation_id, type, extract(epoch FROM now() - created_at) * 1000 AS ms
 ),
 skipped AS (
   UPDATE agent_coordination t SET status = 'skipped', completed_at = now(), updated_at = now()
@@ -70,9 +75,9 @@ audit AS (
   SELECT $1, wf.id, s.id, s.agent_id, 'task_skipped', jsonb_build_object('reason', 'workflow failed'), wf.correlation_id
   FROM skipped s, wf
 )
-SELECT 'workflow' AS kind, NULL::uuid AS job_id, NULL AS queue FROM wf
+SELECT 'workflow' AS kind, NULL::uuid AS job_id, NULL AS queue, wf.type, wf.ms::float8 AS ms FROM wf
 UNION ALL
-SELECT 'skipped', s.job_id, s.queue FROM skipped s`
+SELECT 'skipped', s.job_id, s.queue, NULL, NULL FROM skipped s`
 
 export async function failAttempt(
   deps: { pool: pg.Pool; boss: PgBoss },
@@ -149,9 +154,10 @@ export async function failAttemptIn(
     { t: scope.tenantId, w: f.workflowId, k: f.taskId, a: f.attempt, agent: f.agentId, error: f.error },
     { db },
   )
+  const ended = wf.rows.find((r) => r.kind === 'workflow')
   return {
     kind: 'failed',
-    workflowFailed: wf.rows.some((r) => r.kind === 'workflow'),
+    workflow: ended ? { type: ended.type, durationMs: ended.ms } : null,
     skipped: skipped.length,
   }
 }

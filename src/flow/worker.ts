@@ -53,13 +53,16 @@ export interface WorkerOptions {
 
 /** Observation points for metrics; every hook is optional and must not throw. */
 export interface WorkerHooks {
-  taskStarted?(t: ClaimedTask): void
+  /** The agent is about to run; `dispatchLatencyMs` runs from the task becoming ready to now. */
+  taskStarted?(t: ClaimedTask, tenantId: string, dispatchLatencyMs: number): void
   taskFinished?(
     t: ClaimedTask,
+    tenantId: string,
     outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released',
     durationMs: number,
   ): void
-  workflowCompleted?(type: string, durationMs: number): void
+  /** A completion or a failure of this worker ended the workflow. */
+  workflowFinished?(tenantId: string, type: string, status: 'completed' | 'failed', durationMs: number): void
 }
 
 class AbortReason extends Error {
@@ -281,7 +284,7 @@ export class Worker {
       attempt: task.attempt,
       correlation: task.correlationId,
     })
-    this.#o.hooks?.taskStarted?.(task)
+    this.#o.hooks?.taskStarted?.(task, scope.tenantId, task.queueWaitMs + (started - task.claimedAt))
     const spawned: SpawnedTask[] = []
     const timer = setTimeout(
       () => controller.abort(new AbortReason('timeout', `task timed out after ${task.timeoutMs} ms`)),
@@ -328,6 +331,7 @@ export class Worker {
         log.info({ reason: reason.kind }, 'agent aborted')
         this.#o.hooks?.taskFinished?.(
           task,
+          scope.tenantId,
           reason.kind === 'shutdown' ? 'released' : 'lease_lost',
           performance.now() - started,
         )
@@ -358,15 +362,20 @@ export class Worker {
               : {}),
           })
           log.debug({ written: written.written, ms: Math.round(duration) }, 'task completed')
-          this.#o.hooks?.taskFinished?.(task, written.written ? 'completed' : 'lease_lost', duration)
-          for (const wf of written.outcome.workflowsCompleted)
-            this.#o.hooks?.workflowCompleted?.(wf.type, wf.durationMs)
+          this.#o.hooks?.taskFinished?.(
+            task,
+            scope.tenantId,
+            written.written ? 'completed' : 'lease_lost',
+            duration,
+          )
+          for (const wf of written.workflowsCompleted)
+            this.#o.hooks?.workflowFinished?.(scope.tenantId, wf.type, 'completed', wf.durationMs)
           // Wake our own loops for dependents we serve: the NOTIFY will say the same a little later.
           for (const d of written.outcome.dispatched) this.wake(d.queue)
           return
         } catch (error) {
           if (error instanceof SpawnLeaseLostError) {
-            this.#o.hooks?.taskFinished?.(task, 'lease_lost', duration)
+            this.#o.hooks?.taskFinished?.(task, scope.tenantId, 'lease_lost', duration)
             return
           }
           if (!isPermanent(error)) throw error
@@ -389,7 +398,11 @@ export class Worker {
         permanent: failure.permanent,
         job: { jobId: task.job.jobId, retryCount: task.job.retryCount },
       })
-      this.#o.hooks?.taskFinished?.(task, outcome.kind, duration)
+      this.#o.hooks?.taskFinished?.(task, scope.tenantId, outcome.kind, duration)
+      if (outcome.kind === 'failed' && outcome.workflow) {
+        const { type, durationMs } = outcome.workflow
+        this.#o.hooks?.workflowFinished?.(scope.tenantId, type, 'failed', durationMs)
+      }
     } catch (error) {
       // The outcome could not be written (database unavailable): the sweeper recovers the task.
       log.error({ err: error, transient: isTransient(error) }, 'could not record the task outcome')

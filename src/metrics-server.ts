@@ -1,0 +1,42 @@
+// A worker's Prometheus endpoint: GET /metrics on METRICS_PORT, nothing else. Workers serve no
+// HTTP otherwise, so this is a bare node:http listener rather than the web app.
+import http from 'node:http'
+import type { Logger } from 'pino'
+import type { Metrics } from './metrics.ts'
+
+export interface MetricsServer {
+  port: number
+  close: () => Promise<void>
+}
+
+export async function startMetricsServer(
+  metrics: Metrics,
+  options: { port: number; host?: string; log?: Logger },
+): Promise<MetricsServer> {
+  const server = http.createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '').split('?')[0] !== '/metrics') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found: try GET /metrics\n')
+      return
+    }
+    metrics.expose().then(
+      ({ contentType, body }) => res.writeHead(200, { 'content-type': contentType }).end(body),
+      (error: unknown) => {
+        options.log?.warn({ err: error }, 'metrics collection failed')
+        res.writeHead(500, { 'content-type': 'text/plain' }).end('metrics collection failed\n')
+      },
+    )
+  })
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port, options.host ?? '0.0.0.0', () => resolve())
+  })
+  const address = server.address()
+  return {
+    port: typeof address === 'object' && address ? address.port : options.port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections()
+        server.close(() => resolve())
+      }),
+  }
+}
