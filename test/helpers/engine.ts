@@ -1,5 +1,5 @@
 // An engine on a fresh test database, with quiet logs and fast timers, torn down after the file.
-import { pino } from 'pino'
+import { type Logger, pino } from 'pino'
 import { afterAll } from 'vitest'
 import type { Config } from '../../src/config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definition.ts'
@@ -15,6 +15,8 @@ export async function testEngine(options: {
   agents: readonly AgentDefinition<any, any>[]
   workflows: readonly WorkflowDefinition<any>[]
   config?: Partial<Config>
+  /** Default: silent (or TEST_LOG_LEVEL). */
+  log?: Logger
 }): Promise<TestEngine> {
   const db = await createTestDatabase()
   const engine = await createEngine({
@@ -22,7 +24,7 @@ export async function testEngine(options: {
     adminConnectionString: db.url,
     agents: options.agents,
     workflows: options.workflows,
-    log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+    log: options.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
     supervise: false,
     config: {
       pollIntervalMs: 200,
