@@ -1,0 +1,295 @@
+// The deployment files, read by real parsers rather than by eye: docker-compose.yml as
+// `docker-compose config` resolves it (Debian's docker-compose v1, which needs no Docker engine),
+// the Dockerfile's runtime stage, the Prometheus and Grafana provisioning it mounts, and the
+// Procfile. Without docker-compose (apt-get install docker-compose) the compose checks are skipped,
+// except in CI (CI set), where .ci/run installs it and its absence is a failure.
+import { spawnSync } from 'node:child_process'
+import { existsSync, readFileSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { describe, expect, it } from 'vitest'
+import { parse } from 'yaml'
+import { migrationsFolder } from '../../src/db/migrate.ts'
+
+const root = fileURLToPath(new URL('../../', import.meta.url))
+const inCi = Boolean(process.env.CI)
+
+function runs(command: string, args: string[]): boolean {
+  return spawnSync(command, args, { stdio: 'ignore' }).status === 0
+}
+const hasCompose = runs('docker-compose', ['version'])
+const hasPromtool = runs('promtool', ['--version'])
+
+function readYaml(file: string): any {
+  return parse(readFileSync(path.join(root, file), 'utf8'))
+}
+
+interface Service {
+  image?: string
+  build?: { context: string } | string
+  command?: string[] | string
+  container_name?: string
+  ports?: (string | { host_ip?: string; published?: string | number; target: number })[]
+  volumes?: (string | { type: string; source?: string; target: string })[]
+  environment?: Record<string, string | null>
+  depends_on?: Record<string, { condition: string }>
+  deploy?: { replicas?: number }
+  healthcheck?: { test: string[] | string }
+}
+
+/** docker-compose.yml as Compose resolves it, with the variables in `env` and nothing else set. */
+function composeConfig(env: Record<string, string> = {}): { services: Record<string, Service> } {
+  if (!hasCompose) {
+    throw new Error(
+      'docker-compose is not on PATH: apt-get install docker-compose (.ci/run installs it when run as root)',
+    )
+  }
+  const result = spawnSync('docker-compose', ['-f', 'docker-compose.yml', 'config'], {
+    cwd: root,
+    encoding: 'utf8',
+    // Only PATH and HOME from outside: a WORKER_REPLICAS or ADMIN_TOKEN in the caller's shell must
+    // not change what the defaults are checked to be.
+    env: { PATH: process.env.PATH ?? '/usr/bin:/bin', HOME: process.env.HOME ?? '/tmp', ...env },
+  })
+  expect(result.stderr, 'docker-compose config wrote to stderr').toBe('')
+  expect(result.status, result.stderr).toBe(0)
+  return parse(result.stdout)
+}
+
+/** Host-published ports as `ip:published:target` (Compose v1 prints strings, v2 objects). */
+function hostPorts(service: Service): string[] {
+  return (service.ports ?? []).map((p) =>
+    typeof p === 'string'
+      ? p.replace(/\/tcp$/, '')
+      : `${p.host_ip ?? '0.0.0.0'}:${p.published ?? ''}:${p.target}`,
+  )
+}
+
+/** Bind mounts as [host path, container path]; named volumes are left out. */
+function bindMounts(service: Service): [string, string][] {
+  return (service.volumes ?? []).flatMap((v): [string, string][] => {
+    if (typeof v !== 'string') return v.type === 'bind' && v.source ? [[v.source, v.target]] : []
+    const [source = '', target = ''] = v.split(':')
+    return path.isAbsolute(source) ? [[source, target]] : []
+  })
+}
+
+const skipCompose = !hasCompose && !inCi
+describe.skipIf(skipCompose)(
+  `docker-compose.yml${skipCompose ? ' (skipped: docker-compose is missing; apt-get install docker-compose)' : ''}`,
+  () => {
+    it('defines the whole stack, every app service from the one image built here', () => {
+      const { services } = composeConfig()
+      expect(Object.keys(services)).toEqual(
+        expect.arrayContaining(['postgres', 'migrate', 'web', 'worker', 'prometheus', 'grafana']),
+      )
+      for (const name of ['migrate', 'web', 'worker']) {
+        const service = services[name]!
+        const context = typeof service.build === 'string' ? service.build : service.build?.context
+        expect(path.resolve(root, context ?? ''), name).toBe(path.resolve(root))
+        expect(service.image, name).toBe(services.migrate!.image)
+        expect([service.command].flat(), name).toEqual([name])
+      }
+    })
+
+    it('runs the migration once, after PostgreSQL is healthy, and web and worker only after it succeeded', () => {
+      const { services } = composeConfig()
+      expect(services.migrate!.depends_on?.postgres?.condition).toBe('service_healthy')
+      expect(services.postgres!.healthcheck).toBeDefined()
+      for (const name of ['web', 'worker']) {
+        expect(services[name]!.depends_on?.migrate?.condition, name).toBe('service_completed_successfully')
+      }
+    })
+
+    it('lets the worker scale: no container_name, no host port, replicas from WORKER_REPLICAS', () => {
+      const { services } = composeConfig()
+      const worker = services.worker!
+      expect(worker.container_name).toBeUndefined()
+      expect(worker.ports ?? []).toEqual([])
+      expect(Number(worker.deploy?.replicas)).toBe(2)
+      expect(Number(composeConfig({ WORKER_REPLICAS: '5' }).services.worker!.deploy?.replicas)).toBe(5)
+    })
+
+    it('publishes host ports on 127.0.0.1 only', () => {
+      const { services } = composeConfig()
+      expect(hostPorts(services.web!)).toEqual(['127.0.0.1:3000:3000'])
+      expect(hostPorts(services.prometheus!)).toEqual(['127.0.0.1:9090:9090'])
+      expect(hostPorts(services.grafana!)).toEqual(['127.0.0.1:3001:3000'])
+      for (const [name, service] of Object.entries(services)) {
+        for (const port of hostPorts(service)) expect(port, name).toMatch(/^127\.0\.0\.1:/)
+      }
+    })
+
+    it('gives the app services settings the app accepts', () => {
+      const { services } = composeConfig()
+      for (const name of ['migrate', 'web', 'worker']) {
+        const env = services[name]!.environment ?? {}
+        expect(env.DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
+        expect(env.MIGRATION_DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
+        expect(env.DATABASE_ROLE, name).toBe('equilateral_app')
+      }
+      const web = services.web!
+      expect(web.environment?.PORT).toBe('3000')
+      // The config refuses an admin token shorter than 16 characters, so the default must be longer.
+      expect(web.environment?.ADMIN_TOKEN?.length).toBeGreaterThanOrEqual(16)
+      expect(composeConfig({ ADMIN_TOKEN: 'x'.repeat(32) }).services.web!.environment?.ADMIN_TOKEN).toBe(
+        'x'.repeat(32),
+      )
+      expect([web.healthcheck?.test].flat().join(' ')).toContain('http://127.0.0.1:3000/healthz')
+      expect(services.worker!.environment?.METRICS_PORT).toBe('9464')
+    })
+
+    it('mounts deploy files that exist, where Prometheus and Grafana look for them', () => {
+      const { services } = composeConfig()
+      const mounts = ['prometheus', 'grafana'].flatMap((name) => bindMounts(services[name]!))
+      expect(mounts.length).toBeGreaterThanOrEqual(4)
+      for (const [source] of mounts) {
+        expect(path.relative(root, source), source).toMatch(/^deploy\//)
+        expect(existsSync(source), source).toBe(true)
+      }
+      const target = (file: string) => mounts.find(([source]) => source === path.join(root, file))?.[1]
+      expect(target('deploy/prometheus/prometheus.yml')).toBe('/etc/prometheus/prometheus.yml')
+      // rule_files are relative to the config file, so alerts.yml must sit next to it.
+      expect(target('deploy/prometheus/alerts.yml')).toBe('/etc/prometheus/alerts.yml')
+      expect(target('deploy/grafana/provisioning')).toBe('/etc/grafana/provisioning')
+      const provider = readYaml('deploy/grafana/provisioning/dashboards/equilateral.yml')
+      expect(target('deploy/grafana/dashboards')).toBe(provider.providers[0].options.path)
+    })
+
+    it('has Prometheus scrape every web and worker replica on the ports they listen on', () => {
+      const { services } = composeConfig()
+      const config = readYaml('deploy/prometheus/prometheus.yml')
+      const job = (name: string) => config.scrape_configs.find((j: any) => j.job_name === name)
+      const targets = (name: string) =>
+        job(name).dns_sd_configs.map((sd: any) => ({ names: sd.names, type: sd.type, port: sd.port }))
+      expect(targets('web')).toEqual([
+        { names: ['web'], type: 'A', port: Number(services.web!.environment?.PORT) },
+      ])
+      expect(targets('worker')).toEqual([
+        { names: ['worker'], type: 'A', port: Number(services.worker!.environment?.METRICS_PORT) },
+      ])
+      expect(targets('web')[0].port).toBe(3000)
+      expect(targets('worker')[0].port).toBe(9464)
+    })
+  },
+)
+
+describe('Prometheus and Grafana provisioning', () => {
+  it('scrapes every 15s and loads the alert rules next to the config', () => {
+    const config = readYaml('deploy/prometheus/prometheus.yml')
+    expect(config.global.scrape_interval).toBe('15s')
+    expect(config.rule_files).toEqual(['alerts.yml'])
+    expect(Array.isArray(readYaml('deploy/prometheus/alerts.yml').groups)).toBe(true)
+  })
+
+  const skipPromtool = !hasPromtool && !inCi
+  it.skipIf(skipPromtool)(
+    `passes promtool check config${skipPromtool ? ' (skipped: promtool is missing; apt-get install prometheus)' : ''}`,
+    () => {
+      expect(hasPromtool, 'promtool is not on PATH: apt-get install prometheus').toBe(true)
+      const result = spawnSync('promtool', ['check', 'config', 'deploy/prometheus/prometheus.yml'], {
+        cwd: root,
+        encoding: 'utf8',
+      })
+      expect(result.status, `${result.stdout}${result.stderr}`).toBe(0)
+    },
+  )
+
+  it('provisions the prometheus data source under the uid dashboards use', () => {
+    const [source] = readYaml('deploy/grafana/provisioning/datasources/prometheus.yml').datasources
+    expect(source).toMatchObject({ uid: 'prometheus', type: 'prometheus', url: 'http://prometheus:9090' })
+    expect(source.isDefault).toBe(true)
+  })
+})
+
+describe('Dockerfile', () => {
+  const dockerfile = readFileSync(path.join(root, 'Dockerfile'), 'utf8')
+    .replace(/\\\n/g, ' ')
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '' && !line.startsWith('#'))
+  const stages: string[][] = []
+  for (const line of dockerfile) {
+    if (/^FROM\s/i.test(line)) stages.push([])
+    stages.at(-1)?.push(line)
+  }
+  const runtime = stages.at(-1) ?? []
+  const instructions = (keyword: string) =>
+    runtime
+      .filter((line) => line.toUpperCase().startsWith(`${keyword} `))
+      .map((line) => line.slice(keyword.length + 1))
+  const workdir = instructions('WORKDIR').at(-1) ?? '/'
+
+  it('builds in one stage and runs in another, on node:24-slim', () => {
+    expect(stages.length).toBeGreaterThanOrEqual(2)
+    expect(runtime[0]).toMatch(/^FROM node:24-slim\b/i)
+    expect(stages[0]!.join('\n')).toMatch(/npm ci/)
+    expect(stages[0]!.join('\n')).toMatch(/npm run build/)
+  })
+
+  it('runs as a non-root user with production dependencies only', () => {
+    const user = instructions('USER').at(-1)
+    expect(user, 'the runtime stage has no USER').toBeDefined()
+    expect(user).not.toMatch(/^(root|0)(:|$)/)
+    expect(instructions('RUN').find((run) => run.includes('npm ci'))).toMatch(/--omit=dev/)
+    expect(instructions('ENTRYPOINT')).toEqual(['["node", "bin/equilateral.js"]'])
+    expect(instructions('CMD')).toEqual(['["web"]'])
+  })
+
+  it('runs the build, not the sources: bin/equilateral.js prefers src/ whenever it exists', () => {
+    const copied = instructions('COPY').map((args) => args.split(/\s+/))
+    expect(copied.some((args) => args.slice(0, -1).some((source) => /^(\.\/)?src\/?$/.test(source)))).toBe(
+      false,
+    )
+    expect(copied.some((args) => args.includes('--from=build') && /(^|\/)dist\/?$/.test(args.at(-2)!))).toBe(
+      true,
+    )
+  })
+
+  it('puts the SQL migrations where the compiled migrator looks for them', () => {
+    // migrate.ts resolves its folder relative to its own file; compiled, that file is dist/src/db.
+    const relative = path.relative(path.join(root, 'src/db'), path.dirname(migrationsFolder.control))
+    const wanted = path.posix.resolve(workdir, 'dist/src/db', relative)
+    const destinations = instructions('COPY')
+      .map((args) => args.split(/\s+/))
+      .filter((args) => args.slice(0, -1).some((source) => /^(\.\/)?drizzle\/?$/.test(source)))
+      .map((args) => path.posix.resolve(workdir, args.at(-1)!))
+    expect(destinations).toContain(wanted)
+  })
+
+  it('keeps host builds and data out of the build context', () => {
+    const ignored = readFileSync(path.join(root, '.dockerignore'), 'utf8').split('\n')
+    expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'dist', '.data', '.git']))
+  })
+})
+
+describe('Procfile', () => {
+  const entries = Object.fromEntries(
+    readFileSync(path.join(root, 'Procfile'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((line): [string, string] => [
+        line.slice(0, line.indexOf(':')),
+        line.slice(line.indexOf(':') + 1).trim(),
+      ]),
+  )
+
+  it('migrates on release and runs web and worker through the bin script', () => {
+    expect(entries).toEqual({
+      release: 'node bin/equilateral.js migrate',
+      web: 'node bin/equilateral.js web',
+      worker: 'node bin/equilateral.js worker',
+    })
+  })
+
+  it('names commands the CLI has', () => {
+    for (const command of Object.values(entries)) {
+      const [, script, ...args] = command.split(' ')
+      const result = spawnSync(process.execPath, [script!, ...args, '--help'], {
+        cwd: root,
+        encoding: 'utf8',
+      })
+      expect(result.status, `${command} --help: ${result.stderr}`).toBe(0)
+    }
+  })
+})
