@@ -2,19 +2,33 @@
 // the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
 import cluster from 'node:cluster'
 import { readFile } from 'node:fs/promises'
+import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
 import { type Logger, pino } from 'pino'
 import type { ComplianceProfile } from '../compliance/profile.ts'
 import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
+import { requireUuid } from '../core/ids.ts'
 import { migrate } from '../db/migrate.ts'
-import { provisionDatabase } from '../db/provision.ts'
+import { dataRoot, describeUrl, provisionDatabase } from '../db/provision.ts'
 import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
-import { EquilateralError } from '../errors.ts'
+import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { createLogger } from '../log.ts'
 import { buildApp } from '../web/app.ts'
 import { startWeb } from '../web/server.ts'
+import {
+  DEV_STATE_FILE,
+  demoApiKey,
+  devBanner,
+  generateAdminToken,
+  displayPath,
+  readDevState,
+  shellQuote,
+  writeDevState,
+} from './dev.ts'
+import { reportError } from './errors.ts'
+import { watchWorkflow } from './watch.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -56,24 +70,31 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
   })
 }
 
+/**
+ * Runs a one-shot command on an engine, and closes the engine and the database whatever happens:
+ * a failure anywhere (loading the registry, connecting, the command itself) reaches the caller as it
+ * was thrown, for `reportError` to print.
+ */
 async function withEngine<T>(
   registryPath: string | undefined,
   fn: (engine: Engine) => Promise<T>,
 ): Promise<T> {
   const config = loadConfig()
   const db = await provisionDatabase({ log: () => {} })
-  const registry = await loadRegistry(registryPath)
-  const engine = await createEngine({
-    connectionString: db.url,
-    ...registry,
-    // To stderr: stdout carries the command's JSON (the engine warns at start when payloads are plain).
-    log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
-    supervise: false,
-  })
+  let engine: Engine | undefined
   try {
+    const registry = await loadRegistry(registryPath)
+    engine = new Engine({
+      connectionString: db.url,
+      ...registry,
+      // To stderr: stdout carries the command's JSON (the engine warns at start when payloads are plain).
+      log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
+      supervise: false,
+    })
+    await engine.start()
     return await fn(engine)
   } finally {
-    await engine.close()
+    await engine?.close()
     await db.stop()
   }
 }
@@ -82,30 +103,47 @@ function print(value: unknown): void {
   process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
 }
 
-async function parseInput(raw: string | undefined): Promise<unknown> {
-  if (raw === undefined) return null
-  const text = raw.startsWith('@') ? await readFile(raw.slice(1), 'utf8') : raw
+/** JSON given inline or as @file; `what` names it in errors (`--input`). */
+async function parseJsonArgument(raw: string, what: string): Promise<unknown> {
+  let text = raw
+  if (raw.startsWith('@')) {
+    try {
+      text = await readFile(raw.slice(1), 'utf8')
+    } catch (error) {
+      throw new InvalidInputError(`${what}: cannot read ${raw.slice(1)}: ${(error as Error).message}`)
+    }
+  }
   try {
     return JSON.parse(text)
   } catch (error) {
-    throw new InvalidArgumentError(`--input is not valid JSON: ${(error as Error).message}`)
+    throw new InvalidInputError(`${what} is not valid JSON: ${(error as Error).message}`)
   }
+}
+
+async function parseInput(raw: string | undefined): Promise<unknown> {
+  return raw === undefined ? null : parseJsonArgument(raw, '--input')
 }
 
 /** A compliance profile given as JSON or @file.json (validated by the engine). */
 async function parseProfile(raw: string): Promise<ComplianceProfile> {
-  const text = raw.startsWith('@') ? await readFile(raw.slice(1), 'utf8') : raw
-  try {
-    return JSON.parse(text) as ComplianceProfile
-  } catch (error) {
-    throw new InvalidArgumentError(`compliance profile is not valid JSON: ${(error as Error).message}`)
-  }
+  return (await parseJsonArgument(raw, 'compliance profile')) as ComplianceProfile
 }
 
+// Commander's own errors (unknown command or option, missing argument) go through outputError, as one
+// `equilateral: ...` line and a hint; exitOverride turns its process.exit into a thrown CommanderError
+// that the catch at the bottom maps to an exit code. Both are inherited by every command below.
+let commanderPrinted = false
 const program = new Command()
   .name('equilateral')
   .description('Durable, multi-tenant, database-orchestrated agent workflows on PostgreSQL')
-  .showHelpAfterError()
+  .configureOutput({
+    outputError: (text, write) => {
+      commanderPrinted = true
+      write(text.replace(/^error: /, 'equilateral: '))
+    },
+  })
+  .showHelpAfterError('(add --help for usage)')
+  .exitOverride()
 
 program
   .command('migrate')
@@ -183,54 +221,91 @@ program
 program
   .command('dev')
   .description(
-    'run the whole fleet in one process (migrations, worker, sweeper) on DATABASE_URL or an embedded PostgreSQL',
+    'development: migrations, the HTTP API on 127.0.0.1:PORT, a worker, the sweeper and retention in one process, on DATABASE_URL or an embedded PostgreSQL; prints a demo tenant key and curl lines',
   )
   .option(
     '--registry <module>',
     'module exporting `agents` and `workflows` (default: the examples in workers/)',
   )
-  .action(async (opts: { registry?: string }) => {
+  .option('--port <n>', 'port of the HTTP API (default PORT or 3000)', (v) => port(v))
+  .action(async (opts: { registry?: string; port?: number }) => {
     const config = loadConfig()
     const log = createLogger(config.logLevel)
-    const db = await provisionDatabase({ log: (line) => log.info(line) })
-    await migrate(config.migrationDatabaseUrl ?? db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
-    const registry = await loadRegistry(opts.registry)
-    const engine = await createEngine({ connectionString: db.url, ...registry, log })
-    let apiKey: string | undefined
-    try {
-      apiKey = (await engine.createTenant({ id: 'demo', name: 'Demo tenant' })).apiKey
-    } catch (error) {
-      if ((error as EquilateralError).code !== 'tenant_exists') throw error
+    // Everything started so far, stopped in reverse order at shutdown or when a later step fails.
+    const started: { name: string; stop: () => Promise<void> }[] = []
+    const stopAll = async () => {
+      for (const { name, stop } of started.reverse()) {
+        await stop().catch((error: unknown) => log.error({ err: error }, `dev: stopping ${name} failed`))
+      }
+      started.length = 0
     }
-    await engine.startWorker()
-    await engine.startSweeper()
-    await engine.startRetention()
-    const enterprise = new EnterpriseOrchestrator(engine)
-    await enterprise.work()
-    const lines = [
-      '',
-      'equilateral-agents is running: one worker and the sweeper, on the database above.',
-      apiKey
-        ? `Created tenant "demo"; its API key (shown once): ${apiKey}`
-        : 'Tenant "demo" exists (created on an earlier run).',
-      'Start a workflow from another terminal:',
-      `  node bin/equilateral.js workflow start deploy-feature --tenant demo --input @examples/deploy-feature.json --wait`,
-      'Stop with Ctrl-C.',
-      '',
-    ]
-    process.stderr.write(lines.join('\n'))
-    await runUntilSignal(log, async () => {
-      await enterprise.stop()
-      await engine.close()
-      await db.stop()
-    })
+    try {
+      const db = await provisionDatabase({ log: (line) => log.info(line) })
+      started.push({ name: 'the database', stop: db.stop })
+      await migrate(config.migrationDatabaseUrl ?? db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
+      const registry = await loadRegistry(opts.registry)
+      const engine = await createEngine({ connectionString: db.url, ...registry, log })
+      started.push({ name: 'the engine', stop: () => engine.close() })
+
+      // The demo tenant's key and the dev admin token outlive the process, beside the database.
+      const stateFile = path.join(dataRoot(), DEV_STATE_FILE)
+      const state = await readDevState(stateFile)
+      const database = describeUrl(db.url)
+      const demo = await demoApiKey(engine, state.apiKeys[database])
+      // ADMIN_TOKEN wins; without it dev uses the token it generated on an earlier run, or a new one.
+      const adminToken = config.adminToken ?? state.adminToken ?? generateAdminToken()
+      const devToken = config.adminToken ? state.adminToken : adminToken
+      const next = {
+        ...(devToken ? { adminToken: devToken } : {}),
+        apiKeys: { ...state.apiKeys, [database]: demo.apiKey },
+      }
+      if (JSON.stringify(next) !== JSON.stringify(state)) await writeDevState(stateFile, next)
+
+      await engine.startWorker()
+      await engine.startSweeper()
+      await engine.startRetention()
+      const enterprise = new EnterpriseOrchestrator(engine)
+      await enterprise.work()
+      started.push({ name: 'enterprise runs', stop: () => enterprise.stop() })
+      // Loopback unless HOST says otherwise: the dev admin token must not be reachable from the network.
+      const server = await startWeb(engine, {
+        ...(process.env.HOST ? {} : { host: '127.0.0.1' }),
+        ...(opts.port === undefined ? {} : { port: opts.port }),
+        adminToken,
+      })
+      started.push({ name: 'the web server', stop: () => server.close() })
+
+      const dataDirSet = Boolean(process.env.EQUILATERAL_DATA_DIR?.trim())
+      const lines = devBanner({
+        url: server.url,
+        database:
+          db.source === 'env'
+            ? `DATABASE_URL (${database})`
+            : `embedded PostgreSQL at ${database} (data in ${displayPath(path.join(dataRoot(), 'postgres'))})`,
+        apiKey: demo.apiKey,
+        keyOrigin: demo.origin,
+        suspended: demo.suspended,
+        stateFile: displayPath(stateFile),
+        adminToken: { value: adminToken, generated: !config.adminToken },
+        envPrefix:
+          dataDirSet && db.source === 'embedded' ? `EQUILATERAL_DATA_DIR=${shellQuote(dataRoot())} ` : '',
+        databaseFromEnv: db.source === 'env',
+      })
+      // stderr, as every human-facing line of this command: stdout carries the JSON logs.
+      process.stderr.write(lines.join('\n'))
+    } catch (error) {
+      await stopAll()
+      throw error
+    }
+    await runUntilSignal(log, stopAll)
   })
 
 const tenant = program
   .command('tenant')
   .description('manage tenants (uses MIGRATION_DATABASE_URL, the owner, when set)')
 tenant
-  .command('create <id>')
+  .command('create')
+  .argument('<id>', 'tenant id (letters, digits, _ and -)')
   .description(
     'create a tenant and print its API key (shown once); TENANT_ISOLATION_MODE decides where its tables go',
   )
@@ -260,7 +335,8 @@ tenant
     await withEngine(undefined, async (engine) => print(await engine.listTenants()))
   })
 tenant
-  .command('suspend <id>')
+  .command('suspend')
+  .argument('<id>', 'tenant id')
   .description("refuse the tenant's key and handles; its queued work waits until it is resumed")
   .action(async (id: string) => {
     await withEngine(undefined, async (engine) => {
@@ -269,7 +345,8 @@ tenant
     })
   })
 tenant
-  .command('resume <id>')
+  .command('resume')
+  .argument('<id>', 'tenant id')
   .description('re-activate a suspended tenant')
   .action(async (id: string) => {
     await withEngine(undefined, async (engine) => {
@@ -278,13 +355,16 @@ tenant
     })
   })
 tenant
-  .command('rotate-key <id>')
+  .command('rotate-key')
+  .argument('<id>', 'tenant id')
   .description('issue a new API key (printed once); the old one stops working at once')
   .action(async (id: string) => {
     await withEngine(undefined, async (engine) => print({ id, apiKey: await engine.rotateApiKey(id) }))
   })
 tenant
-  .command('compliance <id> <profile>')
+  .command('compliance')
+  .argument('<id>', 'tenant id')
+  .argument('<profile>', 'the compliance profile as JSON, or @file.json')
   .description(
     "replace the tenant's compliance profile (JSON or @file): regimes GDPR, SOX, HIPAA with retentionDays, dataRetentionDays, auditRetentionDays",
   )
@@ -297,8 +377,9 @@ tenant
 
 const workflow = program.command('workflow').description('start and follow workflows')
 workflow
-  .command('start <type>')
-  .description('start a workflow for a tenant')
+  .command('start')
+  .argument('<type>', 'workflow type, e.g. deploy-feature (one the registry defines)')
+  .description('start a workflow for a tenant and print its id (with --wait: the finished workflow)')
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--input <json>', 'workflow input as JSON, or @file.json')
   .option('--idempotency-key <key>', 'starting twice with the same key returns the first workflow')
@@ -319,6 +400,11 @@ workflow
     ) => {
       const input = await parseInput(opts.input)
       await withEngine(opts.registry, async (engine) => {
+        if (!engine.workflowTypes.includes(type)) {
+          throw new InvalidInputError(
+            `unknown workflow type "${type}" (known: ${engine.workflowTypes.join(', ') || 'none'})`,
+          )
+        }
         const handle = await engine.tenant(opts.tenant)
         const started = await handle.startWorkflow(type, input as never, {
           ...(opts.idempotencyKey ? { idempotencyKey: opts.idempotencyKey } : {}),
@@ -334,27 +420,68 @@ workflow
     },
   )
 workflow
-  .command('status <id>')
-  .description("print a workflow's status and tasks")
+  .command('status')
+  .argument('<id>', 'workflow id (UUID)')
+  .description("print a workflow's status and tasks as JSON")
   .requiredOption('--tenant <id>', 'tenant id')
-  .action(async (id: string, opts: { tenant: string }) => {
+  .action(async (raw: string, opts: { tenant: string }) => {
+    const id = requireUuid(raw, 'workflow id') // before connecting: a typo fails at once
     await withEngine(undefined, async (engine) =>
       print(await (await engine.tenant(opts.tenant)).getWorkflow(id)),
     )
   })
 workflow
-  .command('history <id>')
-  .description("print a workflow's audit trail in order")
+  .command('watch')
+  .argument('<id>', 'workflow id (UUID)')
+  .description(
+    "follow a workflow's tasks until it ends (a live task list on a terminal, one line per change otherwise); exit code 0 when it completed, 1 when it failed or was cancelled",
+  )
   .requiredOption('--tenant <id>', 'tenant id')
-  .action(async (id: string, opts: { tenant: string }) => {
+  .option('--interval <ms>', 'how often to poll, in milliseconds (default 250)', (v) => positiveInt(v))
+  .action(async (raw: string, opts: { tenant: string; interval?: number }) => {
+    const id = requireUuid(raw, 'workflow id')
+    const stop = new AbortController()
+    const interrupt = () => stop.abort()
+    process.once('SIGINT', interrupt)
+    process.once('SIGTERM', interrupt)
+    try {
+      const last = await withEngine(undefined, async (engine) => {
+        const handle = await engine.tenant(opts.tenant)
+        const tty = process.stdout.isTTY === true
+        return watchWorkflow(() => handle.getWorkflow(id), {
+          out: process.stdout,
+          tty,
+          color: tty && !process.env.NO_COLOR && process.env.TERM !== 'dumb',
+          columns: () => process.stdout.columns,
+          rows: () => process.stdout.rows,
+          intervalMs: opts.interval ?? 250,
+          signal: stop.signal,
+        })
+      })
+      // Interrupted: 130, as a shell reports a process ended by Ctrl-C.
+      process.exitCode = last.status === 'completed' ? 0 : last.status === 'running' ? 130 : 1
+    } finally {
+      process.off('SIGINT', interrupt)
+      process.off('SIGTERM', interrupt)
+    }
+  })
+workflow
+  .command('history')
+  .argument('<id>', 'workflow id (UUID)')
+  .description("print a workflow's audit trail in order, as JSON")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .action(async (raw: string, opts: { tenant: string }) => {
+    const id = requireUuid(raw, 'workflow id')
     await withEngine(undefined, async (engine) => print(await (await engine.tenant(opts.tenant)).history(id)))
   })
 workflow
-  .command('cancel <id>')
-  .description('cancel a running workflow')
+  .command('cancel')
+  .argument('<id>', 'workflow id (UUID)')
+  .description('cancel a running workflow: queued work is dropped, running agents are aborted')
   .requiredOption('--tenant <id>', 'tenant id')
-  .option('--reason <text>', 'why', 'cancelled from the command line')
-  .action(async (id: string, opts: { tenant: string; reason: string }) => {
+  .option('--reason <text>', 'why (recorded in the audit trail)', 'cancelled from the command line')
+  .action(async (raw: string, opts: { tenant: string; reason: string }) => {
+    const id = requireUuid(raw, 'workflow id')
     await withEngine(undefined, async (engine) =>
       print(
         await (await engine.tenant(opts.tenant)).cancelWorkflow(id, { reason: opts.reason, actor: 'cli' }),
@@ -515,9 +642,14 @@ function positiveInt(value: string): number {
 try {
   await program.parseAsync(process.argv)
 } catch (error) {
-  if (error instanceof EquilateralError) {
-    process.stderr.write(`equilateral: ${error.message}\n`)
-    process.exit(2)
-  }
-  throw error
+  // Every command's failure ends here, also those thrown inside withEngine (after it closed the
+  // engine and the database): one line and an exit code, see src/cli/errors.ts.
+  const level = process.env.LOG_LEVEL
+  process.exit(
+    reportError(error, {
+      write: (text) => process.stderr.write(text),
+      alreadyPrinted: commanderPrinted,
+      verbose: level === 'debug' || level === 'trace',
+    }),
+  )
 }
