@@ -5,19 +5,19 @@
 // interrupted run resumes where it stopped. Concurrent migrators (two `release` steps, a test and a
 // CLI) serialise on a session advisory lock; tenant creation takes the same lock shared, so a new
 // tenant schema is never created half-way through a migration.
-import { fileURLToPath } from 'node:url'
 import { drizzle } from 'drizzle-orm/node-postgres'
 import { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator'
 import { type MigrationMeta, readMigrationFiles } from 'drizzle-orm/migrator'
 import pg from 'pg'
 import { PgBoss } from 'pg-boss'
+import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 
 export const migrationsFolder = {
-  control: fileURLToPath(new URL('../../drizzle/control', import.meta.url)),
-  tenant: fileURLToPath(new URL('../../drizzle/tenant', import.meta.url)),
+  control: packagePath('drizzle', 'control'),
+  tenant: packagePath('drizzle', 'tenant'),
 }
 
 export interface MigrateOptions {

@@ -30,7 +30,7 @@ async function exported(): Promise<Map<string, Set<string>>> {
     const declared = (metrics.registry.getSingleMetric(m.name) as unknown as { labelNames?: string[] })
       .labelNames
     const labels = new Set([...scrapeLabels, ...(declared ?? [])])
-    if (m.type === 'histogram') {
+    if (String(m.type) === 'histogram') {
       names.set(`${m.name}_bucket`, new Set([...labels, 'le']))
       names.set(`${m.name}_sum`, labels)
       names.set(`${m.name}_count`, labels)

@@ -33,7 +33,7 @@ const shaky = defineAgent({
       failedOnce = true
       throw new Error('upstream timed out')
     }
-    return { total: ctx.results.read }
+    return { total: ctx.results.read ?? null }
   },
 })
 const flow = defineWorkflow({
