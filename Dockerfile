@@ -27,10 +27,8 @@ RUN npm ci --omit=dev --omit=optional --ignore-scripts && npm cache clean --forc
 COPY --from=build /app/dist ./dist
 COPY bin ./bin
 COPY examples ./examples
+# The migrations sit beside package.json, where src/paths.ts looks for the package root.
 COPY drizzle ./drizzle
-# The compiled migrator (dist/src/db/migrate.js) looks for its SQL at ../../drizzle from its own
-# file, that is dist/drizzle; a copy there keeps `migrate` working from the build.
-COPY drizzle ./dist/drizzle
 USER node
 EXPOSE 3000 9464
 ENTRYPOINT ["node", "bin/equilateral.js"]

@@ -247,14 +247,15 @@ describe('Dockerfile', () => {
   })
 
   it('puts the SQL migrations where the compiled migrator looks for them', () => {
-    // migrate.ts resolves its folder relative to its own file; compiled, that file is dist/src/db.
-    const relative = path.relative(path.join(root, 'src/db'), path.dirname(migrationsFolder.control))
-    const wanted = path.posix.resolve(workdir, 'dist/src/db', relative)
-    const destinations = instructions('COPY')
-      .map((args) => args.split(/\s+/))
-      .filter((args) => args.slice(0, -1).some((source) => /^(\.\/)?drizzle\/?$/.test(source)))
-      .map((args) => path.posix.resolve(workdir, args.at(-1)!))
-    expect(destinations).toContain(wanted)
+    // src/paths.ts finds the package root (package.json beside drizzle/), wherever the code runs.
+    expect(path.relative(root, path.dirname(migrationsFolder.control))).toBe('drizzle')
+    const copies = instructions('COPY').map((args) => args.split(/\s+/))
+    const destination = (pattern: RegExp) =>
+      copies
+        .filter((args) => args.slice(0, -1).some((source) => pattern.test(source)))
+        .map((args) => path.posix.resolve(workdir, args.at(-1)!))
+    expect(destination(/^(\.\/)?drizzle\/?$/)).toEqual([path.posix.resolve(workdir, 'drizzle')])
+    expect(destination(/^package\.json$/)).toContain(path.posix.resolve(workdir))
   })
 
   it('keeps host builds and data out of the build context', () => {
