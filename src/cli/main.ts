@@ -15,6 +15,7 @@ import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { createLogger } from '../log.ts'
+import { startMetricsServer } from '../metrics-server.ts'
 import { buildApp } from '../web/app.ts'
 import { startWeb } from '../web/server.ts'
 import {
@@ -181,7 +182,13 @@ program
     await engine.startRetention()
     const enterprise = new EnterpriseOrchestrator(engine)
     await enterprise.work()
+    const metrics =
+      config.metricsPort > 0
+        ? await startMetricsServer(engine.metrics, { port: config.metricsPort, log })
+        : undefined
+    if (metrics) log.info({ port: metrics.port }, 'worker: metrics on /metrics')
     await runUntilSignal(log, async () => {
+      await metrics?.close()
       await enterprise.stop()
       await engine.close()
       await db.stop()
