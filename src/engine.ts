@@ -4,6 +4,18 @@
 import pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
+import {
+  type AdminStatsReport,
+  mergeTallies,
+  reportOf,
+  resolveWindow,
+  type StatsReport,
+  type StatsTallies,
+  statsTallies,
+  type StatsWindowInput,
+  type TenantStatsSection,
+  tenantStats,
+} from './analytics.ts'
 import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from './audit/seal.ts'
 import { type ErasureReport, eraseSubject, eraseTenant } from './compliance/erasure.ts'
 import type { ComplianceProfile } from './compliance/profile.ts'
@@ -431,6 +443,25 @@ export class Engine {
   }
 
   /**
+   * Workflow and agent performance over a window (default: the last 24 hours) for the admin: a
+   * section per tenant (suspended ones too) with anything in the window, and all-tenant totals of
+   * the additive figures (counts, averages from sums, maxima). Percentiles are in the tenant
+   * sections only: percentiles of different tenants cannot be combined. One transaction per tenant.
+   */
+  async stats(window: StatsWindowInput = {}): Promise<AdminStatsReport> {
+    const w = resolveWindow(window)
+    const tenants: TenantStatsSection[] = []
+    const tallies: StatsTallies[] = []
+    for await (const scope of this.tenants.all()) {
+      const t = await withTenantTx(this.pool, scope, (db) => statsTallies(db, scope.tenantId, w))
+      if (t.workflows.length === 0 && t.agents.length === 0) continue
+      tallies.push(t)
+      tenants.push({ tenantId: scope.tenantId, ...reportOf(t) })
+    }
+    return { window: w, tenants, totals: mergeTallies(tallies) }
+  }
+
+  /**
    * Rewrites stored payloads (every tenant's, suspended ones too, or one tenant's) that are plain or
    * under another key, under the active key; in pages of `batchSize` rows, resumable.
    */
@@ -629,6 +660,15 @@ export class TenantHandle {
         nextCursor: rows.length > limit && last ? encodeCursor(last.cursor_at, last.id) : null,
       }
     })
+  }
+
+  /**
+   * The tenant's workflow performance per type and agent performance per agent over a window
+   * (default: the last 24 hours; see src/analytics.ts for what each figure counts).
+   */
+  async stats(window: StatsWindowInput = {}): Promise<StatsReport> {
+    const w = resolveWindow(window)
+    return withTenantTx(this.#engine.pool, this.scope, (db) => tenantStats(db, this.scope.tenantId, w))
   }
 
   /** Decrypts the input and results; a missing or wrong key throws EncryptionError. */

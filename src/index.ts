@@ -10,6 +10,16 @@ export type {
   WorkflowPage,
   WorkflowSummary,
 } from './engine.ts'
+export type {
+  AdminStatsReport,
+  AgentStats,
+  StatsReport,
+  StatsWindow,
+  StatsWindowInput,
+  TenantStatsSection,
+  WorkflowTypeStats,
+  WorkflowTypeTotals,
+} from './analytics.ts'
 export { buildApp, type AppOptions } from './web/app.ts'
 export { startWeb, type WebServer } from './web/server.ts'
 export { defineAgent, defineWorkflow } from './core/definition.ts'
