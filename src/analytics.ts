@@ -143,8 +143,9 @@ export function resolveWindow(input: StatsWindowInput = {}, now: Date = new Date
   return { since, until }
 }
 
-// Served by workflows_window_idx (tenant_id, created_at) INCLUDE (type, status, completed_at): an
-// index-only range scan of the window. percentile_cont ignores the NULL durations of running ones.
+// A range scan of workflows_recent_idx (tenant_id, created_at desc, id desc) plus the window's heap
+// rows; date_part (float8) rather than extract (numeric) is a quarter cheaper per row.
+// percentile_cont ignores the NULL durations of running workflows.
 const WORKFLOW_SQL = `
 SELECT type,
   count(*)::int AS executions,
@@ -164,8 +165,9 @@ FROM (
 GROUP BY type
 ORDER BY type COLLATE "C"`
 
-// Served by agent_coordination_finished_idx (tenant_id, completed_at) INCLUDE (...) WHERE status
-// IN ('completed', 'failed'): an index-only range scan of the window.
+// An index-only range scan of agent_coordination_finished_idx (tenant_id, completed_at, agent_id,
+// status, attempt, queued_at, started_at) WHERE status IN ('completed', 'failed'): the query
+// repeats the index's predicate, so the planner can prove the partial index applies.
 const AGENT_SQL = `
 SELECT agent_id AS agent,
   count(*) FILTER (WHERE status = 'completed')::int AS completed,
@@ -186,7 +188,7 @@ FROM (
 GROUP BY agent_id
 ORDER BY agent_id COLLATE "C"`
 
-/** Per workflow type, the tenant's workflows started in the window (two indexes, one statement). */
+/** Per workflow type, the tenant's workflows started in the window. */
 export async function workflowTallies(
   db: Db,
   tenantId: string,
