@@ -10,6 +10,7 @@ import type { WorkflowStatus } from '../core/task-state.ts'
 import type { Engine, TenantHandle } from '../engine.ts'
 import { HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
+import { registerUi } from './ui.ts'
 
 export interface AppOptions {
   /** Bearer token of the admin API; undefined disables it (503). Defaults to the engine's config. */
@@ -182,6 +183,7 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     return reply.type(contentType).send(body)
   })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  registerUi(app)
 
   return app
 }
