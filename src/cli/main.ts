@@ -279,6 +279,11 @@ program
         ...(process.env.HOST ? {} : { host: '127.0.0.1' }),
         ...(opts.port === undefined ? {} : { port: opts.port }),
         adminToken,
+      }).catch((error: unknown) => {
+        if ((error as { code?: string }).code !== 'EADDRINUSE') throw error
+        throw Object.assign(new Error(`${(error as Error).message}: set PORT (or --port) to a free port`), {
+          code: 'EADDRINUSE',
+        })
       })
       started.push({ name: 'the web server', stop: () => server.close() })
 
