@@ -8,6 +8,7 @@ import { extname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import type { FastifyInstance, RawServerDefault } from 'fastify'
 import type { Logger } from 'pino'
+import { packagePath } from '../paths.ts'
 import { problem, sendProblem } from './problems.ts'
 
 const CONTENT_TYPES: Record<string, string> = {
@@ -38,12 +39,12 @@ interface Asset {
 
 /**
  * Where the page's files are: beside this module (src/web/ui/ when running the sources, or
- * dist/src/web/ui/ when the build was given a copy), else in the package's src/ (tsc does not copy
- * non-TypeScript files into dist/).
+ * dist/src/web/ui/ when the build was given a copy), else under the package root's src/web/ui/
+ * (tsc does not copy non-TypeScript files into dist/).
  */
 export function uiDirectory(): string | undefined {
-  const candidates = [new URL('./ui/', import.meta.url), new URL('../../../src/web/ui/', import.meta.url)]
-  return candidates.map((u) => fileURLToPath(u)).find((dir) => existsSync(join(dir, 'index.html')))
+  const candidates = [fileURLToPath(new URL('./ui/', import.meta.url)), packagePath('src', 'web', 'ui')]
+  return candidates.find((dir) => existsSync(join(dir, 'index.html')))
 }
 
 function loadAssets(dir: string): Map<string, Asset> {
@@ -62,7 +63,7 @@ function loadAssets(dir: string): Map<string, Asset> {
 export function registerUi(app: FastifyInstance<RawServerDefault, any, any, Logger>): void {
   const dir = uiDirectory()
   if (!dir) {
-    app.log.warn('the web page (/ui/) is not served: copy src/web/ui/ beside the build, to dist/src/web/ui/')
+    app.log.warn('the web page (/ui/) is not served: src/web/ui/ is not in the package')
     return
   }
   const assets = loadAssets(dir)
