@@ -147,6 +147,7 @@ export function devBanner(o: BannerOptions): string[] {
     'equilateral-agents dev: migrated; the HTTP API, a worker, the sweeper and retention are running.',
     `  database:     ${o.database}`,
     `  API:          ${o.url}   (OpenAPI document: ${o.url}/openapi.json)`,
+    `  web page:     ${o.url}/ui/   (sign in with the API key below)`,
     `  tenant:       ${DEMO_TENANT}`,
     `  API key:      ${o.apiKey}   (${keyNote})`,
     o.adminToken.generated
