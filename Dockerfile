@@ -25,6 +25,8 @@ COPY package.json package-lock.json ./
 # DATABASE_URL, which a container always has. --ignore-scripts: no `prepare` build here.
 RUN npm ci --omit=dev --omit=optional --ignore-scripts && npm cache clean --force
 COPY --from=build /app/dist ./dist
+# The web page's static files (tsc copies no assets) go beside their compiled module, dist/src/web.
+COPY src/web/ui ./dist/src/web/ui
 COPY bin ./bin
 COPY examples ./examples
 # The migrations sit beside package.json, where src/paths.ts looks for the package root.

@@ -18,7 +18,7 @@
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
 import { randomUUID } from 'node:crypto'
-import { isUuid } from './core/ids.ts'
+import { isUuid, UUID } from './core/ids.ts'
 import { assertStorableJson, type Json } from './core/json.ts'
 import { taskData } from './core/plan.ts'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/control.ts'
@@ -230,7 +230,7 @@ export class EnterpriseOrchestrator {
 
   /** The run and its members, as recorded now. */
   async get(runId: string): Promise<EnterpriseRunView> {
-    if (!isUuid(runId)) throw new NotFoundError(`enterprise run ${runId}`)
+    if (!UUID.test(runId)) throw new NotFoundError(`enterprise run ${runId}`)
     const { rows } = await this.#engine.pool.query(
       `SELECT id, workflow_type, status, summary, created_at, completed_at FROM ${RUNS} WHERE id = $1`,
       [runId],
