@@ -172,6 +172,22 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     async (request) => ({ id: request.params.id, apiKey: await engine.rotateApiKey(request.params.id) }),
   )
 
+  // --- analytics (tenant key: that tenant; admin token: every tenant) --------------------------
+  app.get<{ Querystring: { since?: string; until?: string } }>(
+    '/v1/stats',
+    { schema: routes.stats },
+    async (request) => {
+      const window = {
+        ...(request.query.since ? { since: new Date(request.query.since) } : {}),
+        ...(request.query.until ? { until: new Date(request.query.until) } : {}),
+      }
+      const token = bearerToken(request)
+      if (adminToken && token && sameSecret(token, adminToken)) return engine.stats(window)
+      await tenantAuth(request)
+      return tenantOf(request).stats(window)
+    },
+  )
+
   // --- operations -------------------------------------------------------------------------------
   app.get('/healthz', { schema: routes.healthz }, async () => ({ status: 'ok' }))
   app.get('/readyz', { schema: routes.readyz }, async (_request, reply) => {

@@ -7,6 +7,7 @@ const json = { description: 'any JSON value' }
 const dateTime = { type: 'string', format: 'date-time' } as const
 const nullableDateTime = { type: ['string', 'null'], format: 'date-time' } as const
 const uuid = { type: 'string', format: 'uuid' } as const
+const seconds = { type: ['number', 'null'], description: 'seconds; null without data' } as const
 
 export const sharedSchemas = [
   {
@@ -108,6 +109,37 @@ export const sharedSchemas = [
       schema: { type: ['string', 'null'] },
       complianceProfile: { type: 'object', additionalProperties: true },
       createdAt: dateTime,
+    },
+  },
+  {
+    $id: 'WorkflowTypeStats',
+    type: 'object',
+    required: ['type', 'executions', 'completed', 'failed', 'cancelled', 'running'],
+    properties: {
+      type: { type: 'string' },
+      executions: { type: 'integer', description: 'workflows of this type started in the window' },
+      completed: { type: 'integer' },
+      failed: { type: 'integer' },
+      cancelled: { type: 'integer' },
+      running: { type: 'integer' },
+      avgSeconds: seconds,
+      p50Seconds: seconds,
+      p95Seconds: seconds,
+      p99Seconds: seconds,
+    },
+  },
+  {
+    $id: 'AgentStats',
+    type: 'object',
+    required: ['agent', 'completed', 'failed', 'retried'],
+    properties: {
+      agent: { type: 'string' },
+      completed: { type: 'integer' },
+      failed: { type: 'integer' },
+      retried: { type: 'integer', description: "dispatches beyond each task's first" },
+      avgSeconds: seconds,
+      maxSeconds: seconds,
+      avgQueueWaitSeconds: seconds,
     },
   },
   {
@@ -348,6 +380,57 @@ export const routes = {
         properties: { id: { type: 'string' }, apiKey: { type: 'string' } },
       },
       ...problems(401, 404, 503),
+    },
+  },
+  stats: {
+    tags: ['analytics'],
+    summary: 'Workflow and agent performance over a window',
+    description:
+      "With a tenant key: that tenant's report (percentiles included). With the admin token: a section per tenant with activity, and all-tenant totals of counts, averages and maxima. The window defaults to the last 24 hours; since is inclusive, until exclusive.",
+    security: [...bearer, ...admin],
+    querystring: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        since: { type: 'string', format: 'date-time' },
+        until: { type: 'string', format: 'date-time' },
+      },
+    },
+    response: {
+      200: {
+        description: "the tenant's report, or the admin report (tenants and totals)",
+        type: 'object',
+        required: ['window'],
+        properties: {
+          window: {
+            type: 'object',
+            required: ['since', 'until'],
+            properties: { since: dateTime, until: dateTime },
+          },
+          workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
+          agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+          tenants: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: ['tenantId', 'workflows', 'agents'],
+              properties: {
+                tenantId: { type: 'string' },
+                workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
+                agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+              },
+            },
+          },
+          totals: {
+            type: 'object',
+            properties: {
+              workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
+              agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+            },
+          },
+        },
+      },
+      ...problems(400, 401, 403, 422),
     },
   },
   healthz: {

@@ -413,6 +413,7 @@ describe('operations endpoints', () => {
       '/v1/admin/tenants/{id}/resume',
       '/v1/admin/tenants/{id}/rotate-key',
       '/v1/admin/tenants/{id}/suspend',
+      '/v1/stats',
       '/v1/workflows',
       '/v1/workflows/{id}',
       '/v1/workflows/{id}/audit',
@@ -435,5 +436,41 @@ describe('operations endpoints', () => {
       for (const e of engines) await e.close()
       await empty.drop()
     }
+  })
+})
+
+describe('analytics over HTTP', () => {
+  it("gives a tenant its own figures, the admin every tenant's, and refuses a bad window", async () => {
+    const mine = await call('GET', '/v1/workflows?type=diamond&limit=200')
+    const stats = await call('GET', '/v1/stats')
+    expect(stats.status).toBe(200)
+    const diamond = stats.body.workflows.find((w: any) => w.type === 'diamond')
+    expect(diamond.executions).toBe(mine.body.workflows.length)
+    expect(diamond.completed).toBe(mine.body.workflows.filter((w: any) => w.status === 'completed').length)
+    expect(stats.body.agents.map((a: any) => a.agent)).toEqual(expect.arrayContaining(['double', 'sum']))
+    expect(stats.body).not.toHaveProperty('tenants')
+
+    const admin = await call('GET', '/v1/stats', { key: ADMIN_TOKEN })
+    expect(admin.status).toBe(200)
+    expect(admin.body.tenants.map((t: any) => t.tenantId)).toEqual(expect.arrayContaining(['acme', 'globex']))
+    const totals = admin.body.totals.workflows.find((w: any) => w.type === 'diamond')
+    const perTenant = admin.body.tenants.flatMap((t: any) =>
+      t.workflows.filter((w: any) => w.type === 'diamond'),
+    )
+    expect(totals.executions).toBe(perTenant.reduce((n: number, w: any) => n + w.executions, 0))
+
+    const future = new Date(Date.now() + 3600_000).toISOString()
+    const empty = await call('GET', '/v1/stats?since=2000-01-01T00:00:00Z&until=2000-01-02T00:00:00Z')
+    expect(empty.body).toMatchObject({ workflows: [], agents: [] })
+    expectProblem(await call('GET', '/v1/stats?since=yesterday'), 400, 'invalid_request')
+    expectProblem(
+      await call(
+        'GET',
+        `/v1/stats?since=${encodeURIComponent(future)}&until=${encodeURIComponent(new Date().toISOString())}`,
+      ),
+      422,
+      'invalid_input',
+    )
+    expectProblem(await call('GET', '/v1/stats', { key: 'eq_wrong' }), 401, 'unauthorized')
   })
 })
