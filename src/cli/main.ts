@@ -585,6 +585,25 @@ program
   })
 
 program
+  .command('stats')
+  .description(
+    "workflow performance per type and agent performance per agent over a window: one tenant's, or every tenant's with totals",
+  )
+  .option('--tenant <id>', 'one tenant, with percentiles (default: every tenant, and all-tenant totals)')
+  .option('--since <time>', 'window start, ISO 8601, inclusive (default: 24 hours before --until)', (v) =>
+    isoTime(v, '--since'),
+  )
+  .option('--until <time>', 'window end, ISO 8601, exclusive (default: now)', (v) => isoTime(v, '--until'))
+  .action(async (opts: { tenant?: string; since?: Date; until?: Date }) => {
+    const window = { since: opts.since, until: opts.until }
+    await withEngine(undefined, async (engine) =>
+      print(
+        opts.tenant ? await (await engine.tenant(opts.tenant)).stats(window) : await engine.stats(window),
+      ),
+    )
+  })
+
+program
   .command('sweep')
   .description('run the stale-task sweeper once and print what it did')
   .action(async () => {
@@ -643,6 +662,12 @@ function port(value: string): number {
   const n = Number(value)
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('must be a port number')
   return n
+}
+
+function isoTime(value: string, option: string): Date {
+  const at = new Date(value)
+  if (Number.isNaN(at.getTime())) throw new InvalidArgumentError(`${option} must be an ISO 8601 time`)
+  return at
 }
 
 function positiveInt(value: string): number {

@@ -37,6 +37,7 @@ const COMMANDS = [
   'retention purge',
   'erase',
   'openapi',
+  'stats',
   'sweep',
   'reencrypt',
 ]
@@ -203,6 +204,19 @@ describe('a workflow from the command line', () => {
       /^workflow \S+ failed in \S+: 2\/3 tasks completed \(2 completed, 1 failed\)$/,
     )
     expect(lines.at(-1)).toMatch(/^ {2}task deploy \(deployer\) failed: PermanentError: deploy blocked/)
+  })
+
+  it("stats reports the tenant's workflows and agents over the window", async () => {
+    const stats = json(await run(['stats', '--tenant', 'acme']))
+    const deploy = stats.workflows.find((w: { type: string }) => w.type === 'deploy-feature')
+    expect(deploy).toMatchObject({ completed: 1, failed: 1 })
+    expect(stats.agents.map((a: { agent: string }) => a.agent).sort()).toEqual([
+      'deployer',
+      'security-reviewer',
+      'test-runner',
+    ])
+    const all = json(await run(['stats']))
+    expect(all.tenants.map((t: { tenantId: string }) => t.tenantId)).toContain('acme')
   })
 
   it('audit seal, then audit verify reports the chain intact', async () => {
