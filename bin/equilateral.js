@@ -3,10 +3,14 @@
 // (>= 22.18) it runs the sources directly, so `npm start` never runs a stale build; otherwise it runs
 // the compiled output that `npm install` (the `prepare` script) builds into dist/.
 import { existsSync } from 'node:fs'
+import module from 'node:module'
 import { fileURLToPath } from 'node:url'
 
 const source = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url))
 const built = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url))
+
+// Caches compiled modules on disk (Node >= 22.1): every command loads the whole engine.
+module.enableCompileCache?.()
 
 if (process.features.typescript && existsSync(source)) {
   await import(source)

@@ -182,7 +182,8 @@ export class Engine {
       supervise: options.supervise ?? true,
       schedule: options.supervise ?? true,
     })
-    this.boss.on('error', (error) => this.log.warn({ err: error }, 'pg-boss error'))
+    // pg attaches its whole client to connection errors: log the message and code, not the client.
+    this.boss.on('error', (error) => this.log.warn(connectionError(error), 'pg-boss error'))
     this.tenants = new TenantDirectory(this.pool)
     this.metrics = new Metrics({ tenantLabel: this.config.metricsTenantLabel })
     this.metrics.observeResources(this.pool, this.boss)
