@@ -237,7 +237,8 @@ program
   .option('--port <n>', 'port of the HTTP API (default PORT or 3000)', (v) => port(v))
   .action(async (opts: { registry?: string; port?: number }) => {
     const config = loadConfig()
-    const log = createLogger(config.logLevel)
+    // Readable lines on a terminal (dev only); JSON when piped, as in production.
+    const log = createLogger(config.logLevel, { pretty: process.stdout.isTTY })
     // Everything started so far, stopped in reverse order at shutdown or when a later step fails.
     const started: { name: string; stop: () => Promise<void> }[] = []
     const stopAll = async () => {
