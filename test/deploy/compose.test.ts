@@ -10,13 +10,9 @@ import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import { parse } from 'yaml'
 import { migrationsFolder } from '../../src/db/migrate.ts'
+import { inCi, runs } from '../helpers/tools.ts'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
-const inCi = Boolean(process.env.CI)
-
-function runs(command: string, args: string[]): boolean {
-  return spawnSync(command, args, { stdio: 'ignore' }).status === 0
-}
 const hasCompose = runs('docker-compose', ['version'])
 const hasPromtool = runs('promtool', ['--version'])
 

@@ -1,6 +1,7 @@
 // Reading a Prometheus text exposition in tests: samples by `name{labels}`, and promtool when the
 // machine has it (Debian's `prometheus` package; CI installs it).
 import { spawnSync } from 'node:child_process'
+import { runs } from './tools.ts'
 
 export type Samples = Map<string, number>
 
@@ -30,7 +31,7 @@ export function sample(samples: Samples, name: string, labels: Record<string, st
 }
 
 export function hasPromtool(): boolean {
-  return spawnSync('promtool', ['--version'], { stdio: 'ignore' }).status === 0
+  return runs('promtool', ['--version'])
 }
 
 /** Runs promtool with `input` on stdin; returns its exit status and output. */
@@ -38,7 +39,3 @@ export function promtool(args: string[], input?: string): { status: number | nul
   const r = spawnSync('promtool', args, { input, encoding: 'utf8' })
   return { status: r.status, output: `${r.stdout}${r.stderr}` }
 }
-
-/** CI installs the tools; elsewhere a missing one skips (with the reason), never silently passes. */
-export const requireTools =
-  process.env.CI !== undefined && process.env.CI !== '' && process.env.CI !== 'false'

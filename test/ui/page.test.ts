@@ -12,10 +12,11 @@ import { defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
 import { startWeb } from '../../src/web/server.ts'
 import { UI_CSP } from '../../src/web/ui.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
+import { inCi } from '../helpers/tools.ts'
 
 const CHROMIUM = process.env.CHROMIUM_PATH ?? '/usr/bin/chromium'
 const haveChromium = existsSync(CHROMIUM)
-if (!haveChromium && process.env.CI) {
+if (!haveChromium && inCi) {
   throw new Error(`${CHROMIUM} is missing: CI must install Debian's chromium (apt-get install -y chromium)`)
 }
 const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url))
