@@ -162,7 +162,8 @@ export class Engine {
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
   readonly #workers = new Set<Worker>()
   #sweepTimer: NodeJS.Timeout | null = null
-  readonly #latestMigrations = latestMigrations()
+  /** Read from the migration files on the first readiness check, not at every process start. */
+  #latestMigrations: ReturnType<typeof latestMigrations> | undefined
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
@@ -538,7 +539,7 @@ export class Engine {
         ),
         timeout,
       ])
-      const want = this.#latestMigrations
+      const want = (this.#latestMigrations ??= latestMigrations())
       const control = Number(rows[0]?.control ?? 0)
       const tenant = Number(rows[0]?.tenant ?? 0)
       const pending = control < want.control || tenant < want.tenant

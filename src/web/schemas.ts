@@ -170,6 +170,27 @@ const tenantParams = {
   properties: { id: { type: 'string', maxLength: 63 } },
 } as const
 
+const startResult = {
+  type: 'object',
+  required: ['id', 'status', 'created'],
+  properties: {
+    id: uuid,
+    status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
+    created: { type: 'boolean' },
+  },
+} as const
+
+const tenantStatus = {
+  type: 'object',
+  properties: { id: { type: 'string' }, status: { type: 'string' } },
+} as const
+
+/** A tenant's figures in a stats report (the tenant's own, a section of the admin's, the totals). */
+const statsFigures = {
+  workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
+  agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+} as const
+
 const bearer = [{ tenantKey: [] }]
 const admin = [{ adminToken: [] }]
 
@@ -197,25 +218,10 @@ export const routes = {
       },
     },
     response: {
-      201: {
-        description: 'started',
-        type: 'object',
-        required: ['id', 'status', 'created'],
-        properties: {
-          id: uuid,
-          status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
-          created: { type: 'boolean' },
-        },
-      },
+      201: { description: 'started', ...startResult },
       200: {
         description: 'the workflow an earlier request with the same idempotencyKey started',
-        type: 'object',
-        required: ['id', 'status', 'created'],
-        properties: {
-          id: uuid,
-          status: { type: 'string', enum: [...WORKFLOW_STATUSES] },
-          created: { type: 'boolean' },
-        },
+        ...startResult,
       },
       ...problems(400, 401, 403, 409, 413, 415, 422),
     },
@@ -345,11 +351,7 @@ export const routes = {
     security: admin,
     params: tenantParams,
     response: {
-      200: {
-        description: 'suspended',
-        type: 'object',
-        properties: { id: { type: 'string' }, status: { type: 'string' } },
-      },
+      200: { description: 'suspended', ...tenantStatus },
       ...problems(401, 404, 503),
     },
   },
@@ -359,11 +361,7 @@ export const routes = {
     security: admin,
     params: tenantParams,
     response: {
-      200: {
-        description: 'active again',
-        type: 'object',
-        properties: { id: { type: 'string' }, status: { type: 'string' } },
-      },
+      200: { description: 'active again', ...tenantStatus },
       ...problems(401, 404, 503),
     },
   },
@@ -407,26 +405,18 @@ export const routes = {
             required: ['since', 'until'],
             properties: { since: dateTime, until: dateTime },
           },
-          workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
-          agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+          ...statsFigures,
           tenants: {
             type: 'array',
             items: {
               type: 'object',
               required: ['tenantId', 'workflows', 'agents'],
-              properties: {
-                tenantId: { type: 'string' },
-                workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
-                agents: { type: 'array', items: { $ref: 'AgentStats#' } },
-              },
+              properties: { tenantId: { type: 'string' }, ...statsFigures },
             },
           },
           totals: {
             type: 'object',
-            properties: {
-              workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
-              agents: { type: 'array', items: { $ref: 'AgentStats#' } },
-            },
+            properties: statsFigures,
           },
         },
       },

@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { afterAll } from 'vitest'
+import { eventually } from '../helpers/engine.ts'
 
 export const ROOT = fileURLToPath(new URL('../..', import.meta.url))
 const BIN = fileURLToPath(new URL('../../bin/equilateral.js', import.meta.url))
@@ -98,17 +99,11 @@ export function stop(child: ChildProcess, signal: NodeJS.Signals, graceMs: numbe
   })
 }
 
-/** Polls until `check` returns a value (not undefined) or the time runs out. */
-export async function until<T>(
+/** Polls until `check` returns a value (not undefined); a timeout names what was awaited. */
+export function until<T>(
   what: string,
   check: () => T | undefined | Promise<T | undefined>,
   timeoutMs = 30_000,
 ): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
+  return eventually(check, timeoutMs, 50, what)
 }

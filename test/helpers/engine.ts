@@ -43,15 +43,16 @@ export async function testEngine(options: {
 
 /** Polls until `check` returns a value (not undefined) or the time runs out. */
 export async function eventually<T>(
-  check: () => Promise<T | undefined>,
+  check: () => T | undefined | Promise<T | undefined>,
   timeoutMs = 20_000,
   everyMs = 25,
+  what = 'condition',
 ): Promise<T> {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const value = await check()
     if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`condition not met within ${timeoutMs} ms`)
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`)
     await new Promise((r) => setTimeout(r, everyMs))
   }
 }

@@ -5,55 +5,26 @@ import { readFile } from 'node:fs/promises'
 import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
-import { defineAgent, defineWorkflow, Engine } from '../../src/index.ts'
+import { defineWorkflow, Engine } from '../../src/index.ts'
 import { startWeb } from '../../src/web/server.ts'
 import { createTestDatabase } from '../helpers/db.ts'
+import { double, diamond, heldAgent, sum } from '../fixtures/workflows.ts'
 import { eventually, testEngine } from '../helpers/engine.ts'
 
 const ADMIN_TOKEN = 'test-admin-token-0123456789'
 
-let release: () => void = () => {}
-const gate = new Promise<void>((resolve) => {
-  release = resolve
-})
-const double = defineAgent({
-  id: 'double',
-  handler: async (ctx) => {
-    const from = (ctx.data as { n?: number } | null) ?? (ctx.results.a as { n: number })
-    return { n: (from.n ?? 1) * 2 }
-  },
-})
-const sum = defineAgent({
-  id: 'sum',
-  handler: async (ctx) => ({ total: Object.keys(ctx.results).length }),
-})
-const waits = defineAgent({
-  id: 'waits',
-  handler: async (ctx) => {
-    await Promise.race([gate, new Promise((r) => ctx.signal.addEventListener('abort', r))])
-    return null
-  },
-})
-const diamond = defineWorkflow<{ n: number }>({
-  name: 'diamond',
-  tasks: [
-    { key: 'a', agent: double, data: (input) => ({ n: input.n }) },
-    { key: 'b', agent: double, dependsOn: ['a'] },
-    { key: 'c', agent: double, dependsOn: ['a'] },
-    { key: 'd', agent: sum, dependsOn: ['b', 'c'] },
-  ],
-})
-const slow = defineWorkflow({ name: 'slow', tasks: [{ key: 'wait', agent: waits }] })
+const waits = heldAgent('waits')
+const slow = defineWorkflow({ name: 'slow', tasks: [{ key: 'wait', agent: waits.agent }] })
 
 const { engine, db } = await testEngine({
-  agents: [double, sum, waits],
+  agents: [double, sum, waits.agent],
   workflows: [diamond, slow],
   config: { maxPayloadBytes: 4096 },
 })
 await engine.startWorker()
 const web = await startWeb(engine, { port: 0, host: '127.0.0.1', adminToken: ADMIN_TOKEN })
 afterAll(async () => {
-  release()
+  waits.release()
   await web.close()
 })
 const acmeKey = (await engine.createTenant({ id: 'acme' })).apiKey

@@ -7,12 +7,11 @@ import { defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
 import { Metrics } from '../../src/metrics.ts'
 import { startMetricsServer } from '../../src/metrics-server.ts'
 import { startWeb } from '../../src/web/server.ts'
+import { heldAgent } from '../fixtures/workflows.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { hasPromtool, parseExposition, promtool, sample } from '../helpers/prometheus.ts'
 import { inCi } from '../helpers/tools.ts'
 
-let release: () => void = () => {}
-const gate = new Promise<void>((resolve) => (release = resolve))
 const flakyAttempts = new Map<string, number>()
 
 const ok = defineAgent({ id: 'ok', handler: async () => ({ fine: true }) })
@@ -31,13 +30,7 @@ const broken = defineAgent({
     throw new PermanentError('cannot do this')
   },
 })
-const blocked = defineAgent({
-  id: 'blocked',
-  handler: async (ctx) => {
-    await Promise.race([gate, new Promise((r) => ctx.signal.addEventListener('abort', r))])
-    return null
-  },
-})
+const blocked = heldAgent('blocked')
 const diamond = defineWorkflow({
   name: 'diamond',
   tasks: [
@@ -58,17 +51,17 @@ const doomed = defineWorkflow({
     { key: 'after', agent: ok, dependsOn: ['x'] },
   ],
 })
-const waiting = defineWorkflow({ name: 'waiting', tasks: [{ key: 'x', agent: blocked }] })
+const waiting = defineWorkflow({ name: 'waiting', tasks: [{ key: 'x', agent: blocked.agent }] })
 
 const { engine } = await testEngine({
-  agents: [ok, flaky, broken, blocked],
+  agents: [ok, flaky, broken, blocked.agent],
   workflows: [diamond, retried, doomed, waiting],
 })
 await engine.startWorker()
 const web = await startWeb(engine, { port: 0, host: '127.0.0.1' })
 const listener = await startMetricsServer(engine.metrics, { port: 0, host: '127.0.0.1' })
 afterAll(async () => {
-  release()
+  blocked.release()
   await listener.close()
   await web.close()
 })

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
 import { startWeb } from '../../src/web/server.ts'
 import { UI_CSP } from '../../src/web/ui.ts'
+import { diamond, double, heldAgent, sum } from '../fixtures/workflows.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 import { inCi } from '../helpers/tools.ts'
 
@@ -23,18 +24,6 @@ const ARTIFACTS = fileURLToPath(new URL('../../test-artifacts/', import.meta.url
 // A string that would run if the page ever parsed API data as HTML.
 const HOSTILE = '<img src=x onerror="window.__pwned=1"> is not valid input'
 
-let release: () => void = () => {}
-const gate = new Promise<void>((resolve) => {
-  release = resolve
-})
-const double = defineAgent({
-  id: 'double',
-  handler: async (ctx) => {
-    const from = (ctx.data as { n?: number } | null) ?? (ctx.results.a as { n: number })
-    return { n: (from.n ?? 1) * 2 }
-  },
-})
-const sum = defineAgent({ id: 'sum', handler: async (ctx) => ({ total: Object.keys(ctx.results).length }) })
 const fetcher = defineAgent({ id: 'fetcher', handler: async () => ({ rows: 3 }) })
 const parser = defineAgent({
   id: 'parser',
@@ -43,22 +32,7 @@ const parser = defineAgent({
   },
 })
 const store = defineAgent({ id: 'store', handler: async () => null })
-const waits = defineAgent({
-  id: 'waits',
-  handler: async (ctx) => {
-    await Promise.race([gate, new Promise((r) => ctx.signal.addEventListener('abort', r))])
-    return null
-  },
-})
-const diamond = defineWorkflow<{ n: number }>({
-  name: 'diamond',
-  tasks: [
-    { key: 'a', agent: double, data: (input) => ({ n: input.n }) },
-    { key: 'b', agent: double, dependsOn: ['a'] },
-    { key: 'c', agent: double, dependsOn: ['a'] },
-    { key: 'd', agent: sum, dependsOn: ['b', 'c'] },
-  ],
-})
+const waits = heldAgent('waits')
 const ingest = defineWorkflow({
   name: 'ingest',
   tasks: [
@@ -67,16 +41,16 @@ const ingest = defineWorkflow({
     { key: 'store', agent: store, dependsOn: ['parse'] },
   ],
 })
-const slow = defineWorkflow({ name: 'slow', tasks: [{ key: 'wait', agent: waits }] })
+const slow = defineWorkflow({ name: 'slow', tasks: [{ key: 'wait', agent: waits.agent }] })
 
 const { engine } = await testEngine({
-  agents: [double, sum, fetcher, parser, store, waits],
+  agents: [double, sum, fetcher, parser, store, waits.agent],
   workflows: [diamond, ingest, slow],
 })
 await engine.startWorker()
 const web = await startWeb(engine, { port: 0, host: '127.0.0.1', adminToken: undefined })
 afterAll(async () => {
-  release()
+  waits.release()
   await web.close()
 })
 const { apiKey } = await engine.createTenant({ id: 'acme' })
@@ -207,7 +181,7 @@ describe.skipIf(!haveChromium)(
       expect(await page.locator('#list-note').textContent()).toContain('refreshing every 2 s')
 
       // The running one ends: the list shows it without a reload.
-      release()
+      waits.release()
       await settled(engine, 'acme', slowId)
       await expect.poll(() => rowStatus(slowId), { timeout: 10_000 }).toBe('completed')
       expect(await page.locator('#list-note').textContent()).not.toContain('refreshing')
