@@ -33,12 +33,12 @@ declare module 'vitest' {
 }
 
 // Roles are cluster-wide; parallel runs on one server share this one (same password, idempotent).
-const APP_LOGIN = { user: 'equilateral_test_app', password: 'equilateral_test_app' }
+export const APP_LOGIN = { user: 'equilateral_test_app', password: 'equilateral_test_app' }
 
 const CONTAINER_IMAGE = 'postgres:17-alpine'
 const DOCKER_PROBE_MS = 3_000
 // Throwaway servers: durability buys nothing, and the engine tests open many connections.
-const TEST_SETTINGS = {
+export const TEST_SETTINGS = {
   fsync: 'off',
   synchronous_commit: 'off',
   full_page_writes: 'off',
@@ -166,7 +166,18 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
     const version = await admin.query<{ server_version: string }>('SHOW server_version')
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(template)}`)
     await migrate(withDatabase(adminUrl, template))
-    await admin.query(`
+    await ensureAppLogin(admin)
+    // Nobody may connect to it any more: a connection to a template makes cloning it fail.
+    await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(template)} WITH ALLOW_CONNECTIONS false`)
+    return version.rows[0]?.server_version.split(' ')[0] ?? 'unknown'
+  } finally {
+    await admin.end()
+  }
+}
+
+/** Creates the tests' run-time login (idempotent): a member of the application role, nothing more. */
+export async function ensureAppLogin(admin: pg.Client): Promise<void> {
+  await admin.query(`
       DO $$ BEGIN
         IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${APP_LOGIN.user}') THEN
           CREATE ROLE ${APP_LOGIN.user} LOGIN;
@@ -175,12 +186,6 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
       END $$;
       ALTER ROLE ${APP_LOGIN.user} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '${APP_LOGIN.password}';
       GRANT ${APP_ROLE} TO ${APP_LOGIN.user};`)
-    // Nobody may connect to it any more: a connection to a template makes cloning it fail.
-    await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(template)} WITH ALLOW_CONNECTIONS false`)
-    return version.rows[0]?.server_version.split(' ')[0] ?? 'unknown'
-  } finally {
-    await admin.end()
-  }
 }
 
 async function dropDatabases(adminUrl: string, template: string, prefix: string): Promise<void> {
