@@ -88,10 +88,27 @@ const cancellable = defineWorkflow({
   ],
 })
 const bad = defineWorkflow({ name: 'bad', tasks: [{ key: 'b', agent: badResult, maxAttempts: 3 }] })
+// `slowFail` is still running when its sibling fails the workflow; then its own attempt fails.
+let failSlow: () => void = () => {}
+const slowFailer = defineAgent({
+  id: 'slow-failer',
+  handler: async () => {
+    await new Promise<void>((resolve) => (failSlow = resolve))
+    throw new Error('late failure')
+  },
+})
+const lateFailure = defineWorkflow({
+  name: 'late-failure',
+  tasks: [
+    { key: 'slowFail', agent: slowFailer, maxAttempts: 5, backoffMs: 10 },
+    { key: 'doomed', agent: permanent },
+    { key: 'after', agent: ok, dependsOn: ['slowFail'] },
+  ],
+})
 
 const { engine } = await testEngine({
-  agents: [flaky, ok, permanent, thrower, slow, badResult],
-  workflows: [retrying, failing, perm, weird, timing, cancellable, bad],
+  agents: [flaky, ok, permanent, thrower, slow, badResult, slowFailer],
+  workflows: [retrying, failing, perm, weird, timing, cancellable, bad, lateFailure],
 })
 await engine.createTenant({ id: 'acme' })
 await engine.startWorker()
@@ -186,5 +203,23 @@ describe('failures', () => {
     expect(wf.status).toBe('failed')
     expect(wf.tasks[0]).toMatchObject({ status: 'failed', failures: 1 })
     expect(wf.tasks[0]?.error).toMatchObject({ name: 'InvalidInputError' })
+  })
+
+  it('does not retry an attempt that fails after its workflow has failed: the task ends failed', async () => {
+    const { id } = await acme.startWorkflow('late-failure')
+    await eventually(async () => ((await acme.getWorkflow(id)).status === 'failed' ? true : undefined))
+    failSlow()
+    const wf = await eventually(async () => {
+      const view = await acme.getWorkflow(id)
+      return view.tasks.every((t) => ['completed', 'failed', 'skipped', 'cancelled'].includes(t.status))
+        ? view
+        : undefined
+    })
+    const status = Object.fromEntries(wf.tasks.map((t) => [t.key, t.status]))
+    expect(status).toEqual({ slowFail: 'failed', doomed: 'failed', after: 'skipped' })
+    expect(wf.tasks.find((t) => t.key === 'slowFail')).toMatchObject({ attempt: 1, failures: 1 })
+    const actions = (await acme.history(id)).map((h) => h.action)
+    expect(actions.filter((a) => a === 'workflow_failed')).toHaveLength(1)
+    expect(actions).not.toContain('task_retry_queued')
   })
 })
