@@ -33,15 +33,24 @@ export type FailureOutcome =
     }
   | { kind: 'lease_lost' }
 
+// A retry is queued only while the workflow runs: once it has ended (a sibling failed it), nothing
+// would ever claim the new attempt, so the task fails for good instead.
 const FAIL_ATTEMPT = `
-WITH t AS (
+WITH r AS (
+  SELECT $6::boolean AND EXISTS (
+    SELECT 1 FROM agent_coordination t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
+    WHERE t.tenant_id = $1 AND t.id = $2 AND w.status = 'running'
+  ) AS retry
+),
+t AS (
   UPDATE agent_coordination
   SET failures = failures + 1, error = $5::jsonb, updated_at = now(), worker_id = NULL,
-    status = CASE WHEN $6 THEN 'queued' ELSE 'failed' END,
-    attempt = CASE WHEN $6 THEN attempt + 1 ELSE attempt END,
-    job_id = CASE WHEN $6 THEN gen_random_uuid() ELSE job_id END,
-    queued_at = CASE WHEN $6 THEN now() + $7::int * interval '1 millisecond' ELSE queued_at END,
-    completed_at = CASE WHEN $6 THEN NULL ELSE now() END
+    status = CASE WHEN r.retry THEN 'queued' ELSE 'failed' END,
+    attempt = CASE WHEN r.retry THEN attempt + 1 ELSE attempt END,
+    job_id = CASE WHEN r.retry THEN gen_random_uuid() ELSE job_id END,
+    queued_at = CASE WHEN r.retry THEN now() + $7::int * interval '1 millisecond' ELSE queued_at END,
+    completed_at = CASE WHEN r.retry THEN NULL ELSE now() END
+  FROM r
   WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND failures = $4 AND status IN ('running', 'queued')
   RETURNING id, workflow_id, agent_id, status, attempt, job_id
 ),
@@ -96,20 +105,21 @@ export async function failAttemptIn(
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
   const failures = f.failures + 1
-  const retry = canRetry(failures, f.maxAttempts, f.permanent)
-  const delayMs = retry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
+  const mayRetry = canRetry(failures, f.maxAttempts, f.permanent)
+  const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
   const { rows } = await db.executeSql(FAIL_ATTEMPT, [
     scope.tenantId,
     f.taskId,
     f.attempt,
     f.failures,
     JSON.stringify(f.error),
-    retry,
+    mayRetry,
     delayMs,
     f.action ?? 'task_failed_attempt',
   ])
   const row = rows[0]
   if (!row) return { kind: 'lease_lost' }
+  const retry = row.status === 'queued'
   if (f.job) {
     const { jobId, retryCount } = f.job
     await boss.fail(
