@@ -36,7 +36,7 @@ import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { latestMigrations } from './db/migrate.ts'
 import { APP_SCHEMA } from './db/names.ts'
-import { runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
+import { checkout, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
 import { DefinitionError, InvalidInputError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
@@ -507,7 +507,8 @@ export class Engine {
   }
 
   async #withSweepLock(fn: () => Promise<void>): Promise<void> {
-    const client = await this.pool.connect()
+    // Held for the whole sweep, idle while the sweep's own transactions run on other connections.
+    const { client, release } = await checkout(this.pool)
     try {
       const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS ok', [0x65717377])
       if (!rows[0]?.ok) return
@@ -517,7 +518,7 @@ export class Engine {
         await client.query('SELECT pg_advisory_unlock($1)', [0x65717377])
       }
     } finally {
-      client.release()
+      release()
     }
   }
 

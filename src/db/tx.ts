@@ -37,7 +37,7 @@ export async function withTenantTx<T>(
   fn: (db: Db) => Promise<T>,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
-    const client = await pool.connect()
+    const { client, release } = await checkout(pool)
     let broken = false
     try {
       await client.query(`BEGIN; ${scopeSql(scope)}`)
@@ -57,7 +57,7 @@ export async function withTenantTx<T>(
       }
       throw error
     } finally {
-      client.release(broken)
+      release(broken)
     }
   }
 }
@@ -70,7 +70,7 @@ export async function withTransaction<T>(
   pool: pg.Pool,
   fn: (client: pg.PoolClient) => Promise<T>,
 ): Promise<T> {
-  const client = await pool.connect()
+  const { client, release } = await checkout(pool)
   let broken = false
   try {
     await client.query('BEGIN')
@@ -83,7 +83,32 @@ export async function withTransaction<T>(
     })
     throw error
   } finally {
-    client.release(broken)
+    release(broken)
+  }
+}
+
+/**
+ * pool.connect() for a client held across several statements. pg emits 'error' on a checked-out
+ * client whose connection drops while no query runs on it (the server restarted between two
+ * statements); without a listener that is an uncaught exception, which ends the process. Here the
+ * drop is only noted: the holder sees it as the failure of its next statement, and release()
+ * discards the client instead of returning it to the pool.
+ */
+export async function checkout(
+  pool: pg.Pool,
+): Promise<{ client: pg.PoolClient; release: (broken?: boolean) => void }> {
+  const client = await pool.connect()
+  let lost = false
+  const onError = () => {
+    lost = true
+  }
+  client.on('error', onError)
+  return {
+    client,
+    release: (broken = false) => {
+      client.off('error', onError)
+      client.release(broken || lost)
+    },
   }
 }
 
