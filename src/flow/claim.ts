@@ -11,6 +11,7 @@ import { type AttemptState, attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
+import { failpoint } from '../failpoints.ts'
 
 export interface FetchedJob {
   queue: string
@@ -123,8 +124,10 @@ export async function claimTasks(
         { db },
       )
     }
+    failpoint('claim.before-commit')
     return { claimed, dropped }
   })
+  failpoint('claim.after-commit')
   const claimedAt = performance.now()
   for (const task of outcome.claimed) {
     task.claimedAt = claimedAt

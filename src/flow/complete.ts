@@ -8,6 +8,7 @@ import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { failpoint } from '../failpoints.ts'
 import { insertJobs, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
 import type { FetchedJob } from './claim.ts'
@@ -115,6 +116,7 @@ export async function completeTasks(
     }
     await insertJobs(deps.boss, db, scope, spawned)
     outcome.dispatched.push(...spawned)
+    failpoint('complete.before-commit')
     return outcome
   })
 }
@@ -154,6 +156,7 @@ async function writeCompletions(
     } else if (r.kind === 'workflow') workflowsCompleted.push({ id: r.id, type: r.type, durationMs: r.n })
   }
   await insertJobs(boss, db, scope, dispatched)
+  failpoint('complete.after-dependents')
   // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done too.
   for (const [queue, list] of Map.groupBy(items, (i) => i.job.queue)) {
     await boss.complete(

@@ -5,6 +5,7 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { TenantScope } from '../db/tx.ts'
+import { failpoint } from '../failpoints.ts'
 import { type Completion, type CompletionOutcome, completeTasks } from './complete.ts'
 
 export interface CompletionResult {
@@ -85,6 +86,7 @@ export class Completer {
           scope,
           batch.map((p) => p.item),
         )
+        failpoint('complete.after-commit')
         const reported = new Set<string>()
         for (const p of batch) {
           const written = outcome.completed.has(p.item.taskId)

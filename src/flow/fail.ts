@@ -7,6 +7,7 @@ import type { PgBoss } from 'pg-boss'
 import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
+import { failpoint } from '../failpoints.ts'
 
 /** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
 export interface AttemptFailure extends AttemptState {
@@ -94,7 +95,13 @@ export async function failAttempt(
   f: AttemptFailure,
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
-  return withTenantTx(deps.pool, scope, (db) => failAttemptIn(deps.boss, db, scope, f, random))
+  const outcome = await withTenantTx(deps.pool, scope, async (db) => {
+    const outcome = await failAttemptIn(deps.boss, db, scope, f, random)
+    failpoint('fail.before-commit')
+    return outcome
+  })
+  failpoint('fail.after-commit')
+  return outcome
 }
 
 export async function failAttemptIn(

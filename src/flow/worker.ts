@@ -15,6 +15,7 @@ import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { isPermanent, serializeError } from '../errors.ts'
+import { failpoint } from '../failpoints.ts'
 import { queueName, type TaskJobData } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
@@ -322,6 +323,7 @@ export class Worker {
       // A payload that could not be decrypted fails the attempt without running the agent.
       if (task.payloadError) throw task.payloadError
       const returned = await raceAbort(agent.handler(ctx), controller.signal)
+      failpoint('agent.after-return')
       assertStorableJson(returned ?? null, '$.result', this.#o.limits)
       result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
     } catch (thrown) {

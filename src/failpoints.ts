@@ -1,0 +1,55 @@
+// Named crash points in the hot path, for crash tests only. EQUILATERAL_FAILPOINTS lists the points
+// to arm, each with an optional probability, e.g. `complete.before-commit=0.2,claim.after-commit`.
+// An armed point that fires kills the process with SIGKILL: no finally blocks, no flushing, no
+// ROLLBACK sent, like the OOM killer or a lost machine. The variable is read once at load; when it
+// is unset (production), a point costs one comparison.
+//
+// The points, in the order a task meets them:
+//   claim.before-commit      the claim's statements ran; its transaction is still open
+//   claim.after-commit       the task is running and its job active; the agent has not started
+//   agent.after-return       the agent returned; the completion transaction has not begun
+//   complete.after-dependents  the completion's statements and the dependents' jobs are written;
+//                            the fetched jobs are not yet acknowledged and nothing is committed
+//   complete.before-commit   everything is written, COMMIT not yet sent
+//   complete.after-commit    committed; the worker has not yet taken note (hooks, slots, logs)
+//   fail.before-commit       a failed attempt's retry or dead letter is written, not committed
+//   fail.after-commit        the failure is committed; the worker has not yet taken note
+export const FAILPOINTS = [
+  'claim.before-commit',
+  'claim.after-commit',
+  'agent.after-return',
+  'complete.after-dependents',
+  'complete.before-commit',
+  'complete.after-commit',
+  'fail.before-commit',
+  'fail.after-commit',
+] as const
+
+export type Failpoint = (typeof FAILPOINTS)[number]
+
+const armed = parseFailpoints(process.env.EQUILATERAL_FAILPOINTS)
+
+/** Kills the process here if the point is armed (and its dice say so). */
+export function failpoint(name: Failpoint): void {
+  if (armed === null) return
+  const p = armed.get(name)
+  if (p !== undefined && Math.random() < p) process.kill(process.pid, 'SIGKILL')
+}
+
+/** `a=0.5,b` → {a: 0.5, b: 1}; unknown names and bad probabilities are refused loudly. */
+export function parseFailpoints(spec: string | undefined): Map<Failpoint, number> | null {
+  if (!spec?.trim()) return null
+  const points = new Map<Failpoint, number>()
+  for (const part of spec.split(',')) {
+    const [name = '', probability] = part.trim().split('=')
+    if (!(FAILPOINTS as readonly string[]).includes(name)) {
+      throw new Error(`EQUILATERAL_FAILPOINTS: unknown point "${name}" (known: ${FAILPOINTS.join(', ')})`)
+    }
+    const p = probability === undefined ? 1 : Number(probability)
+    if (!(p >= 0 && p <= 1)) {
+      throw new Error(`EQUILATERAL_FAILPOINTS: probability of ${name} must be between 0 and 1`)
+    }
+    points.set(name as Failpoint, p)
+  }
+  return points
+}
