@@ -98,7 +98,12 @@ export class LeaseLostError extends EquilateralError {
  * worker not yet given the new key ring during a rollout, so another attempt (elsewhere) may succeed.
  */
 export function isPermanent(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code
+  let code: unknown
+  try {
+    code = (error as { code?: unknown } | null)?.code
+  } catch {
+    return false // a thrown value whose properties cannot be read
+  }
   return (
     code === 'permanent' ||
     code === 'invalid_input' ||
@@ -110,19 +115,39 @@ export function isPermanent(error: unknown): boolean {
 
 /** Turns anything thrown into a JSON-safe error record (agents may throw non-Error values). */
 export function serializeError(thrown: unknown): { name: string; message: string; code?: string } {
-  if (thrown instanceof Error) {
-    const code = (thrown as { code?: unknown }).code
-    return {
-      name: thrown.name,
-      message: String(thrown.message).slice(0, 4000),
-      ...(typeof code === 'string' ? { code } : {}),
-    }
-  }
-  let message: string
+  // An agent can throw anything: a Proxy whose every trap throws, an object with no prototype, a
+  // getter that throws, text PostgreSQL cannot store. None of it may escape as a second error.
   try {
-    message = typeof thrown === 'string' ? thrown : (JSON.stringify(thrown) ?? String(thrown))
+    if (thrown instanceof Error) {
+      const code = (thrown as { code?: unknown }).code
+      return {
+        name: storableText(String(thrown.name)),
+        message: storableText(String(thrown.message)),
+        ...(typeof code === 'string' ? { code: storableText(code) } : {}),
+      }
+    }
+    return { name: 'NonErrorThrown', message: storableText(describeValue(thrown)) }
   } catch {
-    message = String(thrown)
+    return { name: 'NonErrorThrown', message: 'a value that cannot be read' }
   }
-  return { name: 'NonErrorThrown', message: message.slice(0, 4000) }
+}
+
+function describeValue(value: unknown): string {
+  if (typeof value === 'string') return value
+  try {
+    const json = JSON.stringify(value)
+    if (json !== undefined) return json
+  } catch {
+    // cyclic, a BigInt inside, a throwing toJSON: fall back to String()
+  }
+  try {
+    return String(value)
+  } catch {
+    return Object.prototype.toString.call(value) // no prototype, or a throwing toString
+  }
+}
+
+/** At most 4000 characters, with no NUL and no lone surrogate (PostgreSQL's jsonb refuses both). */
+function storableText(text: string): string {
+  return text.slice(0, 4000).replaceAll('\0', '\\u0000').toWellFormed()
 }

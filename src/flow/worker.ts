@@ -262,14 +262,19 @@ export class Worker {
     const controller = new AbortController()
     const entry = { task, scope, controller, phase: 'agent' } as Running
     this.#running.set(task.taskId, entry)
-    entry.done = this.#execute(entry).finally(() => {
-      this.#running.delete(task.taskId)
-      this.#release(task.job.queue, 1)
-      // With tenant limits an empty fetch may only mean that every tenant with jobs waiting was at
-      // its limit. This task's job has normally been completed by now, freeing a slot of its tenant:
-      // fetch again at once, or a tenant at its limit would start at most its limit per poll interval.
-      if (this.#o.tenantConcurrency) this.wake(task.job.queue)
-    })
+    entry.done = this.#execute(entry)
+      .catch((error: unknown) => {
+        // #execute records every outcome itself; reaching here is a bug, not a reason to crash.
+        this.#o.log.error({ err: error, task: task.taskId }, 'unexpected error running a task')
+      })
+      .finally(() => {
+        this.#running.delete(task.taskId)
+        this.#release(task.job.queue, 1)
+        // With tenant limits an empty fetch may only mean that every tenant with jobs waiting was at
+        // its limit. This task's job has normally been completed by now, freeing a slot of its tenant:
+        // fetch again at once, or a tenant at its limit would start at most its limit per poll interval.
+        if (this.#o.tenantConcurrency) this.wake(task.job.queue)
+      })
   }
 
   async #execute(entry: Running): Promise<void> {
@@ -322,7 +327,8 @@ export class Worker {
     try {
       // A payload that could not be decrypted fails the attempt without running the agent.
       if (task.payloadError) throw task.payloadError
-      const returned = await raceAbort(agent.handler(ctx), controller.signal)
+      // Promise.resolve: a handler written without async may return a plain value.
+      const returned = await raceAbort(Promise.resolve(agent.handler(ctx)), controller.signal)
       failpoint('agent.after-return')
       assertStorableJson(returned ?? null, '$.result', this.#o.limits)
       result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
