@@ -132,19 +132,23 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   concurrency?: number
   handler: AgentHandler<TData, TResult>
 }): AgentDefinition<TData, TResult> {
+  if (spec === null || typeof spec !== 'object')
+    throw new DefinitionError('an agent definition must be an object')
   if (typeof spec.id !== 'string' || !NAME.test(spec.id)) {
     throw new DefinitionError(
-      `agent id ${JSON.stringify(spec.id)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
-      String(spec.id),
+      `agent id ${show(spec.id)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
+      typeof spec.id === 'string' ? spec.id : undefined,
     )
   }
   if (typeof spec.handler !== 'function')
     throw new DefinitionError(`agent "${spec.id}" has no handler`, spec.id)
   const taskTypes = spec.taskTypes ?? [spec.id]
-  if (taskTypes.length === 0) throw new DefinitionError(`agent "${spec.id}" handles no task type`, spec.id)
+  if (!Array.isArray(taskTypes) || taskTypes.length === 0) {
+    throw new DefinitionError(`agent "${spec.id}" handles no task type (taskTypes must be a list)`, spec.id)
+  }
   for (const t of taskTypes) {
     if (typeof t !== 'string' || !NAME.test(t)) {
-      throw new DefinitionError(`agent "${spec.id}" has an invalid task type ${JSON.stringify(t)}`, spec.id)
+      throw new DefinitionError(`agent "${spec.id}" has an invalid task type ${show(t)}`, spec.id)
     }
   }
   if (spec.concurrency !== undefined && !(Number.isInteger(spec.concurrency) && spec.concurrency > 0)) {
@@ -164,9 +168,11 @@ export function defineWorkflow<TInput = Json>(spec: {
   version?: number
   tasks: readonly TaskSpec<TInput>[]
 }): WorkflowDefinition<TInput> {
+  if (spec === null || typeof spec !== 'object')
+    throw new DefinitionError('a workflow definition must be an object')
   if (typeof spec.name !== 'string' || !NAME.test(spec.name)) {
     throw new DefinitionError(
-      `workflow name ${JSON.stringify(spec.name)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
+      `workflow name ${show(spec.name)} must be 1-63 characters of letters, digits, '_', '.', '-'`,
     )
   }
   const version = spec.version ?? 1
@@ -180,7 +186,8 @@ export function defineWorkflow<TInput = Json>(spec: {
       `workflow "${spec.name}" has ${spec.tasks.length} tasks, over the limit of ${LIMITS.maxTasksPerWorkflow}`,
     )
   }
-  const tasks = spec.tasks.map((t) => resolveTask(t, `workflow "${spec.name}"`))
+  // Array.from visits the holes of a sparse array (as undefined), which map would skip.
+  const tasks = Array.from(spec.tasks, (t) => resolveTask(t, `workflow "${spec.name}"`))
   const order = topologicalOrder(tasks, new Set(), `workflow "${spec.name}"`)
   return Object.freeze({ kind: 'workflow', name: spec.name, version, tasks: Object.freeze(tasks), order })
 }
@@ -194,12 +201,12 @@ export function resolveTask<TInput>(
   const key = t.key
   if (typeof key !== 'string' || key.length === 0 || key.length > LIMITS.maxKeyLength || !KEY.test(key)) {
     throw new DefinitionError(
-      `${where}: task key ${JSON.stringify(key)} must be 1-${LIMITS.maxKeyLength} characters of letters, digits, '_', '.', ':', '/', '-'`,
+      `${where}: task key ${show(key)} must be 1-${LIMITS.maxKeyLength} characters of letters, digits, '_', '.', ':', '/', '-'`,
       typeof key === 'string' ? key : undefined,
     )
   }
   const agent = t.agent
-  const agentId = typeof agent === 'string' ? agent : agent?.kind === 'agent' ? agent.id : undefined
+  const agentId = typeof agent === 'string' ? agent : isAgent(agent) ? agent.id : undefined
   if (agentId === undefined || !NAME.test(agentId)) {
     throw new DefinitionError(`${where}: task "${key}" has no valid agent`, key)
   }
@@ -208,14 +215,14 @@ export function resolveTask<TInput>(
     type ??= agent.taskTypes[0]
     if (type === undefined || !agent.taskTypes.includes(type)) {
       throw new DefinitionError(
-        `${where}: task "${key}" has type "${type}", which agent "${agentId}" does not handle`,
+        `${where}: task "${key}" has type ${show(type)}, which agent "${agentId}" does not handle`,
         key,
       )
     }
   }
   type ??= agentId
-  if (!NAME.test(type))
-    throw new DefinitionError(`${where}: task "${key}" has an invalid type ${JSON.stringify(type)}`, key)
+  if (typeof type !== 'string' || !NAME.test(type))
+    throw new DefinitionError(`${where}: task "${key}" has an invalid type ${show(type)}`, key)
   const dependsOn = t.dependsOn ?? []
   if (!Array.isArray(dependsOn) || dependsOn.some((d) => typeof d !== 'string')) {
     throw new DefinitionError(`${where}: task "${key}" dependsOn must be an array of task keys`, key)
@@ -276,6 +283,30 @@ export function resolveTask<TInput>(
     backoffMs,
     backoffMaxMs,
     timeoutMs,
+  }
+}
+
+/**
+ * Whether a value is an agent as defineAgent makes them. Definitions also come from plain
+ * JavaScript, where anything can be passed: `kind` alone does not make an agent.
+ */
+function isAgent(value: unknown): value is AgentDefinition<any, any> {
+  const a = value as Partial<AgentDefinition> | null
+  return (
+    typeof a === 'object' &&
+    a !== null &&
+    a.kind === 'agent' &&
+    typeof a.id === 'string' &&
+    Array.isArray(a.taskTypes)
+  )
+}
+
+/** A value as an error message shows it: never throws (on a BigInt, a Symbol, a cycle). */
+function show(value: unknown): string {
+  try {
+    return JSON.stringify(value) ?? String(value)
+  } catch {
+    return Object.prototype.toString.call(value)
   }
 }
 

@@ -169,6 +169,26 @@ describe('workflow definitions', () => {
     expect(['p', 'q']).toContain(error?.key)
   })
 
+  it('refuses what an untyped caller can pass with a DefinitionError, never a TypeError', () => {
+    const sparse: unknown[] = []
+    sparse[1] = { key: 'x', agent: a }
+    const task = (t: object) => () => defineWorkflow({ name: 'w', tasks: [{ key: 'x', agent: a, ...t }] })
+    const cases: [string, () => unknown][] = [
+      ['no workflow spec', () => defineWorkflow(null as never)],
+      ['a sparse task list', () => defineWorkflow({ name: 'w', tasks: sparse as never })],
+      ['an agent-shaped object', task({ agent: { kind: 'agent', id: 'forged' } })],
+      ['a type that is not a string', task({ agent: 'a', type: ['scan'] })],
+      ['a BigInt key', task({ key: 10n })],
+      ['no agent spec', () => defineAgent(null as never)],
+      [
+        'task types in a string',
+        () => defineAgent({ id: 'x', taskTypes: 'scan' as never, handler: a.handler }),
+      ],
+      ['task types in a number', () => defineAgent({ id: 'x', taskTypes: 5 as never, handler: a.handler })],
+    ]
+    for (const [what, define] of cases) expect(define, what).toThrow(DefinitionError)
+  })
+
   it('rejects a workflow whose agent the engine does not know', () => {
     const stranger = defineAgent({ id: 'stranger', handler: async () => null })
     expect(() =>
