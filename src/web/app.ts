@@ -41,6 +41,12 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     ajv: { customOptions: { removeAdditional: false } },
     onProtoPoisoning: 'error',
     onConstructorPoisoning: 'error',
+    // A malformed URL (a broken %-escape) or an overlong path parameter is answered by Fastify
+    // itself, in plain JSON and past the hooks: answer it as problem+json like any bad request.
+    frameworkErrors: (error, request, reply) => {
+      reply.header('x-request-id', request.id)
+      void errorHandler(error, request, reply)
+    },
   })
   app.decorateRequest('tenant', null)
   // Bodies are JSON only: anything else is a 415, not a string that fails validation.

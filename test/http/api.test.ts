@@ -246,6 +246,12 @@ describe('bad requests get the right status, a problem+json body, and write noth
     expectProblem(await call('GET', '/v1/workflows?status=sleeping'), 400, 'invalid_request')
     expectProblem(await call('GET', '/v1/workflows?cursor=bogus'), 422, 'invalid_input')
     expectProblem(await call('GET', '/v1/nothing-here'), 404, 'not_found')
+    // Fastify answers these itself: a broken %-escape, a path parameter over its length limit.
+    for (const path of ['/v1/workflows/%', '/v1/workflows/%zz/audit', `/v1/workflows/${'x'.repeat(200)}`]) {
+      const answer = await call('GET', path)
+      expectProblem(answer, 400, 'invalid_request')
+      expect(answer.headers.get('x-request-id')).toBeTruthy()
+    }
   })
 
   it('asks for a key (401) when it is missing or wrong, and refuses a suspended tenant (403)', async () => {
