@@ -30,7 +30,7 @@ import {
 import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import { isUuid, requireUuid } from './core/ids.ts'
-import type { Json, JsonLimits } from './core/json.ts'
+import { assertStorableJson, type Json, type JsonLimits } from './core/json.ts'
 import { type TaskStatus, WORKFLOW_STATUSES, type WorkflowStatus } from './core/task-state.ts'
 import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
@@ -628,6 +628,8 @@ export class TenantHandle {
     if (filter.status !== undefined && !WORKFLOW_STATUSES.includes(filter.status)) {
       throw new InvalidInputError(`status must be one of ${WORKFLOW_STATUSES.join(', ')}`)
     }
+    // A NUL cannot even be a query parameter of PostgreSQL's.
+    if (filter.type !== undefined) assertStorableJson(filter.type, 'type')
     const after = filter.cursor === undefined ? null : decodeCursor(filter.cursor)
     return withTenantTx(this.#engine.pool, this.scope, async (db) => {
       const { rows } = await db.executeSql(
@@ -765,19 +767,39 @@ function encodeCursor(at: string, id: string): string {
 function decodeCursor(cursor: string): { at: string; id: string } {
   try {
     const value: unknown = JSON.parse(Buffer.from(cursor, 'base64url').toString('utf8'))
-    if (
-      Array.isArray(value) &&
-      value.length === 2 &&
-      typeof value[0] === 'string' &&
-      /^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d{1,6})?[+-]\d\d(:\d\d)?$/.test(value[0]) &&
-      isUuid(value[1])
-    ) {
+    if (Array.isArray(value) && value.length === 2 && isCursorTime(value[0]) && isUuid(value[1])) {
       return { at: value[0], id: value[1] }
     }
   } catch {
     // reported below
   }
   throw new InvalidInputError('cursor is not one this API returned')
+}
+
+/**
+ * Whether a cursor's time is one PostgreSQL prints and reads back: the shape alone is not enough, a
+ * forged cursor's 2024-13-45 or +99 offset would be a database error (a 500) instead of a refusal.
+ */
+function isCursorTime(value: unknown): value is string {
+  const m =
+    typeof value === 'string'
+      ? /^(\d{4})-(\d\d)-(\d\d) (\d\d):(\d\d):(\d\d)(?:\.\d{1,6})?[+-](\d\d)(?::(\d\d))?$/.exec(value)
+      : null
+  if (!m) return false
+  const [year = 0, month = 0, day = 0, hour = 0, minute = 0, second = 0, offsetHours = 0, offsetMinutes = 0] =
+    m.slice(1).map((digits) => Number(digits ?? 0))
+  const leap = year % 4 === 0 && (year % 100 !== 0 || year % 400 === 0)
+  const days = [31, leap ? 29 : 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31][month - 1] ?? 0
+  return (
+    year >= 1 &&
+    day >= 1 &&
+    day <= days &&
+    hour < 24 &&
+    minute < 60 &&
+    second < 60 &&
+    offsetHours <= 15 &&
+    offsetMinutes < 60
+  )
 }
 
 function connectionError(error: Error): { err: { message: string; code?: string } } {

@@ -245,6 +245,12 @@ describe('bad requests get the right status, a problem+json body, and write noth
     expectProblem(await call('GET', '/v1/workflows?limit=many'), 400, 'invalid_request')
     expectProblem(await call('GET', '/v1/workflows?status=sleeping'), 400, 'invalid_request')
     expectProblem(await call('GET', '/v1/workflows?cursor=bogus'), 422, 'invalid_input')
+    // Cursors forged in the right shape, with a time PostgreSQL cannot read; a NUL in a filter.
+    for (const at of ['2024-13-45 99:99:99+00', '2023-02-29 00:00:00+00', '2024-01-01 00:00:00+99']) {
+      const forged = Buffer.from(JSON.stringify([at, unknown])).toString('base64url')
+      expectProblem(await call('GET', `/v1/workflows?cursor=${forged}`), 422, 'invalid_input')
+    }
+    expectProblem(await call('GET', '/v1/workflows?type=%00'), 422, 'invalid_input')
     expectProblem(await call('GET', '/v1/nothing-here'), 404, 'not_found')
     // Fastify answers these itself: a broken %-escape, a path parameter over its length limit.
     for (const path of ['/v1/workflows/%', '/v1/workflows/%zz/audit', `/v1/workflows/${'x'.repeat(200)}`]) {
