@@ -5,10 +5,11 @@ import { createHash, randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { type ComplianceProfile, parseComplianceProfile } from './compliance/profile.ts'
 import type { IsolationMode } from './config.ts'
+import { assertStorableJson } from './core/json.ts'
 import { MIGRATION_LOCK, migrateTenantTables } from './db/migrate.ts'
 import { APP_SCHEMA, isTenantSchema } from './db/names.ts'
 import { type TenantScope, withTransaction } from './db/tx.ts'
-import { TenantError } from './errors.ts'
+import { InvalidInputError, TenantError } from './errors.ts'
 
 const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/
 const TIER = /^[a-z0-9][a-z0-9_-]{0,31}$/
@@ -88,6 +89,9 @@ export async function createTenant(
   const tier = spec.tier ?? 'standard'
   assertTier(tier)
   const name = spec.name ?? spec.id
+  if (typeof name !== 'string') throw new InvalidInputError('$.name must be a string', '$.name')
+  // PostgreSQL text cannot hold a NUL, and would store a lone surrogate altered.
+  assertStorableJson(name, '$.name')
   const profile = parseComplianceProfile(spec.complianceProfile ?? {})
   const apiKey = newApiKey()
   const schema = mode === 'schema-per-tenant' ? newSchemaName() : null

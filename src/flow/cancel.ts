@@ -3,6 +3,7 @@
 // commit) to abort them through their signal. A running agent's late completion is fenced out.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
+import { assertStorableJson } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError } from '../errors.ts'
@@ -62,6 +63,10 @@ export async function cancelWorkflow(
   options: { reason?: string; actor?: string } = {},
   onCancelled: (wf: CancelledWorkflow) => void = () => {},
 ): Promise<CancelResult> {
+  // Refused before the transaction: PostgreSQL text cannot hold a NUL, and would store a lone
+  // surrogate altered.
+  if (options.reason !== undefined) assertStorableJson(options.reason, '$.reason')
+  if (options.actor !== undefined) assertStorableJson(options.actor, '$.actor')
   const { result, ended } = await withTenantTx(deps.pool, scope, async (db) => {
     const { rows } = await db.executeSql(CANCEL, [
       scope.tenantId,

@@ -175,6 +175,14 @@ describe('workflows over HTTP', () => {
       const r = await call('GET', `/v1/workflows/${started.body.id}`)
       return r.body.tasks[0].status === 'running' ? r : undefined
     })
+    // A reason PostgreSQL cannot store is refused before anything changes.
+    for (const reason of ['nul \u0000 byte', 'lone \ud800 surrogate']) {
+      expectProblem(
+        await call('POST', `/v1/workflows/${started.body.id}/cancel`, { body: { reason } }),
+        422,
+        'invalid_input',
+      )
+    }
     const cancel = await call('POST', `/v1/workflows/${started.body.id}/cancel`, {
       body: { reason: 'changed my mind' },
     })
@@ -324,6 +332,13 @@ describe('admin API', () => {
       422,
       'invalid_tenant_id',
     )
+    for (const name of ['nul \u0000 byte', 'lone \ud800 surrogate']) {
+      expectProblem(
+        await call('POST', '/v1/admin/tenants', { key: admin, body: { id: 'odd-name', name } }),
+        422,
+        'invalid_input',
+      )
+    }
     expectProblem(
       await call('POST', '/v1/admin/tenants', {
         key: admin,
