@@ -53,8 +53,8 @@ DATABASE_URL: the database to use; unset, an embedded PostgreSQL in a temporary 
 const MB = 1024 * 1024
 /** startWorkflow calls in flight at most; the schedule catches up when they return. */
 const MAX_STARTS_IN_FLIGHT = 16
-/** Shorter than this after warm-up, the slopes are reported but not judged. */
-const MIN_JUDGED_SECONDS = 300
+/** Shorter than this after warm-up (the span of the second half's samples: 290 s for a 10-minute run), the slopes are reported but not judged. */
+const MIN_JUDGED_SECONDS = 240
 const READY_TIMEOUT_MS = 60_000
 const SAMPLE_TIMEOUT_MS = 5_000
 const DRAIN_TIMEOUT_MS = 30_000
