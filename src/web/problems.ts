@@ -1,8 +1,12 @@
 // Errors as RFC 9457 problem details (application/problem+json). Every error the API returns has a
 // stable `code` (the library's error code, or one of the HTTP layer's own below), a `title` for
 // people and, where it helps, a `detail`; an unexpected error is logged and answered with a bare 500,
-// never its message (it could name tables, keys or data).
+// never its message (it could name tables, keys or data). A database that cannot be reached (down,
+// restarting, the connection dropped) is a 503 `database_unavailable` with Retry-After, for the
+// client to retry (a start is safe to repeat with its idempotencyKey: a connection may drop after
+// the commit).
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
+import { isTransient } from '../flow/completer.ts'
 
 export interface Problem {
   type: string
@@ -33,6 +37,7 @@ const STATUS: Record<string, [number, string]> = {
   unsupported_media_type: [415, 'The body must be application/json'],
   admin_disabled: [503, 'The admin API is disabled'],
   unavailable: [503, 'The service is not ready'],
+  database_unavailable: [503, 'The database is unavailable'],
   internal: [500, 'Internal error'],
 }
 
@@ -94,10 +99,25 @@ export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
   return reply.code(p.status).type('application/problem+json').send(p)
 }
 
+/** Seconds a client is told to wait before retrying a request the database could not serve. */
+const DATABASE_RETRY_AFTER_SECONDS = 5
+
 export function errorHandler(error: FastifyError, request: FastifyRequest, reply: FastifyReply) {
   const code = (error as { code?: unknown }).code
   const known = typeof code === 'string' && STATUS[code] ? code : undefined
   const mapped = known ? { code: known, detail: error.message } : fromFastify(error)
+  if (!mapped && isTransient(error)) {
+    // A warning without the stack: every request fails the same way until the database is back.
+    request.log.warn(
+      { err: { message: error.message, ...(typeof code === 'string' ? { code } : {}) } },
+      'database unavailable',
+    )
+    reply.header('retry-after', String(DATABASE_RETRY_AFTER_SECONDS))
+    return sendProblem(
+      reply,
+      problem('database_unavailable', 'the database cannot be reached; retry later', request.url),
+    )
+  }
   if (!mapped) {
     request.log.error({ err: error }, 'request failed')
     return sendProblem(reply, problem('internal', undefined, request.url))
