@@ -39,6 +39,7 @@ import { APP_SCHEMA } from './db/names.ts'
 import { checkout, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
 import { DefinitionError, InvalidInputError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
+import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { Worker, type WorkerHooks } from './flow/worker.ts'
@@ -162,6 +163,11 @@ export class Engine {
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
   readonly #workers = new Set<Worker>()
   #sweepTimer: NodeJS.Timeout | null = null
+  /** Set while the database is unreachable: the timer of the probe that waits for it to answer. */
+  #databaseProbe: NodeJS.Timeout | null = null
+  /** Connection errors not logged during the current outage (see #warn). */
+  #unlogged = 0
+  #closing = false
   /** Read from the migration files on the first readiness check, not at every process start. */
   #latestMigrations: ReturnType<typeof latestMigrations> | undefined
 
@@ -177,14 +183,16 @@ export class Engine {
       application_name: 'equilateral',
     })
     // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
-    this.pool.on('error', (error) => this.log.warn(connectionError(error), 'idle database connection lost'))
+    this.pool.on('error', (error) =>
+      this.#warn(connectionError(error), error, 'idle database connection lost'),
+    )
     this.boss = createBoss({
       connectionString: this.#connectionString,
       supervise: options.supervise ?? true,
       schedule: options.supervise ?? true,
     })
     // pg attaches its whole client to connection errors: log the message and code, not the client.
-    this.boss.on('error', (error) => this.log.warn(connectionError(error), 'pg-boss error'))
+    this.boss.on('error', (error) => this.#warn(connectionError(error), error, 'pg-boss error'))
     this.tenants = new TenantDirectory(this.pool)
     this.metrics = new Metrics({ tenantLabel: this.config.metricsTenantLabel })
     this.metrics.observeResources(this.pool, this.boss)
@@ -270,7 +278,7 @@ export class Engine {
         application_name: 'equilateral-admin',
       })
       this.#adminPool.on('error', (error) =>
-        this.log.warn(connectionError(error), 'idle admin connection lost'),
+        this.#warn(connectionError(error), error, 'idle admin connection lost'),
       )
     }
     return this.#adminPool
@@ -495,7 +503,7 @@ export class Engine {
     }
     if (this.config.sweepIntervalMs > 0) {
       this.#sweepTimer = setInterval(() => {
-        void this.#withSweepLock(run).catch((error) => this.log.warn({ err: error }, 'sweep failed'))
+        void this.#withSweepLock(run).catch((error) => this.#warn({ err: error }, error, 'sweep failed'))
       }, this.config.sweepIntervalMs)
       return
     }
@@ -558,6 +566,7 @@ export class Engine {
       if (code === '42P01' || code === '3F000' || code === '42501') {
         return { ready: false, database: 'ok', migrations: 'pending', detail: 'the database is not migrated' }
       }
+      this.#databaseLost(error)
       return {
         ready: false,
         database: 'unreachable',
@@ -569,8 +578,54 @@ export class Engine {
     }
   }
 
+  /**
+   * Logs a warning about a failed database operation of the engine's own. While an outage is being
+   * waited out (#databaseLost), a connection error is counted instead: it would only repeat, every
+   * poll of every pg-boss worker, what the outage's first line said.
+   */
+  #warn(details: object, error: unknown, msg: string): void {
+    if (this.#databaseProbe && isTransient(error)) {
+      this.#unlogged++
+      return
+    }
+    this.log.warn(details, msg)
+    this.#databaseLost(error)
+  }
+
+  /**
+   * Called with the connection errors the engine sees (an idle connection lost, a pg-boss query or a
+   * readiness check refused). The first one of an outage is logged, then the database is tried once
+   * a second until it answers, and that is logged too: the process itself stays up throughout.
+   */
+  #databaseLost(error: unknown): void {
+    if (this.#databaseProbe || this.#closing || !isTransient(error)) return
+    const since = Date.now()
+    this.#unlogged = 0
+    this.log.warn(connectionError(error as Error), 'database unreachable; waiting for it to come back')
+    const probe = () => {
+      this.#databaseProbe = setTimeout(() => {
+        this.pool.query('SELECT 1').then(
+          () => {
+            this.#databaseProbe = null
+            this.log.info(
+              { downMs: Date.now() - since, errorsNotLogged: this.#unlogged },
+              'database reachable again',
+            )
+          },
+          () => {
+            if (!this.#closing) probe()
+          },
+        )
+      }, 1000)
+      this.#databaseProbe.unref()
+    }
+    probe()
+  }
+
   /** Stops workers (gracefully), the sweeper, pg-boss and the pool. */
   async close(): Promise<void> {
+    this.#closing = true
+    if (this.#databaseProbe) clearTimeout(this.#databaseProbe)
     if (this.#sweepTimer) clearInterval(this.#sweepTimer)
     await Promise.allSettled([...this.#workers].map((w) => w.stop()))
     this.#workers.clear()
