@@ -14,6 +14,7 @@ import { dataRoot, describeUrl, provisionDatabase } from '../db/provision.ts'
 import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
+import { isTransient } from '../flow/completer.ts'
 import { createLogger } from '../log.ts'
 import { startMetricsServer } from '../metrics-server.ts'
 import { buildApp } from '../web/app.ts'
@@ -69,6 +70,30 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
   })
+}
+
+/**
+ * Starts the engine of a long-running process (worker, web). While the database cannot be reached
+ * (refused, starting up, shutting down) it logs a warning and tries again, waiting 1 s, then twice as
+ * long each time, up to 30 s, instead of exiting: a platform restarting a crashed process backs off
+ * too, often for longer, so the process would come back later than the database. Other failures
+ * (a wrong password, no such database) end the command at once with their one-line error.
+ */
+async function startEngine(engine: Engine, log: Logger): Promise<Engine> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await engine.start()
+    } catch (error) {
+      if (!isTransient(error)) throw error
+      const code = (error as { code?: string }).code
+      const retryInMs = Math.min(30_000, 500 * 2 ** attempt)
+      log.warn(
+        { err: { message: (error as Error).message || code, code }, attempt, retryInMs },
+        'database unavailable at start; waiting for it',
+      )
+      await new Promise((r) => setTimeout(r, retryInMs))
+    }
+  }
 }
 
 /**
@@ -176,7 +201,7 @@ program
     const log = createLogger(config.logLevel)
     const db = await provisionDatabase({ log: (line) => log.info(line) })
     const registry = await loadRegistry(opts.registry)
-    const engine = await createEngine({ connectionString: db.url, ...registry, log })
+    const engine = await startEngine(new Engine({ connectionString: db.url, ...registry, log }), log)
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
     await engine.startSweeper()
     await engine.startRetention()
@@ -215,7 +240,10 @@ program
     const db = await provisionDatabase({ log: (line) => log.info(line) })
     const registry = await loadRegistry(opts.registry)
     // supervise: false: pg-boss maintenance and cron belong to workers, not to the web tier.
-    const engine = await createEngine({ connectionString: db.url, ...registry, log, supervise: false })
+    const engine = await startEngine(
+      new Engine({ connectionString: db.url, ...registry, log, supervise: false }),
+      log,
+    )
     const server = await startWeb(engine, opts.port === undefined ? {} : { port: opts.port })
     log.info({ url: server.url, admin: config.adminToken ? 'enabled' : 'disabled' }, 'web: listening')
     await runUntilSignal(log, async () => {
