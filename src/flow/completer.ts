@@ -116,16 +116,18 @@ export function isTransient(error: unknown): boolean {
   const code = (error as { code?: string } | null)?.code
   if (typeof code !== 'string') {
     const message = String((error as { message?: string } | null)?.message ?? '')
-    return /Connection terminated|ECONNREFUSED|ECONNRESET|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
+    return /Connection terminated|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|EPIPE|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
       message,
     )
   }
+  // 08: connection exceptions; 57P01-03: the server shutting down or starting; 53300: too many
+  // connections; then the socket errors of a refused, reset or partitioned network (ENOTFOUND is
+  // left out: it is usually a mistyped host name).
   return (
     code.startsWith('08') ||
-    code === '57P01' ||
-    code === '57P02' ||
-    code === '57P03' ||
-    code === 'ECONNREFUSED' ||
-    code === 'ECONNRESET'
+    ['57P01', '57P02', '57P03', '53300'].includes(code) ||
+    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'EPIPE'].includes(
+      code,
+    )
   )
 }

@@ -123,6 +123,8 @@ export class Worker {
   #stopping = false
   #listener: pg.Client | null = null
   #listenerRetry: NodeJS.Timeout | null = null
+  /** Failed LISTEN connection attempts in a row (backoff, and one warning per outage). */
+  #listenFailures = 0
   #heartbeatTimer: NodeJS.Timeout | null = null
 
   constructor(options: WorkerOptions) {
@@ -175,10 +177,13 @@ export class Worker {
           batchSize: Math.min(free, this.#o.batchSize),
           ...(this.#o.tenantConcurrency ? { groupConcurrency: this.#o.tenantConcurrency } : {}),
         })
+        if (failures > 0) this.#o.log.info({ queue, failures }, 'fetch recovered')
         failures = 0
       } catch (error) {
         failures++
-        this.#o.log.warn({ err: error, queue }, 'fetch failed; backing off')
+        // One warning per outage and queue; the retries that follow are debug lines.
+        if (failures === 1) this.#o.log.warn({ err: error, queue }, 'fetch failed; backing off')
+        else this.#o.log.debug({ err: error, queue, failures }, 'fetch failed again')
         await waker.wait(Math.min(10_000, 100 * 2 ** failures))
         continue
       }
@@ -412,8 +417,10 @@ export class Worker {
         this.#o.hooks?.workflowFinished?.(scope.tenantId, type, 'failed', durationMs)
       }
     } catch (error) {
-      // The outcome could not be written (database unavailable): the sweeper recovers the task.
-      log.error({ err: error, transient: isTransient(error) }, 'could not record the task outcome')
+      // The outcome could not be written. The database unavailable (for longer than the completer
+      // retries) is an outage already reported; either way the sweeper recovers the task.
+      const transient = isTransient(error)
+      log[transient ? 'warn' : 'error']({ err: error, transient }, 'could not record the task outcome')
     }
   }
 
@@ -432,7 +439,7 @@ export class Worker {
       }
     })
     client.on('error', (error) => {
-      this.#o.log.warn({ err: error }, 'LISTEN connection lost; reconnecting')
+      this.#o.log.warn({ err: error }, 'LISTEN connection lost; polling until it is back')
       this.#listener = null
       client.end().catch(() => {})
       this.#scheduleListen()
@@ -441,20 +448,28 @@ export class Worker {
       await client.connect()
       await client.query(`LISTEN ${READY_CHANNEL}; LISTEN ${CANCEL_CHANNEL}`)
       this.#listener = client
+      if (this.#listenFailures > 0)
+        this.#o.log.info({ attempts: this.#listenFailures }, 'LISTEN connection restored')
+      this.#listenFailures = 0
       this.wake() // notifications may have been missed while disconnected
     } catch (error) {
-      this.#o.log.warn({ err: error }, 'LISTEN connection failed; polling until it is back')
+      this.#listenFailures++
+      if (this.#listenFailures === 1)
+        this.#o.log.warn({ err: error }, 'LISTEN connection failed; polling until it is back')
+      else this.#o.log.debug({ err: error, attempts: this.#listenFailures }, 'LISTEN connection failed again')
       client.end().catch(() => {})
       this.#scheduleListen()
     }
   }
 
+  /** Reconnects after 1 s, doubling up to 10 s while the database stays away. */
   #scheduleListen(): void {
     if (this.#stopping || this.#listenerRetry) return
+    const delay = Math.min(10_000, 1000 * 2 ** Math.max(0, this.#listenFailures - 1))
     this.#listenerRetry = setTimeout(() => {
       this.#listenerRetry = null
       void this.#listen()
-    }, 1000)
+    }, delay)
   }
 
   async #beat(): Promise<void> {
