@@ -30,6 +30,8 @@ export interface Config {
   /** 0: the sweeper runs from a pg-boss cron schedule (every minute, once across the fleet). */
   sweepIntervalMs: number
   shutdownGraceMs: number
+  /** The `worker` command kills its process when the event loop is blocked this long; 0: off. */
+  watchdogMs: number
   maxPayloadBytes: number
   dbPoolMax: number
   /**
@@ -91,6 +93,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
     sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),
+    watchdogMs: int('WATCHDOG_MS', 60_000, 0),
     maxPayloadBytes: int('MAX_PAYLOAD_BYTES', 1024 * 1024, 1024, 256 * 1024 * 1024),
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),

@@ -31,6 +31,7 @@ import {
 } from './dev.ts'
 import { reportError } from './errors.ts'
 import { watchWorkflow } from './watch.ts'
+import { startWatchdog } from '../watchdog.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -202,6 +203,8 @@ program
     const db = await provisionDatabase({ log: (line) => log.info(line) })
     const registry = await loadRegistry(opts.registry)
     const engine = await startEngine(new Engine({ connectionString: db.url, ...registry, log }), log)
+    // An agent that blocks the event loop would freeze this process for good; exit instead.
+    const watchdog = config.watchdogMs > 0 ? startWatchdog(config.watchdogMs) : undefined
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
     await engine.startSweeper()
     await engine.startRetention()
@@ -216,6 +219,7 @@ program
       await metrics?.close()
       await enterprise.stop()
       await engine.close()
+      await watchdog?.stop()
       await db.stop()
     })
   })
