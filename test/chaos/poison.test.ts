@@ -1,6 +1,7 @@
 // Poison tasks among healthy work, on real worker processes: an agent that hangs and ignores its
-// signal, agents that throw values that are not Errors (some hostile to whatever reads them), and
-// an agent that kills its own process. Each is retried to its limit, dead-lettered, and fails its
+// signal, one that blocks the event loop for good (the worker's watchdog kills the process), agents
+// that throw values that are not Errors (some hostile to whatever reads them), and an agent that
+// kills its own process. Each is retried to its limit, dead-lettered, and fails its
 // workflow with a readable error; the healthy workflows beside them all complete, and no worker
 // process dies except those the suicidal agent kills.
 import type { ChildProcess } from 'node:child_process'
@@ -63,7 +64,7 @@ describe('poison tasks', () => {
       await engine.createTenant({ id: 'acme' })
       const acme = await engine.tenant('acme')
 
-      // Exits other than the SIGKILLs of the suicidal agent are crashes the test fails on.
+      // Exits other than the SIGKILLs of the suicidal agent and the watchdog are crashes.
       let selfKills = 0
       const crashes: string[] = []
       let stopping = false
@@ -71,9 +72,11 @@ describe('poison tasks', () => {
         while (!stopping) {
           let child: ChildProcess
           try {
-            child = await fleet.spawn()
+            child = await fleet.spawn({ WATCHDOG_MS: '1500' })
           } catch (error) {
-            crashes.push(String(error))
+            // Killed before it said it was ready: it had claimed a poison task at once.
+            if (String(error).endsWith('SIGKILL')) selfKills++
+            else crashes.push(String(error))
             continue
           }
           const exit = await new Promise<NodeJS.Signals | number | null>((resolve) =>
@@ -98,23 +101,34 @@ describe('poison tasks', () => {
         expected.set(id, expect)
         if (label) poison.set(id, label)
       }
+      const deadline = Date.now() + DEADLINE_MS
+      const settle = async (what: string) => {
+        for (;;) {
+          await engine.sweep()
+          const [row] = await query<{ n: number }>(
+            `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
+          )
+          if (row?.n === 0) return
+          if (Date.now() > deadline) throw new Error(`${row?.n} workflows still running (${what})`)
+          await sleep(300)
+        }
+      }
+      const healthy = async (from: number) => {
+        for (let i = from; i < from + HEALTHY / 2; i++)
+          await start(['chaos-diamond', 'chaos-chain', 'chaos-fan'][i % 3] as string, { i }, 'completed')
+      }
+      // Two waves, each among healthy work: first the poison that leaves its process alive, then
+      // the poison that kills it. A killed process takes the attempts of every task it held with
+      // it, which would blur which poison caused which failure.
       const began = performance.now()
       await start('poison-hang', {}, 'failed', 'hang')
-      await start('poison-exit', {}, 'failed', 'exit')
       for (const kind of Object.keys(POISON_VALUES)) await start('poison-throw', { kind }, 'failed', kind)
-      for (let i = 0; i < HEALTHY; i++)
-        await start(['chaos-diamond', 'chaos-chain', 'chaos-fan'][i % 3] as string, { i }, 'completed')
-
-      const deadline = Date.now() + DEADLINE_MS
-      for (;;) {
-        await engine.sweep()
-        const [row] = await query<{ n: number }>(
-          `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
-        )
-        if (row?.n === 0) break
-        if (Date.now() > deadline) throw new Error(`${row?.n} workflows still running`)
-        await sleep(300)
-      }
+      await healthy(0)
+      await settle('first wave')
+      await start('poison-exit', {}, 'failed', 'exit')
+      await start('poison-spin', {}, 'failed', 'spin')
+      await healthy(HEALTHY / 2)
+      await settle('second wave')
       const seconds = (performance.now() - began) / 1000
       stopping = true
       await Promise.all([...fleet.children].map((c) => fleet.stop(c, 'SIGTERM')))
@@ -142,7 +156,16 @@ describe('poison tasks', () => {
         [DEAD_LETTER_QUEUE],
       )
       const deadLettered = new Map(dead.map((d) => [d.k, d.n]))
-      const errors: Record<string, string> = {}
+      // Each attempt's error, from the audit log: a poison task's attempt may also have been lost
+      // with a process another poison task killed, so its final error is not always its own.
+      const failures = await query<{ task_id: string; error: string }>(
+        `SELECT task_id, (action_data->'error'->>'name') || ': ' || (action_data->'error'->>'message') AS error
+         FROM equilateral.agent_audit_log WHERE action_type IN ('task_failed_attempt', 'task_lost')
+           AND workflow_id = ANY($1::uuid[]) ORDER BY id`,
+        [[...poison.keys()]],
+      )
+      const errorsOf = Map.groupBy(failures, (f) => f.task_id)
+      const errors: Record<string, string[]> = {}
       for (const t of tasks) {
         const label = poison.get(t.workflow_id) as string
         expect({ label, status: t.status, failures: t.failures, dead: deadLettered.get(t.id) }).toEqual({
@@ -152,20 +175,25 @@ describe('poison tasks', () => {
           dead: 1,
         })
         expect(typeof t.error?.message).toBe('string')
-        errors[label] = `${t.error.name}: ${String(t.error.message).slice(0, 40)}`
+        errors[label] = [...new Set((errorsOf.get(t.id) ?? []).map((f) => f.error.slice(0, 60)))]
       }
-      expect(errors.hang).toMatch(/^TimeoutError/)
-      expect(errors.exit).toMatch(/^WorkerLost/)
-      expect(errors.number).toBe('NonErrorThrown: 42')
-      expect(errors.unstorableText).toBe('Error: NUL \\u0000 and a lone surrogate \ufffd')
-      expect(selfKills).toBe(POISON_ATTEMPTS)
+      expect(errors.hang).toContain('TimeoutError: task timed out after 300 ms')
+      expect(errors.exit).toEqual(['WorkerLost: heartbeat stale'])
+      expect(errors.spin).toEqual(['WorkerLost: heartbeat stale'])
+      expect(errors.number).toContain('NonErrorThrown: 42')
+      expect(errors.unstorableText).toContain('Error: NUL \\u0000 and a lone surrogate \ufffd')
+      expect(errors.hostileProxy).toContain('NonErrorThrown: a value that cannot be read')
+      // Each kill is the suicidal agent's or the watchdog's (a process may hold one attempt of each).
+      expect(selfKills).toBeGreaterThanOrEqual(POISON_ATTEMPTS)
+      expect(selfKills).toBeLessThanOrEqual(2 * POISON_ATTEMPTS)
 
       console.log(
         [
           `poison summary: ${HEALTHY} healthy workflows completed beside ${poison.size} poison tasks in ${seconds.toFixed(1)} s`,
-          `  worker processes killed by the suicidal agent: ${selfKills}, other exits: ${crashes.length}`,
+          `  worker processes killed by the suicidal agent or the watchdog: ${selfKills}, other exits: ${crashes.length}`,
           ...Object.entries(errors).map(
-            ([label, e]) => `  ${label.padEnd(26)} failed after ${POISON_ATTEMPTS} attempts: ${e}`,
+            ([label, e]) =>
+              `  ${label.padEnd(26)} failed after ${POISON_ATTEMPTS} attempts: ${e.join(' | ')}`,
           ),
           ...describeReport(report),
         ].join('\n'),

@@ -21,7 +21,7 @@ export function workerProcesses(databaseUrl: string) {
     child.on('exit', () => children.delete(child))
     return new Promise((resolve, reject) => {
       child.once('message', () => resolve(child))
-      child.once('exit', (code) => reject(new Error(`worker exited early with ${code}`)))
+      child.once('exit', (code, signal) => reject(new Error(`worker exited early with ${signal ?? code}`)))
     })
   }
   /** Sends the signal and resolves with the exit code. */
