@@ -89,25 +89,37 @@ const cancellable = defineWorkflow({
 })
 const bad = defineWorkflow({ name: 'bad', tasks: [{ key: 'b', agent: badResult, maxAttempts: 3 }] })
 // `slowFail` is still running when its sibling fails the workflow; then its own attempt fails.
+// The sibling fails only once slowFail runs (else slowFail would merely be skipped).
 let failSlow: () => void = () => {}
+let slowStarted: () => void = () => {}
+const slowRunning = new Promise<void>((resolve) => (slowStarted = resolve))
 const slowFailer = defineAgent({
   id: 'slow-failer',
   handler: async () => {
-    await new Promise<void>((resolve) => (failSlow = resolve))
+    const failed = new Promise<void>((resolve) => (failSlow = resolve))
+    slowStarted()
+    await failed
     throw new Error('late failure')
+  },
+})
+const lateDoomed = defineAgent({
+  id: 'late-doomed',
+  handler: async () => {
+    await slowRunning
+    throw new PermanentError('no point retrying')
   },
 })
 const lateFailure = defineWorkflow({
   name: 'late-failure',
   tasks: [
     { key: 'slowFail', agent: slowFailer, maxAttempts: 5, backoffMs: 10 },
-    { key: 'doomed', agent: permanent },
+    { key: 'doomed', agent: lateDoomed },
     { key: 'after', agent: ok, dependsOn: ['slowFail'] },
   ],
 })
 
 const { engine } = await testEngine({
-  agents: [flaky, ok, permanent, thrower, slow, badResult, slowFailer],
+  agents: [flaky, ok, permanent, thrower, slow, badResult, slowFailer, lateDoomed],
   workflows: [retrying, failing, perm, weird, timing, cancellable, bad, lateFailure],
 })
 await engine.createTenant({ id: 'acme' })
