@@ -135,7 +135,21 @@ describe('chaos', () => {
             restarts++
             continue
           }
-          const victims = [...fleet.children]
+          // A random worker among those running agents right now (any worker if none is), so
+          // that kills hit work in flight rather than idle processes.
+          const busy = await withClient(server.url, (c) =>
+            c.query<{ pid: number }>(
+              `SELECT DISTINCT split_part(worker_id, ':', 2)::int AS pid FROM equilateral.agent_coordination
+               WHERE status = 'running' AND worker_id IS NOT NULL`,
+            ),
+          ).then(
+            (r) => new Set(r.rows.map((row) => row.pid)),
+            () => new Set<number>(),
+          )
+          const all = [...fleet.children]
+          const victims = all.some((c) => busy.has(c.pid as number))
+            ? all.filter((c) => busy.has(c.pid as number))
+            : all
           const victim = victims[Math.floor(Math.random() * victims.length)]
           if (!victim) continue
           killedByUs.add(victim)
