@@ -7,9 +7,10 @@
 // The rows are written set-based: one INSERT ... SELECT over generate_series per batch (one
 // transaction each), every index, trigger and constraint in place. Timestamps spread the history
 // over the last `days` days, each workflow's tasks a few milliseconds apart like a no-op run.
-// Afterwards the audit rows are sealed by the engine's own sealer (src/audit/seal.ts), and the
-// tables are VACUUMed and ANALYZEd and a CHECKPOINT flushes the writes, so neither autovacuum nor a
-// checkpoint lands in the middle of the next measurement.
+// Afterwards the audit rows are sealed into the tenant's hash chain as the sweeper's sealer would
+// have sealed them (the sealer's computation, done in SQL; checked against src/audit/seal.ts), and
+// the tables are VACUUMed and ANALYZEd and a CHECKPOINT flushes the writes, so neither autovacuum
+// nor a checkpoint lands in the middle of the next measurement.
 //
 // Usage: node bench/growth.ts [admin database url] [tasks=1000000]
 //   creates a scratch database, migrates it, creates tenant `bench` through the engine, explains the
@@ -413,9 +414,9 @@ export async function preloadHistory(opts: PreloadOptions): Promise<PreloadRepor
 
 const secondsSince = (t: number) => Math.round((performance.now() - t) / 100) / 10
 
-// The engine's sealer (src/audit/seal.ts sealTenant) hashes in Node, 1,000 rows a block, about 30 ms
-// a block here: over two minutes for the audit rows of 1M tasks. This is the same computation done
-// in the server, a chunk of rows per transaction: the same advisory lock, the same horizon, rows in
+// The engine's sealer (src/audit/seal.ts sealTenant) hashes in Node, 1,000 rows a block, about 35 ms
+// a block here: some 2.5 minutes for the audit rows of 1M tasks, twice this. This is the same
+// computation in the server, a chunk of rows per transaction: the same advisory lock, the same horizon, rows in
 // (txid, id) order after the last sealed one, and the same hashes:
 //   data_hash = sha256(action_data::text), row_hash = sha256(JSON.stringify([tenant, id, txid,
 //   workflow, task, agent, action, actor, correlation, timestamp in us, data_hash])),
