@@ -1,0 +1,63 @@
+// One worker process of the benchmark: `node bench/bench-worker.ts <database url>`. It runs the
+// engine's worker with the benchmark's agents and records, on the shared wall clock, when each
+// agent started and when each completion committed (the worker hooks fire after the commit). It
+// also counts every SQL statement it sends. The orchestrator asks for the records over IPC.
+import pg from 'pg'
+import { pino } from 'pino'
+import { createEngine } from '../src/index.ts'
+import { agents, workflows } from './defs.ts'
+import { wallMs } from './lib/stats.ts'
+
+let statements = 0
+// eslint-disable-next-line @typescript-eslint/unbound-method
+const query = pg.Client.prototype.query
+pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+  statements++
+  return (query as (...a: unknown[]) => unknown).apply(this, args)
+} as typeof query
+
+const url = process.argv[2]
+if (!url) throw new Error('usage: bench-worker.ts <database url>')
+/** [task id, workflow id, task key, 's' (agent started) or 'c' (completion committed), wall ms] */
+let events: [string, string, string, 's' | 'c', number][] = []
+let peakRss = 0
+const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100)
+
+const engine = await createEngine({
+  connectionString: url,
+  agents,
+  workflows,
+  log: pino({ level: 'warn' }),
+  supervise: false,
+  config: {
+    workerConcurrency: Number(process.env.BENCH_CONCURRENCY ?? 16),
+    ...(process.env.BENCH_TENANT_LIMIT
+      ? { tenantConcurrency: { default: Number(process.env.BENCH_TENANT_LIMIT) } }
+      : {}),
+  },
+})
+await engine.startWorker({
+  hooks: {
+    taskStarted: (t) => void events.push([t.taskId, t.workflowId, t.taskKey, 's', wallMs()]),
+    taskFinished: (t, _tenant, outcome) => {
+      if (outcome === 'completed') events.push([t.taskId, t.workflowId, t.taskKey, 'c', wallMs()])
+    },
+  },
+})
+
+process.on('message', (m: { kind: string }) => {
+  if (m.kind === 'collect') {
+    process.send?.({ kind: 'events', events, statements, peakRss })
+    events = []
+    statements = 0
+    peakRss = process.memoryUsage().rss
+  }
+})
+process.once('SIGTERM', () => {
+  clearInterval(sampler)
+  engine.close().then(
+    () => process.exit(0),
+    () => process.exit(1),
+  )
+})
+process.send?.({ kind: 'ready' })
