@@ -20,7 +20,6 @@
 //   GROWTH_DAYS=30   GROWTH_JOBS=retained|all|none   GROWTH_SEAL=0   GROWTH_BATCH=100000
 //   GROWTH_COMPLIANCE_PROFILE='{"GDPR":{"retentionDays":30}}'   the tenant's compliance profile
 import { randomUUID } from 'node:crypto'
-import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
 import pg from 'pg'
 import { pino } from 'pino'
@@ -28,8 +27,9 @@ import { blockHash, dataHash, GENESIS, rowHash } from '../src/audit/seal.ts'
 import { DEFAULT_JSON_LIMITS } from '../src/core/json.ts'
 import { planTasks } from '../src/core/plan.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA } from '../src/db/names.ts'
-import { READY_CHANNEL } from '../src/flow/channels.ts'
-import { insertPlannedTasks } from '../src/flow/task-rows.ts'
+import { CLAIM } from '../src/flow/claim.ts'
+import { COMPLETE } from '../src/flow/complete.ts'
+import { START } from '../src/flow/start.ts'
 import { createEngine, defineAgent, defineWorkflow, migrate } from '../src/index.ts'
 import { queueName } from '../src/queue/boss.ts'
 import { scratchDatabase } from './lib/stats.ts'
@@ -664,145 +664,7 @@ export async function relationSizes(
 // ---------------------------------------------------------------------------------------------------
 // EXPLAIN of the hot path.
 //
-// The three statements every task goes through, COPIED from src/flow/start.ts (START),
-// src/flow/claim.ts (CLAIM) and src/flow/complete.ts (COMPLETE), which do not export them; keep them
-// in step (explainHotPath reports `drift` for any copy that no longer matches its source).
-
-const START = `
-WITH wf AS (
-  INSERT INTO workflows (tenant_id, id, type, version, status, input, idempotency_key, correlation_id, tasks_remaining, subject_key)
-  VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6, $7, $8, $10)
-  ON CONFLICT (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-  RETURNING id, correlation_id
-),
-${insertPlannedTasks('$9', 'wf.id', 'x, wf')},
-audit AS (
-  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
-  SELECT $1, wf.id, NULL, NULL, 'workflow_started',
-    jsonb_build_object('type', $3::text, 'version', $4::int, 'tasks', $8::int), wf.correlation_id
-  FROM wf
-  UNION ALL
-  SELECT $1, wf.id, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_queued' ELSE 'task_created' END,
-    jsonb_build_object('key', t.task_key, 'attempt', t.attempt), wf.correlation_id
-  FROM t, wf
-),
-notified AS (
-  SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
-)
-SELECT (SELECT id FROM wf) AS id, (SELECT count(*) FROM notified) AS notified`
-
-const CLAIM = `
-WITH j AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS j(id uuid, attempt int)),
-claimed AS (
-  UPDATE agent_coordination t
-  SET status = 'running', started_at = now(), heartbeat_at = now(), worker_id = $3, updated_at = now()
-  FROM j, workflows w
-  WHERE t.tenant_id = $1 AND t.id = j.id AND t.attempt = j.attempt AND t.status IN ('queued', 'running')
-    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
-  RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
-    t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id,
-    greatest(0, extract(epoch FROM clock_timestamp() - t.queued_at) * 1000)::float8 AS queue_wait_ms
-),
-audit AS (
-  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
-  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_started', jsonb_build_object('attempt', c.attempt, 'worker', $3::text),
-    c.correlation_id
-  FROM claimed c
-)
-SELECT c.*, (
-  SELECT coalesce(jsonb_object_agg(p.task_key, p.result), '{}'::jsonb)
-  FROM agent_coordination p WHERE p.tenant_id = $1 AND p.id = ANY(c.depends_on)
-) AS results
-FROM claimed c`
-
-const COMPLETE = `
-WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb)),
-done AS (
-  UPDATE agent_coordination t
-  SET status = 'completed', result = x.result, error = NULL, completed_at = now(), updated_at = now()
-  FROM x
-  WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
-  RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.dependents
-),
-wf_before AS (
-  SELECT w.id, w.status, w.correlation_id FROM workflows w
-  WHERE w.tenant_id = $1 AND w.id IN (SELECT workflow_id FROM done)
-),
-dec AS (
-  SELECT d.child AS id, count(*)::int AS n FROM done, unnest(done.dependents) AS d(child) GROUP BY d.child
-),
-children AS (
-  UPDATE agent_coordination c
-  SET deps_remaining = c.deps_remaining - dec.n,
-    status = CASE WHEN c.deps_remaining = dec.n THEN 'queued' ELSE c.status END,
-    attempt = CASE WHEN c.deps_remaining = dec.n THEN c.attempt + 1 ELSE c.attempt END,
-    job_id = CASE WHEN c.deps_remaining = dec.n THEN gen_random_uuid() ELSE c.job_id END,
-    queued_at = CASE WHEN c.deps_remaining = dec.n THEN now() ELSE c.queued_at END,
-    updated_at = now()
-  FROM dec
-  WHERE c.tenant_id = $1 AND c.id = dec.id AND c.status = 'pending'
-    AND EXISTS (SELECT 1 FROM wf_before w WHERE w.id = c.workflow_id AND w.status = 'running')
-  RETURNING c.id, c.workflow_id, c.agent_id, c.task_key, c.status, c.attempt, c.job_id, c.queue, c.timeout_ms
-),
-wf AS (
-  UPDATE workflows w
-  SET tasks_remaining = w.tasks_remaining - k.n,
-    status = CASE WHEN w.tasks_remaining = k.n THEN 'completed' ELSE w.status END,
-    completed_at = CASE WHEN w.tasks_remaining = k.n THEN now() ELSE w.completed_at END,
-    updated_at = now()
-  FROM (SELECT workflow_id, count(*)::int AS n FROM done GROUP BY workflow_id) k
-  WHERE w.tenant_id = $1 AND w.id = k.workflow_id AND w.status = 'running'
-  RETURNING w.id, w.status, w.type, w.correlation_id, w.created_at, w.completed_at
-),
-audit AS (
-  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
-  SELECT $1, d.workflow_id, d.id, d.agent_id, 'task_completed', jsonb_build_object('attempt', d.attempt), w.correlation_id
-  FROM done d JOIN wf_before w ON w.id = d.workflow_id
-  UNION ALL
-  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_queued', jsonb_build_object('key', c.task_key, 'attempt', c.attempt),
-    w.correlation_id
-  FROM children c JOIN wf_before w ON w.id = c.workflow_id WHERE c.status = 'queued'
-  UNION ALL
-  SELECT $1, w.id, NULL, NULL, 'workflow_completed', '{}'::jsonb, w.correlation_id FROM wf w WHERE w.status = 'completed'
-),
-notified AS (
-  SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
-)
-SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
-  NULL::float8 AS n, NULL AS type
-FROM done d
-UNION ALL
-SELECT 'ready', c.id, c.workflow_id, c.queue, c.attempt, c.job_id, c.timeout_ms, NULL FROM children c WHERE c.status = 'queued'
-UNION ALL
-SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_at - w.created_at) * 1000, w.type
-FROM wf w WHERE w.status = 'completed'
-UNION ALL
-SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, NULL, NULL`
-
-/** Names of the copied statements that no longer match the text in src (empty when in step). */
-async function sourceDrift(): Promise<string[]> {
-  const copies: [name: string, file: string, copy: string, interpolations: Record<string, string>][] = [
-    [
-      'START',
-      '../src/flow/start.ts',
-      START,
-      {
-        "${insertPlannedTasks('$9', 'wf.id', 'x, wf')}": insertPlannedTasks('$9', 'wf.id', 'x, wf'),
-        '${READY_CHANNEL}': READY_CHANNEL,
-      },
-    ],
-    ['CLAIM', '../src/flow/claim.ts', CLAIM, {}],
-    ['COMPLETE', '../src/flow/complete.ts', COMPLETE, { '${READY_CHANNEL}': READY_CHANNEL }],
-  ]
-  const drift: string[] = []
-  for (const [name, file, copy, interpolations] of copies) {
-    const source = await readFile(new URL(file, import.meta.url), 'utf8')
-    let text = new RegExp(`const ${name} = \`([^\`]*)\``).exec(source)?.[1]
-    for (const [from, to] of Object.entries(interpolations)) text = text?.replaceAll(from, to)
-    if (text !== copy) drift.push(name)
-  }
-  return drift
-}
+// The three statements every task goes through: START, CLAIM and COMPLETE, from src/flow.
 
 export interface PlanNodeSummary {
   node: string
@@ -837,7 +699,6 @@ export interface HotPathExplain {
   claim: StatementExplain
   complete: StatementExplain
   /** Copied statements that no longer match src (the figures then describe an old statement). */
-  drift: string[]
   /** With `plans: true`: the text EXPLAIN (ANALYZE, BUFFERS) of one more repetition. */
   plans?: { start: string; claim: string; complete: string }
 }
@@ -974,10 +835,16 @@ export async function explainHotPath(
         ]
         return {
           start: await explain(START, startParams),
-          claim: await explain(CLAIM, [tenantId, JSON.stringify([{ id: first.id, attempt: 1 }]), 'explain']),
+          claim: await explain(CLAIM, [
+            tenantId,
+            JSON.stringify([{ id: first.id, attempt: 1 }]),
+            'explain',
+            [first.id],
+          ]),
           complete: await explain(COMPLETE, [
             tenantId,
             JSON.stringify([{ id: first.id, attempt: 1, result: null }]),
+            [first.id],
           ]),
         }
       } finally {
@@ -1008,7 +875,6 @@ export async function explainHotPath(
       start: statement(runs.start),
       claim: statement(runs.claim),
       complete: statement(runs.complete),
-      drift: await sourceDrift(),
       ...(plans
         ? {
             plans: {

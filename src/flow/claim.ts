@@ -46,13 +46,15 @@ export interface ClaimedTask extends AttemptState {
   payloadError?: EncryptionError
 }
 
-const CLAIM = `
+/** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
+export const CLAIM = `
 WITH j AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS j(id uuid, attempt int)),
 claimed AS (
   UPDATE agent_coordination t
   SET status = 'running', started_at = now(), heartbeat_at = now(), worker_id = $3, updated_at = now()
   FROM j, workflows w
-  WHERE t.tenant_id = $1 AND t.id = j.id AND t.attempt = j.attempt AND t.status IN ('queued', 'running')
+  WHERE t.tenant_id = $1 AND t.id = ANY($4::uuid[]) AND t.id = j.id AND t.attempt = j.attempt
+    AND t.status IN ('queued', 'running')
     AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
   RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
     t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id,
@@ -87,6 +89,7 @@ export async function claimTasks(
       scope.tenantId,
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
       workerId,
+      jobs.map((j) => j.taskId),
     ])
     const byTask = new Map(rows.map((r) => [r.id as string, r]))
     const claimed: ClaimedTask[] = []

@@ -33,13 +33,14 @@ export interface CompletionOutcome {
   dispatched: ReadyJob[]
 }
 
-const COMPLETE = `
+/** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
+export const COMPLETE = `
 WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb)),
 done AS (
   UPDATE agent_coordination t
   SET status = 'completed', result = x.result, error = NULL, completed_at = now(), updated_at = now()
   FROM x
-  WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
+  WHERE t.tenant_id = $1 AND t.id = ANY($3::uuid[]) AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
   RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.dependents
 ),
 wf_before AS (
@@ -138,6 +139,7 @@ async function writeCompletions(
   const { rows } = await db.executeSql(COMPLETE, [
     scope.tenantId,
     JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, result: i.result ?? null }))),
+    items.map((i) => i.taskId),
   ])
   const completed = new Set<string>()
   const dispatched: ReadyJob[] = []

@@ -46,7 +46,8 @@ export class IdempotencyConflictError extends EquilateralError {
   }
 }
 
-const START = `
+/** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
+export const START = `
 WITH wf AS (
   INSERT INTO workflows (tenant_id, id, type, version, status, input, idempotency_key, correlation_id, tasks_remaining, subject_key)
   VALUES ($1, $2, $3, $4, 'running', $5::jsonb, $6, $7, $8, $10)
