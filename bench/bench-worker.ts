@@ -2,19 +2,12 @@
 // engine's worker with the benchmark's agents and records, on the shared wall clock, when each
 // agent started and when each completion committed (the worker hooks fire after the commit). It
 // also counts every SQL statement it sends. The orchestrator asks for the records over IPC.
-import pg from 'pg'
 import { pino } from 'pino'
 import { createEngine } from '../src/index.ts'
 import { agents, workflows } from './defs.ts'
-import { wallMs } from './lib/stats.ts'
+import { statementsSentSoFar, wallMs } from './lib/stats.ts'
 
-let statements = 0
-// eslint-disable-next-line @typescript-eslint/unbound-method
-const query = pg.Client.prototype.query
-pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-  statements++
-  return (query as (...a: unknown[]) => unknown).apply(this, args)
-} as typeof query
+let counted = statementsSentSoFar() // statements sent before the last collect
 
 const url = process.argv[2]
 if (!url) throw new Error('usage: bench-worker.ts <database url>')
@@ -47,9 +40,10 @@ await engine.startWorker({
 
 process.on('message', (m: { kind: string }) => {
   if (m.kind === 'collect') {
-    process.send?.({ kind: 'events', events, statements, peakRss })
+    const total = statementsSentSoFar()
+    process.send?.({ kind: 'events', events, statements: total - counted, peakRss })
+    counted = total
     events = []
-    statements = 0
     peakRss = process.memoryUsage().rss
   }
 })

@@ -11,20 +11,14 @@ import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { pino } from 'pino'
 import { createEngine, defineAgent, defineWorkflow, migrate } from '../src/index.ts'
+import { statementsSentSoFar } from './lib/stats.ts'
 
 const adminUrl = process.argv[2] ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const W = Number(process.argv[3] ?? 300)
 const concurrency = Number(process.argv[4] ?? 16)
 const dbName = `eq_bench_${process.pid}`
 
-let statements = 0
-// Counting wrapper around every query this process sends; `this` is passed through with apply().
-// eslint-disable-next-line @typescript-eslint/unbound-method
-const original = pg.Client.prototype.query
-pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-  statements++
-  return (original as (...a: unknown[]) => unknown).apply(this, args)
-} as typeof original
+statementsSentSoFar() // counts every statement this process sends from here on
 
 const admin = new pg.Client({ connectionString: adminUrl })
 await admin.connect()
@@ -86,17 +80,17 @@ const readXacts = async () =>
   )
 
 // Start all workflows first (measured separately), then run them.
-const s0 = statements
+const s0 = statementsSentSoFar()
 const x0 = await xacts()
 const tStart = performance.now()
 const ids: string[] = []
 for (let i = 0; i < W; i++)
   ids.push((await tenant.startWorkflow('diamond', blob === null ? { i } : { i, blob })).id)
 const startMs = performance.now() - tStart
-const startStatements = statements - s0
+const startStatements = statementsSentSoFar() - s0
 const startXacts = (await xacts()) - x0
 
-const s1 = statements
+const s1 = statementsSentSoFar()
 const x1 = await xacts()
 const t0 = performance.now()
 let polls = 0
@@ -112,7 +106,7 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 20))
 }
 const runMs = performance.now() - t0
-const runStatements = statements - s1 - polls
+const runStatements = statementsSentSoFar() - s1 - polls
 const runXacts = (await xacts()) - x1 - polls - 1
 const tasks = W * 4
 console.log(

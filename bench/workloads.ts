@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import type { TenantHandle } from '../src/engine.ts'
 import { parentsOf, type Shape, shapes } from './defs.ts'
-import { type Percentiles, percentiles, wallMs } from './lib/stats.ts'
+import { type Percentiles, percentiles, statementsSentSoFar, wallMs } from './lib/stats.ts'
 
 const workerScript = fileURLToPath(new URL('./bench-worker.ts', import.meta.url))
 
@@ -123,15 +123,6 @@ export interface WorkloadOptions {
   rate?: number
 }
 
-let ownStatements = 0
-// Statements this process sends (workflow starts); counted so the per-task figures include them.
-// eslint-disable-next-line @typescript-eslint/unbound-method
-const originalQuery = pg.Client.prototype.query
-pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
-  ownStatements++
-  return (originalQuery as (...a: unknown[]) => unknown).apply(this, args)
-} as typeof originalQuery
-
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Committed transactions of the database so far (stats are flushed at most once a second). */
@@ -155,7 +146,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   const tasksPer = shapes[o.shape].tasks.length
   await o.fleet.collect() // drops what earlier runs recorded
   const x0 = await transactions(o.adminUrl, o.url)
-  const s0 = ownStatements
+  // Statements this process sends (workflow starts), so the per-task figures include them.
+  const s0 = statementsSentSoFar()
 
   const calledAt = new Map<string, number>()
   const began = wallMs()
@@ -175,7 +167,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     }
   }
   await Promise.all(Array.from({ length: o.rate ? 4 : 16 }, starter))
-  const startStatements = ownStatements - s0
+  const startStatements = statementsSentSoFar() - s0
 
   // Wait for the fleet: every task of this run's workflows committed (other work, such as the
   // multi-tenant flood, may run beside it).

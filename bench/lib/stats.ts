@@ -1,4 +1,5 @@
 // Small numeric helpers shared by the benchmarks.
+import pg from 'pg'
 
 export interface Percentiles {
   n: number
@@ -33,7 +34,6 @@ export async function scratchDatabase(
   adminUrl: string,
   name: string,
 ): Promise<{ url: string; drop: () => Promise<void> }> {
-  const { default: pg } = await import('pg')
   const admin = new pg.Client({ connectionString: adminUrl })
   await admin.connect()
   try {
@@ -56,4 +56,24 @@ export async function scratchDatabase(
       }
     },
   }
+}
+
+let statementsSent = 0
+let counting = false
+/**
+ * Counts every statement this process sends through pg (pg-boss's included) from the first call
+ * on; returns the count so far. A wrapper around pg.Client.prototype.query, installed once.
+ */
+export function statementsSentSoFar(): number {
+  if (!counting) {
+    counting = true
+    // `this` is passed through with apply().
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    const original = pg.Client.prototype.query
+    pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+      statementsSent++
+      return (original as (...a: unknown[]) => unknown).apply(this, args)
+    } as typeof original
+  }
+  return statementsSent
 }
