@@ -6,12 +6,12 @@
 // completed workflow), nothing stuck, an unbroken audit history, no job left active, and every
 // completion preceded by its attempt's side effect. The worker processes must survive the outage.
 import type { ChildProcess } from 'node:child_process'
-import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createEngine } from '../../src/index.ts'
 import { chaosLoad, workflows } from '../fixtures/chaos-registry.ts'
 import { checkInvariants, describeReport, type Expected } from '../helpers/invariants.ts'
+import { queryOnce, runningWorkflows } from '../helpers/db.ts'
 import { workerProcesses } from '../helpers/processes.ts'
 import { ownServer } from '../helpers/server.ts'
 
@@ -25,9 +25,7 @@ const DEADLINE_MS = 150_000
 const TENANTS = ['acme', 'globex', 'initech']
 
 const server = await ownServer()
-await withClient(server.url, (c) =>
-  c.query('CREATE TABLE chaos_effects (key text PRIMARY KEY, runs int NOT NULL DEFAULT 1)'),
-)
+await queryOnce(server.url, 'CREATE TABLE chaos_effects (key text PRIMARY KEY, runs int NOT NULL DEFAULT 1)')
 const engine = await createEngine({
   connectionString: server.appUrl,
   adminConnectionString: server.url,
@@ -38,17 +36,6 @@ const engine = await createEngine({
 })
 const fleet = workerProcesses(server.appUrl)
 afterAll(() => engine.close())
-
-async function withClient<T>(url: string, fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: url })
-  c.on('error', () => {})
-  await c.connect()
-  try {
-    return await fn(c)
-  } finally {
-    await c.end().catch(() => {})
-  }
-}
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 const between = ([lo, hi]: readonly [number, number]) => lo + Math.random() * (hi - lo)
@@ -137,13 +124,12 @@ describe('chaos', () => {
           }
           // A random worker among those running agents right now (any worker if none is), so
           // that kills hit work in flight rather than idle processes.
-          const busy = await withClient(server.url, (c) =>
-            c.query<{ pid: number }>(
-              `SELECT DISTINCT split_part(worker_id, ':', 2)::int AS pid FROM equilateral.agent_coordination
+          const busy = await queryOnce<{ pid: number }>(
+            server.url,
+            `SELECT DISTINCT split_part(worker_id, ':', 2)::int AS pid FROM equilateral.agent_coordination
                WHERE status = 'running' AND worker_id IS NOT NULL`,
-            ),
           ).then(
-            (r) => new Set(r.rows.map((row) => row.pid)),
+            (rows) => new Set(rows.map((row) => row.pid)),
             () => new Set<number>(),
           )
           const all = [...fleet.children]
@@ -164,12 +150,8 @@ describe('chaos', () => {
         await sleep(500)
         if (elapsed() > DEADLINE_MS) break
         if (!loadDone || !server.running) continue
-        const running = await withClient(server.url, (c) =>
-          c.query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
-          ),
-        ).catch(() => null)
-        if (running?.rows[0]?.n === 0) break
+        const running = await runningWorkflows(server.url).catch(() => null)
+        if (running === 0) break
       }
       finished = true
       await Promise.all([load, sweeper, chaos, ...replacements])
@@ -177,15 +159,18 @@ describe('chaos', () => {
       await Promise.all([...fleet.children].map((c) => (killedByUs.add(c), fleet.stop(c, 'SIGTERM'))))
 
       const report = await checkInvariants(server.url, expected, { effectsTable: 'chaos_effects' })
-      const counts = await withClient(server.url, async (c) => {
-        const { rows } = await c.query<{ type: string; status: string; n: number }>(
+      const counts = {
+        workflows: await queryOnce<{ type: string; status: string; n: number }>(
+          server.url,
           `SELECT type, status, count(*)::int AS n FROM equilateral.workflows GROUP BY 1, 2 ORDER BY 1, 2`,
-        )
-        const tasks = await c.query<{ n: number; attempts: number }>(
-          `SELECT count(*)::int AS n, sum(attempt)::int AS attempts FROM equilateral.agent_coordination`,
-        )
-        return { workflows: rows, tasks: tasks.rows[0] }
-      })
+        ),
+        tasks: (
+          await queryOnce<{ n: number; attempts: number }>(
+            server.url,
+            `SELECT count(*)::int AS n, sum(attempt)::int AS attempts FROM equilateral.agent_coordination`,
+          )
+        )[0],
+      }
       console.log(
         [
           `chaos summary (${(elapsed() / 1000).toFixed(0)} s):`,

@@ -3,13 +3,12 @@
 // worker is replaced at once and the sweeper runs as the cron would. Afterwards the database must
 // show the same promise as after the chaos test (test/helpers/invariants.ts).
 import type { ChildProcess } from 'node:child_process'
-import pg from 'pg'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import { createEngine, type Engine } from '../../src/index.ts'
 import { FAILPOINTS, type Failpoint, parseFailpoints } from '../../src/failpoints.ts'
 import { chaosLoad, workflows } from '../fixtures/chaos-registry.ts'
-import { createTestDatabase } from '../helpers/db.ts'
+import { createTestDatabase, runningWorkflows } from '../helpers/db.ts'
 import { checkInvariants, describeReport, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
 
@@ -91,7 +90,7 @@ describe.concurrent('crash points', () => {
         }
         for (;;) {
           await engine.sweep()
-          const left = await countRunning(db.url)
+          const left = await runningWorkflows(db.url)
           if (left === 0) break
           if (Date.now() > deadline) throw new Error(`${left} workflows still running at ${point}`)
           await sleep(300)
@@ -133,16 +132,3 @@ describe('EQUILATERAL_FAILPOINTS', () => {
     expect(() => parseFailpoints('claim.after-commit=often')).toThrow(/between 0 and 1/)
   })
 })
-
-async function countRunning(url: string): Promise<number> {
-  const c = new pg.Client({ connectionString: url })
-  await c.connect()
-  try {
-    const { rows } = await c.query<{ n: number }>(
-      `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
-    )
-    return rows[0]?.n ?? -1
-  } finally {
-    await c.end()
-  }
-}

@@ -5,14 +5,13 @@
 // workflow with a readable error; the healthy workflows beside them all complete, and no worker
 // process dies except those the suicidal agent kills.
 import type { ChildProcess } from 'node:child_process'
-import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { serializeError } from '../../src/errors.ts'
 import { createEngine, type Json } from '../../src/index.ts'
 import { DEAD_LETTER_QUEUE } from '../../src/queue/boss.ts'
 import { POISON_ATTEMPTS, POISON_VALUES, poisonWorkflows, workflows } from '../fixtures/chaos-registry.ts'
-import { createTestDatabase } from '../helpers/db.ts'
+import { createTestDatabase, queryOnce, runningWorkflows } from '../helpers/db.ts'
 import { checkInvariants, describeReport, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
 
@@ -35,16 +34,6 @@ afterAll(async () => {
   await db.drop()
 })
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
-
-async function query<T>(sql: string, params: unknown[] = []): Promise<T[]> {
-  const c = new pg.Client({ connectionString: db.url })
-  await c.connect()
-  try {
-    return (await c.query(sql, params)).rows as T[]
-  } finally {
-    await c.end()
-  }
-}
 
 describe('serializeError', () => {
   it.each(Object.keys(POISON_VALUES))('describes a thrown %s without throwing itself', (kind) => {
@@ -106,11 +95,9 @@ describe('poison tasks', () => {
       const settle = async (what: string) => {
         for (;;) {
           await engine.sweep()
-          const [row] = await query<{ n: number }>(
-            `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
-          )
-          if (row?.n === 0) return
-          if (Date.now() > deadline) throw new Error(`${row?.n} workflows still running (${what})`)
+          const running = await runningWorkflows(db.url)
+          if (running === 0) return
+          if (Date.now() > deadline) throw new Error(`${running} workflows still running (${what})`)
           await sleep(300)
         }
       }
@@ -141,25 +128,28 @@ describe('poison tasks', () => {
 
       // Every poison task used all its attempts, ended failed with a readable error, and was
       // dead-lettered once.
-      const tasks = await query<{
+      const tasks = await queryOnce<{
         workflow_id: string
         id: string
         status: string
         failures: number
         error: any
       }>(
+        db.url,
         `SELECT workflow_id, id, status, failures, error FROM equilateral.agent_coordination
        WHERE workflow_id = ANY($1::uuid[])`,
         [[...poison.keys()]],
       )
-      const dead = await query<{ k: string; n: number }>(
+      const dead = await queryOnce<{ k: string; n: number }>(
+        db.url,
         `SELECT data->>'k' AS k, count(*)::int AS n FROM pgboss.job WHERE name = $1 GROUP BY 1`,
         [DEAD_LETTER_QUEUE],
       )
       const deadLettered = new Map(dead.map((d) => [d.k, d.n]))
       // Each attempt's error, from the audit log: a poison task's attempt may also have been lost
       // with a process another poison task killed, so its final error is not always its own.
-      const failures = await query<{ task_id: string; error: string }>(
+      const failures = await queryOnce<{ task_id: string; error: string }>(
+        db.url,
         `SELECT task_id, (action_data->'error'->>'name') || ': ' || (action_data->'error'->>'message') AS error
          FROM equilateral.agent_audit_log WHERE action_type IN ('task_failed_attempt', 'task_lost')
            AND workflow_id = ANY($1::uuid[]) ORDER BY id`,

@@ -77,3 +77,32 @@ function withLogin(url: string, user: string, password: string): string {
   u.password = password
   return u.toString()
 }
+
+/**
+ * One statement on a connection of its own (opened and closed around it): for checks behind the
+ * engine's back, including while the server may be restarting (a dropped connection is an error
+ * of the call, never an uncaught exception).
+ */
+export async function queryOnce<T extends pg.QueryResultRow = Record<string, any>>(
+  url: string,
+  sql: string,
+  params: unknown[] = [],
+): Promise<T[]> {
+  const c = new pg.Client({ connectionString: url })
+  c.on('error', () => {})
+  await c.connect()
+  try {
+    return (await c.query<T>(sql, params)).rows
+  } finally {
+    await c.end().catch(() => {})
+  }
+}
+
+/** Workflows still running (row-level mode, every tenant), as the superuser sees them. */
+export async function runningWorkflows(url: string): Promise<number> {
+  const [row] = await queryOnce<{ n: number }>(
+    url,
+    `SELECT count(*)::int AS n FROM equilateral.workflows WHERE status = 'running'`,
+  )
+  return row?.n ?? -1
+}
