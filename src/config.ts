@@ -4,7 +4,7 @@ import { type KeyRing, parseKeyRing } from './crypto/keyring.ts'
 import { APP_ROLE } from './db/names.ts'
 import { ConfigError } from './errors.ts'
 
-export const ISOLATION_MODES = ['row-level', 'schema-per-tenant'] as const
+export const ISOLATION_MODES = ['row-level', 'schema-per-tenant', 'database-per-tenant'] as const
 export type IsolationMode = (typeof ISOLATION_MODES)[number]
 
 export interface Config {
@@ -16,8 +16,32 @@ export interface Config {
    * owns nothing and cannot bypass row-level security. '' keeps the login role as it is.
    */
   databaseRole: string
-  /** Where new tenants' tables go: the shared schema under RLS, or a schema of their own (also under RLS). */
+  /**
+   * Where new tenants' tables go: the shared schema under RLS, a schema of their own (also under
+   * RLS), or a database of their own (database-per-tenant, on one of `tenantServers`).
+   */
   isolationMode: IsolationMode
+  /**
+   * database-per-tenant: the PostgreSQL servers tenant databases are placed on, by name, each an
+   * owner login's URL (it creates the databases; run-time connections switch to `databaseRole`).
+   * From TENANT_SERVERS (`name=url name=url`); empty: one server, `default`, the control database's.
+   */
+  tenantServers: Readonly<Record<string, string>>
+  /** database-per-tenant: tenant databases are named `<prefix><tenant id>_<6 hex>`. */
+  tenantDatabasePrefix: string
+  /**
+   * database-per-tenant: the tenants this process's workers serve: `*` (all), a list of ids, or
+   * `!id` exclusions (`!big1,!big2`: everyone but the tenants that have workers of their own).
+   */
+  workerTenants: TenantSelection
+  /** database-per-tenant: run-time connections of one tenant database's pool. */
+  tenantDbPoolMax: number
+  /** database-per-tenant: tenant databases one process keeps open at once (bounds its connections). */
+  maxTenantDatabases: number
+  /** database-per-tenant: a tenant database no request has used this long is closed (web). */
+  tenantDbIdleMs: number
+  /** database-per-tenant: how often workers re-read the directory for added, moved, suspended tenants. */
+  tenantRefreshMs: number
   logLevel: string
   /** Agents one worker process runs at once. */
   workerConcurrency: number
@@ -85,6 +109,13 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     migrationDatabaseUrl: env.MIGRATION_DATABASE_URL || undefined,
     databaseRole: env.DATABASE_ROLE ?? APP_ROLE,
     isolationMode: (env.TENANT_ISOLATION_MODE || 'row-level') as IsolationMode,
+    tenantServers: parseServers(env.TENANT_SERVERS, problems),
+    tenantDatabasePrefix: env.TENANT_DATABASE_PREFIX || 'tenant_',
+    workerTenants: parseSelection(env.WORKER_TENANTS, problems),
+    tenantDbPoolMax: int('TENANT_DB_POOL_MAX', 4, 2, 100),
+    maxTenantDatabases: int('MAX_TENANT_DATABASES', 100, 1, 10_000),
+    tenantDbIdleMs: int('TENANT_DB_IDLE_MS', 300_000, 1000),
+    tenantRefreshMs: int('TENANT_REFRESH_MS', 5000, 100),
     logLevel: env.LOG_LEVEL || 'info',
     workerConcurrency: int('WORKER_CONCURRENCY', 16, 1, 10_000),
     fetchBatchSize: int('FETCH_BATCH_SIZE', 16, 1, 1000),
@@ -118,6 +149,11 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
       `TENANT_ISOLATION_MODE must be one of ${ISOLATION_MODES.join(', ')} (got "${config.isolationMode}")`,
     )
   }
+  if (!/^[a-z_][a-z0-9_]{0,19}$/.test(config.tenantDatabasePrefix)) {
+    problems.push(
+      `TENANT_DATABASE_PREFIX must be 1-20 lower-case letters, digits or '_', not starting with a digit (got "${config.tenantDatabasePrefix}")`,
+    )
+  }
   if (config.databaseRole !== '' && !/^[a-z_][a-z0-9_]{0,62}$/.test(config.databaseRole)) {
     problems.push(`DATABASE_ROLE must be a lower-case role name or empty (got "${config.databaseRole}")`)
   }
@@ -128,6 +164,62 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   }
   if (problems.length > 0) throw new ConfigError(problems)
   return Object.freeze(config)
+}
+
+/** Which tenants a worker serves: everyone, only `only`, or everyone but `except`. */
+export type TenantSelection =
+  { kind: 'all' } | { kind: 'only'; ids: readonly string[] } | { kind: 'except'; ids: readonly string[] }
+
+export function selects(selection: TenantSelection, tenantId: string): boolean {
+  if (selection.kind === 'all') return true
+  return selection.ids.includes(tenantId) === (selection.kind === 'only')
+}
+
+const SERVER_NAME = /^[a-z][a-z0-9_-]{0,31}$/
+
+/** TENANT_SERVERS="a=postgres://owner:pw@host-a:5432 b=postgres://owner:pw@host-b:5432" */
+function parseServers(raw: string | undefined, problems: string[]): Readonly<Record<string, string>> {
+  const servers: Record<string, string> = {}
+  for (const entry of (raw ?? '').split(/\s+/).filter(Boolean)) {
+    const eq = entry.indexOf('=')
+    const name = entry.slice(0, eq)
+    const url = entry.slice(eq + 1)
+    if (eq < 1 || !SERVER_NAME.test(name)) {
+      problems.push(
+        `TENANT_SERVERS entry "${entry.slice(0, 40)}" must be name=url, the name 1-32 lower-case letters, digits, '_' or '-'`,
+      )
+      continue
+    }
+    if (name in servers) problems.push(`TENANT_SERVERS names server "${name}" twice`)
+    try {
+      const u = new URL(url)
+      if (u.protocol !== 'postgres:' && u.protocol !== 'postgresql:') throw new Error('not postgres')
+    } catch {
+      problems.push(`TENANT_SERVERS server "${name}" needs a postgres:// URL`)
+      continue
+    }
+    servers[name] = url
+  }
+  return Object.freeze(servers)
+}
+
+/** WORKER_TENANTS="*" | "acme,globex" | "!acme,!globex" */
+function parseSelection(raw: string | undefined, problems: string[]): TenantSelection {
+  const parts = (raw ?? '')
+    .split(',')
+    .map((p) => p.trim())
+    .filter(Boolean)
+  if (parts.length === 0 || (parts.length === 1 && parts[0] === '*')) return { kind: 'all' }
+  const excluded = parts.filter((p) => p.startsWith('!'))
+  if (excluded.length > 0 && excluded.length < parts.length) {
+    problems.push('WORKER_TENANTS is either a list of tenant ids or a list of !exclusions, not both')
+  }
+  const ids = parts.map((p) => p.replace(/^!/, ''))
+  for (const id of ids) {
+    if (!/^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/.test(id))
+      problems.push(`WORKER_TENANTS: "${id}" is not a tenant id`)
+  }
+  return excluded.length > 0 ? { kind: 'except', ids } : { kind: 'only', ids }
 }
 
 /** TENANT_CONCURRENCY=8 and TENANT_CONCURRENCY_TIERS=enterprise:32,free:2 */

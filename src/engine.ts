@@ -36,16 +36,20 @@ import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { latestMigrations } from './db/migrate.ts'
 import { APP_SCHEMA } from './db/names.ts'
-import { checkout, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
+import { databaseKey, Servers } from './db/placement.ts'
+import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
+import { checkout, type Db, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
 import { DefinitionError, InvalidInputError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
-import { Worker, type WorkerHooks } from './flow/worker.ts'
+import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
+import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
+import { ownerTenant } from './compliance/owner.ts'
 import {
   type CreatedTenant,
   createTenant,
@@ -156,13 +160,21 @@ export class Engine {
   readonly log: Logger
   readonly tenants: TenantDirectory
   readonly metrics: Metrics
+  /** database-per-tenant: the servers tenant databases are placed on. */
+  readonly servers: Servers
+  /** Where each tenant's transactions run: the control database, or the tenant's own. */
+  readonly stores: Stores
+  /** database-per-tenant: the tenant databases this process serves (see startWorker). */
+  #fleet: TenantFleet | null = null
+  /** Agent slots shared by the workers of every database this process serves. */
+  #slots: Slots | null = null
   readonly #connectionString: string
   readonly #adminConnectionString: string
   #adminPool: pg.Pool | null = null
   readonly #agents = new Map<string, AgentDefinition<any, any>>()
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
   readonly #workers = new Set<Worker>()
-  #sweepTimer: NodeJS.Timeout | null = null
+  readonly #sweepTimers = new Set<NodeJS.Timeout>()
   /** Set while the database is unreachable: the timer of the probe that waits for it to answer. */
   #databaseProbe: NodeJS.Timeout | null = null
   /** Connection errors not logged during the current outage (see #warn). */
@@ -194,10 +206,48 @@ export class Engine {
     // pg attaches its whole client to connection errors: log the message and code, not the client.
     this.boss.on('error', (error) => this.#warn(connectionError(error), error, 'pg-boss error'))
     this.tenants = new TenantDirectory(this.pool)
-    this.metrics = new Metrics({ tenantLabel: this.config.metricsTenantLabel })
-    this.metrics.observeResources(this.pool, this.boss)
+    this.metrics = new Metrics({
+      tenantLabel: this.config.metricsTenantLabel,
+      databaseLabel: this.config.isolationMode === 'database-per-tenant',
+    })
+    this.metrics.observeResources(this.pool, this.boss, 'app', CONTROL_STORE)
+    this.servers = new Servers({
+      configured: this.config.tenantServers,
+      controlOwnerUrl: this.#adminConnectionString,
+      controlRuntimeUrl: options.connectionString,
+      role: this.config.databaseRole,
+    })
+    const unobserve = new Map<string, () => void>()
+    this.stores = new Stores({
+      control: {
+        key: CONTROL_STORE,
+        pool: this.pool,
+        boss: this.boss,
+        connectionString: this.#connectionString,
+        database: null,
+      },
+      servers: this.servers,
+      log: this.log,
+      poolMax: this.config.tenantDbPoolMax,
+      maxOpen: this.config.maxTenantDatabases,
+      idleMs: this.config.tenantDbIdleMs,
+      supervise: options.supervise ?? true,
+      onOpen: async (store) => {
+        await this.#ensureQueues(this.#allAgentIds(), store.boss)
+        unobserve.set(store.key, this.metrics.observeResources(store.pool, store.boss, 'app', store.key))
+      },
+      onClose: (store) => {
+        unobserve.get(store.key)?.()
+        unobserve.delete(store.key)
+      },
+    })
     for (const a of options.agents ?? []) this.#agents.set(a.id, a)
     for (const w of options.workflows ?? []) this.registerWorkflow(w)
+  }
+
+  /** The store (pool and pg-boss) a tenant's transactions run in: the control database's or its own. */
+  storeOf(scope: TenantScope): Promise<Store> {
+    return this.stores.of(scope)
   }
 
   get limits(): JsonLimits {
@@ -253,17 +303,21 @@ export class Engine {
       this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
     await this.boss.start()
-    await this.#ensureQueues([
+    await this.#ensureQueues(this.#allAgentIds())
+    return this
+  }
+
+  #allAgentIds(): string[] {
+    return [
       ...new Set([
         ...this.#agents.keys(),
         ...[...this.#workflows.values()].flatMap((w) => w.tasks.map((t) => t.agentId)),
       ]),
-    ])
-    return this
+    ]
   }
 
-  #ensureQueues(agentIds: string[]): Promise<void> {
-    return ensureQueues(this.boss, agentIds, {
+  #ensureQueues(agentIds: string[], boss = this.boss): Promise<void> {
+    return ensureQueues(boss, agentIds, {
       heartbeatSeconds: Math.max(30, Math.ceil((this.config.staleAfterMs * 2) / 1000)),
       deleteAfterSeconds: 24 * 3600,
     })
@@ -284,9 +338,16 @@ export class Engine {
     return this.#adminPool
   }
 
-  /** Creates a tenant (and, in schema-per-tenant mode, its schema) and returns its API key, once. */
+  /**
+   * Creates a tenant (in schema-per-tenant mode with its schema, in database-per-tenant mode with
+   * its database, created and migrated) and returns its API key, once. Workers start serving a new
+   * tenant database within TENANT_REFRESH_MS.
+   */
   createTenant(spec: TenantSpec): Promise<CreatedTenant> {
-    return createTenant(this.#admin, spec, this.config.isolationMode)
+    return createTenant(this.#admin, spec, this.config.isolationMode, {
+      servers: this.servers,
+      prefix: this.config.tenantDatabasePrefix,
+    })
   }
 
   listTenants(): Promise<TenantInfo[]> {
@@ -315,7 +376,7 @@ export class Engine {
 
   /** Replaces a tenant's compliance profile (owner connection); returns it as stored. */
   setComplianceProfile(id: string, profile: ComplianceProfile): Promise<ComplianceProfile> {
-    return setComplianceProfile(this.#admin, id, profile)
+    return setComplianceProfile(this.#admin, id, profile, this.servers)
   }
 
   /**
@@ -324,17 +385,24 @@ export class Engine {
    * (src/compliance/retention.ts). Owner connection.
    */
   purgeExpired(options: PurgeOptions = {}): Promise<PurgeReport> {
-    return purgeExpired(this.#admin, options)
+    return purgeExpired(this.#admin, options, (scope) => this.stores.owner(scope, this.#admin))
   }
 
   /** GDPR erasure of one data subject's personal data (workflows started with that subjectKey). */
-  eraseSubject(tenantId: string, subjectKey: string): Promise<ErasureReport> {
-    return eraseSubject({ admin: this.#admin, boss: this.boss }, tenantId, subjectKey)
+  async eraseSubject(tenantId: string, subjectKey: string): Promise<ErasureReport> {
+    return eraseSubject(await this.#erasureDeps(tenantId), tenantId, subjectKey)
   }
 
   /** GDPR erasure of a whole tenant's personal data; the tenant stays (suspend it to stop intake). */
-  eraseTenantData(tenantId: string): Promise<ErasureReport> {
-    return eraseTenant({ admin: this.#admin, boss: this.boss }, tenantId)
+  async eraseTenantData(tenantId: string): Promise<ErasureReport> {
+    return eraseTenant(await this.#erasureDeps(tenantId), tenantId)
+  }
+
+  /** The owner's pool and the pg-boss of the database the tenant's data is in (any status). */
+  async #erasureDeps(tenantId: string): Promise<{ admin: pg.Pool; boss: PgBoss; control: pg.Pool }> {
+    const { scope } = await ownerTenant(this.#admin, tenantId)
+    const store = await this.stores.of(scope)
+    return { admin: this.stores.owner(scope, this.#admin), boss: store.boss, control: this.#admin }
   }
 
   /**
@@ -347,14 +415,47 @@ export class Engine {
       this.log.warn('retention purge not scheduled: the admin connection does not own the tenant tables')
       return false
     }
-    await ensureRetentionQueue(this.boss)
-    await this.boss.schedule(RETENTION_QUEUE, cron)
-    await this.boss.work(RETENTION_QUEUE, { pollingIntervalSeconds: 30 }, async () => {
-      const { problems, ...report } = await this.purgeExpired()
-      for (const p of problems) this.log.warn(p, 'retention purge skipped part of a tenant')
-      this.log.info(report, 'retention purge')
-    })
+    const schedule = async (store: Store, purge: () => Promise<PurgeReport>) => {
+      await ensureRetentionQueue(store.boss)
+      await store.boss.schedule(RETENTION_QUEUE, cron)
+      await store.boss.work(RETENTION_QUEUE, { pollingIntervalSeconds: 30 }, async () => {
+        const { problems, ...report } = await purge()
+        for (const p of problems) this.log.warn(p, 'retention purge skipped part of a tenant')
+        this.log.info({ ...report, database: store.key }, 'retention purge')
+      })
+    }
+    // The control database's tenants (all of them in the shared modes).
+    await schedule(this.stores.control, () =>
+      purgeExpired(this.#admin, {}, (scope) => (scope.database ? null : this.#admin)),
+    )
+    // database-per-tenant: each tenant database has its own schedule, run by the workers serving it.
+    if (this.config.isolationMode === 'database-per-tenant') {
+      await this.#serve({
+        name: 'retention',
+        start: async (store, scope) => {
+          await schedule(store, () => purgeExpired(this.stores.owner(scope, this.#admin)))
+          return () => store.boss.offWork(RETENTION_QUEUE)
+        },
+      })
+    }
     return true
+  }
+
+  /** Runs a service on every tenant database this process serves (database-per-tenant). */
+  async #serve(service: FleetService): Promise<void> {
+    this.#fleet ??= new TenantFleet({
+      stores: this.stores,
+      directory: this.tenants,
+      selection: this.config.workerTenants,
+      refreshMs: this.config.tenantRefreshMs,
+      log: this.log,
+    })
+    await this.#fleet.add(service)
+  }
+
+  /** database-per-tenant: reads the directory now instead of at the next TENANT_REFRESH_MS. */
+  async refreshTenants(): Promise<void> {
+    await this.#fleet?.refresh()
   }
 
   /** A handle on one active tenant, by id (for trusted backend code) ... */
@@ -367,24 +468,85 @@ export class Engine {
     return new TenantHandle(this, await this.tenants.byApiKey(key))
   }
 
-  /** Creates the agents' queues and starts a worker running them in this process. */
+  /**
+   * Creates the agents' queues and starts a worker running them in this process. In
+   * database-per-tenant mode it also serves the tenant databases WORKER_TENANTS selects: one worker
+   * per database (sharing this process's agent slots), started and stopped as the directory changes.
+   */
   async startWorker(
     options: {
       agents?: readonly AgentDefinition<any, any>[]
       concurrency?: number
       hooks?: WorkerHooks
     } = {},
-  ): Promise<Worker> {
+  ): Promise<TaskWorker> {
     const agents = options.agents ?? [...this.#agents.values()]
-    await this.#ensureQueues(agents.map((a) => a.id))
+    const slots = new Slots(options.concurrency ?? this.config.workerConcurrency)
+    const control =
+      this.config.workerTenants.kind === 'only' && this.config.isolationMode === 'database-per-tenant'
+        ? null
+        : await this.#startStoreWorker(this.stores.control, agents, slots, options.hooks, (ids) =>
+            this.tenants.scopeOf(ids).then((m) => new Map([...m].filter(([, scope]) => !scope.database))),
+          )
+    if (this.config.isolationMode !== 'database-per-tenant') return control as Worker
+    // Stopping the returned worker stops its tenant databases' workers; none is started after that.
+    let stopped = false
+    const workers = new Set<Worker>()
+    await this.#serve({
+      name: 'tasks',
+      start: async (store, scope) => {
+        if (stopped) return async () => {}
+        const key = store.key
+        const worker = await this.#startStoreWorker(store, agents, slots, options.hooks, (ids) =>
+          // Only the tenant this database belongs to, and only while the directory still puts it here.
+          this.tenants
+            .scopeOf(ids)
+            .then(
+              (m) =>
+                new Map(
+                  [...m].filter(
+                    ([id, s]) => id === scope.tenantId && s.database && databaseKey(s.database) === key,
+                  ),
+                ),
+            ),
+        )
+        workers.add(worker)
+        return async () => {
+          workers.delete(worker)
+          this.#workers.delete(worker)
+          await worker.stop()
+        }
+      },
+    })
+    const fleetWorker = new FleetWorker(control, workers, control?.id ?? `fleet:${process.pid}`)
+    const stop = fleetWorker.stop.bind(fleetWorker)
+    fleetWorker.stop = async () => {
+      stopped = true
+      await stop()
+    }
+    return fleetWorker
+  }
+
+  async #startStoreWorker(
+    store: Store,
+    agents: readonly AgentDefinition<any, any>[],
+    slots: Slots,
+    hooks: WorkerHooks | undefined,
+    scopeOf: (ids: string[]) => Promise<Map<string, TenantScope>>,
+  ): Promise<Worker> {
+    await this.#ensureQueues(
+      agents.map((a) => a.id),
+      store.boss,
+    )
     const worker = new Worker({
-      pool: this.pool,
-      boss: this.boss,
-      connectionString: this.#connectionString,
+      pool: store.pool,
+      boss: store.boss,
+      connectionString: store.connectionString,
       agents,
-      scopeOf: (ids) => this.tenants.scopeOf(ids),
-      log: this.log,
-      concurrency: options.concurrency ?? this.config.workerConcurrency,
+      scopeOf,
+      log: store.database ? this.log.child({ database: store.key }) : this.log,
+      concurrency: slots.size,
+      slots,
       batchSize: this.config.fetchBatchSize,
       pollIntervalMs: this.config.pollIntervalMs,
       heartbeatIntervalMs: this.config.heartbeatIntervalMs,
@@ -392,7 +554,7 @@ export class Engine {
       limits: this.limits,
       keyRing: this.keyRing,
       tenantConcurrency: this.config.tenantConcurrency,
-      hooks: this.#metricsHooks(options.hooks),
+      hooks: this.#metricsHooks(hooks, store.key),
     })
     await worker.start()
     this.#workers.add(worker)
@@ -400,23 +562,23 @@ export class Engine {
   }
 
   /** Worker hooks that feed the metrics, then call the caller's own hooks. */
-  #metricsHooks(extra: WorkerHooks = {}): WorkerHooks {
+  #metricsHooks(extra: WorkerHooks = {}, database: string): WorkerHooks {
     const m = this.metrics
     return {
       taskStarted: (task, tenant, dispatchMs) => {
-        m.tasksStarted.inc(m.withTenant({ agent: task.agentId }, tenant))
+        m.tasksStarted.inc(m.withTenant({ agent: task.agentId }, tenant, database))
         m.taskQueueWait.observe({ agent: task.agentId }, task.queueWaitMs / 1000)
         m.taskDispatchLatency.observe({ agent: task.agentId }, dispatchMs / 1000)
         extra.taskStarted?.(task, tenant, dispatchMs)
       },
       taskFinished: (task, tenant, outcome, ms) => {
-        m.tasksFinished.inc(m.withTenant({ agent: task.agentId, outcome }, tenant))
+        m.tasksFinished.inc(m.withTenant({ agent: task.agentId, outcome }, tenant, database))
         if (outcome !== 'released') m.taskRunDuration.observe({ agent: task.agentId }, ms / 1000)
         if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
         extra.taskFinished?.(task, tenant, outcome, ms)
       },
       workflowFinished: (tenant, type, status, ms) => {
-        m.workflowFinished(type, status, ms, tenant)
+        m.workflowFinished(type, status, ms, tenant, database)
         extra.workflowFinished?.(tenant, type, status, ms)
       },
     }
@@ -426,12 +588,16 @@ export class Engine {
    * Seals every active tenant's new audit rows into its hash chain (runs with the sweeper; safe
    * beside writers and beside another sealer).
    */
-  async sealAudit(options: { maxRowsPerBlock?: number } = {}): Promise<SealReport> {
+  async sealAudit(
+    options: { maxRowsPerBlock?: number } = {},
+    scopes: AsyncIterable<TenantScope> | Iterable<TenantScope> = this.tenants.active(),
+  ): Promise<SealReport> {
     const total: SealReport = { blocks: 0, rows: 0 }
-    for await (const scope of this.tenants.active()) {
+    for await (const scope of scopes) {
+      const { pool } = await this.stores.of(scope)
       // Bounded per run, so a tenant that writes without pause cannot hold the sealer.
       for (let blocks = 0; blocks < 20; blocks++) {
-        const r = await withTenantTx(this.pool, scope, (db) =>
+        const r = await withTenantTx(pool, scope, (db) =>
           sealTenant(db, scope.tenantId, options.maxRowsPerBlock),
         )
         total.blocks += r.blocks
@@ -447,7 +613,8 @@ export class Engine {
     const scopes = tenantId ? [await this.tenants.require(tenantId)] : this.tenants.active()
     const reports: VerifyReport[] = []
     for await (const scope of scopes) {
-      reports.push(await withTenantTx(this.pool, scope, (db) => verifyTenant(db, scope.tenantId)))
+      const { pool } = await this.stores.of(scope)
+      reports.push(await withTenantTx(pool, scope, (db) => verifyTenant(db, scope.tenantId)))
     }
     return reports
   }
@@ -463,7 +630,8 @@ export class Engine {
     const tenants: TenantStatsSection[] = []
     const tallies: StatsTallies[] = []
     for await (const scope of this.tenants.all()) {
-      const t = await withTenantTx(this.pool, scope, (db) => statsTallies(db, scope.tenantId, w))
+      const { pool } = await this.stores.of(scope)
+      const t = await withTenantTx(pool, scope, (db) => statsTallies(db, scope.tenantId, w))
       if (t.workflows.length === 0 && t.agents.length === 0) continue
       tallies.push(t)
       tenants.push({ tenantId: scope.tenantId, ...reportOf(t) })
@@ -476,15 +644,29 @@ export class Engine {
    * under another key, under the active key; in pages of `batchSize` rows, resumable.
    */
   reencrypt(options: ReencryptOptions = {}): Promise<ReencryptReport> {
-    return reencryptPayloads({ pool: this.pool, tenants: this.tenants, keyRing: this.keyRing }, options)
+    return reencryptPayloads(
+      {
+        poolOf: async (scope) => (await this.stores.of(scope)).pool,
+        tenants: this.tenants,
+        keyRing: this.keyRing,
+      },
+      options,
+    )
   }
 
-  /** One pass of the stale-task sweeper. */
-  sweep(options: { staleAfterMs?: number } = {}): Promise<SweepReport> {
-    return sweepOnce(
-      { pool: this.pool, boss: this.boss, tenants: this.tenants },
-      { staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs, batchSize: 500, maxPages: 20 },
-    )
+  /**
+   * One pass of the stale-task sweeper over every active tenant (or the given ones), each in its
+   * own database; a tenant database that cannot be reached is listed in `unreachable`.
+   */
+  sweep(
+    options: { staleAfterMs?: number } = {},
+    scopes: AsyncIterable<TenantScope> | Iterable<TenantScope> = this.tenants.active(),
+  ): Promise<SweepReport> {
+    return sweepOnce((scope) => this.stores.of(scope), scopes, {
+      staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs,
+      batchSize: 500,
+      maxPages: 20,
+    })
   }
 
   /**
@@ -493,30 +675,60 @@ export class Engine {
    * advisory lock so only one process sweeps at a time.
    */
   async startSweeper(): Promise<void> {
-    const run = async () => {
-      const report = await this.sweep()
-      if (report.requeued > 0 || report.lost > 0) this.log.info(report, 'sweeper recovered tasks')
+    const run = async (store: Store, scopes: () => AsyncIterable<TenantScope> | Iterable<TenantScope>) => {
+      const report = await this.sweep({}, scopes())
+      if (report.requeued > 0 || report.lost > 0) {
+        this.log.info({ ...report, database: store.key }, 'sweeper recovered tasks')
+      }
       this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
       this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
-      const sealed = await this.sealAudit()
-      if (sealed.rows > 0) this.log.debug(sealed, 'audit rows sealed')
+      const sealed = await this.sealAudit({}, scopes())
+      if (sealed.rows > 0) this.log.debug({ ...sealed, database: store.key }, 'audit rows sealed')
     }
-    if (this.config.sweepIntervalMs > 0) {
-      this.#sweepTimer = setInterval(() => {
-        void this.#withSweepLock(run).catch((error) => this.#warn({ err: error }, error, 'sweep failed'))
-      }, this.config.sweepIntervalMs)
-      return
+    // The control database sweeps its own tenants; each tenant database is swept on its own schedule.
+    await this.#sweepOn(this.stores.control, () => run(this.stores.control, () => this.#controlTenants()))
+    if (this.config.isolationMode === 'database-per-tenant') {
+      await this.#serve({
+        name: 'sweeper',
+        start: (store, scope) => this.#sweepOn(store, () => run(store, () => [scope])),
+      })
     }
-    // The sweep queue exists: start() created it with the agents' queues.
-    await this.boss.schedule(SWEEP_QUEUE, '* * * * *')
-    await this.boss.work(SWEEP_QUEUE, { pollingIntervalSeconds: 5 }, async () => {
-      await run()
-    })
   }
 
-  async #withSweepLock(fn: () => Promise<void>): Promise<void> {
+  /** Active tenants whose tables are in the control database. */
+  async *#controlTenants(): AsyncGenerator<TenantScope> {
+    for await (const scope of this.tenants.active()) if (!scope.database) yield scope
+  }
+
+  /**
+   * Runs `run` on the store's database: from a pg-boss cron schedule (every minute, sent once
+   * whatever the number of processes), or, with SWEEP_INTERVAL_MS, on a local timer guarded by an
+   * advisory lock so only one process sweeps a database at a time. Returns its stop.
+   */
+  async #sweepOn(store: Store, run: () => Promise<void>): Promise<() => Promise<void>> {
+    if (this.config.sweepIntervalMs > 0) {
+      const timer = setInterval(() => {
+        void this.#withSweepLock(store, run).catch((error) =>
+          this.#warn({ err: error, database: store.key }, error, 'sweep failed'),
+        )
+      }, this.config.sweepIntervalMs)
+      this.#sweepTimers.add(timer)
+      return async () => {
+        clearInterval(timer)
+        this.#sweepTimers.delete(timer)
+      }
+    }
+    // The sweep queue exists: start() (or opening the store) created it with the agents' queues.
+    await store.boss.schedule(SWEEP_QUEUE, '* * * * *')
+    await store.boss.work(SWEEP_QUEUE, { pollingIntervalSeconds: 5 }, async () => {
+      await run()
+    })
+    return () => store.boss.offWork(SWEEP_QUEUE)
+  }
+
+  async #withSweepLock(store: Store, fn: () => Promise<void>): Promise<void> {
     // Held for the whole sweep, idle while the sweep's own transactions run on other connections.
-    const { client, release } = await checkout(this.pool)
+    const { client, release } = await checkout(store.pool)
     try {
       const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS ok', [0x65717377])
       if (!rows[0]?.ok) return
@@ -626,9 +838,11 @@ export class Engine {
   async close(): Promise<void> {
     this.#closing = true
     if (this.#databaseProbe) clearTimeout(this.#databaseProbe)
-    if (this.#sweepTimer) clearInterval(this.#sweepTimer)
+    for (const timer of this.#sweepTimers) clearInterval(timer)
+    await this.#fleet?.stop()
     await Promise.allSettled([...this.#workers].map((w) => w.stop()))
     this.#workers.clear()
+    await this.stores.closeAll()
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})
     await this.pool.end().catch(() => {})
     await this.#adminPool?.end().catch(() => {})
@@ -651,23 +865,32 @@ export class TenantHandle {
 
   async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
     const e = this.#engine
+    const { pool, boss, key } = await e.storeOf(this.scope)
     const started = await startWorkflow(
-      { pool: e.pool, boss: e.boss, limits: e.limits, keyRing: e.keyRing },
+      { pool, boss, limits: e.limits, keyRing: e.keyRing },
       this.scope,
       e.workflow(type),
       input,
       options,
     )
     // In the caller's own transaction (options.db) this counts a start that may still roll back.
-    if (started.created) e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type }, this.id))
+    if (started.created) e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type }, this.id, key))
     return started
   }
 
-  cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
+  async cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
     const m = this.#engine.metrics
-    return cancelWorkflow(this.#engine, this.scope, requireUuid(id, 'workflow id'), options, (wf) =>
-      m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id),
+    requireUuid(id, 'workflow id')
+    const store = await this.#engine.storeOf(this.scope)
+    return cancelWorkflow(store, this.scope, id, options, (wf) =>
+      m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id, store.key),
     )
+  }
+
+  /** Runs `fn` in a transaction scoped to this tenant, in the tenant's database. */
+  async #tx<T>(fn: (db: Db) => Promise<T>): Promise<T> {
+    const { pool } = await this.#engine.storeOf(this.scope)
+    return withTenantTx(pool, this.scope, fn)
   }
 
   /**
@@ -686,7 +909,7 @@ export class TenantHandle {
     // A NUL cannot even be a query parameter of PostgreSQL's.
     if (filter.type !== undefined) assertStorableJson(filter.type, 'type')
     const after = filter.cursor === undefined ? null : decodeCursor(filter.cursor)
-    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+    return this.#tx(async (db) => {
       const { rows } = await db.executeSql(
         `SELECT id, type, version, status, correlation_id, created_at, completed_at, tasks_remaining,
            created_at::text AS cursor_at
@@ -728,7 +951,7 @@ export class TenantHandle {
    */
   async stats(window: StatsWindowInput = {}): Promise<StatsReport> {
     const w = resolveWindow(window)
-    return withTenantTx(this.#engine.pool, this.scope, (db) => tenantStats(db, this.scope.tenantId, w))
+    return this.#tx((db) => tenantStats(db, this.scope.tenantId, w))
   }
 
   /** Decrypts the input and results; a missing or wrong key throws EncryptionError. */
@@ -736,7 +959,7 @@ export class TenantHandle {
     requireUuid(id, 'workflow id')
     const ring = this.#engine.keyRing
     const tenant = this.scope.tenantId
-    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+    return this.#tx(async (db) => {
       const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [
         this.scope.tenantId,
         id,
@@ -786,7 +1009,7 @@ export class TenantHandle {
   /** The workflow's audit trail, in the order it was written; NotFoundError for an unknown workflow. */
   async history(workflowId: string): Promise<AuditEntry[]> {
     requireUuid(workflowId, 'workflow id')
-    return withTenantTx(this.#engine.pool, this.scope, async (db) => {
+    return this.#tx(async (db) => {
       const { rows } = await db.executeSql(
         `SELECT id, task_id, agent_id, action_type, action_data, actor, correlation_id, timestamp
          FROM agent_audit_log WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY id`,

@@ -42,11 +42,26 @@ export class NotFoundError extends EquilateralError {
   }
 }
 
+export type TenantErrorCode =
+  | 'unknown_tenant'
+  | 'tenant_suspended'
+  | 'invalid_tenant_id'
+  | 'invalid_tier'
+  | 'tenant_exists'
+  /** database-per-tenant: the tenant's database is still being created (create the tenant again). */
+  | 'tenant_provisioning'
+  /** database-per-tenant: a server name that TENANT_SERVERS does not list. */
+  | 'unknown_server'
+  /** database-per-tenant: the directory points at a database that is not this tenant's. */
+  | 'tenant_database_mismatch'
+  /** database-per-tenant: this process has MAX_TENANT_DATABASES open and none idle to close. */
+  | 'too_many_databases'
+  /** A move refused: the tenant is not suspended and drained, or the copy differs from the source. */
+  | 'move_refused'
+
 export class TenantError extends EquilateralError {
-  constructor(
-    code: 'unknown_tenant' | 'tenant_suspended' | 'invalid_tenant_id' | 'invalid_tier' | 'tenant_exists',
-    message: string,
-  ) {
+  declare readonly code: TenantErrorCode
+  constructor(code: TenantErrorCode, message: string) {
     super(code, message)
   }
 }

@@ -21,6 +21,18 @@ const QUEUE_STATS_MAX_AGE_MS = 5000
 export interface MetricsOptions {
   /** Adds a `tenant` label to the task and workflow counters (not histograms). Default false. */
   tenantLabel?: boolean
+  /**
+   * database-per-tenant: adds a `database` label (`control`, or `server/database`) to the task and
+   * workflow counters and to the pool and queue gauges. Default false.
+   */
+  databaseLabel?: boolean
+}
+
+interface Resources {
+  pool: pg.Pool
+  poolName: string
+  database: string
+  queues: () => Promise<Awaited<ReturnType<PgBoss['getQueues']>>>
 }
 
 export type TaskOutcome = 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released'
@@ -29,6 +41,9 @@ export type WorkflowEnd = 'completed' | 'failed' | 'cancelled'
 export class Metrics {
   readonly registry = new Registry()
   readonly tenantLabel: boolean
+  readonly databaseLabel: boolean
+  /** What the pool and queue gauges read at scrape time, one entry per database. */
+  readonly #resources = new Set<Resources>()
 
   readonly tasksStarted: Counter<string>
   readonly tasksFinished: Counter<string>
@@ -43,7 +58,8 @@ export class Metrics {
 
   constructor(options: MetricsOptions = {}) {
     this.tenantLabel = options.tenantLabel ?? false
-    const t = this.tenantLabel ? ['tenant'] : []
+    this.databaseLabel = options.databaseLabel ?? false
+    const t = [...(this.tenantLabel ? ['tenant'] : []), ...(this.databaseLabel ? ['database'] : [])]
     const registers = [this.registry]
     collectDefaultMetrics({ register: this.registry })
     // Gauges named like counters (promtool's lint refuses them); nodejs_active_handles and
@@ -120,63 +136,101 @@ export class Metrics {
     })
   }
 
-  /** Labels with the tenant only when the deployment asked for it. */
-  withTenant<L extends Record<string, string>>(labels: L, tenant: string): L | (L & { tenant: string }) {
-    return this.tenantLabel ? { ...labels, tenant } : labels
+  /** Labels with the tenant, and the database, only when the deployment asked for them. */
+  withTenant<L extends Record<string, string>>(labels: L, tenant: string, database = 'control'): L {
+    return {
+      ...labels,
+      ...(this.tenantLabel ? { tenant } : {}),
+      ...(this.databaseLabel ? { database } : {}),
+    }
   }
 
-  workflowFinished(type: string, status: WorkflowEnd, durationMs: number | null, tenant: string): void {
-    this.workflowsFinished.inc(this.withTenant({ type, status }, tenant))
+  workflowFinished(
+    type: string,
+    status: WorkflowEnd,
+    durationMs: number | null,
+    tenant: string,
+    database = 'control',
+  ): void {
+    this.workflowsFinished.inc(this.withTenant({ type, status }, tenant, database))
     if (durationMs !== null) this.workflowDuration.observe({ type, status }, durationMs / 1000)
   }
 
   /**
    * Gauges read at scrape time: the pool's connections, and pg-boss's per-queue job counts (from its
    * queue table, which its monitor keeps up to date: one row per queue, never a scan of the jobs).
+   * One call per database (database-per-tenant: one per tenant database open); returns the call
+   * that stops observing it.
    */
-  observeResources(pool: pg.Pool, boss: PgBoss, poolName = 'app'): void {
+  observeResources(pool: pg.Pool, boss: PgBoss, poolName = 'app', database = 'control'): () => void {
+    if (this.#resources.size === 0) this.#registerResourceGauges()
+    let cached: { at: number; queues: Awaited<ReturnType<PgBoss['getQueues']>> } | null = null
+    const entry: Resources = {
+      pool,
+      poolName,
+      database,
+      queues: async () => {
+        if (!cached || Date.now() - cached.at > QUEUE_STATS_MAX_AGE_MS) {
+          cached = { at: Date.now(), queues: await boss.getQueues() }
+        }
+        return cached.queues
+      },
+    }
+    this.#resources.add(entry)
+    return () => {
+      this.#resources.delete(entry)
+    }
+  }
+
+  #registerResourceGauges(): void {
+    const resources = this.#resources
+    const db = (r: Resources) => (this.databaseLabel ? { database: r.database } : {})
+    const d = this.databaseLabel ? ['database'] : []
     new Gauge({
       name: 'equilateral_db_pool_connections',
       help: 'Connections of the database pool, by state: in_use, idle, waiting (requests queued for a connection).',
-      labelNames: ['pool', 'state'],
+      labelNames: ['pool', 'state', ...d],
       registers: [this.registry],
       collect() {
-        this.set({ pool: poolName, state: 'in_use' }, pool.totalCount - pool.idleCount)
-        this.set({ pool: poolName, state: 'idle' }, pool.idleCount)
-        this.set({ pool: poolName, state: 'waiting' }, pool.waitingCount)
+        this.reset()
+        for (const r of resources) {
+          const { pool, poolName } = r
+          this.set({ pool: poolName, state: 'in_use', ...db(r) }, pool.totalCount - pool.idleCount)
+          this.set({ pool: poolName, state: 'idle', ...db(r) }, pool.idleCount)
+          this.set({ pool: poolName, state: 'waiting', ...db(r) }, pool.waitingCount)
+        }
       },
     })
-    let cached: { at: number; queues: Awaited<ReturnType<PgBoss['getQueues']>> } | null = null
-    const queues = async () => {
-      if (!cached || Date.now() - cached.at > QUEUE_STATS_MAX_AGE_MS) {
-        cached = { at: Date.now(), queues: await boss.getQueues() }
-      }
-      return cached.queues
-    }
+    const all = () =>
+      Promise.all([...resources].map(async (r) => ({ r, queues: await r.queues().catch(() => []) })))
     new Gauge({
       name: 'equilateral_queue_jobs',
       help: 'Jobs per pg-boss queue and state: queued (created, incl. deferred), deferred (waiting for a start time, e.g. a retry backoff), active, failed (kept until deleted). As of the last pg-boss monitor pass.',
-      labelNames: ['queue', 'state'],
+      labelNames: ['queue', 'state', ...d],
       registers: [this.registry],
       async collect() {
+        const found = await all()
         this.reset()
-        for (const q of await queues().catch(() => [])) {
-          this.set({ queue: q.name, state: 'queued' }, q.queuedCount)
-          this.set({ queue: q.name, state: 'deferred' }, q.deferredCount)
-          this.set({ queue: q.name, state: 'active' }, q.activeCount)
-          this.set({ queue: q.name, state: 'failed' }, q.failedCount ?? 0)
+        for (const { r, queues } of found) {
+          for (const q of queues) {
+            this.set({ queue: q.name, state: 'queued', ...db(r) }, q.queuedCount)
+            this.set({ queue: q.name, state: 'deferred', ...db(r) }, q.deferredCount)
+            this.set({ queue: q.name, state: 'active', ...db(r) }, q.activeCount)
+            this.set({ queue: q.name, state: 'failed', ...db(r) }, q.failedCount ?? 0)
+          }
         }
       },
     })
     new Gauge({
       name: 'equilateral_queue_oldest_ready_job_age_seconds',
       help: 'Age of the oldest job ready to run per queue (0 when none), as of the last pg-boss monitor pass: a queue nobody drains grows it.',
-      labelNames: ['queue'],
+      labelNames: ['queue', ...d],
       registers: [this.registry],
       async collect() {
+        const found = await all()
         this.reset()
-        for (const q of await queues().catch(() => [])) {
-          this.set({ queue: q.name }, Number(q.readyOldestSeconds ?? 0))
+        for (const { r, queues } of found) {
+          for (const q of queues) this.set({ queue: q.name, ...db(r) }, Number(q.readyOldestSeconds ?? 0))
         }
       },
     })

@@ -133,8 +133,59 @@ WHERE name = '${DEAD_LETTER_QUEUE}' AND data ->> 't' = $1 AND ($2::text[] IS NUL
   AND data ? 'error'`
 
 interface Deps {
+  /** The owner's pool on the database the tenant's data is in. */
   admin: pg.Pool
   boss: PgBoss
+  /**
+   * The owner's pool on the control database, when that is another database (database-per-tenant):
+   * enterprise runs are control rows, erased there first.
+   */
+  control?: pg.Pool
+}
+
+// database-per-tenant: a tenant's enterprise members (of the given workflows, or all) in the control
+// database, with their runs' summaries. Run before the tenant's own rows, so an erasure interrupted
+// between the two databases finds the same workflows again when it is run again.
+const CONTROL_MEMBERS = `
+WITH members AS (
+  UPDATE ${APP_SCHEMA}.enterprise_run_tenants m SET input = CASE WHEN m.input IS NULL THEN NULL ELSE $2::jsonb END,
+    error = CASE WHEN m.error IS NULL THEN NULL ELSE $2::jsonb END, updated_at = now()
+  WHERE m.tenant_id = $1 AND ($3::uuid[] IS NULL OR m.workflow_id = ANY ($3))
+  RETURNING m.run_id
+),
+runs AS (
+  UPDATE ${APP_SCHEMA}.enterprise_runs r
+  SET summary = jsonb_set(r.summary, ARRAY['tenants', $1],
+    ((r.summary #> ARRAY['tenants', $1]) - 'output' - 'error') || jsonb_build_object('$erased', true))
+  WHERE r.id IN (SELECT run_id FROM members) AND jsonb_typeof(r.summary #> ARRAY['tenants', $1]) = 'object'
+  RETURNING 1
+)
+SELECT (SELECT count(*) FROM members)::int AS members`
+
+async function eraseControlMembers(
+  deps: Deps,
+  scope: TenantScope,
+  select: string | null,
+  params: unknown[],
+  erased: string,
+): Promise<number> {
+  const control = deps.control
+  if (!control || control === deps.admin) return 0
+  const run = async (ids: string[] | null) => {
+    const { rows } = await control.query(CONTROL_MEMBERS, [scope.tenantId, erased, ids])
+    return (rows[0]?.members as number | undefined) ?? 0
+  }
+  if (select === null) return run(null)
+  let n = 0
+  for (let after = ZERO_UUID; ;) {
+    const ids = await ownerTx(deps.admin, scope, [], async (db) => {
+      const { rows } = await db.executeSql(select, [...params, after, CANCEL_PAGE])
+      return rows.map((r) => r.id as string)
+    })
+    if (ids.length > 0) n += await run(ids)
+    if (ids.length < CANCEL_PAGE) return n
+    after = ids[ids.length - 1] as string
+  }
 }
 
 function newReport(tenantId: string, scope: ErasureReport['scope']): ErasureReport {
@@ -221,6 +272,13 @@ export async function eraseSubject(
   const report = newReport(scope.tenantId, 'subject')
   const { erased, redacted } = markers(report)
   const t = scope.tenantId
+  report.enterpriseMembers += await eraseControlMembers(
+    deps,
+    scope,
+    `SELECT id FROM workflows WHERE tenant_id = $1 AND subject_key = $2 AND id > $3::uuid ORDER BY id LIMIT $4`,
+    [t, subjectKey],
+    erased,
+  )
   await cancelRunning(
     deps,
     scope,
@@ -256,6 +314,7 @@ export async function eraseTenant(
   const report = newReport(scope.tenantId, 'tenant')
   const { erased, redacted } = markers(report)
   const t = scope.tenantId
+  report.enterpriseMembers += await eraseControlMembers(deps, scope, null, [], erased)
   await cancelRunning(
     deps,
     scope,

@@ -21,10 +21,12 @@ export interface TenantRow {
   id: string
   tier: string
   schema_name: string | null
+  database_server: string | null
+  database_name: string | null
   compliance_profile: unknown
 }
 
-export const TENANT_COLUMNS = 'id, tier, schema_name, compliance_profile'
+export const TENANT_COLUMNS = 'id, tier, schema_name, database_server, database_name, compliance_profile'
 
 /** One tenant, active or suspended (retention and erasure apply to both). */
 export async function ownerTenant(admin: pg.Pool, id: string): Promise<OwnerTenant> {

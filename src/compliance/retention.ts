@@ -13,6 +13,7 @@ import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { APP_SCHEMA } from '../db/names.ts'
 import type { Db, TenantScope } from '../db/tx.ts'
+import { isTransient } from '../flow/completer.ts'
 import { scopeOfRow } from '../tenants.ts'
 import { ownerTx, recordComplianceEvent, RETENTION_ACTOR, TENANT_COLUMNS, type TenantRow } from './owner.ts'
 import { auditRetentionDays, type ComplianceProfile, parseComplianceProfile } from './profile.ts'
@@ -158,8 +159,17 @@ export async function purgeTenant(
   return report
 }
 
-/** Every tenant (active or suspended), a page at a time. */
-export async function purgeExpired(admin: pg.Pool, options: PurgeOptions = {}): Promise<PurgeReport> {
+/**
+ * Every tenant (active or suspended), a page at a time. `ownerOf` gives the owner's pool on a
+ * tenant's own database (database-per-tenant), or null to pass the tenant over (its database is
+ * purged by a schedule of its own); one that cannot be reached is reported in `problems` and the
+ * others are purged.
+ */
+export async function purgeExpired(
+  admin: pg.Pool,
+  options: PurgeOptions = {},
+  ownerOf: (scope: TenantScope) => pg.Pool | null = () => admin,
+): Promise<PurgeReport> {
   const runId = randomUUID()
   const report: PurgeReport = { runId, ...EMPTY, tenants: 0, batches: 0, complete: true, problems: [] }
   for (let after = ''; ;) {
@@ -183,7 +193,20 @@ export async function purgeExpired(admin: pg.Pool, options: PurgeOptions = {}): 
         report.problems.push({ tenantId: row.id, message: (error as Error).message })
         profile = {}
       }
-      const r = await purgeTenant(admin, scope, profile, { ...options, runId })
+      const owner = ownerOf(scope)
+      if (!owner) continue
+      let r: TenantPurgeReport
+      try {
+        r = await purgeTenant(owner, scope, profile, { ...options, runId })
+      } catch (error) {
+        if (!scope.database || !isTransient(error)) throw error
+        report.problems.push({
+          tenantId: row.id,
+          message: `database unreachable: ${(error as Error).message}`,
+        })
+        report.complete = false
+        continue
+      }
       report.tenants++
       report.batches += r.batches
       report.complete &&= r.complete

@@ -72,7 +72,7 @@ RETURNING t.id`
 
 /** Re-encrypts every tenant's payloads (or one tenant's) under the ring's active key. */
 export async function reencryptPayloads(
-  deps: { pool: pg.Pool; tenants: TenantDirectory; keyRing: KeyRing },
+  deps: { poolOf: (scope: TenantScope) => Promise<pg.Pool>; tenants: TenantDirectory; keyRing: KeyRing },
   options: ReencryptOptions = {},
 ): Promise<ReencryptReport> {
   const ring = deps.keyRing
@@ -84,7 +84,7 @@ export async function reencryptPayloads(
   const report: ReencryptReport = { activeKey, tenants: 0, workflows: 0, tasks: 0, skipped: 0 }
   const tenants = deps.tenants.all(options.tenant === undefined ? {} : { id: options.tenant })
   for await (const scope of tenants) {
-    const r = await reencryptTenant(deps.pool, scope, ring, batchSize)
+    const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize)
     report.tenants++
     report.workflows += r.workflows
     report.tasks += r.tasks

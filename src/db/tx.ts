@@ -4,6 +4,7 @@
 // tenant's own schema) decides what the statements can see.
 import pg from 'pg'
 import type { Db as BossDb } from 'pg-boss'
+import type { TenantDatabase } from './placement.ts'
 
 /** Anything that runs SQL: a pooled client, a caller's transaction, pg-boss's `db` option. */
 export type Db = BossDb
@@ -14,6 +15,11 @@ export interface TenantScope {
   readonly searchPath: string
   /** Fairness tier (pg-boss group tier). */
   readonly tier: string
+  /**
+   * database-per-tenant: the database the tenant's tables and queues are in; null when they are in
+   * the control database (row-level or schema-per-tenant). Decides only where a transaction runs.
+   */
+  readonly database?: TenantDatabase | null
 }
 
 export function clientDb(client: pg.ClientBase): Db {

@@ -11,7 +11,7 @@ import { attemptStateOf } from '../core/retry.ts'
 import { decideSweep, type SweepCandidate } from '../core/sweep-plan.ts'
 import { BOSS_SCHEMA } from '../db/names.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
-import type { TenantDirectory } from '../tenants.ts'
+import { isTransient } from './completer.ts'
 import { failAttemptIn } from './fail.ts'
 import { requeueTasks, type RequeueItem } from './requeue.ts'
 
@@ -31,6 +31,8 @@ export interface SweepReport {
   pages: number
   /** Active tenants examined. */
   tenants: number
+  /** Tenants in a database of their own that could not be reached (the next run tries again). */
+  unreachable: string[]
 }
 
 // In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
@@ -46,13 +48,25 @@ WHERE t.tenant_id = $1 AND t.id > $2::uuid
 ORDER BY t.id
 LIMIT $4`
 
+/**
+ * Sweeps the given tenants, each in its own database's store. A tenant database that cannot be
+ * reached is noted and passed over, so one database down does not stop the others' recovery.
+ */
 export async function sweepOnce(
-  deps: { pool: pg.Pool; boss: PgBoss; tenants: TenantDirectory },
+  storeOf: (scope: TenantScope) => Promise<{ pool: pg.Pool; boss: PgBoss }>,
+  scopes: AsyncIterable<TenantScope> | Iterable<TenantScope>,
   options: SweepOptions,
 ): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0, tenants: 0 }
-  for await (const scope of deps.tenants.active()) {
-    await sweepTenant(deps.pool, deps.boss, scope, options, report)
+  const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0, tenants: 0, unreachable: [] }
+  for await (const scope of scopes) {
+    try {
+      const { pool, boss } = await storeOf(scope)
+      await sweepTenant(pool, boss, scope, options, report)
+    } catch (error) {
+      if (!scope.database || !isTransient(error)) throw error
+      report.unreachable.push(scope.tenantId)
+      continue
+    }
     report.tenants++
   }
   return report

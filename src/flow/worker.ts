@@ -34,8 +34,13 @@ export interface WorkerOptions {
   agents: readonly AgentDefinition<any, any>[]
   scopeOf: (tenantIds: string[]) => Promise<Map<string, TenantScope>>
   log: Logger
-  /** Agents running at once in this process. */
+  /** Agents running at once in this worker. */
   concurrency: number
+  /**
+   * The process's agent slots, when several workers share them (one worker per tenant database);
+   * default: `concurrency` slots of this worker's own.
+   */
+  slots?: Slots
   /** Jobs fetched per query at most. */
   batchSize: number
   /** Fetch this often when no NOTIFY arrives (delayed retries, missed notifications). */
@@ -110,6 +115,35 @@ class Waker {
   }
 }
 
+/**
+ * Agent slots: how many agents may run at once. Shared by the workers of one process in
+ * database-per-tenant mode, so serving more tenant databases does not multiply the agents a process
+ * runs at once.
+ */
+export class Slots {
+  readonly size: number
+  #taken = 0
+  /** Woken whenever a slot is given back. */
+  readonly waker = new Waker()
+
+  constructor(size: number) {
+    this.size = size
+  }
+
+  get free(): number {
+    return this.size - this.#taken
+  }
+
+  take(n: number): void {
+    this.#taken += n
+  }
+
+  give(n: number): void {
+    this.#taken = Math.max(0, this.#taken - n)
+    this.waker.wake()
+  }
+}
+
 export class Worker {
   readonly id: string
   readonly #o: WorkerOptions
@@ -117,7 +151,7 @@ export class Worker {
   readonly #running = new Map<string, Running>()
   readonly #inflight = new Map<string, number>()
   readonly #wakers = new Map<string, Waker>()
-  readonly #slotWaker = new Waker()
+  readonly #slots: Slots
   readonly #completer: Completer
   #loops: Promise<void>[] = []
   #stopping = false
@@ -130,6 +164,7 @@ export class Worker {
   constructor(options: WorkerOptions) {
     this.#o = options
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
+    this.#slots = options.slots ?? new Slots(options.concurrency)
     for (const a of options.agents) this.#agents.set(a.id, a)
     this.#completer = new Completer(options, (error, attempt) =>
       options.log.warn({ err: error, attempt }, 'completion write failed; retrying'),
@@ -166,9 +201,9 @@ export class Worker {
     const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
     let failures = 0
     while (!this.#stopping) {
-      const free = Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#o.concurrency - this.#reserved())
+      const free = Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#slots.free)
       if (free <= 0) {
-        await this.#slotWaker.wait(this.#o.pollIntervalMs)
+        await this.#slots.waker.wait(this.#o.pollIntervalMs)
         continue
       }
       let jobs: { id: string; data: TaskJobData; retryCount: number }[]
@@ -192,6 +227,7 @@ export class Worker {
         continue
       }
       this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + jobs.length)
+      this.#slots.take(jobs.length)
       try {
         await this.#dispatch(queue, jobs)
       } catch (error) {
@@ -203,15 +239,9 @@ export class Worker {
     }
   }
 
-  #reserved(): number {
-    let n = 0
-    for (const v of this.#inflight.values()) n += v
-    return n
-  }
-
   #release(queue: string, n: number): void {
     this.#inflight.set(queue, Math.max(0, (this.#inflight.get(queue) ?? 0) - n))
-    this.#slotWaker.wake()
+    this.#slots.give(n)
   }
 
   async #dispatch(
@@ -510,7 +540,7 @@ export class Worker {
     if (this.#stopping) return
     this.#stopping = true
     this.wake()
-    this.#slotWaker.wake()
+    this.#slots.waker.wake()
     await Promise.allSettled(this.#loops)
     const all = () => Promise.allSettled([...this.#running.values()].map((r) => r.done))
     let timer: NodeJS.Timeout | undefined

@@ -1,7 +1,7 @@
 // pg-boss setup: one queue per agent, the dead-letter queue and the sweeper's queue. Jobs carry only
 // ids; the task itself lives in the coordination table. pg-boss does not retry our jobs
 // (retryLimit 0): retries are decided, counted and audited by the engine, fenced on its own rows.
-import { PgBoss, type JobInsert } from 'pg-boss'
+import { type Db as IDatabase, PgBoss, type JobInsert } from 'pg-boss'
 import type { Db, TenantScope } from '../db/tx.ts'
 import { BOSS_SCHEMA } from '../db/names.ts'
 
@@ -36,6 +36,8 @@ export interface ReadyJob {
 
 export interface BossOptions {
   connectionString: string
+  /** Runs pg-boss's statements on this (a pool of ours) instead of a pool of its own. */
+  db?: IDatabase
   max?: number
   /** Run pg-boss maintenance (expiry, retention) in this process. */
   supervise?: boolean
@@ -48,6 +50,7 @@ export function createBoss(options: BossOptions): PgBoss {
     connectionString: options.connectionString,
     schema: BOSS_SCHEMA,
     max: options.max ?? 4,
+    ...(options.db ? { db: options.db } : {}),
     application_name: 'equilateral-boss',
     supervise: options.supervise ?? true,
     schedule: options.schedule ?? true,

@@ -1,29 +1,43 @@
 // Control tables: one set per database, in the `equilateral` schema. They describe tenants, not
 // tenant data; the tenant data tables are in ./tenant.ts.
 import { sql } from 'drizzle-orm'
-import { index, jsonb, pgSchema, primaryKey, text, timestamp, uuid } from 'drizzle-orm/pg-core'
+import { check, index, jsonb, pgSchema, primaryKey, text, timestamp, unique, uuid } from 'drizzle-orm/pg-core'
 
 export const controlSchema = pgSchema('equilateral')
 
-export const tenants = controlSchema.table('tenants', {
-  id: text('id').primaryKey(),
-  name: text('name').notNull(),
-  status: text('status', { enum: ['active', 'suspended'] })
-    .notNull()
-    .default('active'),
-  /** Fairness tier: selects the per-tenant concurrency limit (see config `tenantConcurrency`). */
-  tier: text('tier').notNull().default('standard'),
-  /** Schema holding this tenant's tables in schema-per-tenant mode (`t_<hex>`, generated, never derived from the id). */
-  schemaName: text('schema_name').unique(),
-  /** SHA-256 of the tenant's API key; the key itself is never stored. */
-  apiKeyHash: text('api_key_hash').unique(),
-  /** Which compliance regimes apply and their retention periods. */
-  complianceProfile: jsonb('compliance_profile')
-    .notNull()
-    .default(sql`'{}'::jsonb`),
-  createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
-  updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
-})
+export const tenants = controlSchema.table(
+  'tenants',
+  {
+    id: text('id').primaryKey(),
+    name: text('name').notNull(),
+    /** provisioning: database-per-tenant, its database is being created and migrated (no API key yet). */
+    status: text('status', { enum: ['active', 'suspended', 'provisioning'] })
+      .notNull()
+      .default('active'),
+    /** Fairness tier: selects the per-tenant concurrency limit (see config `tenantConcurrency`). */
+    tier: text('tier').notNull().default('standard'),
+    /** Schema holding this tenant's tables in schema-per-tenant mode (`t_<hex>`, generated, never derived from the id). */
+    schemaName: text('schema_name').unique(),
+    /** SHA-256 of the tenant's API key; the key itself is never stored. */
+    apiKeyHash: text('api_key_hash').unique(),
+    /** Which compliance regimes apply and their retention periods. */
+    complianceProfile: jsonb('compliance_profile')
+      .notNull()
+      .default(sql`'{}'::jsonb`),
+    /**
+     * database-per-tenant: the server (a TENANT_SERVERS name) and database holding the tenant's
+     * tables and queues; both null for a tenant in this (the control) database.
+     */
+    databaseServer: text('database_server'),
+    databaseName: text('database_name'),
+    createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
+    updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+  },
+  (t) => [
+    unique('tenants_database_unique').on(t.databaseServer, t.databaseName),
+    check('tenants_database_whole', sql`(${t.databaseServer} IS NULL) = (${t.databaseName} IS NULL)`),
+  ],
+)
 
 export const ENTERPRISE_RUN_STATUSES = ['running', 'completed', 'partial', 'failed'] as const
 export const ENTERPRISE_MEMBER_STATUSES = [

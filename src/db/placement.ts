@@ -1,0 +1,96 @@
+// database-per-tenant: where a tenant database is (a server named in TENANT_SERVERS and a database on
+// it), what it is called, and the connection strings that reach it. The directory row in the control
+// database holds the names; credentials stay in the configuration, never in a table.
+import { randomBytes } from 'node:crypto'
+import { TenantError } from '../errors.ts'
+import { withDatabase } from './provision.ts'
+import { runtimeConnectionString } from './tx.ts'
+
+/** A tenant database: a server (TENANT_SERVERS name) and a database name on it. */
+export interface TenantDatabase {
+  readonly server: string
+  readonly name: string
+}
+
+/** The name of the server of the control database when TENANT_SERVERS is empty. */
+export const DEFAULT_SERVER = 'default'
+
+/** A plain lower-case identifier: safe to quote into SQL, never truncated by PostgreSQL. */
+export const DATABASE_NAME = /^[a-z_][a-z0-9_]{0,62}$/
+
+/** `server/database`: how metrics, logs and the store registry name a tenant database. */
+export function databaseKey(db: TenantDatabase): string {
+  return `${db.server}/${db.name}`
+}
+
+/**
+ * A fresh database name for a tenant: the prefix, the tenant id made into a lower-case identifier
+ * (readable in psql and pg_dump), and 6 random hex digits, so a tenant created again after its old
+ * database was kept (or two ids that only differ in case) never lands in an existing database.
+ */
+export function newDatabaseName(prefix: string, tenantId: string): string {
+  const readable = tenantId
+    .toLowerCase()
+    .replace(/[^a-z0-9_]/g, '_')
+    .slice(0, 63 - prefix.length - 7)
+  const name = `${prefix}${readable}_${randomBytes(3).toString('hex')}`
+  if (!DATABASE_NAME.test(name)) throw new Error(`generated database name ${name} is malformed`)
+  return name
+}
+
+/** The servers tenant databases may be placed on, and how to reach a database on each. */
+export class Servers {
+  readonly #owner: ReadonlyMap<string, string>
+  readonly #runtime: ReadonlyMap<string, string>
+  readonly #role: string
+
+  /**
+   * `configured`: TENANT_SERVERS (owner URLs). Without it there is one server, `default`: the control
+   * database's, reached with the engine's own owner and run-time logins.
+   */
+  constructor(options: {
+    configured: Readonly<Record<string, string>>
+    controlOwnerUrl: string
+    controlRuntimeUrl: string
+    role: string
+  }) {
+    const entries = Object.entries(options.configured)
+    this.#owner = new Map(
+      entries.length > 0 ? entries : [[DEFAULT_SERVER, options.controlOwnerUrl] as [string, string]],
+    )
+    // A configured server's login is used at run time too, switched to the application role.
+    this.#runtime = new Map(
+      entries.length > 0 ? entries : [[DEFAULT_SERVER, options.controlRuntimeUrl] as [string, string]],
+    )
+    this.#role = options.role
+  }
+
+  get names(): string[] {
+    return [...this.#owner.keys()].sort()
+  }
+
+  has(server: string): boolean {
+    return this.#owner.has(server)
+  }
+
+  /** The owner's connection to a database on the server (CREATE DATABASE, migrations, purges). */
+  ownerUrl(server: string, database = 'postgres'): string {
+    return withDatabase(this.#url(this.#owner, server), database)
+  }
+
+  /** The run-time connection to a tenant database: switched to the application role. */
+  runtimeUrl(db: TenantDatabase): string {
+    return runtimeConnectionString(withDatabase(this.#url(this.#runtime, db.server), db.name), this.#role)
+  }
+
+  #url(map: ReadonlyMap<string, string>, server: string): string {
+    const url = map.get(server)
+    if (!url) {
+      throw new TenantError(
+        'unknown_server',
+        `server "${server}" is not in TENANT_SERVERS (${this.names.join(', ')}): every process needs the same list`,
+      )
+    }
+    return url
+  }
+}
