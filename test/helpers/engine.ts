@@ -4,7 +4,7 @@ import { afterAll } from 'vitest'
 import type { Config } from '../../src/config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definition.ts'
 import { createEngine, type Engine } from '../../src/engine.ts'
-import { createTestDatabase, type TestDatabase } from './db.ts'
+import { createTestDatabase, pgContext, type TestDatabase } from './db.ts'
 
 export interface TestEngine {
   engine: Engine
@@ -31,6 +31,9 @@ export async function testEngine(options: {
       heartbeatIntervalMs: 200,
       staleAfterMs: 2000,
       shutdownGraceMs: 2000,
+      // database-per-tenant: tenant databases are named like the run's own, so teardown drops them.
+      tenantDatabasePrefix: tenantDatabasePrefix(),
+      tenantRefreshMs: 200,
       ...options.config,
     },
   })
@@ -64,4 +67,9 @@ export async function settled(engine: Engine, tenantId: string, workflowId: stri
     const wf = await tenant.getWorkflow(workflowId)
     return wf.status === 'running' ? undefined : wf
   }, timeoutMs)
+}
+
+/** database-per-tenant in tests: tenant database names start with the run's prefix (dropped at teardown). */
+export function tenantDatabasePrefix(): string {
+  return `${pgContext().prefix}t_`
 }
