@@ -4,6 +4,13 @@
 import { TASK_STATUSES, WORKFLOW_STATUSES } from '../core/task-state.ts'
 
 const json = { description: 'any JSON value' }
+/** database-per-tenant: where a tenant's database is (null for a tenant in the control database). */
+const tenantDatabase = {
+  type: ['object', 'null'],
+  required: ['server', 'name'],
+  properties: { server: { type: 'string' }, name: { type: 'string' } },
+} as const
+
 const dateTime = { type: 'string', format: 'date-time' } as const
 const nullableDateTime = { type: ['string', 'null'], format: 'date-time' } as const
 const uuid = { type: 'string', format: 'uuid' } as const
@@ -105,8 +112,13 @@ export const sharedSchemas = [
       id: { type: 'string' },
       name: { type: 'string' },
       tier: { type: 'string' },
-      status: { type: 'string', enum: ['active', 'suspended'] },
+      status: {
+        type: 'string',
+        enum: ['active', 'suspended', 'provisioning'],
+        description: 'provisioning: its database is being created; creating the tenant again finishes it',
+      },
       schema: { type: ['string', 'null'] },
+      database: tenantDatabase,
       complianceProfile: { type: 'object', additionalProperties: true },
       createdAt: dateTime,
     },
@@ -313,6 +325,13 @@ export const routes = {
         name: { type: 'string', minLength: 1, maxLength: 200 },
         tier: { type: 'string', minLength: 1, maxLength: 32 },
         complianceProfile: { type: 'object', description: 'see the README, Compliance' },
+        server: {
+          type: 'string',
+          minLength: 1,
+          maxLength: 32,
+          description:
+            'database-per-tenant: the TENANT_SERVERS server for its database (default: the one with the fewest tenants)',
+        },
       },
     },
     response: {
@@ -325,6 +344,7 @@ export const routes = {
           name: { type: 'string' },
           tier: { type: 'string' },
           schema: { type: ['string', 'null'] },
+          database: tenantDatabase,
           apiKey: { type: 'string' },
         },
       },
