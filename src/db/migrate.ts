@@ -5,13 +5,20 @@
 // interrupted run resumes where it stopped. Concurrent migrators (two `release` steps, a test and a
 // CLI) serialise on a session advisory lock; tenant creation takes the same lock shared, so a new
 // tenant schema is never created half-way through a migration.
+//
+// database-per-tenant: each tenant database is an ordinary equilateral database, migrated by the same
+// `migrate`; migrateTenantDatabases walks the control database's directory and brings every one of
+// them up to this build, a bounded number at once, skipping (cheaply) those already current and never
+// touching one a newer release has migrated.
 import { drizzle } from 'drizzle-orm/node-postgres'
 import { migrate as drizzleMigrate } from 'drizzle-orm/node-postgres/migrator'
 import { type MigrationMeta, readMigrationFiles } from 'drizzle-orm/migrator'
+import { createRequire } from 'node:module'
 import pg from 'pg'
 import { PgBoss } from 'pg-boss'
 import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
+import { databaseKey, type Servers } from './placement.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 
@@ -68,15 +75,36 @@ export async function migrate(
 }
 
 let tenantMigrations: MigrationMeta[] | undefined
+let controlMigrations: MigrationMeta[] | undefined
 
 /**
  * The folder timestamps of the newest control and tenant-table migrations this build ships; a
  * database whose tracking tables have reached both is current (see Engine.readiness()).
  */
 export function latestMigrations(): { control: number; tenant: number } {
+  const { control, tenant } = shippedMigrations()
+  return { control: control.at(-1) ?? 0, tenant: tenant.at(-1) ?? 0 }
+}
+
+/** The folder timestamps of every control and tenant-table migration this build ships, in order. */
+function shippedMigrations(): { control: number[]; tenant: number[] } {
   tenantMigrations ??= readMigrationFiles({ migrationsFolder: migrationsFolder.tenant })
-  const control = readMigrationFiles({ migrationsFolder: migrationsFolder.control })
-  return { control: control.at(-1)?.folderMillis ?? 0, tenant: tenantMigrations.at(-1)?.folderMillis ?? 0 }
+  controlMigrations ??= readMigrationFiles({ migrationsFolder: migrationsFolder.control })
+  return {
+    control: controlMigrations.map((m) => m.folderMillis),
+    tenant: tenantMigrations.map((m) => m.folderMillis),
+  }
+}
+
+/**
+ * The pg-boss schema version the installed pg-boss migrates to. pg-boss exports no accessor for it
+ * without a connection; its package.json carries it (its own CLI reads it there). undefined if a
+ * later pg-boss moves it: then every database is taken to need pg-boss's migration (correct, slower).
+ */
+export function bossSchemaVersion(): number | undefined {
+  const manifest = createRequire(import.meta.url)('pg-boss/package.json') as { pgboss?: { schema?: unknown } }
+  const version = manifest.pgboss?.schema
+  return typeof version === 'number' && Number.isInteger(version) ? version : undefined
 }
 
 /**
@@ -172,4 +200,354 @@ async function migrateBoss(connectionString: string): Promise<void> {
   boss.on('error', () => {})
   await boss.start()
   await boss.stop({ graceful: false })
+}
+
+// ---------------------------------------------------------------------------------------------
+// database-per-tenant: every tenant database
+
+/** Migrations this build ships that a database lacks: control, tenant-table, pg-boss schema versions. */
+export interface PendingMigrations {
+  control: number
+  tenant: number
+  boss: number
+}
+
+/** Where a database stands against this build. */
+export interface MigrationState {
+  pending: PendingMigrations
+  /** What the database has that this build does not ship (a newer release migrated it), in words. */
+  ahead: string[]
+}
+
+export type TenantDatabaseProblemKind =
+  /** The server did not let us in (refused, timed out, authentication failed). */
+  | 'unreachable'
+  /** The server has no database of that name. */
+  | 'missing'
+  /** The directory names a server TENANT_SERVERS does not list. */
+  | 'unknown_server'
+  /** Migrated by a newer release: left alone, an older build must not run on it. */
+  | 'ahead'
+  /** Its `equilateral.tenants` does not hold exactly this tenant's row: not this tenant's database. */
+  | 'identity'
+  /** Reading its state or migrating it failed. */
+  | 'failed'
+
+export interface TenantDatabaseProblem {
+  tenant: string
+  /** `server/database`. */
+  database: string
+  kind: TenantDatabaseProblemKind
+  message: string
+}
+
+export interface TenantDatabasesOptions {
+  /** Called once per page of the directory, for the CLI and logs. */
+  onStep?: (message: string) => void
+  /** Directory rows read per page (default 50). */
+  batchSize?: number
+  /** Tenant databases examined or migrated at once (default 4). */
+  concurrency?: number
+  /** Start after this tenant id: resumes an interrupted run (the step messages name the last one). */
+  from?: string
+  /** Change nothing: report what is pending and what has drifted. */
+  check?: boolean
+  /** How long to wait for a connection to a tenant database (default 10 s). */
+  connectTimeoutMs?: number
+}
+
+export interface TenantDatabasesReport {
+  /** Tenant databases examined (tenants being provisioned are not). */
+  examined: number
+  /** Databases migrated by this run (with `check`: always 0). */
+  migrated: number
+  /** Databases that already had everything this build ships. */
+  current: number
+  /** Databases that lacked migrations and were migrated (with `check`: that would be), in id order. */
+  pending: { tenant: string; database: string; migrations: PendingMigrations }[]
+  /** Tenants still being created: skipped, as creating the tenant again migrates its database. */
+  provisioning: string[]
+  /** In tenant id order; one database's problem never stops the others. */
+  problems: TenantDatabaseProblem[]
+  /** The last tenant id of the last page finished (`from` resumes after it); null if none was read. */
+  last: string | null
+}
+
+interface DirectoryRow {
+  id: string
+  status: string
+  database_server: string
+  database_name: string
+}
+
+type Outcome =
+  | { kind: 'current' | 'provisioning' }
+  | { kind: 'pending' | 'migrated'; migrations: PendingMigrations }
+  | { kind: TenantDatabaseProblemKind; message: string }
+
+const INVALID_CATALOG_NAME = '3D000' // "database ... does not exist"
+
+/**
+ * Brings every tenant database the control database's directory names up to this build. Run it
+ * after the control database itself is migrated (`migrate`). The directory is read a page at a time
+ * in tenant id order (any status: a suspended tenant's database is migrated too), and each page's
+ * databases are examined `concurrency` at a time; a database already current costs a connection and
+ * two small queries, so running it again after an interruption quickly reaches where it stopped.
+ */
+export async function migrateTenantDatabases(
+  controlOwnerUrl: string,
+  servers: Servers,
+  options: TenantDatabasesOptions = {},
+): Promise<TenantDatabasesReport> {
+  const batchSize = options.batchSize ?? 50
+  const concurrency = options.concurrency ?? 4
+  const step = options.onStep ?? (() => {})
+  const report: TenantDatabasesReport = {
+    examined: 0,
+    migrated: 0,
+    current: 0,
+    pending: [],
+    provisioning: [],
+    problems: [],
+    last: null,
+  }
+  const control = new pg.Client({
+    connectionString: controlOwnerUrl,
+    application_name: 'equilateral-migrate',
+  })
+  await control.connect()
+  try {
+    if (!(await hasDirectory(control))) return report
+    for (let cursor = options.from ?? ''; ;) {
+      const { rows } = await control.query<DirectoryRow>(
+        `SELECT id, status, database_server, database_name FROM ${APP_SCHEMA}.tenants
+         WHERE database_server IS NOT NULL AND id > $1 ORDER BY id LIMIT $2`,
+        [cursor, batchSize],
+      )
+      // Page by page, so everything up to `last` is finished when a step names it.
+      await eachBounded(rows, concurrency, async (row) => {
+        record(report, row, await migrateTenantDatabase(row, servers, options))
+      })
+      if (rows.length === 0) break
+      cursor = report.last = rows[rows.length - 1]!.id
+      step(`tenant databases: ${report.examined} examined so far, through tenant "${cursor}"`)
+      if (rows.length < batchSize) break
+    }
+  } finally {
+    await control.end().catch(() => {})
+  }
+  const byTenant = (a: { tenant: string }, b: { tenant: string }) => (a.tenant < b.tenant ? -1 : 1)
+  report.pending.sort(byTenant)
+  report.problems.sort(byTenant)
+  report.provisioning.sort()
+  return report
+}
+
+/** Whether the control database has a directory of tenant databases yet (0005_tenant_databases). */
+async function hasDirectory(control: pg.Client): Promise<boolean> {
+  const { rows } = await control.query(
+    `SELECT 1 FROM information_schema.columns
+     WHERE table_schema = $1 AND table_name = 'tenants' AND column_name = 'database_server'`,
+    [APP_SCHEMA],
+  )
+  return rows.length > 0
+}
+
+function record(report: TenantDatabasesReport, row: DirectoryRow, outcome: Outcome): void {
+  const database = databaseKey({ server: row.database_server, name: row.database_name })
+  if (outcome.kind === 'provisioning') {
+    report.provisioning.push(row.id)
+    return
+  }
+  report.examined++
+  if ('message' in outcome) {
+    report.problems.push({ tenant: row.id, database, kind: outcome.kind, message: outcome.message })
+  } else if ('migrations' in outcome) {
+    if (outcome.kind === 'migrated') report.migrated++
+    report.pending.push({ tenant: row.id, database, migrations: outcome.migrations })
+  } else report.current++
+}
+
+/** Examines one tenant database and, unless `check`, migrates it when it is behind. Never throws. */
+async function migrateTenantDatabase(
+  row: DirectoryRow,
+  servers: Servers,
+  options: TenantDatabasesOptions,
+): Promise<Outcome> {
+  // Creating the tenant again creates, migrates and finishes its database; there may be none yet.
+  if (row.status === 'provisioning') return { kind: 'provisioning' }
+  if (!servers.has(row.database_server)) {
+    return {
+      kind: 'unknown_server',
+      message: `server "${row.database_server}" is not in TENANT_SERVERS (${servers.names.join(', ')})`,
+    }
+  }
+  const url = servers.ownerUrl(row.database_server, row.database_name)
+  const client = new pg.Client({
+    connectionString: url,
+    application_name: 'equilateral-migrate',
+    connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+  })
+  client.on('error', () => {})
+  try {
+    await client.connect()
+  } catch (error) {
+    const missing = (error as { code?: string }).code === INVALID_CATALOG_NAME
+    return { kind: missing ? 'missing' : 'unreachable', message: messageOf(error) }
+  }
+  let state: MigrationState
+  try {
+    const stranger = await identityProblem(client, row.id)
+    if (stranger) return { kind: 'identity', message: stranger }
+    state = await migrationState(client)
+  } catch (error) {
+    return { kind: 'failed', message: messageOf(error) }
+  } finally {
+    await client.end().catch(() => {})
+  }
+  if (state.ahead.length > 0) return { kind: 'ahead', message: state.ahead.join('; ') }
+  if (!isPending(state.pending)) return { kind: 'current' }
+  if (options.check) return { kind: 'pending', migrations: state.pending }
+  try {
+    await migrate(url)
+  } catch (error) {
+    return { kind: 'failed', message: messageOf(error) }
+  }
+  return { kind: 'migrated', migrations: state.pending }
+}
+
+/**
+ * Why the database is not this tenant's, or undefined when it is: a tenant database holds exactly its
+ * own tenant's row (createTenantDatabase wrote it). Migrating another database, or one that is not
+ * an equilateral database at all, because a directory row was edited or a name reused, would be wrong.
+ */
+async function identityProblem(client: pg.Client, tenant: string): Promise<string | undefined> {
+  const { rows: found } = await client.query(`SELECT to_regclass($1) IS NOT NULL AS present`, [
+    `${APP_SCHEMA}.tenants`,
+  ])
+  if (!found[0]?.present) return `it has no ${APP_SCHEMA}.tenants table: not an equilateral database`
+  const { rows } = await client.query<{ id: string }>(
+    `SELECT id FROM ${APP_SCHEMA}.tenants ORDER BY id LIMIT 3`,
+  )
+  const ids = rows.map((r) => r.id)
+  if (ids.length === 1 && ids[0] === tenant) return undefined
+  const holds = ids.length === 0 ? 'no tenant' : ids.map((id) => JSON.stringify(id)).join(', ')
+  return `its ${APP_SCHEMA}.tenants holds ${holds}${ids.length === 3 ? ', ...' : ''}, not only "${tenant}"`
+}
+
+/**
+ * What a database's tracking tables say against what this build ships: the newest control and
+ * tenant-table migrations (drizzle's created_at is the migration's folder timestamp) and pg-boss's
+ * schema version. A tracking table that does not exist yet means everything of it is pending.
+ */
+export async function migrationState(client: pg.ClientBase): Promise<MigrationState> {
+  const tables = {
+    control: 'drizzle.__equilateral_control_migrations',
+    tenant: `${APP_SCHEMA}.__tenant_migrations`,
+    boss: `${BOSS_SCHEMA}.version`,
+  }
+  const { rows: found } = await client.query<Record<keyof typeof tables, boolean>>(
+    `SELECT to_regclass($1) IS NOT NULL AS control, to_regclass($2) IS NOT NULL AS tenant,
+       to_regclass($3) IS NOT NULL AS boss`,
+    [tables.control, tables.tenant, tables.boss],
+  )
+  const exists = found[0]!
+  const { rows } = await client.query<Record<keyof typeof tables, string | null>>(
+    `SELECT ${exists.control ? `(SELECT max(created_at) FROM ${tables.control})::text` : 'NULL'} AS control,
+       ${exists.tenant ? `(SELECT max(created_at) FROM ${tables.tenant})::text` : 'NULL'} AS tenant,
+       ${exists.boss ? `(SELECT max(version) FROM ${tables.boss})::text` : 'NULL'} AS boss`,
+  )
+  const have = rows[0]!
+  const shipped = shippedMigrations()
+  const state: MigrationState = { pending: { control: 0, tenant: 0, boss: 0 }, ahead: [] }
+  for (const kind of ['control', 'tenant'] as const) {
+    const last = have[kind] === null ? -1 : Number(have[kind])
+    const newest = shipped[kind].at(-1) ?? 0
+    state.pending[kind] = shipped[kind].filter((at) => at > last).length
+    if (last > newest) {
+      state.ahead.push(
+        `its newest ${KIND_NAMES[kind]} migration is from ${new Date(last).toISOString()}, this build's from ${new Date(newest).toISOString()}`,
+      )
+    }
+  }
+  const boss = bossSchemaVersion()
+  const bossHave = have.boss === null ? null : Number(have.boss)
+  if (boss === undefined) state.pending.boss = 1
+  else if (bossHave === null) state.pending.boss = boss
+  else if (bossHave > boss) {
+    state.ahead.push(`its pg-boss schema is version ${bossHave}, this build's pg-boss migrates to ${boss}`)
+  } else state.pending.boss = boss - bossHave
+  return state
+}
+
+/** The state of one database, on a connection of its own (the CLI's `migrate --check`). */
+export async function databaseMigrationState(connectionString: string): Promise<MigrationState> {
+  const client = new pg.Client({ connectionString, application_name: 'equilateral-migrate' })
+  await client.connect()
+  try {
+    return await migrationState(client)
+  } finally {
+    await client.end().catch(() => {})
+  }
+}
+
+const KIND_NAMES = { control: 'control', tenant: 'tenant-table', boss: 'pg-boss' } as const
+
+export function isPending(p: PendingMigrations): boolean {
+  return p.control + p.tenant + p.boss > 0
+}
+
+/** `2 tenant-table migrations, 1 pg-boss schema version`, or `current`. */
+export function describePending(p: PendingMigrations): string {
+  const parts = (['control', 'tenant', 'boss'] as const)
+    .filter((kind) => p[kind] > 0)
+    .map((kind) =>
+      kind === 'boss'
+        ? `${p.boss} pg-boss schema version${p.boss === 1 ? '' : 's'}`
+        : `${p[kind]} ${KIND_NAMES[kind]} migration${p[kind] === 1 ? '' : 's'}`,
+    )
+  return parts.length > 0 ? parts.join(', ') : 'current'
+}
+
+/**
+ * The report as lines for people: a summary, one line per problem, and with `check` one line per
+ * database with migrations pending. Tenants being provisioned are counted, not listed.
+ */
+export function describeTenantDatabases(report: TenantDatabasesReport, check = false): string[] {
+  const counts = [
+    `${report.examined} examined`,
+    check ? `${report.pending.length} with migrations pending` : `${report.migrated} migrated`,
+    `${report.current} current`,
+    `${report.problems.length} with problems`,
+    ...(report.provisioning.length > 0 ? [`${report.provisioning.length} provisioning (skipped)`] : []),
+  ]
+  return [
+    `tenant databases: ${counts.join(', ')}`,
+    ...(check
+      ? report.pending.map(
+          (p) => `pending        ${p.tenant} (${p.database}): ${describePending(p.migrations)}`,
+        )
+      : []),
+    ...report.problems.map((p) => `${p.kind.padEnd(14)} ${p.tenant} (${p.database}): ${p.message}`),
+  ]
+}
+
+/** Runs `fn` on every item, at most `limit` at once. */
+async function eachBounded<T>(
+  items: readonly T[],
+  limit: number,
+  fn: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0
+  const lane = async () => {
+    while (next < items.length) await fn(items[next++]!)
+  }
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane))
+}
+
+/** An error's message; Node's connection errors to several addresses (AggregateError) have none. */
+function messageOf(error: unknown): string {
+  if (!(error instanceof Error)) return String(error)
+  const code = (error as { code?: unknown }).code
+  return error.message || (typeof code === 'string' ? code : error.name)
 }
