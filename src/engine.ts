@@ -48,6 +48,7 @@ import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
+import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
 import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
 import { ownerTenant } from './compliance/owner.ts'
 import {
@@ -166,8 +167,8 @@ export class Engine {
   readonly stores: Stores
   /** database-per-tenant: the tenant databases this process serves (see startWorker). */
   #fleet: TenantFleet | null = null
-  /** Agent slots shared by the workers of every database this process serves. */
-  #slots: Slots | null = null
+  /** startWorker calls so far (each is a service of the fleet of its own). */
+  #workerCalls = 0
   readonly #connectionString: string
   readonly #adminConnectionString: string
   #adminPool: pg.Pool | null = null
@@ -369,6 +370,29 @@ export class Engine {
     this.tenants.invalidate(id)
   }
 
+  /**
+   * database-per-tenant: switches a suspended, drained tenant's directory entry to a copy of its
+   * database on another server, after checking the copy holds exactly what the source holds (see
+   * docs/moving-tenants.md); `check` only reports. Never changes or drops the source.
+   */
+  async moveTenant(
+    id: string,
+    to: MoveOptions['to'],
+    options: Pick<MoveOptions, 'force' | 'check'> = {},
+  ): Promise<MoveReport> {
+    try {
+      return await moveTenant({
+        controlOwner: this.#admin,
+        servers: this.servers,
+        tenantId: id,
+        to,
+        ...options,
+      })
+    } finally {
+      this.tenants.invalidate(id)
+    }
+  }
+
   /** A new API key for the tenant; the old one stops working at once. */
   rotateApiKey(id: string): Promise<string> {
     return rotateApiKey(this.#admin, id)
@@ -493,7 +517,8 @@ export class Engine {
     let stopped = false
     const workers = new Set<Worker>()
     await this.#serve({
-      name: 'tasks',
+      // One service per startWorker call (each has its own agents and hooks).
+      name: `tasks-${++this.#workerCalls}`,
       start: async (store, scope) => {
         if (stopped) return async () => {}
         const key = store.key
