@@ -9,7 +9,15 @@ import type { ComplianceProfile } from '../compliance/profile.ts'
 import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import { requireUuid } from '../core/ids.ts'
-import { migrate } from '../db/migrate.ts'
+import {
+  databaseMigrationState,
+  describePending,
+  describeTenantDatabases,
+  isPending,
+  migrate,
+  migrateTenantDatabases,
+} from '../db/migrate.ts'
+import { Servers } from '../db/placement.ts'
 import { dataRoot, describeUrl, provisionDatabase } from '../db/provision.ts'
 import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
@@ -19,6 +27,7 @@ import { createLogger } from '../log.ts'
 import { startMetricsServer } from '../metrics-server.ts'
 import { buildApp } from '../web/app.ts'
 import { startWeb } from '../web/server.ts'
+import { assertTenantId } from '../tenants.ts'
 import {
   DEV_STATE_FILE,
   demoApiKey,
@@ -29,8 +38,9 @@ import {
   shellQuote,
   writeDevState,
 } from './dev.ts'
-import { reportError } from './errors.ts'
+import { EXIT_USAGE, reportError } from './errors.ts'
 import { watchWorkflow } from './watch.ts'
+import { moveTenant, parseMoveTarget, withPlacement } from '../placement/move.ts'
 import { startWatchdog } from '../watchdog.ts'
 
 interface Registry {
@@ -174,14 +184,50 @@ const program = new Command()
 
 program
   .command('migrate')
-  .description('apply the database migrations (idempotent; safe from several processes at once)')
-  .action(async () => {
+  .description(
+    "apply the database migrations (idempotent; safe from several processes at once), then every tenant database's (database-per-tenant); exit code 1 when a tenant database has a problem: unreachable, missing, on an unknown server, ahead of this build, another tenant's, or its migration failed",
+  )
+  .option('--check', 'change nothing: report pending migrations and drift; exit code 1 when there is any')
+  .option('--batch-size <n>', 'tenant databases read from the directory per page (default 50)', (v) =>
+    positiveInt(v),
+  )
+  .option('--concurrency <n>', 'tenant databases migrated at once (default 4)', (v) => positiveInt(v))
+  .option('--from <tenant>', 'start after this tenant id (resumes an interrupted run)', (v) => tenantId(v))
+  .action(async (opts: { check?: boolean; batchSize?: number; concurrency?: number; from?: string }) => {
+    const config = loadConfig()
     const db = await provisionDatabase()
     try {
       // As the owner: MIGRATION_DATABASE_URL when the run-time DATABASE_URL is a lesser role.
-      await migrate(loadConfig().migrationDatabaseUrl ?? db.url, {
-        onStep: (m) => process.stderr.write(`migrate: ${m}\n`),
+      const owner = config.migrationDatabaseUrl ?? db.url
+      const onStep = (m: string) => process.stderr.write(`migrate: ${m}\n`)
+      let drift = false
+      if (opts.check) {
+        const state = await databaseMigrationState(owner)
+        drift = isPending(state.pending) || state.ahead.length > 0
+        const line =
+          state.ahead.length > 0 ? `ahead: ${state.ahead.join('; ')}` : describePending(state.pending)
+        process.stdout.write(`control database: ${line}\n`)
+      } else await migrate(owner, { onStep })
+      // Any isolation mode: a deployment that switched modes still has its tenant databases.
+      const servers = new Servers({
+        configured: config.tenantServers,
+        controlOwnerUrl: owner,
+        controlRuntimeUrl: db.url,
+        role: config.databaseRole,
       })
+      const report = await migrateTenantDatabases(owner, servers, {
+        onStep,
+        ...(opts.check ? { check: true } : {}),
+        ...(opts.batchSize ? { batchSize: opts.batchSize } : {}),
+        ...(opts.concurrency ? { concurrency: opts.concurrency } : {}),
+        ...(opts.from ? { from: opts.from } : {}),
+      })
+      if (report.examined + report.provisioning.length > 0) {
+        for (const line of describeTenantDatabases(report, opts.check)) process.stdout.write(`${line}\n`)
+      }
+      if (report.problems.length > 0 || (opts.check && (drift || report.pending.length > 0))) {
+        process.exitCode = 1
+      }
     } finally {
       await db.stop()
     }
@@ -360,13 +406,18 @@ tenant
     '--compliance <json>',
     'compliance profile as JSON or @file, e.g. \'{"GDPR":{"retentionDays":30},"dataRetentionDays":90}\'',
   )
-  .action(async (id: string, opts: { name?: string; tier: string; compliance?: string }) => {
+  .option(
+    '--server <name>',
+    'database-per-tenant: the TENANT_SERVERS server for its database (default: the one with the fewest tenants); run again to finish an interrupted creation',
+  )
+  .action(async (id: string, opts: { name?: string; tier: string; compliance?: string; server?: string }) => {
     const complianceProfile = opts.compliance ? await parseProfile(opts.compliance) : undefined
     await withEngine(undefined, async (engine) => {
       print(
         await engine.createTenant({
           id,
           tier: opts.tier,
+          ...(opts.server ? { server: opts.server } : {}),
           ...(opts.name ? { name: opts.name } : {}),
           ...(complianceProfile ? { complianceProfile } : {}),
         }),
@@ -375,7 +426,7 @@ tenant
   })
 tenant
   .command('list')
-  .description('list tenants with their status, tier and schema')
+  .description('list tenants with their status, tier, schema or database')
   .action(async () => {
     await withEngine(undefined, async (engine) => print(await engine.listTenants()))
   })
@@ -418,6 +469,37 @@ tenant
     await withEngine(undefined, async (engine) =>
       print({ id, complianceProfile: await engine.setComplianceProfile(id, profile) }),
     )
+  })
+tenant
+  .command('move')
+  .argument('<id>', 'tenant id')
+  .description(
+    "database-per-tenant: check that a copy of a suspended, drained tenant's database holds everything, then switch the tenant to it (docs/moving-tenants.md); exit code 2 when refused",
+  )
+  .requiredOption(
+    '--to <server[/database]>',
+    'the copy: a TENANT_SERVERS name, and the database on it (default: the name the database has now)',
+  )
+  .option(
+    '--check',
+    'switch nothing: print the drain status and every difference; exit code 2 when not ready',
+  )
+  .option('--force', 'move although tasks are still marked running (only when their worker is gone for good)')
+  .action(async (id: string, opts: { to: string; check?: boolean; force?: boolean }) => {
+    const to = parseMoveTarget(opts.to)
+    const config = loadConfig()
+    const db = await provisionDatabase({ log: () => {} })
+    try {
+      const report = await withPlacement(config, db.url, (controlOwner, servers) =>
+        moveTenant({ controlOwner, servers, tenantId: id, to, force: !!opts.force, check: !!opts.check }),
+      )
+      print(report)
+      for (const line of report.problems) process.stderr.write(`not ready: ${line}\n`)
+      for (const line of report.next) process.stderr.write(`next: ${line}\n`)
+      if (report.problems.length > 0) process.exitCode = EXIT_USAGE
+    } finally {
+      await db.stop()
+    }
   })
 
 const workflow = program.command('workflow').description('start and follow workflows')
@@ -701,6 +783,15 @@ function isoTime(value: string, option: string): Date {
   const at = new Date(value)
   if (Number.isNaN(at.getTime())) throw new InvalidArgumentError(`${option} must be an ISO 8601 time`)
   return at
+}
+
+function tenantId(value: string): string {
+  try {
+    assertTenantId(value)
+  } catch (error) {
+    throw new InvalidArgumentError((error as Error).message)
+  }
+  return value
 }
 
 function positiveInt(value: string): number {

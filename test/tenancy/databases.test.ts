@@ -3,7 +3,6 @@
 // process dedicated to a tenant, the other serving everyone else); each tenant's rows exist only in
 // its own database; a server going down stops only its tenants' work, which resumes when it is back;
 // a tenant created while the workers run is served without restarting them.
-import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createEngine, type Engine } from '../../src/index.ts'
 import { withDatabase } from '../../src/db/provision.ts'
