@@ -27,6 +27,7 @@ import { clientDb, type Db, withTransaction } from './db/tx.ts'
 import type { Engine, TenantHandle, WorkflowView } from './engine.ts'
 import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from './errors.ts'
 import { assertTenantId } from './tenants.ts'
+import { eachLimit } from './core/each-limit.ts'
 
 /**
  * The consolidation queue. Agent queues are `eq.<agentId>`; agent ids cannot contain '/', so no
@@ -592,17 +593,4 @@ function count(s: EnterpriseSummary) {
     cancelled: s.cancelled,
     rejected: s.rejected,
   }
-}
-
-/** Runs `fn` over the items, at most `limit` at a time. */
-async function eachLimit<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0
-  const lane = async () => {
-    while (next < items.length) await fn(items[next++] as T)
-  }
-  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane))
 }

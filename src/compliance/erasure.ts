@@ -48,6 +48,26 @@ const MAX_CANCEL_PAGES = 1000
 const ZERO_UUID = '00000000-0000-0000-0000-000000000000'
 
 /**
+ * The CTEs `members` and `runs`: the enterprise members `where` picks (alias m; $1 the tenant, $2
+ * the erased marker) get the marker, and their runs' summaries lose the tenant's output and error.
+ */
+function erasedMembers(where: string): string {
+  return `members AS (
+  UPDATE ${APP_SCHEMA}.enterprise_run_tenants m SET input = CASE WHEN m.input IS NULL THEN NULL ELSE $2::jsonb END,
+    error = CASE WHEN m.error IS NULL THEN NULL ELSE $2::jsonb END, updated_at = now()
+  ${where}
+  RETURNING m.run_id
+),
+runs AS (
+  UPDATE ${APP_SCHEMA}.enterprise_runs r
+  SET summary = jsonb_set(r.summary, ARRAY['tenants', $1],
+    ((r.summary #> ARRAY['tenants', $1]) - 'output' - 'error') || jsonb_build_object('$erased', true))
+  WHERE r.id IN (SELECT run_id FROM members) AND jsonb_typeof(r.summary #> ARRAY['tenants', $1]) = 'object'
+  RETURNING 1
+)`
+}
+
+/**
  * The statement of one batch: `pick` is the CTE `w` choosing the workflows (locked), $1 is the
  * tenant, $2 the erased marker, $3 the audit redaction marker; the picker's own parameters follow.
  */
@@ -72,19 +92,7 @@ audit AS (
   FROM w WHERE a.tenant_id = $1 AND a.workflow_id = w.id AND NOT (a.action_data ? '$redacted')
   RETURNING 1
 ),
-members AS (
-  UPDATE ${APP_SCHEMA}.enterprise_run_tenants m SET input = CASE WHEN m.input IS NULL THEN NULL ELSE $2::jsonb END,
-    error = CASE WHEN m.error IS NULL THEN NULL ELSE $2::jsonb END, updated_at = now()
-  FROM w WHERE m.tenant_id = $1 AND m.workflow_id = w.id
-  RETURNING m.run_id
-),
-runs AS (
-  UPDATE ${APP_SCHEMA}.enterprise_runs r
-  SET summary = jsonb_set(r.summary, ARRAY['tenants', $1],
-    ((r.summary #> ARRAY['tenants', $1]) - 'output' - 'error') || jsonb_build_object('$erased', true))
-  WHERE r.id IN (SELECT run_id FROM members) AND jsonb_typeof(r.summary #> ARRAY['tenants', $1]) = 'object'
-  RETURNING 1
-)
+${erasedMembers('FROM w WHERE m.tenant_id = $1 AND m.workflow_id = w.id')}
 SELECT array(SELECT id::text FROM wf ORDER BY id) AS ids, (SELECT count(*) FROM tasks)::int AS tasks,
   (SELECT count(*) FROM audit)::int AS audit, (SELECT count(*) FROM members)::int AS members,
   (SELECT count(*) FROM runs)::int AS runs`
@@ -147,19 +155,7 @@ interface Deps {
 // database, with their runs' summaries. Run before the tenant's own rows, so an erasure interrupted
 // between the two databases finds the same workflows again when it is run again.
 const CONTROL_MEMBERS = `
-WITH members AS (
-  UPDATE ${APP_SCHEMA}.enterprise_run_tenants m SET input = CASE WHEN m.input IS NULL THEN NULL ELSE $2::jsonb END,
-    error = CASE WHEN m.error IS NULL THEN NULL ELSE $2::jsonb END, updated_at = now()
-  WHERE m.tenant_id = $1 AND ($3::uuid[] IS NULL OR m.workflow_id = ANY ($3))
-  RETURNING m.run_id
-),
-runs AS (
-  UPDATE ${APP_SCHEMA}.enterprise_runs r
-  SET summary = jsonb_set(r.summary, ARRAY['tenants', $1],
-    ((r.summary #> ARRAY['tenants', $1]) - 'output' - 'error') || jsonb_build_object('$erased', true))
-  WHERE r.id IN (SELECT run_id FROM members) AND jsonb_typeof(r.summary #> ARRAY['tenants', $1]) = 'object'
-  RETURNING 1
-)
+WITH ${erasedMembers('WHERE m.tenant_id = $1 AND ($3::uuid[] IS NULL OR m.workflow_id = ANY ($3))')}
 SELECT (SELECT count(*) FROM members)::int AS members`
 
 async function eraseControlMembers(

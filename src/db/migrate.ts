@@ -19,6 +19,7 @@ import { PgBoss } from 'pg-boss'
 import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
 import { databaseKey, type Servers } from './placement.ts'
+import { eachLimit } from '../core/each-limit.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 
@@ -325,7 +326,7 @@ export async function migrateTenantDatabases(
         [cursor, batchSize],
       )
       // Page by page, so everything up to `last` is finished when a step names it.
-      await eachBounded(rows, concurrency, async (row) => {
+      await eachLimit(rows, concurrency, async (row) => {
         record(report, row, await migrateTenantDatabase(row, servers, options))
       })
       if (rows.length === 0) break
@@ -530,19 +531,6 @@ export function describeTenantDatabases(report: TenantDatabasesReport, check = f
       : []),
     ...report.problems.map((p) => `${p.kind.padEnd(14)} ${p.tenant} (${p.database}): ${p.message}`),
   ]
-}
-
-/** Runs `fn` on every item, at most `limit` at once. */
-async function eachBounded<T>(
-  items: readonly T[],
-  limit: number,
-  fn: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0
-  const lane = async () => {
-    while (next < items.length) await fn(items[next++]!)
-  }
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, lane))
 }
 
 /** An error's message; Node's connection errors to several addresses (AggregateError) have none. */
