@@ -49,11 +49,6 @@ export class TenantFleet {
     this.#o = options
   }
 
-  /** Tenant databases being served, by tenant id. */
-  get served(): ReadonlyMap<string, { key: string; services: string[] }> {
-    return new Map([...this.#served].map(([id, s]) => [id, { key: s.key, services: [...s.stops.keys()] }]))
-  }
-
   /** Adds a service: started on every database served now and on those served later. */
   async add(service: FleetService): Promise<void> {
     this.#services.push(service)

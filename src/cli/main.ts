@@ -40,7 +40,7 @@ import {
 } from './dev.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
 import { watchWorkflow } from './watch.ts'
-import { moveTenant, parseMoveTarget, withPlacement } from '../placement/move.ts'
+import { parseMoveTarget } from '../placement/move.ts'
 import { startWatchdog } from '../watchdog.ts'
 
 interface Registry {
@@ -487,19 +487,13 @@ tenant
   .option('--force', 'move although tasks are still marked running (only when their worker is gone for good)')
   .action(async (id: string, opts: { to: string; check?: boolean; force?: boolean }) => {
     const to = parseMoveTarget(opts.to)
-    const config = loadConfig()
-    const db = await provisionDatabase({ log: () => {} })
-    try {
-      const report = await withPlacement(config, db.url, (controlOwner, servers) =>
-        moveTenant({ controlOwner, servers, tenantId: id, to, force: !!opts.force, check: !!opts.check }),
-      )
+    await withEngine(undefined, async (engine) => {
+      const report = await engine.moveTenant(id, to, { force: !!opts.force, check: !!opts.check })
       print(report)
       for (const line of report.problems) process.stderr.write(`not ready: ${line}\n`)
       for (const line of report.next) process.stderr.write(`next: ${line}\n`)
       if (report.problems.length > 0) process.exitCode = EXIT_USAGE
-    } finally {
-      await db.stop()
-    }
+    })
   })
 
 const workflow = program.command('workflow').description('start and follow workflows')

@@ -18,7 +18,7 @@ import pg from 'pg'
 import { PgBoss } from 'pg-boss'
 import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
-import { databaseKey, type Servers } from './placement.ts'
+import { databaseKey, type Servers, identityProblem } from './placement.ts'
 import { eachLimit } from '../core/each-limit.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
@@ -415,25 +415,6 @@ async function migrateTenantDatabase(
     return { kind: 'failed', message: messageOf(error) }
   }
   return { kind: 'migrated', migrations: state.pending }
-}
-
-/**
- * Why the database is not this tenant's, or undefined when it is: a tenant database holds exactly its
- * own tenant's row (createTenantDatabase wrote it). Migrating another database, or one that is not
- * an equilateral database at all, because a directory row was edited or a name reused, would be wrong.
- */
-async function identityProblem(client: pg.Client, tenant: string): Promise<string | undefined> {
-  const { rows: found } = await client.query(`SELECT to_regclass($1) IS NOT NULL AS present`, [
-    `${APP_SCHEMA}.tenants`,
-  ])
-  if (!found[0]?.present) return `it has no ${APP_SCHEMA}.tenants table: not an equilateral database`
-  const { rows } = await client.query<{ id: string }>(
-    `SELECT id FROM ${APP_SCHEMA}.tenants ORDER BY id LIMIT 3`,
-  )
-  const ids = rows.map((r) => r.id)
-  if (ids.length === 1 && ids[0] === tenant) return undefined
-  const holds = ids.length === 0 ? 'no tenant' : ids.map((id) => JSON.stringify(id)).join(', ')
-  return `its ${APP_SCHEMA}.tenants holds ${holds}${ids.length === 3 ? ', ...' : ''}, not only "${tenant}"`
 }
 
 /**

@@ -2,7 +2,9 @@
 // it), what it is called, and the connection strings that reach it. The directory row in the control
 // database holds the names; credentials stay in the configuration, never in a table.
 import { randomBytes } from 'node:crypto'
+import type pg from 'pg'
 import { TenantError } from '../errors.ts'
+import { APP_SCHEMA } from './names.ts'
 import { withDatabase } from './provision.ts'
 import { runtimeConnectionString } from './tx.ts'
 
@@ -93,4 +95,26 @@ export class Servers {
     }
     return url
   }
+}
+
+/**
+ * Why the database is not this tenant's, or undefined when it is: a tenant database holds exactly its
+ * own tenant's row (createTenantDatabase wrote it). Migrating another database, or one that is not
+ * an equilateral database at all, because a directory row was edited or a name reused, would be wrong.
+ */
+export async function identityProblem(
+  client: Pick<pg.ClientBase, 'query'>,
+  tenant: string,
+): Promise<string | undefined> {
+  const { rows: found } = await client.query(`SELECT to_regclass($1) IS NOT NULL AS present`, [
+    `${APP_SCHEMA}.tenants`,
+  ])
+  if (!found[0]?.present) return `it has no ${APP_SCHEMA}.tenants table: not an equilateral database`
+  const { rows } = await client.query<{ id: string }>(
+    `SELECT id FROM ${APP_SCHEMA}.tenants ORDER BY id LIMIT 3`,
+  )
+  const ids = rows.map((r) => r.id)
+  if (ids.length === 1 && ids[0] === tenant) return undefined
+  const holds = ids.length === 0 ? 'no tenant' : ids.map((id) => JSON.stringify(id)).join(', ')
+  return `its ${APP_SCHEMA}.tenants holds ${holds}${ids.length === 3 ? ', ...' : ''}, not only "${tenant}"`
 }

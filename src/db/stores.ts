@@ -8,7 +8,7 @@ import type { PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
 import { TenantError } from '../errors.ts'
 import { createBoss } from '../queue/boss.ts'
-import { databaseKey, type Servers, type TenantDatabase } from './placement.ts'
+import { databaseKey, identityProblem, type Servers, type TenantDatabase } from './placement.ts'
 import type { TenantScope } from './tx.ts'
 
 export interface Store {
@@ -64,15 +64,6 @@ export class Stores {
     this.control = options.control
     this.#idleTimer = setInterval(() => void this.#closeIdle(), Math.min(options.idleMs, 30_000))
     this.#idleTimer.unref()
-  }
-
-  get servers(): Servers {
-    return this.#o.servers
-  }
-
-  /** Tenant databases open (or opening) in this process. */
-  get openCount(): number {
-    return this.#open.size
   }
 
   /** The store a tenant's transactions run in, opening its database on first use. */
@@ -260,16 +251,12 @@ export class Stores {
   }
 }
 
-/**
- * A tenant database holds exactly its tenant's row in its own `equilateral.tenants`: a directory
- * entry switched to the wrong database (a mistyped move) is refused instead of mixing two tenants.
- */
+/** A directory entry switched to the wrong database (a mistyped move) is refused, never mixed. */
 async function checkIdentity(pool: pg.Pool, tenantId: string, key: string): Promise<void> {
-  const { rows } = await pool.query<{ id: string }>('SELECT id FROM equilateral.tenants ORDER BY id LIMIT 2')
-  if (rows.length !== 1 || rows[0]?.id !== tenantId) {
+  const problem = await identityProblem(pool, tenantId)
+  if (problem)
     throw new TenantError(
       'tenant_database_mismatch',
-      `database ${key} is not tenant "${tenantId}"'s (it holds ${rows.length === 0 ? 'no tenant' : rows.map((r) => `"${r.id}"`).join(', ')})`,
+      `database ${key} is not tenant "${tenantId}"'s: ${problem}`,
     )
-  }
 }

@@ -9,9 +9,8 @@
 // owner, in read-only repeatable-read transactions) and changes one directory row in the control
 // database, in one statement fenced on the entry it checked.
 import pg from 'pg'
-import type { Config } from '../config.ts'
 import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
-import { DATABASE_NAME, databaseKey, Servers, type TenantDatabase } from '../db/placement.ts'
+import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from '../db/placement.ts'
 import { InvalidInputError, TenantError } from '../errors.ts'
 import { assertTenantId, withTenantDatabase } from '../tenants.ts'
 
@@ -548,34 +547,4 @@ export function parseMoveTarget(value: string): { server: string; name?: string 
     )
   }
   return name === undefined ? { server } : { server, name }
-}
-
-/**
- * For the command line: the owner's pool on the control database and the servers, as the engine
- * builds them from the configuration (`controlUrl`: DATABASE_URL; the owner is MIGRATION_DATABASE_URL
- * when set), for the time of `fn`.
- */
-export async function withPlacement<T>(
-  config: Pick<Config, 'tenantServers' | 'databaseRole' | 'migrationDatabaseUrl'>,
-  controlUrl: string,
-  fn: (controlOwner: pg.Pool, servers: Servers) => Promise<T>,
-): Promise<T> {
-  const ownerUrl = config.migrationDatabaseUrl ?? controlUrl
-  const controlOwner = new pg.Pool({
-    connectionString: ownerUrl,
-    max: 2,
-    application_name: 'equilateral-admin',
-  })
-  controlOwner.on('error', () => {})
-  try {
-    const servers = new Servers({
-      configured: config.tenantServers,
-      controlOwnerUrl: ownerUrl,
-      controlRuntimeUrl: controlUrl,
-      role: config.databaseRole,
-    })
-    return await fn(controlOwner, servers)
-  } finally {
-    await controlOwner.end()
-  }
 }
