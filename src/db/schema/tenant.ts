@@ -6,6 +6,7 @@
 import { sql } from 'drizzle-orm'
 import {
   bigint,
+  boolean,
   index,
   integer,
   jsonb,
@@ -107,6 +108,24 @@ export const tasks = pgTable(
     backoffMs: integer('backoff_ms').notNull(),
     backoffMaxMs: integer('backoff_max_ms').notNull(),
     timeoutMs: integer('timeout_ms').notNull(),
+    /**
+     * Agent version the run needs (from its workflow definition); null: any version of the agent.
+     * A worker without it leaves the task for one that has it (src/flow/versions.ts).
+     */
+    agentVersion: integer('agent_version'),
+    /** When a worker first left this attempt for lack of its agent version (the bound runs from here). */
+    unservedSince: tz('unserved_since'),
+    /**
+     * Wait tasks (approval, event): what the task waits for, with its timeout and timeout outcome
+     * (src/flow/waits.ts). Null for agent tasks.
+     */
+    wait: jsonb('wait'),
+    /** Set when a wait task starts waiting with a timeout: the database time it times out. */
+    waitDeadline: tz('wait_deadline'),
+    /** Durable timer: the task starts no earlier than this (database clock) ... */
+    startAt: tz('start_at'),
+    /** ... and no earlier than this long after it became ready. */
+    startDelayMs: integer('start_delay_ms'),
     jobId: uuid('job_id'),
     result: jsonb('result'),
     error: jsonb('error'),
@@ -134,9 +153,83 @@ export const tasks = pgTable(
     // index-only range scan (every column the query reads is a key column: drizzle has no INCLUDE).
     // It replaces (tenant_id, agent_id, completed_at), which no query used and which made a window
     // read every finished task of the tenant and then its heap rows.
+    // Waiting tasks with a deadline, for the sweeper's backstop of wait timeouts (and the test kit).
+    index('agent_coordination_waiting_idx')
+      .on(t.tenantId, t.waitDeadline)
+      .where(sql`${t.status} = 'waiting'`),
     index('agent_coordination_finished_idx')
       .on(t.tenantId, t.completedAt, t.agentId, t.status, t.attempt, t.queuedAt, t.startedAt)
       .where(sql`${t.status} IN ('completed', 'failed')`),
+  ],
+)
+
+/**
+ * The inbox of external events and approval decisions delivered to workflows (src/flow/waits.ts).
+ * A delivery is idempotent on its event id within the workflow. An event that arrives before any
+ * task waits for it stays unconsumed until one does; consuming it records the task.
+ */
+export const workflowEvents = pgTable(
+  'workflow_events',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: bigint('id', { mode: 'bigint' }).generatedAlwaysAsIdentity().notNull(),
+    workflowId: uuid('workflow_id').notNull(),
+    /** The sender's id for this event: a second delivery with the same id changes nothing. */
+    eventId: text('event_id').notNull(),
+    kind: text('kind', { enum: ['event', 'approval'] }).notNull(),
+    /** The event name, or the approval's name. */
+    name: text('name').notNull(),
+    /** The event's match key (a wait declared with `match` takes only events with that key). */
+    matchKey: text('match_key'),
+    /** The event payload or the decision ({ approved, comment }), encrypted like task data. */
+    payload: jsonb('payload'),
+    /** Who delivered it (the approver, for a decision). */
+    actor: text('actor'),
+    /** The task that consumed it; null while it waits for one. */
+    taskId: uuid('task_id'),
+    consumedAt: tz('consumed_at'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
+    uniqueIndex('workflow_events_event_id_idx').on(t.tenantId, t.workflowId, t.eventId),
+    index('workflow_events_unconsumed_idx')
+      .on(t.tenantId, t.workflowId, t.name)
+      .where(sql`${t.consumedAt} IS NULL`),
+  ],
+)
+
+/**
+ * Cron schedules that start a workflow type for the tenant with a fixed input (src/schedule).
+ * Each slot starts one workflow whatever the number of schedulers: its idempotency key names the
+ * schedule and the slot.
+ */
+export const workflowSchedules = pgTable(
+  'workflow_schedules',
+  {
+    tenantId: text('tenant_id').notNull(),
+    /** The schedule's name, unique in the tenant. */
+    id: text('id').notNull(),
+    workflowType: text('workflow_type').notNull(),
+    /** A cron expression (5 fields, or 6 with seconds) read in `timezone`. */
+    cron: text('cron').notNull(),
+    timezone: text('timezone').notNull(),
+    input: jsonb('input'),
+    /** Slots missed while no scheduler ran: 'skip' them, or start one workflow for the latest ('catch-up-once'). */
+    missed: text('missed', { enum: ['skip', 'catch-up-once'] }).notNull(),
+    enabled: boolean('enabled').notNull().default(true),
+    /** The latest slot handled (started, or skipped by the missed-slot policy). */
+    lastSlot: tz('last_slot'),
+    /** The next slot to handle: schedulers look for schedules with next_slot <= now(). */
+    nextSlot: tz('next_slot').notNull(),
+    createdAt: tz('created_at').notNull().defaultNow(),
+    updatedAt: tz('updated_at').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
+    index('workflow_schedules_due_idx').on(t.tenantId, t.nextSlot),
   ],
 )
 
