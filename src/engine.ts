@@ -44,6 +44,7 @@ import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
+import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from './flow/waits.ts'
 import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
@@ -263,7 +264,7 @@ export class Engine {
   registerWorkflow(def: WorkflowDefinition<any>): void {
     if (this.#agents.size > 0) {
       for (const t of def.tasks) {
-        if (!this.#agents.has(t.agentId)) {
+        if (!t.wait && !this.#agents.has(t.agentId)) {
           throw new DefinitionError(
             `workflow "${def.name}": task "${t.key}" uses unknown agent "${t.agentId}"`,
             t.key,
@@ -312,7 +313,7 @@ export class Engine {
     return [
       ...new Set([
         ...this.#agents.keys(),
-        ...[...this.#workflows.values()].flatMap((w) => w.tasks.map((t) => t.agentId)),
+        ...[...this.#workflows.values()].flatMap((w) => w.tasks.filter((t) => !t.wait).map((t) => t.agentId)),
       ]),
     ]
   }
@@ -688,6 +689,8 @@ export class Engine {
     scopes: AsyncIterable<TenantScope> | Iterable<TenantScope> = this.tenants.active(),
   ): Promise<SweepReport> {
     return sweepOnce((scope) => this.stores.of(scope), scopes, {
+      keyRing: this.keyRing,
+      limits: this.limits,
       staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs,
       batchSize: 500,
       maxPages: 20,
@@ -910,6 +913,74 @@ export class TenantHandle {
     return cancelWorkflow(store, this.scope, id, options, (wf) =>
       m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id, store.key),
     )
+  }
+
+  /**
+   * Delivers an external event to a workflow: the task waiting for it completes with its payload
+   * (and its dependents are dispatched) in the same transaction; if its task is not waiting yet,
+   * the event is kept for it. Idempotent on `eventId`. WaitError when nothing in the workflow waits
+   * for it, or the workflow has ended.
+   */
+  async sendEvent(workflowId: string, event: EventDelivery): Promise<DeliveryResult> {
+    requireUuid(workflowId, 'workflow id')
+    if (event === null || typeof event !== 'object') throw new InvalidInputError('an event must be an object')
+    return this.#deliver(workflowId, {
+      kind: 'event',
+      eventId: event.eventId,
+      name: event.name,
+      key: event.key ?? null,
+      payload: event.payload ?? null,
+      actor: event.actor ?? null,
+    })
+  }
+
+  /**
+   * Records an approver's decision on a workflow's approval: approved, the approval task completes
+   * and the workflow goes on; rejected, the workflow fails with the approver's reason. Idempotent
+   * (see ApprovalDecision.eventId); kept until the approval is waiting, like an event.
+   */
+  async decide(workflowId: string, decision: ApprovalDecision): Promise<DeliveryResult> {
+    requireUuid(workflowId, 'workflow id')
+    if (decision === null || typeof decision !== 'object')
+      throw new InvalidInputError('a decision must be an object')
+    if (typeof decision.approved !== 'boolean')
+      throw new InvalidInputError('approved must be true or false', '$.approved')
+    if (
+      decision.comment !== undefined &&
+      (typeof decision.comment !== 'string' || decision.comment.length > 2000)
+    )
+      throw new InvalidInputError('comment must be a string of at most 2000 characters', '$.comment')
+    if (typeof decision.approver !== 'string' || decision.approver.length === 0)
+      throw new InvalidInputError('approver must name who decides', '$.approver')
+    return this.#deliver(workflowId, {
+      kind: 'approval',
+      eventId:
+        decision.eventId ??
+        `${String(decision.name)}:${decision.approver}:${decision.approved ? 'approved' : 'rejected'}`,
+      name: decision.name,
+      key: null,
+      payload: {
+        approved: decision.approved,
+        ...(decision.comment !== undefined ? { comment: decision.comment } : {}),
+      },
+      actor: decision.approver,
+    })
+  }
+
+  async #deliver(workflowId: string, delivery: Parameters<typeof deliver>[3]): Promise<DeliveryResult> {
+    const e = this.#engine
+    const store = await e.storeOf(this.scope)
+    const { outcome, ...result } = await deliver(
+      { pool: store.pool, boss: store.boss, keyRing: e.keyRing, limits: e.limits },
+      this.scope,
+      workflowId,
+      delivery,
+    )
+    for (const wf of outcome.workflowsCompleted)
+      e.metrics.workflowFinished(wf.type, 'completed', wf.durationMs, this.id, store.key)
+    for (const wf of outcome.workflowsFailed)
+      e.metrics.workflowFinished(wf.type, 'failed', wf.durationMs, this.id, store.key)
+    return result
   }
 
   /** Runs `fn` in a transaction scoped to this tenant, in the tenant's database. */

@@ -99,6 +99,40 @@ export class PermanentError extends EquilateralError {
   }
 }
 
+/**
+ * Thrown by `ctx.snooze()`: the agent asks to run again later. The attempt ends without counting a
+ * failure; the task is queued again to start `delayMs` from now (by the database clock).
+ */
+export class Snooze extends EquilateralError {
+  /** A delay from now (database clock) ... */
+  readonly delayMs: number
+  /** ... or a time (ISO 8601), whichever is given. */
+  readonly until: string | null
+  constructor(delay: { delayMs: number; until?: string | null }) {
+    super('snooze', delay.until ? `snoozed until ${delay.until}` : `snoozed for ${delay.delayMs} ms`)
+    this.delayMs = delay.delayMs
+    this.until = delay.until ?? null
+  }
+}
+
+export type WaitErrorCode =
+  /** The workflow has ended: nothing in it can take an event any more. */
+  | 'workflow_not_running'
+  /** No task of the workflow waits, or will wait, for this event or approval. */
+  | 'no_such_wait'
+  /** The approval names its approvers and this actor is not one of them. */
+  | 'not_an_approver'
+  /** The event id was used before for a different event. */
+  | 'event_conflict'
+
+/** An event or an approval decision that was refused; nothing was written. */
+export class WaitError extends EquilateralError {
+  declare readonly code: WaitErrorCode
+  constructor(code: WaitErrorCode, message: string) {
+    super(code, message)
+  }
+}
+
 /** The task was cancelled, timed out or reassigned while the agent ran; its result is discarded. */
 export class LeaseLostError extends EquilateralError {
   constructor(taskId: string, attempt: number) {

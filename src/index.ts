@@ -27,10 +27,15 @@ export type {
   AgentContext,
   AgentDefinition,
   AgentHandler,
+  ApprovalWait,
+  EventWait,
   SpawnedTask,
+  StartAfter,
   TaskSpec,
+  WaitTimeout,
   WorkflowDefinition,
 } from './core/definition.ts'
+export type { ApprovalDecision, DeliveryResult, EventDelivery } from './flow/waits.ts'
 export type { Json } from './core/json.ts'
 export type { TaskStatus, WorkflowStatus } from './core/task-state.ts'
 export { COMPLIANCE_REGIMES, parseComplianceProfile } from './compliance/profile.ts'

@@ -36,6 +36,14 @@ export interface AgentContext<TData = Json> {
    * completes this task, and dispatched when their dependencies are done.
    */
   spawn(tasks: SpawnedTask | SpawnedTask[]): void
+  /**
+   * Ends this attempt without spending one: the task is queued again to run after `delay` (ms, or
+   * `{ until }` a time), judged by the database clock. Throws a Snooze, which the worker catches:
+   * call it as `return ctx.snooze(60_000)` or `throw ...`, and do not catch it yourself.
+   */
+  snooze(delay: number | { until: Date | string }): never
+  /** The version of this agent that runs the attempt. */
+  agentVersion: number
 }
 
 export type AgentHandler<TData = Json, TResult extends Json = Json> = (
@@ -45,6 +53,12 @@ export type AgentHandler<TData = Json, TResult extends Json = Json> = (
 export interface AgentDefinition<TData = Json, TResult extends Json = Json> {
   readonly kind: 'agent'
   readonly id: string
+  /**
+   * The agent's version (default 1). A workflow run records the version of each of its agents when
+   * it starts and runs every task on that version: a worker without it leaves the task to one that
+   * has it. Raise it when a change must not apply to runs already in flight.
+   */
+  readonly version: number
   /** Task types this agent handles. */
   readonly taskTypes: readonly string[]
   /** Most tasks of this agent one worker process runs at once (default: the worker's concurrency). */
@@ -66,25 +80,80 @@ export interface TaskOptions extends RetryOptions {
   timeoutMs?: number
 }
 
-export interface TaskSpec<TInput = Json> extends TaskOptions {
+/** When a task may start: a delay (ms) from when it becomes ready, or a time (Date or ISO 8601). */
+export type StartAfter = number | Date | string
+
+/** What a wait does when its timeout passes first. */
+export type WaitTimeout =
+  /** The task fails, and with it the workflow (the default). */
+  | 'fail'
+  /** The task completes with this result, as if it had been delivered. */
+  | { result: Json }
+
+interface WaitOptions {
+  /** How long the task waits once it is waiting (default: no limit). */
+  timeoutMs?: number
+  onTimeout?: WaitTimeout
+}
+
+/** A human decision: the task completes when an approver approves; a rejection fails the workflow. */
+export interface ApprovalWait extends WaitOptions {
+  /** The name decisions are delivered under (default: the task key). */
+  name?: string
+  /** Who may decide (default: anyone with the tenant's credentials, who must name themselves). */
+  approvers?: readonly string[]
+}
+
+/** An external event: the task completes with the event's payload as its result. */
+export interface EventWait<TInput = Json> extends WaitOptions {
+  /** The event's name, e.g. `scan.completed`. */
+  name: string
+  /** Take only an event delivered with this key (e.g. an id from the input). */
+  match?: string | ((input: TInput) => string)
+}
+
+interface TaskKind<TInput> {
+  /** The agent that runs the task; or, instead of an agent, one of `approval` and `event`. */
+  agent?: AgentDefinition<any, any> | string
+  /** A wait task completed by an approver's decision instead of an agent. */
+  approval?: ApprovalWait
+  /** A wait task completed by an external event instead of an agent. */
+  event?: EventWait<TInput>
+}
+
+export interface TaskSpec<TInput = Json> extends TaskOptions, TaskKind<TInput> {
   key: string
-  agent: AgentDefinition<any, any> | string
   /** Task type; defaults to the agent's first task type. */
   type?: string
   dependsOn?: readonly string[]
   /** The task's data, or a function of the workflow input computed when the workflow starts. */
   data?: Json | ((input: TInput) => Json)
+  /** A durable timer: the task starts no earlier than this (a function of the input: computed at start). */
+  startAfter?: StartAfter | ((input: TInput) => StartAfter)
 }
 
 /** A task added at run time by an agent (see AgentContext.spawn). */
-export interface SpawnedTask extends TaskOptions {
+export interface SpawnedTask extends TaskOptions, TaskKind<any> {
   key: string
-  agent: AgentDefinition<any, any> | string
   type?: string
   /** Keys of tasks in the same workflow (existing or spawned in the same call). */
   dependsOn?: readonly string[]
   data?: Json
+  startAfter?: StartAfter
 }
+
+/** A wait task's declaration as stored on its row (the `wait` column). */
+export interface WaitSpec {
+  type: 'approval' | 'event'
+  name: string
+  match?: string
+  approvers?: string[]
+  timeoutMs?: number
+  onTimeout: WaitTimeout
+}
+
+/** Agent ids of wait tasks: not valid agent ids, so no agent can share them. */
+export const WAIT_AGENTS = { approval: '@approval', event: '@event' } as const
 
 export interface WorkflowDefinition<TInput = Json> {
   readonly kind: 'workflow'
@@ -98,6 +167,11 @@ export interface WorkflowDefinition<TInput = Json> {
 export interface ResolvedTaskSpec<TInput = Json> {
   key: string
   agentId: string
+  /** The agent version the task needs; null: any (an agent named by id). */
+  agentVersion: number | null
+  /** Wait tasks: what they wait for (match may still be a function of the input). */
+  wait: (Omit<WaitSpec, 'match'> & { match?: string | ((input: TInput) => string) }) | null
+  startAfter: StartAfter | ((input: TInput) => StartAfter) | undefined
   type: string
   dependsOn: readonly string[]
   data: Json | ((input: TInput) => Json) | undefined
@@ -128,6 +202,7 @@ const KEY = /^[A-Za-z0-9][A-Za-z0-9_.:/-]*$/
 
 export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   id: string
+  version?: number
   taskTypes?: readonly string[]
   concurrency?: number
   handler: AgentHandler<TData, TResult>
@@ -154,9 +229,14 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   if (spec.concurrency !== undefined && !(Number.isInteger(spec.concurrency) && spec.concurrency > 0)) {
     throw new DefinitionError(`agent "${spec.id}" concurrency must be a positive integer`, spec.id)
   }
+  const version = spec.version ?? 1
+  if (!Number.isInteger(version) || version < 1 || version > 1_000_000) {
+    throw new DefinitionError(`agent "${spec.id}" version must be a positive integer`, spec.id)
+  }
   return Object.freeze({
     kind: 'agent',
     id: spec.id,
+    version,
     taskTypes: Object.freeze([...taskTypes]),
     concurrency: spec.concurrency,
     handler: spec.handler,
@@ -205,12 +285,25 @@ export function resolveTask<TInput>(
       typeof key === 'string' ? key : undefined,
     )
   }
-  const agent = t.agent
-  const agentId = typeof agent === 'string' ? agent : isAgent(agent) ? agent.id : undefined
-  if (agentId === undefined || !NAME.test(agentId)) {
-    throw new DefinitionError(`${where}: task "${key}" has no valid agent`, key)
+  const kinds = (['agent', 'approval', 'event'] as const).filter((k) => t[k] !== undefined)
+  if (kinds.length > 1) {
+    throw new DefinitionError(`${where}: task "${key}" has ${kinds.join(' and ')}: give exactly one`, key)
   }
-  let type = t.type
+  const wait = resolveWait(t, key, where)
+  const agent = wait ? undefined : t.agent
+  const agentId = wait
+    ? WAIT_AGENTS[wait.type]
+    : typeof agent === 'string'
+      ? agent
+      : isAgent(agent)
+        ? agent.id
+        : undefined
+  if (agentId === undefined || (!wait && !NAME.test(agentId))) {
+    throw new DefinitionError(`${where}: task "${key}" has no valid agent (or approval, or event)`, key)
+  }
+  const startAfter = t.startAfter
+  if (startAfter !== undefined && typeof startAfter !== 'function') checkStartAfter(startAfter, key, where)
+  let type = wait ? wait.type : t.type
   if (typeof agent === 'object') {
     type ??= agent.taskTypes[0]
     if (type === undefined || !agent.taskTypes.includes(type)) {
@@ -276,6 +369,9 @@ export function resolveTask<TInput>(
   return {
     key,
     agentId,
+    agentVersion: isAgent(agent) && Number.isInteger(agent.version) ? agent.version : null,
+    wait,
+    startAfter,
     type,
     dependsOn: [...dependsOn],
     data: t.data,
@@ -283,6 +379,96 @@ export function resolveTask<TInput>(
     backoffMs,
     backoffMaxMs,
     timeoutMs,
+  }
+}
+
+function resolveWait<TInput>(
+  t: TaskSpec<TInput> | SpawnedTask,
+  key: string,
+  where: string,
+): ResolvedTaskSpec<TInput>['wait'] {
+  const spec = t.approval ?? t.event
+  if (spec === undefined) return null
+  const type = t.approval !== undefined ? 'approval' : 'event'
+  if (spec === null || typeof spec !== 'object') {
+    throw new DefinitionError(`${where}: task "${key}" ${type} must be an object`, key)
+  }
+  const name = (spec as { name?: unknown }).name ?? (type === 'approval' ? key : undefined)
+  if (typeof name !== 'string' || name.length === 0 || name.length > LIMITS.maxKeyLength || !KEY.test(name)) {
+    throw new DefinitionError(
+      `${where}: task "${key}" ${type} name ${show(name)} must be 1-${LIMITS.maxKeyLength} characters of letters, digits, '_', '.', ':', '/', '-'`,
+      key,
+    )
+  }
+  const wait: NonNullable<ResolvedTaskSpec<TInput>['wait']> = { type, name, onTimeout: 'fail' }
+  if (type === 'event') {
+    const match = (spec as EventWait<TInput>).match
+    if (match !== undefined) {
+      if (
+        typeof match !== 'function' &&
+        (typeof match !== 'string' || match.length === 0 || match.length > 200)
+      ) {
+        throw new DefinitionError(
+          `${where}: task "${key}" event match must be a string of 1-200 characters`,
+          key,
+        )
+      }
+      wait.match = match
+    }
+  } else {
+    const approvers = (spec as ApprovalWait).approvers
+    if (approvers !== undefined) {
+      if (
+        !Array.isArray(approvers) ||
+        approvers.length === 0 ||
+        approvers.some((a) => typeof a !== 'string' || a.length === 0 || a.length > 200)
+      ) {
+        throw new DefinitionError(`${where}: task "${key}" approvers must be a non-empty list of names`, key)
+      }
+      wait.approvers = [...approvers]
+    }
+  }
+  const timeoutMs = (spec as WaitOptions).timeoutMs
+  if (timeoutMs !== undefined) {
+    wait.timeoutMs = intOption(timeoutMs, 0, 1, 365 * 24 * 3600_000, `${type} timeoutMs`, key, where)
+  }
+  const onTimeout = (spec as WaitOptions).onTimeout
+  if (onTimeout !== undefined) {
+    const ok =
+      onTimeout === 'fail' ||
+      (typeof onTimeout === 'object' &&
+        onTimeout !== null &&
+        !Array.isArray(onTimeout) &&
+        'result' in onTimeout)
+    if (!ok) {
+      throw new DefinitionError(`${where}: task "${key}" onTimeout must be 'fail' or { result }`, key)
+    }
+    if (wait.timeoutMs === undefined) {
+      throw new DefinitionError(`${where}: task "${key}" has onTimeout but no timeoutMs`, key)
+    }
+    wait.onTimeout =
+      onTimeout === 'fail' ? 'fail' : { result: (onTimeout).result ?? null }
+  }
+  return wait
+}
+
+/** Checks a startAfter value (a delay in ms, or a time); throws a DefinitionError naming the task. */
+export function checkStartAfter(value: unknown, key: string, where: string): void {
+  if (typeof value === 'number') {
+    if (!Number.isInteger(value) || value < 0 || value > 365 * 24 * 3600_000) {
+      throw new DefinitionError(
+        `${where}: task "${key}" startAfter must be a delay of 0 to 365 days in milliseconds, or a time`,
+        key,
+      )
+    }
+    return
+  }
+  const time = value instanceof Date ? value.getTime() : typeof value === 'string' ? Date.parse(value) : NaN
+  if (!Number.isFinite(time) || (typeof value === 'string' && !/^\d{4}-\d\d-\d\d/.test(value))) {
+    throw new DefinitionError(
+      `${where}: task "${key}" startAfter ${show(value)} is neither a delay in milliseconds nor an ISO 8601 time`,
+      key,
+    )
   }
 }
 

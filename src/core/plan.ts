@@ -1,7 +1,12 @@
 // Turns a workflow definition and an input into the rows to insert: ids, dependency edges in both
 // directions, remaining-dependency counts, and which tasks are ready at once. Pure.
 import { InvalidInputError } from '../errors.ts'
-import type { ResolvedTaskSpec, WorkflowDefinition } from './definition.ts'
+import {
+  checkStartAfter,
+  type ResolvedTaskSpec,
+  type WaitSpec,
+  type WorkflowDefinition,
+} from './definition.ts'
 import { assertStorableJson, type Json, type JsonLimits } from './json.ts'
 
 export interface PlannedTask {
@@ -22,12 +27,23 @@ export interface PlannedTask {
   backoff_max_ms: number
   timeout_ms: number
   job_id: string | null
+  agent_version: number | null
+  wait: WaitSpec | null
+  /** Durable timer: no earlier than this time (ISO 8601) ... */
+  start_at: string | null
+  /** ... and no earlier than this long after the task becomes ready. */
+  start_delay_ms: number | null
 }
 
 export interface PlanDeps {
   newId: () => string
   queueName: (agentId: string) => string
   limits: JsonLimits
+  /**
+   * The workflow input, for the parts of a task computed from it when the workflow starts (an event
+   * wait's match, a startAfter). Spawned tasks have none: such parts must be plain values there.
+   */
+  input?: { value: unknown }
 }
 
 /**
@@ -63,11 +79,71 @@ export function planTasks(
       backoff_max_ms: s.backoffMaxMs,
       timeout_ms: s.timeoutMs,
       job_id: remaining === 0 ? deps.newId() : null,
+      agent_version: s.agentVersion,
+      wait: waitOf(s, deps),
+      ...timer(s, deps),
     }
   })
   const byId = new Map(rows.map((r) => [r.id, r]))
   for (const r of rows) for (const parent of r.depends_on) byId.get(parent)?.dependents.push(r.id)
   return rows
+}
+
+/** A part of a task that may be a function of the input, computed (and checked) as `{ [name]: value }`. */
+function computed<T>(
+  s: ResolvedTaskSpec<any>,
+  name: string,
+  value: T | ((input: any) => T) | undefined,
+  deps: PlanDeps,
+): Record<string, T> {
+  if (value === undefined) return {}
+  if (typeof value !== 'function') return { [name]: value }
+  if (!deps.input) {
+    throw new InvalidInputError(
+      `task "${s.key}" ${name} must be a value here, not a function`,
+      `$.tasks.${s.key}`,
+    )
+  }
+  let result: T
+  try {
+    result = (value as (input: any) => T)(deps.input.value)
+  } catch (error) {
+    throw new InvalidInputError(
+      `task "${s.key}" ${name} could not be computed from the input: ${String(error)}`,
+      `$.tasks.${s.key}`,
+    )
+  }
+  return { [name]: result }
+}
+
+function waitOf(s: ResolvedTaskSpec<any>, deps: PlanDeps): WaitSpec | null {
+  if (!s.wait) return null
+  const { match: _, ...wait } = s.wait
+  const match = computed(s, 'match', s.wait.match, deps).match
+  if (match === undefined) return wait
+  if (typeof match !== 'string' || match.length === 0 || match.length > 200) {
+    throw new InvalidInputError(
+      `task "${s.key}" event match must be a string of 1-200 characters`,
+      `$.tasks.${s.key}.match`,
+    )
+  }
+  assertStorableJson(match, `$.tasks.${s.key}.match`)
+  return { ...wait, match }
+}
+
+function timer(
+  s: ResolvedTaskSpec<any>,
+  deps: PlanDeps,
+): { start_at: string | null; start_delay_ms: number | null } {
+  const value = computed(s, 'startAfter', s.startAfter, deps).startAfter
+  if (value === undefined) return { start_at: null, start_delay_ms: null }
+  try {
+    checkStartAfter(value, s.key, 'startAfter')
+  } catch (error) {
+    throw new InvalidInputError((error as Error).message, `$.tasks.${s.key}.startAfter`)
+  }
+  if (typeof value === 'number') return { start_at: null, start_delay_ms: value }
+  return { start_at: new Date(value).toISOString(), start_delay_ms: null }
 }
 
 /** Computes each task's data from the workflow input and checks it can be stored. */

@@ -15,7 +15,7 @@ import type { Json } from '../core/json.ts'
 import { ConfigError, EncryptionError, InvalidInputError } from '../errors.ts'
 
 /** The column a payload belongs to; part of the associated data. */
-export type PayloadPurpose = 'workflow.input' | 'task.data' | 'task.result'
+export type PayloadPurpose = 'workflow.input' | 'task.data' | 'task.result' | 'event.payload'
 
 export interface Envelope {
   $eq: 1

@@ -18,12 +18,12 @@ WITH wf AS (
 ),
 before AS (
   SELECT t.id, t.status FROM agent_coordination t, wf
-  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued', 'running')
+  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued', 'running', 'waiting')
 ),
 t AS (
   UPDATE agent_coordination t SET status = 'cancelled', completed_at = now(), updated_at = now()
   FROM wf
-  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued', 'running')
+  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued', 'running', 'waiting')
   RETURNING t.id, t.agent_id, t.job_id, t.queue
 ),
 audit AS (

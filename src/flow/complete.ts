@@ -13,15 +13,19 @@ import { insertJobs, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
 import type { FetchedJob } from './claim.ts'
 import { spawnTasks, type SpawnRequest } from './spawn.ts'
+import { readyAt, timerOf } from './task-rows.ts'
 
 export interface Completion {
-  job: FetchedJob
+  /** The attempt's job, completed in the same transaction; absent for a wait task (it has none running). */
+  job?: FetchedJob
   taskId: string
   workflowId: string
   attempt: number
   result: Json
   /** Tasks the agent added to its workflow (validated and inserted in this transaction). */
   spawn?: SpawnRequest
+  /** A wait task's completion (by an event, a decision or a timeout): fenced on 'waiting', not 'running'. */
+  waiting?: boolean
 }
 
 export interface CompletionOutcome {
@@ -35,12 +39,13 @@ export interface CompletionOutcome {
 
 /** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
 export const COMPLETE = `
-WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb)),
+WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb, waiting boolean)),
 done AS (
   UPDATE agent_coordination t
   SET status = 'completed', result = x.result, error = NULL, completed_at = now(), updated_at = now()
   FROM x
-  WHERE t.tenant_id = $1 AND t.id = ANY($3::uuid[]) AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
+  WHERE t.tenant_id = $1 AND t.id = ANY($3::uuid[]) AND t.id = x.id AND t.attempt = x.attempt
+    AND t.status = CASE WHEN x.waiting THEN 'waiting' ELSE 'running' END
   RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.dependents
 ),
 wf_before AS (
@@ -56,12 +61,13 @@ children AS (
     status = CASE WHEN c.deps_remaining = dec.n THEN 'queued' ELSE c.status END,
     attempt = CASE WHEN c.deps_remaining = dec.n THEN c.attempt + 1 ELSE c.attempt END,
     job_id = CASE WHEN c.deps_remaining = dec.n THEN gen_random_uuid() ELSE c.job_id END,
-    queued_at = CASE WHEN c.deps_remaining = dec.n THEN now() ELSE c.queued_at END,
+    queued_at = CASE WHEN c.deps_remaining = dec.n THEN ${readyAt('c')} ELSE c.queued_at END,
     updated_at = now()
   FROM dec
   WHERE c.tenant_id = $1 AND c.id = dec.id AND c.status = 'pending'
     AND EXISTS (SELECT 1 FROM wf_before w WHERE w.id = c.workflow_id AND w.status = 'running')
-  RETURNING c.id, c.workflow_id, c.agent_id, c.task_key, c.status, c.attempt, c.job_id, c.queue, c.timeout_ms
+  RETURNING c.id, c.workflow_id, c.agent_id, c.task_key, c.status, c.attempt, c.job_id, c.queue, c.timeout_ms,
+    ${timerOf('c')} AS start_after
 ),
 wf AS (
   UPDATE workflows w
@@ -78,7 +84,8 @@ audit AS (
   SELECT $1, d.workflow_id, d.id, d.agent_id, 'task_completed', jsonb_build_object('attempt', d.attempt), w.correlation_id
   FROM done d JOIN wf_before w ON w.id = d.workflow_id
   UNION ALL
-  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_queued', jsonb_build_object('key', c.task_key, 'attempt', c.attempt),
+  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_queued',
+    jsonb_strip_nulls(jsonb_build_object('key', c.task_key, 'attempt', c.attempt, 'startAfter', c.start_after)),
     w.correlation_id
   FROM children c JOIN wf_before w ON w.id = c.workflow_id WHERE c.status = 'queued'
   UNION ALL
@@ -88,15 +95,17 @@ notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
 )
 SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
-  NULL::float8 AS n, NULL AS type
+  NULL::float8 AS n, NULL AS type, NULL AS start_after
 FROM done d
 UNION ALL
-SELECT 'ready', c.id, c.workflow_id, c.queue, c.attempt, c.job_id, c.timeout_ms, NULL FROM children c WHERE c.status = 'queued'
+SELECT 'ready', c.id, c.workflow_id, c.queue, c.attempt, c.job_id, c.timeout_ms, NULL, c.start_after
+FROM children c WHERE c.status = 'queued'
 UNION ALL
-SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_at - w.created_at) * 1000, w.type
+SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_at - w.created_at) * 1000, w.type,
+  NULL
 FROM wf w WHERE w.status = 'completed'
 UNION ALL
-SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, NULL, NULL`
+SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, NULL, NULL, NULL`
 
 export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },
@@ -130,7 +139,8 @@ export class SpawnLeaseLostError extends Error {
   }
 }
 
-async function writeCompletions(
+/** Writes completions in the caller's transaction (a wait task's, with its delivery). */
+export async function writeCompletions(
   boss: PgBoss,
   db: Db,
   scope: TenantScope,
@@ -138,7 +148,14 @@ async function writeCompletions(
 ): Promise<CompletionOutcome> {
   const { rows } = await db.executeSql(COMPLETE, [
     scope.tenantId,
-    JSON.stringify(items.map((i) => ({ id: i.taskId, attempt: i.attempt, result: i.result ?? null }))),
+    JSON.stringify(
+      items.map((i) => ({
+        id: i.taskId,
+        attempt: i.attempt,
+        result: i.result ?? null,
+        waiting: i.waiting ?? false,
+      })),
+    ),
     items.map((i) => i.taskId),
   ])
   const completed = new Set<string>()
@@ -154,16 +171,18 @@ async function writeCompletions(
         taskId: r.id,
         attempt: r.attempt,
         timeoutMs: r.n,
+        startAfter: r.start_after,
       })
     } else if (r.kind === 'workflow') workflowsCompleted.push({ id: r.id, type: r.type, durationMs: r.n })
   }
   await insertJobs(boss, db, scope, dispatched)
   failpoint('complete.after-dependents')
   // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done too.
-  for (const [queue, list] of Map.groupBy(items, (i) => i.job.queue)) {
+  const jobs = items.flatMap((i) => (i.job ? [i.job] : []))
+  for (const [queue, list] of Map.groupBy(jobs, (j) => j.queue)) {
     await boss.complete(
       queue,
-      list.map((i) => ({ id: i.job.jobId, retryCount: i.job.retryCount })),
+      list.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
       null,
       { db },
     )

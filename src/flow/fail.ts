@@ -22,6 +22,10 @@ export interface AttemptFailure extends AttemptState {
   job?: { jobId: string; retryCount?: number }
   /** Audit action for the failure: 'task_failed_attempt' by default, 'task_lost' from the sweeper. */
   action?: string
+  /** A wait task failing (rejected, timed out): fenced on 'waiting'. */
+  waiting?: boolean
+  /** Record the task in the dead-letter queue when it fails for good (default true; not for a rejection). */
+  deadLetter?: boolean
 }
 
 export type FailureOutcome =
@@ -52,8 +56,9 @@ t AS (
     queued_at = CASE WHEN r.retry THEN now() + $7::int * interval '1 millisecond' ELSE queued_at END,
     completed_at = CASE WHEN r.retry THEN NULL ELSE now() END
   FROM r
-  WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND failures = $4 AND status IN ('running', 'queued')
-  RETURNING id, workflow_id, agent_id, status, attempt, job_id
+  WHERE tenant_id = $1 AND id = $2 AND attempt = $3 AND failures = $4
+    AND status = ANY(CASE WHEN $9::boolean THEN ARRAY['waiting'] ELSE ARRAY['running', 'queued'] END)
+  RETURNING id, workflow_id, agent_id, status, attempt, job_id, queued_at::text AS start_after
 ),
 audit AS (
   INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
@@ -64,7 +69,7 @@ audit AS (
     jsonb_build_object('attempt', t.attempt, 'delayMs', $7::int), w.correlation_id
   FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
 )
-SELECT status, attempt, job_id FROM t`
+SELECT status, attempt, job_id, start_after FROM t`
 
 const FAIL_WORKFLOW = `
 WITH wf AS (
@@ -75,7 +80,7 @@ WITH wf AS (
 skipped AS (
   UPDATE agent_coordination t SET status = 'skipped', completed_at = now(), updated_at = now()
   FROM wf
-  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued')
+  WHERE t.tenant_id = $1 AND t.workflow_id = wf.id AND t.status IN ('pending', 'queued', 'waiting')
   RETURNING t.id, t.agent_id, t.job_id, t.queue, t.attempt
 ),
 audit AS (
@@ -123,6 +128,7 @@ export async function failAttemptIn(
     mayRetry,
     delayMs,
     f.action ?? 'task_failed_attempt',
+    f.waiting ?? false,
   ])
   const row = rows[0]
   if (!row) return { kind: 'lease_lost' }
@@ -145,7 +151,8 @@ export async function failAttemptIn(
         taskId: f.taskId,
         attempt: row.attempt,
         timeoutMs: f.timeoutMs,
-        delayMs,
+        // The backoff's end as the database computed it: judged by its clock, not this process's.
+        startAfter: delayMs > 0 ? row.start_after : null,
       },
     ])
     return { kind: 'retrying', attempt: row.attempt, delayMs }
@@ -166,11 +173,13 @@ export async function failAttemptIn(
       { db },
     )
   }
-  await boss.send(
-    DEAD_LETTER_QUEUE,
-    { t: scope.tenantId, w: f.workflowId, k: f.taskId, a: f.attempt, agent: f.agentId, error: f.error },
-    { db },
-  )
+  if (f.deadLetter !== false) {
+    await boss.send(
+      DEAD_LETTER_QUEUE,
+      { t: scope.tenantId, w: f.workflowId, k: f.taskId, a: f.attempt, agent: f.agentId, error: f.error },
+      { db },
+    )
+  }
   const ended = wf.rows.find((r) => r.kind === 'workflow')
   return {
     kind: 'failed',

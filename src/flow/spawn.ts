@@ -36,13 +36,15 @@ wf AS (
 audit AS (
   INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
   SELECT $1, $2, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_queued' ELSE 'task_created' END,
-    jsonb_build_object('key', t.task_key, 'attempt', t.attempt, 'spawnedBy', $5::uuid), wf.correlation_id
+    jsonb_strip_nulls(jsonb_build_object('key', t.task_key, 'attempt', t.attempt, 'spawnedBy', $5::uuid,
+      'startAfter', t.start_after)), wf.correlation_id
   FROM t, wf
 ),
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
 )
-SELECT (SELECT count(*) FROM notified) AS notified`
+SELECT (SELECT count(*) FROM notified) AS notified,
+  (SELECT jsonb_object_agg(t.id, t.start_after) FROM t WHERE t.start_after IS NOT NULL) AS timers`
 
 /** Inserts the spawned tasks; returns the jobs of the ones ready at once (to insert with the batch). */
 export async function spawnTasks(
@@ -91,7 +93,7 @@ export async function spawnTasks(
   for (const p of planned) {
     for (const key of p.dependencies) {
       const e = existing.get(key)
-      if (e && !e.done && !['pending', 'queued', 'running'].includes(statusById.get(e.id) ?? '')) {
+      if (e && !e.done && !['pending', 'queued', 'running', 'waiting'].includes(statusById.get(e.id) ?? '')) {
         throw new DefinitionError(
           `${where}: task "${p.task_key}" depends on "${key}", which can no longer complete`,
           p.task_key,
@@ -99,13 +101,14 @@ export async function spawnTasks(
       }
     }
   }
-  await db.executeSql(INSERT_SPAWNED, [
+  const inserted = await db.executeSql(INSERT_SPAWNED, [
     scope.tenantId,
     workflowId,
     JSON.stringify(planned),
     JSON.stringify(edges),
     spawnerId,
   ])
+  const timers: Record<string, string> = inserted.rows[0]?.timers ?? {}
   return planned
     .filter((p) => p.status === 'queued')
     .map((p) => ({
@@ -115,5 +118,6 @@ export async function spawnTasks(
       taskId: p.id,
       attempt: p.attempt,
       timeoutMs: p.timeout_ms,
+      startAfter: timers[p.id] ?? null,
     }))
 }

@@ -28,6 +28,8 @@ export interface StartOptions {
   subjectKey?: string
   /** The caller's open transaction (see `clientDb`, or pg-boss's `fromDrizzle(tx, sql)`). */
   db?: Db
+  /** Who started it, for the audit trail (e.g. `schedule:nightly`). */
+  actor?: string
 }
 
 export interface StartResult {
@@ -56,19 +58,21 @@ WITH wf AS (
 ),
 ${insertPlannedTasks('$9', 'wf.id', 'x, wf')},
 audit AS (
-  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, actor, correlation_id)
   SELECT $1, wf.id, NULL, NULL, 'workflow_started',
-    jsonb_build_object('type', $3::text, 'version', $4::int, 'tasks', $8::int), wf.correlation_id
+    jsonb_build_object('type', $3::text, 'version', $4::int, 'tasks', $8::int), $11, wf.correlation_id
   FROM wf
   UNION ALL
   SELECT $1, wf.id, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_queued' ELSE 'task_created' END,
-    jsonb_build_object('key', t.task_key, 'attempt', t.attempt), wf.correlation_id
+    jsonb_strip_nulls(jsonb_build_object('key', t.task_key, 'attempt', t.attempt, 'startAfter', t.start_after)),
+    NULL, wf.correlation_id
   FROM t, wf
 ),
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
 )
-SELECT (SELECT id FROM wf) AS id, (SELECT count(*) FROM notified) AS notified`
+SELECT (SELECT id FROM wf) AS id, (SELECT count(*) FROM notified) AS notified,
+  (SELECT jsonb_object_agg(t.id, t.start_after) FROM t WHERE t.start_after IS NOT NULL) AS timers`
 
 export interface StartDeps {
   pool: pg.Pool
@@ -90,12 +94,18 @@ export async function startWorkflow<TInput>(
   if (options.idempotencyKey !== undefined) checkKey(options.idempotencyKey, 'idempotencyKey')
   if (options.correlationId !== undefined) checkKey(options.correlationId, 'correlationId')
   if (options.subjectKey !== undefined) checkKey(options.subjectKey, 'subjectKey')
+  if (options.actor !== undefined) checkKey(options.actor, 'actor')
   const tenant = scope.tenantId
   const storedInput = deps.keyRing.encrypt(tenant, 'workflow.input', input ?? null, '$.input')
   const data = taskData(def, input, deps.limits).map((d, i) =>
     deps.keyRing.encrypt(tenant, 'task.data', d, `$.tasks.${def.tasks[i]?.key}.data`),
   )
-  const tasks = planTasks(def.tasks, data, { newId: randomUUID, queueName, limits: deps.limits })
+  const tasks = planTasks(def.tasks, data, {
+    newId: randomUUID,
+    queueName,
+    limits: deps.limits,
+    input: { value: input },
+  })
   const workflowId = randomUUID()
   const correlationId = options.correlationId ?? workflowId
 
@@ -111,8 +121,10 @@ export async function startWorkflow<TInput>(
       tasks.length,
       JSON.stringify(tasks),
       options.subjectKey ?? null,
+      options.actor ?? null,
     ])
     if (rows[0]?.id) {
+      const timers: Record<string, string> = rows[0].timers ?? {}
       const ready = tasks.filter((t) => t.status === 'queued')
       await insertJobs(
         deps.boss,
@@ -125,6 +137,7 @@ export async function startWorkflow<TInput>(
           taskId: t.id,
           attempt: t.attempt,
           timeoutMs: t.timeout_ms,
+          startAfter: timers[t.id] ?? null,
         })),
       )
       return { id: workflowId, created: true, status: 'running' }

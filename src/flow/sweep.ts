@@ -14,8 +14,14 @@ import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { isTransient } from './completer.ts'
 import { failAttemptIn } from './fail.ts'
 import { requeueTasks, type RequeueItem } from './requeue.ts'
+import { dueWaits, expireWaits, type WaitDeps } from './waits.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
+import type { JsonLimits } from '../core/json.ts'
 
 export interface SweepOptions {
+  /** For wait tasks timed out here (their results are encrypted like any task's). */
+  keyRing: KeyRing
+  limits: JsonLimits
   /** A running task whose heartbeat is older than this is taken as lost. */
   staleAfterMs: number
   /** Rows per page. */
@@ -33,6 +39,8 @@ export interface SweepReport {
   tenants: number
   /** Tenants in a database of their own that could not be reached (the next run tries again). */
   unreachable: string[]
+  /** Waits past their deadline that the sweeper timed out (their timer job was lost). */
+  waitsExpired: number
 }
 
 // In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
@@ -57,11 +65,25 @@ export async function sweepOnce(
   scopes: AsyncIterable<TenantScope> | Iterable<TenantScope>,
   options: SweepOptions,
 ): Promise<SweepReport> {
-  const report: SweepReport = { scanned: 0, requeued: 0, lost: 0, pages: 0, tenants: 0, unreachable: [] }
+  const report: SweepReport = {
+    scanned: 0,
+    requeued: 0,
+    lost: 0,
+    pages: 0,
+    tenants: 0,
+    unreachable: [],
+    waitsExpired: 0,
+  }
   for await (const scope of scopes) {
     try {
       const { pool, boss } = await storeOf(scope)
       await sweepTenant(pool, boss, scope, options, report)
+      await expireDueWaits(
+        { pool, boss, keyRing: options.keyRing, limits: options.limits },
+        scope,
+        options,
+        report,
+      )
     } catch (error) {
       if (!scope.database || !isTransient(error)) throw error
       report.unreachable.push(scope.tenantId)
@@ -121,6 +143,25 @@ async function sweepTenant(
     report.scanned += scanned.length
     if (scanned.length < options.batchSize) return
     cursor = scanned[scanned.length - 1]!.taskId
+  }
+}
+
+/**
+ * Waits past their deadline, whose timer job should have timed them out: a backstop for a lost
+ * timer job. The timeout is fenced on the wait's state, so racing its timer job is harmless.
+ */
+async function expireDueWaits(
+  deps: WaitDeps,
+  scope: TenantScope,
+  options: SweepOptions,
+  report: SweepReport,
+): Promise<void> {
+  for (let pages = 0; pages < options.maxPages; pages++) {
+    const due = await withTenantTx(deps.pool, scope, (db) => dueWaits(db, scope, options.batchSize))
+    if (due.length === 0) return
+    await expireWaits(deps, scope, due)
+    report.waitsExpired += due.length
+    if (due.length < options.batchSize) return
   }
 }
 

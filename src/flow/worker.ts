@@ -14,9 +14,9 @@ import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definit
 import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
-import { isPermanent, serializeError } from '../errors.ts'
+import { InvalidInputError, isPermanent, serializeError, Snooze } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
-import { queueName, type TaskJobData } from '../queue/boss.ts'
+import { queueName, type TaskJobData, WAIT_QUEUE } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
 import { SpawnLeaseLostError } from './complete.ts'
@@ -24,6 +24,7 @@ import { Completer, isTransient } from './completer.ts'
 import { failAttempt } from './fail.ts'
 import { heartbeat } from './heartbeat.ts'
 import { requeueTasks } from './requeue.ts'
+import { armWaits, expireWaits, type WaitOutcome } from './waits.ts'
 import { withTenantTx } from '../db/tx.ts'
 
 export interface WorkerOptions {
@@ -64,7 +65,7 @@ export interface WorkerHooks {
   taskFinished?(
     t: ClaimedTask,
     tenantId: string,
-    outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released',
+    outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released' | 'snoozed',
     durationMs: number,
   ): void
   /** A completion or a failure of this worker ended the workflow. */
@@ -181,8 +182,29 @@ export class Worker {
       const queue = queueName(agent.id)
       this.#wakers.set(queue, new Waker())
       this.#inflight.set(queue, 0)
-      this.#loops.push(this.#loop(agent, queue))
+      const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
+      this.#loops.push(
+        this.#loop(queue, {
+          // Agents run after the loop moves on: they hold slots (theirs and the process's) until they end.
+          free: () => Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#slots.free),
+          untilFree: () => this.#slots.waker.wait(this.#o.pollIntervalMs),
+          handle: async (jobs) => {
+            this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + jobs.length)
+            this.#slots.take(jobs.length)
+            await this.#dispatch(queue, jobs)
+          },
+        }),
+      )
     }
+    // Wait tasks: arming and timeouts are short transactions, handled in the loop, no agent slot.
+    this.#wakers.set(WAIT_QUEUE, new Waker())
+    this.#loops.push(
+      this.#loop(WAIT_QUEUE, {
+        free: () => this.#o.batchSize,
+        untilFree: async () => {},
+        handle: (jobs) => this.#handleWaits(jobs),
+      }),
+    )
     this.#heartbeatTimer = setInterval(() => void this.#beat(), this.#o.heartbeatIntervalMs)
     this.#o.log.info(
       { worker: this.id, agents: [...this.#agents.keys()], concurrency: this.#o.concurrency },
@@ -196,14 +218,21 @@ export class Worker {
     else for (const w of this.#wakers.values()) w.wake()
   }
 
-  async #loop(agent: AgentDefinition<any, any>, queue: string): Promise<void> {
+  /** Fetches the queue's jobs while there are some and room for them; sleeps until woken when there are none. */
+  async #loop(
+    queue: string,
+    room: {
+      free: () => number
+      untilFree: () => Promise<void>
+      handle: (jobs: { id: string; data: TaskJobData; retryCount: number }[]) => Promise<void>
+    },
+  ): Promise<void> {
     const waker = this.#wakers.get(queue) as Waker
-    const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
     let failures = 0
     while (!this.#stopping) {
-      const free = Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#slots.free)
+      const free = room.free()
       if (free <= 0) {
-        await this.#slots.waker.wait(this.#o.pollIntervalMs)
+        await room.untilFree()
         continue
       }
       let jobs: { id: string; data: TaskJobData; retryCount: number }[]
@@ -226,10 +255,8 @@ export class Worker {
         await waker.wait(this.#o.pollIntervalMs)
         continue
       }
-      this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + jobs.length)
-      this.#slots.take(jobs.length)
       try {
-        await this.#dispatch(queue, jobs)
+        await room.handle(jobs)
       } catch (error) {
         this.#o.log.error(
           { err: error, queue, jobs: jobs.length },
@@ -237,6 +264,55 @@ export class Worker {
         )
       }
     }
+  }
+
+  /**
+   * Arms the fetched wait tasks, or times them out (their timer jobs), per tenant. A failure leaves
+   * the jobs active: pg-boss expires them and the sweeper recovers the tasks.
+   */
+  async #handleWaits(jobs: { id: string; data: TaskJobData; retryCount: number }[]): Promise<void> {
+    const fetched = jobs.flatMap((j) =>
+      j.data && typeof j.data.t === 'string'
+        ? [
+            {
+              tenantId: j.data.t,
+              timeout: j.data.x === 'timeout',
+              job: {
+                queue: WAIT_QUEUE,
+                jobId: j.id,
+                retryCount: j.retryCount,
+                taskId: j.data.k,
+                workflowId: j.data.w,
+                attempt: j.data.a,
+              },
+            },
+          ]
+        : [],
+    )
+    const scopes = await this.#o.scopeOf([...new Set(fetched.map((f) => f.tenantId))])
+    for (const [tenantId, list] of Map.groupBy(fetched, (f) => f.tenantId)) {
+      const scope = scopes.get(tenantId)
+      if (!scope) continue
+      const arm = list.filter((f) => !f.timeout).map((f) => f.job)
+      const expire = list.filter((f) => f.timeout).map((f) => f.job)
+      try {
+        if (arm.length > 0) this.#waitOutcome(scope, await armWaits(this.#o, scope, arm))
+        if (expire.length > 0) this.#waitOutcome(scope, await expireWaits(this.#o, scope, expire, expire))
+      } catch (error) {
+        this.#o.log.error(
+          { err: error, tenant: tenantId, jobs: list.length },
+          'wait tasks could not be handled',
+        )
+      }
+    }
+  }
+
+  #waitOutcome(scope: TenantScope, outcome: WaitOutcome): void {
+    for (const wf of outcome.workflowsCompleted)
+      this.#o.hooks?.workflowFinished?.(scope.tenantId, wf.type, 'completed', wf.durationMs)
+    for (const wf of outcome.workflowsFailed)
+      this.#o.hooks?.workflowFinished?.(scope.tenantId, wf.type, 'failed', wf.durationMs)
+    for (const d of outcome.dispatched) this.wake(d.queue)
   }
 
   #release(queue: string, n: number): void {
@@ -356,6 +432,10 @@ export class Worker {
       spawn: (t) => {
         spawned.push(...(Array.isArray(t) ? t : [t]))
       },
+      snooze: (delay) => {
+        throw new Snooze(snoozeDelay(delay))
+      },
+      agentVersion: agent.version,
     }
     let result: Json = null
     let failure: { error: ReturnType<typeof serializeError>; permanent: boolean } | null = null
@@ -368,6 +448,12 @@ export class Worker {
       assertStorableJson(returned ?? null, '$.result', this.#o.limits)
       result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
     } catch (thrown) {
+      if (thrown instanceof Snooze && !controller.signal.aborted) {
+        clearTimeout(timer)
+        entry.phase = 'writing'
+        await this.#snooze(entry, thrown, log, performance.now() - started)
+        return
+      }
       const reason = controller.signal.aborted ? controller.signal.reason : undefined
       if (reason instanceof AbortReason && reason.kind !== 'timeout') {
         // Cancelled or released: another transaction already decided this task's fate.
@@ -451,6 +537,39 @@ export class Worker {
       // retries) is an outage already reported; either way the sweeper recovers the task.
       const transient = isTransient(error)
       log[transient ? 'warn' : 'error']({ err: error, transient }, 'could not record the task outcome')
+    }
+  }
+
+  /** The agent snoozed: queue the task again for later, without counting a failure. */
+  async #snooze(entry: Running, snooze: Snooze, log: Logger, durationMs: number): Promise<void> {
+    const { task, scope } = entry
+    try {
+      await withTenantTx(this.#o.pool, scope, (db) =>
+        requeueTasks(
+          this.#o.boss,
+          db,
+          scope,
+          [
+            {
+              taskId: task.taskId,
+              attempt: task.attempt,
+              status: 'running',
+              reason: snooze.message,
+              oldJob: { queue: task.job.queue, jobId: task.job.jobId },
+              delayMs: snooze.delayMs,
+              until: snooze.until,
+            },
+          ],
+          'task_snoozed',
+        ),
+      )
+      log.debug({ delayMs: snooze.delayMs, until: snooze.until }, 'task snoozed')
+      this.#o.hooks?.taskFinished?.(task, scope.tenantId, 'snoozed', durationMs)
+    } catch (error) {
+      log[isTransient(error) ? 'warn' : 'error'](
+        { err: error },
+        'could not snooze the task; the sweeper will recover it',
+      )
     }
   }
 
@@ -579,6 +698,18 @@ export class Worker {
     this.#listener = null
     this.#o.log.info({ worker: this.id }, 'worker stopped')
   }
+}
+
+/** A snooze's delay (0 to 365 days), or its time: the database computes when that is. */
+function snoozeDelay(delay: number | { until: Date | string }): { delayMs: number; until?: string } {
+  if (typeof delay === 'number' && Number.isFinite(delay)) {
+    return { delayMs: Math.min(Math.max(0, Math.round(delay)), 365 * 24 * 3600_000) }
+  }
+  const until = delay !== null && typeof delay === 'object' && 'until' in delay ? new Date(delay.until) : null
+  if (!until || !Number.isFinite(until.getTime())) {
+    throw new InvalidInputError('snooze takes a delay in ms or { until: a time }', '$.snooze')
+  }
+  return { delayMs: 0, until: until.toISOString() }
 }
 
 /** Resolves or rejects with the promise, or rejects with the signal's reason as soon as it aborts. */

@@ -9,9 +9,12 @@ import { BOSS_SCHEMA } from '../db/names.ts'
 // ever share a name with them (an agent called "sweep" would otherwise).
 export const DEAD_LETTER_QUEUE = 'eq/dead-letter'
 export const SWEEP_QUEUE = 'eq/sweep'
+/** Wait tasks' jobs: arming a wait when it becomes ready, and its timeout when it is due. */
+export const WAIT_QUEUE = 'eq/wait'
 
 export function queueName(agentId: string): string {
-  return `eq.${agentId}`
+  // Wait tasks' agent ids ('@approval', '@event') are not valid agent ids: no agent has their queue.
+  return agentId.startsWith('@') ? WAIT_QUEUE : `eq.${agentId}`
 }
 
 /** What a task's job carries: ids only (tenant, workflow, task, attempt). */
@@ -20,6 +23,8 @@ export interface TaskJobData {
   w: string
   k: string
   a: number
+  /** Wait queue only: 'timeout' for the job that times a wait out (else the job arms the wait). */
+  x?: 'timeout'
 }
 
 /** A job to insert for a task that just became ready (or is retried, recovered, released). */
@@ -30,8 +35,13 @@ export interface ReadyJob {
   taskId: string
   attempt: number
   timeoutMs: number
-  /** Milliseconds from now before the job may start (retry backoff). */
-  delayMs?: number
+  /**
+   * When the job may start (a durable timer, a retry's backoff, a snooze, a wait's timeout): a time
+   * the database computed, so timers are judged by the database clock. Absent: at once.
+   */
+  startAfter?: string | null
+  /** Wait queue only: the job times the wait out. */
+  timeout?: boolean
 }
 
 export interface BossOptions {
@@ -76,7 +86,7 @@ export async function ensureQueues(
     heartbeatSeconds: settings.heartbeatSeconds,
     deleteAfterSeconds: settings.deleteAfterSeconds,
   }
-  for (const name of [DEAD_LETTER_QUEUE, SWEEP_QUEUE, ...agentIds.map(queueName)]) {
+  for (const name of [DEAD_LETTER_QUEUE, SWEEP_QUEUE, WAIT_QUEUE, ...agentIds.map(queueName)]) {
     if (existing.has(name)) continue
     try {
       await boss.createQueue(
@@ -103,11 +113,17 @@ export async function insertJobs(
     if (!list) byQueue.set(job.queue, (list = []))
     list.push({
       id: job.jobId,
-      data: { t: scope.tenantId, w: job.workflowId, k: job.taskId, a: job.attempt },
+      data: {
+        t: scope.tenantId,
+        w: job.workflowId,
+        k: job.taskId,
+        a: job.attempt,
+        ...(job.timeout ? { x: 'timeout' as const } : {}),
+      },
       group: { id: scope.tenantId, tier: scope.tier },
       // pg-boss's expiry is a backstop behind the engine's own timeout and heartbeat checks.
       expireInSeconds: Math.ceil(job.timeoutMs / 1000) + 60,
-      ...(job.delayMs ? { startAfter: new Date(Date.now() + job.delayMs) } : {}),
+      ...(job.startAfter ? { startAfter: job.startAfter } : {}),
     })
   }
   for (const [queue, list] of byQueue) await boss.insert(queue, list, { db })

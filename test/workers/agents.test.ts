@@ -39,6 +39,10 @@ async function run<TData, TResult extends Json>(
     signal: new AbortController().signal,
     heartbeat: async () => {},
     spawn: () => {},
+    snooze: () => {
+      throw new Error('not snoozing here')
+    },
+    agentVersion: agent.version,
     ...extra,
   }
   const result = await agent.handler(ctx)
