@@ -4,7 +4,8 @@ import { deployer } from './agents/deployer.ts'
 import { securityReviewer } from './agents/security-reviewer.ts'
 import { testRunner } from './agents/test-runner.ts'
 import { deployFeature } from './workflows/deploy-feature.ts'
+import { deployFeatureApproved } from './workflows/deploy-feature-approved.ts'
 
 export const agents = [securityReviewer, testRunner, deployer]
 
-export const workflows = [deployFeature]
+export const workflows = [deployFeature, deployFeatureApproved]
