@@ -832,6 +832,7 @@ export async function explainHotPath(
           tasks.length,
           JSON.stringify(tasks),
           null,
+          null,
         ]
         return {
           start: await explain(START, startParams),

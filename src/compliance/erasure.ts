@@ -3,7 +3,8 @@
 // agents aborted, late results fenced out), so no personal data is written after the erasure; then,
 // in bounded batches:
 //   * payload columns (workflows.input/error, agent_coordination.data/result/error, enterprise
-//     members' input/error and their output in the run's summary) are replaced by an
+//     members' input/error and their output in the run's summary, the payloads of events delivered
+//     to the workflows) are replaced by an
 //     {"$erased": true, "erasure": <id>} marker, without being read: they may be encrypted envelopes;
 //   * audit rows get action_data {"$redacted": "erasure <id>"}, the one change the append-only
 //     trigger allows (equilateral.audit_redaction): every other column stays, and the seal kept the
@@ -92,9 +93,15 @@ audit AS (
   FROM w WHERE a.tenant_id = $1 AND a.workflow_id = w.id AND NOT (a.action_data ? '$redacted')
   RETURNING 1
 ),
+events AS (
+  UPDATE workflow_events e SET payload = CASE WHEN e.payload IS NULL THEN NULL ELSE $2::jsonb END
+  FROM w WHERE e.tenant_id = $1 AND e.workflow_id = w.id
+  RETURNING 1
+),
 ${erasedMembers('FROM w WHERE m.tenant_id = $1 AND m.workflow_id = w.id')}
 SELECT array(SELECT id::text FROM wf ORDER BY id) AS ids, (SELECT count(*) FROM tasks)::int AS tasks,
-  (SELECT count(*) FROM audit)::int AS audit, (SELECT count(*) FROM members)::int AS members,
+  (SELECT count(*) FROM audit)::int AS audit, (SELECT count(*) FROM events)::int AS inbox,
+  (SELECT count(*) FROM members)::int AS members,
   (SELECT count(*) FROM runs)::int AS runs`
 }
 

@@ -51,7 +51,7 @@ export interface PurgeOptions {
 
 const EMPTY: PurgeCounts = { workflows: 0, tasks: 0, auditRows: 0, auditBlocks: 0, complianceEvents: 0 }
 
-// Ended workflows older than the cutoff, oldest first. created_at < cutoff is implied by
+// Ended workflows older than the cutoff, oldest first, with their tasks and their events. created_at < cutoff is implied by
 // completed_at < cutoff and lets the (tenant_id, created_at) index find them.
 const PURGE_DATA = `
 WITH w AS (
@@ -61,6 +61,7 @@ WITH w AS (
   ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED
 ),
 t AS (DELETE FROM agent_coordination c USING w WHERE c.tenant_id = $1 AND c.workflow_id = w.id RETURNING 1),
+ev AS (DELETE FROM workflow_events e USING w WHERE e.tenant_id = $1 AND e.workflow_id = w.id RETURNING 1),
 d AS (DELETE FROM workflows x USING w WHERE x.tenant_id = $1 AND x.id = w.id RETURNING 1)
 SELECT (SELECT count(*) FROM d)::int AS workflows, (SELECT count(*) FROM t)::int AS tasks`
 

@@ -105,9 +105,11 @@ const TABLES: readonly { table: string; maxId: string | null; maxAt: string | nu
   { table: 'agent_audit_log', maxId: 'id', maxAt: '"timestamp"' },
   { table: 'agent_audit_seals', maxId: 'block_no', maxAt: 'sealed_at' },
   { table: 'compliance_events', maxId: 'id', maxAt: 'created_at' },
+  { table: 'workflow_events', maxId: 'id', maxAt: 'created_at' },
+  { table: 'workflow_schedules', maxId: null, maxAt: 'updated_at' },
 ]
 
-const SEQUENCED = ['agent_audit_log', 'compliance_events'] as const
+const SEQUENCED = ['agent_audit_log', 'compliance_events', 'workflow_events'] as const
 
 /** pg-boss queue columns that are settings (the others are statistics pg-boss keeps up to date). */
 const QUEUE_SETTINGS = [
