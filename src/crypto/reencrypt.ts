@@ -27,6 +27,8 @@ export interface TenantReencryptReport {
   workflows: number
   /** Task rows whose data, result or both were rewritten. */
   tasks: number
+  /** Events delivered to workflows whose payload was rewritten. */
+  events: number
   /** Rows changed by someone else between the read and the write: left as they were written. */
   skipped: number
 }
@@ -36,6 +38,7 @@ export interface ReencryptReport {
   tenants: number
   workflows: number
   tasks: number
+  events: number
   skipped: number
 }
 
@@ -70,6 +73,18 @@ WHERE t.tenant_id = $1 AND t.id = x.id
   AND md5(t.data::text) IS NOT DISTINCT FROM x.data_fp AND md5(t.result::text) IS NOT DISTINCT FROM x.result_fp
 RETURNING t.id`
 
+// The event inbox is keyed by a bigint: its pages start after 0.
+const EVENTS_PAGE = `
+SELECT id::text AS id, payload, md5(payload::text) AS fp FROM workflow_events
+WHERE tenant_id = $1 AND id > $2::bigint AND ${stale('payload')}
+ORDER BY id LIMIT $4`
+
+const EVENTS_UPDATE = `
+UPDATE workflow_events e SET payload = x.payload
+FROM jsonb_to_recordset($2::jsonb) AS x(id bigint, fp text, payload jsonb)
+WHERE e.tenant_id = $1 AND e.id = x.id AND md5(e.payload::text) = x.fp
+RETURNING e.id`
+
 /** Re-encrypts every tenant's payloads (or one tenant's) under the ring's active key. */
 export async function reencryptPayloads(
   deps: { poolOf: (scope: TenantScope) => Promise<pg.Pool>; tenants: TenantDirectory; keyRing: KeyRing },
@@ -81,13 +96,14 @@ export async function reencryptPayloads(
     throw new EncryptionError('no_keys', 'nothing to re-encrypt under: no encryption keys are configured')
   }
   const batchSize = options.batchSize ?? 500
-  const report: ReencryptReport = { activeKey, tenants: 0, workflows: 0, tasks: 0, skipped: 0 }
+  const report: ReencryptReport = { activeKey, tenants: 0, workflows: 0, tasks: 0, events: 0, skipped: 0 }
   const tenants = deps.tenants.all(options.tenant === undefined ? {} : { id: options.tenant })
   for await (const scope of tenants) {
     const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize)
     report.tenants++
     report.workflows += r.workflows
     report.tasks += r.tasks
+    report.events += r.events
     report.skipped += r.skipped
     options.onTenant?.(r)
   }
@@ -105,7 +121,7 @@ export async function reencryptTenant(
   batchSize: number,
 ): Promise<TenantReencryptReport> {
   const tenant = scope.tenantId
-  const report: TenantReencryptReport = { tenant, workflows: 0, tasks: 0, skipped: 0 }
+  const report: TenantReencryptReport = { tenant, workflows: 0, tasks: 0, events: 0, skipped: 0 }
   const redo = (purpose: PayloadPurpose, value: Json, id: string): Json => {
     if (!ring.needsReencryption(value)) return value
     try {
@@ -122,9 +138,10 @@ export async function reencryptTenant(
     pageSql: string,
     updateSql: string,
     change: (row: any) => Record<string, unknown>,
+    first = MIN_UUID,
   ): Promise<{ written: number; skipped: number }> => {
     const total = { written: 0, skipped: 0 }
-    for (let after = MIN_UUID; ;) {
+    for (let after = first; ;) {
       // Everything the page decides is returned, not assigned, so a retried transaction starts over.
       const page = await withTenantTx(pool, scope, async (db) => {
         const { rows } = await db.executeSql(pageSql, [tenant, after, ring.activeKeyId, batchSize])
@@ -151,8 +168,15 @@ export async function reencryptTenant(
     data: redo('task.data', r.data, r.id),
     result: redo('task.result', r.result, r.id),
   }))
+  const events = await pages(
+    EVENTS_PAGE,
+    EVENTS_UPDATE,
+    (r) => ({ id: r.id, fp: r.fp, payload: redo('event.payload', r.payload, r.id) }),
+    '0',
+  )
   report.workflows = wf.written
   report.tasks = tasks.written
-  report.skipped = wf.skipped + tasks.skipped
+  report.events = events.written
+  report.skipped = wf.skipped + tasks.skipped + events.skipped
   return report
 }

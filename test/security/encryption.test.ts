@@ -49,7 +49,15 @@ const chain = defineWorkflow<{ secret: string }>({
   ],
 })
 const waiting = defineWorkflow({ name: 'waiting', tasks: [{ key: 'only', agent: held, data: { n: 1 } }] })
-const definitions = { agents: [echo, held], workflows: [chain, waiting] }
+// An event wait behind a task no worker here runs: an event sent to it is kept in the inbox.
+const inbox = defineWorkflow({
+  name: 'inbox',
+  tasks: [
+    { key: 'hold', agent: held },
+    { key: 'note', event: { name: 'note' }, dependsOn: ['hold'] },
+  ],
+})
+const definitions = { agents: [echo, held], workflows: [chain, waiting, inbox] }
 
 /** Every payload column as raw text, read as the owner (behind the engine's back). */
 async function rawPayloads(url: string): Promise<{ where: string; text: string; value: unknown }[]> {
@@ -59,7 +67,8 @@ async function rawPayloads(url: string): Promise<{ where: string; text: string; 
     const { rows } = await c.query(`
       SELECT 'workflows.input ' || id AS where, input AS value, input::text AS text FROM equilateral.workflows
       UNION ALL SELECT 'task.data ' || task_key, data, data::text FROM equilateral.agent_coordination
-      UNION ALL SELECT 'task.result ' || task_key, result, result::text FROM equilateral.agent_coordination`)
+      UNION ALL SELECT 'task.result ' || task_key, result, result::text FROM equilateral.agent_coordination
+      UNION ALL SELECT 'event.payload ' || event_id, payload, payload::text FROM equilateral.workflow_events`)
     return rows.filter((r) => r.value !== null)
   } finally {
     await c.end()
@@ -203,6 +212,9 @@ describe('rotation and missing keys', async () => {
   // Rows written before keys were configured: plain, and re-encrypted too.
   const plainEngine = await engineWith(db, KeyRing.none)
   const plain = await (await plainEngine.tenant('acme')).startWorkflow('waiting', { secret: MARKER })
+  const note = { eventId: 'note-1', name: 'note', payload: { secret: `${MARKER}-event` } }
+  const kept = await (await engine.tenant('acme')).startWorkflow('inbox', null)
+  expect(await (await engine.tenant('acme')).sendEvent(kept.id, note)).toMatchObject({ status: 'kept' })
   for (const t of ['acme', 'globex']) for (const id of ids[t] ?? []) await settled(engine, t, id)
   const views = async (e: Engine) =>
     Promise.all(
@@ -215,7 +227,14 @@ describe('rotation and missing keys', async () => {
     await engine.suspendTenant('globex') // suspended tenants are re-encrypted too
     const rotated = await engineWith(db, KeyRing.of({ k1: K1, k2: K2 }, 'k2'))
     const report = await rotated.reencrypt({ batchSize: 2 })
-    expect(report).toMatchObject({ activeKey: 'k2', tenants: 2, workflows: 7, tasks: 19, skipped: 0 })
+    expect(report).toMatchObject({
+      activeKey: 'k2',
+      tenants: 2,
+      workflows: 8,
+      tasks: 19,
+      events: 1,
+      skipped: 0,
+    })
     for (const r of await rawPayloads(db.url)) {
       expect(r.text, r.where).not.toContain('MARKER')
       expect((r.value as { k: string }).k, r.where).toBe('k2')
@@ -227,6 +246,10 @@ describe('rotation and missing keys', async () => {
     expect(await views(onlyK2)).toEqual(before)
     const p = await (await onlyK2.tenant('acme')).getWorkflow(plain.id)
     expect(p.input).toEqual({ secret: MARKER })
+    // The kept event reads under the new key: the same delivery again is recognised as a duplicate.
+    expect(await (await onlyK2.tenant('acme')).sendEvent(kept.id, note)).toMatchObject({
+      status: 'duplicate',
+    })
   })
 
   it('gives a clear error when the key is missing, never garbage', async () => {
