@@ -230,7 +230,7 @@ describe('rotation and missing keys', async () => {
     expect(report).toMatchObject({
       activeKey: 'k2',
       tenants: 2,
-      workflows: 8,
+      workflows: 7,
       tasks: 19,
       events: 1,
       skipped: 0,
