@@ -8,6 +8,7 @@ import Fastify, { type FastifyRequest } from 'fastify'
 import type { Json } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { Engine, TenantHandle } from '../engine.ts'
+import type { DeliveryResult } from '../flow/waits.ts'
 import { HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
 import { registerUi } from './ui.ts'
@@ -32,6 +33,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     loggerInstance: engine.log,
     // The largest payload the engine accepts, plus room for the envelope around it.
     bodyLimit: engine.config.maxPayloadBytes + 64 * 1024,
+    // Room for an approval name of 200 characters in the path, percent-encoded (the schema limits it).
+    maxParamLength: 2400,
     requestIdHeader: false,
     genReqId: (req) => {
       const given = req.headers['x-request-id']
@@ -145,6 +148,48 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
         reason: request.body?.reason ?? 'cancelled through the API',
         actor: `api:${request.id}`,
       }),
+  )
+
+  // --- events and approvals (tenant API key) -------------------------------------------------
+  // 200 when the delivery took effect (consumed) or had already been made (duplicate), 202 when it
+  // is kept for a task that does not wait yet: a webhook that retries sees a 2xx either way.
+  const deliveryStatus = (result: DeliveryResult) => (result.status === 'kept' ? 202 : 200)
+  app.post<{
+    Params: { id: string }
+    Body: { eventId: string; name: string; key?: string; payload?: Json; actor?: string }
+  }>(
+    '/v1/workflows/:id/events',
+    { schema: routes.sendEvent, preHandler: tenantAuth },
+    async (request, reply) => {
+      const { eventId, name, key, payload, actor } = request.body
+      const result = await tenantOf(request).sendEvent(request.params.id, {
+        eventId,
+        name,
+        ...(key !== undefined ? { key } : {}),
+        ...(payload !== undefined ? { payload } : {}),
+        // Stable when absent: a retried delivery must match the first one to be a duplicate.
+        actor: actor ?? 'api',
+      })
+      return reply.code(deliveryStatus(result)).send(result)
+    },
+  )
+  app.post<{
+    Params: { id: string; name: string }
+    Body: { approved: boolean; approver: string; comment?: string; eventId?: string }
+  }>(
+    '/v1/workflows/:id/approvals/:name',
+    { schema: routes.decideApproval, preHandler: tenantAuth },
+    async (request, reply) => {
+      const { approved, approver, comment, eventId } = request.body
+      const result = await tenantOf(request).decide(request.params.id, {
+        name: request.params.name,
+        approved,
+        approver,
+        ...(comment !== undefined ? { comment } : {}),
+        ...(eventId !== undefined ? { eventId } : {}),
+      })
+      return reply.code(deliveryStatus(result)).send(result)
+    },
   )
 
   // --- tenants (admin token) ------------------------------------------------------------------

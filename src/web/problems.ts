@@ -32,6 +32,10 @@ const STATUS: Record<string, [number, string]> = {
   not_found: [404, 'Not found'],
   unknown_tenant: [404, 'Unknown tenant'],
   idempotency_conflict: [409, 'The idempotency key was used for another workflow type'],
+  workflow_not_running: [409, 'The workflow has ended and takes no more events'],
+  no_such_wait: [409, 'Nothing in the workflow waits, or will wait, for this'],
+  event_conflict: [409, 'The event id was delivered before with other contents'],
+  not_an_approver: [403, 'Not an approver of this approval'],
   tenant_exists: [409, 'The tenant exists already'],
   tenant_provisioning: [409, "The tenant's database is still being created"],
   move_refused: [409, 'The tenant cannot be moved as it is'],
@@ -67,7 +71,7 @@ export function problem(code: string, detail: string | undefined, instance?: str
 }
 
 /** Fastify's own errors (body parsing, validation, limits) in the same vocabulary. */
-function fromFastify(error: FastifyError): { code: string; detail: string } | undefined {
+function fromFastify(error: FastifyError): { code: string; detail: string; path?: string } | undefined {
   switch (error.code) {
     case 'FST_ERR_CTP_INVALID_JSON_BODY':
     case 'FST_ERR_CTP_EMPTY_JSON_BODY':
@@ -77,8 +81,10 @@ function fromFastify(error: FastifyError): { code: string; detail: string } | un
     case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
     case 'FST_ERR_CTP_INVALID_CONTENT_LENGTH':
       return { code: 'unsupported_media_type', detail: error.message }
-    case 'FST_ERR_VALIDATION':
-      return { code: 'invalid_request', detail: validationDetail(error) }
+    case 'FST_ERR_VALIDATION': {
+      const path = validationPath(error)
+      return { code: 'invalid_request', detail: validationDetail(error), ...(path ? { path } : {}) }
+    }
   }
   // secure-json-parse refuses __proto__ and constructor.prototype keys with a SyntaxError.
   if (error instanceof SyntaxError) return { code: 'invalid_json', detail: error.message }
@@ -97,6 +103,29 @@ function validationDetail(error: FastifyError): string {
       return `${part}${v.instancePath.replaceAll('/', '.')} ${v.message ?? 'is invalid'}${extra ? `: "${extra}"` : ''}`
     })
     .join('; ')
+}
+
+/**
+ * Where the first offending value is: a JSON path into the body (`$.approved`, `$.payload.x`, the
+ * same paths the library's invalid_input errors name), or `querystring.limit`, `params.id`.
+ */
+function validationPath(error: FastifyError): string | undefined {
+  const first = error.validation?.[0]
+  if (!first) return undefined
+  const params = first.params as { additionalProperty?: unknown; missingProperty?: unknown }
+  const named = params.additionalProperty ?? params.missingProperty
+  const segments = first.instancePath
+    .split('/')
+    .slice(1)
+    .map((s) => s.replaceAll('~1', '/').replaceAll('~0', '~'))
+  if (typeof named === 'string') segments.push(named)
+  const part = error.validationContext ?? 'body'
+  const path = segments
+    .map((s) =>
+      /^\d+$/.test(s) ? `[${s}]` : /^[A-Za-z_$][\w$]*$/.test(s) ? `.${s}` : `[${JSON.stringify(s)}]`,
+    )
+    .join('')
+  return part === 'body' ? `$${path}` : `${part}${path}`
 }
 
 export function sendProblem(reply: FastifyReply, p: Problem): FastifyReply {
@@ -128,6 +157,6 @@ export function errorHandler(error: FastifyError, request: FastifyRequest, reply
     return sendProblem(reply, problem('internal', undefined, request.url))
   }
   const p = problem(mapped.code, mapped.detail, request.url)
-  const path = (error as { path?: unknown }).path
+  const path = known ? (error as { path?: unknown }).path : (mapped as { path?: string }).path
   return sendProblem(reply, typeof path === 'string' ? { ...p, path } : p)
 }

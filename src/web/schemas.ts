@@ -50,6 +50,17 @@ export const sharedSchemas = [
       queuedAt: nullableDateTime,
       startedAt: nullableDateTime,
       completedAt: nullableDateTime,
+      wait: {
+        type: 'object',
+        description:
+          'a wait task: the approval or event it waits for (deliver it to /approvals/{name} or /events), and its deadline once it waits (null without a timeout)',
+        required: ['type', 'name', 'deadline'],
+        properties: {
+          type: { type: 'string', enum: ['approval', 'event'] },
+          name: { type: 'string' },
+          deadline: nullableDateTime,
+        },
+      },
     },
   },
   {
@@ -102,6 +113,23 @@ export const sharedSchemas = [
       actor: { type: ['string', 'null'] },
       correlationId: { type: ['string', 'null'] },
       at: dateTime,
+    },
+  },
+  {
+    $id: 'DeliveryResult',
+    type: 'object',
+    description:
+      "What a delivered event or approval decision did. 200: `consumed` (the waiting task took it: completed, or failed by a rejection) or `duplicate` (this eventId was delivered before; nothing changed, taskStatus is the task's status now). 202: `kept` (its task is not waiting yet and takes it when it does).",
+    required: ['eventId', 'status', 'taskId', 'taskStatus'],
+    properties: {
+      eventId: { type: 'string' },
+      status: { type: 'string', enum: ['consumed', 'kept', 'duplicate'] },
+      taskId: { type: ['string', 'null'], description: 'the task it is (or was) for' },
+      taskStatus: {
+        type: ['string', 'null'],
+        enum: [...TASK_STATUSES, null],
+        description: "the task's status after the delivery",
+      },
     },
   },
   {
@@ -175,6 +203,19 @@ const idParams = {
   required: ['id'],
   properties: { id: { ...uuid, description: 'workflow id' } },
 } as const
+
+/** Names and ids of events and approvals: what the engine accepts (1-200 characters). */
+const shortText = (description: string) =>
+  ({ type: 'string', minLength: 1, maxLength: 200, description }) as const
+
+const deliveryResponses = {
+  200: { $ref: 'DeliveryResult#', description: 'consumed, or a duplicate of an earlier delivery' },
+  202: { $ref: 'DeliveryResult#', description: 'kept until its task waits' },
+  ...problems(400, 401, 403, 404, 409, 413, 415, 422),
+} as const
+
+const deliveryErrors =
+  ' Errors: 404 `not_found` (no such workflow for this tenant), 409 `workflow_not_running` (it has ended), 409 `no_such_wait` (no task of it waits, or will wait, for this: a wrong name or key, or the wait was resolved already), 409 `event_conflict` (the eventId was used for different contents), 400 `invalid_request` (the body does not match the schema; `path` names the field), 422 `invalid_input` (a value the database cannot store, or a payload over the payload limit).'
 
 const tenantParams = {
   type: 'object',
@@ -311,6 +352,60 @@ export const routes = {
       },
       ...problems(400, 401, 403, 404, 415),
     },
+  },
+  sendEvent: {
+    tags: ['workflows'],
+    summary: 'Deliver an external event to a workflow',
+    description:
+      'The task waiting for the event (by name, and by key for waits declared with `match`) completes with the payload, and its dependents are dispatched, in one transaction with the audit row `event_received` (its actor is `actor`, default `api`). An event that arrives before its task waits is kept (202) and consumed when the task starts waiting. Idempotent on `eventId`: delivering the same event again answers 200 `duplicate` and writes nothing, so a webhook may retry freely.' +
+      deliveryErrors,
+    security: bearer,
+    params: idParams,
+    body: {
+      type: 'object',
+      required: ['eventId', 'name'],
+      additionalProperties: false,
+      properties: {
+        eventId: shortText("the sender's id for this event: delivering it again changes nothing"),
+        name: shortText('the event name the workflow waits for, e.g. scan.completed'),
+        key: shortText('the match key, for waits declared with `match`'),
+        payload: { ...json, description: "the waiting task's result (any JSON within MAX_PAYLOAD_BYTES)" },
+        actor: shortText('who delivers it, for the audit trail (default `api`)'),
+      },
+    },
+    response: deliveryResponses,
+  },
+  decideApproval: {
+    tags: ['workflows'],
+    summary: "Record an approver's decision on a workflow's approval",
+    description:
+      "Approved: the approval task completes with `{ approved, approver, comment }` and the workflow goes on. Rejected: the workflow fails with the approver's comment as the reason. Written in one transaction with the audit row `approval_decided` (its actor is the approver). The API key authenticates the tenant, not the person: `approver` is recorded as given, and must be one of the approvers the approval names when it names them (403 `not_an_approver` otherwise). A decision made before the approval waits is kept (202) like an early event. Idempotent on `eventId` (default `<name>:<approver>:approved|rejected`): the same decision again answers 200 `duplicate`." +
+      deliveryErrors,
+    security: bearer,
+    params: {
+      type: 'object',
+      required: ['id', 'name'],
+      properties: {
+        id: { ...uuid, description: 'workflow id' },
+        name: shortText("the approval's name (by default its task's key)"),
+      },
+    },
+    body: {
+      type: 'object',
+      required: ['approved', 'approver'],
+      additionalProperties: false,
+      properties: {
+        approved: { type: 'boolean' },
+        approver: shortText('who decides'),
+        comment: {
+          type: 'string',
+          maxLength: 2000,
+          description: 'the reason; a rejection fails the workflow with it',
+        },
+        eventId: shortText('idempotency id (default `<name>:<approver>:approved|rejected`)'),
+      },
+    },
+    response: deliveryResponses,
   },
   createTenant: {
     tags: ['admin'],

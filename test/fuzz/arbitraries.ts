@@ -164,6 +164,7 @@ const TABLES = [
   'equilateral.agent_coordination',
   'equilateral.agent_audit_log',
   'equilateral.compliance_events',
+  'equilateral.workflow_events',
   'pgboss.job',
 ]
 

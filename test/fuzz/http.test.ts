@@ -7,7 +7,7 @@
 import fc from 'fast-check'
 import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
-import { buildApp } from '../../src/index.ts'
+import { buildApp, defineWorkflow } from '../../src/index.ts'
 import { diamond, double, sum } from '../fixtures/workflows.ts'
 import { testEngine } from '../helpers/engine.ts'
 import {
@@ -27,10 +27,19 @@ const runs = (numRuns: number) => ({ seed, numRuns })
 const ADMIN_TOKEN = 'fuzz-admin-token-0123456789'
 const MAX_BYTES = 4096
 
+// An event and an approval after it. No worker arms them: every delivery that is taken is kept.
+const gated = defineWorkflow({
+  name: 'gated',
+  tasks: [
+    { key: 'scan', event: { name: 'scan.completed' } },
+    { key: 'release', approval: { approvers: ['alice'] }, dependsOn: ['scan'] },
+  ],
+})
+
 // No worker runs: nothing but the requests below writes to the database.
 const { engine, db } = await testEngine({
   agents: [double, sum],
-  workflows: [diamond],
+  workflows: [diamond, gated],
   config: { maxPayloadBytes: MAX_BYTES },
 })
 const app = await buildApp(engine, { adminToken: ADMIN_TOKEN })
@@ -46,6 +55,8 @@ const acme = await engine.tenant('acme')
 const mine = (await acme.startWorkflow('diamond', { n: 1 })).id
 await acme.startWorkflow('diamond', { n: 2 })
 const theirs = (await (await engine.tenant('globex')).startWorkflow('diamond', { n: 3 })).id
+const mineGated = (await acme.startWorkflow('gated', null)).id
+const theirsGated = (await (await engine.tenant('globex')).startWorkflow('gated', null)).id
 const realCursor = (await acme.listWorkflows({ limit: 1 })).nextCursor!
 
 const superuser = new pg.Client({ connectionString: db.url })
@@ -54,6 +65,8 @@ afterAll(() => superuser.end())
 
 /** Stands for a workflow started just before the request: a running one to cancel. */
 const FRESH = '{fresh}'
+/** The same, of the `gated` type: one that waits for an event and an approval. */
+const FRESH_GATED = '{fresh-gated}'
 
 // --- pieces of requests ----------------------------------------------------------------------------
 
@@ -84,6 +97,15 @@ const workflowId = fc.oneof(
   { weight: 3, arbitrary: fc.constantFrom(mine, theirs, FRESH, mine.toUpperCase()) },
   { weight: 1, arbitrary: fc.uuid() },
   { weight: 2, arbitrary: garbage },
+)
+const gatedId = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom(mineGated, theirsGated, FRESH_GATED, mine, FRESH) },
+  { weight: 1, arbitrary: fc.uuid() },
+  { weight: 2, arbitrary: garbage },
+)
+const approvalName = fc.oneof(
+  { weight: 3, arbitrary: fc.constantFrom('release', 'scan', 'x'.repeat(200), 'x'.repeat(201)) },
+  { weight: 1, arbitrary: garbage },
 )
 const tenantId = fc.oneof(
   fc.constantFrom('victim', 'ghost', 'x'.repeat(63), 'x'.repeat(64)),
@@ -204,6 +226,38 @@ const cancelBody = fc.oneof(
   { weight: 1, arbitrary: fc.constant(null) },
   { weight: 1, arbitrary: hostileJson },
 )
+const payload = fc.oneof(
+  { weight: 4, arbitrary: fc.record({ findings: fc.integer() }) },
+  { weight: 1, arbitrary: hostileJson },
+  { weight: 1, arbitrary: deeplyNested },
+  { weight: 1, arbitrary: stringNear(MAX_BYTES).map((s) => ({ s })) },
+)
+const eventBody = fc.record(
+  {
+    // A few ids, so that the same id comes again: a duplicate, or a conflict with other contents.
+    eventId: fc.oneof(
+      { weight: 3, arbitrary: fc.constantFrom('e-1', 'e-2', 'e-3') },
+      { weight: 2, arbitrary: text },
+    ),
+    name: fc.oneof({ weight: 3, arbitrary: fc.constant('scan.completed') }, { weight: 1, arbitrary: text }),
+    key: onceIn(3, text),
+    payload: onceIn(2, payload),
+    actor: onceIn(3, text),
+  },
+  { requiredKeys: ['eventId', 'name', 'key', 'payload', 'actor'] },
+)
+const decisionBody = fc.record(
+  {
+    approved: fc.oneof({ weight: 4, arbitrary: fc.boolean() }, { weight: 1, arbitrary: hostileJson }),
+    approver: fc.oneof(
+      { weight: 3, arbitrary: fc.constantFrom('alice', 'mallory') },
+      { weight: 1, arbitrary: text },
+    ),
+    comment: onceIn(3, fc.oneof(text, fc.constantFrom('x'.repeat(2000), 'x'.repeat(2001)))),
+    eventId: onceIn(3, text),
+  },
+  { requiredKeys: ['approved', 'approver', 'comment', 'eventId'] },
+)
 /** `__proto__` and `constructor.prototype` keys, as JSON.parse makes them: own properties. */
 const pollutant = fc.constantFrom<[string, unknown]>(
   ['__proto__', { polluted: true }],
@@ -234,9 +288,9 @@ const asJson = (value: fc.Arbitrary<unknown>) =>
 
 /** Bodies that are wrong whatever the route: broken, polluting, binary, huge, nested past any limit. */
 const hostileBody = fc.oneof(
-  asJson(fc.oneof(startBody, tenantBody, cancelBody, hostileJson, deeplyNested)).chain((s) =>
-    fc.nat(s.length).map((n) => s.slice(0, n)),
-  ), // cut short
+  asJson(
+    fc.oneof(startBody, tenantBody, cancelBody, eventBody, decisionBody, hostileJson, deeplyNested),
+  ).chain((s) => fc.nat(s.length).map((n) => s.slice(0, n))), // cut short
   fc.constantFrom(
     '{"__proto__":{"polluted":true}}',
     '{"type":"diamond","input":{"__proto__":{"polluted":true}}}',
@@ -343,6 +397,18 @@ const routes = {
     workflowId.map((id) => `/v1/workflows/${id}/cancel`),
     { auth: 'tenant', body: fc.option(asJson(cancelBody), { nil: undefined }) },
   ),
+  'delivering events and approval decisions': fc.oneof(
+    endpoint(
+      'POST',
+      gatedId.map((id) => `/v1/workflows/${id}/events`),
+      { auth: 'tenant', body: asJson(eventBody) },
+    ),
+    endpoint(
+      'POST',
+      fc.tuple(gatedId, approvalName).map(([id, name]) => `/v1/workflows/${id}/approvals/${name}`),
+      { auth: 'tenant', body: asJson(decisionBody) },
+    ),
+  ),
   'creating and listing tenants': fc.oneof(
     {
       weight: 4,
@@ -414,7 +480,9 @@ async function send(r: Request): Promise<void> {
   const method = r.method ?? r.draft.method
   const path = r.draft.path.includes(FRESH)
     ? r.draft.path.replace(FRESH, (await acme.startWorkflow('diamond', { n: 1 })).id)
-    : r.draft.path
+    : r.draft.path.includes(FRESH_GATED)
+      ? r.draft.path.replace(FRESH_GATED, (await acme.startWorkflow('gated', null)).id)
+      : r.draft.path
   const url = r.draft.query === undefined ? path : `${path}?${r.draft.query}`
   const body = r.body ?? r.draft.body
   const credentials = { tenant: `Bearer ${acmeKey}`, admin: `Bearer ${ADMIN_TOKEN}`, none: undefined }

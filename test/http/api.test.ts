@@ -414,8 +414,10 @@ describe('operations endpoints', () => {
       '/v1/stats',
       '/v1/workflows',
       '/v1/workflows/{id}',
+      '/v1/workflows/{id}/approvals/{name}',
       '/v1/workflows/{id}/audit',
       '/v1/workflows/{id}/cancel',
+      '/v1/workflows/{id}/events',
     ])
   })
 

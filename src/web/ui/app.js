@@ -331,13 +331,28 @@ function workflowProblem(wf) {
   return `${wf.status === 'cancelled' ? 'Cancelled' : 'Failed'}: ${errorText(e)}`
 }
 
+/** Who does the task: its agent, or, for a wait task, the approval or event it waits for. */
+function doer(t) {
+  return t.wait ? `${t.wait.type} “${t.wait.name}”` : t.agent
+}
+
+/** A waiting task's status with what it waits for and until when, for people. */
+function waitingFor(t) {
+  if (t.status !== 'waiting' || !t.wait) return null
+  const what = t.wait.type === 'approval' ? 'a decision' : 'the event'
+  return t.wait.deadline
+    ? `waits for ${what} until ${new Date(t.wait.deadline).toLocaleString()}`
+    : `waits for ${what}`
+}
+
 function taskRow(t) {
+  const waits = waitingFor(t)
   return el(
     'tr',
     { 'data-task-key': t.key, 'data-status': t.status },
     el('td', { class: 'nowrap' }, el('code', {}, t.key)),
-    el('td', { class: 'nowrap' }, t.agent),
-    el('td', {}, badge(t.status)),
+    el('td', { class: 'nowrap' }, doer(t)),
+    el('td', waits ? { title: waits } : {}, badge(t.status)),
     el('td', { class: 'deps' }, t.dependsOn.length ? t.dependsOn.join(', ') : '—'),
     el('td', { class: 'num' }, String(t.attempt)),
     el('td', { class: 'num' }, String(t.failures)),
@@ -567,7 +582,8 @@ function taskNode(t, { x, y }, layer) {
   const ran = t.startedAt ? duration(span(t.startedAt, t.completedAt)) : null
   const facts = [t.attempt > 0 ? `attempt ${t.attempt}` : null, ran].filter(Boolean)
   const tooltip = [
-    `${t.key} (${t.agent}): ${t.status}`,
+    `${t.key} (${doer(t)}): ${t.status}`,
+    waitingFor(t),
     t.dependsOn.length ? `after ${t.dependsOn.join(', ')}` : 'no dependencies',
     t.attempt > 0 ? `attempt ${t.attempt}, ${t.failures} failed` : null,
     ran ? `ran ${ran}` : null,
@@ -583,13 +599,13 @@ function taskNode(t, { x, y }, layer) {
       transform: `translate(${x} ${y})`,
       tabindex: 0,
       role: 'group',
-      'aria-label': `${t.key}, agent ${t.agent}: ${t.status}${facts.length ? `, ${facts.join(', ')}` : ''}`,
+      'aria-label': `${t.key}, ${t.wait ? doer(t) : `agent ${t.agent}`}: ${t.status}${facts.length ? `, ${facts.join(', ')}` : ''}`,
     },
     svg('title', {}, tooltip.join('\n')),
     svg('rect', { class: 'box', width: NODE_W, height: NODE_H, rx: NODE_RX }),
     svg('rect', { class: 'stripe', width: 6, height: NODE_H, 'clip-path': 'url(#node-clip)' }),
     svg('text', { class: 'key', x: 18, y: 24 }, truncate(t.key, 24)),
-    svg('text', { class: 'agent', x: 18, y: 42 }, truncate(t.agent, 30)),
+    svg('text', { class: 'agent', x: 18, y: 42 }, truncate(doer(t), 30)),
     svg('text', { class: 'status-label', x: 18, y: 60 }, t.status),
     svg('text', { class: 'facts', x: NODE_W - 12, y: 60, 'text-anchor': 'end' }, facts.join(' · ')),
   )
