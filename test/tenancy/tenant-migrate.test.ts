@@ -73,14 +73,15 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-/** Undoes the newest tenant-table migration (0009: the finished-tasks index) and forgets it. */
+/** Undoes the newest tenant-table migration (0010: waits, timers, schedules) and forgets it. */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP INDEX equilateral.agent_coordination_finished_idx;
-     CREATE INDEX agent_coordination_completed_idx ON equilateral.agent_coordination
-       USING btree (tenant_id, agent_id, completed_at) WHERE completed_at IS NOT NULL;
+     DROP TABLE equilateral.workflow_events, equilateral.workflow_schedules;
+     DROP INDEX equilateral.agent_coordination_waiting_idx;
+     ALTER TABLE equilateral.agent_coordination DROP COLUMN agent_version, DROP COLUMN unserved_since,
+       DROP COLUMN wait, DROP COLUMN wait_deadline, DROP COLUMN start_at, DROP COLUMN start_delay_ms;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
@@ -172,7 +173,7 @@ describe('migrateTenantDatabases', () => {
     expect(problems(report)).toEqual(PROBLEMS)
     expect(report.problems[0]?.database).toBe(keyOf('delta'))
     expect(await Promise.all(['bravo', 'echo', 'foxtrot', 'golf'].map(tenantMigrations))).toEqual(before)
-    expect(await hasIndex('bravo', 'agent_coordination_finished_idx')).toBe(false)
+    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
 
     expect(describeTenantDatabases(report, true)).toEqual([
       'tenant databases: 9 examined, 3 with migrations pending, 1 current, 5 with problems, 1 provisioning (skipped)',
@@ -197,8 +198,8 @@ describe('migrateTenantDatabases', () => {
 
     // The undone migrations were applied again: what they create exists, their rows are back.
     for (const tenant of ['bravo', 'golf']) {
-      expect(await hasIndex(tenant, 'agent_coordination_finished_idx')).toBe(true)
-      expect(await hasIndex(tenant, 'agent_coordination_completed_idx')).toBe(false)
+      expect(await hasIndex(tenant, 'agent_coordination_waiting_idx')).toBe(true)
+      expect(await hasIndex(tenant, 'workflow_events')).toBe(true) // a table: to_regclass finds it too
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
     const columns = await sql(
@@ -210,7 +211,7 @@ describe('migrateTenantDatabases', () => {
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)
-    expect(await hasIndex('foxtrot', 'agent_coordination_finished_idx')).toBe(false)
+    expect(await hasIndex('foxtrot', 'agent_coordination_waiting_idx')).toBe(false)
     // Nothing was created for the tenant still being provisioned.
     const created = await queryOnce(adminUrl, 'SELECT 1 FROM pg_database WHERE datname = $1', [
       `${tenantDatabasePrefix}never_created`,
@@ -252,12 +253,12 @@ describe('migrateTenantDatabases', () => {
     expect(resumed).toMatchObject({ examined: 5, migrated: 1, current: 0, provisioning: ['x-provisioning'] })
     expect(resumed.pending.map((p) => p.tenant)).toEqual(['golf'])
     expect(problems(resumed).map((p) => p.tenant)).toEqual(['echo', 'foxtrot', 'x-unknown', 'x-unreachable'])
-    expect(await hasIndex('bravo', 'agent_coordination_finished_idx')).toBe(false)
-    expect(await hasIndex('golf', 'agent_coordination_finished_idx')).toBe(true)
+    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
+    expect(await hasIndex('golf', 'agent_coordination_waiting_idx')).toBe(true)
     // From the start, the rest is done.
     const rest = await migrateTenantDatabases(control.url, servers, { batchSize: 1 })
     expect(rest.pending.map((p) => p.tenant)).toEqual(['bravo'])
-    expect(await hasIndex('bravo', 'agent_coordination_finished_idx')).toBe(true)
+    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(true)
   })
 
   it('finds nothing to do in a control database without tenant databases', async () => {
@@ -296,7 +297,7 @@ describe('equilateral migrate', () => {
       expect.stringMatching(/^unknown_server x-unknown /),
       expect.stringMatching(/^unreachable {4}x-unreachable /),
     ])
-    expect(await hasIndex('bravo', 'agent_coordination_finished_idx')).toBe(false)
+    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
   })
 
   it('migrates the control database and every tenant database, one line per problem, exit 1', async () => {
@@ -320,7 +321,7 @@ describe('equilateral migrate', () => {
       'unknown_server',
       'unreachable',
     ])
-    expect(await hasIndex('bravo', 'agent_coordination_finished_idx')).toBe(true)
+    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(true)
   })
 
   it('--from resumes after a tenant; exit 0 once no database has a problem', async () => {
