@@ -327,5 +327,10 @@ describe('cron-started workflows', () => {
     const changed = await deploys.putSchedule({ ...spec, cron: '30 * * * *' })
     expect(changed.nextSlot.getUTCMinutes()).toBe(30)
     expect(changed.nextSlot.getTime()).toBeGreaterThan(Date.now() - 60_000)
+    // Paused then enabled again: the slots that fell due while it was paused are not started.
+    await deploys.putSchedule({ ...spec, cron: '30 * * * *', enabled: false })
+    await moveBack('deploys', 'hourly', new Date(changed.nextSlot.getTime() - 2 * 3_600_000))
+    const resumed = await deploys.putSchedule({ ...spec, cron: '30 * * * *' })
+    expect(resumed.nextSlot.getTime()).toBeGreaterThanOrEqual(changed.nextSlot.getTime())
   })
 })
