@@ -32,7 +32,7 @@ export interface TickOptions {
 }
 
 /** Missed slots counted per schedule at most (the count is only reported; it is never looped over beyond this). */
-export const MISSED_COUNT_CAP = 1000
+export const MISSED_COUNT_CAP = 100
 
 export interface ScheduledStart {
   tenantId: string
