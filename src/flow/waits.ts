@@ -458,7 +458,7 @@ export async function deliver(
     const consume = task.status === 'waiting'
     await db.executeSql(
       `INSERT INTO workflow_events (tenant_id, workflow_id, event_id, kind, name, match_key, payload, actor, task_id, consumed_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, CASE WHEN $9::uuid IS NOT NULL THEN now() END)`,
+       VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8, $9, CASE WHEN $10 THEN now() END)`,
       [
         scope.tenantId,
         workflowId,
@@ -468,7 +468,9 @@ export async function deliver(
         delivery.key,
         JSON.stringify(stored),
         delivery.actor,
-        consume ? task.id : null,
+        // The task it is for; a kept event goes to whichever matching task waits first.
+        task.id,
+        consume,
       ],
     )
     const approved =

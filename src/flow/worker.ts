@@ -14,7 +14,7 @@ import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definit
 import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
-import { InvalidInputError, isPermanent, serializeError, Snooze } from '../errors.ts'
+import { DefinitionError, InvalidInputError, isPermanent, serializeError, Snooze } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import { queueName, type TaskJobData, WAIT_QUEUE } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
@@ -24,6 +24,7 @@ import { Completer, isTransient } from './completer.ts'
 import { failAttempt } from './fail.ts'
 import { heartbeat } from './heartbeat.ts'
 import { requeueTasks } from './requeue.ts'
+import type { UnservedOutcome, VersionPolicy } from './versions.ts'
 import { armWaits, expireWaits, type WaitOutcome } from './waits.ts'
 import { withTenantTx } from '../db/tx.ts'
 
@@ -54,6 +55,10 @@ export interface WorkerOptions {
   keyRing: KeyRing
   /** Per-tenant limit of active jobs across the fleet (pg-boss group concurrency). */
   tenantConcurrency?: GroupConcurrencyConfig | undefined
+  /** A task needing an agent version this worker lacks is left for this long (default 5 s) ... */
+  agentVersionRetryMs?: number
+  /** ... and fails for good once no worker has served it for this long (default 10 minutes). */
+  agentVersionWaitMs?: number
   workerId?: string
   hooks?: WorkerHooks
 }
@@ -148,7 +153,10 @@ export class Slots {
 export class Worker {
   readonly id: string
   readonly #o: WorkerOptions
-  readonly #agents = new Map<string, AgentDefinition<any, any>>()
+  /** The agents this worker runs, by id, then version (several versions of one id may run side by side). */
+  readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
+  /** Per queue: the versions of its agent this worker has, for the claim. */
+  readonly #versions = new Map<string, VersionPolicy>()
   readonly #running = new Map<string, Running>()
   readonly #inflight = new Map<string, number>()
   readonly #wakers = new Map<string, Waker>()
@@ -166,7 +174,22 @@ export class Worker {
     this.#o = options
     this.id = options.workerId ?? `${hostname()}:${process.pid}:${randomUUID().slice(0, 8)}`
     this.#slots = options.slots ?? new Slots(options.concurrency)
-    for (const a of options.agents) this.#agents.set(a.id, a)
+    for (const a of options.agents) {
+      let versions = this.#agents.get(a.id)
+      if (!versions) this.#agents.set(a.id, (versions = new Map()))
+      const known = versions.get(a.version)
+      if (known && known !== a) {
+        throw new DefinitionError(`agent "${a.id}" version ${a.version} is given twice`, a.id)
+      }
+      versions.set(a.version, a)
+    }
+    for (const [id, versions] of this.#agents) {
+      this.#versions.set(queueName(id), {
+        versions: [...versions.keys()].sort((x, y) => x - y),
+        retryMs: options.agentVersionRetryMs ?? 5000,
+        waitMs: options.agentVersionWaitMs ?? 600_000,
+      })
+    }
     this.#completer = new Completer(options, (error, attempt) =>
       options.log.warn({ err: error, attempt }, 'completion write failed; retrying'),
     )
@@ -178,8 +201,10 @@ export class Worker {
 
   async start(): Promise<void> {
     await this.#listen()
-    for (const agent of this.#agents.values()) {
-      const queue = queueName(agent.id)
+    for (const id of this.#agents.keys()) {
+      const queue = queueName(id)
+      // One loop per agent id, whatever the versions; the highest version's concurrency applies.
+      const agent = this.#latest(id)
       this.#wakers.set(queue, new Waker())
       this.#inflight.set(queue, 0)
       const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
@@ -207,7 +232,11 @@ export class Worker {
     )
     this.#heartbeatTimer = setInterval(() => void this.#beat(), this.#o.heartbeatIntervalMs)
     this.#o.log.info(
-      { worker: this.id, agents: [...this.#agents.keys()], concurrency: this.#o.concurrency },
+      {
+        worker: this.id,
+        agents: [...this.#agents].map(([id, v]) => `${id}@${[...v.keys()].sort((x, y) => x - y).join(',')}`),
+        concurrency: this.#o.concurrency,
+      },
       'worker started',
     )
   }
@@ -358,14 +387,50 @@ export class Worker {
           )
           continue
         }
-        const { claimed } = await claimTasks(this.#o, scope, list, this.id)
+        const { claimed, unserved } = await claimTasks(
+          this.#o,
+          scope,
+          list,
+          this.id,
+          this.#versions.get(queue),
+        )
         for (const task of claimed) {
           unclaimed--
           this.#run(task, scope)
         }
+        if (unserved.length > 0) this.#unserved(scope, unserved)
       }
     } finally {
       this.#release(queue, unclaimed)
+    }
+  }
+
+  /** The agent's highest version this worker has. */
+  #latest(id: string): AgentDefinition<any, any> {
+    const versions = this.#agents.get(id) as Map<number, AgentDefinition<any, any>>
+    return versions.get(Math.max(...versions.keys())) as AgentDefinition<any, any>
+  }
+
+  /** Logs the tasks the claim left for a worker with their agent version, or failed for good. */
+  #unserved(scope: TenantScope, outcomes: readonly UnservedOutcome[]): void {
+    for (const u of outcomes) {
+      const fields = {
+        tenant: scope.tenantId,
+        workflow: u.task.workflowId,
+        task: u.task.taskId,
+        agent: u.task.agentId,
+        agentVersion: u.task.agentVersion,
+        versions: this.#versions.get(u.task.job.queue)?.versions,
+      }
+      if (u.kind === 'left') {
+        this.#o.log[u.firstLeft ? 'info' : 'debug'](fields, 'task left for a worker with its agent version')
+        continue
+      }
+      this.#o.log.warn({ ...fields, err: u.error }, 'no worker had the agent version; task failed')
+      if (u.outcome.kind === 'failed' && u.outcome.workflow) {
+        const { type, durationMs } = u.outcome.workflow
+        this.#o.hooks?.workflowFinished?.(scope.tenantId, type, 'failed', durationMs)
+      }
     }
   }
 
@@ -390,7 +455,11 @@ export class Worker {
 
   async #execute(entry: Running): Promise<void> {
     const { task, scope, controller } = entry
-    const agent = this.#agents.get(task.agentId) as AgentDefinition<any, any>
+    // The version the task's run needs (the claim only returns those this worker has), or the highest.
+    const agent =
+      task.agentVersion === null
+        ? this.#latest(task.agentId)
+        : (this.#agents.get(task.agentId)?.get(task.agentVersion) as AgentDefinition<any, any>)
     const started = performance.now()
     const log = this.#o.log.child({
       tenant: scope.tenantId,
@@ -448,7 +517,7 @@ export class Worker {
       assertStorableJson(returned ?? null, '$.result', this.#o.limits)
       result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
     } catch (thrown) {
-      if (thrown instanceof Snooze && !controller.signal.aborted) {
+      if (isSnooze(thrown) && !controller.signal.aborted) {
         clearTimeout(timer)
         entry.phase = 'writing'
         await this.#snooze(entry, thrown, log, performance.now() - started)
@@ -697,6 +766,15 @@ export class Worker {
     await this.#listener?.end().catch(() => {})
     this.#listener = null
     this.#o.log.info({ worker: this.id }, 'worker stopped')
+  }
+}
+
+/** Whether an agent threw a snooze; never throws itself (agents throw Proxies whose traps throw). */
+function isSnooze(thrown: unknown): thrown is Snooze {
+  try {
+    return thrown instanceof Snooze
+  } catch {
+    return false
   }
 }
 

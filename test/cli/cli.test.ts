@@ -253,7 +253,7 @@ describe.concurrent('errors: one line, exit code 2, no stack trace', () => {
     ],
     [
       ['workflow', 'start', 'deploy-everything', '--tenant', 'acme'],
-      'equilateral: unknown workflow type "deploy-everything" (known: deploy-feature)',
+      'equilateral: unknown workflow type "deploy-everything" (known: deploy-feature, deploy-feature-approved)',
     ],
     [
       ['workflow', 'start', 'deploy-feature', '--tenant', 'acme', '--input', '{"service":'],

@@ -47,6 +47,7 @@ const { engine, db } = await testEngine({
 })
 await engine.createTenant({ id: 'acme' })
 const acme = await engine.tenant('acme')
+const workers = workerProcesses(db.appUrl)
 
 /** The tasks' rows as the database has them (its own timestamps). */
 async function rows(workflowId: string) {
@@ -74,7 +75,6 @@ async function jobOf(workflowId: string, key: string) {
 
 describe('a timer set by a worker process that is killed', () => {
   it('fires on the next worker, no earlier than set, without a retry', async () => {
-    const workers = workerProcesses(db.appUrl)
     const first = await workers.spawn()
     const { id } = await acme.startWorkflow('chaos-timer', null)
     await eventually(async () => ((await rows(id))['first']?.status === 'completed' ? true : undefined))

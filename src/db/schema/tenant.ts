@@ -185,7 +185,7 @@ export const workflowEvents = pgTable(
     payload: jsonb('payload'),
     /** Who delivered it (the approver, for a decision). */
     actor: text('actor'),
-    /** The task that consumed it; null while it waits for one. */
+    /** The task it was delivered for; once consumed (consumed_at set), the task that took it. */
     taskId: uuid('task_id'),
     consumedAt: tz('consumed_at'),
     createdAt: tz('created_at').notNull().defaultNow(),
