@@ -446,8 +446,7 @@ function resolveWait<TInput>(
     if (wait.timeoutMs === undefined) {
       throw new DefinitionError(`${where}: task "${key}" has onTimeout but no timeoutMs`, key)
     }
-    wait.onTimeout =
-      onTimeout === 'fail' ? 'fail' : { result: (onTimeout).result ?? null }
+    wait.onTimeout = onTimeout === 'fail' ? 'fail' : { result: onTimeout.result ?? null }
   }
   return wait
 }
