@@ -841,6 +841,7 @@ export async function explainHotPath(
             JSON.stringify([{ id: first.id, attempt: 1 }]),
             'explain',
             [first.id],
+            null,
           ]),
           complete: await explain(COMPLETE, [
             tenantId,

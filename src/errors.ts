@@ -36,6 +36,30 @@ export class UnknownWorkflowTypeError extends EquilateralError {
   }
 }
 
+/** A workflow type is registered, but not in the version asked for. */
+export class UnknownWorkflowVersionError extends EquilateralError {
+  constructor(type: string, version: unknown, known: readonly number[]) {
+    super(
+      'unknown_workflow_version',
+      `workflow type "${type}" has no version ${String(version)} (registered: ${known.join(', ')})`,
+    )
+  }
+}
+
+/**
+ * A task needs an agent version that no worker served within AGENT_VERSION_WAIT_MS: the task and
+ * its workflow fail for good with this error.
+ */
+export class AgentVersionUnavailableError extends EquilateralError {
+  constructor(agentId: string, version: number, waitedMs: number) {
+    super(
+      'agent_version_unavailable',
+      `no worker had agent "${agentId}" version ${version} for ${waitedMs} ms`,
+    )
+    this.name = 'AgentVersionUnavailable'
+  }
+}
+
 export class NotFoundError extends EquilateralError {
   constructor(what: string) {
     super('not_found', `${what} not found`)

@@ -12,6 +12,7 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
+import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
 
 export interface FetchedJob {
   queue: string
@@ -30,6 +31,8 @@ export interface ClaimedTask extends AttemptState {
   taskKey: string
   agentId: string
   taskType: string
+  /** The agent version the task needs; null: any (the worker runs its highest). */
+  agentVersion: number | null
   data: Json
   input: Json
   results: Record<string, Json>
@@ -46,36 +49,58 @@ export interface ClaimedTask extends AttemptState {
   payloadError?: EncryptionError
 }
 
+// A task whose agent version ($5: the versions of the agent this worker has) is not among them is
+// not claimed: the same UPDATE only stamps unserved_since (the first time) and returns it with
+// served = false, for claimTasks to leave it in the queue or, past AGENT_VERSION_WAIT_MS, fail it,
+// in this transaction. A served task's stamp is cleared. The common case costs no extra statement.
+// $5 NULL: the caller runs any version (tests, tools).
+const SERVED = `(t.agent_version IS NULL OR $5::int[] IS NULL OR t.agent_version = ANY($5::int[]))`
+
 /** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
 export const CLAIM = `
 WITH j AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS j(id uuid, attempt int)),
 claimed AS (
   UPDATE agent_coordination t
-  SET status = 'running', started_at = now(), heartbeat_at = now(), worker_id = $3, updated_at = now()
+  SET status = CASE WHEN ${SERVED} THEN 'running' ELSE t.status END,
+    started_at = CASE WHEN ${SERVED} THEN now() ELSE t.started_at END,
+    heartbeat_at = CASE WHEN ${SERVED} THEN now() ELSE t.heartbeat_at END,
+    worker_id = CASE WHEN ${SERVED} THEN $3 ELSE t.worker_id END,
+    unserved_since = CASE WHEN ${SERVED} THEN NULL ELSE coalesce(t.unserved_since, now()) END,
+    updated_at = now()
   FROM j, workflows w
   WHERE t.tenant_id = $1 AND t.id = ANY($4::uuid[]) AND t.id = j.id AND t.attempt = j.attempt
     AND t.status IN ('queued', 'running')
     AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
   RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
     t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id,
-    greatest(0, extract(epoch FROM clock_timestamp() - t.queued_at) * 1000)::float8 AS queue_wait_ms
+    greatest(0, extract(epoch FROM clock_timestamp() - t.queued_at) * 1000)::float8 AS queue_wait_ms,
+    t.agent_version, t.unserved_since IS NULL AS served, t.status,
+    -- Not served: whether this claim stamped it (the first leave), and for how long it has been unserved.
+    t.unserved_since = now() AS first_left,
+    extract(epoch FROM now() - t.unserved_since) * 1000 AS unserved_ms
 ),
 audit AS (
   INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
-  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_started', jsonb_build_object('attempt', c.attempt, 'worker', $3::text),
+  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_started',
+    jsonb_strip_nulls(jsonb_build_object('attempt', c.attempt, 'worker', $3::text, 'agentVersion', c.agent_version)),
     c.correlation_id
-  FROM claimed c
+  FROM claimed c WHERE c.served
 )
-SELECT c.*, (
+SELECT c.*, CASE WHEN c.served THEN (
   SELECT coalesce(jsonb_object_agg(p.task_key, p.result), '{}'::jsonb)
   FROM agent_coordination p WHERE p.tenant_id = $1 AND p.id = ANY(c.depends_on)
-) AS results
+) END AS results
 FROM claimed c`
 
 export interface ClaimOutcome {
   claimed: ClaimedTask[]
   /** Jobs whose task was not claimable; already completed as dropped in the same transaction. */
   dropped: FetchedJob[]
+  /**
+   * Tasks that need an agent version this worker lacks: left in the queue for a worker that has
+   * it, or failed for good once unserved for too long, in the same transaction (see versions.ts).
+   */
+  unserved: UnservedOutcome[]
 }
 
 export async function claimTasks(
@@ -83,6 +108,11 @@ export async function claimTasks(
   scope: TenantScope,
   jobs: readonly FetchedJob[],
   workerId: string,
+  /**
+   * The versions of the jobs' agent this worker has, and what to do with tasks needing another;
+   * absent: every task is claimed, whatever version it needs.
+   */
+  versions?: VersionPolicy,
 ): Promise<ClaimOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
     const { rows } = await db.executeSql(CLAIM, [
@@ -90,10 +120,12 @@ export async function claimTasks(
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
       workerId,
       jobs.map((j) => j.taskId),
+      versions?.versions ?? null,
     ])
     const byTask = new Map(rows.map((r) => [r.id as string, r]))
     const claimed: ClaimedTask[] = []
     const dropped: FetchedJob[] = []
+    const unserved: UnservedTask[] = []
     for (const job of jobs) {
       const r = byTask.get(job.taskId)
       if (!r || r.attempt !== job.attempt) {
@@ -101,7 +133,7 @@ export async function claimTasks(
         continue
       }
       byTask.delete(job.taskId) // a job delivered twice in one batch runs once
-      claimed.push({
+      const task: ClaimedTask = {
         job,
         taskId: r.id,
         workflowId: r.workflow_id,
@@ -109,14 +141,25 @@ export async function claimTasks(
         taskKey: r.task_key,
         agentId: r.agent_id,
         taskType: r.task_type,
+        agentVersion: r.agent_version,
         ...attemptStateOf(r),
         data: r.data,
         input: r.input,
-        results: r.results,
+        results: r.results ?? {},
         correlationId: r.correlation_id,
         queueWaitMs: r.queue_wait_ms ?? 0,
         claimedAt: 0,
-      })
+      }
+      if (r.served) claimed.push(task)
+      else {
+        unserved.push({
+          task: { ...task, data: null, input: null },
+          status: r.status,
+          agentVersion: r.agent_version,
+          firstLeft: r.first_left,
+          unservedMs: Number(r.unserved_ms),
+        })
+      }
     }
     const byQueue = Map.groupBy(dropped, (j) => j.queue)
     for (const [queue, list] of byQueue) {
@@ -127,8 +170,10 @@ export async function claimTasks(
         { db },
       )
     }
+    const left =
+      unserved.length > 0 && versions ? await handleUnserved(deps.boss, db, scope, unserved, versions) : []
     failpoint('claim.before-commit')
-    return { claimed, dropped }
+    return { claimed, dropped, unserved: left }
   })
   failpoint('claim.after-commit')
   const claimedAt = performance.now()

@@ -18,11 +18,13 @@ export interface RequeueItem {
   delayMs?: number
   /** ... or at this time. */
   until?: string | null
+  /** Write the audit row (default true); a task left again and again is audited on the first leave only. */
+  audit?: boolean
 }
 
 const REQUEUE = `
 WITH x AS (
-  SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, status text, reason text, delay_ms int, until timestamptz)
+  SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, status text, reason text, delay_ms int, until timestamptz, audit boolean)
 ),
 t AS (
   UPDATE agent_coordination t
@@ -34,7 +36,7 @@ t AS (
   WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = x.status
     AND (t.status <> 'pending' OR t.deps_remaining = 0)
     AND EXISTS (SELECT 1 FROM workflows w WHERE w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running')
-  RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.job_id, t.queue, t.timeout_ms, x.reason,
+  RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.job_id, t.queue, t.timeout_ms, x.reason, x.audit,
     CASE WHEN t.queued_at > now() THEN t.queued_at::text END AS start_after
 ),
 audit AS (
@@ -43,6 +45,7 @@ audit AS (
     jsonb_strip_nulls(jsonb_build_object('attempt', t.attempt, 'reason', t.reason, 'startAfter', t.start_after)),
     w.correlation_id
   FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
+  WHERE t.audit
 ),
 notified AS (SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t) q)
 SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t`
@@ -52,7 +55,7 @@ export async function requeueTasks(
   db: Db,
   scope: TenantScope,
   items: readonly RequeueItem[],
-  action: 'task_released' | 'task_recovered' | 'task_snoozed',
+  action: 'task_released' | 'task_recovered' | 'task_snoozed' | 'task_left',
 ): Promise<ReadyJob[]> {
   if (items.length === 0) return []
   const { rows } = await db.executeSql(REQUEUE, [
@@ -65,6 +68,7 @@ export async function requeueTasks(
         reason: i.reason,
         delay_ms: i.delayMs ?? 0,
         until: i.until ?? null,
+        audit: i.audit ?? true,
       })),
     ),
     action,
@@ -75,8 +79,9 @@ export async function requeueTasks(
     .map((i) => i.oldJob as { queue: string; jobId: string })
   for (const [queue, list] of Map.groupBy(old, (j) => j.queue)) {
     const ids = list.map((j) => j.jobId)
-    // A snooze is the attempt's successful end; the others did not finish their job.
+    // A snooze is the attempt's successful end, a leave its worker's choice; the others did not finish their job.
     if (action === 'task_snoozed') await boss.complete(queue, ids, { snoozed: true }, { db })
+    else if (action === 'task_left') await boss.complete(queue, ids, { left: true }, { db })
     else await boss.fail(queue, ids, { error: { name: 'Requeued', message: action } }, { db })
   }
   const jobs: ReadyJob[] = rows.map((r) => ({

@@ -40,6 +40,10 @@ export const sharedSchemas = [
       id: uuid,
       key: { type: 'string' },
       agent: { type: 'string' },
+      agentVersion: {
+        type: ['integer', 'null'],
+        description: 'the agent version the run needs (null: any version, or a wait task)',
+      },
       type: { type: 'string' },
       status: { type: 'string', enum: [...TASK_STATUSES] },
       dependsOn: { type: 'array', items: { type: 'string' } },

@@ -24,6 +24,7 @@ function task(key: string, agent: string, patch: Partial<TaskView> = {}): TaskVi
     id: `task-${key}`,
     key,
     agent,
+    agentVersion: null,
     type: key,
     status: 'pending',
     dependsOn: [],
