@@ -53,9 +53,20 @@ export interface Config {
   staleAfterMs: number
   /** 0: the sweeper runs from a pg-boss cron schedule (every minute, once across the fleet). */
   sweepIntervalMs: number
+  /** How often a process's scheduler looks for due cron schedules (startScheduler); 0: it does not. */
+  schedulerIntervalMs: number
+  /**
+   * A due cron slot at most this old (or 2 x schedulerIntervalMs, whichever is more) still starts its
+   * workflow; an older one was missed and follows the schedule's missed-slot policy.
+   */
+  schedulerGraceMs: number
   shutdownGraceMs: number
   /** The `worker` command kills its process when the event loop is blocked this long; 0: off. */
   watchdogMs: number
+  /** A task needing an agent version this worker lacks is left in the queue for this long before it is fetched again. */
+  agentVersionRetryMs: number
+  /** A task no worker with its agent version has served for this long fails for good (AgentVersionUnavailable). */
+  agentVersionWaitMs: number
   maxPayloadBytes: number
   dbPoolMax: number
   /**
@@ -123,8 +134,12 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     heartbeatIntervalMs: int('HEARTBEAT_INTERVAL_MS', 5000, 100),
     staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
     sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),
+    schedulerIntervalMs: int('SCHEDULER_INTERVAL_MS', 10_000, 0),
+    schedulerGraceMs: int('SCHEDULER_GRACE_MS', 60_000, 1000),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),
     watchdogMs: int('WATCHDOG_MS', 60_000, 0),
+    agentVersionRetryMs: int('AGENT_VERSION_RETRY_MS', 5000, 10),
+    agentVersionWaitMs: int('AGENT_VERSION_WAIT_MS', 600_000, 0),
     maxPayloadBytes: int('MAX_PAYLOAD_BYTES', 1024 * 1024, 1024, 256 * 1024 * 1024),
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),

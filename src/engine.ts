@@ -1,6 +1,7 @@
 // The library entry point: an Engine owns the pool and the pg-boss instance of a process, knows the
 // agents and workflow types, and hands out tenant-scoped handles (the only way to start or read a
 // workflow), workers, and the sweeper.
+import { createHash } from 'node:crypto'
 import pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
@@ -39,7 +40,13 @@ import { APP_SCHEMA } from './db/names.ts'
 import { databaseKey, Servers } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
 import { checkout, type Db, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
-import { DefinitionError, InvalidInputError, NotFoundError, UnknownWorkflowTypeError } from './errors.ts'
+import {
+  DefinitionError,
+  InvalidInputError,
+  NotFoundError,
+  UnknownWorkflowTypeError,
+  UnknownWorkflowVersionError,
+} from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
@@ -50,6 +57,14 @@ import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
+import { type ScheduleReport, runSchedules } from './schedule/scheduler.ts'
+import {
+  deleteSchedule,
+  listSchedules,
+  putSchedule,
+  type ScheduleSpec,
+  type ScheduleView,
+} from './schedule/schedules.ts'
 import { createBoss, ensureQueues, SWEEP_QUEUE } from './queue/boss.ts'
 import { ownerTenant } from './compliance/owner.ts'
 import {
@@ -100,6 +115,8 @@ export interface TaskView {
   id: string
   key: string
   agent: string
+  /** The agent version the run needs (recorded when the task was created); null: any version. */
+  agentVersion: number | null
   type: string
   status: TaskStatus
   dependsOn: string[]
@@ -110,6 +127,8 @@ export interface TaskView {
   queuedAt: Date | null
   startedAt: Date | null
   completedAt: Date | null
+  /** A wait task: what it waits for, and until when once it waits (null without a timeout). */
+  wait?: { type: 'approval' | 'event'; name: string; deadline: Date | null }
 }
 
 export interface Readiness {
@@ -173,10 +192,17 @@ export class Engine {
   readonly #connectionString: string
   readonly #adminConnectionString: string
   #adminPool: pg.Pool | null = null
-  readonly #agents = new Map<string, AgentDefinition<any, any>>()
+  /** Every registered version of each agent, by id then version. */
+  readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
+  /** The latest version of each workflow type (what starts by default) ... */
   readonly #workflows = new Map<string, WorkflowDefinition<any>>()
+  /** ... and every registered version of it (runs in flight keep theirs; StartOptions.version pins one). */
+  readonly #workflowVersions = new Map<string, Map<number, WorkflowDefinition<any>>>()
   readonly #workers = new Set<Worker>()
   readonly #sweepTimers = new Set<NodeJS.Timeout>()
+  /** startScheduler: the timers of the local scheduler loops, and the passes under way. */
+  readonly #schedulerTimers = new Set<NodeJS.Timeout>()
+  readonly #schedulerRuns = new Set<Promise<void>>()
   /** Set while the database is unreachable: the timer of the probe that waits for it to answer. */
   #databaseProbe: NodeJS.Timeout | null = null
   /** Connection errors not logged during the current outage (see #warn). */
@@ -243,8 +269,28 @@ export class Engine {
         unobserve.delete(store.key)
       },
     })
-    for (const a of options.agents ?? []) this.#agents.set(a.id, a)
+    for (const a of options.agents ?? []) this.#registerAgent(a)
     for (const w of options.workflows ?? []) this.registerWorkflow(w)
+  }
+
+  /**
+   * Several versions of one agent id may be registered; two definitions of the same (id, version)
+   * are a DefinitionError (the same definition twice is registered once).
+   */
+  #registerAgent(a: AgentDefinition<any, any>): void {
+    let versions = this.#agents.get(a.id)
+    if (!versions) this.#agents.set(a.id, (versions = new Map()))
+    const known = versions.get(a.version)
+    if (known === a) return
+    if (known) {
+      throw new DefinitionError(`agent "${a.id}" version ${a.version} is registered twice`, a.id)
+    }
+    versions.set(a.version, a)
+  }
+
+  /** Every registered agent, all versions. */
+  #allAgents(): AgentDefinition<any, any>[] {
+    return [...this.#agents.values()].flatMap((versions) => [...versions.values()])
   }
 
   /** The store (pool and pg-boss) a tenant's transactions run in: the control database's or its own. */
@@ -261,24 +307,63 @@ export class Engine {
     return this.config.encryption
   }
 
+  /**
+   * Registers a workflow type's version; every version registered stays available to start (see
+   * StartOptions.version), the highest is what starts by default. With agents given, each agent
+   * (and agent version) its tasks name must be registered; the same (name, version) twice is a
+   * DefinitionError (registering the same definition again does nothing).
+   */
   registerWorkflow(def: WorkflowDefinition<any>): void {
     if (this.#agents.size > 0) {
       for (const t of def.tasks) {
-        if (!t.wait && !this.#agents.has(t.agentId)) {
+        if (t.wait) continue
+        const versions = this.#agents.get(t.agentId)
+        if (!versions) {
           throw new DefinitionError(
             `workflow "${def.name}": task "${t.key}" uses unknown agent "${t.agentId}"`,
             t.key,
           )
         }
+        if (t.agentVersion !== null && !versions.has(t.agentVersion)) {
+          throw new DefinitionError(
+            `workflow "${def.name}" version ${def.version}: task "${t.key}" uses agent "${t.agentId}" version ${t.agentVersion}, which is not registered (registered: ${[...versions.keys()].sort((a, b) => a - b).join(', ')})`,
+            t.key,
+          )
+        }
       }
     }
-    this.#workflows.set(def.name, def)
+    let versions = this.#workflowVersions.get(def.name)
+    if (!versions) this.#workflowVersions.set(def.name, (versions = new Map()))
+    const known = versions.get(def.version)
+    if (known === def) return
+    if (known) {
+      throw new DefinitionError(`workflow "${def.name}" version ${def.version} is registered twice`)
+    }
+    versions.set(def.version, def)
+    const latest = this.#workflows.get(def.name)
+    if (!latest || def.version > latest.version) this.#workflows.set(def.name, def)
   }
 
-  workflow(type: string): WorkflowDefinition<any> {
+  /**
+   * A workflow type's definition: the highest registered version, or the given one.
+   * UnknownWorkflowTypeError for a type nobody registered, UnknownWorkflowVersionError for a
+   * version of it that is not registered.
+   */
+  workflow(type: string, version?: number): WorkflowDefinition<any> {
     const def = this.#workflows.get(type)
     if (!def) throw new UnknownWorkflowTypeError(type)
-    return def
+    if (version === undefined) return def
+    const pinned = this.#workflowVersions.get(type)?.get(version)
+    if (!pinned) {
+      const known = [...(this.#workflowVersions.get(type)?.keys() ?? [])].sort((a, b) => a - b)
+      throw new UnknownWorkflowVersionError(type, version, known)
+    }
+    return pinned
+  }
+
+  /** The registered versions of a workflow type, lowest first (empty for an unknown type). */
+  workflowVersions(type: string): number[] {
+    return [...(this.#workflowVersions.get(type)?.keys() ?? [])].sort((a, b) => a - b)
   }
 
   get workflowTypes(): string[] {
@@ -313,7 +398,9 @@ export class Engine {
     return [
       ...new Set([
         ...this.#agents.keys(),
-        ...[...this.#workflows.values()].flatMap((w) => w.tasks.filter((t) => !t.wait).map((t) => t.agentId)),
+        ...[...this.#workflowVersions.values()]
+          .flatMap((versions) => [...versions.values()])
+          .flatMap((w) => w.tasks.filter((t) => !t.wait).map((t) => t.agentId)),
       ]),
     ]
   }
@@ -505,7 +592,7 @@ export class Engine {
       hooks?: WorkerHooks
     } = {},
   ): Promise<TaskWorker> {
-    const agents = options.agents ?? [...this.#agents.values()]
+    const agents = options.agents ?? this.#allAgents()
     const slots = new Slots(options.concurrency ?? this.config.workerConcurrency)
     const control =
       this.config.workerTenants.kind === 'only' && this.config.isolationMode === 'database-per-tenant'
@@ -560,10 +647,7 @@ export class Engine {
     hooks: WorkerHooks | undefined,
     scopeOf: (ids: string[]) => Promise<Map<string, TenantScope>>,
   ): Promise<Worker> {
-    await this.#ensureQueues(
-      agents.map((a) => a.id),
-      store.boss,
-    )
+    await this.#ensureQueues([...new Set(agents.map((a) => a.id))], store.boss)
     const worker = new Worker({
       pool: store.pool,
       boss: store.boss,
@@ -580,6 +664,8 @@ export class Engine {
       limits: this.limits,
       keyRing: this.keyRing,
       tenantConcurrency: this.config.tenantConcurrency,
+      agentVersionRetryMs: this.config.agentVersionRetryMs,
+      agentVersionWaitMs: this.config.agentVersionWaitMs,
       hooks: this.#metricsHooks(hooks, store.key),
     })
     await worker.start()
@@ -771,6 +857,102 @@ export class Engine {
   }
 
   /**
+   * How old a due cron slot may be and still start its workflow: SCHEDULER_GRACE_MS, or twice the
+   * scheduler interval if that is more (a slot a running scheduler sees late is not a missed slot).
+   */
+  get scheduleGraceMs(): number {
+    return Math.max(this.config.schedulerGraceMs, 2 * this.config.schedulerIntervalMs)
+  }
+
+  /**
+   * One scheduler pass over every active tenant (or the given ones): starts a workflow for each
+   * due slot of their cron schedules, once per slot whatever the number of processes doing this at
+   * the same time, and applies the missed-slot policy to slots older than the grace (see
+   * src/schedule/scheduler.ts). `now` judges slots by that instant instead of the database clock.
+   */
+  async runSchedules(
+    options: { now?: Date } = {},
+    scopes: AsyncIterable<TenantScope> | Iterable<TenantScope> = this.tenants.active(),
+  ): Promise<ScheduleReport> {
+    if (
+      options.now !== undefined &&
+      !(options.now instanceof Date && Number.isFinite(options.now.getTime()))
+    ) {
+      throw new InvalidInputError('now must be a valid Date', '$.now')
+    }
+    return runSchedules(
+      {
+        keyRing: this.keyRing,
+        limits: this.limits,
+        definition: (type) => this.#workflows.get(type),
+        types: () => this.workflowTypes,
+        storeOf: (scope) => this.stores.of(scope),
+        started: (start, database) =>
+          this.metrics.workflowsStarted.inc(
+            this.metrics.withTenant({ type: start.workflowType }, start.tenantId, database),
+          ),
+      },
+      scopes,
+      { graceMs: this.scheduleGraceMs, ...(options.now ? { now: options.now } : {}) },
+    )
+  }
+
+  /**
+   * Runs the scheduler in this process every SCHEDULER_INTERVAL_MS (0: not at all): over the control
+   * database's tenants and, in database-per-tenant mode, over each tenant database this process
+   * serves. Every process may run it: schedules are locked with SKIP LOCKED, and each slot starts
+   * one workflow. Stopped by close().
+   */
+  async startScheduler(): Promise<void> {
+    const every = this.config.schedulerIntervalMs
+    if (every === 0) return
+    const loop = (database: string, scopes: () => AsyncIterable<TenantScope> | Iterable<TenantScope>) => {
+      let timer: NodeJS.Timeout | undefined
+      let stopped = false
+      const tick = () => {
+        const run = this.runSchedules({}, scopes()).then(
+          (report) => {
+            const { starts: _starts, ...counts } = report
+            if (report.skipped > 0 || report.caughtUp > 0)
+              this.log.info({ ...counts, database }, 'missed cron slots')
+            else if (report.started > 0)
+              this.log.debug({ ...counts, database }, 'cron schedules started workflows')
+            for (const p of report.problems)
+              this.log.warn({ ...p, database }, 'cron schedule failed to start its workflow')
+            for (const u of report.unknownTypes)
+              this.log.warn({ ...u, database }, 'cron schedule of a workflow type this process does not know')
+          },
+          (error) => this.#warn({ err: error, database }, error, 'scheduler pass failed'),
+        )
+        this.#schedulerRuns.add(run)
+        void run.finally(() => {
+          this.#schedulerRuns.delete(run)
+          if (timer) this.#schedulerTimers.delete(timer)
+          if (!stopped && !this.#closing) arm()
+        })
+      }
+      // The next pass is armed when one ends: passes of one loop never overlap.
+      const arm = () => {
+        timer = setTimeout(tick, every)
+        this.#schedulerTimers.add(timer)
+      }
+      arm()
+      return async () => {
+        stopped = true
+        if (timer) clearTimeout(timer)
+        if (timer) this.#schedulerTimers.delete(timer)
+      }
+    }
+    loop(this.stores.control.key, () => this.#controlTenants())
+    if (this.config.isolationMode === 'database-per-tenant') {
+      await this.#serve({
+        name: 'scheduler',
+        start: async (store, scope) => loop(store.key, () => [scope]),
+      })
+    }
+  }
+
+  /**
    * Whether this process can serve: the database answers (within `timeoutMs`) and has every
    * migration this build ships (control tables and the shared tenant schema; tenant schemas are
    * migrated by the same `migrate` run, after these).
@@ -867,6 +1049,8 @@ export class Engine {
     this.#closing = true
     if (this.#databaseProbe) clearTimeout(this.#databaseProbe)
     for (const timer of this.#sweepTimers) clearInterval(timer)
+    for (const timer of this.#schedulerTimers) clearTimeout(timer)
+    await Promise.allSettled([...this.#schedulerRuns])
     await this.#fleet?.stop()
     await Promise.allSettled([...this.#workers].map((w) => w.stop()))
     this.#workers.clear()
@@ -891,15 +1075,25 @@ export class TenantHandle {
     return this.scope.tenantId
   }
 
-  async startWorkflow(type: string, input: Json = null, options: StartOptions = {}): Promise<StartResult> {
+  /**
+   * Starts a workflow of the type's latest registered version, or of `options.version`
+   * (UnknownWorkflowVersionError if that version is not registered in this process).
+   */
+  async startWorkflow(
+    type: string,
+    input: Json = null,
+    options: StartOptions & { version?: number } = {},
+  ): Promise<StartResult> {
     const e = this.#engine
+    const { version, ...rest } = options
+    const def = e.workflow(type, version)
     const { pool, boss, key } = await e.storeOf(this.scope)
     const started = await startWorkflow(
       { pool, boss, limits: e.limits, keyRing: e.keyRing },
       this.scope,
-      e.workflow(type),
+      def,
       input,
-      options,
+      rest,
     )
     // In the caller's own transaction (options.db) this counts a start that may still roll back.
     if (started.created) e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type }, this.id, key))
@@ -954,9 +1148,7 @@ export class TenantHandle {
       throw new InvalidInputError('approver must name who decides', '$.approver')
     return this.#deliver(workflowId, {
       kind: 'approval',
-      eventId:
-        decision.eventId ??
-        `${String(decision.name)}:${decision.approver}:${decision.approved ? 'approved' : 'rejected'}`,
+      eventId: decision.eventId ?? decisionId(decision),
       name: decision.name,
       key: null,
       payload: {
@@ -965,6 +1157,33 @@ export class TenantHandle {
       },
       actor: decision.approver,
     })
+  }
+
+  /**
+   * Creates or replaces a cron schedule that starts `workflowType` with `input` at every slot of
+   * `cron` in `timezone` (see ScheduleSpec). Validated before anything is written: an unknown type
+   * is UnknownWorkflowTypeError, a bad cron expression, time zone or input InvalidInputError.
+   */
+  async putSchedule(spec: ScheduleSpec): Promise<ScheduleView> {
+    const e = this.#engine
+    return this.#tx((db) =>
+      putSchedule(
+        db,
+        { keyRing: e.keyRing, limits: e.limits, workflow: (type) => e.workflow(type) },
+        this.id,
+        spec,
+      ),
+    )
+  }
+
+  /** The tenant's cron schedules, by id. */
+  async listSchedules(): Promise<ScheduleView[]> {
+    return this.#tx((db) => listSchedules(db, this.#engine.keyRing, this.id))
+  }
+
+  /** Deletes a cron schedule (workflows it started are not touched); NotFoundError if there is none. */
+  async deleteSchedule(id: string): Promise<void> {
+    return this.#tx((db) => deleteSchedule(db, this.id, id))
   }
 
   async #deliver(workflowId: string, delivery: Parameters<typeof deliver>[3]): Promise<DeliveryResult> {
@@ -1063,8 +1282,8 @@ export class TenantHandle {
       const w = wf.rows[0]
       if (!w) throw new NotFoundError(`workflow ${id}`)
       const { rows } = await db.executeSql(
-        `SELECT id, task_key, agent_id, task_type, status, dependencies, dependents, attempt, failures, result, error,
-           queued_at, started_at, completed_at
+        `SELECT id, task_key, agent_id, agent_version, task_type, status, dependencies, dependents, attempt, failures, result, error,
+           queued_at, started_at, completed_at, wait->>'type' AS wait_type, wait->>'name' AS wait_name, wait_deadline
          FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
         [this.scope.tenantId, id],
       )
@@ -1087,6 +1306,7 @@ export class TenantHandle {
           id: r.id,
           key: r.task_key,
           agent: r.agent_id,
+          agentVersion: r.agent_version,
           type: r.task_type,
           status: r.status,
           dependsOn: r.dependencies,
@@ -1097,6 +1317,9 @@ export class TenantHandle {
           queuedAt: r.queued_at,
           startedAt: r.started_at,
           completedAt: r.completed_at,
+          ...(r.wait_type
+            ? { wait: { type: r.wait_type, name: r.wait_name, deadline: r.wait_deadline ?? null } }
+            : {}),
         })),
       }
     })
@@ -1131,6 +1354,15 @@ export class TenantHandle {
       }))
     })
   }
+}
+
+/**
+ * A decision's default idempotency id: `<name>:<approver>:<approved|rejected>`, or its SHA-256 when
+ * that is over the 200 characters an event id may have (long names are still a valid decision).
+ */
+function decisionId(d: ApprovalDecision): string {
+  const id = `${String(d.name)}:${d.approver}:${d.approved ? 'approved' : 'rejected'}`
+  return id.length <= 200 ? id : `sha256:${createHash('sha256').update(id).digest('hex')}`
 }
 
 /** An opaque page cursor: the last row's exact created_at (as PostgreSQL prints it) and id. */

@@ -51,6 +51,14 @@ export { isEnvelope, KeyRing } from './crypto/keyring.ts'
 export type { Envelope, PayloadPurpose } from './crypto/keyring.ts'
 export type { ReencryptOptions, ReencryptReport, TenantReencryptReport } from './crypto/reencrypt.ts'
 export { IdempotencyConflictError } from './flow/start.ts'
+export { MISSED_POLICIES } from './schedule/schedules.ts'
+export type { MissedPolicy, ScheduleSpec, ScheduleView } from './schedule/schedules.ts'
+export type {
+  ScheduledStart,
+  ScheduleProblem,
+  ScheduleReport,
+  ScheduleTickReport,
+} from './schedule/scheduler.ts'
 export type { StartOptions, StartResult } from './flow/start.ts'
 export * from './errors.ts'
 export {

@@ -253,6 +253,7 @@ program
     const watchdog = config.watchdogMs > 0 ? startWatchdog(config.watchdogMs) : undefined
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
     await engine.startSweeper()
+    await engine.startScheduler()
     await engine.startRetention()
     const enterprise = new EnterpriseOrchestrator(engine)
     await enterprise.work()
@@ -349,6 +350,7 @@ program
 
       await engine.startWorker()
       await engine.startSweeper()
+      await engine.startScheduler()
       await engine.startRetention()
       const enterprise = new EnterpriseOrchestrator(engine)
       await enterprise.work()
