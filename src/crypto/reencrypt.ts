@@ -29,6 +29,8 @@ export interface TenantReencryptReport {
   tasks: number
   /** Events delivered to workflows whose payload was rewritten. */
   events: number
+  /** Schedules whose input was rewritten. */
+  schedules: number
   /** Rows changed by someone else between the read and the write: left as they were written. */
   skipped: number
 }
@@ -39,6 +41,7 @@ export interface ReencryptReport {
   workflows: number
   tasks: number
   events: number
+  schedules: number
   skipped: number
 }
 
@@ -85,6 +88,18 @@ FROM jsonb_to_recordset($2::jsonb) AS x(id bigint, fp text, payload jsonb)
 WHERE e.tenant_id = $1 AND e.id = x.id AND md5(e.payload::text) = x.fp
 RETURNING e.id`
 
+// Schedules are keyed by their name: pages start after ''.
+const SCHEDULES_PAGE = `
+SELECT id, input, md5(input::text) AS fp FROM workflow_schedules
+WHERE tenant_id = $1 AND id > $2 AND ${stale('input')}
+ORDER BY id LIMIT $4`
+
+const SCHEDULES_UPDATE = `
+UPDATE workflow_schedules s SET input = x.input
+FROM jsonb_to_recordset($2::jsonb) AS x(id text, fp text, input jsonb)
+WHERE s.tenant_id = $1 AND s.id = x.id AND md5(s.input::text) = x.fp
+RETURNING s.id`
+
 /** Re-encrypts every tenant's payloads (or one tenant's) under the ring's active key. */
 export async function reencryptPayloads(
   deps: { poolOf: (scope: TenantScope) => Promise<pg.Pool>; tenants: TenantDirectory; keyRing: KeyRing },
@@ -96,7 +111,15 @@ export async function reencryptPayloads(
     throw new EncryptionError('no_keys', 'nothing to re-encrypt under: no encryption keys are configured')
   }
   const batchSize = options.batchSize ?? 500
-  const report: ReencryptReport = { activeKey, tenants: 0, workflows: 0, tasks: 0, events: 0, skipped: 0 }
+  const report: ReencryptReport = {
+    activeKey,
+    tenants: 0,
+    workflows: 0,
+    tasks: 0,
+    events: 0,
+    schedules: 0,
+    skipped: 0,
+  }
   const tenants = deps.tenants.all(options.tenant === undefined ? {} : { id: options.tenant })
   for await (const scope of tenants) {
     const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize)
@@ -104,6 +127,7 @@ export async function reencryptPayloads(
     report.workflows += r.workflows
     report.tasks += r.tasks
     report.events += r.events
+    report.schedules += r.schedules
     report.skipped += r.skipped
     options.onTenant?.(r)
   }
@@ -121,7 +145,14 @@ export async function reencryptTenant(
   batchSize: number,
 ): Promise<TenantReencryptReport> {
   const tenant = scope.tenantId
-  const report: TenantReencryptReport = { tenant, workflows: 0, tasks: 0, events: 0, skipped: 0 }
+  const report: TenantReencryptReport = {
+    tenant,
+    workflows: 0,
+    tasks: 0,
+    events: 0,
+    schedules: 0,
+    skipped: 0,
+  }
   const redo = (purpose: PayloadPurpose, value: Json, id: string): Json => {
     if (!ring.needsReencryption(value)) return value
     try {
@@ -174,9 +205,17 @@ export async function reencryptTenant(
     (r) => ({ id: r.id, fp: r.fp, payload: redo('event.payload', r.payload, r.id) }),
     '0',
   )
+  // A schedule's input is the input of the workflows it starts: encrypted as one.
+  const schedules = await pages(
+    SCHEDULES_PAGE,
+    SCHEDULES_UPDATE,
+    (r) => ({ id: r.id, fp: r.fp, input: redo('workflow.input', r.input, r.id) }),
+    '',
+  )
   report.workflows = wf.written
   report.tasks = tasks.written
   report.events = events.written
-  report.skipped = wf.skipped + tasks.skipped + events.skipped
+  report.schedules = schedules.written
+  report.skipped = wf.skipped + tasks.skipped + events.skipped + schedules.skipped
   return report
 }

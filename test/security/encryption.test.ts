@@ -68,7 +68,8 @@ async function rawPayloads(url: string): Promise<{ where: string; text: string; 
       SELECT 'workflows.input ' || id AS where, input AS value, input::text AS text FROM equilateral.workflows
       UNION ALL SELECT 'task.data ' || task_key, data, data::text FROM equilateral.agent_coordination
       UNION ALL SELECT 'task.result ' || task_key, result, result::text FROM equilateral.agent_coordination
-      UNION ALL SELECT 'event.payload ' || event_id, payload, payload::text FROM equilateral.workflow_events`)
+      UNION ALL SELECT 'event.payload ' || event_id, payload, payload::text FROM equilateral.workflow_events
+      UNION ALL SELECT 'schedule.input ' || id, input, input::text FROM equilateral.workflow_schedules`)
     return rows.filter((r) => r.value !== null)
   } finally {
     await c.end()
@@ -214,6 +215,14 @@ describe('rotation and missing keys', async () => {
   const plain = await (await plainEngine.tenant('acme')).startWorkflow('waiting', { secret: MARKER })
   const note = { eventId: 'note-1', name: 'note', payload: { secret: `${MARKER}-event` } }
   const kept = await (await engine.tenant('acme')).startWorkflow('inbox', null)
+  await (
+    await engine.tenant('acme')
+  ).putSchedule({
+    id: 'nightly',
+    workflowType: 'chain',
+    cron: '0 3 * * *',
+    input: { secret: `${MARKER}-schedule` },
+  })
   expect(await (await engine.tenant('acme')).sendEvent(kept.id, note)).toMatchObject({ status: 'kept' })
   for (const t of ['acme', 'globex']) for (const id of ids[t] ?? []) await settled(engine, t, id)
   const views = async (e: Engine) =>
@@ -233,6 +242,7 @@ describe('rotation and missing keys', async () => {
       workflows: 7,
       tasks: 19,
       events: 1,
+      schedules: 1,
       skipped: 0,
     })
     for (const r of await rawPayloads(db.url)) {
