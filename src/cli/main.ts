@@ -1,6 +1,7 @@
 // The `equilateral` command. Every command resolves its database the same way: DATABASE_URL, or
 // the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
 import cluster from 'node:cluster'
+import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
@@ -8,6 +9,7 @@ import { type Logger, pino } from 'pino'
 import type { ComplianceProfile } from '../compliance/profile.ts'
 import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
+import type { Json } from '../core/json.ts'
 import { requireUuid } from '../core/ids.ts'
 import {
   databaseMigrationState,
@@ -611,6 +613,88 @@ workflow
       ),
     )
   })
+
+// Events and approvals: what `POST /v1/workflows/:id/events` and `/approvals/:name` do, from a shell.
+program
+  .command('event')
+  .argument('<workflow-id>', 'workflow id (UUID)')
+  .argument('<name>', 'the event name the workflow waits for, e.g. scan.completed')
+  .description(
+    'deliver an external event to a workflow and print the result as JSON (status consumed, kept until its task waits, or duplicate); without --id a new event id is generated and printed (in the result, and on stderr): pass it as --id to resend the same event idempotently',
+  )
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--id <eventId>', 'the event id: delivering it again changes nothing (default: a new UUID)')
+  .option('--key <key>', 'the match key, for waits declared with `match`')
+  .option('--payload <json>', "the event's payload (the waiting task's result) as JSON, or @file.json")
+  .option('--actor <who>', 'who delivers it, for the audit trail', 'cli')
+  .action(
+    async (
+      raw: string,
+      name: string,
+      opts: { tenant: string; id?: string; key?: string; payload?: string; actor: string },
+    ) => {
+      const id = requireUuid(raw, 'workflow id')
+      const payload = opts.payload === undefined ? null : await parseJsonArgument(opts.payload, '--payload')
+      const eventId = opts.id ?? randomUUID()
+      if (opts.id === undefined) process.stderr.write(`event id: ${eventId} (generated)\n`)
+      await withEngine(undefined, async (engine) =>
+        print(
+          await (
+            await engine.tenant(opts.tenant)
+          ).sendEvent(id, {
+            eventId,
+            name,
+            payload: payload as Json,
+            actor: opts.actor,
+            ...(opts.key !== undefined ? { key: opts.key } : {}),
+          }),
+        ),
+      )
+    },
+  )
+for (const approved of [true, false]) {
+  program
+    .command(approved ? 'approve' : 'reject')
+    .argument('<workflow-id>', 'workflow id (UUID)')
+    .argument('<name>', "the approval's name (by default its task's key), e.g. release")
+    .description(
+      approved
+        ? "approve a workflow's approval: its task completes and the workflow goes on; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)"
+        : "reject a workflow's approval: the workflow fails with the comment as the reason; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)",
+    )
+    .requiredOption('--tenant <id>', 'tenant id')
+    .requiredOption(
+      '--approver <who>',
+      'who decides (recorded in the audit trail; must be a named approver when the approval names them)',
+    )
+    .option(
+      '--comment <text>',
+      approved ? 'a comment, kept in the task result' : 'the reason, recorded in the failure',
+    )
+    .option('--id <eventId>', 'idempotency id (default <name>:<approver>:approved|rejected)')
+    .action(
+      async (
+        raw: string,
+        name: string,
+        opts: { tenant: string; approver: string; comment?: string; id?: string },
+      ) => {
+        const id = requireUuid(raw, 'workflow id')
+        await withEngine(undefined, async (engine) =>
+          print(
+            await (
+              await engine.tenant(opts.tenant)
+            ).decide(id, {
+              name,
+              approved,
+              approver: opts.approver,
+              ...(opts.comment !== undefined ? { comment: opts.comment } : {}),
+              ...(opts.id !== undefined ? { eventId: opts.id } : {}),
+            }),
+          ),
+        )
+      },
+    )
+}
 
 const audit = program.command('audit').description('the tamper-evident audit trail')
 audit
