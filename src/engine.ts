@@ -57,7 +57,7 @@ import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
-import { type ScheduleReport, runSchedules } from './schedule/scheduler.ts'
+import { type ScheduleReport, runSchedules, takePass } from './schedule/scheduler.ts'
 import {
   deleteSchedule,
   listSchedules,
@@ -906,23 +906,31 @@ export class Engine {
   async startScheduler(): Promise<void> {
     const every = this.config.schedulerIntervalMs
     if (every === 0) return
-    const loop = (database: string, scopes: () => AsyncIterable<TenantScope> | Iterable<TenantScope>) => {
+    const loop = (store: Store, scopes: () => AsyncIterable<TenantScope> | Iterable<TenantScope>) => {
+      const database = store.key
+      const pass = async () => {
+        // One pass per interval across the fleet, whatever the number of processes ticking.
+        if (!(await takePass(store.pool, 'scheduler', every))) {
+          this.metrics.schedulerPasses.inc({ outcome: 'skipped' })
+          return
+        }
+        this.metrics.schedulerPasses.inc({ outcome: 'ran' })
+        const report = await this.runSchedules({}, scopes())
+        const { starts: _starts, ...counts } = report
+        if (report.skipped > 0 || report.caughtUp > 0)
+          this.log.info({ ...counts, database }, 'missed cron slots')
+        else if (report.started > 0)
+          this.log.debug({ ...counts, database }, 'cron schedules started workflows')
+        for (const p of report.problems)
+          this.log.warn({ ...p, database }, 'cron schedule failed to start its workflow')
+        for (const u of report.unknownTypes)
+          this.log.warn({ ...u, database }, 'cron schedule of a workflow type this process does not know')
+      }
       let timer: NodeJS.Timeout | undefined
       let stopped = false
       const tick = () => {
-        const run = this.runSchedules({}, scopes()).then(
-          (report) => {
-            const { starts: _starts, ...counts } = report
-            if (report.skipped > 0 || report.caughtUp > 0)
-              this.log.info({ ...counts, database }, 'missed cron slots')
-            else if (report.started > 0)
-              this.log.debug({ ...counts, database }, 'cron schedules started workflows')
-            for (const p of report.problems)
-              this.log.warn({ ...p, database }, 'cron schedule failed to start its workflow')
-            for (const u of report.unknownTypes)
-              this.log.warn({ ...u, database }, 'cron schedule of a workflow type this process does not know')
-          },
-          (error) => this.#warn({ err: error, database }, error, 'scheduler pass failed'),
+        const run = pass().catch((error) =>
+          this.#warn({ err: error, database }, error, 'scheduler pass failed'),
         )
         this.#schedulerRuns.add(run)
         void run.finally(() => {
@@ -943,11 +951,11 @@ export class Engine {
         if (timer) this.#schedulerTimers.delete(timer)
       }
     }
-    loop(this.stores.control.key, () => this.#controlTenants())
+    loop(this.stores.control, () => this.#controlTenants())
     if (this.config.isolationMode === 'database-per-tenant') {
       await this.#serve({
         name: 'scheduler',
-        start: async (store, scope) => loop(store.key, () => [scope]),
+        start: async (store, scope) => loop(store, () => [scope]),
       })
     }
   }

@@ -55,6 +55,7 @@ export class Metrics {
   readonly workflowsFinished: Counter<string>
   readonly workflowDuration: Histogram<string>
   readonly sweeperRecovered: Counter<string>
+  readonly schedulerPasses: Counter<string>
 
   constructor(options: MetricsOptions = {}) {
     this.tenantLabel = options.tenantLabel ?? false
@@ -132,6 +133,12 @@ export class Metrics {
       name: 'equilateral_sweeper_recovered_tasks_total',
       help: 'Tasks the sweeper recovered: requeued (job lost or worker silent, attempt left) or lost (no attempt left: failed).',
       labelNames: ['action'],
+      registers,
+    })
+    this.schedulerPasses = new Counter({
+      name: 'equilateral_scheduler_passes_total',
+      help: 'Scheduler ticks of this process: ran (it took the pass over its database) or skipped (another process had, within SCHEDULER_INTERVAL_MS).',
+      labelNames: ['outcome'],
       registers,
     })
   }

@@ -17,6 +17,7 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { isTransient } from '../flow/completer.ts'
 import { startWorkflow, type StartDeps } from '../flow/start.ts'
+import { APP_SCHEMA } from '../db/names.ts'
 import { type CronSpec, latestSlot, nextSlot, slotsBetween } from './cron.ts'
 import type { MissedPolicy } from './schedules.ts'
 
@@ -275,4 +276,24 @@ export async function runSchedules(
     report.tenants++
   }
   return report
+}
+
+// A fleet's processes all tick their scheduler; the one whose statement moves the pass on runs it.
+// Concurrent takers serialise on the row, and the loser re-reads it (ON CONFLICT sees the winner's
+// last_at), so one pass per interval runs across the fleet. Judged by the database clock.
+const TAKE_PASS = `
+INSERT INTO ${APP_SCHEMA}.fleet_passes AS p (pass, last_at) VALUES ($1, now())
+ON CONFLICT (pass) DO UPDATE SET last_at = now()
+WHERE p.last_at <= now() - $2::bigint * interval '1 millisecond'
+RETURNING p.pass`
+
+/**
+ * Whether this process takes the pass over the pool's database: true unless another process took
+ * it less than `everyMs` ago (database clock). One statement, no lock held: a pass that outlasts
+ * the interval may meet the next one, which SKIP LOCKED and the slots' idempotency keys make safe.
+ */
+export async function takePass(pool: pg.Pool, pass: string, everyMs: number): Promise<boolean> {
+  // 90%: a process whose timer fires a little early on the database's clock still takes its turn.
+  const { rowCount } = await pool.query(TAKE_PASS, [pass, Math.floor(everyMs * 0.9)])
+  return rowCount === 1
 }

@@ -2,6 +2,7 @@
 // missed-slot policies after downtime (judged by an explicit clock, and never walking a year of
 // missed slots), bad schedules refused before anything is written, tenant isolation, and the audit
 // trail naming the schedule that started a workflow.
+import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import {
@@ -15,7 +16,7 @@ import {
   NotFoundError,
   UnknownWorkflowTypeError,
 } from '../../src/index.ts'
-import { MISSED_COUNT_CAP } from '../../src/schedule/scheduler.ts'
+import { MISSED_COUNT_CAP, takePass } from '../../src/schedule/scheduler.ts'
 import { queryOnce } from '../helpers/db.ts'
 import { eventually, testEngine } from '../helpers/engine.ts'
 
@@ -115,6 +116,15 @@ describe('cron-started workflows', () => {
         if (v.labels.type === 'report') counted += v.value
     }
     expect(counted).toBe(started.length)
+    // The three took turns: each tick either took the pass over the database or found that another
+    // engine had within the interval, so the fleet did not pass over every tenant three times.
+    const passes = { ran: 0, skipped: 0 }
+    for (const e of schedulers) {
+      for (const v of (await e.metrics.schedulerPasses.get()).values)
+        passes[v.labels.outcome as 'ran' | 'skipped'] += v.value
+    }
+    expect(passes.ran).toBeGreaterThan(0)
+    expect(passes.skipped).toBeGreaterThan(0)
     const [schedule] = await acme.listSchedules()
     expect(schedule?.lastSlot?.getTime()).toBe(slots[slots.length - 1])
     // The input is encrypted at rest in the schedule, and each workflow gets it.
@@ -126,6 +136,30 @@ describe('cron-started workflows', () => {
     expect(schedule?.input).toEqual({ region: 'eu' })
     expect((await acme.getWorkflow(started[0]?.id as string)).input).toEqual({ region: 'eu' })
   }
+
+  it('gives the pass over a database to one process per interval, judged by the database clock', async () => {
+    // Two "processes": the engine's application pool and a second one; as the application role.
+    const other = new pg.Pool({ connectionString: db.appUrl, max: 1 })
+    try {
+      expect(await takePass(engine.pool, 'test-pass', 60_000)).toBe(true)
+      expect(await takePass(other, 'test-pass', 60_000)).toBe(false)
+      expect(await takePass(engine.pool, 'test-pass', 60_000)).toBe(false)
+      // Another pass name is a turn of its own.
+      expect(await takePass(other, 'test-pass-2', 60_000)).toBe(true)
+      // A minute later on the database's clock, the next taker has it, once.
+      await queryOnce(
+        db.url,
+        `UPDATE equilateral.fleet_passes SET last_at = last_at - interval '61 seconds' WHERE pass = 'test-pass'`,
+      )
+      const takes = await Promise.all([
+        takePass(other, 'test-pass', 60_000),
+        takePass(engine.pool, 'test-pass', 60_000),
+      ])
+      expect(takes.filter(Boolean)).toHaveLength(1)
+    } finally {
+      await other.end()
+    }
+  })
 
   it('starts each due slot once when many passes race for the same slots', async () => {
     const burst = await tenant('burst')

@@ -87,12 +87,12 @@ async function undoNewestTenantMigration(tenant: string): Promise<void> {
   )
 }
 
-/** Undoes the newest control migration (0005: the directory's database columns) and forgets it. */
+/** Undoes the newest control migration (0006: the fleet's pass table) and forgets it. */
 async function undoNewestControlMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     ALTER TABLE equilateral.tenants DROP COLUMN database_server, DROP COLUMN database_name;
+     DROP TABLE equilateral.fleet_passes;
      DELETE FROM drizzle.__equilateral_control_migrations WHERE created_at = ${latestMigrations().control};
      COMMIT;`,
   )
@@ -202,12 +202,8 @@ describe('migrateTenantDatabases', () => {
       expect(await hasIndex(tenant, 'workflow_events')).toBe(true) // a table: to_regclass finds it too
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
-    const columns = await sql(
-      'charlie',
-      `SELECT column_name FROM information_schema.columns
-       WHERE table_schema = 'equilateral' AND table_name = 'tenants' AND column_name LIKE 'database_%' ORDER BY 1`,
-    )
-    expect(columns.map((c) => c.column_name)).toEqual(['database_name', 'database_server'])
+    const [passes] = await sql('charlie', `SELECT to_regclass('equilateral.fleet_passes')::text AS t`)
+    expect(passes?.t).toBe('equilateral.fleet_passes')
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)

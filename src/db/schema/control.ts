@@ -82,3 +82,13 @@ export const enterpriseRunTenants = controlSchema.table(
     index('enterprise_run_tenants_tenant_idx').on(t.tenantId),
   ],
 )
+
+/**
+ * Fleet-wide passes that every process offers to run on a timer (the cron scheduler), but that one
+ * run per interval is enough for: the process whose UPDATE moves `last_at` on runs the pass, the
+ * others skip their tick. One row per pass name; no tenant data.
+ */
+export const fleetPasses = controlSchema.table('fleet_passes', {
+  pass: text('pass').primaryKey(),
+  lastAt: timestamp('last_at', { withTimezone: true }).notNull(),
+})
