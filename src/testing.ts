@@ -478,6 +478,18 @@ export class TestKit {
 }
 
 /**
+ * The engine settings of a kit (and of this project's own test engines): workers poll and beat
+ * every 200 ms, a silent worker is stale after 2 s, shutdown waits 2 s. Override with `config`.
+ */
+export const TEST_ENGINE_CONFIG: Readonly<Partial<Config>> = Object.freeze({
+  pollIntervalMs: 200,
+  heartbeatIntervalMs: 200,
+  staleAfterMs: 2000,
+  shutdownGraceMs: 2000,
+  tenantRefreshMs: 200,
+})
+
+/**
  * Migrates the database (unless `migrate: false`), starts an engine and an in-process worker with
  * fast poll and heartbeat intervals, and creates a fresh tenant. Nothing runs on timers of its own
  * beyond the worker: the sweeper and the cron scheduler run when the test calls runSweeper and
@@ -495,14 +507,7 @@ export async function createTestKit(options: TestKitOptions): Promise<TestKit> {
     workflows: options.workflows,
     log: options.log ?? pino({ level: 'silent' }),
     supervise: false,
-    config: {
-      pollIntervalMs: 200,
-      heartbeatIntervalMs: 200,
-      staleAfterMs: 2000,
-      shutdownGraceMs: 2000,
-      tenantRefreshMs: 200,
-      ...options.config,
-    },
+    config: { ...TEST_ENGINE_CONFIG, ...options.config },
   })
   try {
     const id = options.tenantId ?? `test-${randomBytes(6).toString('hex')}`

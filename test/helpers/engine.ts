@@ -4,6 +4,7 @@ import { afterAll } from 'vitest'
 import type { Config } from '../../src/config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definition.ts'
 import { createEngine, type Engine } from '../../src/engine.ts'
+import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
 import { createTestDatabase, pgContext, type TestDatabase } from './db.ts'
 
 export interface TestEngine {
@@ -27,13 +28,9 @@ export async function testEngine(options: {
     log: options.log ?? pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
     supervise: false,
     config: {
-      pollIntervalMs: 200,
-      heartbeatIntervalMs: 200,
-      staleAfterMs: 2000,
-      shutdownGraceMs: 2000,
+      ...TEST_ENGINE_CONFIG,
       // database-per-tenant: tenant databases are named like the run's own, so teardown drops them.
       tenantDatabasePrefix: tenantDatabasePrefix(),
-      tenantRefreshMs: 200,
       ...options.config,
     },
   })
