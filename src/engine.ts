@@ -57,7 +57,7 @@ import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
 import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
-import { type ScheduleReport, runSchedules, takePass } from './schedule/scheduler.ts'
+import { releasePass, type ScheduleReport, runSchedules, takePass } from './schedule/scheduler.ts'
 import {
   deleteSchedule,
   listSchedules,
@@ -925,6 +925,7 @@ export class Engine {
           this.log.warn({ ...p, database }, 'cron schedule failed to start its workflow')
         for (const u of report.unknownTypes)
           this.log.warn({ ...u, database }, 'cron schedule of a workflow type this process does not know')
+        if (report.unknownTypes.length > 0) await releasePass(store.pool, 'scheduler')
       }
       let timer: NodeJS.Timeout | undefined
       let stopped = false

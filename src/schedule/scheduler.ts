@@ -297,3 +297,12 @@ export async function takePass(pool: pg.Pool, pass: string, everyMs: number): Pr
   const { rowCount } = await pool.query(TAKE_PASS, [pass, Math.floor(everyMs * 0.9)])
   return rowCount === 1
 }
+
+/**
+ * Hands the pass back at once: the process that took it left due schedules of workflow types it
+ * does not know (a fleet mid-deploy), so the next process to tick passes again instead of waiting
+ * out the interval, until one that knows them has started them.
+ */
+export async function releasePass(pool: pg.Pool, pass: string): Promise<void> {
+  await pool.query(`UPDATE ${APP_SCHEMA}.fleet_passes SET last_at = '-infinity' WHERE pass = $1`, [pass])
+}

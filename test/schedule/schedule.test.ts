@@ -16,7 +16,7 @@ import {
   NotFoundError,
   UnknownWorkflowTypeError,
 } from '../../src/index.ts'
-import { MISSED_COUNT_CAP, takePass } from '../../src/schedule/scheduler.ts'
+import { MISSED_COUNT_CAP, releasePass, takePass } from '../../src/schedule/scheduler.ts'
 import { queryOnce } from '../helpers/db.ts'
 import { eventually, testEngine } from '../helpers/engine.ts'
 
@@ -156,6 +156,10 @@ describe('cron-started workflows', () => {
         takePass(engine.pool, 'test-pass', 60_000),
       ])
       expect(takes.filter(Boolean)).toHaveLength(1)
+      // A process that left schedules of types it does not know hands the pass back at once.
+      await releasePass(engine.pool, 'test-pass')
+      expect(await takePass(other, 'test-pass', 60_000)).toBe(true)
+      expect(await takePass(engine.pool, 'test-pass', 60_000)).toBe(false)
     } finally {
       await other.end()
     }
