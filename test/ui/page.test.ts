@@ -1,7 +1,8 @@
 // The read-only web page (/ui/), in a real headless Chromium (Debian's `chromium`, driven by
 // playwright-core) against the real web server and an engine with a worker: a wrong key is refused
 // visibly, the workflows are listed and refreshed while one runs, and a workflow's task graph shows
-// each task's state (a diamond that completed, a chain whose middle task failed for good). Screenshots
+// each task's state (a diamond that completed, a chain whose middle task failed for good, an approval
+// that waits, then is approved). Screenshots
 // go to test-artifacts/.
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
@@ -42,10 +43,18 @@ const ingest = defineWorkflow({
   ],
 })
 const slow = defineWorkflow({ name: 'slow', tasks: [{ key: 'wait', agent: waits.agent }] })
+// Waits for a person: the page says what for, and until when.
+const gated = defineWorkflow({
+  name: 'gated',
+  tasks: [
+    { key: 'release', approval: { timeoutMs: 3_600_000 } },
+    { key: 'ship', agent: store, dependsOn: ['release'] },
+  ],
+})
 
 const { engine } = await testEngine({
   agents: [double, sum, fetcher, parser, store, waits.agent],
-  workflows: [diamond, ingest, slow],
+  workflows: [diamond, ingest, slow, gated],
 })
 await engine.startWorker()
 const web = await startWeb(engine, { port: 0, host: '127.0.0.1', adminToken: undefined })
@@ -272,6 +281,45 @@ describe.skipIf(!haveChromium)(
       expect(await page.locator('main img').count()).toBe(0)
       expect(await page.evaluate(() => (globalThis as { __pwned?: number }).__pwned)).toBeUndefined()
       await page.screenshot({ path: `${ARTIFACTS}ui-workflow-failed.png`, fullPage: true })
+    })
+
+    it('shows what a waiting task waits for, and the workflow going on once it is approved', async () => {
+      const { id } = await acme.startWorkflow('gated')
+      await expect
+        .poll(async () => (await acme.getWorkflow(id)).tasks.find((t) => t.key === 'release')?.status)
+        .toBe('waiting')
+      await page.goto(`${web.url}/ui/#/workflows/${id}`)
+      const release = page.locator('#graph [data-task-key="release"]')
+      await release.waitFor()
+      expect(await release.getAttribute('data-status')).toBe('waiting')
+      expect(await release.locator('.agent').textContent()).toBe('approval “release”')
+      // The box says until when it waits (local time, with the day when not today), not how long
+      // it has "run".
+      const deadline = (await acme.getWorkflow(id)).tasks.find((t) => t.key === 'release')?.wait?.deadline
+      const local = await page.evaluate(
+        (iso) => new Date(iso).toTimeString().slice(0, 8),
+        deadline!.toISOString(),
+      )
+      const until = new RegExp(`^until (\\d\\d-\\d\\d )?${local}$`)
+      expect(await release.locator('.facts').textContent()).toMatch(until)
+      expect(await release.getAttribute('aria-label')).toMatch(
+        new RegExp(`^release, approval “release”: waiting, until (\\d\\d-\\d\\d )?${local}$`),
+      )
+      expect(await release.locator('title').textContent()).toMatch(
+        /^release \(approval “release”\): waiting\nwaits for a decision until .+\n/,
+      )
+      const row = page.locator('#tasks tr[data-task-key="release"]')
+      expect(await row.locator('td').nth(1).textContent()).toBe('approval “release”')
+      expect(await row.locator('td[title]').getAttribute('title')).toMatch(/^waits for a decision until /)
+      expect(await page.locator('#graph [data-task-key="ship"]').getAttribute('data-status')).toBe('pending')
+      await page.screenshot({ path: `${ARTIFACTS}ui-workflow-waiting.png`, fullPage: true })
+
+      // Approved through the API, the page follows without a reload.
+      await acme.decide(id, { name: 'release', approved: true, approver: 'ana' })
+      await expect
+        .poll(() => page.locator('#wf-status').getAttribute('data-status'), { timeout: 10_000 })
+        .toBe('completed')
+      expect(await release.getAttribute('data-status')).toBe('completed')
     })
 
     it('says "not found" for a workflow id the tenant does not have', async () => {

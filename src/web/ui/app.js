@@ -93,6 +93,12 @@ function clock(date) {
   return `${pad2(date.getHours())}:${pad2(date.getMinutes())}:${pad2(date.getSeconds())}`
 }
 
+/** The time of day, led by the month and day when it is not today. */
+function dayAndClock(date) {
+  const today = date.toDateString() === new Date().toDateString()
+  return today ? clock(date) : `${pad2(date.getMonth() + 1)}-${pad2(date.getDate())} ${clock(date)}`
+}
+
 /** A <time> in local time, the exact instant in its tooltip. */
 function when(iso) {
   if (!iso) return '—'
@@ -580,7 +586,11 @@ function renderGraph(tasks) {
 
 function taskNode(t, { x, y }, layer) {
   const ran = t.startedAt ? duration(span(t.startedAt, t.completedAt)) : null
-  const facts = [t.attempt > 0 ? `attempt ${t.attempt}` : null, ran].filter(Boolean)
+  // A waiting task has run nothing: what matters is until when it waits.
+  const deadline = t.status === 'waiting' && t.wait?.deadline ? new Date(t.wait.deadline) : null
+  const facts = deadline
+    ? [`until ${dayAndClock(deadline)}`]
+    : [t.attempt > 0 ? `attempt ${t.attempt}` : null, ran].filter(Boolean)
   const tooltip = [
     `${t.key} (${doer(t)}): ${t.status}`,
     waitingFor(t),
