@@ -796,6 +796,7 @@ export class Engine {
       }
       this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
       this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
+      for (const f of report.failed) this.log.warn({ ...f, database: store.key }, 'sweep of a tenant failed')
       const sealed = await this.sealAudit({}, scopes())
       if (sealed.rows > 0) this.log.debug({ ...sealed, database: store.key }, 'audit rows sealed')
     }

@@ -2,7 +2,7 @@
 // boot with an error naming the offending key, never at run time.
 import type { Logger } from 'pino'
 import { DefinitionError } from '../errors.ts'
-import type { Json } from './json.ts'
+import { assertStorableJson, type Json } from './json.ts'
 
 /** What an agent's handler gets for one attempt of one task. */
 export interface AgentContext<TData = Json> {
@@ -413,6 +413,7 @@ function resolveWait<TInput>(
           key,
         )
       }
+      if (typeof match === 'string') storable(match, 'event match', key, where)
       wait.match = match
     }
   } else {
@@ -425,6 +426,7 @@ function resolveWait<TInput>(
       ) {
         throw new DefinitionError(`${where}: task "${key}" approvers must be a non-empty list of names`, key)
       }
+      storable(approvers, 'approvers', key, where)
       wait.approvers = [...approvers]
     }
   }
@@ -446,9 +448,23 @@ function resolveWait<TInput>(
     if (wait.timeoutMs === undefined) {
       throw new DefinitionError(`${where}: task "${key}" has onTimeout but no timeoutMs`, key)
     }
+    if (onTimeout !== 'fail') storable(onTimeout.result ?? null, 'onTimeout.result', key, where)
     wait.onTimeout = onTimeout === 'fail' ? 'fail' : { result: onTimeout.result ?? null }
   }
   return wait
+}
+
+/**
+ * A value the wait stores (in the task's row) must be one PostgreSQL can store: checked when the
+ * workflow is defined, not when a timeout fires (see assertStorableJson; the engine's own payload
+ * limit is checked again at start).
+ */
+function storable(value: unknown, label: string, key: string, where: string): void {
+  try {
+    assertStorableJson(value, label)
+  } catch (error) {
+    throw new DefinitionError(`${where}: task "${key}" ${(error as Error).message}`, key)
+  }
 }
 
 /** Checks a startAfter value (a delay in ms, or a time); throws a DefinitionError naming the task. */

@@ -119,6 +119,10 @@ function computed<T>(
 function waitOf(s: ResolvedTaskSpec<any>, deps: PlanDeps): WaitSpec | null {
   if (!s.wait) return null
   const { match: _, ...wait } = s.wait
+  // Checked against the engine's own limits too, now rather than when the timeout fires.
+  if (wait.onTimeout !== 'fail') {
+    assertStorableJson(wait.onTimeout.result ?? null, `$.tasks.${s.key}.onTimeout.result`, deps.limits)
+  }
   const match = computed(s, 'match', s.wait.match, deps).match
   if (match === undefined) return wait
   if (typeof match !== 'string' || match.length === 0 || match.length > 200) {

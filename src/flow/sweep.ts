@@ -41,6 +41,11 @@ export interface SweepReport {
   unreachable: string[]
   /** Waits past their deadline that the sweeper timed out (their timer job was lost). */
   waitsExpired: number
+  /**
+   * Tenants whose sweep failed with an error that is not an outage (the error's message): passed
+   * over, so that one tenant's bad row does not stop the others' recovery; the next sweep tries again.
+   */
+  failed: { tenantId: string; message: string }[]
 }
 
 // In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
@@ -73,6 +78,7 @@ export async function sweepOnce(
     tenants: 0,
     unreachable: [],
     waitsExpired: 0,
+    failed: [],
   }
   for await (const scope of scopes) {
     try {
@@ -85,8 +91,16 @@ export async function sweepOnce(
         report,
       )
     } catch (error) {
-      if (!scope.database || !isTransient(error)) throw error
-      report.unreachable.push(scope.tenantId)
+      if (isTransient(error)) {
+        // The control database away stops the sweep; a tenant database away is passed over.
+        if (!scope.database) throw error
+        report.unreachable.push(scope.tenantId)
+        continue
+      }
+      report.failed.push({
+        tenantId: scope.tenantId,
+        message: error instanceof Error ? error.message : String(error),
+      })
       continue
     }
     report.tenants++
@@ -159,8 +173,8 @@ async function expireDueWaits(
   for (let pages = 0; pages < options.maxPages; pages++) {
     const due = await withTenantTx(deps.pool, scope, (db) => dueWaits(db, scope, options.batchSize))
     if (due.length === 0) return
-    await expireWaits(deps, scope, due)
-    report.waitsExpired += due.length
+    // Those a delivery or their timer job resolved meanwhile are left alone, and not counted.
+    report.waitsExpired += (await expireWaits(deps, scope, due)).expired
     if (due.length < options.batchSize) return
   }
 }

@@ -123,11 +123,11 @@ audit AS (
 )
 SELECT * FROM t`
 
-// The oldest unconsumed event a task waits for (an early one).
+// The event kept for this task before it waited (an early one). It was kept for this task, whose
+// approvers and match it was checked against: another task of the same name never takes it.
 const EARLY_EVENT = `
 SELECT id, event_id, kind, payload, actor FROM workflow_events
-WHERE tenant_id = $1 AND workflow_id = $2 AND name = $3 AND kind = $4 AND consumed_at IS NULL
-  AND ($5::text IS NULL OR match_key = $5)
+WHERE tenant_id = $1 AND workflow_id = $2 AND task_id = $3 AND consumed_at IS NULL
 ORDER BY id LIMIT 1 FOR UPDATE`
 
 /** Locks the workflows' rows, in id order: deliveries and wait resolutions of one workflow serialize. */
@@ -166,13 +166,7 @@ export async function armWaits(
     ])
     const timers: ReadyJob[] = []
     for (const task of rows as (WaitingTask & { deadline: string | null })[]) {
-      const early = await db.executeSql(EARLY_EVENT, [
-        scope.tenantId,
-        task.workflow_id,
-        task.wait.name,
-        task.wait.type,
-        task.wait.match ?? null,
-      ])
+      const early = await db.executeSql(EARLY_EVENT, [scope.tenantId, task.workflow_id, task.id])
       const event = early.rows[0]
       if (event) {
         await db.executeSql(
@@ -210,7 +204,7 @@ export async function expireWaits(
   scope: TenantScope,
   due: readonly { taskId: string; workflowId: string; attempt: number }[],
   jobs: readonly FetchedJob[] = [],
-): Promise<WaitOutcome> {
+): Promise<WaitOutcome & { expired: number }> {
   return withTenantTx(deps.pool, scope, async (db) => {
     const outcome: WaitOutcome = { dispatched: [], workflowsCompleted: [], workflowsFailed: [] }
     await lockWorkflows(
@@ -247,15 +241,36 @@ export async function expireWaits(
                 message: `${task.wait.type} "${task.wait.name}" got no ${task.wait.type === 'approval' ? 'decision' : 'event'} within ${task.wait.timeoutMs} ms`,
               },
             }
-          : { kind: 'complete', result: onTimeout.result },
+          : timeoutResult(task.wait, onTimeout.result, deps.limits),
         outcome,
         // The timer job is the one being handled: completed below, not cancelled.
         false,
       )
     }
     await completeJobs(deps.boss, db, jobs)
-    return outcome
+    return { ...outcome, expired: rows.length }
   })
+}
+
+/**
+ * A timed-out wait's declared result, or, if it can no longer be stored (checked when the workflow
+ * started, but MAX_PAYLOAD_BYTES may have been lowered since), the task's failure: a timeout that
+ * throws would leave the task waiting and fail its timer job, and the sweeper's, forever.
+ */
+function timeoutResult(wait: WaitSpec, result: Json, limits: JsonLimits): Resolution {
+  try {
+    assertStorableJson(result ?? null, '$.onTimeout.result', limits)
+  } catch (error) {
+    return {
+      kind: 'fail',
+      error: {
+        name: 'InvalidTimeoutResult',
+        code: 'invalid_result',
+        message: `${wait.type} "${wait.name}" timed out, and its declared result cannot be stored: ${(error as Error).message}`,
+      },
+    }
+  }
+  return { kind: 'complete', result }
 }
 
 /** Waiting tasks past their deadline (the sweeper's backstop for lost timer jobs), oldest first. */
@@ -353,14 +368,23 @@ async function completeJobs(boss: PgBoss, db: Db, jobs: readonly FetchedJob[]): 
   )
 }
 
+// The task an event or decision is for: of the workflow's tasks that wait, or will wait, for it
+// ($6: a decision's approver, who must be among the approvers a task names) and hold no event kept
+// for them already, one whose match is the event's key before one that takes any key, a waiting
+// one before one that will wait, then the oldest. $6 NULL: any approver (to tell "not an approver"
+// from "nothing waits").
 const CANDIDATE = `
 SELECT ${TASK_COLUMNS}, t.status FROM agent_coordination t
 WHERE t.tenant_id = $1 AND t.workflow_id = $2 AND t.wait->>'type' = $3 AND t.wait->>'name' = $4
   AND ($5::text IS NULL OR t.wait->>'match' IS NULL OR t.wait->>'match' = $5)
   AND ($5::text IS NOT NULL OR t.wait->>'match' IS NULL)
+  AND ($6::text IS NULL OR NOT (t.wait ? 'approvers') OR t.wait->'approvers' ? $6::text)
   AND t.status IN ('pending', 'queued', 'waiting')
-ORDER BY t.status = 'waiting' DESC, t.created_at, t.id
-LIMIT 1 FOR UPDATE`
+  AND NOT EXISTS (
+    SELECT 1 FROM workflow_events e
+    WHERE e.tenant_id = $1 AND e.workflow_id = $2 AND e.task_id = t.id AND e.consumed_at IS NULL)
+ORDER BY t.wait->>'match' IS NOT NULL DESC, t.status = 'waiting' DESC, t.created_at, t.id
+LIMIT 1 FOR UPDATE OF t`
 
 /**
  * Delivers an event, or an approver's decision, to a workflow. One transaction: the inbox row, its
@@ -434,26 +458,26 @@ export async function deliver(
         `workflow ${workflowId} is ${status}: it takes no more events`,
       )
     }
-    const found = await db.executeSql(CANDIDATE, [
-      scope.tenantId,
-      workflowId,
-      delivery.kind,
-      delivery.name,
-      delivery.key,
-    ])
+    const candidate = (approver: string | null) =>
+      db.executeSql(CANDIDATE, [
+        scope.tenantId,
+        workflowId,
+        delivery.kind,
+        delivery.name,
+        delivery.key,
+        approver,
+      ])
+    const approver = delivery.kind === 'approval' ? (delivery.actor ?? '') : null
+    const found = await candidate(approver)
     const task = found.rows[0] as (WaitingTask & { status: TaskStatus }) | undefined
     if (!task) {
+      if (approver !== null && (await candidate(null)).rows.length > 0) {
+        throw new WaitError('not_an_approver', `${delivery.actor} is not an approver of "${delivery.name}"`)
+      }
       throw new WaitError(
         'no_such_wait',
-        `no task of workflow ${workflowId} waits, or will wait, for ${delivery.kind === 'approval' ? 'approval' : 'event'} "${delivery.name}"${delivery.key !== null ? ` with key "${delivery.key}"` : ''}`,
+        `no task of workflow ${workflowId} waits, or will wait, for ${delivery.kind === 'approval' ? 'approval' : 'event'} "${delivery.name}"${delivery.key !== null ? ` with key "${delivery.key}"` : ''}, or it has one already`,
       )
-    }
-    if (
-      delivery.kind === 'approval' &&
-      task.wait.approvers &&
-      !task.wait.approvers.includes(delivery.actor ?? '')
-    ) {
-      throw new WaitError('not_an_approver', `${delivery.actor} is not an approver of "${delivery.name}"`)
     }
     const consume = task.status === 'waiting'
     await db.executeSql(
@@ -468,7 +492,7 @@ export async function deliver(
         delivery.key,
         JSON.stringify(stored),
         delivery.actor,
-        // The task it is for; a kept event goes to whichever matching task waits first.
+        // The task it is for: a kept event is consumed when this task starts waiting.
         task.id,
         consume,
       ],

@@ -202,3 +202,28 @@ describe('with a worker', () => {
     expect(wf.tasks[0]?.failures).toBe(1)
   })
 })
+
+describe('a sweep over many tenants', () => {
+  it('passes over a tenant whose sweep fails, names it, and sweeps the others', async () => {
+    const schemas = await testEngine({
+      agents: [step],
+      workflows: [],
+      config: { isolationMode: 'schema-per-tenant' },
+    })
+    for (const id of ['broken', 'healthy']) await schemas.engine.createTenant({ id })
+    // Behind the engine's back, one tenant's schema loses a table (a botched manual change).
+    const c = new pg.Client({ connectionString: schemas.db.url })
+    await c.connect()
+    try {
+      const { rows } = await c.query(`SELECT schema_name FROM equilateral.tenants WHERE id = 'broken'`)
+      await c.query(`DROP TABLE ${pg.escapeIdentifier(rows[0].schema_name)}.agent_coordination CASCADE`)
+    } finally {
+      await c.end()
+    }
+    const report = await schemas.engine.sweep()
+    expect(report.failed).toEqual([
+      { tenantId: 'broken', message: expect.stringMatching(/agent_coordination.* does not exist/) },
+    ])
+    expect(report).toMatchObject({ tenants: 1, unreachable: [] })
+  })
+})

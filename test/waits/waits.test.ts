@@ -1,8 +1,17 @@
 // Wait tasks on a real database: approvals (approve, reject, time out), events (early, duplicate,
 // matched by key, timed out with a declared result), and the refusals that write nothing.
 import { readFileSync } from 'node:fs'
+import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
-import { defineAgent, defineWorkflow, type Json, WaitError } from '../../src/index.ts'
+import {
+  createEngine,
+  DefinitionError,
+  defineAgent,
+  defineWorkflow,
+  type Json,
+  WaitError,
+} from '../../src/index.ts'
+import { heldAgent } from '../fixtures/workflows.ts'
 import { agents, workflows } from '../../workers/registry.ts'
 import { queryOnce } from '../helpers/db.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
@@ -57,9 +66,37 @@ const guarded = defineWorkflow({
   tasks: [{ key: 'ok', approval: { approvers: ['alice', 'bob'] } }],
 })
 
+// Two approvals of one name, each with its own approver, each behind a step the test releases.
+const holdA = heldAgent('hold-a')
+const holdB = heldAgent('hold-b')
+const twoGates = defineWorkflow({
+  name: 'two-gates',
+  tasks: [
+    { key: 'before-a', agent: holdA.agent },
+    { key: 'before-b', agent: holdB.agent },
+    { key: 'a', approval: { name: 'gate', approvers: ['alice'] }, dependsOn: ['before-a'] },
+    { key: 'b', approval: { name: 'gate', approvers: ['bob'] }, dependsOn: ['before-b'] },
+  ],
+})
+// A wait for one key, and one for any key, of the same event.
+const keyed = defineWorkflow({
+  name: 'keyed',
+  tasks: [
+    { key: 'any', event: { name: 'build.done' } },
+    { key: 'web', event: { name: 'build.done', match: 'web' } },
+  ],
+})
+// A declared timeout result that is fine when defined, but over a smaller payload limit.
+const bulky = defineWorkflow({
+  name: 'bulky-default',
+  tasks: [
+    { key: 'w', event: { name: 'never', timeoutMs: 1, onTimeout: { result: { pad: 'x'.repeat(4000) } } } },
+  ],
+})
+
 const { engine, db } = await testEngine({
-  agents: [...agents, slow, echo],
-  workflows: [...workflows, scanFlow, twoScans, quota, guarded],
+  agents: [...agents, slow, echo, holdA.agent, holdB.agent],
+  workflows: [...workflows, scanFlow, twoScans, quota, guarded, twoGates, keyed, bulky],
 })
 await engine.createTenant({ id: 'acme' })
 await engine.createTenant({ id: 'umbrella' })
@@ -311,5 +348,115 @@ describe('events', () => {
     ])
     expect(kept).toHaveLength(0)
     await acme.cancelWorkflow(id)
+  })
+})
+
+describe('several waits of one name', () => {
+  it('keeps a decision for the approval it was decided for: another approval of the same name never takes it', async () => {
+    const { id } = await acme.startWorkflow('two-gates', null)
+    // Alice decides early: only task a names her, so the decision is kept for a.
+    const kept = await acme.decide(id, { name: 'gate', approved: true, approver: 'alice' })
+    const a = (await acme.getWorkflow(id)).tasks.find((t) => t.key === 'a')
+    expect(kept).toMatchObject({ status: 'kept', taskId: a?.id })
+    // b starts waiting first; it does not take alice's decision, which is not hers to give.
+    holdB.release()
+    await waitingFor(id, 'b')
+    // a already has alice's decision, and she is no approver of b: refused, and b still waits.
+    await expect(
+      acme.decide(id, { name: 'gate', approved: true, approver: 'alice', eventId: 'again' }),
+    ).rejects.toMatchObject({ code: 'not_an_approver' })
+    expect(await taskStatus(id, 'b')).toBe('waiting')
+    // Carol is nobody's approver.
+    await expect(acme.decide(id, { name: 'gate', approved: true, approver: 'carol' })).rejects.toMatchObject({
+      code: 'not_an_approver',
+    })
+    // a waits at last, and takes the decision kept for it; bob decides b.
+    holdA.release()
+    await eventually(async () => ((await taskStatus(id, 'a')) === 'completed' ? true : undefined))
+    expect(await acme.decide(id, { name: 'gate', approved: true, approver: 'bob' })).toMatchObject({
+      status: 'consumed',
+      taskStatus: 'completed',
+    })
+    const wf = await settled(engine, 'acme', id)
+    expect(wf.status).toBe('completed')
+    expect(
+      Object.fromEntries(wf.tasks.filter((t) => t.key.length === 1).map((t) => [t.key, t.result])),
+    ).toEqual({
+      a: { approved: true, approver: 'alice' },
+      b: { approved: true, approver: 'bob' },
+    })
+  })
+
+  it('gives a keyed event to the wait for that key before the wait that takes any key', async () => {
+    for (let i = 0; i < 5; i++) {
+      const { id } = await acme.startWorkflow('keyed', null)
+      await waitingFor(id, 'any')
+      await waitingFor(id, 'web')
+      const web = (await acme.getWorkflow(id)).tasks.find((t) => t.key === 'web')
+      expect(
+        await acme.sendEvent(id, { eventId: `w${i}`, name: 'build.done', key: 'web', payload: { i } }),
+      ).toMatchObject({ status: 'consumed', taskId: web?.id })
+      expect(await taskStatus(id, 'any')).toBe('waiting')
+      await acme.cancelWorkflow(id)
+    }
+  })
+})
+
+describe('declared timeout results', () => {
+  it('refuses, when the workflow is defined, a result PostgreSQL could not store', () => {
+    const define = (result: Json) =>
+      defineWorkflow({
+        name: 'bad-default',
+        tasks: [{ key: 'w', event: { name: 'e', timeoutMs: 1000, onTimeout: { result } } }],
+      })
+    let deep: Json = 1
+    for (let i = 0; i < 70; i++) deep = { d: deep }
+    expect(() => define({ note: 'a\u0000b' })).toThrow(DefinitionError)
+    expect(() => define({ note: 'a\u0000b' })).toThrow(
+      /task "w" onTimeout\.result\.note contains a NUL character/,
+    )
+    expect(() => define(deep)).toThrow(/onTimeout\.result(\.d)+ is nested deeper than 64 levels/)
+    expect(() =>
+      defineWorkflow({ name: 'bad-approver', tasks: [{ key: 'g', approval: { approvers: ['a\u0000'] } }] }),
+    ).toThrow(/task "g" approvers\[0\] contains a NUL character/)
+  })
+
+  it('refuses to start a workflow whose declared result is over the payload limit, and fails a timeout whose result no longer fits', async () => {
+    const small = await testEngine({ agents: [echo], workflows: [bulky], config: { maxPayloadBytes: 1024 } })
+    await small.engine.createTenant({ id: 'acme' })
+    const tiny = await small.engine.tenant('acme')
+    await expect(tiny.startWorkflow('bulky-default', null)).rejects.toMatchObject({
+      code: 'invalid_input',
+      path: '$.tasks.w.onTimeout.result',
+    })
+    expect(await queryOnce(small.db.url, 'SELECT 1 FROM equilateral.workflows')).toHaveLength(0)
+
+    // Started by a process with the default limit, timed out by one whose limit is lower (it was
+    // lowered since): the task fails with a readable error instead of its timer failing for ever.
+    const big = await createEngine({
+      connectionString: small.db.appUrl,
+      adminConnectionString: small.db.url,
+      agents: [echo],
+      workflows: [bulky],
+      log: pino({ level: 'silent' }),
+      supervise: false,
+    })
+    try {
+      const { id } = await (await big.tenant('acme')).startWorkflow('bulky-default', null)
+      await small.engine.startWorker()
+      const wf = await settled(small.engine, 'acme', id)
+      expect(wf.status).toBe('failed')
+      expect(wf.error).toMatchObject({
+        error: {
+          name: 'InvalidTimeoutResult',
+          code: 'invalid_result',
+          message: expect.stringMatching(
+            /^event "never" timed out, and its declared result cannot be stored: .* over the limit of 1024 bytes$/,
+          ),
+        },
+      })
+    } finally {
+      await big.close()
+    }
   })
 })
