@@ -1,8 +1,8 @@
 // Slot arithmetic of cron schedules: which instants ("slots") a cron expression names in a time
 // zone. Pure (no I/O, no clock): every function takes the instants it works from, so the scheduler
 // can judge slots by the database clock. cron-parser does the calendar work (DST included: a local
-// time that does not exist on the day the clocks go forward fires at the first instant after the
-// gap; an hourly or sub-hourly field fires in both copies of the hour that repeats when they go back).
+// time that does not exist on the day the clocks go forward fires moved on by the gap, 02:30 at
+// 03:30; an hourly or sub-hourly field fires in both copies of the hour that repeats when they go back).
 import { CronExpressionParser, type CronExpression } from 'cron-parser'
 import { InvalidInputError } from '../errors.ts'
 

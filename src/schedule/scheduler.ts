@@ -103,15 +103,24 @@ export function planSlots(
 ): SlotPlan {
   if (!Number.isInteger(maxSlots) || maxSlots < 1) throw new RangeError('maxSlots must be a positive integer')
   const onTimeFrom = new Date(now.getTime() - graceMs)
+  // `due` is a slot itself (nextSlot found it), and is used as one: listing slots from an instant
+  // does not always find it again. cron-parser moves a local time that a DST gap skips on by the
+  // gap (02:30 becomes 03:30 in New York) only when it walks across the gap, so a list that starts
+  // at 03:30 itself would miss it, and the day's slot would be lost.
   // Slots in [due, onTimeFrom) were missed; the latest of them is looked up, never walked to.
   let latestMissed: Date | null = null
   let missedCount = 0
   if (due < onTimeFrom) {
     latestMissed = latestSlot(spec, new Date(onTimeFrom.getTime() - 1))
-    if (latestMissed && latestMissed < due) latestMissed = null
-    if (latestMissed) missedCount = slotsBetween(spec, due, latestMissed, MISSED_COUNT_CAP).length
+    if (!latestMissed || latestMissed < due) latestMissed = due
+    missedCount = Math.max(1, slotsBetween(spec, due, latestMissed, MISSED_COUNT_CAP).length)
   }
-  const onTime = slotsBetween(spec, due > onTimeFrom ? due : onTimeFrom, now, maxSlots)
+  const onTime =
+    due > now
+      ? []
+      : due >= onTimeFrom
+        ? [due, ...slotsBetween(spec, new Date(due.getTime() + 1), now, maxSlots - 1)]
+        : slotsBetween(spec, onTimeFrom, now, maxSlots)
   const full = onTime.length === maxSlots
   let start = onTime
   let catchUp = false

@@ -37,7 +37,7 @@ describe('cron slots', () => {
   })
 
   it('fires once on the day a local time does not exist or happens twice', () => {
-    // 02:30 does not exist on 2024-03-10 in New York: the slot is the first instant after the gap.
+    // 02:30 does not exist on 2024-03-10 in New York: the slot moves on by the gap, to 03:30 EDT.
     expect(
       iso(
         slotsBetween(

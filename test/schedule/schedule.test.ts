@@ -184,6 +184,33 @@ describe('cron-started workflows', () => {
     expect((await engine.runSchedules({ now }, [burst.scope])).started).toBe(0)
   })
 
+  it('starts the slot of a local time that DST skips, on time or caught up, once', async () => {
+    const dst = await tenant('dst')
+    for (const missed of ['skip', 'catch-up-once'] as const) {
+      await dst.putSchedule({
+        id: missed,
+        workflowType: 'report',
+        cron: '30 2 * * *',
+        timezone: 'America/New_York',
+        input: { region: missed },
+        missed,
+      })
+    }
+    // 02:30 does not exist in New York on 2024-03-10: that day's slot is 03:30 EDT, 07:30Z.
+    const slot = new Date('2024-03-10T07:30:00Z')
+    await moveBack('dst', 'skip', slot)
+    const onTime = await engine.runSchedules({ now: new Date(slot.getTime() + 5000) }, [dst.scope])
+    expect(onTime).toMatchObject({ schedules: 1, started: 1, problems: [] })
+    expect((await startedBy('dst', 'skip')).map((s) => s.slot)).toEqual([slot.toISOString()])
+    // Missed by two hours, catch-up-once still starts it, for that slot.
+    await moveBack('dst', 'catch-up-once', slot)
+    const late = await engine.runSchedules({ now: new Date(slot.getTime() + 7_200_000) }, [dst.scope])
+    expect(late).toMatchObject({ schedules: 1, started: 1, caughtUp: 1, skipped: 0 })
+    expect((await startedBy('dst', 'catch-up-once')).map((s) => s.slot)).toEqual([slot.toISOString()])
+    // Both go on to the next day's 02:30 EDT.
+    for (const s of await dst.listSchedules()) expect(s.nextSlot).toEqual(new Date('2024-03-11T06:30:00Z'))
+  })
+
   it('skips missed slots, or catches up once for the latest of them, and the next slot still fires', async () => {
     const ops = await tenant('ops')
     for (const missed of ['skip', 'catch-up-once'] as const) {
