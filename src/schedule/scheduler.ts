@@ -147,6 +147,7 @@ due AS (
   SELECT s.id, s.workflow_type, s.cron, s.timezone, s.input, s.missed, s.next_slot, clock.now
   FROM workflow_schedules s, clock
   WHERE s.tenant_id = $1 AND s.enabled AND s.next_slot <= clock.now AND s.workflow_type = ANY($3::text[])
+    AND NOT (s.id = ANY($5::text[]))
   ORDER BY s.next_slot
   LIMIT $4
   FOR UPDATE OF s SKIP LOCKED
@@ -169,6 +170,12 @@ export async function tickTenant(
   deps: TickDeps,
   scope: TenantScope,
   options: TickOptions,
+  /**
+   * Schedules whose start failed earlier in this pass: not selected again (they keep their slot
+   * for the next pass), so that they cannot fill every batch and starve the schedules behind them.
+   * Those failing now are added.
+   */
+  failed?: Set<string>,
 ): Promise<ScheduleTickReport & { full: boolean }> {
   const tenantId = scope.tenantId
   const batchSize = options.batchSize ?? 100
@@ -176,7 +183,7 @@ export async function tickTenant(
   const report = emptyTickReport()
   const types = deps.types()
   const now = options.now ?? null
-  const { rows: found } = await db.executeSql(DUE, [tenantId, now, types, batchSize])
+  const { rows: found } = await db.executeSql(DUE, [tenantId, now, types, batchSize, [...(failed ?? [])]])
   const rows = found.filter((r) => r.known)
   for (const r of found) {
     if (!r.known) report.unknownTypes.push({ tenantId, scheduleId: r.id, workflowType: r.workflow_type })
@@ -219,6 +226,7 @@ export async function tickTenant(
     } catch (error) {
       await db.executeSql('ROLLBACK TO SAVEPOINT schedule', [])
       report.problems.push({ tenantId, scheduleId: row.id, message: (error as Error).message })
+      failed?.add(row.id)
     }
   }
   return { ...report, full: rows.length === batchSize }
@@ -268,9 +276,10 @@ export async function runSchedules(
     try {
       const { pool, boss, key } = await deps.storeOf(scope)
       const tickDeps: TickDeps = { ...deps, pool, boss }
+      const failed = new Set<string>()
       for (let batch = 0; batch < (options.maxBatches ?? 10); batch++) {
         const { full, ...tick } = await withTenantTx(pool, scope, (db) =>
-          tickTenant(db, tickDeps, scope, options),
+          tickTenant(db, tickDeps, scope, options, failed),
         )
         // The same due schedules of unknown types would be listed again by every batch.
         addTick(report, batch === 0 ? tick : { ...tick, unknownTypes: [] })

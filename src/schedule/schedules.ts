@@ -1,11 +1,13 @@
 // A tenant's cron schedules: declared (created or replaced), listed and deleted in the tenant's
 // transaction. Everything that can be refused is refused before anything is written.
+import { randomUUID } from 'node:crypto'
 import type { WorkflowDefinition } from '../core/definition.ts'
 import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
-import { taskData } from '../core/plan.ts'
+import { planTasks, taskData } from '../core/plan.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { Db } from '../db/tx.ts'
 import { InvalidInputError, NotFoundError } from '../errors.ts'
+import { queueName } from '../queue/boss.ts'
 import { nextSlot, validateCron } from './cron.ts'
 
 export const MISSED_POLICIES = ['skip', 'catch-up-once'] as const
@@ -94,9 +96,15 @@ function check(deps: PutDeps, tenantId: string, spec: ScheduleSpec): Checked {
   if (typeof enabled !== 'boolean') throw new InvalidInputError('enabled must be true or false', '$.enabled')
   const input = spec.input ?? null
   assertStorableJson(input, '$.input', deps.limits)
-  // The workflow's task data is computed from the input: an input it cannot use is refused now,
-  // not at 3 a.m. by the scheduler.
-  taskData(def, input, deps.limits)
+  // The workflow's tasks are computed from the input (their data, a wait's match, a startAfter):
+  // an input it cannot start with is refused now, as startWorkflow would, not at 3 a.m. by the
+  // scheduler.
+  planTasks(def.tasks, taskData(def, input, deps.limits), {
+    newId: randomUUID,
+    queueName,
+    limits: deps.limits,
+    input: { value: input },
+  })
   const storedInput = deps.keyRing.encrypt(tenantId, 'workflow.input', input, '$.input')
   return { id, workflowType: def.name, cron, timezone, storedInput, missed, enabled }
 }

@@ -26,7 +26,12 @@ const report = defineWorkflow<{ region: string }>({
   tasks: [{ key: 'build', agent: echo, data: (input) => ({ region: input.region }) }],
 })
 const ring = KeyRing.of({ k1: KeyRing.generateKey() })
-const definitions = { agents: [echo], workflows: [report] }
+// Its task starts at a time the input names: an input without a usable time cannot start it.
+const timed = defineWorkflow<{ at: string }>({
+  name: 'timed',
+  tasks: [{ key: 'then', agent: echo, startAfter: (input) => input.at }],
+})
+const definitions = { agents: [echo], workflows: [report, timed] }
 const config = { schedulerIntervalMs: 100, encryption: ring }
 
 const { engine, db } = await testEngine({ ...definitions, config })
@@ -305,6 +310,8 @@ describe('cron-started workflows', () => {
       [{ input: { region: 'nul\u0000' } }, InvalidInputError, '$.input.region'],
       // The workflow computes its task data from input.region: an input without it is refused now.
       [{ input: null }, InvalidInputError, undefined],
+      // ... and so is one whose computed startAfter is no time, as startWorkflow would refuse it.
+      [{ workflowType: 'timed', input: { at: 'tomorrow' } }, InvalidInputError, '$.tasks.then.startAfter'],
     ]
     for (const [change, type, path] of refusals) {
       const error = await bad.putSchedule({ ...base, ...change } as any).catch((e: unknown) => e)
@@ -319,6 +326,59 @@ describe('cron-started workflows', () => {
     await expect(engine.runSchedules({ now: new Date('not a date') })).rejects.toBeInstanceOf(
       InvalidInputError,
     )
+  })
+
+  it('does not let schedules that fail to start starve the ones behind them', async () => {
+    const starve = await tenant('starve')
+    const every = { workflowType: 'report', cron: '* * * * * *' }
+    for (let i = 0; i < 120; i++) {
+      await starve.putSchedule({ ...every, id: `bad-${i}`, input: { region: 'retired' } })
+    }
+    await starve.putSchedule({ ...every, id: 'good', input: { region: 'eu' } })
+    // The 120 are due a second before the good one, so every batch (100) would select them first.
+    const t = new Date(Math.ceil(Date.now() / 1000) * 1000 + 3_600_000)
+    await queryOnce(
+      db.url,
+      `UPDATE equilateral.workflow_schedules SET next_slot = CASE WHEN id = 'good' THEN $2::timestamptz
+         ELSE $2::timestamptz - interval '1 second' END WHERE tenant_id = $1`,
+      ['starve', t],
+    )
+    // A release whose report refuses the region those schedules were declared with.
+    const redeployed = await createEngine({
+      connectionString: db.appUrl,
+      adminConnectionString: db.url,
+      agents: [echo],
+      workflows: [
+        defineWorkflow<{ region: string }>({
+          name: 'report',
+          version: 2,
+          tasks: [
+            {
+              key: 'build',
+              agent: echo,
+              data: (input) => {
+                if (input.region === 'retired') throw new Error('region "retired" is gone')
+                return { region: input.region }
+              },
+            },
+          ],
+        }),
+      ],
+      log: pino({ level: 'silent' }),
+      supervise: false,
+      config,
+    })
+    try {
+      const pass = await redeployed.runSchedules({ now: new Date(t.getTime() + 500) }, [starve.scope])
+      // Each failing schedule is tried once in the pass (and keeps its slot for the next), and the
+      // good one starts.
+      expect(pass).toMatchObject({ started: 1, schedules: 1 })
+      expect(pass.problems).toHaveLength(120)
+      expect(new Set(pass.problems.map((p) => p.scheduleId)).size).toBe(120)
+      expect((await startedBy('starve', 'good')).map((s) => s.slot)).toEqual([t.toISOString()])
+    } finally {
+      await redeployed.close()
+    }
   })
 
   it("keeps a tenant's schedules invisible to other tenants", async () => {
