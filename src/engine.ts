@@ -926,7 +926,9 @@ export class Engine {
           this.log.warn({ ...p, database }, 'cron schedule failed to start its workflow')
         for (const u of report.unknownTypes)
           this.log.warn({ ...u, database }, 'cron schedule of a workflow type this process does not know')
-        if (report.unknownTypes.length > 0) await releasePass(store.pool, 'scheduler')
+        // Only while such a slot is on time: a type no process knows (removed from the code) must not
+        // make every process pass on every tick for ever.
+        if (report.unknownTypes.some((u) => u.onTime)) await releasePass(store.pool, 'scheduler')
       }
       let timer: NodeJS.Timeout | undefined
       let stopped = false

@@ -65,7 +65,13 @@ export interface ScheduleTickReport {
   /** Every slot handled with a workflow, including ones whose workflow already existed. */
   starts: ScheduledStart[]
   /** Due schedules of a workflow type this process does not know: left for a process that does. */
-  unknownTypes: { tenantId: string; scheduleId: string; workflowType: string }[]
+  unknownTypes: {
+    tenantId: string
+    scheduleId: string
+    workflowType: string
+    /** Its due slot is still on time: a process that knows the type would start it now. */
+    onTime: boolean
+  }[]
   /** Schedules whose start failed (rolled back to before them; they stay due and are tried again). */
   problems: ScheduleProblem[]
 }
@@ -153,13 +159,13 @@ due AS (
   FOR UPDATE OF s SKIP LOCKED
 ),
 unknown AS (
-  SELECT s.id, s.workflow_type FROM workflow_schedules s, clock
+  SELECT s.id, s.workflow_type, s.next_slot, clock.now FROM workflow_schedules s, clock
   WHERE s.tenant_id = $1 AND s.enabled AND s.next_slot <= clock.now AND NOT (s.workflow_type = ANY($3::text[]))
-  ORDER BY s.next_slot LIMIT 10
+  ORDER BY s.next_slot DESC LIMIT 10
 )
 SELECT true AS known, * FROM due
 UNION ALL
-SELECT false, id, workflow_type, NULL, NULL, NULL, NULL, NULL, NULL FROM unknown`
+SELECT false, id, workflow_type, NULL, NULL, NULL, NULL, next_slot, now FROM unknown`
 
 /**
  * Handles, in the tenant transaction `db`, up to `batchSize` of the tenant's due schedules. Returns
@@ -186,7 +192,14 @@ export async function tickTenant(
   const { rows: found } = await db.executeSql(DUE, [tenantId, now, types, batchSize, [...(failed ?? [])]])
   const rows = found.filter((r) => r.known)
   for (const r of found) {
-    if (!r.known) report.unknownTypes.push({ tenantId, scheduleId: r.id, workflowType: r.workflow_type })
+    if (!r.known) {
+      report.unknownTypes.push({
+        tenantId,
+        scheduleId: r.id,
+        workflowType: r.workflow_type,
+        onTime: r.next_slot.getTime() >= r.now.getTime() - options.graceMs,
+      })
+    }
   }
   for (const row of rows) {
     const def = deps.definition(row.workflow_type) as WorkflowDefinition<any>

@@ -291,8 +291,12 @@ describe('cron-started workflows', () => {
     const unknown = await stranger.runSchedules({ now }, [mixed.scope])
     expect(unknown).toMatchObject({
       started: 0,
-      unknownTypes: [{ tenantId: 'mixed', scheduleId: 'r', workflowType: 'report' }],
+      unknownTypes: [{ tenantId: 'mixed', scheduleId: 'r', workflowType: 'report', onTime: true }],
     })
+    // Past the grace, a process that knows the type would only apply the missed-slot policy: the
+    // stranger's scheduler no longer hands the pass back for it.
+    const later = await stranger.runSchedules({ now: new Date(now.getTime() + 3_600_000) }, [mixed.scope])
+    expect(later.unknownTypes).toMatchObject([{ scheduleId: 'r', onTime: false }])
     expect((await mixed.listSchedules())[0]?.nextSlot).toEqual(put.nextSlot)
     expect(await engine.runSchedules({ now }, [mixed.scope])).toMatchObject({ started: 1, unknownTypes: [] })
   })
