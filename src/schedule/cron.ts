@@ -58,14 +58,14 @@ function validateTimezone(timezone: unknown): string {
     )
   }
   try {
-    new Intl.DateTimeFormat('en-US', { timeZone: timezone })
+    // The zone's canonical spelling ('utc' is 'UTC'): the same zone declared again keeps its slot.
+    return new Intl.DateTimeFormat('en-US', { timeZone: timezone }).resolvedOptions().timeZone
   } catch {
     throw new InvalidInputError(
       `timezone "${timezone}" is not an IANA time zone name (such as "UTC" or "America/New_York")`,
       '$.timezone',
     )
   }
-  return timezone
 }
 
 function parse(spec: CronSpec, currentDate: Date): CronExpression {

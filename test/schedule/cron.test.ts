@@ -100,6 +100,12 @@ describe('cron slots', () => {
     ).toEqual(new Date('2024-07-01T07:00:00Z'))
   })
 
+  it('spells a time zone the canonical way, so the same zone declared again is the same schedule', () => {
+    expect(validateCron('0 3 * * *', 'america/new_york').timezone).toBe('America/New_York')
+    expect(validateCron('0 3 * * *', 'utc').timezone).toBe('UTC')
+    expect(validateCron('0 3 * * *', 'US/Eastern').timezone).toBe('America/New_York')
+  })
+
   it('refuses bad expressions and time zones with the field they are about', () => {
     const refused = (cron: unknown, timezone: unknown) => {
       try {
