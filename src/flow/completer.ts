@@ -7,6 +7,7 @@ import type { PgBoss } from 'pg-boss'
 import type { TenantScope } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
 import { type Completion, type CompletionOutcome, completeTasks } from './complete.ts'
+import { heartbeat } from './heartbeat.ts'
 
 export interface CompletionResult {
   /** False when the task's lease was lost (cancelled, recovered elsewhere): the result was discarded. */
@@ -78,37 +79,66 @@ export class Completer {
   }
 
   async #write(scope: TenantScope, batch: Pending[]): Promise<void> {
-    const started = Date.now()
-    for (let attempt = 1; ; attempt++) {
-      try {
-        const outcome = await completeTasks(
-          this.#deps,
-          scope,
-          batch.map((p) => p.item),
-        )
-        failpoint('complete.after-commit')
-        const reported = new Set<string>()
-        for (const p of batch) {
-          const written = outcome.completed.has(p.item.taskId)
-          const ended = outcome.workflowsCompleted.filter(
-            (w) => written && w.id === p.item.workflowId && !reported.has(w.id),
-          )
-          for (const w of ended) reported.add(w.id)
-          p.resolve({ written, outcome, workflowsCompleted: ended })
-        }
-        return
-      } catch (error) {
-        // Errors that another try cannot fix go back to the caller at once.
-        const transient = isTransient(error)
-        if (!transient || Date.now() - started > RETRY_FOR_MS) {
-          for (const p of batch) p.reject(error)
-          return
-        }
-        this.#onError(error, attempt)
-        await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)))
-      }
+    const items = batch.map((p) => p.item)
+    let outcome: CompletionOutcome
+    try {
+      outcome = await retryTransient(
+        () => completeTasks(this.#deps, scope, items),
+        async (error, attempt) => {
+          this.#onError(error, attempt)
+          await keepAlive(this.#deps.pool, scope, items)
+        },
+      )
+    } catch (error) {
+      // Errors that another try cannot fix (or an outage longer than the retries) go back to the caller.
+      for (const p of batch) p.reject(error)
+      return
+    }
+    failpoint('complete.after-commit')
+    const reported = new Set<string>()
+    for (const p of batch) {
+      const written = outcome.completed.has(p.item.taskId)
+      const ended = outcome.workflowsCompleted.filter(
+        (w) => written && w.id === p.item.workflowId && !reported.has(w.id),
+      )
+      for (const w of ended) reported.add(w.id)
+      p.resolve({ written, outcome, workflowsCompleted: ended })
     }
   }
+}
+
+/**
+ * Runs a write, and runs it again after a short backoff while it fails with a transient error, for
+ * up to 30 s; other errors, and the last one, are thrown. `onRetry` runs before each wait. Every
+ * write of an attempt's end (completion, failure, snooze, release) goes through here: a write
+ * given up leaves the task running without a heartbeat, and the sweeper would count it as lost.
+ */
+export async function retryTransient<T>(
+  write: () => Promise<T>,
+  onRetry: (error: unknown, attempt: number) => void | Promise<void>,
+): Promise<T> {
+  const started = Date.now()
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await write()
+    } catch (error) {
+      if (!isTransient(error) || Date.now() - started > RETRY_FOR_MS) throw error
+      await onRetry(error, attempt)
+      await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)))
+    }
+  }
+}
+
+/**
+ * Between tries of a write, stamps its tasks' heartbeats, so the sweeper does not take them as lost
+ * while their outcome waits to be written (best effort: the database may still be away).
+ */
+export async function keepAlive(
+  pool: pg.Pool,
+  scope: TenantScope,
+  tasks: readonly { taskId: string; attempt: number }[],
+): Promise<void> {
+  await heartbeat(pool, scope, tasks).catch(() => {})
 }
 
 /** Connection-level and server-availability errors: the database may come back. */
