@@ -20,7 +20,7 @@ import { queueName, type TaskJobData, WAIT_QUEUE } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
 import { SpawnLeaseLostError } from './complete.ts'
-import { Completer, isTransient } from './completer.ts'
+import { Completer, isTransient, keepAlive, retryTransient } from './completer.ts'
 import { failAttempt } from './fail.ts'
 import { heartbeat } from './heartbeat.ts'
 import { requeueTasks } from './requeue.ts'
@@ -581,7 +581,7 @@ export class Worker {
         }
       }
       log.warn({ error: failure.error, permanent: failure.permanent }, 'task attempt failed')
-      const outcome = await failAttempt(this.#o, scope, {
+      const attemptFailure = {
         taskId: task.taskId,
         workflowId: task.workflowId,
         attempt: task.attempt,
@@ -595,7 +595,10 @@ export class Worker {
         error: failure.error,
         permanent: failure.permanent,
         job: { jobId: task.job.jobId, retryCount: task.job.retryCount },
-      })
+      }
+      const outcome = await this.#writeEnd(scope, [task], log, 'failure', () =>
+        failAttempt(this.#o, scope, attemptFailure),
+      )
       this.#o.hooks?.taskFinished?.(task, scope.tenantId, outcome.kind, duration)
       if (outcome.kind === 'failed' && outcome.workflow) {
         const { type, durationMs } = outcome.workflow
@@ -613,23 +616,25 @@ export class Worker {
   async #snooze(entry: Running, snooze: Snooze, log: Logger, durationMs: number): Promise<void> {
     const { task, scope } = entry
     try {
-      await withTenantTx(this.#o.pool, scope, (db) =>
-        requeueTasks(
-          this.#o.boss,
-          db,
-          scope,
-          [
-            {
-              taskId: task.taskId,
-              attempt: task.attempt,
-              status: 'running',
-              reason: snooze.message,
-              oldJob: { queue: task.job.queue, jobId: task.job.jobId },
-              delayMs: snooze.delayMs,
-              until: snooze.until,
-            },
-          ],
-          'task_snoozed',
+      await this.#writeEnd(scope, [task], log, 'snooze', () =>
+        withTenantTx(this.#o.pool, scope, (db) =>
+          requeueTasks(
+            this.#o.boss,
+            db,
+            scope,
+            [
+              {
+                taskId: task.taskId,
+                attempt: task.attempt,
+                status: 'running',
+                reason: snooze.message,
+                oldJob: { queue: task.job.queue, jobId: task.job.jobId },
+                delayMs: snooze.delayMs,
+                until: snooze.until,
+              },
+            ],
+            'task_snoozed',
+          ),
         ),
       )
       log.debug({ delayMs: snooze.delayMs, until: snooze.until }, 'task snoozed')
@@ -640,6 +645,24 @@ export class Worker {
         'could not snooze the task; the sweeper will recover it',
       )
     }
+  }
+
+  /**
+   * Writes the end of attempts other than a completion (a failure, a snooze, a release) with the
+   * completer's retries of transient errors, the tasks' heartbeats stamped between tries: given up
+   * at the first error, the task would stay running unstamped and the sweeper count it as lost.
+   */
+  #writeEnd<T>(
+    scope: TenantScope,
+    tasks: readonly ClaimedTask[],
+    log: Logger,
+    what: string,
+    write: () => Promise<T>,
+  ): Promise<T> {
+    return retryTransient(write, async (error, attempt) => {
+      log.warn({ err: error, attempt }, `${what} write failed; retrying`)
+      await keepAlive(this.#o.pool, scope, tasks)
+    })
   }
 
   async #listen(): Promise<void> {
@@ -736,29 +759,34 @@ export class Worker {
     clearTimeout(timer)
     const unfinished = [...this.#running.values()].filter((r) => r.phase === 'agent')
     for (const r of unfinished) r.controller.abort(new AbortReason('shutdown', 'worker shutting down'))
-    for (const list of Map.groupBy(unfinished, (r) => r.scope.tenantId).values()) {
+    // Tenants at once: each release may retry through an outage, and shutdown waits for them all.
+    const releases = [...Map.groupBy(unfinished, (r) => r.scope.tenantId).values()].map(async (list) => {
       const scope = (list[0] as Running).scope
+      const tasks = list.map((r) => r.task)
       try {
-        await withTenantTx(this.#o.pool, scope, (db) =>
-          requeueTasks(
-            this.#o.boss,
-            db,
-            scope,
-            list.map((r) => ({
-              taskId: r.task.taskId,
-              attempt: r.task.attempt,
-              status: 'running' as const,
-              reason: 'worker shut down',
-              oldJob: { queue: r.task.job.queue, jobId: r.task.job.jobId },
-            })),
-            'task_released',
+        await this.#writeEnd(scope, tasks, this.#o.log, 'release', () =>
+          withTenantTx(this.#o.pool, scope, (db) =>
+            requeueTasks(
+              this.#o.boss,
+              db,
+              scope,
+              tasks.map((t) => ({
+                taskId: t.taskId,
+                attempt: t.attempt,
+                status: 'running' as const,
+                reason: 'worker shut down',
+                oldJob: { queue: t.job.queue, jobId: t.job.jobId },
+              })),
+              'task_released',
+            ),
           ),
         )
         this.#o.log.info({ tasks: list.length, tenant: scope.tenantId }, 'released unfinished tasks')
       } catch (error) {
         this.#o.log.error({ err: error }, 'could not release unfinished tasks; the sweeper will recover them')
       }
-    }
+    })
+    await Promise.all(releases)
     await all()
     await this.#completer.idle()
     if (this.#heartbeatTimer) clearInterval(this.#heartbeatTimer)
