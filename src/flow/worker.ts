@@ -427,6 +427,8 @@ export class Worker {
         continue
       }
       this.#o.log.warn({ ...fields, err: u.error }, 'no worker had the agent version; task failed')
+      // Counted as any attempt that fails (for good), with no run time: the agent never ran.
+      this.#o.hooks?.taskFinished?.(u.task, scope.tenantId, u.outcome.kind, 0)
       if (u.outcome.kind === 'failed' && u.outcome.workflow) {
         const { type, durationMs } = u.outcome.workflow
         this.#o.hooks?.workflowFinished?.(scope.tenantId, type, 'failed', durationMs)

@@ -238,6 +238,15 @@ describe('versions in flight', () => {
       [orphan.id],
     )
     expect(dead.map((d) => d.data.error)).toEqual([failure])
+    // The metrics count it as any task failed for good.
+    const count = async (metric: { get(): Promise<{ values: { labels: object; value: number }[] }> }) =>
+      (await metric.get()).values
+        .filter((v) => (v.labels as { agent?: string }).agent === 'step-a')
+        .map((v) => ({ labels: v.labels, value: v.value }))
+    expect(await count(v2only.metrics.tasksFinished)).toEqual([
+      { labels: { agent: 'step-a', outcome: 'failed' }, value: 1 },
+    ])
+    expect(await count(v2only.metrics.deadLettered)).toEqual([{ labels: { agent: 'step-a' }, value: 1 }])
   })
 })
 
