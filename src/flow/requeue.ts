@@ -1,11 +1,13 @@
 // Puts tasks back in the queue with a new attempt, without counting a failure: a released task
 // (its worker shut down before the agent finished), a snoozed one (its agent asked to run later), a
 // queued task whose job was lost, or a ready task that has no job. Fenced on the status and attempt
-// the caller saw. A queued task keeps its timer (startAfter, backoff) if it has not passed yet.
+// the caller saw. A queued task keeps its timer (startAfter, backoff) if it has not passed yet; a
+// ready pending task gets its startAfter timer as it would have when it became ready.
 import type { PgBoss } from 'pg-boss'
 import type { Db, TenantScope } from '../db/tx.ts'
 import { insertJobs, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
+import { readyAt } from './task-rows.ts'
 
 export interface RequeueItem {
   taskId: string
@@ -30,7 +32,7 @@ t AS (
   UPDATE agent_coordination t
   SET status = 'queued', attempt = t.attempt + 1, job_id = gen_random_uuid(), worker_id = NULL,
     queued_at = greatest(now() + coalesce(x.delay_ms, 0) * interval '1 millisecond', x.until,
-      CASE WHEN t.status = 'queued' THEN t.queued_at END),
+      CASE t.status WHEN 'queued' THEN t.queued_at WHEN 'pending' THEN ${readyAt('t')} END),
     heartbeat_at = NULL, updated_at = now()
   FROM x
   WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = x.status

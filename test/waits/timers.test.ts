@@ -3,6 +3,7 @@
 // judged by the database clock: the times below are the database's own timestamps.
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
+import { queueName } from '../../src/queue/boss.ts'
 import { timerFlow } from '../fixtures/chaos-registry.ts'
 import { queryOnce } from '../helpers/db.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
@@ -36,14 +37,24 @@ const atTime = defineWorkflow<{ at: string }>({
   tasks: [{ key: 'then', agent: step, startAfter: (i) => i.at }],
 })
 const snoozing = defineWorkflow({ name: 'snoozing', tasks: [{ key: 'nap', agent: sleepy }] })
+// Two dependents on timers: an hour after becoming ready, and at a time two hours out.
+const later = defineAgent({ id: 'timer-later', handler: async () => null })
+const timedDependents = defineWorkflow<{ at: string }>({
+  name: 'timed-dependents',
+  tasks: [
+    { key: 'a', agent: step },
+    { key: 'in-an-hour', agent: later, dependsOn: ['a'], startAfter: 3_600_000 },
+    { key: 'at-a-time', agent: later, dependsOn: ['a'], startAfter: (i) => i.at },
+  ],
+})
 const retrying = defineWorkflow({
   name: 'retrying',
   tasks: [{ key: 'try', agent: flaky, backoffMs: 700 }],
 })
 
 const { engine, db } = await testEngine({
-  agents: [step, sleepy, flaky],
-  workflows: [delayed, atTime, snoozing, retrying, timerFlow],
+  agents: [step, sleepy, flaky, later],
+  workflows: [delayed, atTime, snoozing, retrying, timerFlow, timedDependents],
 })
 await engine.createTenant({ id: 'acme' })
 const acme = await engine.tenant('acme')
@@ -168,5 +179,35 @@ describe('timers in one process', () => {
     } finally {
       await worker.stop()
     }
+  })
+})
+
+describe('the sweeper and timers', () => {
+  it('queues a ready task that has no job no earlier than its startAfter', async () => {
+    const at = new Date(Date.now() + 2 * 3600_000).toISOString()
+    const { id } = await acme.startWorkflow('timed-dependents', { at })
+    // Ready without a job (what the sweeper is there for): the dependents' count reaches 0 without
+    // the transition that queues them.
+    await queryOnce(
+      db.url,
+      `UPDATE equilateral.agent_coordination SET deps_remaining = 0 WHERE workflow_id = $1 AND task_key <> 'a'`,
+      [id],
+    )
+    await engine.sweep()
+    const r = await rows(id)
+    expect(r['in-an-hour']).toMatchObject({ status: 'queued', failures: 0 })
+    expect(r['at-a-time']).toMatchObject({ status: 'queued', failures: 0 })
+    // Their jobs wait for their timers: none is runnable now.
+    expect(await engine.boss.fetch(queueName('timer-later'))).toEqual([])
+    expect(await jobOf(id, 'in-an-hour')).toMatchObject({ state: 'created', on_timer: true, pending: true })
+    expect(await jobOf(id, 'at-a-time')).toMatchObject({ state: 'created', on_timer: true, pending: true })
+    const [held] = await queryOnce(
+      db.url,
+      `SELECT bool_and(queued_at > now() + interval '59 minutes') AS an_hour_out,
+         bool_or(queued_at = $2::timestamptz) AS at_the_time
+       FROM equilateral.agent_coordination WHERE workflow_id = $1 AND task_key <> 'a'`,
+      [id, at],
+    )
+    expect(held).toEqual({ an_hour_out: true, at_the_time: true })
   })
 })
