@@ -485,6 +485,23 @@ export function checkStartAfter(value: unknown, key: string, where: string): voi
       key,
     )
   }
+  if (typeof value === 'string' && !isZonedTime(value)) {
+    throw new DefinitionError(`${where}: task "${key}" startAfter ${show(value)} ${NO_ZONE}`, key)
+  }
+}
+
+const ZONED_TIME = /^\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d(?:\.\d+)?)?(?:Z|[+-]\d\d:?\d\d)$/i
+
+/** Why a time string without a zone is refused (startAfter, snooze until). */
+export const NO_ZONE = 'has no time zone: a time needs a zone (Z or ±hh:mm), e.g. 2026-12-01T09:00:00Z'
+
+/**
+ * Whether a time string is an ISO 8601 date and time that says its zone. Without one
+ * ('2026-12-01T09:00:00') JavaScript reads it in the process's own time zone, so servers in
+ * different zones would start the task at different times; a date alone is as ambiguous.
+ */
+export function isZonedTime(value: string): boolean {
+  return ZONED_TIME.test(value)
 }
 
 /**

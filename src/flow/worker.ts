@@ -10,7 +10,13 @@ import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 import type { GroupConcurrencyConfig, PgBoss } from 'pg-boss'
 import type { Logger } from 'pino'
-import type { AgentContext, AgentDefinition, SpawnedTask } from '../core/definition.ts'
+import {
+  type AgentContext,
+  type AgentDefinition,
+  isZonedTime,
+  NO_ZONE,
+  type SpawnedTask,
+} from '../core/definition.ts'
 import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
@@ -813,7 +819,11 @@ function snoozeDelay(delay: number | { until: Date | string }): { delayMs: numbe
   if (typeof delay === 'number' && Number.isFinite(delay)) {
     return { delayMs: Math.min(Math.max(0, Math.round(delay)), 365 * 24 * 3600_000) }
   }
-  const until = delay !== null && typeof delay === 'object' && 'until' in delay ? new Date(delay.until) : null
+  const given = delay !== null && typeof delay === 'object' && 'until' in delay ? delay.until : undefined
+  if (typeof given === 'string' && Number.isFinite(Date.parse(given)) && !isZonedTime(given)) {
+    throw new InvalidInputError(`snooze until ${JSON.stringify(given)} ${NO_ZONE}`, '$.snooze')
+  }
+  const until = given === undefined ? null : new Date(given)
   if (!until || !Number.isFinite(until.getTime())) {
     throw new InvalidInputError('snooze takes a delay in ms or { until: a time }', '$.snooze')
   }

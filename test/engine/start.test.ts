@@ -22,7 +22,12 @@ const computed = defineWorkflow<{ items: string[] }>({
   tasks: [{ key: 'x', agent: echo, data: (input) => ({ first: input.items[0] ?? null }) }],
 })
 
-const { engine, db } = await testEngine({ agents: [echo], workflows: [single, other, computed] })
+const timed = defineWorkflow<{ at: string }>({
+  name: 'timed',
+  tasks: [{ key: 'x', agent: echo, startAfter: (input) => input.at }],
+})
+
+const { engine, db } = await testEngine({ agents: [echo], workflows: [single, other, computed, timed] })
 await engine.createTenant({ id: 'acme' })
 const acme = await engine.tenant('acme')
 
@@ -103,6 +108,24 @@ describe('starting workflows', () => {
     expect(await counts()).toEqual(before)
   })
 
+  it.each([
+    ['a time without a zone', '2099-12-01T09:00:00'],
+    ['a date alone', '2099-12-01'],
+  ])('refuses a startAfter computed as %s, naming its path, writing nothing', async (_name, at) => {
+    const before = await counts()
+    const error = await acme.startWorkflow('timed', { at }).catch((e: unknown) => e)
+    expect(error).toBeInstanceOf(InvalidInputError)
+    expect(error).toMatchObject({
+      path: '$.tasks.x.startAfter',
+      message: expect.stringMatching(/needs a zone/),
+    })
+    expect(await counts()).toEqual(before)
+    // The same time with its zone is taken.
+    await expect(acme.startWorkflow('timed', { at: '2099-12-01T09:00:00+01:00' })).resolves.toMatchObject({
+      created: true,
+    })
+  })
+
   it('refuses an unknown workflow type and an unknown tenant', async () => {
     await expect(acme.startWorkflow('nope')).rejects.toBeInstanceOf(UnknownWorkflowTypeError)
     await expect(engine.tenant('ghost')).rejects.toMatchObject({ code: 'unknown_tenant' })
@@ -136,6 +159,12 @@ describe('workflow definitions', () => {
     ['no tasks', [], /no tasks/],
     ['a bad key', [{ key: 'has space', agent: a }], /task key/],
     ['bad retry options', [{ key: 'x', agent: a, maxAttempts: 0 }], /maxAttempts/],
+    [
+      'a startAfter time without a zone',
+      [{ key: 'x', agent: a, startAfter: '2026-12-01T09:00:00' }],
+      /has no time zone: a time needs a zone/,
+    ],
+    ['a startAfter date alone', [{ key: 'x', agent: a, startAfter: '2026-12-01' }], /needs a zone/],
   ])('rejects %s with a DefinitionError naming the key', (_name, tasks, message) => {
     const error = (() => {
       try {

@@ -47,14 +47,22 @@ const timedDependents = defineWorkflow<{ at: string }>({
     { key: 'at-a-time', agent: later, dependsOn: ['a'], startAfter: (i) => i.at },
   ],
 })
+const localSnoozer = defineAgent({
+  id: 'local-snoozer',
+  handler: async (ctx) => ctx.snooze({ until: '2099-12-01T09:00:00' }),
+})
+const snoozingLocally = defineWorkflow({
+  name: 'snoozing-locally',
+  tasks: [{ key: 'nap', agent: localSnoozer }],
+})
 const retrying = defineWorkflow({
   name: 'retrying',
   tasks: [{ key: 'try', agent: flaky, backoffMs: 700 }],
 })
 
 const { engine, db } = await testEngine({
-  agents: [step, sleepy, flaky, later],
-  workflows: [delayed, atTime, snoozing, retrying, timerFlow, timedDependents],
+  agents: [step, sleepy, flaky, later, localSnoozer],
+  workflows: [delayed, atTime, snoozing, snoozingLocally, retrying, timerFlow, timedDependents],
 })
 await engine.createTenant({ id: 'acme' })
 const acme = await engine.tenant('acme')
@@ -158,6 +166,27 @@ describe('timers in one process', () => {
       expect(snoozes).toHaveLength(2)
       expect(snoozes[0]?.data).toMatchObject({ attempt: 2, reason: 'snoozed for 400 ms' })
       expect(history.filter((h) => h.action.startsWith('task_failed'))).toHaveLength(0)
+    } finally {
+      await worker.stop()
+    }
+  })
+
+  it('refuses a snooze until a time without a zone: the task fails, saying why', async () => {
+    const worker = await engine.startWorker()
+    try {
+      const { id } = await acme.startWorkflow('snoozing-locally', null)
+      // Snoozed (queued for its second attempt) or failed, whichever it does.
+      const nap = await eventually(async () => {
+        const r = (await rows(id))['nap']
+        return r?.status === 'failed' || (r?.status === 'queued' && r.attempt === 2) ? r : undefined
+      })
+      expect(nap).toMatchObject({ status: 'failed', attempt: 1 })
+      const wf = await acme.getWorkflow(id)
+      expect(wf.status).toBe('failed')
+      expect(wf.tasks[0]?.error).toMatchObject({
+        code: 'invalid_input',
+        message: expect.stringMatching(/"2099-12-01T09:00:00" has no time zone: a time needs a zone/),
+      })
     } finally {
       await worker.stop()
     }
