@@ -354,10 +354,7 @@ export class Engine {
     if (!def) throw new UnknownWorkflowTypeError(type)
     if (version === undefined) return def
     const pinned = this.#workflowVersions.get(type)?.get(version)
-    if (!pinned) {
-      const known = [...(this.#workflowVersions.get(type)?.keys() ?? [])].sort((a, b) => a - b)
-      throw new UnknownWorkflowVersionError(type, version, known)
-    }
+    if (!pinned) throw new UnknownWorkflowVersionError(type, version, this.workflowVersions(type))
     return pinned
   }
 
@@ -901,8 +898,9 @@ export class Engine {
   /**
    * Runs the scheduler in this process every SCHEDULER_INTERVAL_MS (0: not at all): over the control
    * database's tenants and, in database-per-tenant mode, over each tenant database this process
-   * serves. Every process may run it: schedules are locked with SKIP LOCKED, and each slot starts
-   * one workflow. Stopped by close().
+   * serves. Every process may run it: each tick first takes the pass over its database (takePass),
+   * so one process per interval passes over the tenants, and each slot starts one workflow (SKIP
+   * LOCKED and the slot's idempotency key). Stopped by close().
    */
   async startScheduler(): Promise<void> {
     const every = this.config.schedulerIntervalMs

@@ -223,8 +223,6 @@ function stepLabel(step: ParsedStep): string {
   return step.task === undefined ? step.action : `${step.action} (${step.task})`
 }
 
-const TERMINAL: readonly WorkflowStatus[] = ['completed', 'failed', 'cancelled']
-
 // The tenant's timers, in one tenant-scoped transaction on the run-time connection (the engine's own
 // privileges; row-level security or the tenant's schema keep it to the tenant). $2: how far to move
 // them, in ms; NULL: all the way, due now. A timer never moves before now(): a task's job and its
@@ -320,7 +318,7 @@ export class TestKit {
     for (;;) {
       const view = await this.get(workflowId)
       if (met(view)) return view
-      if (TERMINAL.includes(view.status)) {
+      if (view.status !== 'running') {
         throw new Error(`waitFor: workflow ended before ${wanted}; ${describeView(view)}`)
       }
       if (Date.now() > deadline) {
@@ -339,7 +337,7 @@ export class TestKit {
     const { timeoutMs, ...start } = options
     const { id } = await this.start(type, input, start)
     return this.waitFor(id, {
-      until: (view) => TERMINAL.includes(view.status),
+      until: (view) => view.status !== 'running',
       ...(timeoutMs !== undefined ? { timeoutMs } : {}),
     })
   }

@@ -181,7 +181,7 @@ export async function tickTenant(
    * for the next pass), so that they cannot fill every batch and starve the schedules behind them.
    * Those failing now are added.
    */
-  failed?: Set<string>,
+  failed: Set<string>,
 ): Promise<ScheduleTickReport & { full: boolean }> {
   const tenantId = scope.tenantId
   const batchSize = options.batchSize ?? 100
@@ -189,7 +189,7 @@ export async function tickTenant(
   const report = emptyTickReport()
   const types = deps.types()
   const now = options.now ?? null
-  const { rows: found } = await db.executeSql(DUE, [tenantId, now, types, batchSize, [...(failed ?? [])]])
+  const { rows: found } = await db.executeSql(DUE, [tenantId, now, types, batchSize, [...failed]])
   const rows = found.filter((r) => r.known)
   for (const r of found) {
     if (!r.known) {
@@ -239,7 +239,7 @@ export async function tickTenant(
     } catch (error) {
       await db.executeSql('ROLLBACK TO SAVEPOINT schedule', [])
       report.problems.push({ tenantId, scheduleId: row.id, message: (error as Error).message })
-      failed?.add(row.id)
+      failed.add(row.id)
     }
   }
   return { ...report, full: rows.length === batchSize }
