@@ -37,12 +37,15 @@ const atTime = defineWorkflow<{ at: string }>({
   tasks: [{ key: 'then', agent: step, startAfter: (i) => i.at }],
 })
 const snoozing = defineWorkflow({ name: 'snoozing', tasks: [{ key: 'nap', agent: sleepy }] })
-// Two dependents on timers: an hour after becoming ready, and at a time two hours out.
+// Two dependents on timers: an hour after becoming ready, and at a time two hours out. Their
+// parent's agent is one no worker runs while the sweeper test does (the worker process the first
+// test leaves running has the chaos registry's agents), so its completion cannot race the test.
 const later = defineAgent({ id: 'timer-later', handler: async () => null })
+const parent = defineAgent({ id: 'timer-parent', handler: async () => null })
 const timedDependents = defineWorkflow<{ at: string }>({
   name: 'timed-dependents',
   tasks: [
-    { key: 'a', agent: step },
+    { key: 'a', agent: parent },
     { key: 'in-an-hour', agent: later, dependsOn: ['a'], startAfter: 3_600_000 },
     { key: 'at-a-time', agent: later, dependsOn: ['a'], startAfter: (i) => i.at },
   ],
@@ -61,7 +64,7 @@ const retrying = defineWorkflow({
 })
 
 const { engine, db } = await testEngine({
-  agents: [step, sleepy, flaky, later, localSnoozer],
+  agents: [step, sleepy, flaky, later, localSnoozer, parent],
   workflows: [delayed, atTime, snoozing, snoozingLocally, retrying, timerFlow, timedDependents],
 })
 await engine.createTenant({ id: 'acme' })
@@ -238,5 +241,6 @@ describe('the sweeper and timers', () => {
       [id, at],
     )
     expect(held).toEqual({ an_hour_out: true, at_the_time: true })
+    await acme.cancelWorkflow(id)
   })
 })
