@@ -1,0 +1,70 @@
+// The `worker` command as an operator runs it: SIGTERM ends a worker whose agent opened resources of
+// its own once the agent's close hook has closed them, instead of leaving the process running.
+import { pino } from 'pino'
+import { afterAll, describe, expect, it } from 'vitest'
+import { createEngine } from '../../src/engine.ts'
+import { workflows } from '../fixtures/agent-pool-registry.ts'
+import { createTestDatabase } from '../helpers/db.ts'
+import { childEnv, cliProcesses, messages, stop, until } from './run.ts'
+
+const REGISTRY = ['--registry', 'test/fixtures/agent-pool-registry.ts']
+
+const db = await createTestDatabase()
+const { start } = cliProcesses(
+  childEnv({ DATABASE_URL: db.url, MIGRATION_DATABASE_URL: db.url, LOG_LEVEL: 'info' }),
+  () => db.drop(),
+)
+// Starts workflows and reads them; runs no worker (the worker processes do).
+const engine = await createEngine({
+  connectionString: db.appUrl,
+  adminConnectionString: db.url,
+  workflows,
+  log: pino({ level: 'silent' }),
+  supervise: false,
+})
+afterAll(() => engine.close())
+await engine.createTenant({ id: 'acme' })
+const acme = await engine.tenant('acme')
+
+function logLines(stdout: string): { level: number; msg: string; [key: string]: unknown }[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l))
+}
+
+/** A worker process of the fixture registry, once it runs its worker. */
+async function startWorker(env: Record<string, string> = {}) {
+  const worker = start(['worker', ...REGISTRY], env)
+  await until('the worker to start', () => {
+    if (worker.child.exitCode !== null) throw new Error(`worker exited:\n${worker.out.stderr}`)
+    return logLines(worker.out.stdout).some((l) => l.msg === 'worker started') || undefined
+  })
+  return worker
+}
+
+/** Runs a workflow; fails at once, with its output, if the worker exits before it completed. */
+async function runWorkflow(worker: Awaited<ReturnType<typeof startWorker>>): Promise<string> {
+  const { id } = await acme.startWorkflow('pool-lookup')
+  const wf = await until('the workflow to end', async () => {
+    if (worker.child.exitCode !== null) {
+      throw new Error(`worker exited (${worker.child.exitCode}):\n${worker.out.stderr}${worker.out.stdout}`)
+    }
+    const view = await acme.getWorkflow(id)
+    return view.status === 'running' ? undefined : view
+  })
+  return wf.status
+}
+
+describe('worker', () => {
+  it("exits on SIGTERM once the agent's close hook closed the pool the agent opened", async () => {
+    const worker = await startWorker()
+    expect(await runWorkflow(worker)).toBe('completed')
+
+    // Without the hook, the agent's idle connection keeps the process alive: SIGKILL after 30 s.
+    const code = await stop(worker.child, 'SIGTERM', 30_000)
+    const { stderr } = await worker.exited
+    expect(messages(stderr)).toEqual(['agent pool closed after 1 queries'])
+    expect(code).toBe(0)
+  })
+})
