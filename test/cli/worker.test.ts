@@ -1,5 +1,7 @@
-// The `worker` command as an operator runs it: SIGTERM ends a worker whose agent opened resources of
-// its own once the agent's close hook has closed them, instead of leaving the process running.
+// The `worker` command as an operator runs it: a second worker on a host whose metrics port is taken
+// warns and goes on working, and SIGTERM ends a worker whose agent opened resources of its own once
+// the agent's close hook has closed them, instead of leaving the process running.
+import net from 'node:net'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createEngine } from '../../src/engine.ts'
@@ -8,6 +10,7 @@ import { createTestDatabase } from '../helpers/db.ts'
 import { childEnv, cliProcesses, messages, stop, until } from './run.ts'
 
 const REGISTRY = ['--registry', 'test/fixtures/agent-pool-registry.ts']
+const WARN = 40
 
 const db = await createTestDatabase()
 const { start } = cliProcesses(
@@ -57,6 +60,29 @@ async function runWorkflow(worker: Awaited<ReturnType<typeof startWorker>>): Pro
 }
 
 describe('worker', () => {
+  it('warns once when its metrics port is taken, naming the port and METRICS_PORT, and goes on working', async () => {
+    // Another process on this host (the first worker, say) holds the port.
+    const holder = net.createServer()
+    await new Promise<void>((resolve) => holder.listen(0, '0.0.0.0', resolve))
+    const port = (holder.address() as net.AddressInfo).port
+    try {
+      const worker = await startWorker({ METRICS_PORT: String(port) })
+      const warnings = () => logLines(worker.out.stdout).filter((l) => l.level === WARN && l.port === port)
+      const [warning] = await until('the metrics port warning', () => {
+        if (worker.child.exitCode !== null) throw new Error(`worker exited:\n${worker.out.stderr}`)
+        return warnings().length > 0 ? warnings() : undefined
+      })
+      expect(warning?.msg).toContain(`metrics port ${port} is in use`)
+      expect(warning?.msg).toContain('METRICS_PORT')
+
+      expect(await runWorkflow(worker)).toBe('completed')
+      expect(warnings()).toHaveLength(1)
+      await stop(worker.child, 'SIGTERM', 30_000)
+    } finally {
+      holder.close()
+    }
+  })
+
   it("exits on SIGTERM once the agent's close hook closed the pool the agent opened", async () => {
     const worker = await startWorker()
     expect(await runWorkflow(worker)).toBe('completed')
