@@ -48,6 +48,7 @@ import {
   UnknownWorkflowVersionError,
 } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
+import { closeAgents } from './flow/close-agents.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
@@ -208,6 +209,9 @@ export class Engine {
   /** Connection errors not logged during the current outage (see #warn). */
   #unlogged = 0
   #closing = false
+  /** Agents given to startWorker, registered or not: their close hooks run at close() too. */
+  readonly #workerAgents = new Set<AgentDefinition<any, any>>()
+  #agentsClosed = false
   /** Read from the migration files on the first readiness check, not at every process start. */
   #latestMigrations: ReturnType<typeof latestMigrations> | undefined
 
@@ -590,6 +594,7 @@ export class Engine {
     } = {},
   ): Promise<TaskWorker> {
     const agents = options.agents ?? this.#allAgents()
+    for (const a of options.agents ?? []) this.#workerAgents.add(a)
     const slots = new Slots(options.concurrency ?? this.config.workerConcurrency)
     const control =
       this.config.workerTenants.kind === 'only' && this.config.isolationMode === 'database-per-tenant'
@@ -1064,6 +1069,14 @@ export class Engine {
     await this.#fleet?.stop()
     await Promise.allSettled([...this.#workers].map((w) => w.stop()))
     this.#workers.clear()
+    // Once, with no agent running any more: what the agents opened themselves (defineAgent close).
+    if (!this.#agentsClosed) {
+      this.#agentsClosed = true
+      await closeAgents(new Set([...this.#allAgents(), ...this.#workerAgents]), {
+        timeoutMs: this.config.shutdownGraceMs,
+        log: this.log,
+      })
+    }
     await this.stores.closeAll()
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})
     await this.pool.end().catch(() => {})

@@ -64,6 +64,13 @@ export interface AgentDefinition<TData = Json, TResult extends Json = Json> {
   /** Most tasks of this agent one worker process runs at once (default: the worker's concurrency). */
   readonly concurrency: number | undefined
   readonly handler: AgentHandler<TData, TResult>
+  /**
+   * Closes what the agent itself opened (a pool, a client, a timer), so that it does not keep the
+   * process alive after shutdown. Called once when the engine closes, after its workers stopped
+   * (running agents finished, or were released past the grace period); given at most
+   * SHUTDOWN_GRACE_MS. Errors are logged, not thrown. One function shared by several agents runs once.
+   */
+  readonly close: (() => void | Promise<void>) | undefined
 }
 
 export interface RetryOptions {
@@ -206,6 +213,7 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   taskTypes?: readonly string[]
   concurrency?: number
   handler: AgentHandler<TData, TResult>
+  close?: () => void | Promise<void>
 }): AgentDefinition<TData, TResult> {
   if (spec === null || typeof spec !== 'object')
     throw new DefinitionError('an agent definition must be an object')
@@ -233,6 +241,9 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   if (!Number.isInteger(version) || version < 1 || version > 1_000_000) {
     throw new DefinitionError(`agent "${spec.id}" version must be a positive integer`, spec.id)
   }
+  if (spec.close !== undefined && typeof spec.close !== 'function') {
+    throw new DefinitionError(`agent "${spec.id}" close must be a function`, spec.id)
+  }
   return Object.freeze({
     kind: 'agent',
     id: spec.id,
@@ -240,6 +251,7 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
     taskTypes: Object.freeze([...taskTypes]),
     concurrency: spec.concurrency,
     handler: spec.handler,
+    close: spec.close,
   })
 }
 

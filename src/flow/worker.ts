@@ -567,7 +567,8 @@ export class Worker {
               ? { spawn: { tasks: spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
               : {}),
           })
-          log.debug({ written: written.written, ms: Math.round(duration) }, 'task completed')
+          if (written.written) log.debug({ ms: Math.round(duration) }, 'task completed')
+          else discarded(log, duration)
           this.#o.hooks?.taskFinished?.(
             task,
             scope.tenantId,
@@ -581,6 +582,7 @@ export class Worker {
           return
         } catch (error) {
           if (error instanceof SpawnLeaseLostError) {
+            discarded(log, duration)
             this.#o.hooks?.taskFinished?.(task, scope.tenantId, 'lease_lost', duration)
             return
           }
@@ -803,6 +805,15 @@ export class Worker {
     this.#listener = null
     this.#o.log.info({ worker: this.id }, 'worker stopped')
   }
+}
+
+/**
+ * The agent returned, but its task was no longer running on this attempt (the sweeper recovered it,
+ * or its workflow ended): nothing was written, and what the agent returned or spawned is dropped.
+ * Counted as `lease_lost` in equilateral_tasks_finished_total.
+ */
+function discarded(log: Logger, durationMs: number): void {
+  log.warn({ reason: 'lease_lost', ms: Math.round(durationMs) }, 'task completion discarded: lease lost')
 }
 
 /** Whether an agent threw a snooze; never throws itself (agents throw Proxies whose traps throw). */

@@ -60,6 +60,7 @@ const { engine } = await testEngine({
 await engine.startWorker()
 const web = await startWeb(engine, { port: 0, host: '127.0.0.1' })
 const listener = await startMetricsServer(engine.metrics, { port: 0, host: '127.0.0.1' })
+if (!listener) throw new Error('port 0 is never in use: the listener must start')
 afterAll(async () => {
   blocked.release()
   await listener.close()
