@@ -36,7 +36,8 @@ import { type TaskStatus, WORKFLOW_STATUSES, type WorkflowStatus } from './core/
 import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { latestMigrations } from './db/migrate.ts'
-import { APP_SCHEMA } from './db/names.ts'
+import { describeUrl } from './db/describe-url.ts'
+import { APP_SCHEMA, BOSS_SCHEMA } from './db/names.ts'
 import { databaseKey, Servers } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
 import { checkout, type Db, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
@@ -44,6 +45,7 @@ import {
   DefinitionError,
   InvalidInputError,
   NotFoundError,
+  SetupError,
   UnknownWorkflowTypeError,
   UnknownWorkflowVersionError,
 } from './errors.ts'
@@ -95,6 +97,11 @@ export interface EngineOptions {
   log?: Logger
   /** Run pg-boss maintenance and cron in this process (default true). */
   supervise?: boolean
+  /**
+   * Migrate the database (with the owner's connection) before starting, as `equilateral migrate`
+   * does: for single-process apps. Default false: a fleet migrates once, in its release phase.
+   */
+  migrate?: boolean
 }
 
 export interface WorkflowView {
@@ -192,6 +199,7 @@ export class Engine {
   #workerCalls = 0
   readonly #connectionString: string
   readonly #adminConnectionString: string
+  readonly #migrateOnStart: boolean
   #adminPool: pg.Pool | null = null
   /** Every registered version of each agent, by id then version. */
   readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
@@ -221,6 +229,7 @@ export class Engine {
     this.#connectionString = runtimeConnectionString(options.connectionString, this.config.databaseRole)
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
+    this.#migrateOnStart = options.migrate ?? false
     this.pool = new pg.Pool({
       connectionString: this.#connectionString,
       max: this.config.dbPoolMax,
@@ -373,6 +382,7 @@ export class Engine {
 
   /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
   async start(): Promise<this> {
+    await this.#checkMigrated()
     const { rows } = await this.pool.query(
       'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
     )
@@ -393,6 +403,40 @@ export class Engine {
     await this.boss.start()
     await this.#ensureQueues(this.#allAgentIds())
     return this
+  }
+
+  /**
+   * Refuses, in one line that names the fix, a database that was never migrated (instead of
+   * pg-boss's "not installed" or a missing relation deep in a request); with `migrate: true`,
+   * migrates it. A database that lacks only newer migrations is a warning: the web process must
+   * still start to report it on /readyz during a rollout.
+   */
+  async #checkMigrated(): Promise<void> {
+    const state = async () => {
+      const { rows } = await this.pool.query<{ app: boolean; boss: boolean }>(
+        `SELECT to_regclass('${APP_SCHEMA}.__tenant_migrations') IS NOT NULL AS app,
+           to_regclass('${BOSS_SCHEMA}.version') IS NOT NULL AS boss`,
+      )
+      const found = rows[0]!
+      const migrated = found.app && found.boss
+      return { migrated, pending: migrated && (await this.readiness(30_000)).migrations === 'pending' }
+    }
+    let found = await state()
+    if (this.#migrateOnStart && (!found.migrated || found.pending)) {
+      const { migrate } = await import('./db/migrate.ts')
+      await migrate(this.#adminConnectionString, { onStep: (m) => this.log.info(`migrate: ${m}`) })
+      found = await state()
+    }
+    if (!found.migrated) {
+      throw new SetupError(
+        'not_migrated',
+        `the database ${describeUrl(this.#connectionString)} is not migrated: run \`equilateral migrate\` ` +
+          "(with the owner's DATABASE_URL or MIGRATION_DATABASE_URL), or pass createEngine({ migrate: true })",
+      )
+    }
+    if (found.pending) {
+      this.log.warn('the database lacks migrations this build ships: run `equilateral migrate`')
+    }
   }
 
   #allAgentIds(): string[] {
@@ -433,11 +477,14 @@ export class Engine {
    * its database, created and migrated) and returns its API key, once. Workers start serving a new
    * tenant database within TENANT_REFRESH_MS.
    */
-  createTenant(spec: TenantSpec): Promise<CreatedTenant> {
-    return createTenant(this.#admin, spec, this.config.isolationMode, {
+  async createTenant(spec: TenantSpec): Promise<CreatedTenant> {
+    const created = await createTenant(this.#admin, spec, this.config.isolationMode, {
       servers: this.servers,
       prefix: this.config.tenantDatabasePrefix,
     })
+    // This process may have looked the tenant up before it existed.
+    this.tenants.invalidate(spec.id)
+    return created
   }
 
   listTenants(): Promise<TenantInfo[]> {

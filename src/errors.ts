@@ -99,6 +99,17 @@ export class ConfigError extends EquilateralError {
 }
 
 /**
+ * The database is not ready for this build: `not_migrated` (the engine's tables or pg-boss's schema
+ * do not exist). The message names the command that fixes it.
+ */
+export class SetupError extends EquilateralError {
+  declare readonly code: 'not_migrated'
+  constructor(code: 'not_migrated', message: string) {
+    super(code, message)
+  }
+}
+
+/**
  * A stored payload could not be decrypted: `no_keys` (it is encrypted but no keys are configured),
  * `unknown_key` (its key is not in the key ring), `decryption_failed` (altered, copied from another
  * tenant or column, or different key material under its key id), `invalid_envelope` (malformed).

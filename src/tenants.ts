@@ -390,7 +390,17 @@ export class TenantDirectory {
     assertTenantId(id)
     const scope = (await this.scopeOf([id])).get(id)
     if (scope) return scope
-    const { rows } = await this.#pool.query(`SELECT status FROM ${APP_SCHEMA}.tenants WHERE id = $1`, [id])
+    // The cache may hold an answer older than the row (the tenant was created or resumed since,
+    // here or in another process): the row, read now, decides.
+    const { rows } = await this.#pool.query(
+      `SELECT ${SCOPE_COLUMNS} FROM ${APP_SCHEMA}.tenants WHERE id = $1`,
+      [id],
+    )
+    if (rows[0]?.status === 'active') {
+      const fresh = scopeOfRow(rows[0])
+      this.#cache.set(id, { scope: fresh, at: Date.now() })
+      return fresh
+    }
     if (rows[0]?.status === 'provisioning') {
       throw new TenantError(
         'tenant_provisioning',

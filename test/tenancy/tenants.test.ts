@@ -5,7 +5,8 @@ import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
 import { migrate } from '../../src/db/migrate.ts'
-import { defineAgent, defineWorkflow, TenantError } from '../../src/index.ts'
+import { pino } from 'pino'
+import { createEngine, defineAgent, defineWorkflow, TenantError } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 
@@ -38,6 +39,30 @@ describe('tenant credentials', () => {
     expect((await engine.tenantByApiKey(created.apiKey)).id).toBe('keys')
     expect(await errorCode(engine.tenantByApiKey('eqk_wrong'))).toBe('unknown_tenant')
     expect(await errorCode(engine.tenantByApiKey(''))).toBe('unknown_tenant')
+  })
+
+  it('serves a tenant at once when it was looked up before it existed, here or in another process', async () => {
+    expect(await errorCode(engine.tenant('late'))).toBe('unknown_tenant')
+    await engine.createTenant({ id: 'late' })
+    expect((await engine.tenant('late')).id).toBe('late')
+
+    // Another process (the owner's SQL here) creates a tenant this engine cached as missing.
+    expect(await errorCode(engine.tenant('elsewhere'))).toBe('unknown_tenant')
+    const other = {
+      engine: await createEngine({
+        connectionString: db.appUrl,
+        adminConnectionString: db.url,
+        log: pino({ level: 'silent' }),
+        supervise: false,
+        config: { isolationMode: 'schema-per-tenant' },
+      }),
+    }
+    try {
+      await other.engine.createTenant({ id: 'elsewhere' })
+    } finally {
+      await other.engine.close()
+    }
+    expect((await engine.tenant('elsewhere')).id).toBe('elsewhere')
   })
 
   it('stops the old key at once when the key is rotated', async () => {
