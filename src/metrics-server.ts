@@ -1,8 +1,11 @@
 // A worker's Prometheus endpoint: GET /metrics on METRICS_PORT, nothing else. Workers serve no
 // HTTP otherwise, so this is a bare node:http listener rather than the web app.
-import http from 'node:http'
 import type { Logger } from 'pino'
 import type { Metrics } from './metrics.ts'
+
+// Not `import http from 'node:http'`: an ES import of node:http reads every export, and one of them
+// loads Node's bundled fetch (undici): ~40 ms of CPU and ~14 MB at every worker start.
+const http = process.getBuiltinModule('node:http')
 
 export interface MetricsServer {
   port: number
