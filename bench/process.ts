@@ -31,7 +31,7 @@ export interface ProcessResult {
   help: { cold: Timing; warm: Timing }
   /** Spawn -> the "worker started" log line, against a migrated database (CPU: up to that line). */
   workerReady: { cold: Timing; warm: Timing }
-  /** RSS of an idle worker 3 s after it started (default concurrency), MB. */
+  /** RSS of an idle worker 5 s after it started (default concurrency, warm), MB. */
   rssIdleMb: number
   /** Peak RSS of a worker at --concurrency 32 while it runs a backlog of workflows, MB. */
   rssLoadMb: number
@@ -125,7 +125,7 @@ export async function measureProcess(options: {
     {
       const w = await startWorker(bin, registry, env('warm'), [])
       try {
-        await new Promise((r) => setTimeout(r, 3000))
+        await new Promise((r) => setTimeout(r, 5000))
         result.rssIdleMb = await rssMb(w.pid)
       } finally {
         await w.stop()
