@@ -3,6 +3,7 @@
 // Each command imports what it uses when it runs (`await import(...)` in its action): `--help` and
 // `--version` load nothing but commander, and a worker never loads the HTTP server or migrations.
 import cluster from 'node:cluster'
+import module from 'node:module'
 import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
@@ -37,6 +38,9 @@ async function loadRegistry(specifier: string | undefined): Promise<Registry> {
 
 /** Runs `body`, stopping everything on SIGINT/SIGTERM (twice: exit at once). */
 async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
+  // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
+  // never reaches: written now that the command has loaded everything, the next start is warm.
+  module.flushCompileCache?.()
   await new Promise<void>((resolve) => {
     let stopping = false
     const onSignal = (signal: NodeJS.Signals) => {
