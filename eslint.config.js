@@ -2,6 +2,9 @@
 // system whose every step is an awaited database write.
 import tseslint from 'typescript-eslint'
 
+const DRIZZLE =
+  "drizzle-orm's runtime and the schema files cost ~0.3 s and ~100 MB at start: value lists are in src/db/schema/values.ts, migrate() imports drizzle when it runs"
+
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.data/**', 'drizzle/**', 'test-artifacts/**'] },
   ...tseslint.configs.recommendedTypeChecked,
@@ -26,6 +29,38 @@ export default tseslint.config(
       '@typescript-eslint/no-unsafe-return': 'off',
       '@typescript-eslint/no-unsafe-call': 'off',
       '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+    },
+  },
+  {
+    // Lean processes: a worker (and `--help`) must not load what only the web tier or migrations use.
+    // Outside those modules they are imported with `await import()` where needed (the CLI's commands,
+    // migrate(), buildApp/startWeb in src/index.ts); type imports cost nothing at run time.
+    files: ['src/**/*.ts'],
+    ignores: ['src/web/**', 'src/db/schema/**', 'src/core/**'],
+    rules: {
+      '@typescript-eslint/no-restricted-imports': [
+        'error',
+        {
+          paths: [{ name: 'drizzle-orm', allowTypeImports: true, message: DRIZZLE }],
+          patterns: [
+            {
+              group: ['fastify', '@fastify/*', '**/web/*'],
+              allowTypeImports: true,
+              message: 'the HTTP server is loaded on first use (await import): workers never need it',
+            },
+            {
+              group: [
+                'drizzle-orm/node-postgres*',
+                'drizzle-orm/pg-core',
+                '**/schema/control.ts',
+                '**/schema/tenant.ts',
+              ],
+              allowTypeImports: true,
+              message: DRIZZLE,
+            },
+          ],
+        },
+      ],
     },
   },
   {

@@ -7,6 +7,8 @@
 //   4. the same diamonds on raw pg-boss 12: flow() and hand-rolled (bench/raw-pgboss.ts)
 //   5. scaling: diamonds on 1, 2 and 4 worker processes
 //   6. growth: diamonds again after pre-loading 1M completed tasks (bench/growth.ts)
+//   7. processes: `--help` time, worker spawn -> ready, worker RSS idle and at concurrency 32
+//      (bench/process.ts; `node bench/process.ts` runs it alone)
 // Output: a table on stdout and bench/results/bench-<time>.json.
 // DATABASE_URL: a superuser URL of the server to use; unset, an embedded PostgreSQL (temporary).
 // BENCH_QUICK=1 runs everything smaller (a functional check, not a measurement).
@@ -20,6 +22,7 @@ import { createEngine, migrate } from '../src/index.ts'
 import { measureCeiling } from './ceiling.ts'
 import { agents, workflows } from './defs.ts'
 import { preloadHistory } from './growth.ts'
+import { measureProcess, type Timing } from './process.ts'
 import { scratchDatabase } from './lib/stats.ts'
 import { runRawPgBoss } from './raw-pgboss.ts'
 import { runWorkload, startFleet, type WorkloadResult } from './workloads.ts'
@@ -193,6 +196,9 @@ try {
   results.rawPgBoss = raw
   results.workloads = table
 
+  log('7/7 processes')
+  results.process = await measureProcess({ adminUrl, ...(quick ? { runs: 2, loadWorkflows: 200 } : {}), log })
+
   await mkdir('bench/results', { recursive: true })
   const file = `bench/results/bench-${new Date().toISOString().replaceAll(':', '-').slice(0, 19)}.json`
   await writeFile(file, JSON.stringify(results, null, 2))
@@ -270,8 +276,22 @@ function render(r: Record<string, any>, rows: WorkloadResult[]): string {
       `| raw pg-boss ${raw.variant} | 1 | ${raw.tasksPerSecond} | ${(raw.tasksPerSecond / ceiling).toFixed(2)} | | ${pcts(raw.dispatch)} | ${pcts(raw.start)} | ${raw.endToEnd.p50} / ${raw.endToEnd.p99} | ${raw.transactionsPerTask} | | |`,
     )
   }
+  if (r.process) lines.push('', ...processLines(r.process))
   lines.push('', ...targets(r, rows))
   return lines.join('\n')
+}
+
+function timing(t: Timing): string {
+  return `${t.wallMs.median} ms wall (best ${Math.round(t.wallMs.min)}), ${t.cpuMs ?? '?'} ms CPU`
+}
+
+function processLines(p: Record<string, any>): string[] {
+  return [
+    `processes (median of ${p.runs}; cold: no compile cache, warm: compile cache filled):`,
+    `  equilateral --help: cold ${timing(p.help.cold)}; warm ${timing(p.help.warm)}`,
+    `  worker spawn -> "worker started": cold ${timing(p.workerReady.cold)}; warm ${timing(p.workerReady.warm)}`,
+    `  worker RSS: idle ${p.rssIdleMb} MB; at concurrency 32 under load ${p.rssLoadMb} MB (peak)`,
+  ]
 }
 
 /** The issue's targets, each with the figure that decides it. */
@@ -308,5 +328,22 @@ function targets(r: Record<string, any>, rows: WorkloadResult[]): string[] {
       r.growth.slowdown <= 0.1,
       `<= 10% slower after 1M tasks of history: ${(r.growth.slowdown * 100).toFixed(1)}%`,
     ),
+    ...(r.process
+      ? [
+          check(
+            r.process.workerReady.warm.wallMs.median <= 400,
+            `worker spawn -> ready <= 400 ms (warm): ${r.process.workerReady.warm.wallMs.median} ms (cold ${r.process.workerReady.cold.wallMs.median} ms)`,
+          ),
+          check(
+            r.process.help.warm.wallMs.median <= 200,
+            `equilateral --help <= 200 ms (warm): ${r.process.help.warm.wallMs.median} ms (cold ${r.process.help.cold.wallMs.median} ms)`,
+          ),
+          check(r.process.rssIdleMb <= 120, `worker RSS idle <= 120 MB: ${r.process.rssIdleMb} MB`),
+          check(
+            r.process.rssLoadMb <= 150,
+            `worker RSS at concurrency 32 under load <= 150 MB: ${r.process.rssLoadMb} MB`,
+          ),
+        ]
+      : []),
   ]
 }

@@ -9,7 +9,8 @@ import { fileURLToPath } from 'node:url'
 const source = fileURLToPath(new URL('../src/cli/main.ts', import.meta.url))
 const built = fileURLToPath(new URL('../dist/src/cli/main.js', import.meta.url))
 
-// Caches compiled modules on disk (Node >= 22.1): every command loads the whole engine.
+// Caches compiled modules (and stripped TypeScript) on disk (Node >= 22.1): a later start of the
+// same command skips compiling them (the first start after a deploy or an upgrade does not).
 module.enableCompileCache?.()
 
 if (process.features.typescript && existsSync(source)) {

@@ -1,4 +1,8 @@
 // Public API of equilateral-agents.
+import type { Engine as EngineInstance } from './engine.ts'
+import type * as WebApp from './web/app.ts'
+import type * as WebServerModule from './web/server.ts'
+
 export { createEngine, Engine, TenantHandle } from './engine.ts'
 export type {
   EngineOptions,
@@ -20,8 +24,8 @@ export type {
   WorkflowTypeStats,
   WorkflowTypeTotals,
 } from './analytics.ts'
-export { buildApp, type AppOptions } from './web/app.ts'
-export { startWeb, type WebServer } from './web/server.ts'
+export type { AppOptions } from './web/app.ts'
+export type { WebServer } from './web/server.ts'
 export { defineAgent, defineWorkflow } from './core/definition.ts'
 export type {
   AgentContext,
@@ -79,3 +83,22 @@ export type {
   EnterpriseSummary,
   EnterpriseTenantResult,
 } from './enterprise.ts'
+
+// The HTTP server (fastify, its swagger plugin, the routes) is loaded when first used: a worker, or
+// an agent registry that imports this package, does not load it.
+
+/** The HTTP API as a Fastify instance (not listening): see src/web/app.ts. */
+export async function buildApp(
+  engine: EngineInstance,
+  options: WebApp.AppOptions = {},
+): ReturnType<typeof WebApp.buildApp> {
+  return (await import('./web/app.ts')).buildApp(engine, options)
+}
+
+/** Builds the HTTP API and listens: see src/web/server.ts. */
+export async function startWeb(
+  engine: EngineInstance,
+  options: Parameters<typeof WebServerModule.startWeb>[1] = {},
+): Promise<WebServerModule.WebServer> {
+  return (await import('./web/server.ts')).startWeb(engine, options)
+}

@@ -2,9 +2,12 @@
 // HTTP otherwise, so this is a bare node:http listener rather than the web app. A port already in
 // use (a second worker on the same host) is a warning, not a reason to stop working: that worker
 // serves no metrics until it is restarted with a METRICS_PORT of its own.
-import http from 'node:http'
 import type { Logger } from 'pino'
 import type { Metrics } from './metrics.ts'
+
+// Not `import http from 'node:http'`: an ES import of node:http reads every export, and one of them
+// loads Node's bundled fetch (undici): ~40 ms of CPU and ~14 MB at every worker start.
+const http = process.getBuiltinModule('node:http')
 
 export interface MetricsServer {
   port: number

@@ -11,19 +11,13 @@ import { APP_SCHEMA, isTenantSchema } from './db/names.ts'
 import { DATABASE_NAME, newDatabaseName, type Servers, type TenantDatabase } from './db/placement.ts'
 import { ensureDatabase } from './db/provision.ts'
 import { type TenantScope, withTransaction } from './db/tx.ts'
+import { assertTenantId } from './core/ids.ts'
 import { InvalidInputError, TenantError } from './errors.ts'
 
-const TENANT_ID = /^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$/
 const TIER = /^[a-z0-9][a-z0-9_-]{0,31}$/
 
-export function assertTenantId(id: unknown): asserts id is string {
-  if (typeof id !== 'string' || !TENANT_ID.test(id)) {
-    throw new TenantError(
-      'invalid_tenant_id',
-      `tenant id ${JSON.stringify(String(id)).slice(0, 80)} must be 1-63 characters of letters, digits, '_' and '-', starting with a letter or digit`,
-    )
-  }
-}
+// In core/ids.ts, so the command line can check a tenant id without loading this module.
+export { assertTenantId } from './core/ids.ts'
 
 function assertTier(tier: string): void {
   if (!TIER.test(tier)) {

@@ -1,49 +1,21 @@
 // The `equilateral` command. Every command resolves its database the same way: DATABASE_URL, or
 // the project's embedded PostgreSQL (started if it is not running, reused if `npm start` runs it).
+// Each command imports what it uses when it runs (`await import(...)` in its action): `--help` and
+// `--version` load nothing but commander, and a worker never loads the HTTP server or migrations.
 import cluster from 'node:cluster'
+import module from 'node:module'
 import { randomUUID } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
-import { type Logger, pino } from 'pino'
+import type { Logger } from 'pino'
 import type { ComplianceProfile } from '../compliance/profile.ts'
-import { loadConfig } from '../config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import type { Json } from '../core/json.ts'
-import { requireUuid } from '../core/ids.ts'
-import {
-  databaseMigrationState,
-  describePending,
-  describeTenantDatabases,
-  isPending,
-  migrate,
-  migrateTenantDatabases,
-} from '../db/migrate.ts'
-import { Servers } from '../db/placement.ts'
-import { dataRoot, describeUrl, provisionDatabase } from '../db/provision.ts'
-import { createEngine, Engine } from '../engine.ts'
-import { EnterpriseOrchestrator } from '../enterprise.ts'
+import { assertTenantId, requireUuid } from '../core/ids.ts'
+import type { Engine } from '../engine.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
-import { isTransient } from '../flow/completer.ts'
-import { createLogger } from '../log.ts'
-import { startMetricsServer } from '../metrics-server.ts'
-import { buildApp } from '../web/app.ts'
-import { startWeb } from '../web/server.ts'
-import { assertTenantId } from '../tenants.ts'
-import {
-  DEV_STATE_FILE,
-  demoApiKey,
-  devBanner,
-  generateAdminToken,
-  displayPath,
-  readDevState,
-  shellQuote,
-  writeDevState,
-} from './dev.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
-import { watchWorkflow } from './watch.ts'
-import { parseMoveTarget } from '../placement/move.ts'
-import { startWatchdog } from '../watchdog.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -66,6 +38,9 @@ async function loadRegistry(specifier: string | undefined): Promise<Registry> {
 
 /** Runs `body`, stopping everything on SIGINT/SIGTERM (twice: exit at once). */
 async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
+  // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
+  // never reaches: written now that the command has loaded everything, the next start is warm.
+  module.flushCompileCache?.()
   await new Promise<void>((resolve) => {
     let stopping = false
     const onSignal = (signal: NodeJS.Signals) => {
@@ -93,6 +68,7 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
  * (a wrong password, no such database) end the command at once with their one-line error.
  */
 async function startEngine(engine: Engine, log: Logger): Promise<Engine> {
+  const { isTransient } = await import('../flow/completer.ts')
   for (let attempt = 1; ; attempt++) {
     try {
       return await engine.start()
@@ -118,6 +94,12 @@ async function withEngine<T>(
   registryPath: string | undefined,
   fn: (engine: Engine) => Promise<T>,
 ): Promise<T> {
+  const [{ loadConfig }, { provisionDatabase }, { Engine }, { pino }] = await Promise.all([
+    import('../config.ts'),
+    import('../db/provision.ts'),
+    import('../engine.ts'),
+    import('pino'),
+  ])
   const config = loadConfig()
   const db = await provisionDatabase({ log: () => {} })
   let engine: Engine | undefined
@@ -196,6 +178,24 @@ program
   .option('--concurrency <n>', 'tenant databases migrated at once (default 4)', (v) => positiveInt(v))
   .option('--from <tenant>', 'start after this tenant id (resumes an interrupted run)', (v) => tenantId(v))
   .action(async (opts: { check?: boolean; batchSize?: number; concurrency?: number; from?: string }) => {
+    const [
+      { loadConfig },
+      { provisionDatabase },
+      { Servers },
+      {
+        databaseMigrationState,
+        describePending,
+        describeTenantDatabases,
+        isPending,
+        migrate,
+        migrateTenantDatabases,
+      },
+    ] = await Promise.all([
+      import('../config.ts'),
+      import('../db/provision.ts'),
+      import('../db/placement.ts'),
+      import('../db/migrate.ts'),
+    ])
     const config = loadConfig()
     const db = await provisionDatabase()
     try {
@@ -246,6 +246,23 @@ program
   )
   .option('--concurrency <n>', 'agents run at once (default WORKER_CONCURRENCY or 16)', (v) => positiveInt(v))
   .action(async (opts: { registry?: string; concurrency?: number }) => {
+    const [
+      { loadConfig },
+      { createLogger },
+      { provisionDatabase },
+      { Engine },
+      { startWatchdog },
+      { EnterpriseOrchestrator },
+      { startMetricsServer },
+    ] = await Promise.all([
+      import('../config.ts'),
+      import('../log.ts'),
+      import('../db/provision.ts'),
+      import('../engine.ts'),
+      import('../watchdog.ts'),
+      import('../enterprise.ts'),
+      import('../metrics-server.ts'),
+    ])
     const config = loadConfig()
     const log = createLogger(config.logLevel)
     const db = await provisionDatabase({ log: (line) => log.info(line) })
@@ -284,12 +301,21 @@ program
   )
   .option('--port <n>', 'port (default PORT or 3000)', (v) => port(v))
   .action(async (opts: { registry?: string; port?: number }) => {
+    const [{ loadConfig }, { createLogger }] = await Promise.all([
+      import('../config.ts'),
+      import('../log.ts'),
+    ])
     const config = loadConfig()
     const log = createLogger(config.logLevel)
     if (config.webConcurrency > 1 && cluster.isPrimary) {
       await superviseWebProcesses(config.webConcurrency, log)
       return
     }
+    const [{ provisionDatabase }, { Engine }, { startWeb }] = await Promise.all([
+      import('../db/provision.ts'),
+      import('../engine.ts'),
+      import('../web/server.ts'),
+    ])
     const db = await provisionDatabase({ log: (line) => log.info(line) })
     const registry = await loadRegistry(opts.registry)
     // supervise: false: pg-boss maintenance and cron belong to workers, not to the web tier.
@@ -317,6 +343,34 @@ program
   )
   .option('--port <n>', 'port of the HTTP API (default PORT or 3000)', (v) => port(v))
   .action(async (opts: { registry?: string; port?: number }) => {
+    const [
+      { loadConfig },
+      { createLogger },
+      { dataRoot, describeUrl, provisionDatabase },
+      { migrate },
+      { createEngine },
+      { EnterpriseOrchestrator },
+      { startWeb },
+      {
+        DEV_STATE_FILE,
+        demoApiKey,
+        devBanner,
+        generateAdminToken,
+        displayPath,
+        readDevState,
+        shellQuote,
+        writeDevState,
+      },
+    ] = await Promise.all([
+      import('../config.ts'),
+      import('../log.ts'),
+      import('../db/provision.ts'),
+      import('../db/migrate.ts'),
+      import('../engine.ts'),
+      import('../enterprise.ts'),
+      import('../web/server.ts'),
+      import('./dev.ts'),
+    ])
     const config = loadConfig()
     // Readable lines on a terminal (dev only); JSON when piped, as in production.
     const log = createLogger(config.logLevel, { pretty: process.stdout.isTTY })
@@ -490,6 +544,7 @@ tenant
   )
   .option('--force', 'move although tasks are still marked running (only when their worker is gone for good)')
   .action(async (id: string, opts: { to: string; check?: boolean; force?: boolean }) => {
+    const { parseMoveTarget } = await import('../placement/move.ts')
     const to = parseMoveTarget(opts.to)
     await withEngine(undefined, async (engine) => {
       const report = await engine.moveTenant(id, to, { force: !!opts.force, check: !!opts.check })
@@ -565,6 +620,7 @@ workflow
   .option('--interval <ms>', 'how often to poll, in milliseconds (default 250)', (v) => positiveInt(v))
   .action(async (raw: string, opts: { tenant: string; interval?: number }) => {
     const id = requireUuid(raw, 'workflow id')
+    const { watchWorkflow } = await import('./watch.ts')
     const stop = new AbortController()
     const interrupt = () => stop.abort()
     process.once('SIGINT', interrupt)
@@ -765,6 +821,11 @@ program
   .description('print the OpenAPI document of the HTTP API (openapi.json is this output)')
   .action(async () => {
     // The document comes from the route schemas; no database is contacted.
+    const [{ Engine }, { buildApp }, { pino }] = await Promise.all([
+      import('../engine.ts'),
+      import('../web/app.ts'),
+      import('pino'),
+    ])
     const engine = new Engine({
       connectionString: 'postgres://localhost/unused',
       log: pino({ level: 'silent' }),

@@ -3,7 +3,7 @@
 // equilateral.tenants.compliance_profile (jsonb), which the compliance-event trigger reads through
 // equilateral.compliance_regimes (drizzle/control/0003_compliance_regimes.sql); validated here, once,
 // when it is set, so what is stored is always something that function understands.
-import { COMPLIANCE_TYPES } from '../db/schema/tenant.ts'
+import { COMPLIANCE_TYPES } from '../db/schema/values.ts'
 import { InvalidInputError } from '../errors.ts'
 
 export type ComplianceRegime = (typeof COMPLIANCE_TYPES)[number]

@@ -78,6 +78,8 @@ describe('schema drift', () => {
       const schema = path.join(dir, 'control-plus-table.ts')
       const original = path.resolve(root, String(controlConfig.schema))
       await cp(original, schema)
+      // The value lists the schema imports (shared with the runtime, which must not load drizzle).
+      await cp(path.join(path.dirname(original), 'values.ts'), path.join(dir, 'values.ts'))
       await writeFile(
         schema,
         `\nimport { pgTable as probeTable, text as probeText } from 'drizzle-orm/pg-core'\n` +

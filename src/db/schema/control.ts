@@ -2,6 +2,7 @@
 // tenant data; the tenant data tables are in ./tenant.ts.
 import { sql } from 'drizzle-orm'
 import { check, index, jsonb, pgSchema, primaryKey, text, timestamp, unique, uuid } from 'drizzle-orm/pg-core'
+import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './values.ts'
 
 export const controlSchema = pgSchema('equilateral')
 
@@ -39,15 +40,7 @@ export const tenants = controlSchema.table(
   ],
 )
 
-export const ENTERPRISE_RUN_STATUSES = ['running', 'completed', 'partial', 'failed'] as const
-export const ENTERPRISE_MEMBER_STATUSES = [
-  'starting',
-  'running',
-  'completed',
-  'failed',
-  'cancelled',
-  'rejected',
-] as const
+export { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES }
 
 /**
  * One workflow type started across a set of tenants (EnterpriseOrchestrator). The run and its

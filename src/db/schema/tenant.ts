@@ -18,6 +18,7 @@ import {
   uniqueIndex,
   uuid,
 } from 'drizzle-orm/pg-core'
+import { COMPLIANCE_TYPES } from './values.ts'
 
 import { TASK_STATUSES, WORKFLOW_STATUSES } from '../../core/task-state.ts'
 
@@ -302,7 +303,7 @@ export const auditSeals = pgTable(
   ],
 )
 
-export const COMPLIANCE_TYPES = ['GDPR', 'SOX', 'HIPAA'] as const
+export { COMPLIANCE_TYPES }
 
 export const complianceEvents = pgTable(
   'compliance_events',
