@@ -301,6 +301,7 @@ export class Engine {
       throw new DefinitionError(`agent "${a.id}" version ${a.version} is registered twice`, a.id)
     }
     versions.set(a.version, a)
+    this.metrics.declareAgent(a.id)
   }
 
   /** Every registered agent, all versions. */
@@ -355,6 +356,7 @@ export class Engine {
       throw new DefinitionError(`workflow "${def.name}" version ${def.version} is registered twice`)
     }
     versions.set(def.version, def)
+    this.metrics.declareWorkflowType(def.name)
     const latest = this.#workflows.get(def.name)
     if (!latest || def.version > latest.version) this.#workflows.set(def.name, def)
   }
