@@ -29,6 +29,7 @@ import {
   RETENTION_QUEUE,
 } from './compliance/retention.ts'
 import { type Config, loadConfig } from './config.ts'
+import { dagOrder } from './core/dag-order.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import { isUuid, requireUuid } from './core/ids.ts'
 import { assertStorableJson, type Json, type JsonLimits } from './core/json.ts'
@@ -116,6 +117,7 @@ export interface WorkflowView {
   completedAt: Date | null
   /** Results of the completed tasks that nothing depends on. */
   output: Record<string, Json>
+  /** Every task after the tasks it depends on (ties in creation order, then by key). */
   tasks: TaskView[]
 }
 
@@ -299,6 +301,7 @@ export class Engine {
       throw new DefinitionError(`agent "${a.id}" version ${a.version} is registered twice`, a.id)
     }
     versions.set(a.version, a)
+    this.metrics.declareAgent(a.id)
   }
 
   /** Every registered agent, all versions. */
@@ -353,6 +356,7 @@ export class Engine {
       throw new DefinitionError(`workflow "${def.name}" version ${def.version} is registered twice`)
     }
     versions.set(def.version, def)
+    this.metrics.declareWorkflowType(def.name)
     const latest = this.#workflows.get(def.name)
     if (!latest || def.version > latest.version) this.#workflows.set(def.name, def)
   }
@@ -1372,25 +1376,27 @@ export class TenantHandle {
         createdAt: w.created_at,
         completedAt: w.completed_at,
         output,
-        tasks: rows.map((r) => ({
-          id: r.id,
-          key: r.task_key,
-          agent: r.agent_id,
-          agentVersion: r.agent_version,
-          type: r.task_type,
-          status: r.status,
-          dependsOn: r.dependencies,
-          attempt: r.attempt,
-          failures: r.failures,
-          result: r.result,
-          error: r.error,
-          queuedAt: r.queued_at,
-          startedAt: r.started_at,
-          completedAt: r.completed_at,
-          ...(r.wait_type
-            ? { wait: { type: r.wait_type, name: r.wait_name, deadline: r.wait_deadline ?? null } }
-            : {}),
-        })),
+        tasks: dagOrder(
+          rows.map((r) => ({
+            id: r.id,
+            key: r.task_key,
+            agent: r.agent_id,
+            agentVersion: r.agent_version,
+            type: r.task_type,
+            status: r.status,
+            dependsOn: r.dependencies,
+            attempt: r.attempt,
+            failures: r.failures,
+            result: r.result,
+            error: r.error,
+            queuedAt: r.queued_at,
+            startedAt: r.started_at,
+            completedAt: r.completed_at,
+            ...(r.wait_type
+              ? { wait: { type: r.wait_type, name: r.wait_name, deadline: r.wait_deadline ?? null } }
+              : {}),
+          })),
+        ),
       }
     })
   }

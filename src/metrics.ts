@@ -35,8 +35,10 @@ interface Resources {
   queues: () => Promise<Awaited<ReturnType<PgBoss['getQueues']>>>
 }
 
-export type TaskOutcome = 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released'
-export type WorkflowEnd = 'completed' | 'failed' | 'cancelled'
+const TASK_OUTCOMES = ['completed', 'retrying', 'failed', 'lease_lost', 'released'] as const
+const WORKFLOW_ENDS = ['completed', 'failed', 'cancelled'] as const
+export type TaskOutcome = (typeof TASK_OUTCOMES)[number]
+export type WorkflowEnd = (typeof WORKFLOW_ENDS)[number]
 
 export class Metrics {
   readonly registry = new Registry()
@@ -141,6 +143,41 @@ export class Metrics {
       labelNames: ['outcome'],
       registers,
     })
+    for (const action of ['requeued', 'lost']) this.sweeperRecovered.inc({ action }, 0)
+    for (const outcome of ['ran', 'skipped']) this.schedulerPasses.inc({ outcome }, 0)
+  }
+
+  /**
+   * Series at zero for an agent this process knows, so that dashboards and alerts (rate(), absent())
+   * see them before the first task ends, not only after it. Counters with a tenant label start with
+   * that tenant's first event: tenants are not known here.
+   */
+  declareAgent(agent: string): void {
+    const started = this.#untenanted({ agent })
+    if (started) this.tasksStarted.inc(started, 0)
+    for (const outcome of TASK_OUTCOMES) {
+      const labels = this.#untenanted({ agent, outcome })
+      if (labels) this.tasksFinished.inc(labels, 0)
+    }
+    this.deadLettered.inc({ agent }, 0)
+    for (const h of [this.taskRunDuration, this.taskDispatchLatency, this.taskQueueWait]) h.zero({ agent })
+  }
+
+  /** Series at zero for a workflow type this process knows (see declareAgent). */
+  declareWorkflowType(type: string): void {
+    const started = this.#untenanted({ type })
+    if (started) this.workflowsStarted.inc(started, 0)
+    for (const status of WORKFLOW_ENDS) {
+      const labels = this.#untenanted({ type, status })
+      if (labels) this.workflowsFinished.inc(labels, 0)
+      this.workflowDuration.zero({ type, status })
+    }
+  }
+
+  /** The labels of a series that may carry tenant or database labels, or null where a tenant is needed. */
+  #untenanted<L extends Record<string, string>>(labels: L): L | null {
+    if (this.tenantLabel) return null
+    return this.databaseLabel ? { ...labels, database: 'control' } : labels
   }
 
   /** Labels with the tenant, and the database, only when the deployment asked for them. */

@@ -1,5 +1,6 @@
 // DAG order: every task runs exactly once, after all of its dependencies, and sees their results.
 import { describe, expect, it } from 'vitest'
+import { dagOrder } from '../../src/core/dag-order.ts'
 import { defineAgent, defineWorkflow, type Json } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 
@@ -88,6 +89,12 @@ describe('DAG execution', () => {
     expect(wf.status).toBe('completed')
     expect(wf.tasks.every((t) => t.status === 'completed' && t.attempt === 1)).toBe(true)
     checkOrder(def, id)
+    // Listed as people read a DAG: every task after the tasks it depends on.
+    const listed = wf.tasks.map((t) => t.key)
+    for (const [at, t] of wf.tasks.entries()) {
+      for (const dep of t.dependsOn)
+        expect(listed.indexOf(dep), `${dep} listed before ${t.key}`).toBeLessThan(at)
+    }
     const history = await acme.history(id)
     const completions = history.filter((h) => h.action === 'task_completed')
     expect(completions).toHaveLength(def.tasks.length)
@@ -109,5 +116,24 @@ describe('DAG execution', () => {
     const { id } = await acme.startWorkflow('diamond', { n: 1 })
     const wf = await settled(engine, 'acme', id)
     expect(wf.output).toEqual({ d: { key: 'd', input: { n: 1 } } })
+  })
+})
+
+describe('dagOrder', () => {
+  const t = (key: string, ...dependsOn: string[]) => ({ key, dependsOn })
+
+  it('puts every task after its dependencies, keeping the listed order among tasks free to come next', () => {
+    const order = dagOrder([
+      t('a-report', 'z-fetch'),
+      t('m-check', 'z-fetch'),
+      t('z-fetch'),
+      t('b-ship', 'a-report'),
+    ])
+    expect(order.map((x) => x.key)).toEqual(['z-fetch', 'a-report', 'm-check', 'b-ship'])
+  })
+
+  it('ignores dependencies outside the list and keeps every task once, even in a cycle', () => {
+    expect(dagOrder([t('b', 'gone'), t('a')]).map((x) => x.key)).toEqual(['b', 'a'])
+    expect(dagOrder([t('x', 'y'), t('y', 'x'), t('z')]).map((x) => x.key)).toEqual(['z', 'x', 'y'])
   })
 })

@@ -71,11 +71,19 @@ type Panel = { title: string; type: string; targets?: { expr: string }[]; dataso
 const panels: Panel[] = dashboard.panels.filter((p: Panel) => p.type !== 'row')
 
 describe('Grafana dashboard', () => {
+  it('asks for its Prometheus data source instead of naming one, defaulting to the provisioned one', () => {
+    const variable = dashboard.templating.list.find((v: { type: string }) => v.type === 'datasource')
+    expect(variable).toMatchObject({ name: 'datasource', query: 'prometheus' })
+    expect(JSON.stringify(dashboard)).not.toContain(`"uid":"${datasource.datasources[0].uid}"`)
+    // With no choice made, Grafana takes the default data source: the provisioned one.
+    expect(datasource.datasources[0]).toMatchObject({ type: 'prometheus', isDefault: true })
+  })
+
   it('queries only exported metrics and labels, through the provisioned data source', () => {
     const problems: string[] = []
     for (const p of panels) {
       if (!p.targets?.length) problems.push(`${p.title}: no query`)
-      if (p.datasource?.uid !== datasource.datasources[0].uid) problems.push(`${p.title}: other data source`)
+      if (p.datasource?.uid !== '${datasource}') problems.push(`${p.title}: a data source of its own`)
       for (const t of p.targets ?? []) problems.push(...checkExpr(p.title, t.expr))
     }
     expect(problems).toEqual([])
@@ -101,7 +109,7 @@ describe('Grafana dashboard', () => {
     for (const q of ['0.5', '0.95', '0.99']) expect(quantiles).toContain(`histogram_quantile(${q},`)
     // Per-agent panels repeat over the agent variable.
     expect(dashboard.panels.some((p: { repeat?: string }) => p.repeat === 'agent')).toBe(true)
-    expect(dashboard.templating.list[0].query.query).toBe(
+    expect(dashboard.templating.list.find((v: { name: string }) => v.name === 'agent').query.query).toBe(
       'label_values(equilateral_tasks_started_total, agent)',
     )
   })

@@ -3,7 +3,8 @@
 // and the counters and histogram counts change by exactly what happened. promtool accepts the
 // exposition; no tenant id appears in it unless asked for.
 import { afterAll, describe, expect, it } from 'vitest'
-import { defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
+import { pino } from 'pino'
+import { defineAgent, defineWorkflow, Engine, PermanentError } from '../../src/index.ts'
 import { Metrics } from '../../src/metrics.ts'
 import { startMetricsServer } from '../../src/metrics-server.ts'
 import { startWeb } from '../../src/web/server.ts'
@@ -141,6 +142,37 @@ describe('metrics', () => {
       expect(sample(s, 'process_resident_memory_bytes')).toBeGreaterThan(0)
     }
     expect((await fetch(`http://127.0.0.1:${listener.port}/other`)).status).toBe(404)
+  })
+
+  it('show every known agent and workflow type at zero before anything ran', async () => {
+    const approval = defineWorkflow({
+      name: 'approved',
+      tasks: [
+        { key: 'ok', approval: { approvers: ['ana'] } },
+        { key: 'then', agent: ok, dependsOn: ['ok'] },
+      ],
+    })
+    const fresh = new Engine({
+      connectionString: 'postgres://127.0.0.1:1/unused',
+      agents: [ok, broken],
+      workflows: [doomed, approval],
+      log: pino({ level: 'silent' }),
+    })
+    try {
+      const s = parseExposition((await fresh.metrics.expose()).body)
+      for (const outcome of ['completed', 'retrying', 'failed', 'lease_lost', 'released'])
+        expect(s.get(`equilateral_tasks_finished_total{agent="broken",outcome="${outcome}"}`)).toBe(0)
+      expect(s.get('equilateral_tasks_started_total{agent="ok"}')).toBe(0)
+      expect(s.get('equilateral_tasks_dead_lettered_total{agent="broken"}')).toBe(0)
+      expect(s.get('equilateral_task_dispatch_latency_seconds_count{agent="ok"}')).toBe(0)
+      expect(s.get('equilateral_workflows_started_total{type="approved"}')).toBe(0)
+      expect(s.get('equilateral_workflows_finished_total{type="doomed",status="cancelled"}')).toBe(0)
+      expect(s.get('equilateral_sweeper_recovered_tasks_total{action="lost"}')).toBe(0)
+      // Wait tasks have no agent to chart.
+      expect([...s.keys()].filter((k) => k.includes('agent="@'))).toEqual([])
+    } finally {
+      await fresh.close()
+    }
   })
 
   it('carry no tenant label unless asked for', async () => {
