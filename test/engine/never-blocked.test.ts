@@ -15,10 +15,20 @@ const one = defineWorkflow({
   name: 'never-blocked-one',
   tasks: [{ key: 'only', agent: idle, maxAttempts: 5 }],
 })
+const once = defineWorkflow({
+  name: 'never-blocked-once',
+  tasks: [{ key: 'only', agent: idle, maxAttempts: 1 }],
+})
+const hook = defineWorkflow({
+  name: 'never-blocked-wait',
+  tasks: [
+    { key: 'hook', event: { name: 'hook', timeoutMs: 60_000, onTimeout: { result: { timedOut: true } } } },
+  ],
+})
 
 const { engine, db } = await testEngine({
   agents: [idle],
-  workflows: [one],
+  workflows: [one, once, hook],
   config: { idleInTransactionTimeoutMs: 1000 },
 })
 await engine.createTenant({ id: 'acme' })
@@ -105,6 +115,74 @@ describe('the sweeper', () => {
     await h.query('ROLLBACK')
     expect(await engine.sweep()).toMatchObject({ requeued: 1, skipped: 0 })
     expect((await attempts()).get(heldTask.id)).toBe(heldTask.attempt + 1)
+  })
+})
+
+describe('the sweeper failing a lost task for good', () => {
+  it('gives up, past its lock timeout, on a workflow another transaction holds and goes on', async () => {
+    const started = [
+      await acme.startWorkflow('never-blocked-once', {}),
+      await globex.startWorkflow('never-blocked-once', {}),
+    ]
+    const ids = started.map((s) => s.id)
+    // Running on a worker that stopped beating: lost, with no attempt left, so its workflow fails.
+    await superuser(
+      `UPDATE equilateral.agent_coordination SET status = 'running', started_at = now(),
+         heartbeat_at = now() - interval '1 hour'
+       WHERE workflow_id = ANY($1::uuid[])`,
+      [ids],
+    )
+    const h = await holder()
+    await h.query('SELECT 1 FROM equilateral.workflows WHERE id = $1 FOR NO KEY UPDATE', [ids[0]])
+
+    const report = await unblocked('the sweep', engine.sweep())
+    expect(report).toMatchObject({ lost: 1, skipped: 1, blocked: [], failed: [] })
+    const statuses = async () =>
+      (
+        await superuser<{ status: string }>(
+          `SELECT status FROM equilateral.workflows WHERE id = ANY($1::uuid[]) ORDER BY array_position($1::uuid[], id)`,
+          [ids],
+        )
+      ).map((r) => r.status)
+    expect(await statuses()).toEqual(['running', 'failed'])
+
+    await h.query('ROLLBACK')
+    expect(await engine.sweep()).toMatchObject({ lost: 1, skipped: 0 })
+    expect(await statuses()).toEqual(['failed', 'failed'])
+  })
+})
+
+describe("the sweeper's wait expiry", () => {
+  it('skips a wait whose workflow another transaction holds and times out the others', async () => {
+    const started = [
+      await acme.startWorkflow('never-blocked-wait', {}),
+      await globex.startWorkflow('never-blocked-wait', {}),
+    ]
+    const ids = started.map((s) => s.id)
+    // Waiting past their deadline, their timer jobs lost: the sweeper's backstop must time them out.
+    await superuser(
+      `WITH t AS (
+         UPDATE equilateral.agent_coordination SET status = 'waiting', wait_deadline = now() - interval '1 second'
+         WHERE workflow_id = ANY($1::uuid[]) RETURNING job_id)
+       DELETE FROM pgboss.job WHERE id IN (SELECT job_id FROM t)`,
+      [ids],
+    )
+    const h = await holder()
+    await h.query('SELECT 1 FROM equilateral.workflows WHERE id = $1 FOR NO KEY UPDATE', [ids[0]])
+
+    expect(await unblocked('the sweep', engine.sweep())).toMatchObject({ waitsExpired: 1, blocked: [] })
+    const statuses = async () =>
+      (
+        await superuser<{ status: string }>(
+          `SELECT status FROM equilateral.workflows WHERE id = ANY($1::uuid[]) ORDER BY array_position($1::uuid[], id)`,
+          [ids],
+        )
+      ).map((r) => r.status)
+    expect(await statuses()).toEqual(['running', 'completed'])
+
+    await h.query('ROLLBACK')
+    expect(await engine.sweep()).toMatchObject({ waitsExpired: 1 })
+    expect(await statuses()).toEqual(['completed', 'completed'])
   })
 })
 
