@@ -9,7 +9,7 @@ import pg from 'pg'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import { createEngine, type Engine } from '../../src/index.ts'
-import { frozenWorkflows } from '../fixtures/chaos-registry.ts'
+import { frozenWorkflows, slowFirst, worker } from '../fixtures/chaos-registry.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { checkInvariants, describeReport, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
@@ -57,10 +57,9 @@ describe('a worker frozen in the middle of a completion', () => {
         workflows: frozenWorkflows,
         log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
         supervise: false,
-        // The sweeper runs as in production, on its timer (fast here).
+        // The sweeper's timer, fast here.
         config: { staleAfterMs: 1500, heartbeatIntervalMs: 200, sweepIntervalMs: 250 },
       })
-      await engine.startSweeper()
       const fleet = workerProcesses(db.appUrl)
       const superuser = new pg.Client({ connectionString: db.url })
       await superuser.connect()
@@ -131,9 +130,20 @@ describe('a worker frozen in the middle of a completion', () => {
         expect(task?.status).toBe('running')
         expect(await held()).toBe(true)
 
-        // A healthy worker runs what the sweeper recovers; every victim's workflow completes while
-        // the frozen transaction still holds its rows.
-        const healthy = await fleet.spawn()
+        // The sweeper starts once every task the frozen worker holds is stale, the trigger's too, as
+        // its first pass after a freeze finds them in production (not before: a victim recovered
+        // before the freeze would be run again, quickly, by the only worker there is). A healthy
+        // worker (in this process: no boot to wait for) runs what it recovers; every victim's
+        // workflow completes while the frozen transaction still holds its rows.
+        await untilDone("the frozen worker's tasks go stale", async () => {
+          const [r] = await q<{ n: number }>(
+            `SELECT count(*)::int AS n FROM equilateral.agent_coordination
+             WHERE status = 'running' AND heartbeat_at < now() - interval '1500 milliseconds'`,
+          )
+          return { done: r!.n === victims.length + 1, progress: String(r!.n) }
+        })
+        await engine.startSweeper()
+        const healthy = await engine.startWorker({ agents: [slowFirst, worker] })
         const finished = async (ids: string[]) =>
           (
             await q<{ n: number }>(
@@ -188,7 +198,7 @@ describe('a worker frozen in the middle of a completion', () => {
           progress: '',
         }))
         expect(await fleet.stop(frozen, 'SIGTERM')).toBe(0)
-        expect(await fleet.stop(healthy, 'SIGTERM')).toBe(0)
+        await healthy.stop()
 
         const [final] = await q<{ attempt: number; completions: number }>(
           `SELECT t.attempt, (SELECT count(*)::int FROM equilateral.agent_audit_log a
