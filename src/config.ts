@@ -61,6 +61,20 @@ export interface Config {
    */
   schedulerGraceMs: number
   shutdownGraceMs: number
+  /**
+   * The server ends a run-time session left idle inside a transaction this long (a frozen or
+   * partitioned worker), rolling it back and releasing its locks (idle_in_transaction_session_timeout,
+   * set at connection start); 0: the server's setting.
+   */
+  idleInTransactionTimeoutMs: number
+  /**
+   * Maintenance passes (sweeper, audit sealing, wait expiry, scheduler, retention) give up a lock
+   * they waited for this long and come back to what it guards at their next pass (lock_timeout);
+   * 0: the server's setting.
+   */
+  maintenanceLockTimeoutMs: number
+  /** A statement of a maintenance pass is cancelled after this long (statement_timeout); 0: the server's setting. */
+  maintenanceStatementTimeoutMs: number
   /** The `worker` command kills its process when the event loop is blocked this long; 0: off. */
   watchdogMs: number
   /** A task needing an agent version this worker lacks is left in the queue for this long before it is fetched again. */
@@ -137,6 +151,9 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     schedulerIntervalMs: int('SCHEDULER_INTERVAL_MS', 10_000, 0),
     schedulerGraceMs: int('SCHEDULER_GRACE_MS', 60_000, 1000),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),
+    idleInTransactionTimeoutMs: int('IDLE_IN_TRANSACTION_TIMEOUT_MS', 60_000, 0, 2_147_483_647),
+    maintenanceLockTimeoutMs: int('MAINTENANCE_LOCK_TIMEOUT_MS', 2000, 0, 2_147_483_647),
+    maintenanceStatementTimeoutMs: int('MAINTENANCE_STATEMENT_TIMEOUT_MS', 60_000, 0, 2_147_483_647),
     watchdogMs: int('WATCHDOG_MS', 60_000, 0),
     agentVersionRetryMs: int('AGENT_VERSION_RETRY_MS', 5000, 10),
     agentVersionWaitMs: int('AGENT_VERSION_WAIT_MS', 600_000, 0),
@@ -171,6 +188,11 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   }
   if (config.databaseRole !== '' && !/^[a-z_][a-z0-9_]{0,62}$/.test(config.databaseRole)) {
     problems.push(`DATABASE_ROLE must be a lower-case role name or empty (got "${config.databaseRole}")`)
+  }
+  if (config.idleInTransactionTimeoutMs > 0 && config.idleInTransactionTimeoutMs < 1000) {
+    problems.push(
+      `IDLE_IN_TRANSACTION_TIMEOUT_MS must be 0 (the server's setting) or at least 1000 (got ${config.idleInTransactionTimeoutMs}): a busy process may pause that long between two statements`,
+    )
   }
   if (config.heartbeatIntervalMs * 2 > config.staleAfterMs) {
     problems.push(

@@ -41,7 +41,16 @@ import { describeUrl } from './db/describe-url.ts'
 import { APP_SCHEMA, BOSS_SCHEMA } from './db/names.ts'
 import { databaseKey, Servers } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
-import { checkout, type Db, runtimeConnectionString, type TenantScope, withTenantTx } from './db/tx.ts'
+import {
+  checkout,
+  type Db,
+  isTimedOut,
+  runtimeConnectionString,
+  type TenantScope,
+  type TxTimeouts,
+  withTenantTx,
+  withTimeouts,
+} from './db/tx.ts'
 import {
   DefinitionError,
   InvalidInputError,
@@ -228,7 +237,14 @@ export class Engine {
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
     this.log = options.log ?? createLogger(this.config.logLevel)
-    this.#connectionString = runtimeConnectionString(options.connectionString, this.config.databaseRole)
+    // Every run-time session (the pool, pg-boss's, the LISTEN connections, the tenant databases')
+    // has the server end it when it idles inside a transaction: a frozen worker's locks are released.
+    const session = { idleInTransactionTimeoutMs: this.config.idleInTransactionTimeoutMs }
+    this.#connectionString = runtimeConnectionString(
+      options.connectionString,
+      this.config.databaseRole,
+      session,
+    )
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
     this.#migrateOnStart = options.migrate ?? false
@@ -259,6 +275,7 @@ export class Engine {
       controlOwnerUrl: this.#adminConnectionString,
       controlRuntimeUrl: options.connectionString,
       role: this.config.databaseRole,
+      session,
     })
     const unobserve = new Map<string, () => void>()
     this.stores = new Stores({
@@ -312,6 +329,14 @@ export class Engine {
   /** The store (pool and pg-boss) a tenant's transactions run in: the control database's or its own. */
   storeOf(scope: TenantScope): Promise<Store> {
     return this.stores.of(scope)
+  }
+
+  /** The lock and statement timeouts of the maintenance passes' transactions. */
+  get #timeouts(): TxTimeouts {
+    return {
+      lockTimeoutMs: this.config.maintenanceLockTimeoutMs,
+      statementTimeoutMs: this.config.maintenanceStatementTimeoutMs,
+    }
   }
 
   get limits(): JsonLimits {
@@ -549,7 +574,9 @@ export class Engine {
    * (src/compliance/retention.ts). Owner connection.
    */
   purgeExpired(options: PurgeOptions = {}): Promise<PurgeReport> {
-    return purgeExpired(this.#admin, options, (scope) => this.stores.owner(scope, this.#admin))
+    return purgeExpired(this.#admin, { timeouts: this.#timeouts, ...options }, (scope) =>
+      this.stores.owner(scope, this.#admin),
+    )
   }
 
   /** GDPR erasure of one data subject's personal data (workflows started with that subjectKey). */
@@ -590,14 +617,18 @@ export class Engine {
     }
     // The control database's tenants (all of them in the shared modes).
     await schedule(this.stores.control, () =>
-      purgeExpired(this.#admin, {}, (scope) => (scope.database ? null : this.#admin)),
+      purgeExpired(this.#admin, { timeouts: this.#timeouts }, (scope) =>
+        scope.database ? null : this.#admin,
+      ),
     )
     // database-per-tenant: each tenant database has its own schedule, run by the workers serving it.
     if (this.config.isolationMode === 'database-per-tenant') {
       await this.#serve({
         name: 'retention',
         start: async (store, scope) => {
-          await schedule(store, () => purgeExpired(this.stores.owner(scope, this.#admin)))
+          await schedule(store, () =>
+            purgeExpired(this.stores.owner(scope, this.#admin), { timeouts: this.#timeouts }),
+          )
           return () => store.boss.offWork(RETENTION_QUEUE)
         },
       })
@@ -751,7 +782,8 @@ export class Engine {
 
   /**
    * Seals every active tenant's new audit rows into its hash chain (runs with the sweeper; safe
-   * beside writers and beside another sealer).
+   * beside writers and beside another sealer). A tenant another sealer is on, or whose transaction
+   * times out, is left for the next pass; the others are sealed.
    */
   async sealAudit(
     options: { maxRowsPerBlock?: number } = {},
@@ -762,9 +794,12 @@ export class Engine {
       const { pool } = await this.stores.of(scope)
       // Bounded per run, so a tenant that writes without pause cannot hold the sealer.
       for (let blocks = 0; blocks < 20; blocks++) {
-        const r = await withTenantTx(pool, scope, (db) =>
+        const r = await withTimeouts(this.#timeouts)(pool, scope, (db) =>
           sealTenant(db, scope.tenantId, options.maxRowsPerBlock),
-        )
+        ).catch((error: unknown) => {
+          if (isTimedOut(error)) return { blocks: 0, rows: 0 }
+          throw error
+        })
         total.blocks += r.blocks
         total.rows += r.rows
         if (r.blocks === 0) break
@@ -833,6 +868,7 @@ export class Engine {
       staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs,
       batchSize: 500,
       maxPages: 20,
+      timeouts: this.#timeouts,
     })
   }
 
@@ -850,6 +886,11 @@ export class Engine {
       this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
       this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
       for (const f of report.failed) this.log.warn({ ...f, database: store.key }, 'sweep of a tenant failed')
+      if (report.blocked.length > 0 || report.skipped > 0)
+        this.log.warn(
+          { blocked: report.blocked, skipped: report.skipped, database: store.key },
+          'sweep passed over what another transaction holds; the next sweep comes back to it',
+        )
       const sealed = await this.sealAudit({}, scopes())
       if (sealed.rows > 0) this.log.debug({ ...sealed, database: store.key }, 'audit rows sealed')
     }
@@ -947,7 +988,11 @@ export class Engine {
           ),
       },
       scopes,
-      { graceMs: this.scheduleGraceMs, ...(options.now ? { now: options.now } : {}) },
+      {
+        graceMs: this.scheduleGraceMs,
+        timeouts: this.#timeouts,
+        ...(options.now ? { now: options.now } : {}),
+      },
     )
   }
 

@@ -118,12 +118,16 @@ function isRedacted(dataText: string): boolean {
 
 /**
  * Seals the tenant's next audit rows (up to `maxRows` per block), in the caller's tenant-scoped
- * transaction. Sealers of one tenant serialise on a transaction advisory lock; writers never take it.
+ * transaction. Sealers of one tenant take turns on a transaction advisory lock (writers never take
+ * it); a sealer that finds it held seals nothing and leaves the tenant to the holder, or to its next
+ * pass, instead of waiting (the holder may be a frozen process).
  */
 export async function sealTenant(db: Db, tenantId: string, maxRows = 1000): Promise<SealReport> {
-  await db.executeSql(`SELECT pg_advisory_xact_lock(hashtextextended('equilateral.seal:' || $1, 0))`, [
-    tenantId,
-  ])
+  const turn = await db.executeSql(
+    `SELECT pg_try_advisory_xact_lock(hashtextextended('equilateral.seal:' || $1, 0)) AS ok`,
+    [tenantId],
+  )
+  if (!turn.rows[0]?.ok) return { blocks: 0, rows: 0 }
   const horizon = await db.executeSql(`SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin`, [])
   const last = await db.executeSql(
     `SELECT block_no::text, first_seq::text, row_count, last_txid::text, last_id::text, hash

@@ -3,7 +3,7 @@
 // append-only triggers honour, and the compliance events the engine records itself.
 import type pg from 'pg'
 import { APP_SCHEMA } from '../db/names.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, type TenantScope, type TxTimeouts, withTimeouts } from '../db/tx.ts'
 import { TenantError } from '../errors.ts'
 import { assertTenantId, scopeOfRow } from '../tenants.ts'
 
@@ -48,14 +48,16 @@ export type OwnerSwitch =
  * An owner transaction scoped to the tenant (app.tenant_id and search_path, as every engine
  * transaction, because row-level security binds the owner too), with the given switches on for
  * this transaction only. Retried on serialization failures and deadlocks: bodies are idempotent.
+ * `timeouts`: a maintenance pass's lock and statement timeouts (retention).
  */
 export function ownerTx<T>(
   admin: pg.Pool,
   scope: TenantScope,
   switches: readonly OwnerSwitch[],
   fn: (db: Db) => Promise<T>,
+  timeouts?: TxTimeouts,
 ): Promise<T> {
-  return withTenantTx(admin, scope, async (db) => {
+  return withTimeouts(timeouts)(admin, scope, async (db) => {
     if (switches.length > 0) {
       await db.executeSql(
         `SELECT ${switches.map((_, i) => `set_config($${i + 1}, 'on', true)`).join(', ')}`,

@@ -12,7 +12,7 @@ import { randomUUID } from 'node:crypto'
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { APP_SCHEMA } from '../db/names.ts'
-import type { Db, TenantScope } from '../db/tx.ts'
+import { type Db, isTimedOut, type TenantScope, type TxTimeouts } from '../db/tx.ts'
 import { isTransient } from '../flow/completer.ts'
 import { scopeOfRow } from '../tenants.ts'
 import { ownerTx, recordComplianceEvent, RETENTION_ACTOR, TENANT_COLUMNS, type TenantRow } from './owner.ts'
@@ -47,6 +47,12 @@ export interface PurgeOptions {
   batchSize?: number
   /** Batches per tenant per run. Default 100. */
   maxBatches?: number
+  /**
+   * lock_timeout and statement_timeout of the purge's transactions: a tenant whose batch times out
+   * (rows another transaction holds, a slow database) is reported in `problems` and the others are
+   * purged; the next run resumes it.
+   */
+  timeouts?: TxTimeouts
 }
 
 const EMPTY: PurgeCounts = { workflows: 0, tasks: 0, auditRows: 0, auditBlocks: 0, complianceEvents: 0 }
@@ -149,6 +155,7 @@ export async function purgeTenant(
         }
         return { counts: c, more }
       },
+      options.timeouts,
     )
     report.batches++
     for (const k of Object.keys(EMPTY) as (keyof PurgeCounts)[]) report[k] += counts[k]
@@ -200,6 +207,11 @@ export async function purgeExpired(
       try {
         r = await purgeTenant(owner, scope, profile, { ...options, runId })
       } catch (error) {
+        if (isTimedOut(error)) {
+          report.problems.push({ tenantId: row.id, message: `passed over: ${(error as Error).message}` })
+          report.complete = false
+          continue
+        }
         if (!scope.database || !isTransient(error)) throw error
         report.problems.push({
           tenantId: row.id,

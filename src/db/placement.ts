@@ -6,7 +6,7 @@ import type pg from 'pg'
 import { TenantError } from '../errors.ts'
 import { APP_SCHEMA } from './names.ts'
 import { withDatabase } from './provision.ts'
-import { runtimeConnectionString } from './tx.ts'
+import { runtimeConnectionString, type SessionLimits } from './tx.ts'
 
 /** A tenant database: a server (TENANT_SERVERS name) and a database name on it. */
 export interface TenantDatabase {
@@ -45,6 +45,7 @@ export class Servers {
   readonly #owner: ReadonlyMap<string, string>
   readonly #runtime: ReadonlyMap<string, string>
   readonly #role: string
+  readonly #session: SessionLimits
 
   /**
    * `configured`: TENANT_SERVERS (owner URLs). Without it there is one server, `default`: the control
@@ -55,6 +56,8 @@ export class Servers {
     controlOwnerUrl: string
     controlRuntimeUrl: string
     role: string
+    /** Limits of the run-time sessions (see SessionLimits). */
+    session?: SessionLimits
   }) {
     const entries = Object.entries(options.configured)
     this.#owner = new Map(
@@ -65,6 +68,7 @@ export class Servers {
       entries.length > 0 ? entries : [[DEFAULT_SERVER, options.controlRuntimeUrl] as [string, string]],
     )
     this.#role = options.role
+    this.#session = options.session ?? {}
   }
 
   get names(): string[] {
@@ -82,7 +86,11 @@ export class Servers {
 
   /** The run-time connection to a tenant database: switched to the application role. */
   runtimeUrl(db: TenantDatabase): string {
-    return runtimeConnectionString(withDatabase(this.#url(this.#runtime, db.server), db.name), this.#role)
+    return runtimeConnectionString(
+      withDatabase(this.#url(this.#runtime, db.server), db.name),
+      this.#role,
+      this.#session,
+    )
   }
 
   #url(map: ReadonlyMap<string, string>, server: string): string {

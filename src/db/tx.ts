@@ -28,25 +28,71 @@ export function clientDb(client: pg.ClientBase): Db {
 
 const RETRYABLE = new Set(['40001', '40P01'])
 
-function scopeSql(scope: TenantScope): string {
-  return `SELECT set_config('app.tenant_id', ${pg.escapeLiteral(scope.tenantId)}, true), set_config('search_path', ${pg.escapeLiteral(scope.searchPath)}, true)`
+/**
+ * Server-side limits of a maintenance transaction (sweeper, sealer, wait expiry, scheduler,
+ * retention), set transaction-locally: a lock it waits for longer than `lockTimeoutMs` (a frozen
+ * worker's open transaction) fails the statement instead of holding the pass, and no statement runs
+ * longer than `statementTimeoutMs`. 0 leaves the server's setting.
+ */
+export interface TxTimeouts {
+  lockTimeoutMs: number
+  statementTimeoutMs: number
+}
+
+function scopeSql(scope: TenantScope, timeouts?: TxTimeouts): string {
+  const limits = [
+    ...(timeouts?.lockTimeoutMs ? [`set_config('lock_timeout', '${timeouts.lockTimeoutMs}ms', true)`] : []),
+    ...(timeouts?.statementTimeoutMs
+      ? [`set_config('statement_timeout', '${timeouts.statementTimeoutMs}ms', true)`]
+      : []),
+  ]
+  return `SELECT ${[
+    `set_config('app.tenant_id', ${pg.escapeLiteral(scope.tenantId)}, true)`,
+    `set_config('search_path', ${pg.escapeLiteral(scope.searchPath)}, true)`,
+    ...limits,
+  ].join(', ')}`
+}
+
+/** A lock not granted within lock_timeout (55P03), or a statement cancelled by statement_timeout (57014). */
+export function isTimedOut(error: unknown): boolean {
+  const code = (error as { code?: string } | null)?.code
+  return code === '55P03' || code === '57014'
+}
+
+/**
+ * Runs `fn` under a savepoint of the caller's transaction; if a lock it needs is not granted in
+ * time (lock_timeout, see TxTimeouts), rolls back to the savepoint and returns `skipped`: what it
+ * would have changed is left for the next pass, and the rest of the transaction goes on.
+ */
+export async function unlessLocked<T, S>(db: Db, skipped: S, fn: () => Promise<T>): Promise<T | S> {
+  await db.executeSql('SAVEPOINT unless_locked', [])
+  try {
+    const result = await fn()
+    await db.executeSql('RELEASE SAVEPOINT unless_locked', [])
+    return result
+  } catch (error) {
+    if ((error as { code?: string }).code !== '55P03') throw error
+    await db.executeSql('ROLLBACK TO SAVEPOINT unless_locked', [])
+    return skipped
+  }
 }
 
 /**
  * Runs `fn` in a transaction scoped to the tenant, retrying on serialization failures and
  * deadlocks (the body must be safe to run again: every engine transaction is). BEGIN and the scope
- * travel in one round trip.
+ * travel in one round trip, with the `timeouts` of a maintenance pass if given.
  */
 export async function withTenantTx<T>(
   pool: pg.Pool,
   scope: TenantScope,
   fn: (db: Db) => Promise<T>,
+  timeouts?: TxTimeouts,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
     const { client, release } = await checkout(pool)
     let broken = false
     try {
-      await client.query(`BEGIN; ${scopeSql(scope)}`)
+      await client.query(`BEGIN; ${scopeSql(scope, timeouts)}`)
       const result = await fn(clientDb(client))
       await client.query('COMMIT')
       return result
@@ -66,6 +112,13 @@ export async function withTenantTx<T>(
       release(broken)
     }
   }
+}
+
+/** withTenantTx with a maintenance pass's timeouts. */
+export function withTimeouts(
+  timeouts: TxTimeouts | undefined,
+): <T>(pool: pg.Pool, scope: TenantScope, fn: (db: Db) => Promise<T>) => Promise<T> {
+  return (pool, scope, fn) => withTenantTx(pool, scope, fn, timeouts)
 }
 
 /**
@@ -141,12 +194,28 @@ export async function withinCallerTx<T>(db: Db, scope: TenantScope, fn: (db: Db)
  * The connection string run-time processes use: the same server and login, switched at connection
  * start to `role` (`options=-c role=...`), so every statement runs as the application role even
  * when the login is the owner. (A login that is itself only a member of the role is stronger still:
- * a compromised session cannot RESET ROLE to anything more.)
+ * a compromised session cannot RESET ROLE to anything more.) The session's limits travel the same way.
  */
-export function runtimeConnectionString(url: string, role: string): string {
-  if (!role) return url
+export function runtimeConnectionString(url: string, role: string, session: SessionLimits = {}): string {
+  const settings = [
+    ...(role ? [`-c role=${role}`] : []),
+    ...(session.idleInTransactionTimeoutMs
+      ? [`-c idle_in_transaction_session_timeout=${session.idleInTransactionTimeoutMs}`]
+      : []),
+  ]
+  if (settings.length === 0) return url
   const u = new URL(url)
   const existing = u.searchParams.get('options')
-  u.searchParams.set('options', `${existing ? `${existing} ` : ''}-c role=${role}`)
+  u.searchParams.set('options', `${existing ? `${existing} ` : ''}${settings.join(' ')}`)
   return u.toString()
+}
+
+/**
+ * Server-side limits of every run-time session (set at connection start, so pg-boss's and the
+ * LISTEN connections have them too): a session left idle inside a transaction this long (a frozen
+ * or partitioned worker) is ended by the server, which rolls its transaction back and releases its
+ * locks. 0 or absent: the server's setting.
+ */
+export interface SessionLimits {
+  idleInTransactionTimeoutMs?: number
 }

@@ -4,13 +4,23 @@
 // tasks and its ready tasks without a job (`id > cursor ORDER BY id LIMIT n`, on two partial
 // indexes that hold only such rows), lets the pure decideSweep() judge each against its job and the
 // database clock, and fixes what it must, fenced on the status and attempt it saw, so it is safe
-// beside live workers and beside another sweeper.
+// beside live workers and beside another sweeper. It never waits on a worker: the tasks it acts on
+// are locked with SKIP LOCKED (one a frozen worker's open transaction holds is left for the next
+// run), and its transactions run with a lock_timeout, so a blocked or slow tenant is passed over
+// and never holds up the others' recovery.
 import type { PgBoss } from 'pg-boss'
 import type pg from 'pg'
 import { attemptStateOf } from '../core/retry.ts'
 import { decideSweep, type SweepCandidate } from '../core/sweep-plan.ts'
 import { BOSS_SCHEMA } from '../db/names.ts'
-import { type TenantScope, withTenantTx } from '../db/tx.ts'
+import {
+  type Db,
+  isTimedOut,
+  type TenantScope,
+  type TxTimeouts,
+  unlessLocked,
+  withTimeouts,
+} from '../db/tx.ts'
 import { isTransient } from './completer.ts'
 import { failAttemptIn } from './fail.ts'
 import { requeueTasks, type RequeueItem } from './requeue.ts'
@@ -28,6 +38,8 @@ export interface SweepOptions {
   batchSize: number
   /** Pages per tenant and run at most, so one run is bounded; the next run starts over. */
   maxPages: number
+  /** lock_timeout and statement_timeout of the sweep's transactions (absent: the server's). */
+  timeouts?: TxTimeouts
 }
 
 export interface SweepReport {
@@ -46,6 +58,13 @@ export interface SweepReport {
    * over, so that one tenant's bad row does not stop the others' recovery; the next sweep tries again.
    */
   failed: { tenantId: string; message: string }[]
+  /**
+   * Tasks to recover that another transaction held locked (a worker frozen mid-completion): left
+   * alone, for the next sweep.
+   */
+  skipped: number
+  /** Tenants passed over because a lock or a statement timed out (the next sweep tries again). */
+  blocked: string[]
 }
 
 // In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
@@ -60,6 +79,13 @@ WHERE t.tenant_id = $1 AND t.id > $2::uuid
   AND (t.status IN ('queued', 'running') OR (t.status = 'pending' AND t.deps_remaining = 0))
 ORDER BY t.id
 LIMIT $4`
+
+// Of the tasks to act on, those no other transaction holds, locked until the sweep's commit: what a
+// worker holds (a completion under way, or frozen mid-way) is skipped instead of waited for.
+const LOCK = `
+SELECT id FROM agent_coordination
+WHERE tenant_id = $1 AND id = ANY($2::uuid[])
+FOR NO KEY UPDATE SKIP LOCKED`
 
 /**
  * Sweeps the given tenants, each in its own database's store. A tenant database that cannot be
@@ -79,6 +105,8 @@ export async function sweepOnce(
     unreachable: [],
     waitsExpired: 0,
     failed: [],
+    skipped: 0,
+    blocked: [],
   }
   for await (const scope of scopes) {
     try {
@@ -95,6 +123,10 @@ export async function sweepOnce(
         // The control database away stops the sweep; a tenant database away is passed over.
         if (!scope.database) throw error
         report.unreachable.push(scope.tenantId)
+        continue
+      }
+      if (isTimedOut(error)) {
+        report.blocked.push(scope.tenantId)
         continue
       }
       report.failed.push({
@@ -117,7 +149,7 @@ async function sweepTenant(
 ): Promise<void> {
   let cursor = '00000000-0000-0000-0000-000000000000'
   for (let pages = 0; pages < options.maxPages; pages++) {
-    const scanned = await withTenantTx(pool, scope, async (db) => {
+    const scanned = await withTimeouts(options.timeouts)(pool, scope, async (db) => {
       const { rows } = await db.executeSql(SCAN, [
         scope.tenantId,
         cursor,
@@ -125,9 +157,11 @@ async function sweepTenant(
         options.batchSize,
       ])
       const candidates = rows.map(toCandidate)
+      const free = await lockFree(db, scope, candidates, report)
       const requeue: RequeueItem[] = []
       for (const c of candidates) {
         const action = decideSweep(c)
+        if (!free.has(c.taskId)) continue
         if (action.kind === 'requeue') {
           requeue.push({
             taskId: c.taskId,
@@ -137,20 +171,23 @@ async function sweepTenant(
             ...(c.jobId ? { oldJob: { queue: c.queue, jobId: c.jobId } } : {}),
           })
         } else if (action.kind === 'lost_worker') {
-          const outcome = await failAttemptIn(boss, db, scope, {
-            ...c,
-            error: { name: 'WorkerLost', message: action.reason },
-            permanent: false,
-            action: 'task_lost',
-            ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
-              ? { job: { jobId: c.jobId } }
-              : {}),
-          })
-          if (outcome.kind !== 'lease_lost') report.lost++
+          // Failing a task for good fails its workflow, whose row a sibling's completion may hold.
+          const outcome = await unlessLocked(db, null, () =>
+            failAttemptIn(boss, db, scope, {
+              ...c,
+              error: { name: 'WorkerLost', message: action.reason },
+              permanent: false,
+              action: 'task_lost',
+              ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
+                ? { job: { jobId: c.jobId } }
+                : {}),
+            }),
+          )
+          if (outcome === null) report.skipped++
+          else if (outcome.kind !== 'lease_lost') report.lost++
         }
       }
-      const jobs = await requeueTasks(boss, db, scope, requeue, 'task_recovered')
-      report.requeued += jobs.length
+      report.requeued += await requeueUnlessLocked(boss, db, scope, requeue, report)
       return candidates
     })
     report.pages++
@@ -171,12 +208,55 @@ async function expireDueWaits(
   report: SweepReport,
 ): Promise<void> {
   for (let pages = 0; pages < options.maxPages; pages++) {
-    const due = await withTenantTx(deps.pool, scope, (db) => dueWaits(db, scope, options.batchSize))
+    const due = await withTimeouts(options.timeouts)(deps.pool, scope, (db) =>
+      dueWaits(db, scope, options.batchSize),
+    )
     if (due.length === 0) return
-    // Those a delivery or their timer job resolved meanwhile are left alone, and not counted.
-    report.waitsExpired += (await expireWaits(deps, scope, due)).expired
+    // Those a delivery or their timer job resolved meanwhile are left alone, and not counted; those
+    // another transaction holds are skipped (the next sweep comes back to them).
+    const maintenance = options.timeouts ?? { lockTimeoutMs: 0, statementTimeoutMs: 0 }
+    report.waitsExpired += (await expireWaits(deps, scope, due, [], maintenance)).expired
     if (due.length < options.batchSize) return
   }
+}
+
+/**
+ * Locks, without waiting, the candidates the sweep must act on; those another transaction holds (a
+ * worker's completion under way, or frozen mid-way) are counted as skipped and left for next time.
+ */
+async function lockFree(
+  db: Db,
+  scope: TenantScope,
+  candidates: readonly SweepCandidate[],
+  report: SweepReport,
+): Promise<Set<string>> {
+  const todo = candidates.filter((c) => decideSweep(c).kind !== 'none').map((c) => c.taskId)
+  if (todo.length === 0) return new Set()
+  const { rows } = await db.executeSql(LOCK, [scope.tenantId, todo])
+  report.skipped += todo.length - rows.length
+  return new Set(rows.map((r) => r.id as string))
+}
+
+/**
+ * Requeues in one statement; should a row it needs be held all the same (a job's, past
+ * lock_timeout), one task at a time, skipping the held ones. Returns the tasks requeued.
+ */
+async function requeueUnlessLocked(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  items: readonly RequeueItem[],
+  report: SweepReport,
+): Promise<number> {
+  const all = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, items, 'task_recovered'))
+  if (all) return all.length
+  let requeued = 0
+  for (const item of items) {
+    const one = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, [item], 'task_recovered'))
+    if (one) requeued += one.length
+    else report.skipped++
+  }
+  return requeued
 }
 
 function toCandidate(r: Record<string, any>): SweepCandidate {

@@ -21,7 +21,7 @@ import type { WaitSpec } from '../core/definition.ts'
 import { assertStorableJson, type Json, type JsonLimits } from '../core/json.ts'
 import type { TaskStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, type TenantScope, type TxTimeouts, withTenantTx, withTimeouts } from '../db/tx.ts'
 import { InvalidInputError, NotFoundError, WaitError } from '../errors.ts'
 import { insertJobs, type ReadyJob, WAIT_QUEUE } from '../queue/boss.ts'
 import { type CompletionOutcome, writeCompletions } from './complete.ts'
@@ -135,9 +135,10 @@ async function lockWorkflows(
   db: Db,
   scope: TenantScope,
   ids: readonly string[],
+  skipLocked = false,
 ): Promise<Map<string, string>> {
   const { rows } = await db.executeSql(
-    `SELECT id, status FROM workflows WHERE tenant_id = $1 AND id = ANY($2::uuid[]) ORDER BY id FOR NO KEY UPDATE`,
+    `SELECT id, status FROM workflows WHERE tenant_id = $1 AND id = ANY($2::uuid[]) ORDER BY id FOR NO KEY UPDATE${skipLocked ? ' SKIP LOCKED' : ''}`,
     [scope.tenantId, [...new Set(ids)]],
   )
   return new Map(rows.map((r) => [r.id as string, r.status as string]))
@@ -197,27 +198,33 @@ export async function armWaits(
 /**
  * Times out waits whose deadline has passed (by the database clock): the timer jobs a worker
  * fetched, or, from the sweeper, waits whose timer job was lost. A wait resolved meanwhile is left
- * alone (fenced on 'waiting' and the attempt). Completes the fetched jobs.
+ * alone (fenced on 'waiting' and the attempt). Completes the fetched jobs. With `maintenance` (the
+ * sweeper's backstop, no jobs), a wait whose workflow or task another transaction holds is skipped
+ * instead of waited for (the next sweep comes back to it), under the maintenance timeouts.
  */
 export async function expireWaits(
   deps: WaitDeps,
   scope: TenantScope,
   due: readonly { taskId: string; workflowId: string; attempt: number }[],
   jobs: readonly FetchedJob[] = [],
+  maintenance?: TxTimeouts,
 ): Promise<WaitOutcome & { expired: number }> {
-  return withTenantTx(deps.pool, scope, async (db) => {
+  const skip = maintenance !== undefined
+  return withTimeouts(maintenance)(deps.pool, scope, async (db) => {
     const outcome: WaitOutcome = { dispatched: [], workflowsCompleted: [], workflowsFailed: [] }
-    await lockWorkflows(
+    const locked = await lockWorkflows(
       db,
       scope,
       due.map((d) => d.workflowId),
+      skip,
     )
+    const mine = skip ? due.filter((d) => locked.has(d.workflowId)) : due
     const { rows } = await db.executeSql(
       `SELECT ${TASK_COLUMNS} FROM agent_coordination t
        JOIN jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int) ON t.id = x.id AND t.attempt = x.attempt
        WHERE t.tenant_id = $1 AND t.status = 'waiting' AND t.wait_deadline <= now()
-       ORDER BY t.id FOR UPDATE OF t`,
-      [scope.tenantId, JSON.stringify(due.map((d) => ({ id: d.taskId, attempt: d.attempt })))],
+       ORDER BY t.id FOR UPDATE OF t${skip ? ' SKIP LOCKED' : ''}`,
+      [scope.tenantId, JSON.stringify(mine.map((d) => ({ id: d.taskId, attempt: d.attempt })))],
     )
     for (const task of rows as WaitingTask[]) {
       await db.executeSql(

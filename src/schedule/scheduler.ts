@@ -14,7 +14,7 @@ import type { PgBoss } from 'pg-boss'
 import type { WorkflowDefinition } from '../core/definition.ts'
 import type { JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, isTimedOut, type TenantScope, type TxTimeouts, withTimeouts } from '../db/tx.ts'
 import { isTransient } from '../flow/completer.ts'
 import { startWorkflow, type StartDeps } from '../flow/start.ts'
 import { APP_SCHEMA } from '../db/names.ts'
@@ -261,6 +261,8 @@ export interface ScheduleReport extends ScheduleTickReport {
   tenants: number
   /** Tenants in a database of their own that could not be reached (the next run tries again). */
   unreachable: string[]
+  /** Tenants passed over because a lock or a statement timed out (the next pass tries again). */
+  blocked: string[]
 }
 
 export interface RunDeps {
@@ -277,21 +279,22 @@ export interface RunDeps {
 /**
  * One scheduler pass over the given tenants: per tenant, transactions of up to `batchSize` due
  * schedules, at most `maxBatches` of them. A tenant database that cannot be reached is noted and
- * passed over, so one database down does not stop the others' schedules.
+ * passed over, so one database down does not stop the others' schedules; so is a tenant whose lock or
+ * statement timed out (`timeouts`: a transaction that holds what the pass needs, a slow database).
  */
 export async function runSchedules(
   deps: RunDeps,
   scopes: AsyncIterable<TenantScope> | Iterable<TenantScope>,
-  options: TickOptions & { maxBatches?: number },
+  options: TickOptions & { maxBatches?: number; timeouts?: TxTimeouts },
 ): Promise<ScheduleReport> {
-  const report: ScheduleReport = { ...emptyTickReport(), tenants: 0, unreachable: [] }
+  const report: ScheduleReport = { ...emptyTickReport(), tenants: 0, unreachable: [], blocked: [] }
   for await (const scope of scopes) {
     try {
       const { pool, boss, key } = await deps.storeOf(scope)
       const tickDeps: TickDeps = { ...deps, pool, boss }
       const failed = new Set<string>()
       for (let batch = 0; batch < (options.maxBatches ?? 10); batch++) {
-        const { full, ...tick } = await withTenantTx(pool, scope, (db) =>
+        const { full, ...tick } = await withTimeouts(options.timeouts)(pool, scope, (db) =>
           tickTenant(db, tickDeps, scope, options, failed),
         )
         // The same due schedules of unknown types would be listed again by every batch.
@@ -300,6 +303,10 @@ export async function runSchedules(
         if (!full) break
       }
     } catch (error) {
+      if (isTimedOut(error)) {
+        report.blocked.push(scope.tenantId)
+        continue
+      }
       if (!scope.database || !isTransient(error)) throw error
       report.unreachable.push(scope.tenantId)
       continue

@@ -118,7 +118,7 @@ describe.concurrent('crash points', () => {
 })
 
 describe('EQUILATERAL_FAILPOINTS', () => {
-  it('arms the named points with their probability, and refuses what it does not know', () => {
+  it('arms the named points with their probability or stop, and refuses what it does not know', () => {
     expect(parseFailpoints(undefined)).toBeNull()
     expect(parseFailpoints(' ')).toBeNull()
     expect(parseFailpoints('claim.after-commit, complete.before-commit=0.25')).toEqual(
@@ -127,6 +127,11 @@ describe('EQUILATERAL_FAILPOINTS', () => {
         ['complete.before-commit', 0.25],
       ]),
     )
+    // stop: SIGSTOP once, where it is met (test/chaos/frozen-worker.test.ts).
+    expect(parseFailpoints('complete.before-commit=stop')).toEqual(
+      new Map([['complete.before-commit', 'stop']]),
+    )
+    expect(() => parseFailpoints('complete.before-commit=halt')).toThrow(/between 0 and 1, or stop/)
     expect(() => parseFailpoints('complete.befor-commit')).toThrow(/unknown point "complete.befor-commit"/)
     expect(() => parseFailpoints('claim.after-commit=2')).toThrow(/between 0 and 1/)
     expect(() => parseFailpoints('claim.after-commit=often')).toThrow(/between 0 and 1/)
