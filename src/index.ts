@@ -65,6 +65,7 @@ export {
   ENTERPRISE_QUEUE,
   EnterpriseOrchestrator,
   EnterpriseRunConflictError,
+  EnterpriseRunForgedError,
   EnterpriseTimeoutError,
 } from './enterprise.ts'
 export type {

@@ -87,3 +87,15 @@ function walk(value: unknown, path: string, depth: number, maxDepth: number, see
       throw new InvalidInputError(`${path} is a ${typeof value}, which JSON cannot represent`, path)
   }
 }
+
+/** JSON text with object keys sorted at every level: the same for a value however jsonb ordered it. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) =>
+      a < b ? -1 : a > b ? 1 : 0,
+    )
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
+  }
+  return JSON.stringify(value ?? null)
+}
