@@ -19,7 +19,11 @@ import {
 } from './analytics.ts'
 import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from './audit/seal.ts'
 import { type ErasureReport, eraseSubject, eraseTenant } from './compliance/erasure.ts'
-import type { ComplianceProfile } from './compliance/profile.ts'
+import {
+  auditRetentionDays as auditRetentionOf,
+  type ComplianceProfile,
+  parseComplianceProfile,
+} from './compliance/profile.ts'
 import {
   ensureRetentionQueue,
   ownsTenantTables,
@@ -723,7 +727,21 @@ export class Engine {
     const reports: VerifyReport[] = []
     for await (const scope of scopes) {
       const { pool } = await this.stores.of(scope)
-      reports.push(await withTenantTx(pool, scope, (db) => verifyTenant(db, scope.tenantId)))
+      // Purged blocks are checked against the tenant's audit retention (none: nothing may be purged).
+      const { rows } = await this.pool.query(
+        `SELECT compliance_profile FROM ${APP_SCHEMA}.tenants WHERE id = $1`,
+        [scope.tenantId],
+      )
+      let auditRetentionDays: number | null | undefined
+      try {
+        auditRetentionDays =
+          auditRetentionOf(parseComplianceProfile(rows[0]?.compliance_profile ?? {})) ?? null
+      } catch {
+        auditRetentionDays = undefined // an invalid profile: purges are checked for order only
+      }
+      reports.push(
+        await withTenantTx(pool, scope, (db) => verifyTenant(db, scope.tenantId, { auditRetentionDays })),
+      )
     }
     return reports
   }

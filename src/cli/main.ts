@@ -706,17 +706,19 @@ audit
 audit
   .command('verify')
   .description(
-    'recompute the audit hash chain and name the first row or block altered, deleted or inserted out of band',
+    'recompute the audit hash chain and name every row or block altered, deleted, inserted out of band, redacted without a record or purged out of order or early',
   )
   .option('--tenant <id>', 'one tenant (default: every active tenant)')
   .action(async (opts: { tenant?: string }) => {
     await withEngine(undefined, async (engine) => {
       const reports = await engine.verifyAudit(opts.tenant)
       for (const r of reports) {
-        const line = r.ok
-          ? `ok        ${r.tenantId}: ${r.rows} rows in ${r.blocks} blocks (${r.redacted} redacted, ${r.purgedBlocks} blocks purged, ${r.unsealed} not sealed yet)`
-          : `TAMPERED  ${r.tenantId}: ${r.problem?.message} [${r.problem?.kind}, block ${r.problem?.blockNo}]`
-        process.stdout.write(`${line}\n`)
+        const lines = r.ok
+          ? [
+              `ok        ${r.tenantId}: ${r.rows} rows in ${r.blocks} blocks (${r.redacted} redacted, ${r.purgedBlocks} blocks purged, ${r.unsealed} not sealed yet)`,
+            ]
+          : r.problems.map((p) => `TAMPERED  ${r.tenantId}: ${p.message} [${p.kind}, block ${p.blockNo}]`)
+        process.stdout.write(lines.map((l) => `${l}\n`).join(''))
       }
       if (reports.some((r) => !r.ok)) process.exitCode = 1
     })
