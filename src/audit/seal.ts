@@ -37,6 +37,7 @@ export type VerifyProblemKind =
   | 'unrecorded_redaction'
   | 'purged_out_of_order'
   | 'purged_early'
+  | 'checkpoint_mismatch'
 
 export interface VerifyProblem {
   kind: VerifyProblemKind
@@ -61,10 +62,10 @@ export interface VerifyReport {
   problems: VerifyProblem[]
 }
 
-const ROW_COLUMNS = `a.id::text, a.txid::text, a.workflow_id, a.task_id, a.agent_id, a.action_type, a.actor,
+export const ROW_COLUMNS = `a.id::text, a.txid::text, a.workflow_id, a.task_id, a.agent_id, a.action_type, a.actor,
   a.correlation_id, (extract(epoch FROM a."timestamp") * 1000000)::bigint::text AS ts_us, a.action_data::text AS data`
 
-interface AuditRow {
+export interface AuditRow {
   id: string
   txid: string
   workflow_id: string
@@ -187,6 +188,8 @@ export interface VerifyOptions {
    * it has none: then no block may be purged at all. Undefined: purges are checked for order only.
    */
   auditRetentionDays?: number | null
+  /** A head from a checkpoint taken earlier (src/audit/checkpoint.ts): that block must still hash so. */
+  head?: { blockNo: string; hash: string; takenAt: string }
 }
 
 const DAY_MS = 24 * 3600 * 1000
@@ -222,6 +225,7 @@ export async function verifyTenant(
   let expect = { blockNo: 1n, firstSeq: 1n, prevHash: GENESIS, txid: '0', id: '0' }
   // Whether a block not purged has been seen: a purged block after it breaks the prefix rule.
   let unpurgedSeen: string | null = null
+  let headSeen = false
   for (;;) {
     const { rows: seals } = await db.executeSql(
       `SELECT block_no::text, first_seq::text, row_count, last_txid::text, last_id::text, row_ids::text[],
@@ -310,6 +314,16 @@ export async function verifyTenant(
         }
         report.rows += audit.length
       }
+      if (options.head && options.head.blockNo === s.block_no) {
+        headSeen = true
+        if (options.head.hash !== s.hash) {
+          fail({
+            kind: 'checkpoint_mismatch',
+            blockNo: at,
+            message: `block ${at} does not have the hash it had at the checkpoint of ${options.head.takenAt}: the chain up to it was rewritten`,
+          })
+        }
+      }
       report.blocks++
       // From the block as stored: a block out of place is reported once, not every block after it.
       expect = {
@@ -321,6 +335,13 @@ export async function verifyTenant(
       }
     }
     if (seals.length < pageSize) break
+  }
+  if (options.head && options.head.blockNo !== '0' && !headSeen) {
+    fail({
+      kind: 'checkpoint_mismatch',
+      blockNo: options.head.blockNo,
+      message: `block ${options.head.blockNo}, the head at the checkpoint of ${options.head.takenAt}, is gone: the chain was cut back`,
+    })
   }
   const { rows } = await db.executeSql(
     `SELECT count(*)::int AS n FROM agent_audit_log WHERE tenant_id = $1 AND (txid, id) > ($2::bigint, $3::bigint)`,

@@ -23,6 +23,7 @@ import { Servers } from '../db/placement.ts'
 import { dataRoot, describeUrl, provisionDatabase } from '../db/provision.ts'
 import { createEngine, Engine } from '../engine.ts'
 import { EnterpriseOrchestrator } from '../enterprise.ts'
+import { readCheckpoint } from '../audit/checkpoint.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { isTransient } from '../flow/completer.ts'
 import { createLogger } from '../log.ts'
@@ -704,14 +705,30 @@ audit
     await withEngine(undefined, async (engine) => print(await engine.sealAudit()))
   })
 audit
+  .command('checkpoint')
+  .description(
+    "print every active tenant's audit chain head, signed, as JSON: keep it outside the database for `audit verify --against`",
+  )
+  .action(async () => {
+    await withEngine(undefined, async (engine) => print(await engine.auditCheckpoint()))
+  })
+audit
   .command('verify')
   .description(
     'recompute the audit hash chain and name every row or block altered, deleted, inserted out of band, redacted without a record or purged out of order or early',
   )
   .option('--tenant <id>', 'one tenant (default: every active tenant)')
-  .action(async (opts: { tenant?: string }) => {
+  .option(
+    '--against <file>',
+    'a checkpoint `audit checkpoint` printed earlier: each tenant head in it must still have its hash',
+  )
+  .action(async (opts: { tenant?: string; against?: string }) => {
     await withEngine(undefined, async (engine) => {
-      const reports = await engine.verifyAudit(opts.tenant)
+      const against =
+        opts.against === undefined
+          ? undefined
+          : readCheckpoint(engine.keyRing, await readFile(opts.against, 'utf8'))
+      const reports = await engine.verifyAudit(opts.tenant, against ? { against } : {})
       for (const r of reports) {
         const lines = r.ok
           ? [

@@ -3,9 +3,13 @@
 // says who approved, and mark a block in the middle of the chain purged and delete its rows, with
 // `audit verify` still at exit 0. Now the trigger refuses both, and when they are done anyway (as a
 // superuser past the triggers) verify names every problem, each of them, with exit 1.
+import { mkdtemp, readFile, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { defineAgent, defineWorkflow } from '../../src/index.ts'
+import { type AuditRow, blockHash, dataHash, ROW_COLUMNS, rowHash } from '../../src/audit/seal.ts'
+import { defineAgent, defineWorkflow, KeyRing } from '../../src/index.ts'
 import { childEnv, cliProcesses } from '../cli/run.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
@@ -18,8 +22,14 @@ const gate = defineWorkflow({
 })
 
 const { engine, db } = await testEngine({ agents: [ok], workflows: [single, gate] })
+// The command line signs checkpoints with a key of its own; the database never sees it.
 const { run } = cliProcesses(
-  childEnv({ DATABASE_URL: db.url, MIGRATION_DATABASE_URL: db.url, LOG_LEVEL: 'warn' }),
+  childEnv({
+    DATABASE_URL: db.url,
+    MIGRATION_DATABASE_URL: db.url,
+    LOG_LEVEL: 'warn',
+    ENCRYPTION_KEYS: `k1:${KeyRing.generateKey()}`,
+  }),
 )
 const owner = new pg.Client({ connectionString: db.url })
 await owner.connect()
@@ -122,6 +132,50 @@ describe('audit rewrites with the owner’s rights (issue 20, V2)', () => {
     expect(report).toMatchObject({ ok: true, redacted: 1, problems: [] })
   })
 
+  it('catches, against a checkpoint kept outside, a rewrite whose whole chain was recomputed', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'eq-checkpoint-'))
+    const file = path.join(dir, 'checkpoint.json')
+    const taken = await run(['audit', 'checkpoint'])
+    expect(taken.code, taken.stderr).toBe(0)
+    await writeFile(file, taken.stdout)
+    const checkpoint = JSON.parse(taken.stdout)
+    expect(checkpoint.heads).toEqual([
+      { tenantId: 'acme', blockNo: String(blocks), hash: expect.any(String), rows: expect.any(String) },
+    ])
+    expect(checkpoint.signature).toMatch(/^k1\./)
+    expect((await run(['audit', 'verify', '--against', file])).code).toBe(0)
+
+    // Whoever has the database rewrites a sealed row and recomputes every seal from its block on.
+    const { rows } = await owner.query(
+      `SELECT id::text FROM equilateral.agent_audit_log WHERE tenant_id = 'acme' AND action_type = 'task_started'
+       ORDER BY id LIMIT 1`,
+    )
+    const victim = rows[0].id as string
+    await owner.query(`BEGIN; SET LOCAL session_replication_role = replica;
+      UPDATE equilateral.agent_audit_log SET action_data = '{"by": "mallory"}' WHERE id = ${victim}; COMMIT`)
+    await reseal(victim)
+    const [plain] = await engine.verifyAudit('acme')
+    expect(plain).toMatchObject({ ok: true, problems: [] })
+
+    const verified = await run(['audit', 'verify', '--against', file])
+    expect(verified.code).toBe(1)
+    expect(verified.stdout).toMatch(
+      new RegExp(
+        `^TAMPERED  acme: block ${blocks} does not have the hash it had at the checkpoint of .*\\[checkpoint_mismatch, block ${blocks}\\]\n$`,
+      ),
+    )
+    // Nor can the checkpoint be made to agree: a head changed in the file no longer verifies.
+    const [head] = await engine.auditCheckpoint().then((c) => c.heads)
+    await writeFile(
+      file,
+      JSON.stringify({ ...checkpoint, heads: [{ ...checkpoint.heads[0], hash: head!.hash }] }),
+    )
+    const forged = await run(['audit', 'verify', '--against', file])
+    expect(forged.code).toBe(2)
+    expect(forged.stderr).toMatch(/signature does not verify/)
+    expect(JSON.parse(await readFile(file, 'utf8')).heads[0].hash).toBe(head!.hash)
+  })
+
   it('past the triggers (as a superuser): verify fails and names every problem, and the CLI exits 1', async () => {
     const { rows } = await owner.query(
       `SELECT id::text FROM equilateral.agent_audit_log WHERE tenant_id = 'acme' AND action_type = 'workflow_completed'
@@ -162,3 +216,30 @@ describe('audit rewrites with the owner’s rights (issue 20, V2)', () => {
     expect(cli.stdout).toMatch(/\[purged_early, block 5\]/)
   })
 })
+
+/** Recomputes, as someone with the database would, every seal from the block holding `rowId` on. */
+async function reseal(rowId: string): Promise<void> {
+  const { rows: seals } = await owner.query(
+    `SELECT s.block_no::text, s.first_seq::text, s.row_ids::text[], s.prev_hash FROM equilateral.agent_audit_seals s
+     WHERE s.tenant_id = 'acme' AND s.block_no >= (SELECT block_no FROM equilateral.agent_audit_seals
+       WHERE tenant_id = 'acme' AND ${rowId} = ANY (row_ids)) ORDER BY s.block_no`,
+  )
+  let prev = seals[0].prev_hash as string
+  await owner.query(`BEGIN; SET LOCAL session_replication_role = replica`)
+  for (const s of seals) {
+    const { rows } = await owner.query(
+      `SELECT ${ROW_COLUMNS} FROM equilateral.agent_audit_log a WHERE a.id = ANY ($1::bigint[]) ORDER BY a.txid, a.id`,
+      [s.row_ids],
+    )
+    const dataHashes = (rows as AuditRow[]).map((r) => dataHash(r.data))
+    const rowHashes = (rows as AuditRow[]).map((r, i) => rowHash('acme', r, dataHashes[i]!))
+    const hash = blockHash(prev, s.block_no, s.first_seq, rowHashes)
+    await owner.query(
+      `UPDATE equilateral.agent_audit_seals SET data_hashes = $2, row_hashes = $3, prev_hash = $4, hash = $5
+       WHERE tenant_id = 'acme' AND block_no = $1`,
+      [s.block_no, dataHashes, rowHashes, prev, hash],
+    )
+    prev = hash
+  }
+  await owner.query('COMMIT')
+}
