@@ -831,16 +831,26 @@ program
   )
   .option('--tenant <id>', 'one tenant (default: every tenant, suspended ones too)')
   .option('--batch <n>', 'rows per transaction (default 500)', (v) => positiveInt(v))
-  .action(async (opts: { tenant?: string; batch?: number }) => {
-    await withEngine(undefined, async (engine) =>
-      print(
-        await engine.reencrypt({
-          ...(opts.tenant ? { tenant: opts.tenant } : {}),
-          ...(opts.batch ? { batchSize: opts.batch } : {}),
-          onTenant: (r) => process.stderr.write(`reencrypt: ${JSON.stringify(r)}\n`),
-        }),
-      ),
-    )
+  .option(
+    '--skip-unreadable',
+    'go on past values that cannot be decrypted, leave them as they are and list them (`unreadable`, exit 1)',
+  )
+  .action(async (opts: { tenant?: string; batch?: number; skipUnreadable?: boolean }) => {
+    await withEngine(undefined, async (engine) => {
+      const report = await engine.reencrypt({
+        ...(opts.tenant ? { tenant: opts.tenant } : {}),
+        ...(opts.batch ? { batchSize: opts.batch } : {}),
+        ...(opts.skipUnreadable ? { skipUnreadable: true } : {}),
+        onTenant: (r) => process.stderr.write(`reencrypt: ${JSON.stringify(r)}\n`),
+      })
+      print(report)
+      for (const u of report.unreadable) {
+        process.stderr.write(
+          `reencrypt: unreadable ${u.table} ${u.id} of tenant ${u.tenant} (${u.purpose}): ${u.code}\n`,
+        )
+      }
+      if (report.unreadable.length > 0) process.exitCode = 1
+    })
   })
 
 /**
