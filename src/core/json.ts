@@ -99,3 +99,67 @@ export function canonicalJson(value: unknown): string {
   }
   return JSON.stringify(value ?? null)
 }
+
+/** A number whose decimal text is not what a JavaScript number (a double) holds: the parse lost it. */
+const INEXACT = Symbol('inexact number')
+
+/** `${sign}${significant digits}e${exponent}`: the same for every spelling of one decimal value. */
+function decimalKey(text: string): string | null {
+  const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text)
+  if (!m) return null
+  const [, sign = '', int = '', frac = '', exp = '0'] = m
+  let digits = (int + frac).replace(/^0+/, '')
+  if (digits === '') return '0'
+  let e = Number(exp) - frac.length
+  const trimmed = digits.replace(/0+$/, '')
+  e += digits.length - trimmed.length
+  digits = trimmed
+  return `${sign}${digits}e${e}`
+}
+
+/**
+ * Refuses, in JSON text that parses, (InvalidInputError naming its path from `label`) a number that a
+ * JavaScript number cannot carry exactly: an integer past 2^53 that is not a double (a 40-digit
+ * id), a magnitude that overflows (1e400) or underflows to 0 (1e-400), or more significant digits
+ * than a double keeps. Stored as parsed, they would be another value, silently. Numbers that round
+ * trip (0.1, 1.0, 1e21) are accepted. Needs JSON.parse's source text (Node.js >= 21). Text without
+ * 16 digits in a row (a decimal point aside) and without an exponent cannot hold such a number and
+ * is not parsed again.
+ */
+export function assertExactNumbers(text: string, label = '$'): void {
+  if (/\d(?:\.?\d){15}|\d[eE]/.test(text)) checkedParse(text, label)
+}
+
+function checkedParse(text: string, label: string): unknown {
+  let inexact: { source: string; value: number } | undefined
+  const value: unknown = JSON.parse(text, (_key, v: unknown, context?: { source?: string }) => {
+    if (typeof v !== 'number' || typeof context?.source !== 'string') return v
+    const exact = Number.isFinite(v) && decimalKey(context.source) === decimalKey(String(v))
+    if (exact) return v
+    inexact ??= { source: context.source, value: v }
+    return INEXACT
+  })
+  if (!inexact) return value
+  const path = pathOf(value, INEXACT, label) ?? label
+  const shown = inexact.source.length > 40 ? `${inexact.source.slice(0, 40)}…` : inexact.source
+  throw new InvalidInputError(
+    `${path} is ${shown}, a number JSON here cannot carry exactly (it would be stored as ${String(inexact.value)}): send it as a string`,
+    path,
+  )
+}
+
+function pathOf(value: unknown, target: unknown, path: string): string | undefined {
+  if (value === target) return path
+  if (Array.isArray(value)) {
+    for (let i = 0; i < value.length; i++) {
+      const found = pathOf(value[i], target, `${path}[${i}]`)
+      if (found) return found
+    }
+  } else if (value !== null && typeof value === 'object') {
+    for (const [k, v] of Object.entries(value)) {
+      const found = pathOf(v, target, `${path}.${k}`)
+      if (found) return found
+    }
+  }
+  return undefined
+}
