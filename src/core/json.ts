@@ -100,9 +100,6 @@ export function canonicalJson(value: unknown): string {
   return JSON.stringify(value ?? null)
 }
 
-/** A number whose decimal text is not what a JavaScript number (a double) holds: the parse lost it. */
-const INEXACT = Symbol('inexact number')
-
 /** `${sign}${significant digits}e${exponent}`: the same for every spelling of one decimal value. */
 function decimalKey(text: string): string | null {
   const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text)
@@ -117,49 +114,85 @@ function decimalKey(text: string): string | null {
   return `${sign}${digits}e${e}`
 }
 
+/** Whether the number `value` (parsed from `text`) is the decimal value `text` spells. */
+function exactText(text: string, value: number): boolean {
+  if (!Number.isFinite(value)) return false
+  const shortest = String(value)
+  return shortest === text || decimalKey(text) === decimalKey(shortest)
+}
+
+const NUMBER_AT = /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/y
+
 /**
  * Refuses, in JSON text that parses, (InvalidInputError naming its path from `label`) a number that a
  * JavaScript number cannot carry exactly: an integer past 2^53 that is not a double (a 40-digit
  * id), a magnitude that overflows (1e400) or underflows to 0 (1e-400), or more significant digits
  * than a double keeps. Stored as parsed, they would be another value, silently. Numbers that round
- * trip (0.1, 1.0, 1e21) are accepted. Needs JSON.parse's source text (Node.js >= 21). Text without
- * 16 digits in a row (a decimal point aside) and without an exponent cannot hold such a number and
- * is not parsed again.
+ * trip (0.1, 1.0, 1e21) are accepted. The text is not parsed again: a regular expression finds the
+ * number-like tokens (in strings too), and only when one looks inexact is the text walked to know
+ * whether it is a number and where.
  */
 export function assertExactNumbers(text: string, label = '$'): void {
-  if (/\d(?:\.?\d){15}|\d[eE]/.test(text)) checkedParse(text, label)
-}
-
-function checkedParse(text: string, label: string): unknown {
-  let inexact: { source: string; value: number } | undefined
-  const value: unknown = JSON.parse(text, (_key, v: unknown, context?: { source?: string }) => {
-    if (typeof v !== 'number' || typeof context?.source !== 'string') return v
-    const exact = Number.isFinite(v) && decimalKey(context.source) === decimalKey(String(v))
-    if (exact) return v
-    inexact ??= { source: context.source, value: v }
-    return INEXACT
-  })
-  if (!inexact) return value
-  const path = pathOf(value, INEXACT, label) ?? label
-  const shown = inexact.source.length > 40 ? `${inexact.source.slice(0, 40)}…` : inexact.source
-  throw new InvalidInputError(
-    `${path} is ${shown}, a number JSON here cannot carry exactly (it would be stored as ${String(inexact.value)}): send it as a string`,
-    path,
-  )
-}
-
-function pathOf(value: unknown, target: unknown, path: string): string | undefined {
-  if (value === target) return path
-  if (Array.isArray(value)) {
-    for (let i = 0; i < value.length; i++) {
-      const found = pathOf(value[i], target, `${path}[${i}]`)
-      if (found) return found
-    }
-  } else if (value !== null && typeof value === 'object') {
-    for (const [k, v] of Object.entries(value)) {
-      const found = pathOf(v, target, `${path}.${k}`)
-      if (found) return found
+  for (const m of text.matchAll(NUMBER_TOKEN)) {
+    const token = m[0]
+    if (inexact(token)) {
+      locateInexact(text, label)
+      return
     }
   }
-  return undefined
+}
+
+const NUMBER_TOKEN = /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g
+
+/** At most 15 digits and no exponent is always exact; anything else is checked. */
+function inexact(token: string): boolean {
+  return (token.length >= 16 || /[eE]/.test(token)) && !exactText(token, Number(token))
+}
+
+/** Walks the JSON text to the first inexact number outside strings, and throws naming its path. */
+function locateInexact(text: string, label: string): void {
+  const stack: { array: boolean; key: string; index: number }[] = []
+  let expectKey = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 0x22) {
+      // A string: to its closing quote (one not escaped by an odd number of backslashes).
+      let end = text.indexOf('"', i + 1)
+      for (;;) {
+        let slashes = 0
+        while (text.charCodeAt(end - 1 - slashes) === 0x5c) slashes++
+        if (slashes % 2 === 0) break
+        end = text.indexOf('"', end + 1)
+      }
+      if (expectKey) {
+        const top = stack.at(-1)
+        if (top) top.key = JSON.parse(text.slice(i, end + 1)) as string
+        expectKey = false
+      }
+      i = end
+    } else if (c === 0x7b) {
+      stack.push({ array: false, key: '', index: 0 })
+      expectKey = true
+    } else if (c === 0x5b) {
+      stack.push({ array: true, key: '', index: 0 })
+    } else if (c === 0x7d || c === 0x5d) {
+      stack.pop()
+    } else if (c === 0x2c) {
+      const top = stack.at(-1)
+      if (top?.array) top.index++
+      else expectKey = true
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      NUMBER_AT.lastIndex = i
+      const token = NUMBER_AT.exec(text)?.[0] ?? text.charAt(i)
+      if (inexact(token)) {
+        const path = label + stack.map((f) => (f.array ? `[${f.index}]` : `.${f.key}`)).join('')
+        const shown = token.length > 40 ? `${token.slice(0, 40)}…` : token
+        throw new InvalidInputError(
+          `${path} is ${shown}, a number JSON here cannot carry exactly (it would be stored as ${String(Number(token))}): send it as a string`,
+          path,
+        )
+      }
+      i += token.length - 1
+    }
+  }
 }

@@ -257,12 +257,12 @@ describe('bad requests get the right status, a problem+json body, and write noth
       expect(answer.body.detail).toContain(n.slice(0, 20))
     }
     const nested = await call('POST', '/v1/workflows', {
-      raw: '{"type":"diamond","input":{"list":[1,{"x":12345678.123456789012}]}}',
+      raw: '{"type":"diamond","input":{"list":["1e-400",{"x\\"y":"\\\\","x":12345678.123456789012}]}}',
     })
     expect(nested.body.path).toBe('$.input.list[1].x')
     expect(await tableCounts()).toEqual(before)
     const fine = await call('POST', '/v1/workflows', {
-      raw: '{"type":"diamond","input":{"a":0.1,"b":1.0,"c":1e21,"d":9007199254740992,"e":-0,"f":2.5e-7}}',
+      raw: '{"type":"diamond","input":{"a":0.1,"b":1.0,"c":1e21,"d":9007199254740992,"e":-0,"f":2.5e-7,"g":"12345678901234567890 \\" 1e-400"}}',
     })
     expect(fine.status, JSON.stringify(fine.body)).toBe(201)
   })
