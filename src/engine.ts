@@ -722,7 +722,6 @@ export class Engine {
     return total
   }
 
-  /** Recomputes audit hash chains: one tenant's, or every active tenant's. */
   /**
    * Every active tenant's chain head, signed (src/audit/checkpoint.ts): keep it outside the
    * database, and `verifyAudit(…, { against })` shows later whether anything up to it changed.
@@ -736,6 +735,10 @@ export class Engine {
     return signCheckpoint(this.keyRing, heads)
   }
 
+  /**
+   * Recomputes audit hash chains: one tenant's, or every active tenant's; with `against`, also
+   * checks each tenant head of that checkpoint.
+   */
   async verifyAudit(tenantId?: string, options: { against?: AuditCheckpoint } = {}): Promise<VerifyReport[]> {
     const scopes = tenantId ? [await this.tenants.require(tenantId)] : this.tenants.active()
     const reports: VerifyReport[] = []
