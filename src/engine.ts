@@ -17,9 +17,14 @@ import {
   type TenantStatsSection,
   tenantStats,
 } from './analytics.ts'
+import { type AuditCheckpoint, type ChainHead, chainHead, signCheckpoint } from './audit/checkpoint.ts'
 import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from './audit/seal.ts'
 import { type ErasureReport, eraseSubject, eraseTenant } from './compliance/erasure.ts'
-import type { ComplianceProfile } from './compliance/profile.ts'
+import {
+  auditRetentionDays as auditRetentionOf,
+  type ComplianceProfile,
+  parseComplianceProfile,
+} from './compliance/profile.ts'
 import {
   ensureRetentionQueue,
   ownsTenantTables,
@@ -808,13 +813,49 @@ export class Engine {
     return total
   }
 
-  /** Recomputes audit hash chains: one tenant's, or every active tenant's. */
-  async verifyAudit(tenantId?: string): Promise<VerifyReport[]> {
+  /**
+   * Every active tenant's chain head, signed (src/audit/checkpoint.ts): keep it outside the
+   * database, and `verifyAudit(…, { against })` shows later whether anything up to it changed.
+   */
+  async auditCheckpoint(): Promise<AuditCheckpoint> {
+    const heads: ChainHead[] = []
+    for await (const scope of this.tenants.active()) {
+      const { pool } = await this.stores.of(scope)
+      heads.push(await withTenantTx(pool, scope, (db) => chainHead(db, scope.tenantId)))
+    }
+    return signCheckpoint(this.keyRing, heads)
+  }
+
+  /**
+   * Recomputes audit hash chains: one tenant's, or every active tenant's; with `against`, also
+   * checks each tenant head of that checkpoint.
+   */
+  async verifyAudit(tenantId?: string, options: { against?: AuditCheckpoint } = {}): Promise<VerifyReport[]> {
     const scopes = tenantId ? [await this.tenants.require(tenantId)] : this.tenants.active()
     const reports: VerifyReport[] = []
     for await (const scope of scopes) {
       const { pool } = await this.stores.of(scope)
-      reports.push(await withTenantTx(pool, scope, (db) => verifyTenant(db, scope.tenantId)))
+      const head = options.against?.heads.find((h) => h.tenantId === scope.tenantId)
+      // Purged blocks are checked against the tenant's audit retention (none: nothing may be purged).
+      const { rows } = await this.pool.query(
+        `SELECT compliance_profile FROM ${APP_SCHEMA}.tenants WHERE id = $1`,
+        [scope.tenantId],
+      )
+      let auditRetentionDays: number | null | undefined
+      try {
+        auditRetentionDays =
+          auditRetentionOf(parseComplianceProfile(rows[0]?.compliance_profile ?? {})) ?? null
+      } catch {
+        auditRetentionDays = undefined // an invalid profile: purges are checked for order only
+      }
+      reports.push(
+        await withTenantTx(pool, scope, (db) =>
+          verifyTenant(db, scope.tenantId, {
+            auditRetentionDays,
+            ...(head ? { head: { ...head, takenAt: options.against?.takenAt ?? '' } } : {}),
+          }),
+        ),
+      )
     }
     return reports
   }

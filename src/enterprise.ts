@@ -7,6 +7,15 @@
 // under row-level security, so nothing tenant-owned is read through them: every member's workflow
 // (status, output, error) is read through that tenant's own handle, inside that tenant's scope.
 //
+// Forgery. The application role may write these tables and pgboss.job, so consolidation trusts
+// only what it can check. start() signs the run (id, workflow type, member tenants) and each member
+// (run, tenant, input) with a key derived from the encryption key ring, which the database never
+// sees: a pass refuses a run whose signature does not verify (and stops its job chain), starts a
+// member only with a valid signature, and reads a member's workflow only if, in the tenant's own
+// scope, it is of the run's type and correlated with the run. Outputs in the summary are encrypted
+// under each tenant's key context (`<tenant>:enterprise.output`), like other payloads. Without
+// ENCRYPTION_KEYS there is no secret to sign with and nothing is encrypted (see README).
+//
 // Durability. start() writes the run, its members (status 'starting') and the first consolidation
 // job in one transaction, then starts each member's workflow with the idempotency key
 // `enterprise:<runId>`. A crash anywhere after that commit loses nothing: the consolidation job
@@ -19,7 +28,7 @@
 // a resume scan) collapse to at most one waiting job per run.
 import { randomUUID } from 'node:crypto'
 import { isUuid, UUID } from './core/ids.ts'
-import { assertStorableJson, type Json } from './core/json.ts'
+import { assertStorableJson, canonicalJson, type Json } from './core/json.ts'
 import { taskData } from './core/plan.ts'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/values.ts'
 import { APP_SCHEMA } from './db/names.ts'
@@ -127,6 +136,26 @@ export class EnterpriseRunConflictError extends EquilateralError {
   }
 }
 
+/** A run's records were not written by start() of this deployment (forged, or altered by hand). */
+export class EnterpriseRunForgedError extends EquilateralError {
+  constructor(runId: string) {
+    super(
+      'invalid_signature',
+      `enterprise run ${runId} is not signed by this deployment's keys: refused (written or altered outside start())`,
+    )
+  }
+}
+
+/** What a run's signature covers: its id, workflow type and the member tenants, sorted. */
+function runSigned(runId: string, workflowType: string, tenants: readonly string[]): string {
+  return JSON.stringify([runId, workflowType, [...tenants].sort()])
+}
+
+/** What a member's signature covers: the run, the tenant and the input it is started with. */
+function memberSigned(runId: string, tenantId: string, input: Json): string {
+  return JSON.stringify([runId, tenantId, canonicalJson(input)])
+}
+
 export class EnterpriseTimeoutError extends EquilateralError {
   constructor(runId: string, timeoutMs: number) {
     super('timeout', `enterprise run ${runId} still running after ${timeoutMs} ms`)
@@ -135,6 +164,10 @@ export class EnterpriseTimeoutError extends EquilateralError {
 
 interface CheckJob {
   runId: string
+}
+
+interface MemberRecord extends EnterpriseMemberView {
+  mac: string | null
 }
 
 export class EnterpriseOrchestrator {
@@ -174,12 +207,25 @@ export class EnterpriseOrchestrator {
     // Lower case, as PostgreSQL prints a uuid: the id is also spelled into the members' idempotency
     // key and the job's singleton key, which must come out the same from every path.
     const runId = (options.runId ?? randomUUID()).toLowerCase()
+    const ring = this.#engine.keyRing
+    const runMac = ring.sign(
+      'enterprise.run',
+      runSigned(
+        runId,
+        workflowType,
+        rows.map((r) => r.tenant_id),
+      ),
+    )
+    const signed = rows.map((r) => ({
+      ...r,
+      mac: ring.sign('enterprise.member', memberSigned(runId, r.tenant_id, r.input)),
+    }))
     await this.#ensureQueue()
 
     const created = await withTransaction(this.#engine.pool, async (client) => {
       const inserted = await client.query(
-        `INSERT INTO ${RUNS} (id, workflow_type, status) VALUES ($1, $2, 'running') ON CONFLICT (id) DO NOTHING`,
-        [runId, workflowType],
+        `INSERT INTO ${RUNS} (id, workflow_type, status, mac) VALUES ($1, $2, 'running', $3) ON CONFLICT (id) DO NOTHING`,
+        [runId, workflowType, runMac],
       )
       const payload = JSON.stringify(rows)
       if (inserted.rowCount === 0) {
@@ -206,9 +252,10 @@ export class EnterpriseOrchestrator {
         return false
       }
       await client.query(
-        `INSERT INTO ${MEMBERS} (run_id, tenant_id, input, status)
-         SELECT $1, m.tenant_id, m.input, 'starting' FROM jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb)`,
-        [runId, payload],
+        `INSERT INTO ${MEMBERS} (run_id, tenant_id, input, status, mac)
+         SELECT $1, m.tenant_id, m.input, 'starting', m.mac
+         FROM jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb, mac text)`,
+        [runId, JSON.stringify(signed)],
       )
       // The first consolidation pass commits with the run: from here on, a crash of this process
       // leaves a job that finishes what this call started.
@@ -216,7 +263,7 @@ export class EnterpriseOrchestrator {
       return true
     })
 
-    const pending = (await this.#members(runId)).filter((m) => m.status === 'starting')
+    const pending = (await this.#records(runId)).filter((m) => m.status === 'starting')
     await eachLimit(pending, this.#concurrency, async (m) => {
       await this.#startMember(runId, workflowType, m).catch((error: unknown) => {
         // Not the member's fault (e.g. the database went away): the consolidation job tries again.
@@ -242,11 +289,60 @@ export class EnterpriseOrchestrator {
       id: r.id,
       workflowType: r.workflow_type,
       status: r.status,
-      summary: r.summary,
+      summary: this.#decrypted(r.summary),
       createdAt: r.created_at,
       completedAt: r.completed_at,
       members: await this.#members(runId),
     }
+  }
+
+  /** The summary with each tenant's output decrypted (EncryptionError if one does not decrypt). */
+  #decrypted(summary: EnterpriseSummary | null): EnterpriseSummary | null {
+    if (summary === null || typeof summary !== 'object' || typeof summary.tenants !== 'object') return summary
+    const ring = this.#engine.keyRing
+    const tenants: Record<string, EnterpriseTenantResult> = {}
+    for (const [t, result] of Object.entries(summary.tenants)) {
+      tenants[t] =
+        result && typeof result === 'object' && result.output !== undefined
+          ? {
+              ...result,
+              output: ring.decrypt(t, 'enterprise.output', result.output) as Record<string, Json>,
+            }
+          : result
+    }
+    return { ...summary, tenants }
+  }
+
+  /** Throws EnterpriseRunForgedError unless start() of this deployment signed the run as it stands. */
+  async #assertSigned(runId: string, workflowType: string): Promise<void> {
+    const { rows } = await this.#engine.pool.query(
+      `SELECT r.mac, array(SELECT tenant_id FROM ${MEMBERS} WHERE run_id = r.id) AS tenants
+       FROM ${RUNS} r WHERE r.id = $1`,
+      [runId],
+    )
+    const r = rows[0]
+    if (
+      !r ||
+      !this.#engine.keyRing.verify('enterprise.run', runSigned(runId, workflowType, r.tenants), r.mac)
+    ) {
+      throw new EnterpriseRunForgedError(runId)
+    }
+  }
+
+  /** The member's workflow if, in its tenant's scope, it is this run's; null if it is not. */
+  async #ownWorkflow(
+    handle: TenantHandle,
+    runId: string,
+    workflowType: string,
+    workflowId: string,
+  ): Promise<WorkflowView | null> {
+    const wf = await handle.getWorkflow(workflowId)
+    if (wf.correlationId === runId && wf.type === workflowType) return wf
+    this.#engine.log.warn(
+      { runId, tenantId: handle.scope.tenantId, workflowId },
+      'enterprise member names a workflow that is not this run’s: not read',
+    )
+    return null
   }
 
   /**
@@ -259,14 +355,19 @@ export class EnterpriseOrchestrator {
     const run = await this.get(id)
     if (run.status !== 'running') return run
     const runId = run.id // as stored (lower case), whatever case the caller used
+    await this.#assertSigned(runId, run.workflowType)
+    const records = new Map((await this.#records(runId)).map((m) => [m.tenantId, m]))
     // Outputs of the workflows this pass saw completed, so consolidation need not read them twice.
     const outputs = new Map<string, Record<string, Json>>()
     const open = run.members.filter((m) => !TERMINAL.has(m.status))
     await eachLimit(open, this.#concurrency, async (m) => {
       try {
-        const started = m.status === 'starting' ? await this.#startMember(runId, run.workflowType, m) : m
+        const started =
+          m.status === 'starting'
+            ? await this.#startMember(runId, run.workflowType, records.get(m.tenantId) ?? { ...m, mac: null })
+            : m
         if (started.status === 'running' && started.workflowId) {
-          await this.#observe(runId, started.tenantId, started.workflowId, outputs)
+          await this.#observe(runId, run.workflowType, started.tenantId, started.workflowId, outputs)
         }
       } catch (error) {
         this.#engine.log.warn({ err: error, runId, tenantId: m.tenantId }, 'enterprise member check failed')
@@ -275,7 +376,7 @@ export class EnterpriseOrchestrator {
 
     const members = await this.#members(runId)
     if (!members.every((m) => TERMINAL.has(m.status))) return { ...run, members }
-    const summary = await this.#summarise(runId, members, outputs)
+    const summary = await this.#summarise(runId, run.workflowType, members, outputs)
     if (!summary) return { ...run, members }
     const status: EnterpriseRunStatus =
       summary.completed === summary.total ? 'completed' : summary.completed === 0 ? 'failed' : 'partial'
@@ -340,7 +441,10 @@ export class EnterpriseOrchestrator {
       status = (await this.checkRun(runId)).status
     } catch (error) {
       if (error instanceof NotFoundError) status = 'gone'
-      else this.#engine.log.warn({ err: error, runId }, 'enterprise consolidation pass failed')
+      else if (error instanceof EnterpriseRunForgedError) {
+        status = 'gone'
+        this.#engine.log.warn({ err: error, runId }, 'enterprise run refused')
+      } else this.#engine.log.warn({ err: error, runId }, 'enterprise consolidation pass failed')
     }
     // If this send fails the handler throws and pg-boss retries the job, which sends it then.
     if (status === 'running') await this.#scheduleCheck(runId)
@@ -381,11 +485,14 @@ export class EnterpriseOrchestrator {
    * key) and records it. A tenant that cannot take it (unknown, suspended, input refused) rejects
    * the member; anything else is thrown and left for the next pass.
    */
-  async #startMember(
-    runId: string,
-    workflowType: string,
-    m: EnterpriseMemberView,
-  ): Promise<EnterpriseMemberView> {
+  async #startMember(runId: string, workflowType: string, m: MemberRecord): Promise<EnterpriseMemberView> {
+    if (!this.#engine.keyRing.verify('enterprise.member', memberSigned(runId, m.tenantId, m.input), m.mac)) {
+      // Written or altered by hand: its input is not what the caller of start() asked for.
+      const refused = serializeError(new EnterpriseRunForgedError(runId))
+      await this.#setMember(runId, m.tenantId, 'rejected', null, refused)
+      this.#engine.log.warn({ runId, tenantId: m.tenantId }, 'enterprise member not signed: not started')
+      return { ...m, status: 'rejected', error: refused }
+    }
     let handle: TenantHandle
     let workflowId: string
     try {
@@ -408,19 +515,30 @@ export class EnterpriseOrchestrator {
   /** Reads a member's workflow in its tenant's scope and records it if it has ended. */
   async #observe(
     runId: string,
+    workflowType: string,
     tenantId: string,
     workflowId: string,
     outputs: Map<string, Record<string, Json>>,
   ): Promise<void> {
     const handle = await this.#readable(tenantId)
     if (!handle) return
-    let wf: WorkflowView
+    let wf: WorkflowView | null
     try {
-      wf = await handle.getWorkflow(workflowId)
+      wf = await this.#ownWorkflow(handle, runId, workflowType, workflowId)
     } catch (error) {
       // The workflow is gone from the tenant (deleted by retention or by hand): it will not finish.
       if (!(error instanceof NotFoundError)) throw error
       await this.#setMember(runId, tenantId, 'failed', null, serializeError(error))
+      return
+    }
+    if (!wf) {
+      await this.#setMember(
+        runId,
+        tenantId,
+        'failed',
+        null,
+        serializeError(new EnterpriseRunForgedError(runId)),
+      )
       return
     }
     if (wf.status === 'running') return
@@ -435,6 +553,7 @@ export class EnterpriseOrchestrator {
    */
   async #summarise(
     runId: string,
+    workflowType: string,
     members: EnterpriseMemberView[],
     outputs: Map<string, Record<string, Json>>,
   ): Promise<EnterpriseSummary | null> {
@@ -453,7 +572,16 @@ export class EnterpriseOrchestrator {
           return
         }
         try {
-          output = (await handle.getWorkflow(m.workflowId)).output
+          const wf = await this.#ownWorkflow(handle, runId, workflowType, m.workflowId)
+          if (!wf) {
+            results.set(m.tenantId, {
+              status: m.status,
+              workflowId: m.workflowId,
+              error: serializeError(new EnterpriseRunForgedError(runId)),
+            })
+            return
+          }
+          output = wf.output
         } catch (error) {
           // Completed, then deleted before consolidation (retention, by hand): say so, keep the status.
           if (!(error instanceof NotFoundError)) throw error
@@ -465,7 +593,13 @@ export class EnterpriseOrchestrator {
           return
         }
       }
-      results.set(m.tenantId, { status: 'completed', workflowId: m.workflowId, output })
+      // Encrypted like the tenant's other payloads; get() decrypts it.
+      const sealed = this.#engine.keyRing.encrypt(m.tenantId, 'enterprise.output', output)
+      results.set(m.tenantId, {
+        status: 'completed',
+        workflowId: m.workflowId,
+        output: sealed as Record<string, Json>,
+      })
     })
     if (!complete) {
       this.#engine.log.info({ runId }, 'enterprise run waits to read the output of a suspended tenant')
@@ -521,8 +655,13 @@ export class EnterpriseOrchestrator {
   }
 
   async #members(runId: string): Promise<EnterpriseMemberView[]> {
+    return (await this.#records(runId)).map(({ mac: _, ...view }) => view)
+  }
+
+  /** The members as stored, with their signatures. */
+  async #records(runId: string): Promise<MemberRecord[]> {
     const { rows } = await this.#engine.pool.query(
-      `SELECT tenant_id, input, workflow_id, status, error, updated_at FROM ${MEMBERS}
+      `SELECT tenant_id, input, workflow_id, status, error, updated_at, mac FROM ${MEMBERS}
        WHERE run_id = $1 ORDER BY tenant_id`,
       [runId],
     )
@@ -533,6 +672,7 @@ export class EnterpriseOrchestrator {
       status: r.status,
       error: r.error,
       updatedAt: r.updated_at,
+      mac: r.mac,
     }))
   }
 

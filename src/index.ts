@@ -69,6 +69,7 @@ export {
   ENTERPRISE_QUEUE,
   EnterpriseOrchestrator,
   EnterpriseRunConflictError,
+  EnterpriseRunForgedError,
   EnterpriseTimeoutError,
 } from './enterprise.ts'
 export type {

@@ -10,11 +10,13 @@
 //                            timestamp in microseconds, data_hash])
 //   hash      = sha256(prev_hash, block_no, first_seq, row_hash...)
 //
-// verify recomputes all of it and names the first row or block that differs: a row altered, a row
+// verify recomputes all of it and names every row or block that differs: a row altered, a row
 // deleted, a row inserted out of band into a sealed range, or a seal altered. A GDPR redaction
-// replaces action_data with {"$redacted": ...}; the seal kept its data hash, so the chain still
-// verifies (and the row is counted as redacted). A retention purge keeps the purged blocks' hashes
-// as the chain's anchor. (Numbers travel as text; ORDER BY names the table's columns, never the
+// replaces action_data with exactly {"$redacted": <id>}, and the append-only trigger records it in
+// agent_audit_redactions (with the hash of the data replaced); the seal kept its data hash, so the
+// chain still verifies (and the row is counted as redacted) when both agree, and any other change of
+// the data is named. A retention purge keeps the purged blocks' hashes as the chain's anchor; purged
+// blocks must be a prefix of the chain and past the tenant's audit retention (newest_at). (Numbers travel as text; ORDER BY names the table's columns, never the
 // text aliases, which would sort '10' before '9'.)
 import { createHash } from 'node:crypto'
 import type { Db } from '../db/tx.ts'
@@ -26,7 +28,16 @@ export interface SealReport {
   rows: number
 }
 
-export type VerifyProblemKind = 'altered' | 'deleted' | 'inserted' | 'seal_altered' | 'broken_chain'
+export type VerifyProblemKind =
+  | 'altered'
+  | 'deleted'
+  | 'inserted'
+  | 'seal_altered'
+  | 'broken_chain'
+  | 'unrecorded_redaction'
+  | 'purged_out_of_order'
+  | 'purged_early'
+  | 'checkpoint_mismatch'
 
 export interface VerifyProblem {
   kind: VerifyProblemKind
@@ -46,13 +57,15 @@ export interface VerifyReport {
   purgedBlocks: number
   /** Rows written but not sealed yet (newer than the last block). */
   unsealed: number
+  /** The first problem (null: none); `problems` has every one, in chain order. */
   problem: VerifyProblem | null
+  problems: VerifyProblem[]
 }
 
-const ROW_COLUMNS = `a.id::text, a.txid::text, a.workflow_id, a.task_id, a.agent_id, a.action_type, a.actor,
+export const ROW_COLUMNS = `a.id::text, a.txid::text, a.workflow_id, a.task_id, a.agent_id, a.action_type, a.actor,
   a.correlation_id, (extract(epoch FROM a."timestamp") * 1000000)::bigint::text AS ts_us, a.action_data::text AS data`
 
-interface AuditRow {
+export interface AuditRow {
   id: string
   txid: string
   workflow_id: string
@@ -77,6 +90,7 @@ interface SealRow {
   prev_hash: string
   hash: string
   purged_at: Date | null
+  newest_at: Date | null
 }
 
 const sha256 = (text: string) => createHash('sha256').update(text).digest('hex')
@@ -105,15 +119,6 @@ export function rowHash(tenantId: string, r: AuditRow, dataHashHex: string): str
 
 export function blockHash(prevHash: string, blockNo: string, firstSeq: string, rowHashes: string[]): string {
   return sha256([prevHash, blockNo, firstSeq, ...rowHashes].join('\n'))
-}
-
-function isRedacted(dataText: string): boolean {
-  try {
-    const v = JSON.parse(dataText) as unknown
-    return typeof v === 'object' && v !== null && !Array.isArray(v) && '$redacted' in v
-  } catch {
-    return false
-  }
 }
 
 /**
@@ -179,8 +184,32 @@ export async function sealTenant(db: Db, tenantId: string, maxRows = 1000): Prom
   return { blocks: 1, rows: audit.length }
 }
 
-/** Recomputes the tenant's chain, block by block, and reports the first thing that differs. */
-export async function verifyTenant(db: Db, tenantId: string, pageSize = 100): Promise<VerifyReport> {
+export interface VerifyOptions {
+  /** Seals read per query (default 100). */
+  pageSize?: number
+  /**
+   * The tenant's audit retention in days (its compliance profile's auditRetentionDays), or null if
+   * it has none: then no block may be purged at all. Undefined: purges are checked for order only.
+   */
+  auditRetentionDays?: number | null
+  /** A head from a checkpoint taken earlier (src/audit/checkpoint.ts): that block must still hash so. */
+  head?: { blockNo: string; hash: string; takenAt: string }
+}
+
+const DAY_MS = 24 * 3600 * 1000
+
+/**
+ * Recomputes the tenant's chain, block by block, and reports every row or block that differs (a
+ * block out of place is reported and the walk goes on from it as stored): data changed other than
+ * by a recorded, canonical redaction, rows deleted or inserted, seals altered, blocks purged out of
+ * order (not a prefix of the chain) or before the tenant's audit retention allowed.
+ */
+export async function verifyTenant(
+  db: Db,
+  tenantId: string,
+  options: VerifyOptions = {},
+): Promise<VerifyReport> {
+  const pageSize = options.pageSize ?? 100
   const report: VerifyReport = {
     tenantId,
     ok: true,
@@ -190,27 +219,34 @@ export async function verifyTenant(db: Db, tenantId: string, pageSize = 100): Pr
     purgedBlocks: 0,
     unsealed: 0,
     problem: null,
+    problems: [],
   }
-  const fail = (problem: VerifyProblem): VerifyReport => ({ ...report, ok: false, problem })
+  const fail = (problem: VerifyProblem): void => {
+    report.ok = false
+    report.problem ??= problem
+    report.problems.push(problem)
+  }
   let expect = { blockNo: 1n, firstSeq: 1n, prevHash: GENESIS, txid: '0', id: '0' }
+  // Whether a block not purged has been seen: a purged block after it breaks the prefix rule.
+  let unpurgedSeen: string | null = null
+  let headSeen = false
   for (;;) {
     const { rows: seals } = await db.executeSql(
       `SELECT block_no::text, first_seq::text, row_count, last_txid::text, last_id::text, row_ids::text[],
-         row_hashes, data_hashes, prev_hash, hash, purged_at
+         row_hashes, data_hashes, prev_hash, hash, purged_at, newest_at
        FROM agent_audit_seals s WHERE s.tenant_id = $1 AND s.block_no >= $2 ORDER BY s.block_no LIMIT $3`,
       [tenantId, String(expect.blockNo), pageSize],
     )
     for (const s of seals as SealRow[]) {
       const at = s.block_no
       if (BigInt(s.block_no) !== expect.blockNo || BigInt(s.first_seq) !== expect.firstSeq) {
-        return fail({
+        fail({
           kind: 'broken_chain',
           blockNo: at,
           message: `block ${at} should be block ${expect.blockNo} starting at sequence ${expect.firstSeq}`,
         })
-      }
-      if (s.prev_hash !== expect.prevHash) {
-        return fail({
+      } else if (s.prev_hash !== expect.prevHash) {
+        fail({
           kind: 'broken_chain',
           blockNo: at,
           message: `block ${at} does not chain to the block before it`,
@@ -218,72 +254,85 @@ export async function verifyTenant(db: Db, tenantId: string, pageSize = 100): Pr
       }
       if (s.purged_at) {
         report.purgedBlocks++
+        checkPurge(s, unpurgedSeen, options.auditRetentionDays, fail)
       } else {
+        unpurgedSeen ??= at
         if (blockHash(s.prev_hash, s.block_no, s.first_seq, s.row_hashes) !== s.hash) {
-          return fail({ kind: 'seal_altered', blockNo: at, message: `the seal of block ${at} was altered` })
+          fail({ kind: 'seal_altered', blockNo: at, message: `the seal of block ${at} was altered` })
         }
         const { rows } = await db.executeSql(
-          `SELECT ${ROW_COLUMNS} FROM agent_audit_log a
+          `SELECT ${ROW_COLUMNS}, r.redaction, r.data_hash AS redacted_hash, (r.row_id IS NOT NULL) AS recorded
+           FROM agent_audit_log a
+           LEFT JOIN agent_audit_redactions r ON r.tenant_id = a.tenant_id AND r.row_id = a.id
            WHERE a.tenant_id = $1 AND (a.txid, a.id) > ($2::bigint, $3::bigint)
              AND (a.txid, a.id) <= ($4::bigint, $5::bigint)
            ORDER BY a.txid, a.id`,
           [tenantId, expect.txid, expect.id, s.last_txid, s.last_id],
         )
-        const audit = rows as AuditRow[]
-        const present = new Set(audit.map((r) => r.id))
+        const audit = rows as (AuditRow & RedactionColumns)[]
+        const byId = new Map(audit.map((r) => [r.id, r]))
         const sealed = new Set(s.row_ids)
         const seqOf = (i: number) => String(BigInt(s.first_seq) + BigInt(i))
         for (let i = 0; i < s.row_ids.length; i++) {
           const id = s.row_ids[i] as string
-          if (!present.has(id)) {
-            return fail({
+          const r = byId.get(id)
+          if (!r) {
+            fail({
               kind: 'deleted',
               blockNo: at,
               rowId: id,
               seq: seqOf(i),
               message: `audit row ${id} (sequence ${seqOf(i)}) was deleted`,
             })
+            continue
+          }
+          const stored = s.data_hashes[i] as string
+          const problem = checkData(r, stored)
+          if (problem === 'redacted') report.redacted++
+          else if (problem !== null) {
+            fail({
+              kind: problem.kind,
+              blockNo: at,
+              rowId: id,
+              seq: seqOf(i),
+              message: `audit row ${id} (sequence ${seqOf(i)}) ${problem.message}`,
+            })
+          }
+          if (rowHash(tenantId, r, stored) !== s.row_hashes[i]) {
+            fail({
+              kind: 'altered',
+              blockNo: at,
+              rowId: id,
+              seq: seqOf(i),
+              message: `audit row ${id} (sequence ${seqOf(i)}) was altered`,
+            })
           }
         }
-        const extra = audit.find((r) => !sealed.has(r.id))
-        if (extra) {
-          return fail({
+        for (const extra of audit.filter((r) => !sealed.has(r.id))) {
+          fail({
             kind: 'inserted',
             blockNo: at,
             rowId: extra.id,
             message: `audit row ${extra.id} was inserted into sealed block ${at} out of band`,
           })
         }
-        for (let i = 0; i < audit.length; i++) {
-          const r = audit[i] as AuditRow
-          const redacted = isRedacted(r.data)
-          const stored = s.data_hashes[i] as string
-          if (!redacted && dataHash(r.data) !== stored) {
-            return fail({
-              kind: 'altered',
-              blockNo: at,
-              rowId: r.id,
-              seq: seqOf(i),
-              message: `audit row ${r.id} (sequence ${seqOf(i)}) was altered: its data differs from what was sealed`,
-            })
-          }
-          if (redacted) report.redacted++
-          if (rowHash(tenantId, r, stored) !== s.row_hashes[i]) {
-            return fail({
-              kind: 'altered',
-              blockNo: at,
-              rowId: r.id,
-              seq: seqOf(i),
-              message: `audit row ${r.id} (sequence ${seqOf(i)}) was altered`,
-            })
-          }
-        }
         report.rows += audit.length
       }
+      if (options.head && options.head.blockNo === s.block_no) {
+        headSeen = true
+        if (options.head.hash !== s.hash) {
+          fail({
+            kind: 'checkpoint_mismatch',
+            blockNo: at,
+            message: `block ${at} does not have the hash it had at the checkpoint of ${options.head.takenAt}: the chain up to it was rewritten`,
+          })
+        }
+      }
       report.blocks++
+      // From the block as stored: a block out of place is reported once, not every block after it.
       expect = {
-        blockNo: expect.blockNo + 1n,
-        firstSeq: expect.firstSeq + BigInt(s.row_count),
+        blockNo: BigInt(s.block_no) + 1n,
+        firstSeq: BigInt(s.first_seq) + BigInt(s.row_count),
         prevHash: s.hash,
         txid: s.last_txid,
         id: s.last_id,
@@ -291,10 +340,102 @@ export async function verifyTenant(db: Db, tenantId: string, pageSize = 100): Pr
     }
     if (seals.length < pageSize) break
   }
+  if (options.head && options.head.blockNo !== '0' && !headSeen) {
+    fail({
+      kind: 'checkpoint_mismatch',
+      blockNo: options.head.blockNo,
+      message: `block ${options.head.blockNo}, the head at the checkpoint of ${options.head.takenAt}, is gone: the chain was cut back`,
+    })
+  }
   const { rows } = await db.executeSql(
     `SELECT count(*)::int AS n FROM agent_audit_log WHERE tenant_id = $1 AND (txid, id) > ($2::bigint, $3::bigint)`,
     [tenantId, expect.txid, expect.id],
   )
   report.unsealed = rows[0]?.n ?? 0
   return report
+}
+
+interface RedactionColumns {
+  redaction: string | null
+  redacted_hash: string | null
+  recorded: boolean
+}
+
+/** The one form a redaction may give action_data: {"$redacted": <id>}, nothing else. */
+export function redactionMarker(id: string): { $redacted: string } {
+  return { $redacted: id }
+}
+
+/**
+ * Null if the row's data is what was sealed; 'redacted' if it was replaced by a canonical marker
+ * that agent_audit_redactions records, for this id and this sealed data; otherwise what is wrong.
+ */
+function checkData(
+  r: AuditRow & RedactionColumns,
+  sealedHash: string,
+): null | 'redacted' | { kind: VerifyProblemKind; message: string } {
+  if (dataHash(r.data) === sealedHash) return null
+  const marker = canonicalRedaction(r.data)
+  if (marker === null) {
+    return { kind: 'altered', message: 'was altered: its data differs from what was sealed' }
+  }
+  if (!r.recorded || r.redaction !== marker) {
+    return {
+      kind: 'unrecorded_redaction',
+      message: `was redacted ("${marker}") without a record of the redaction`,
+    }
+  }
+  if (r.redacted_hash !== null && r.redacted_hash !== sealedHash) {
+    return {
+      kind: 'unrecorded_redaction',
+      message: `was redacted ("${marker}"), but the record is of other data than was sealed`,
+    }
+  }
+  return 'redacted'
+}
+
+/** The redaction id if the data is exactly {"$redacted": <string>}, else null. */
+function canonicalRedaction(dataText: string): string | null {
+  let v: unknown
+  try {
+    v = JSON.parse(dataText)
+  } catch {
+    return null
+  }
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return null
+  const keys = Object.keys(v)
+  const id = (v as { $redacted?: unknown }).$redacted
+  return keys.length === 1 && typeof id === 'string' ? id : null
+}
+
+/** A purged block must follow only purged blocks, and its rows must have been past retention. */
+function checkPurge(
+  s: SealRow,
+  unpurgedSeen: string | null,
+  retentionDays: number | null | undefined,
+  fail: (p: VerifyProblem) => void,
+): void {
+  const at = s.block_no
+  if (unpurgedSeen !== null) {
+    fail({
+      kind: 'purged_out_of_order',
+      blockNo: at,
+      message: `block ${at} is marked purged, but block ${unpurgedSeen} before it is not: purges remove the oldest blocks first`,
+    })
+  }
+  if (retentionDays === null) {
+    fail({
+      kind: 'purged_early',
+      blockNo: at,
+      message: `block ${at} is marked purged, but the tenant has no audit retention`,
+    })
+  } else if (retentionDays !== undefined && s.newest_at && s.purged_at) {
+    if (s.purged_at.getTime() - s.newest_at.getTime() < retentionDays * DAY_MS) {
+      fail({
+        kind: 'purged_early',
+        blockNo: at,
+        message: `block ${at} was purged ${s.purged_at.toISOString()}, before its newest row (${s.newest_at.toISOString()}) was ${retentionDays} days old`,
+      })
+    }
+  }
 }

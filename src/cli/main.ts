@@ -760,19 +760,38 @@ audit
     await withEngine(undefined, async (engine) => print(await engine.sealAudit()))
   })
 audit
+  .command('checkpoint')
+  .description(
+    "print every active tenant's audit chain head, signed, as JSON: keep it outside the database for `audit verify --against`",
+  )
+  .action(async () => {
+    await withEngine(undefined, async (engine) => print(await engine.auditCheckpoint()))
+  })
+audit
   .command('verify')
   .description(
-    'recompute the audit hash chain and name the first row or block altered, deleted or inserted out of band',
+    'recompute the audit hash chain and name every row or block altered, deleted, inserted out of band, redacted without a record or purged out of order or early',
   )
   .option('--tenant <id>', 'one tenant (default: every active tenant)')
-  .action(async (opts: { tenant?: string }) => {
+  .option(
+    '--against <file>',
+    'a checkpoint `audit checkpoint` printed earlier: each tenant head in it must still have its hash',
+  )
+  .action(async (opts: { tenant?: string; against?: string }) => {
     await withEngine(undefined, async (engine) => {
-      const reports = await engine.verifyAudit(opts.tenant)
+      const { readCheckpoint } = await import('../audit/checkpoint.ts')
+      const against =
+        opts.against === undefined
+          ? undefined
+          : readCheckpoint(engine.keyRing, await readFile(opts.against, 'utf8'))
+      const reports = await engine.verifyAudit(opts.tenant, against ? { against } : {})
       for (const r of reports) {
-        const line = r.ok
-          ? `ok        ${r.tenantId}: ${r.rows} rows in ${r.blocks} blocks (${r.redacted} redacted, ${r.purgedBlocks} blocks purged, ${r.unsealed} not sealed yet)`
-          : `TAMPERED  ${r.tenantId}: ${r.problem?.message} [${r.problem?.kind}, block ${r.problem?.blockNo}]`
-        process.stdout.write(`${line}\n`)
+        const lines = r.ok
+          ? [
+              `ok        ${r.tenantId}: ${r.rows} rows in ${r.blocks} blocks (${r.redacted} redacted, ${r.purgedBlocks} blocks purged, ${r.unsealed} not sealed yet)`,
+            ]
+          : r.problems.map((p) => `TAMPERED  ${r.tenantId}: ${p.message} [${p.kind}, block ${p.blockNo}]`)
+        process.stdout.write(lines.map((l) => `${l}\n`).join(''))
       }
       if (reports.some((r) => !r.ok)) process.exitCode = 1
     })
@@ -873,16 +892,26 @@ program
   )
   .option('--tenant <id>', 'one tenant (default: every tenant, suspended ones too)')
   .option('--batch <n>', 'rows per transaction (default 500)', (v) => positiveInt(v))
-  .action(async (opts: { tenant?: string; batch?: number }) => {
-    await withEngine(undefined, async (engine) =>
-      print(
-        await engine.reencrypt({
-          ...(opts.tenant ? { tenant: opts.tenant } : {}),
-          ...(opts.batch ? { batchSize: opts.batch } : {}),
-          onTenant: (r) => process.stderr.write(`reencrypt: ${JSON.stringify(r)}\n`),
-        }),
-      ),
-    )
+  .option(
+    '--skip-unreadable',
+    'go on past values that cannot be decrypted, leave them as they are and list them (`unreadable`, exit 1)',
+  )
+  .action(async (opts: { tenant?: string; batch?: number; skipUnreadable?: boolean }) => {
+    await withEngine(undefined, async (engine) => {
+      const report = await engine.reencrypt({
+        ...(opts.tenant ? { tenant: opts.tenant } : {}),
+        ...(opts.batch ? { batchSize: opts.batch } : {}),
+        ...(opts.skipUnreadable ? { skipUnreadable: true } : {}),
+        onTenant: (r) => process.stderr.write(`reencrypt: ${JSON.stringify(r)}\n`),
+      })
+      print(report)
+      for (const u of report.unreadable) {
+        process.stderr.write(
+          `reencrypt: unreadable ${u.table} ${u.id} of tenant ${u.tenant} (${u.purpose}): ${u.code}\n`,
+        )
+      }
+      if (report.unreadable.length > 0) process.exitCode = 1
+    })
   })
 
 /**

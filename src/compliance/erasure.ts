@@ -90,7 +90,8 @@ tasks AS (
 ),
 audit AS (
   UPDATE agent_audit_log a SET action_data = jsonb_build_object('$redacted', $3::text)
-  FROM w WHERE a.tenant_id = $1 AND a.workflow_id = w.id AND NOT (a.action_data ? '$redacted')
+  FROM w WHERE a.tenant_id = $1 AND a.workflow_id = w.id
+    AND a.action_data IS DISTINCT FROM jsonb_build_object('$redacted', a.action_data ->> '$redacted')
   RETURNING 1
 ),
 events AS (
@@ -118,7 +119,8 @@ const AUDIT_PASS = `
 WITH a AS (SELECT id FROM agent_audit_log WHERE tenant_id = $1 AND id > $2::bigint ORDER BY id LIMIT $3),
 u AS (
   UPDATE agent_audit_log x SET action_data = jsonb_build_object('$redacted', $4::text)
-  FROM a WHERE x.tenant_id = $1 AND x.id = a.id AND NOT (x.action_data ? '$redacted')
+  FROM a WHERE x.tenant_id = $1 AND x.id = a.id
+    AND x.action_data IS DISTINCT FROM jsonb_build_object('$redacted', x.action_data ->> '$redacted')
   RETURNING 1
 )
 SELECT (SELECT max(id) FROM a)::text AS last, (SELECT count(*) FROM a)::int AS seen, (SELECT count(*) FROM u)::int AS n`

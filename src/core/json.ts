@@ -87,3 +87,112 @@ function walk(value: unknown, path: string, depth: number, maxDepth: number, see
       throw new InvalidInputError(`${path} is a ${typeof value}, which JSON cannot represent`, path)
   }
 }
+
+/** JSON text with object keys sorted at every level: the same for a value however jsonb ordered it. */
+export function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value !== null && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>).sort(([a], [b]) =>
+      a < b ? -1 : a > b ? 1 : 0,
+    )
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
+  }
+  return JSON.stringify(value ?? null)
+}
+
+/** `${sign}${significant digits}e${exponent}`: the same for every spelling of one decimal value. */
+function decimalKey(text: string): string | null {
+  const m = /^(-?)(\d+)(?:\.(\d+))?(?:[eE]([+-]?\d+))?$/.exec(text)
+  if (!m) return null
+  const [, sign = '', int = '', frac = '', exp = '0'] = m
+  let digits = (int + frac).replace(/^0+/, '')
+  if (digits === '') return '0'
+  let e = Number(exp) - frac.length
+  const trimmed = digits.replace(/0+$/, '')
+  e += digits.length - trimmed.length
+  digits = trimmed
+  return `${sign}${digits}e${e}`
+}
+
+/** Whether the number `value` (parsed from `text`) is the decimal value `text` spells. */
+function exactText(text: string, value: number): boolean {
+  if (!Number.isFinite(value)) return false
+  const shortest = String(value)
+  return shortest === text || decimalKey(text) === decimalKey(shortest)
+}
+
+const NUMBER_AT = /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/y
+
+/**
+ * Refuses, in JSON text that parses, (InvalidInputError naming its path from `label`) a number that a
+ * JavaScript number cannot carry exactly: an integer past 2^53 that is not a double (a 40-digit
+ * id), a magnitude that overflows (1e400) or underflows to 0 (1e-400), or more significant digits
+ * than a double keeps. Stored as parsed, they would be another value, silently. Numbers that round
+ * trip (0.1, 1.0, 1e21) are accepted. The text is not parsed again: a regular expression finds the
+ * number-like tokens (in strings too), and only when one looks inexact is the text walked to know
+ * whether it is a number and where.
+ */
+export function assertExactNumbers(text: string, label = '$'): void {
+  for (const m of text.matchAll(NUMBER_TOKEN)) {
+    const token = m[0]
+    if (inexact(token)) {
+      locateInexact(text, label)
+      return
+    }
+  }
+}
+
+const NUMBER_TOKEN = /-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?/g
+
+/** At most 15 digits and no exponent is always exact; anything else is checked. */
+function inexact(token: string): boolean {
+  return (token.length >= 16 || /[eE]/.test(token)) && !exactText(token, Number(token))
+}
+
+/** Walks the JSON text to the first inexact number outside strings, and throws naming its path. */
+function locateInexact(text: string, label: string): void {
+  const stack: { array: boolean; key: string; index: number }[] = []
+  let expectKey = false
+  for (let i = 0; i < text.length; i++) {
+    const c = text.charCodeAt(i)
+    if (c === 0x22) {
+      // A string: to its closing quote (one not escaped by an odd number of backslashes).
+      let end = text.indexOf('"', i + 1)
+      for (;;) {
+        let slashes = 0
+        while (text.charCodeAt(end - 1 - slashes) === 0x5c) slashes++
+        if (slashes % 2 === 0) break
+        end = text.indexOf('"', end + 1)
+      }
+      if (expectKey) {
+        const top = stack.at(-1)
+        if (top) top.key = JSON.parse(text.slice(i, end + 1)) as string
+        expectKey = false
+      }
+      i = end
+    } else if (c === 0x7b) {
+      stack.push({ array: false, key: '', index: 0 })
+      expectKey = true
+    } else if (c === 0x5b) {
+      stack.push({ array: true, key: '', index: 0 })
+    } else if (c === 0x7d || c === 0x5d) {
+      stack.pop()
+    } else if (c === 0x2c) {
+      const top = stack.at(-1)
+      if (top?.array) top.index++
+      else expectKey = true
+    } else if (c === 0x2d || (c >= 0x30 && c <= 0x39)) {
+      NUMBER_AT.lastIndex = i
+      const token = NUMBER_AT.exec(text)?.[0] ?? text.charAt(i)
+      if (inexact(token)) {
+        const path = label + stack.map((f) => (f.array ? `[${f.index}]` : `.${f.key}`)).join('')
+        const shown = token.length > 40 ? `${token.slice(0, 40)}…` : token
+        throw new InvalidInputError(
+          `${path} is ${shown}, a number JSON here cannot carry exactly (it would be stored as ${String(Number(token))}): send it as a string`,
+          path,
+        )
+      }
+      i += token.length - 1
+    }
+  }
+}

@@ -9,13 +9,23 @@
 // never ambiguous. The associated data is `<tenant id>:<purpose>` (tenant ids cannot contain ':'), so a
 // ciphertext copied into another tenant's row, or into another column, fails to decrypt instead of
 // yielding another tenant's data. JSON null is stored as it is: it has no content to hide.
-import { createCipheriv, createDecipheriv, createSecretKey, type KeyObject, randomBytes } from 'node:crypto'
+import {
+  createCipheriv,
+  createDecipheriv,
+  createHmac,
+  createSecretKey,
+  hkdfSync,
+  type KeyObject,
+  randomBytes,
+  timingSafeEqual,
+} from 'node:crypto'
 import { inspect } from 'node:util'
 import type { Json } from '../core/json.ts'
 import { ConfigError, EncryptionError, InvalidInputError } from '../errors.ts'
 
 /** The column a payload belongs to; part of the associated data. */
-export type PayloadPurpose = 'workflow.input' | 'task.data' | 'task.result' | 'event.payload'
+export type PayloadPurpose =
+  'workflow.input' | 'task.data' | 'task.result' | 'event.payload' | 'enterprise.output'
 
 export interface Envelope {
   $eq: 1
@@ -52,6 +62,8 @@ export class KeyRing {
 
   readonly #keys: ReadonlyMap<string, KeyObject>
   readonly #active: string | undefined
+  /** Signing keys, derived (HKDF) from each encryption key on first use. */
+  readonly #macKeys = new Map<string, Buffer>()
 
   /** Keys by id (32 bytes each) and the active key's id; throws ConfigError listing every problem. */
   constructor(keys: ReadonlyMap<string, Uint8Array>, active: string | undefined) {
@@ -175,6 +187,42 @@ export class KeyRing {
         cause: error,
       })
     }
+  }
+
+  /**
+   * `<key id>.<HMAC-SHA256, base64url>` of `data` for `purpose`, under a key derived from the active
+   * key (never the encryption key itself), or null without keys. For records the database stores but
+   * must not be able to forge: the database never sees the key.
+   */
+  sign(purpose: string, data: string): string | null {
+    const id = this.#active
+    if (id === undefined) return null
+    return `${id}.${this.#mac(id, purpose, data).toString('base64url')}`
+  }
+
+  /**
+   * Whether `signature` is what sign() gave for this purpose and data under a key in the ring.
+   * Without any keys there is no secret to sign with, and every record is accepted (null or not).
+   */
+  verify(purpose: string, data: string, signature: string | null): boolean {
+    if (this.#keys.size === 0) return true
+    if (typeof signature !== 'string') return false
+    const dot = signature.lastIndexOf('.')
+    const id = signature.slice(0, dot)
+    if (dot < 1 || !this.#keys.has(id)) return false
+    const given = Buffer.from(signature.slice(dot + 1), 'base64url')
+    const expected = this.#mac(id, purpose, data)
+    return given.length === expected.length && timingSafeEqual(given, expected)
+  }
+
+  #mac(id: string, purpose: string, data: string): Buffer {
+    let key = this.#macKeys.get(id)
+    if (!key) {
+      const derived = hkdfSync('sha256', this.#keys.get(id) as KeyObject, '', 'equilateral/mac/v1', 32)
+      key = Buffer.from(derived)
+      this.#macKeys.set(id, key)
+    }
+    return createHmac('sha256', key).update(`${purpose}\n`, 'utf8').update(data, 'utf8').digest()
   }
 
   /** Whether a stored value should be rewritten under the active key (plain, or under another key). */

@@ -19,6 +19,22 @@ export interface ReencryptOptions {
   batchSize?: number
   /** Called after each tenant. */
   onTenant?: (report: TenantReencryptReport) => void
+  /**
+   * Go on past a value that cannot be decrypted (altered, another key, malformed): it is left as it
+   * is and listed in `unreadable`. Without it the run stops at the first such value.
+   */
+  skipUnreadable?: boolean
+}
+
+/** A value re-encryption could not read, left as it was. */
+export interface UnreadableValue {
+  tenant: string
+  /** workflows, agent_coordination, workflow_events or workflow_schedules, and the row's id. */
+  table: string
+  id: string
+  purpose: PayloadPurpose
+  /** The EncryptionError code: decryption_failed, unknown_key, invalid_envelope. */
+  code: string
 }
 
 export interface TenantReencryptReport {
@@ -33,6 +49,8 @@ export interface TenantReencryptReport {
   schedules: number
   /** Rows changed by someone else between the read and the write: left as they were written. */
   skipped: number
+  /** With skipUnreadable: values that could not be decrypted, left as they were. */
+  unreadable: UnreadableValue[]
 }
 
 export interface ReencryptReport {
@@ -43,6 +61,8 @@ export interface ReencryptReport {
   events: number
   schedules: number
   skipped: number
+  /** With skipUnreadable: every value that could not be decrypted, left as it was. */
+  unreadable: UnreadableValue[]
 }
 
 const MIN_UUID = '00000000-0000-0000-0000-000000000000'
@@ -119,16 +139,18 @@ export async function reencryptPayloads(
     events: 0,
     schedules: 0,
     skipped: 0,
+    unreadable: [],
   }
   const tenants = deps.tenants.all(options.tenant === undefined ? {} : { id: options.tenant })
   for await (const scope of tenants) {
-    const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize)
+    const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize, options.skipUnreadable)
     report.tenants++
     report.workflows += r.workflows
     report.tasks += r.tasks
     report.events += r.events
     report.schedules += r.schedules
     report.skipped += r.skipped
+    report.unreadable.push(...r.unreadable)
     options.onTenant?.(r)
   }
   if (options.tenant !== undefined && report.tenants === 0) {
@@ -143,6 +165,7 @@ export async function reencryptTenant(
   scope: TenantScope,
   ring: KeyRing,
   batchSize: number,
+  skipUnreadable = false,
 ): Promise<TenantReencryptReport> {
   const tenant = scope.tenantId
   const report: TenantReencryptReport = {
@@ -152,13 +175,20 @@ export async function reencryptTenant(
     events: 0,
     schedules: 0,
     skipped: 0,
+    unreadable: [],
   }
-  const redo = (purpose: PayloadPurpose, value: Json, id: string): Json => {
+  // Unreadable values of the page being run; a retried transaction starts the page's list over.
+  let pageUnreadable: UnreadableValue[] = []
+  const redo = (purpose: PayloadPurpose, value: Json, id: string, table: string): Json => {
     if (!ring.needsReencryption(value)) return value
     try {
       return ring.encrypt(tenant, purpose, ring.decrypt(tenant, purpose, value))
     } catch (error) {
       if (!(error instanceof EncryptionError)) throw error
+      if (skipUnreadable) {
+        pageUnreadable.push({ tenant, table, id, purpose, code: error.code })
+        return value
+      }
       throw new EncryptionError(error.code, `${error.message} (row ${id}; rows before it are done)`, {
         cause: error,
       })
@@ -175,41 +205,51 @@ export async function reencryptTenant(
     for (let after = first; ;) {
       // Everything the page decides is returned, not assigned, so a retried transaction starts over.
       const page = await withTenantTx(pool, scope, async (db) => {
+        pageUnreadable = []
         const { rows } = await db.executeSql(pageSql, [tenant, after, ring.activeKeyId, batchSize])
-        if (rows.length === 0) return { read: 0, written: 0, last: after }
-        const written = await db.executeSql(updateSql, [tenant, JSON.stringify(rows.map(change))])
-        return { read: rows.length, written: written.rows.length, last: rows.at(-1).id as string }
+        if (rows.length === 0) return { read: 0, written: 0, last: after, full: false }
+        // Rows whose every stale value was unreadable (left as it was) have nothing to write.
+        const changes = rows
+          .map((row) => [row, change(row)] as const)
+          .filter(([row, c]) => Object.keys(c).some((k) => c[k] !== row[k]))
+          .map(([, c]) => c)
+        const last = rows.at(-1).id as string
+        const full = rows.length === batchSize
+        if (changes.length === 0) return { read: 0, written: 0, last, full }
+        const written = await db.executeSql(updateSql, [tenant, JSON.stringify(changes)])
+        return { read: changes.length, written: written.rows.length, last, full }
       })
+      report.unreadable.push(...pageUnreadable)
       total.written += page.written
       total.skipped += page.read - page.written
       after = page.last
-      if (page.read < batchSize) return total
+      if (!page.full) return total
     }
   }
 
   const wf = await pages(WORKFLOWS_PAGE, WORKFLOWS_UPDATE, (r) => ({
     id: r.id,
     fp: r.fp,
-    input: redo('workflow.input', r.input, r.id),
+    input: redo('workflow.input', r.input, r.id, 'workflows'),
   }))
   const tasks = await pages(TASKS_PAGE, TASKS_UPDATE, (r) => ({
     id: r.id,
     data_fp: r.data_fp,
     result_fp: r.result_fp,
-    data: redo('task.data', r.data, r.id),
-    result: redo('task.result', r.result, r.id),
+    data: redo('task.data', r.data, r.id, 'agent_coordination'),
+    result: redo('task.result', r.result, r.id, 'agent_coordination'),
   }))
   const events = await pages(
     EVENTS_PAGE,
     EVENTS_UPDATE,
-    (r) => ({ id: r.id, fp: r.fp, payload: redo('event.payload', r.payload, r.id) }),
+    (r) => ({ id: r.id, fp: r.fp, payload: redo('event.payload', r.payload, r.id, 'workflow_events') }),
     '0',
   )
   // A schedule's input is the input of the workflows it starts: encrypted as one.
   const schedules = await pages(
     SCHEDULES_PAGE,
     SCHEDULES_UPDATE,
-    (r) => ({ id: r.id, fp: r.fp, input: redo('workflow.input', r.input, r.id) }),
+    (r) => ({ id: r.id, fp: r.fp, input: redo('workflow.input', r.input, r.id, 'workflow_schedules') }),
     '',
   )
   report.workflows = wf.written

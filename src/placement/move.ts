@@ -104,6 +104,7 @@ const TABLES: readonly { table: string; maxId: string | null; maxAt: string | nu
   { table: 'agent_coordination', maxId: null, maxAt: 'updated_at' },
   { table: 'agent_audit_log', maxId: 'id', maxAt: '"timestamp"' },
   { table: 'agent_audit_seals', maxId: 'block_no', maxAt: 'sealed_at' },
+  { table: 'agent_audit_redactions', maxId: 'row_id', maxAt: 'redacted_at' },
   { table: 'compliance_events', maxId: 'id', maxAt: 'created_at' },
   { table: 'workflow_events', maxId: 'id', maxAt: 'created_at' },
   { table: 'workflow_schedules', maxId: null, maxAt: 'updated_at' },

@@ -5,11 +5,11 @@
 import { createHash, randomUUID, timingSafeEqual } from 'node:crypto'
 import swagger from '@fastify/swagger'
 import Fastify, { type FastifyRequest } from 'fastify'
-import type { Json } from '../core/json.ts'
+import { assertExactNumbers, type Json } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { Engine, TenantHandle } from '../engine.ts'
 import type { DeliveryResult } from '../flow/waits.ts'
-import { HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
+import { clientErrorHandler, HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
 import { registerUi } from './ui.ts'
 
@@ -50,10 +50,30 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
       reply.header('x-request-id', request.id)
       void errorHandler(error, request, reply)
     },
+    // Errors Node.js answers before Fastify has a request (headers over 16 KB: 431; a request too
+    // slow: 408; unparsable HTTP: 400): problem+json too, not Fastify's own JSON.
+    clientErrorHandler: clientErrorHandler,
   })
   app.decorateRequest('tenant', null)
   // Bodies are JSON only: anything else is a 415, not a string that fails validation.
   app.removeContentTypeParser('text/plain')
+  // Fastify's JSON parser (which refuses __proto__ and constructor.prototype), then the numbers:
+  // one that a JavaScript number cannot hold exactly (a 40-digit integer, 1e-400) is refused
+  // (invalid_input, naming its path) rather than stored as another value.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    const text = typeof body === 'string' ? body : body.toString('utf8')
+    void parseJson(request, text, (error: Error | null, value?: unknown) => {
+      if (error) return done(error, undefined)
+      try {
+        assertExactNumbers(text)
+      } catch (refused) {
+        return done(refused as Error, undefined)
+      }
+      done(null, value)
+    })
+  })
   for (const schema of sharedSchemas) app.addSchema(schema)
   await app.register(swagger, {
     openapi: {

@@ -5,6 +5,8 @@
 // restarting, the connection dropped) is a 503 `database_unavailable` with Retry-After, for the
 // client to retry (a start is safe to repeat with its idempotencyKey: a connection may drop after
 // the commit).
+import { STATUS_CODES } from 'node:http'
+import type { Socket } from 'node:net'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
 import { isTransient } from '../flow/completer.ts'
 
@@ -43,11 +45,39 @@ const STATUS: Record<string, [number, string]> = {
   tenant_database_mismatch: [503, "The tenant's database is not the one the directory names"],
   too_many_databases: [503, 'This process has as many tenant databases open as it may'],
   payload_too_large: [413, 'The body is too large'],
+  headers_too_large: [431, 'The request headers are too large'],
+  request_timeout: [408, 'The request took too long to arrive'],
   unsupported_media_type: [415, 'The body must be application/json'],
   admin_disabled: [503, 'The admin API is disabled'],
   unavailable: [503, 'The service is not ready'],
   database_unavailable: [503, 'The database is unavailable'],
   internal: [500, 'Internal error'],
+}
+
+/**
+ * Fastify's clientErrorHandler: what Node.js refuses before there is a request (headers over its
+ * limit, a request too slow, unparsable HTTP) is answered as problem+json on the raw socket.
+ */
+export function clientErrorHandler(error: Error & { code?: string }, socket: Socket): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return
+  const code =
+    error.code === 'HPE_HEADER_OVERFLOW'
+      ? 'headers_too_large'
+      : error.code === 'ERR_HTTP_REQUEST_TIMEOUT'
+        ? 'request_timeout'
+        : 'invalid_request'
+  const detail =
+    code === 'headers_too_large'
+      ? 'the request headers are over the server limit (16 KB by default): send less in them'
+      : undefined
+  const body = JSON.stringify(problem(code, detail))
+  if (socket.writable) {
+    const status = problem(code, undefined).status
+    socket.write(
+      `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? ''}\r\nConnection: close\r\nContent-Type: application/problem+json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    )
+  }
+  socket.destroy(error)
 }
 
 export class HttpProblem extends Error {

@@ -5,7 +5,7 @@
 import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
 import { clientDb, defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
-import { settled, testEngine } from '../helpers/engine.ts'
+import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 
 const attempts = new Map<string, number>()
@@ -240,6 +240,54 @@ describe('hash chain', () => {
       ['other', true],
     ])
     expect(reports[1]!.rows).toBeGreaterThan(0)
+  })
+})
+
+describe('seals written by the application role', () => {
+  it('refuses a seal that jumps ahead (last_txid 2^63 - 1) or skips rows, so sealing goes on', async () => {
+    const { id } = await acme.startWorkflow('single', 3)
+    await settled(engine, 'acme', id)
+    const app = new pg.Client({ connectionString: db.appUrl })
+    await app.connect()
+    try {
+      const forge = async (lastTxid: string, rowIds: string) => {
+        await app.query(`BEGIN; SELECT set_config('app.tenant_id', 'acme', true)`)
+        try {
+          return await errorCode(
+            app.query(
+              `INSERT INTO equilateral.agent_audit_seals (tenant_id, block_no, first_seq, row_count, last_txid, last_id,
+                 row_ids, row_hashes, data_hashes, prev_hash, hash)
+               SELECT 'acme', max(block_no) + 1, max(first_seq + row_count), 1, ${lastTxid},
+                 (SELECT max(id) FROM equilateral.agent_audit_log), ${rowIds}, '{x}', '{x}',
+                 (SELECT hash FROM equilateral.agent_audit_seals WHERE tenant_id = 'acme' ORDER BY block_no DESC LIMIT 1), 'x'
+               FROM equilateral.agent_audit_seals WHERE tenant_id = 'acme'`,
+            ),
+          )
+        } finally {
+          await app.query('ROLLBACK')
+        }
+      }
+      const CHECK_VIOLATION = '23514'
+      // Far ahead: every later row would be below it, and never sealed.
+      expect(
+        await forge('9223372036854775807', `ARRAY[(SELECT max(id) FROM equilateral.agent_audit_log)]`),
+      ).toBe(CHECK_VIOLATION)
+      // The last row only, skipping the unsealed rows before it.
+      expect(
+        await forge(
+          `(SELECT txid FROM equilateral.agent_audit_log ORDER BY id DESC LIMIT 1)`,
+          `ARRAY[(SELECT max(id) FROM equilateral.agent_audit_log)]`,
+        ),
+      ).toBe(CHECK_VIOLATION)
+    } finally {
+      await app.end()
+    }
+    // The sealer seals them (once every transaction older than them has ended, on a shared server).
+    const report = await eventually(async () => {
+      const r = await verifyAcme()
+      return r.unsealed === 0 ? r : undefined
+    })
+    expect(report).toMatchObject({ ok: true, problems: [] })
   })
 })
 

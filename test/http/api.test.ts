@@ -241,6 +241,37 @@ describe('bad requests get the right status, a problem+json body, and write noth
     expect(await tableCounts()).toEqual(before)
   })
 
+  it('refuses numbers JSON cannot carry exactly (invalid_input naming the path), and takes those it can', async () => {
+    const before = await tableCounts()
+    for (const [n, path] of [
+      ['1234567890123456789012345678901234567890', '$.input.n'],
+      ['1e-400', '$.input.n'],
+      ['1e400', '$.input.n'],
+      ['9007199254740993', '$.input.n'],
+    ] as const) {
+      const answer = await call('POST', '/v1/workflows', {
+        raw: `{"type":"diamond","input":{"ok":1,"n":${n}}}`,
+      })
+      expectProblem(answer, 422, 'invalid_input')
+      expect(answer.body.path, n).toBe(path)
+      expect(answer.body.detail).toContain(n.slice(0, 20))
+    }
+    const nested = await call('POST', '/v1/workflows', {
+      raw: '{"type":"diamond","input":{"list":["1e-400",{"x\\"y":"\\\\","x":12345678.123456789012}]}}',
+    })
+    expect(nested.body.path).toBe('$.input.list[1].x')
+    expect(await tableCounts()).toEqual(before)
+    const fine = await call('POST', '/v1/workflows', {
+      raw: '{"type":"diamond","input":{"a":0.1,"b":1.0,"c":1e21,"d":9007199254740992,"e":-0,"f":2.5e-7,"g":"12345678901234567890 \\" 1e-400"}}',
+    })
+    expect(fine.status, JSON.stringify(fine.body)).toBe(201)
+  })
+
+  it('answers headers over the limit (100 KB) with 431 problem+json', async () => {
+    const answer = await call('GET', '/v1/workflows', { headers: { 'x-padding': 'x'.repeat(100 * 1024) } })
+    expectProblem(answer, 431, 'headers_too_large')
+  })
+
   it('refuses bad ids, cursors and query parameters with 400 or 422, and unknown ids with 404', async () => {
     expectProblem(await call('GET', '/v1/workflows/not-a-uuid'), 400, 'invalid_request')
     expectProblem(await call('GET', '/v1/workflows/not-a-uuid/audit'), 400, 'invalid_request')

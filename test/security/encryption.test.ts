@@ -19,10 +19,12 @@ import {
   loadConfig,
 } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
+import { queryOnce } from '../helpers/db.ts'
 
 const MARKER = 'MARKER-c0ffee-7f3a'
 const K1 = KeyRing.generateKey()
 const K2 = KeyRing.generateKey()
+const K4 = KeyRing.generateKey()
 const ring1 = KeyRing.of({ k1: K1 })
 
 const echo = defineAgent<{ note: string }>({
@@ -275,6 +277,45 @@ describe('rotation and missing keys', async () => {
     const wrong = await engineWith(db, KeyRing.of({ k3: KeyRing.generateKey() }))
     await expect(wrong.reencrypt({ tenant: 'acme' })).rejects.toMatchObject({ code: 'unknown_key' })
     await expect(wrong.reencrypt({ tenant: 'nobody' })).rejects.toMatchObject({ code: 'unknown_tenant' })
+  })
+
+  it('with skipUnreadable, goes past a value it cannot decrypt and reports it, rewriting the rest', async () => {
+    const [victim, ...others] = ids.acme ?? []
+    // A ciphertext altered at rest (the workflow's input): it no longer decrypts under any key.
+    await queryOnce(
+      db.url,
+      `UPDATE equilateral.workflows SET input = jsonb_set(input, '{ct}', to_jsonb('AAAA' || (input->>'ct')))
+       WHERE tenant_id = 'acme' AND id = $1`,
+      [victim],
+    )
+    const next = await engineWith(db, KeyRing.of({ k2: K2, k4: K4 }, 'k4'))
+    await expect(next.reencrypt({ tenant: 'acme' })).rejects.toMatchObject({ code: 'decryption_failed' })
+    const report = await next.reencrypt({ tenant: 'acme', skipUnreadable: true, batchSize: 2 })
+    expect(report.unreadable).toEqual([
+      {
+        tenant: 'acme',
+        table: 'workflows',
+        id: victim,
+        purpose: 'workflow.input',
+        code: 'decryption_failed',
+      },
+    ])
+    expect(report.skipped).toBe(0)
+    // Everything else moved to k4, and reads without k2; the altered row is left exactly as it was.
+    const onlyK4 = await engineWith(db, KeyRing.of({ k4: K4 }))
+    for (const id of others) {
+      expect((await (await onlyK4.tenant('acme')).getWorkflow(id)).input).toMatchObject({
+        secret: expect.stringContaining(MARKER),
+      })
+    }
+    const again = await next.reencrypt({ tenant: 'acme', skipUnreadable: true })
+    expect(again).toMatchObject({
+      workflows: 0,
+      tasks: 0,
+      events: 0,
+      schedules: 0,
+      unreadable: report.unreadable,
+    })
   })
 })
 

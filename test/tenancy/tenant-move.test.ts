@@ -319,13 +319,16 @@ describe('moving a tenant to another server', () => {
     const good = { server: TARGET, name: copyName }
     const noAudit = { server: TARGET, name: `${copyName.slice(0, 50)}_noaudit` }
     const noJob = { server: TARGET, name: `${copyName.slice(0, 50)}_nojob` }
+    const redacted = { server: TARGET, name: `${copyName.slice(0, 50)}_redacted` }
     await createDatabase(TARGET, noAudit.name, good.name)
     await createDatabase(TARGET, noJob.name, good.name)
-    // The audit trail is append-only even for the owner: the retention purge's switch lets a row go.
+    await createDatabase(TARGET, redacted.name, good.name)
+    // The audit trail is append-only even for the owner (a purge removes whole blocks only): a
+    // superuser past the triggers lets a row go.
     await queryOnce(
       ownerUrl(noAudit),
       `DO $$ BEGIN
-         PERFORM set_config('equilateral.audit_purge', 'on', true);
+         PERFORM set_config('session_replication_role', 'replica', true);
          DELETE FROM equilateral.agent_audit_log WHERE id = (SELECT min(id) FROM equilateral.agent_audit_log);
        END $$`,
     )
@@ -338,6 +341,21 @@ describe('moving a tenant to another server', () => {
     expect(audit.problems).toEqual([
       expect.stringMatching(/^agent_audit_log: \d+ rows in the source, \d+ in the target$/),
     ])
+    // A copy in which a row was redacted since (with its record, as the trigger writes it).
+    await queryOnce(
+      ownerUrl(redacted),
+      `DO $$ BEGIN
+         PERFORM set_config('equilateral.audit_redaction', 'on', true);
+         UPDATE equilateral.agent_audit_log SET action_data = '{"$redacted": "x"}'
+         WHERE id = (SELECT min(id) FROM equilateral.agent_audit_log);
+       END $$`,
+    )
+    const redaction = await refusal(moveTenant({ controlOwner, servers, tenantId: ID, to: redacted }))
+    expect(redaction.problems).toEqual(
+      expect.arrayContaining([
+        expect.stringMatching(/^agent_audit_redactions: 0 rows in the source, 1 in the target$/),
+      ]),
+    )
     const job = await refusal(moveTenant({ controlOwner, servers, tenantId: ID, to: noJob }))
     expect(job.problems).toEqual([
       `pg-boss jobs eq.echo created: ${QUEUED} in the source, ${QUEUED - 1} in the target`,

@@ -363,8 +363,27 @@ describe('deployer', () => {
     const attempt = run(deployer, null, { input, results: { security: failedScan, tests: failedTests } })
     await expect(attempt).rejects.toBeInstanceOf(PermanentError)
     await expect(attempt).rejects.toThrow(
-      'deploy blocked: security scan failed with 1 high, 0 medium, 2 low finding(s) (first: eval at line 7); 1 of 2 test(s) failed (first: "broken")',
+      'deploy blocked: security scan failed with 1 high, 0 medium, 2 low finding(s) (first: eval at line 7); 1 of 2 test(s) failed (first: test 2)',
     )
+  })
+
+  it('keeps its input out of its logs and its errors (stored in plaintext), but not out of its result', async () => {
+    const secret = { service: 'svc-3f9a', version: 'v-77c1', environment: 'env-b2d0', source: clean.source }
+    const { result, logs } = await run(deployer, null, { input: secret, results: { security, tests } })
+    expect(logs).toContain('"msg":"deployed"')
+    for (const value of ['svc-3f9a', 'v-77c1', 'env-b2d0']) expect(logs).not.toContain(value)
+    expect(result).toMatchObject({ service: 'svc-3f9a', version: 'v-77c1', environment: 'env-b2d0' })
+    const named: TestRunResult = {
+      total: 1,
+      passed: 0,
+      failed: 1,
+      results: [{ name: 'customer acme-9c4e checkout', ok: false, error: 'x' }],
+    }
+    const error = await run(deployer, null, { input: secret, results: { security, tests: named } }).catch(
+      (e: unknown) => e as Error,
+    )
+    expect(error).toBeInstanceOf(PermanentError)
+    expect((error as Error).message).toBe('deploy blocked: 1 of 1 test(s) failed (first: test 1)')
   })
 
   it('refuses, for good, without its dependencies or its input', async () => {

@@ -4,6 +4,11 @@
 //
 // The "deployment" is a release record; a real agent would call the platform here, passing
 // ctx.idempotencyKey (the deployment id) so that a repeat of the same attempt is recognised.
+//
+// Inputs stay out of logs and errors: an error message is stored in plaintext (task and workflow
+// errors, audit rows, pg-boss output) and logs leave the database, while inputs and results are
+// encrypted at rest. So it logs ids and counts, and a blocked deploy names the failing test by its
+// position, not by its name (which comes from the input).
 import { createHash } from 'node:crypto'
 import { defineAgent, PermanentError } from '../../src/index.ts'
 import type { SecurityScanResult } from './security-reviewer.ts'
@@ -42,9 +47,9 @@ export function deployBlocker(security: SecurityScanResult, tests: TestRunResult
     )
   }
   if (tests.failed > 0) {
-    const first = tests.results.find((r) => !r.ok)
+    const first = tests.results.findIndex((r) => !r.ok)
     reasons.push(
-      `${tests.failed} of ${tests.total} test(s) failed` + (first ? ` (first: "${first.name}")` : ''),
+      `${tests.failed} of ${tests.total} test(s) failed` + (first >= 0 ? ` (first: test ${first + 1})` : ''),
     )
   }
   return reasons.length > 0 ? `deploy blocked: ${reasons.join('; ')}` : undefined
@@ -73,15 +78,7 @@ export const deployer = defineAgent<null, ReleaseRecord>({
       artifactSha256: createHash('sha256').update(input.source).digest('hex'),
       deployedAt: new Date().toISOString(),
     }
-    ctx.log.info(
-      {
-        deploymentId: release.deploymentId,
-        service: release.service,
-        version: release.version,
-        environment: release.environment,
-      },
-      'deployed',
-    )
+    ctx.log.info({ deploymentId: release.deploymentId }, 'deployed')
     return release
   },
 })

@@ -55,6 +55,12 @@ export const enterpriseRuns = controlSchema.table('enterprise_runs', {
   summary: jsonb('summary'),
   createdAt: timestamp('created_at', { withTimezone: true }).notNull().defaultNow(),
   completedAt: timestamp('completed_at', { withTimezone: true }),
+  /**
+   * `<key id>.<HMAC>` over the run's id, workflow type and member tenants, under a key derived from
+   * the encryption key ring, which the database never sees: consolidation refuses a run without a
+   * valid one, so rows the application role writes by hand start and read nothing.
+   */
+  mac: text('mac'),
 })
 
 export const enterpriseRunTenants = controlSchema.table(
@@ -69,6 +75,8 @@ export const enterpriseRunTenants = controlSchema.table(
     status: text('status', { enum: ENTERPRISE_MEMBER_STATUSES }).notNull().default('starting'),
     error: jsonb('error'),
     updatedAt: timestamp('updated_at', { withTimezone: true }).notNull().defaultNow(),
+    /** `<key id>.<HMAC>` over run id, tenant id and input: a member is started only with a valid one. */
+    mac: text('mac'),
   },
   (t) => [
     primaryKey({ columns: [t.runId, t.tenantId] }),

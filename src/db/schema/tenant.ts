@@ -291,6 +291,11 @@ export const auditSeals = pgTable(
     sealedAt: tz('sealed_at').notNull().defaultNow(),
     /** Set when retention purged the block's rows; the block (its hashes) stays as the chain's anchor. */
     purgedAt: tz('purged_at'),
+    /**
+     * The newest `timestamp` of the block's rows, written by the sealer and never changed: verify
+     * checks a purged block against the tenant's audit retention with it (null: sealed before 0011).
+     */
+    newestAt: tz('newest_at'),
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.blockNo] }),
@@ -301,6 +306,27 @@ export const auditSeals = pgTable(
       .on(t.tenantId, t.blockNo)
       .where(sql`${t.purgedAt} IS NULL`),
   ],
+)
+
+/**
+ * One row per redacted audit row, written by the append-only trigger itself in the redacting
+ * transaction (drizzle/tenant/0011): which row, the redaction's id (the `$redacted` value), the
+ * sha256 of the data it replaced, which database role did it, and when. `verify` accepts a row's
+ * data differing from its seal only as `{"$redacted": <id>}` with a record here of that id and of
+ * the sealed data's hash. Append-only, for the owner too.
+ */
+export const auditRedactions = pgTable(
+  'agent_audit_redactions',
+  {
+    tenantId: text('tenant_id').notNull(),
+    rowId: bigint('row_id', { mode: 'bigint' }).notNull(),
+    redaction: text('redaction').notNull(),
+    /** sha256 (hex) of the action_data text replaced; null for redactions made before 0011. */
+    dataHash: text('data_hash'),
+    byRole: text('by_role').notNull(),
+    redactedAt: tz('redacted_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.rowId] }), tenantIsolation()],
 )
 
 export { COMPLIANCE_TYPES }
