@@ -1,6 +1,9 @@
-// The suite's own rule for waiting on workers: a wait gives up when what it watches stops moving,
-// not at a fixed time from its start.
+// The suite's own rules for waiting on workers: a wait gives up when what it watches stops moving,
+// not at a fixed time from its start; and the files that keep worker processes busy run one at a
+// time, after the others (vitest.config.ts).
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import config from '../../vitest.config.ts'
 import { untilSettled } from '../helpers/progress.ts'
 
 describe('untilSettled', () => {
@@ -42,5 +45,24 @@ describe('untilSettled', () => {
       { stallMs: 100, everyMs: 10 },
     )
     await expect(wait).rejects.toThrow(/a database that went away: nothing moved .*connection refused/)
+  })
+})
+
+describe('vitest.config.ts', () => {
+  const projects = (config.test?.projects ?? []) as { test: Record<string, any> }[]
+  const heavy = projects.find((p) => p.test.name === 'heavy')?.test
+  const main = projects.find((p) => p.test.name === 'main')?.test
+
+  it('runs the chaos and process files one at a time, after the others, two crash points at once', () => {
+    expect(heavy).toMatchObject({ maxWorkers: 1, maxConcurrency: 2 })
+    expect(heavy?.sequence.groupOrder).toBeGreaterThan(main?.sequence?.groupOrder ?? 0)
+    for (const file of [
+      'test/chaos/chaos.test.ts',
+      'test/chaos/failpoints.test.ts',
+      'test/process/crash.test.ts',
+    ]) {
+      expect(heavy?.include.some((glob: string) => path.matchesGlob(file, glob))).toBe(true)
+      expect(main?.exclude.some((glob: string) => path.matchesGlob(file, glob))).toBe(true)
+    }
   })
 })
