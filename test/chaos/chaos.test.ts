@@ -23,6 +23,8 @@ const KILL_EVERY_MS = [1500, 3500] as const
 const OUTAGE_AT_MS = 10_000
 const OUTAGE_MS = 3_000
 const TENANTS = ['acme', 'globex', 'initech']
+/** Starts of one worker in a row that may fail (the outage) before the test gives up. */
+const SPAWN_ATTEMPTS = 10
 
 const server = await ownServer()
 await queryOnce(server.url, 'CREATE TABLE chaos_effects (key text PRIMARY KEY, runs int NOT NULL DEFAULT 1)')
@@ -53,15 +55,18 @@ describe('chaos', () => {
       const killedByUs = new WeakSet<ChildProcess>()
       const crashes: string[] = []
       const spawnWorker = async (): Promise<void> => {
-        for (;;) {
+        for (let failures = 1; ; failures++) {
           try {
             const child = await fleet.spawn({ CHAOS_EFFECTS_URL: server.url })
             child.once('exit', (code, signal) => {
               if (!killedByUs.has(child)) crashes.push(`worker ${child.pid} exited (${code ?? signal})`)
             })
             return
-          } catch {
-            await sleep(300) // the database is down: start it again shortly
+          } catch (error) {
+            // The database is down: start it again shortly. A worker that cannot start at all
+            // fails the test now rather than at its timeout.
+            if (failures === SPAWN_ATTEMPTS) throw error
+            await sleep(300)
           }
         }
       }
