@@ -1,12 +1,43 @@
 import { defineConfig } from 'vitest/config'
 
+// Options every test file runs with. Test files run in parallel, each against a database of its own.
+const common = { testTimeout: 60_000, hookTimeout: 120_000, pool: 'forks' as const }
+
+// The files that keep real worker processes booting and working (several at a time, killed and
+// replaced again and again) or restart PostgreSQL. Side by side they would starve each other of
+// CPU on a small machine: they run after the other files (sequence.groupOrder), one file at a
+// time, and at most two concurrent tests of a file at once (the crash points). Their waits fail
+// when the work stops moving (test/helpers/progress.ts), not at a fixed deadline; their timeouts
+// (at most 10 min a test, 5 min a crash point) only bound a run that moves without end, and add
+// up to well under CI's 90 minutes.
+const heavy = ['test/chaos/**/*.test.ts', 'test/process/**/*.test.ts']
+
 export default defineConfig({
   test: {
-    include: ['test/**/*.test.ts'],
+    // The database server is set up once, for both projects (test/setup/global.ts provides it).
     globalSetup: ['test/setup/global.ts'],
-    testTimeout: 60_000,
-    hookTimeout: 120_000,
-    // Test files run in parallel, each against a database of its own.
-    pool: 'forks',
+    projects: [
+      // An explicit group order: vitest would otherwise run a default-order project that gets one
+      // worker (a 2-core machine) last, after the heavy files.
+      {
+        test: {
+          ...common,
+          name: 'main',
+          include: ['test/**/*.test.ts'],
+          exclude: heavy,
+          sequence: { groupOrder: 1 },
+        },
+      },
+      {
+        test: {
+          ...common,
+          name: 'heavy',
+          include: heavy,
+          maxWorkers: 1,
+          maxConcurrency: 2,
+          sequence: { groupOrder: 2 },
+        },
+      },
+    ],
   },
 })

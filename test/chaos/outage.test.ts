@@ -8,6 +8,7 @@
 // database is down wait for it instead of exiting.
 import { describe, expect, it } from 'vitest'
 import { childEnv, cliProcesses, stop, until } from '../cli/run.ts'
+import { STALL_MS, untilSettled } from '../helpers/progress.ts'
 import { ownServer } from '../helpers/server.ts'
 
 const OUTAGE_MS = 6_000
@@ -153,18 +154,20 @@ function api(base: string, apiKey: string) {
 
 type WorkflowBody = { id: string; status: string; tasks: { status: string }[] }
 
-/** Waits until every workflow has ended; returns their statuses. */
-function settled(tenant: ReturnType<typeof api>, ids: string[], timeoutMs: number) {
-  return until(
-    'every workflow to end',
-    async () => {
-      const answers = await Promise.all(ids.map((id) => tenant.get(id)))
-      if (answers.some((a) => a.status !== 200)) return undefined
-      const statuses = answers.map((a) => (a.body as WorkflowBody).status)
-      return statuses.includes('running') ? undefined : statuses
-    },
-    timeoutMs,
-  )
+/** Waits until every workflow has ended (failing when no task moves for a while); returns their statuses. */
+async function settled(tenant: ReturnType<typeof api>, ids: string[]): Promise<string[]> {
+  let statuses: string[] = []
+  await untilSettled('every workflow to end', async () => {
+    const answers = await Promise.all(ids.map((id) => tenant.get(id)))
+    const bodies = answers.map((a) => (a.status === 200 ? (a.body as WorkflowBody) : null))
+    statuses = bodies.map((b) => b?.status ?? 'unknown')
+    return {
+      done: !statuses.includes('running') && !statuses.includes('unknown'),
+      progress: bodies.map((b) => b?.tasks.map((t) => t.status)),
+      state: `statuses ${statuses.join(', ')}`,
+    }
+  })
+  return statuses
 }
 
 /** `count x level message` for the lines in [from, to], for the summary. */
@@ -179,10 +182,11 @@ describe('database outage', () => {
 
   it(
     'web and worker survive PostgreSQL going away and coming back, and every workflow completes',
-    { timeout: 90_000 },
+    // Waits fail when nothing moves (test/helpers/progress.ts); this only bounds the whole test.
+    { timeout: 300_000 },
     async () => {
       first = startProcesses()
-      const base = await first.listening(30_000)
+      const base = await first.listening(STALL_MS)
       const created = await call('create tenant', `${base}/v1/admin/tenants`, {
         method: 'POST',
         headers: { authorization: `Bearer ${ADMIN_TOKEN}`, 'content-type': 'application/json' },
@@ -230,7 +234,7 @@ describe('database outage', () => {
         'readyz 200 once the database is back',
         async () =>
           (await call('readyz', `${base}/readyz`)).status === 200 ? performance.now() - up : undefined,
-        30_000,
+        STALL_MS,
       )
 
       // Starts refused during the outage, repeated with their idempotency keys: nothing was created.
@@ -240,7 +244,7 @@ describe('database outage', () => {
         expect(s.status).toBe(201)
         ids.push((s.body as WorkflowBody).id)
       }
-      const statuses = await settled(tenant, ids, 45_000)
+      const statuses = await settled(tenant, ids)
       const allDoneMs = performance.now() - up
 
       const { worker: workerLogs, web: webLogs } = first.logs()
@@ -317,7 +321,8 @@ describe('database outage', () => {
 
   it(
     'a web and a worker started while the database is down wait for it, then work',
-    { timeout: 90_000 },
+    // Waits fail when nothing moves (test/helpers/progress.ts); this only bounds the whole test.
+    { timeout: 300_000 },
     async () => {
       // The processes of the first test stop cleanly after the outage.
       expect(await first.shutdown()).toEqual([0, 0])
@@ -334,13 +339,13 @@ describe('database outage', () => {
               lines.some((l) => l.level === WARN && l.msg === 'database unavailable at start; waiting for it')
             return waiting(worker) && waiting(web) ? true : undefined
           },
-          30_000,
+          STALL_MS,
         )
       } finally {
         await server.start()
       }
       const up = performance.now()
-      const base = await late.listening(45_000)
+      const base = await late.listening(STALL_MS)
       const waits = late
         .logs()
         .worker.filter((l) => l.msg === 'database unavailable at start; waiting for it')
@@ -356,7 +361,7 @@ describe('database outage', () => {
       const tenant = api(base, (created.body as { apiKey: string }).apiKey)
       const s = await tenant.start('late-1')
       expect(s.status).toBe(201)
-      expect(await settled(tenant, [(s.body as WorkflowBody).id], 30_000)).toEqual(['completed'])
+      expect(await settled(tenant, [(s.body as WorkflowBody).id])).toEqual(['completed'])
       expect(late.exits).toEqual([])
       // No error line for people on stderr: the wait is in the JSON log, the process never failed.
       expect(late.worker.out.stderr).not.toMatch(/^equilateral:/m)

@@ -6,6 +6,7 @@ import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definit
 import { createEngine, type Engine } from '../../src/engine.ts'
 import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
 import { createTestDatabase, pgContext, type TestDatabase } from './db.ts'
+import { untilSettled } from './progress.ts'
 
 export interface TestEngine {
   engine: Engine
@@ -57,13 +58,27 @@ export async function eventually<T>(
   }
 }
 
-/** Waits until the workflow reaches a terminal status and returns its view. */
-export async function settled(engine: Engine, tenantId: string, workflowId: string, timeoutMs = 20_000) {
+/**
+ * Waits until the workflow reaches a terminal status and returns its view; fails when none of its
+ * tasks has moved (status or attempt) for `stallMs`, however long the workflow has run.
+ */
+export async function settled(engine: Engine, tenantId: string, workflowId: string, stallMs = 20_000) {
   const tenant = await engine.tenant(tenantId)
-  return eventually(async () => {
-    const wf = await tenant.getWorkflow(workflowId)
-    return wf.status === 'running' ? undefined : wf
-  }, timeoutMs)
+  let view: Awaited<ReturnType<typeof tenant.getWorkflow>> | undefined
+  await untilSettled(
+    `workflow ${workflowId} to end`,
+    async () => {
+      const wf = await tenant.getWorkflow(workflowId)
+      view = wf
+      return {
+        done: wf.status !== 'running',
+        progress: wf.tasks.map((t) => [t.key, t.status, t.attempt]),
+        state: `tasks ${wf.tasks.map((t) => `${t.key} ${t.status}`).join(', ')}`,
+      }
+    },
+    { stallMs, everyMs: 25 },
+  )
+  return view as NonNullable<typeof view>
 }
 
 /** database-per-tenant in tests: tenant database names start with the run's prefix (dropped at teardown). */

@@ -404,13 +404,17 @@ describe('cron-started workflows', () => {
     expect((await north.listSchedules()).map((s) => [s.id, s.cron])).toEqual([['nightly', '0 3 * * *']])
     expect((await south.listSchedules()).map((s) => [s.id, s.cron])).toEqual([['nightly', '0 4 * * *']])
 
-    // Each tenant's slot starts a workflow in that tenant only, with that tenant's input.
+    // Each tenant's slot starts a workflow in that tenant only, with that tenant's input. The slots
+    // are those of one fixed day and the scheduler runs on an explicit clock, so the time of day
+    // the test runs at does not decide which slot comes first.
+    expect([n.nextSlot.getUTCHours(), s.nextSlot.getUTCHours()]).toEqual([3, 4])
+    const day = '2024-06-01'
+    await moveBack('north', 'nightly', new Date(`${day}T03:00:00Z`))
+    await moveBack('south', 'nightly', new Date(`${day}T04:00:00Z`))
     let started = 0
-    for (const { nextSlot } of [n, s]) {
-      const tick = await engine.runSchedules({ now: new Date(nextSlot.getTime() + 1000) }, [
-        north.scope,
-        south.scope,
-      ])
+    for (const slot of [`${day}T03:00:01Z`, `${day}T04:00:01Z`]) {
+      const tick = await engine.runSchedules({ now: new Date(slot) }, [north.scope, south.scope])
+      expect(tick).toMatchObject({ started: 1, skipped: 0 })
       started += tick.started
     }
     expect(started).toBe(2)
