@@ -87,12 +87,12 @@ async function undoNewestTenantMigration(tenant: string): Promise<void> {
   )
 }
 
-/** Undoes the newest control migration (0006: the fleet's pass table) and forgets it. */
+/** Undoes the newest control migration (0007: the worker liveness registry) and forgets it. */
 async function undoNewestControlMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP TABLE equilateral.fleet_passes;
+     DROP TABLE equilateral.worker_sessions;
      DELETE FROM drizzle.__equilateral_control_migrations WHERE created_at = ${latestMigrations().control};
      COMMIT;`,
   )
@@ -202,8 +202,8 @@ describe('migrateTenantDatabases', () => {
       expect(await hasIndex(tenant, 'workflow_events')).toBe(true) // a table: to_regclass finds it too
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
-    const [passes] = await sql('charlie', `SELECT to_regclass('equilateral.fleet_passes')::text AS t`)
-    expect(passes?.t).toBe('equilateral.fleet_passes')
+    const [registry] = await sql('charlie', `SELECT to_regclass('equilateral.worker_sessions')::text AS t`)
+    expect(registry?.t).toBe('equilateral.worker_sessions')
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)
