@@ -170,6 +170,7 @@ export class LivenessRegistry {
   #retry: NodeJS.Timeout | null = null
   #check: NodeJS.Timeout | null = null
   #failures = 0
+  #verifying = false
   #closed = false
 
   constructor(options: { connectionString: string; log: Logger; checkMs: number }) {
@@ -220,7 +221,11 @@ export class LivenessRegistry {
     const client = new pg.Client({
       connectionString: this.#connectionString,
       application_name: 'equilateral-liveness',
+      // A session that died without a word (a half-open connection) is noticed by the periodic
+      // check's timeout, and by TCP keepalives on an idle one.
       keepAlive: true,
+      keepAliveInitialDelayMillis: 10_000,
+      query_timeout: 10_000,
     })
     client.on('error', (error) => this.#lost(client, error))
     client.on('end', () => this.#lost(client, null))
@@ -276,7 +281,8 @@ export class LivenessRegistry {
    * stale): run periodically, it also finds out that a silently dropped session is gone.
    */
   async #verify(): Promise<void> {
-    if (this.#closed || this.#ids.size === 0) return
+    if (this.#closed || this.#ids.size === 0 || this.#verifying) return
+    this.#verifying = true
     try {
       const client = await this.#session()
       await client.query(UPSERT, [[...this.#ids], this.#lockId, hostname(), process.pid])
@@ -289,6 +295,8 @@ export class LivenessRegistry {
       const client = this.#client
       if (client) this.#lost(client, error as Error)
       else this.#scheduleReconnect()
+    } finally {
+      this.#verifying = false
     }
   }
 }

@@ -5,9 +5,11 @@
 import type { ChildProcess } from 'node:child_process'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
+import { withDatabase } from '../../src/db/provision.ts'
 import { createEngine } from '../../src/index.ts'
 import { livenessWorkflows } from '../fixtures/liveness-registry.ts'
-import { createTestDatabase, queryOnce } from '../helpers/db.ts'
+import { createTestDatabase, pgContext, queryOnce } from '../helpers/db.ts'
+import { tenantDatabasePrefix } from '../helpers/engine.ts'
 import { checkInvariants, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
 
@@ -190,5 +192,56 @@ describe('worker liveness', () => {
     expect(after?.held).toBe(true)
     expect(await stop(child, 'SIGTERM')).toBe(0)
     expect(await held()).toEqual([])
+  })
+})
+
+describe('worker liveness, database per tenant', () => {
+  it("recovers a killed worker's task in a tenant database from the registry in the control database", async () => {
+    const control = await createTestDatabase()
+    const config = {
+      ...NO_HEARTBEAT_RECOVERY,
+      isolationMode: 'database-per-tenant' as const,
+      tenantDatabasePrefix: tenantDatabasePrefix(),
+      tenantRefreshMs: 200,
+    }
+    const dbEngine = await createEngine({
+      connectionString: control.appUrl,
+      adminConnectionString: control.url,
+      workflows: livenessWorkflows,
+      log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
+      supervise: false,
+      config: { ...config, sweepIntervalMs: 3_600_000 },
+    })
+    const fleet = workerProcesses(control.appUrl)
+    const spawnIn = () =>
+      fleet.spawn({ WORKER_AGENTS: 'liveness-long', WORKER_CONFIG: JSON.stringify(config) })
+    try {
+      await dbEngine.createTenant({ id: 'umbrella' })
+      const [row] = await queryOnce(control.url, `SELECT database_name FROM equilateral.tenants`)
+      const tenantUrl = withDatabase(pgContext().adminUrl, row!.database_name)
+      const task = () =>
+        queryOnce<{ status: string; attempt: number }>(
+          tenantUrl,
+          'SELECT status, attempt FROM equilateral.agent_coordination',
+        ).then((rows) => rows[0])
+      await dbEngine.startSweeper()
+      const victim = await spawnIn()
+      const { id } = await (await dbEngine.tenant('umbrella')).startWorkflow('liveness-long')
+      await until(task, (t) => t?.status === 'running', 'task claimed')
+      // The worker serving the tenant database is listed in the control database.
+      const listed = await queryOnce(control.url, 'SELECT pid FROM equilateral.worker_sessions')
+      expect(listed.map((r) => r.pid)).toContain(victim.pid)
+      await spawnIn()
+      victim.kill('SIGKILL')
+      await until(task, (t) => t?.status === 'completed', 'task restarted and completed')
+      expect(await task()).toMatchObject({ status: 'completed', attempt: 2 })
+      const report = await checkInvariants(tenantUrl, new Map<string, Expected>([[id, 'completed']]))
+      expect(report.violations).toEqual([])
+      expect(report.lostAttempts).toBe(1)
+    } finally {
+      for (const c of [...fleet.children]) await fleet.stop(c, 'SIGTERM')
+      await dbEngine.close()
+      await control.drop()
+    }
   })
 })
