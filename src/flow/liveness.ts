@@ -80,9 +80,19 @@ function deadOf(rows: Record<string, any>[]): DeadWorkers | null {
   }
 }
 
+/** The registry is not there yet: new code before `migrate` (liveness then waits for it). */
+function unmigrated(error: unknown): boolean {
+  return (error as { code?: string } | null)?.code === '42P01'
+}
+
 /** The registered workers whose session has ended (null: none), read from the control database. */
 export async function findDeadWorkers(pool: pg.Pool): Promise<DeadWorkers | null> {
-  return deadOf((await pool.query(DEAD)).rows)
+  try {
+    return deadOf((await pool.query(DEAD)).rows)
+  } catch (error) {
+    if (unmigrated(error)) return null
+    throw error
+  }
 }
 
 /**
@@ -114,6 +124,7 @@ export async function livenessPass(
     }
   } catch (error) {
     broken = true
+    if (unmigrated(error)) return null
     throw error
   } finally {
     // A session that may still hold the turn is not given back to the pool.
@@ -179,12 +190,21 @@ export class LivenessRegistry {
     this.#checkMs = options.checkMs
   }
 
-  /** Lists the worker; resolves once its row and the lock it stands for are in place. */
+  /**
+   * Lists the worker; resolves once its row and the lock it stands for are in place. Before the
+   * control database is migrated (no registry yet), the worker runs on heartbeats alone, and the
+   * periodic check lists it once the registry is there.
+   */
   async register(workerId: string): Promise<void> {
     this.#ids.add(workerId)
-    const client = await this.#session()
-    await client.query(UPSERT, [[workerId], this.#lockId, hostname(), process.pid])
     this.#check ??= setInterval(() => void this.#verify(), this.#checkMs).unref()
+    const client = await this.#session()
+    try {
+      await client.query(UPSERT, [[workerId], this.#lockId, hostname(), process.pid])
+    } catch (error) {
+      if (!unmigrated(error)) throw error
+      this.#log.warn('worker liveness waits for `migrate`: killed workers are found by heartbeats only')
+    }
   }
 
   /** Removes the worker's row (graceful shutdown: its tasks were finished or released). */
@@ -197,7 +217,10 @@ export class LivenessRegistry {
         workerId,
         this.#lockId,
       ])
-      .catch((error) => this.#log.warn({ err: error, worker: workerId }, 'could not unregister the worker'))
+      .catch((error) => {
+        if (!unmigrated(error))
+          this.#log.warn({ err: error, worker: workerId }, 'could not unregister the worker')
+      })
   }
 
   /** Ends the session, which releases the lock: rows still listed are then dead workers. */
@@ -289,7 +312,7 @@ export class LivenessRegistry {
       if (this.#failures > 0) this.#log.info({ attempts: this.#failures }, 'liveness session restored')
       this.#failures = 0
     } catch (error) {
-      if (this.#closed) return
+      if (this.#closed || unmigrated(error)) return
       this.#failures++
       if (this.#failures === 1) this.#log.warn({ err: error }, 'liveness registration failed; retrying')
       const client = this.#client
