@@ -62,7 +62,7 @@ DELETE FROM ${APP_SCHEMA}.worker_sessions w
 USING jsonb_to_recordset($1::jsonb) AS x(worker_id text, lock_id int)
 WHERE w.worker_id = x.worker_id AND w.lock_id = x.lock_id AND w.lock_id::oid NOT IN (SELECT objid FROM held)`
 
-// Writes only when the row is missing or names another lock id: the periodic check costs no write.
+// Writes only when the row is missing or names another lock id.
 const UPSERT = `
 INSERT INTO ${APP_SCHEMA}.worker_sessions AS w (worker_id, lock_id, host, pid)
 SELECT id, $2, $3, $4 FROM unnest($1::text[]) AS id
@@ -300,15 +300,21 @@ export class LivenessRegistry {
   }
 
   /**
-   * Re-lists every worker of the process under the current lock (writing only what is missing or
-   * stale): run periodically, it also finds out that a silently dropped session is gone.
+   * Re-lists every worker of the process under the current lock if a row is missing or stale (a
+   * read when none is, since an upsert locks the rows it leaves): run periodically, it also finds
+   * out that a silently dropped session is gone.
    */
   async #verify(): Promise<void> {
     if (this.#closed || this.#ids.size === 0 || this.#verifying) return
     this.#verifying = true
     try {
       const client = await this.#session()
-      await client.query(UPSERT, [[...this.#ids], this.#lockId, hostname(), process.pid])
+      const ids = [...this.#ids]
+      const { rows } = await client.query(
+        `SELECT count(*)::int AS n FROM ${APP_SCHEMA}.worker_sessions WHERE worker_id = ANY($1) AND lock_id = $2`,
+        [ids, this.#lockId],
+      )
+      if (rows[0]?.n !== ids.length) await client.query(UPSERT, [ids, this.#lockId, hostname(), process.pid])
       if (this.#failures > 0) this.#log.info({ attempts: this.#failures }, 'liveness session restored')
       this.#failures = 0
     } catch (error) {
