@@ -167,7 +167,7 @@ describe('worker liveness', () => {
     await stop(rescuer, 'SIGTERM')
   })
 
-  it('a worker whose liveness session drops registers again, and leaves the registry when it shuts down', async () => {
+  it('a worker whose liveness session drops or whose row is removed registers again, and leaves the registry when it shuts down', async () => {
     const child = await worker('liveness-long')
     const [before] = (await registered()).filter((r) => r.pid === child.pid)
     expect(before).toBeDefined()
@@ -190,6 +190,9 @@ describe('worker liveness', () => {
       're-registered',
     )
     expect(after?.held).toBe(true)
+    // A row removed behind its back (an operator, a cheating connection) is listed again.
+    await q('DELETE FROM equilateral.worker_sessions WHERE worker_id = $1', [before!.worker_id])
+    await until(held, (rows) => rows.length === 1 && rows[0]!.held, 'listed again')
     expect(await stop(child, 'SIGTERM')).toBe(0)
     expect(await held()).toEqual([])
   })
