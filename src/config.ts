@@ -53,6 +53,12 @@ export interface Config {
   staleAfterMs: number
   /** 0: the sweeper runs from a pg-boss cron schedule (every minute, once across the fleet). */
   sweepIntervalMs: number
+  /**
+   * How often the liveness pass looks for workers whose database session ended (killed processes)
+   * and recovers their running tasks at once, without waiting for staleAfterMs; 0: off (workers do
+   * not register, and only heartbeats find lost tasks).
+   */
+  livenessIntervalMs: number
   /** How often a process's scheduler looks for due cron schedules (startScheduler); 0: it does not. */
   schedulerIntervalMs: number
   /**
@@ -148,6 +154,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     heartbeatIntervalMs: int('HEARTBEAT_INTERVAL_MS', 5000, 100),
     staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
     sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),
+    livenessIntervalMs: int('LIVENESS_INTERVAL_MS', 1000, 0),
     schedulerIntervalMs: int('SCHEDULER_INTERVAL_MS', 10_000, 0),
     schedulerGraceMs: int('SCHEDULER_GRACE_MS', 60_000, 1000),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),

@@ -69,6 +69,7 @@ import { closeAgents } from './flow/close-agents.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
+import { type DeadWorkers, findDeadWorkers, LivenessRegistry, startLivenessPasses } from './flow/liveness.ts'
 import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from './flow/waits.ts'
 import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
@@ -225,6 +226,9 @@ export class Engine {
   readonly #workflowVersions = new Map<string, Map<number, WorkflowDefinition<any>>>()
   readonly #workers = new Set<Worker>()
   readonly #sweepTimers = new Set<NodeJS.Timeout>()
+  /** Worker liveness (src/flow/liveness.ts): this process's registration, and its pass's stop. */
+  #liveness: LivenessRegistry | null = null
+  #stopLivenessPasses: (() => Promise<void>) | null = null
   /** startScheduler: the timers of the local scheduler loops, and the passes under way. */
   readonly #schedulerTimers = new Set<NodeJS.Timeout>()
   readonly #schedulerRuns = new Set<Promise<void>>()
@@ -756,10 +760,22 @@ export class Engine {
       agentVersionRetryMs: this.config.agentVersionRetryMs,
       agentVersionWaitMs: this.config.agentVersionWaitMs,
       hooks: this.#metricsHooks(hooks, store.key),
+      liveness: this.#livenessRegistry() ?? undefined,
     })
     await worker.start()
     this.#workers.add(worker)
     return worker
+  }
+
+  /** The process's liveness registration, on the control database; null when LIVENESS_INTERVAL_MS is 0. */
+  #livenessRegistry(): LivenessRegistry | null {
+    if (this.config.livenessIntervalMs === 0) return null
+    this.#liveness ??= new LivenessRegistry({
+      connectionString: this.#connectionString,
+      log: this.log,
+      checkMs: this.config.heartbeatIntervalMs,
+    })
+    return this.#liveness
   }
 
   /** Worker hooks that feed the metrics, then call the caller's own hooks. */
@@ -897,12 +913,15 @@ export class Engine {
 
   /**
    * One pass of the stale-task sweeper over every active tenant (or the given ones), each in its
-   * own database; a tenant database that cannot be reached is listed in `unreachable`.
+   * own database; a tenant database that cannot be reached is listed in `unreachable`. Running
+   * tasks of workers whose database session ended (see startSweeper) are lost too, stale or not.
    */
-  sweep(
-    options: { staleAfterMs?: number } = {},
+  async sweep(
+    options: { staleAfterMs?: number; deadWorkers?: DeadWorkers | null } = {},
     scopes: AsyncIterable<TenantScope> | Iterable<TenantScope> = this.tenants.active(),
   ): Promise<SweepReport> {
+    const deadWorkers =
+      options.deadWorkers === undefined ? await findDeadWorkers(this.pool) : options.deadWorkers
     return sweepOnce((scope) => this.stores.of(scope), scopes, {
       keyRing: this.keyRing,
       limits: this.limits,
@@ -910,6 +929,28 @@ export class Engine {
       batchSize: 500,
       maxPages: 20,
       timeouts: this.#timeouts,
+      deadWorkers: deadWorkers ?? undefined,
+    })
+  }
+
+  /**
+   * Every LIVENESS_INTERVAL_MS, one process of the fleet at a time looks for workers whose
+   * database session ended; when it finds some, it sweeps every active tenant with their running
+   * tasks taken as lost, then forgets them (src/flow/liveness.ts).
+   */
+  #startLivenessPasses(): void {
+    if (this.config.livenessIntervalMs === 0 || this.#stopLivenessPasses) return
+    this.#stopLivenessPasses = startLivenessPasses({
+      pool: this.pool,
+      everyMs: this.config.livenessIntervalMs,
+      recover: async (dead) => {
+        const report = await this.sweep({ deadWorkers: dead })
+        this.log.info({ ...report, workers: dead.ids }, 'liveness pass: workers gone, their tasks recovered')
+        this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
+        this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
+        for (const f of report.failed) this.log.warn({ ...f }, 'sweep of a tenant failed')
+      },
+      onError: (error) => this.#warn({ err: error }, error, 'liveness pass failed'),
     })
   }
 
@@ -919,6 +960,7 @@ export class Engine {
    * advisory lock so only one process sweeps at a time.
    */
   async startSweeper(): Promise<void> {
+    this.#startLivenessPasses()
     const run = async (store: Store, scopes: () => AsyncIterable<TenantScope> | Iterable<TenantScope>) => {
       const report = await this.sweep({}, scopes())
       if (report.requeued > 0 || report.lost > 0) {
@@ -1214,6 +1256,8 @@ export class Engine {
         log: this.log,
       })
     }
+    await this.#stopLivenessPasses?.()
+    await this.#liveness?.close()
     await this.stores.closeAll()
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})
     await this.pool.end().catch(() => {})

@@ -17,6 +17,11 @@ export interface SweepCandidate extends AttemptState {
   jobStale: boolean
   /** The task's heartbeat is older than the stale threshold (by the database clock). */
   heartbeatStale: boolean
+  /**
+   * The task's worker is registered as dead (its database session ended: src/flow/liveness.ts), and
+   * the attempt started before that was seen. False when the liveness registry is not consulted.
+   */
+  workerDead: boolean
 }
 
 export type SweepAction =
@@ -34,6 +39,7 @@ export function decideSweep(c: SweepCandidate): SweepAction {
       if (c.jobState === null) return { kind: 'lost_worker', reason: 'job gone while the task was running' }
       if (FINISHED_JOB.has(c.jobState))
         return { kind: 'lost_worker', reason: `job ${c.jobState} while the task was running` }
+      if (c.workerDead) return { kind: 'lost_worker', reason: "worker's database session ended" }
       if (c.heartbeatStale) return { kind: 'lost_worker', reason: 'heartbeat stale' }
       return { kind: 'none' }
     case 'queued':

@@ -27,6 +27,7 @@ import { requeueTasks, type RequeueItem } from './requeue.ts'
 import { dueWaits, expireWaits, type WaitDeps } from './waits.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { JsonLimits } from '../core/json.ts'
+import type { DeadWorkers } from './liveness.ts'
 
 export interface SweepOptions {
   /** For wait tasks timed out here (their results are encrypted like any task's). */
@@ -40,6 +41,12 @@ export interface SweepOptions {
   maxPages: number
   /** lock_timeout and statement_timeout of the sweep's transactions (absent: the server's). */
   timeouts?: TxTimeouts
+  /**
+   * Workers found dead by their database session (src/flow/liveness.ts) and the database time they
+   * were seen dead: their running tasks whose attempt started before then are lost, whatever their
+   * heartbeat says.
+   */
+  deadWorkers?: DeadWorkers | undefined
 }
 
 export interface SweepReport {
@@ -72,7 +79,8 @@ const SCAN = `
 SELECT t.tenant_id, t.id, t.workflow_id, t.status, t.attempt, t.failures, t.max_attempts, t.backoff_ms,
   t.backoff_max_ms, t.timeout_ms, t.queue, t.agent_id, t.job_id, j.state AS job_state,
   coalesce(j.started_on < now() - $3 * interval '1 millisecond', false) AS job_stale,
-  coalesce(t.heartbeat_at < now() - $3 * interval '1 millisecond', true) AS heartbeat_stale
+  coalesce(t.heartbeat_at < now() - $3 * interval '1 millisecond', true) AS heartbeat_stale,
+  coalesce(t.worker_id = ANY($5::text[]) AND t.started_at <= $6::timestamptz, false) AS worker_dead
 FROM agent_coordination t
 LEFT JOIN ${BOSS_SCHEMA}.job j ON j.name = t.queue AND j.id = t.job_id
 WHERE t.tenant_id = $1 AND t.id > $2::uuid
@@ -155,6 +163,8 @@ async function sweepTenant(
         cursor,
         options.staleAfterMs,
         options.batchSize,
+        options.deadWorkers?.ids ?? [],
+        options.deadWorkers?.seenAt ?? null,
       ])
       const candidates = rows.map(toCandidate)
       const free = await lockFree(db, scope, candidates, report)
@@ -272,5 +282,6 @@ function toCandidate(r: Record<string, any>): SweepCandidate {
     jobState: r.job_state ?? null,
     jobStale: r.job_stale,
     heartbeatStale: r.heartbeat_stale,
+    workerDead: r.worker_dead,
   }
 }

@@ -67,6 +67,12 @@ export interface WorkerOptions {
   agentVersionWaitMs?: number
   workerId?: string
   hooks?: WorkerHooks
+  /**
+   * The process's liveness registration (src/flow/liveness.ts): the worker is listed before it
+   * claims a task, and removed when it has stopped.
+   */
+  liveness?:
+    { register(workerId: string): Promise<void>; unregister(workerId: string): Promise<void> } | undefined
 }
 
 /** Observation points for metrics; every hook is optional and must not throw. */
@@ -206,6 +212,7 @@ export class Worker {
   }
 
   async start(): Promise<void> {
+    await this.#o.liveness?.register(this.id)
     await this.#listen()
     for (const id of this.#agents.keys()) {
       const queue = queueName(id)
@@ -803,6 +810,7 @@ export class Worker {
     if (this.#listenerRetry) clearTimeout(this.#listenerRetry)
     await this.#listener?.end().catch(() => {})
     this.#listener = null
+    await this.#o.liveness?.unregister(this.id)
     this.#o.log.info({ worker: this.id }, 'worker stopped')
   }
 }

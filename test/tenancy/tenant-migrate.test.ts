@@ -73,26 +73,34 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-/** Undoes the newest tenant-table migration (0010: waits, timers, schedules) and forgets it. */
+/** Undoes the newest tenant-table migration (0012: the observer role's grants) and forgets it. */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP TABLE equilateral.workflow_events, equilateral.workflow_schedules;
-     DROP INDEX equilateral.agent_coordination_waiting_idx;
-     ALTER TABLE equilateral.agent_coordination DROP COLUMN agent_version, DROP COLUMN unserved_since,
-       DROP COLUMN wait, DROP COLUMN wait_deadline, DROP COLUMN start_at, DROP COLUMN start_delay_ms;
+     REVOKE ALL ON ALL TABLES IN SCHEMA equilateral FROM equilateral_observer;
+     REVOKE USAGE ON SCHEMA equilateral FROM equilateral_observer;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Undoes the newest control migration (0006: the fleet's pass table) and forgets it. */
+/** Whether the newest tenant-table migration is in place: the observer role may read a status. */
+async function observed(tenant: string): Promise<boolean> {
+  const [row] = await sql(
+    tenant,
+    `SELECT has_column_privilege('equilateral_observer', 'equilateral.workflows', 'status', 'SELECT') AS ok`,
+  )
+  return row?.ok === true
+}
+
+/** Undoes the newest control migration (0008: enterprise signatures) and forgets it. */
 async function undoNewestControlMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP TABLE equilateral.fleet_passes;
+     ALTER TABLE equilateral.enterprise_runs DROP COLUMN mac;
+     ALTER TABLE equilateral.enterprise_run_tenants DROP COLUMN mac;
      DELETE FROM drizzle.__equilateral_control_migrations WHERE created_at = ${latestMigrations().control};
      COMMIT;`,
   )
@@ -104,11 +112,6 @@ async function tenantMigrations(tenant: string): Promise<string[]> {
     'SELECT hash, created_at::text FROM equilateral.__tenant_migrations ORDER BY id',
   )
   return rows.map((r) => `${r.created_at}:${r.hash}`)
-}
-
-async function hasIndex(tenant: string, name: string): Promise<boolean> {
-  const rows = await sql(tenant, 'SELECT to_regclass($1) IS NOT NULL AS present', [`equilateral.${name}`])
-  return rows[0].present
 }
 
 const FUTURE = latestMigrations().tenant + 86_400_000
@@ -173,7 +176,7 @@ describe('migrateTenantDatabases', () => {
     expect(problems(report)).toEqual(PROBLEMS)
     expect(report.problems[0]?.database).toBe(keyOf('delta'))
     expect(await Promise.all(['bravo', 'echo', 'foxtrot', 'golf'].map(tenantMigrations))).toEqual(before)
-    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
+    expect(await observed('bravo')).toBe(false)
 
     expect(describeTenantDatabases(report, true)).toEqual([
       'tenant databases: 9 examined, 3 with migrations pending, 1 current, 5 with problems, 1 provisioning (skipped)',
@@ -198,16 +201,20 @@ describe('migrateTenantDatabases', () => {
 
     // The undone migrations were applied again: what they create exists, their rows are back.
     for (const tenant of ['bravo', 'golf']) {
-      expect(await hasIndex(tenant, 'agent_coordination_waiting_idx')).toBe(true)
-      expect(await hasIndex(tenant, 'workflow_events')).toBe(true) // a table: to_regclass finds it too
+      expect(await observed(tenant)).toBe(true)
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
-    const [passes] = await sql('charlie', `SELECT to_regclass('equilateral.fleet_passes')::text AS t`)
-    expect(passes?.t).toBe('equilateral.fleet_passes')
+    const [signed] = await sql(
+      'charlie',
+      `SELECT count(*)::int AS n FROM information_schema.columns
+       WHERE table_schema = 'equilateral' AND column_name = 'mac'
+         AND table_name IN ('enterprise_runs', 'enterprise_run_tenants')`,
+    )
+    expect(signed?.n).toBe(2)
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)
-    expect(await hasIndex('foxtrot', 'agent_coordination_waiting_idx')).toBe(false)
+    expect(await observed('foxtrot')).toBe(false)
     // Nothing was created for the tenant still being provisioned.
     const created = await queryOnce(adminUrl, 'SELECT 1 FROM pg_database WHERE datname = $1', [
       `${tenantDatabasePrefix}never_created`,
@@ -249,12 +256,12 @@ describe('migrateTenantDatabases', () => {
     expect(resumed).toMatchObject({ examined: 5, migrated: 1, current: 0, provisioning: ['x-provisioning'] })
     expect(resumed.pending.map((p) => p.tenant)).toEqual(['golf'])
     expect(problems(resumed).map((p) => p.tenant)).toEqual(['echo', 'foxtrot', 'x-unknown', 'x-unreachable'])
-    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
-    expect(await hasIndex('golf', 'agent_coordination_waiting_idx')).toBe(true)
+    expect(await observed('bravo')).toBe(false)
+    expect(await observed('golf')).toBe(true)
     // From the start, the rest is done.
     const rest = await migrateTenantDatabases(control.url, servers, { batchSize: 1 })
     expect(rest.pending.map((p) => p.tenant)).toEqual(['bravo'])
-    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(true)
+    expect(await observed('bravo')).toBe(true)
   })
 
   it('finds nothing to do in a control database without tenant databases', async () => {
@@ -293,7 +300,7 @@ describe('equilateral migrate', () => {
       expect.stringMatching(/^unknown_server x-unknown /),
       expect.stringMatching(/^unreachable {4}x-unreachable /),
     ])
-    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(false)
+    expect(await observed('bravo')).toBe(false)
   })
 
   it('migrates the control database and every tenant database, one line per problem, exit 1', async () => {
@@ -317,7 +324,7 @@ describe('equilateral migrate', () => {
       'unknown_server',
       'unreachable',
     ])
-    expect(await hasIndex('bravo', 'agent_coordination_waiting_idx')).toBe(true)
+    expect(await observed('bravo')).toBe(true)
   })
 
   it('--from resumes after a tenant; exit 0 once no database has a problem', async () => {

@@ -1,7 +1,18 @@
 // Control tables: one set per database, in the `equilateral` schema. They describe tenants, not
 // tenant data; the tenant data tables are in ./tenant.ts.
 import { sql } from 'drizzle-orm'
-import { check, index, jsonb, pgSchema, primaryKey, text, timestamp, unique, uuid } from 'drizzle-orm/pg-core'
+import {
+  check,
+  index,
+  integer,
+  jsonb,
+  pgSchema,
+  primaryKey,
+  text,
+  timestamp,
+  unique,
+  uuid,
+} from 'drizzle-orm/pg-core'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './values.ts'
 
 export const controlSchema = pgSchema('equilateral')
@@ -92,4 +103,18 @@ export const enterpriseRunTenants = controlSchema.table(
 export const fleetPasses = controlSchema.table('fleet_passes', {
   pass: text('pass').primaryKey(),
   lastAt: timestamp('last_at', { withTimezone: true }).notNull(),
+})
+
+/**
+ * Live worker registrations (src/flow/liveness.ts): each worker process holds the session-level
+ * advisory lock (LIVENESS_LOCK_CLASS, lock_id) on a dedicated session of this database and lists its
+ * workers here. A row whose lock no session holds is a dead worker: the liveness pass re-queues its
+ * running tasks (by `agent_coordination.worker_id`) and removes the row. No tenant data.
+ */
+export const workerSessions = controlSchema.table('worker_sessions', {
+  workerId: text('worker_id').primaryKey(),
+  lockId: integer('lock_id').notNull(),
+  host: text('host').notNull(),
+  pid: integer('pid').notNull(),
+  registeredAt: timestamp('registered_at', { withTimezone: true }).notNull().defaultNow(),
 })
