@@ -39,12 +39,17 @@ export type FailureOutcome =
   | { kind: 'lease_lost' }
 
 // A retry is queued only while the workflow runs: once it has ended (a sibling failed it), nothing
-// would ever claim the new attempt, so the task fails for good instead.
+// would ever claim the new attempt, so the task fails for good instead. The workflow row is read
+// under a share lock, so the decision sees a sibling's failure that committed meanwhile (a plain
+// read would not, and the retry would leave a queued task in a failed workflow); and a sibling
+// failing the workflow waits for this transaction (see WORKFLOW_LOCK).
 const FAIL_ATTEMPT = `
 WITH r AS (
   SELECT $6::boolean AND EXISTS (
-    SELECT 1 FROM agent_coordination t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
-    WHERE t.tenant_id = $1 AND t.id = $2 AND w.status = 'running'
+    SELECT 1 FROM workflows w
+    WHERE w.tenant_id = $1 AND w.status = 'running'
+      AND w.id = (SELECT t.workflow_id FROM agent_coordination t WHERE t.tenant_id = $1 AND t.id = $2)
+    FOR SHARE
   ) AS retry
 ),
 t AS (
@@ -70,6 +75,13 @@ audit AS (
   FROM t JOIN workflows w ON w.tenant_id = $1 AND w.id = t.workflow_id
 )
 SELECT status, attempt, job_id, start_after FROM t`
+
+// Taken, as a statement of its own, before a failure that ends the workflow: it waits for every
+// transaction that is putting one of the workflow's tasks back in the queue (they hold a share lock
+// on the workflow row: FAIL_ATTEMPT's retry, requeue.ts), so that FAIL_WORKFLOW, whose snapshot is
+// taken after, sees their queued tasks and skips them; and those that come later see the workflow
+// failed.
+const WORKFLOW_LOCK = `SELECT 1 FROM workflows WHERE tenant_id = $1 AND id = $2 FOR NO KEY UPDATE`
 
 const FAIL_WORKFLOW = `
 WITH wf AS (
@@ -119,6 +131,8 @@ export async function failAttemptIn(
   const failures = f.failures + 1
   const mayRetry = canRetry(failures, f.maxAttempts, f.permanent)
   const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
+  // A failure for good ends the workflow: lock it first (a retry's share lock comes with FAIL_ATTEMPT).
+  if (!mayRetry) await db.executeSql(WORKFLOW_LOCK, [scope.tenantId, f.workflowId])
   const { rows } = await db.executeSql(FAIL_ATTEMPT, [
     scope.tenantId,
     f.taskId,

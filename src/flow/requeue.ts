@@ -37,7 +37,10 @@ t AS (
   FROM x
   WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = x.status
     AND (t.status <> 'pending' OR t.deps_remaining = 0)
-    AND EXISTS (SELECT 1 FROM workflows w WHERE w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running')
+    -- Under a share lock: a workflow failing meanwhile is seen, and waits for this (fail.ts WORKFLOW_LOCK).
+    AND EXISTS (
+      SELECT 1 FROM workflows w WHERE w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running' FOR SHARE
+    )
   RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.job_id, t.queue, t.timeout_ms, x.reason, x.audit,
     CASE WHEN t.queued_at > now() THEN t.queued_at::text END AS start_after
 ),
