@@ -13,27 +13,22 @@ import { frozenWorkflows, slowFirst, worker } from '../fixtures/chaos-registry.t
 import { createTestDatabase } from '../helpers/db.ts'
 import { checkInvariants, describeReport, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
+import { untilSettled } from '../helpers/progress.ts'
 
 const VICTIMS_PER_TENANT = 3
 /** Fail when nothing moved for this long (a blocked sweeper moves nothing). */
 const STALL_MS = 30_000
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
 /** Polls `state` until it says done; fails when its progress has not changed for STALL_MS. */
-async function untilDone(what: string, state: () => Promise<{ done: boolean; progress: string }>) {
-  let last = ''
-  let movedAt = Date.now()
-  for (;;) {
-    const s = await state()
-    if (s.done) return
-    if (s.progress !== last) {
-      last = s.progress
-      movedAt = Date.now()
-    } else if (Date.now() - movedAt > STALL_MS) {
-      throw new Error(`${what}: nothing moved for ${STALL_MS} ms (${s.progress})`)
-    }
-    await sleep(100)
-  }
+function untilDone(what: string, state: () => Promise<{ done: boolean; progress: string }>) {
+  return untilSettled(
+    what,
+    async () => {
+      const s = await state()
+      return { ...s, state: s.progress }
+    },
+    { stallMs: STALL_MS, everyMs: 100 },
+  )
 }
 
 /** Whether the process is stopped (Linux: state T in /proc/<pid>/stat). */

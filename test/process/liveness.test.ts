@@ -12,6 +12,7 @@ import { createTestDatabase, pgContext, queryOnce } from '../helpers/db.ts'
 import { tenantDatabasePrefix } from '../helpers/engine.ts'
 import { checkInvariants, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
+import { untilSettled } from '../helpers/progress.ts'
 
 const db = await createTestDatabase()
 // Only liveness can recover a killed worker's task here: heartbeats would take 10 minutes.
@@ -47,20 +48,16 @@ function worker(agent: string): Promise<ChildProcess> {
  * `stallMs` (no progress), not after a fixed time.
  */
 async function until<T>(read: () => Promise<T>, done: (v: T) => boolean, what: string, stallMs = 30_000) {
-  let last = ''
-  let since = Date.now()
-  for (;;) {
-    const value = await read()
-    if (done(value)) return value
-    const seen = JSON.stringify(value)
-    if (seen !== last) {
-      last = seen
-      since = Date.now()
-    } else if (Date.now() - since > stallMs) {
-      throw new Error(`${what}: nothing moved for ${stallMs / 1000} s (last: ${seen})`)
-    }
-    await new Promise((r) => setTimeout(r, 100))
-  }
+  let value!: T
+  await untilSettled(
+    what,
+    async () => {
+      value = await read()
+      return { done: done(value), progress: value, state: `last: ${JSON.stringify(value)}` }
+    },
+    { stallMs, everyMs: 100 },
+  )
+  return value
 }
 
 const taskOf = (workflowId: string) =>
