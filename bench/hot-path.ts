@@ -90,8 +90,21 @@ const startMs = performance.now() - tStart
 const startStatements = statementsSentSoFar() - s0
 const startXacts = (await xacts()) - x0
 
+if (process.env.BENCH_ANALYZE === '1') {
+  const c = new pg.Client({ connectionString: url.href })
+  await c.connect()
+  await c.query('ANALYZE')
+  await c.end()
+}
 const s1 = statementsSentSoFar()
 const x1 = await xacts()
+// With pg_stat_statements on the server (shared_preload_libraries), the run's top statements by
+// database time (planning + execution) are printed too; WAL bytes are read from the LSN either way.
+const statements = await admin
+  .query('SELECT pg_stat_statements_reset()')
+  .then(() => true)
+  .catch(() => false)
+const wal0 = await walLsn()
 const t0 = performance.now()
 let polls = 0
 await engine.startWorker()
@@ -109,6 +122,33 @@ const runMs = performance.now() - t0
 const runStatements = statementsSentSoFar() - s1 - polls
 const runXacts = (await xacts()) - x1 - polls - 1
 const tasks = W * 4
+const walBytes = Number(
+  (await admin.query('SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1)::bigint AS b', [wal0])).rows[0].b,
+)
+const top = statements
+  ? (
+      await admin.query(
+        `SELECT calls, round((total_plan_time + total_exec_time)::numeric, 1)::float8 AS total_ms,
+           round((total_plan_time / calls)::numeric, 3)::float8 AS plan_ms,
+           round((total_exec_time / calls)::numeric, 3)::float8 AS exec_ms,
+           regexp_replace(left(query, 90), '\\s+', ' ', 'g') AS query
+         FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
+         WHERE d.datname = $1 ORDER BY total_plan_time + total_exec_time DESC LIMIT 12`,
+        [dbName],
+      )
+    ).rows
+  : null
+const dbTimeMs = statements
+  ? Number(
+      (
+        await admin.query(
+          `SELECT sum(total_plan_time + total_exec_time)::float8 AS ms FROM pg_stat_statements s
+           JOIN pg_database d ON d.oid = s.dbid WHERE d.datname = $1`,
+          [dbName],
+        )
+      ).rows[0].ms,
+    )
+  : null
 console.log(
   JSON.stringify(
     {
@@ -127,8 +167,11 @@ console.log(
         perTask: {
           statements: +(runStatements / tasks).toFixed(2),
           transactions: +(runXacts / tasks).toFixed(2),
+          walBytes: Math.round(walBytes / tasks),
+          ...(dbTimeMs === null ? {} : { databaseMs: +(dbTimeMs / tasks).toFixed(3) }),
         },
       },
+      ...(top ? { topStatements: top } : {}),
     },
     null,
     2,
@@ -136,5 +179,9 @@ console.log(
 )
 await check.end()
 await engine.close()
+
+async function walLsn(): Promise<string> {
+  return (await admin.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l
+}
 await admin.query(`DROP DATABASE ${dbName} WITH (FORCE)`)
 await admin.end()
