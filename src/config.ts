@@ -45,6 +45,12 @@ export interface Config {
   logLevel: string
   /** Agents one worker process runs at once. */
   workerConcurrency: number
+  /**
+   * Local continuation: a worker's completion claims some of the tasks it makes ready (whose agents
+   * the worker serves, up to its free slots and half of them) and runs them at once, without a job.
+   * Off when TENANT_CONCURRENCY is set (those limits count jobs).
+   */
+  localContinuation: boolean
   /** Jobs fetched per query at most. */
   fetchBatchSize: number
   pollIntervalMs: number
@@ -149,6 +155,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     tenantRefreshMs: int('TENANT_REFRESH_MS', 5000, 100),
     logLevel: env.LOG_LEVEL || 'info',
     workerConcurrency: int('WORKER_CONCURRENCY', 16, 1, 10_000),
+    localContinuation: bool('LOCAL_CONTINUATION', true),
     fetchBatchSize: int('FETCH_BATCH_SIZE', 16, 1, 1000),
     pollIntervalMs: int('POLL_INTERVAL_MS', 2000, 50),
     heartbeatIntervalMs: int('HEARTBEAT_INTERVAL_MS', 5000, 100),

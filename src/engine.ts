@@ -757,6 +757,7 @@ export class Engine {
       limits: this.limits,
       keyRing: this.keyRing,
       tenantConcurrency: this.config.tenantConcurrency,
+      localContinuation: this.config.localContinuation,
       agentVersionRetryMs: this.config.agentVersionRetryMs,
       agentVersionWaitMs: this.config.agentVersionWaitMs,
       hooks: this.#metricsHooks(hooks, store.key),

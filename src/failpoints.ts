@@ -15,6 +15,8 @@
 //                            the fetched jobs are not yet acknowledged and nothing is committed
 //   complete.before-commit   everything is written, COMMIT not yet sent
 //   complete.after-commit    committed; the worker has not yet taken note (hooks, slots, logs)
+//   local.after-commit       committed with ready children claimed by this worker (local
+//                            continuation): they are running, with no job, and none has started
 //   fail.before-commit       a failed attempt's retry or dead letter is written, not committed
 //   fail.after-commit        the failure is committed; the worker has not yet taken note
 export const FAILPOINTS = [
@@ -24,6 +26,7 @@ export const FAILPOINTS = [
   'complete.after-dependents',
   'complete.before-commit',
   'complete.after-commit',
+  'local.after-commit',
   'fail.before-commit',
   'fail.after-commit',
 ] as const

@@ -36,8 +36,11 @@ const FINISHED_JOB = new Set(['completed', 'cancelled', 'failed'])
 export function decideSweep(c: SweepCandidate): SweepAction {
   switch (c.status) {
     case 'running':
-      if (c.jobState === null) return { kind: 'lost_worker', reason: 'job gone while the task was running' }
-      if (FINISHED_JOB.has(c.jobState))
+      // A task claimed by local continuation runs without a job (job_id null): its worker's session
+      // and its heartbeat are its lease. Otherwise its job ending first means its worker is gone.
+      if (c.jobId !== null && c.jobState === null)
+        return { kind: 'lost_worker', reason: 'job gone while the task was running' }
+      if (c.jobState !== null && FINISHED_JOB.has(c.jobState))
         return { kind: 'lost_worker', reason: `job ${c.jobState} while the task was running` }
       if (c.workerDead) return { kind: 'lost_worker', reason: "worker's database session ended" }
       if (c.heartbeatStale) return { kind: 'lost_worker', reason: 'heartbeat stale' }

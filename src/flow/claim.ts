@@ -9,14 +9,19 @@ import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type AttemptState, attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
+import { READY_CHANNEL } from './channels.ts'
 import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
 
 export interface FetchedJob {
   queue: string
-  jobId: string
+  /**
+   * The pg-boss job the task was fetched with; null when the task was claimed by local
+   * continuation (see LOCAL_CLAIM): it never had a job, and its task row's job_id is null.
+   */
+  jobId: string | null
   retryCount: number
   taskId: string
   workflowId: string
@@ -115,7 +120,7 @@ export async function claimTasks(
   versions?: VersionPolicy,
 ): Promise<ClaimOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
-    const { rows } = await db.executeSql(CLAIM, [
+    const { rows } = await executeNamed(db, 'eq_claim', CLAIM, [
       scope.tenantId,
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
       workerId,
@@ -133,23 +138,7 @@ export async function claimTasks(
         continue
       }
       byTask.delete(job.taskId) // a job delivered twice in one batch runs once
-      const task: ClaimedTask = {
-        job,
-        taskId: r.id,
-        workflowId: r.workflow_id,
-        workflowType: r.workflow_type,
-        taskKey: r.task_key,
-        agentId: r.agent_id,
-        taskType: r.task_type,
-        agentVersion: r.agent_version,
-        ...attemptStateOf(r),
-        data: r.data,
-        input: r.input,
-        results: r.results ?? {},
-        correlationId: r.correlation_id,
-        queueWaitMs: r.queue_wait_ms ?? 0,
-        claimedAt: 0,
-      }
+      const task = claimedTaskOf(job, r)
       if (r.served) claimed.push(task)
       else {
         unserved.push({
@@ -165,7 +154,7 @@ export async function claimTasks(
     for (const [queue, list] of byQueue) {
       await deps.boss.complete(
         queue,
-        list.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
+        list.map((j) => ({ id: j.jobId as string, retryCount: j.retryCount })),
         { dropped: 'task no longer runnable for this attempt' },
         { db },
       )
@@ -176,12 +165,116 @@ export async function claimTasks(
     return { claimed, dropped, unserved: left }
   })
   failpoint('claim.after-commit')
-  const claimedAt = performance.now()
-  for (const task of outcome.claimed) {
-    task.claimedAt = claimedAt
-    openPayloads(deps.keyRing, scope.tenantId, task)
-  }
+  openClaimed(deps.keyRing, scope, outcome.claimed)
   return outcome
+}
+
+function claimedTaskOf(job: FetchedJob, r: Record<string, any>): ClaimedTask {
+  return {
+    job,
+    taskId: r.id,
+    workflowId: r.workflow_id,
+    workflowType: r.workflow_type,
+    taskKey: r.task_key,
+    agentId: r.agent_id,
+    taskType: r.task_type,
+    agentVersion: r.agent_version,
+    ...attemptStateOf(r),
+    data: r.data,
+    input: r.input,
+    results: r.results ?? {},
+    correlationId: r.correlation_id,
+    queueWaitMs: r.queue_wait_ms ?? 0,
+    claimedAt: 0,
+  }
+}
+
+/** After the claim's commit: stamps the claim time and decrypts the payloads (CPU only). */
+export function openClaimed(keyRing: KeyRing, scope: TenantScope, tasks: readonly ClaimedTask[]): void {
+  const claimedAt = performance.now()
+  for (const task of tasks) {
+    task.claimedAt = claimedAt
+    openPayloads(keyRing, scope.tenantId, task)
+  }
+}
+
+// Local continuation (step 5 feeding step 3 in one transaction): a completion made these tasks
+// ready, and the completing worker has free agent slots and serves their agents, so it claims them
+// in the completion's own transaction, with no job: no job insert, fetch, claim transaction or job
+// completion. The task row is exactly a claimed task's (running, attempt, heartbeat, worker id) with
+// job_id NULL, which is how the sweeper tells a job-less running task from one whose job was lost:
+// it recovers it when its worker's session ends or its heartbeat goes stale, like any running task.
+// The queues of the ready tasks this statement does not claim (given in $5) are notified here,
+// after the choice, so other workers are not woken for tasks already taken.
+export const LOCAL_CLAIM = `
+WITH j AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS j(id uuid, attempt int, versions int[])),
+claimed AS (
+  UPDATE agent_coordination t
+  SET status = 'running', started_at = now(), heartbeat_at = now(), worker_id = $3, job_id = NULL,
+    unserved_since = NULL, updated_at = now()
+  FROM j, workflows w
+  WHERE t.tenant_id = $1 AND t.id = ANY($4::uuid[]) AND t.id = j.id AND t.attempt = j.attempt
+    AND t.status = 'queued' AND (t.agent_version IS NULL OR t.agent_version = ANY(j.versions))
+    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
+  RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
+    t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input,
+    w.correlation_id, t.agent_version, t.queue
+),
+audit AS (
+  INSERT INTO agent_audit_log (tenant_id, workflow_id, task_id, agent_id, action_type, action_data, correlation_id)
+  SELECT $1, c.workflow_id, c.id, c.agent_id, 'task_started',
+    jsonb_strip_nulls(jsonb_build_object('attempt', c.attempt, 'worker', $3::text, 'agentVersion', c.agent_version)),
+    c.correlation_id
+  FROM claimed c
+),
+notified AS (SELECT pg_notify('${READY_CHANNEL}', q) FROM unnest($5::text[]) AS q)
+SELECT c.*, (
+  SELECT coalesce(jsonb_object_agg(p.task_key, p.result), '{}'::jsonb)
+  FROM agent_coordination p WHERE p.tenant_id = $1 AND p.id = ANY(c.depends_on)
+) AS results, (SELECT count(*) FROM notified) AS notified
+FROM claimed c`
+
+/** A ready task this worker may claim in the completion's transaction, with its agent's versions. */
+export interface LocalCandidate {
+  queue: string
+  taskId: string
+  attempt: number
+  /** The versions of the task's agent this worker has. */
+  versions: readonly number[]
+}
+
+/**
+ * Claims `candidates` in the caller's (completion) transaction and notifies `notify`'s queues;
+ * returns the claimed tasks, payloads still sealed (openClaimed after the commit). A candidate not
+ * returned stays queued (it needs an agent version this worker lacks): the caller inserts its job.
+ */
+export async function claimLocally(
+  db: Db,
+  scope: TenantScope,
+  workerId: string,
+  candidates: readonly LocalCandidate[],
+  notify: readonly string[],
+): Promise<ClaimedTask[]> {
+  const { rows } = await executeNamed(db, 'eq_local_claim', LOCAL_CLAIM, [
+    scope.tenantId,
+    JSON.stringify(candidates.map((c) => ({ id: c.taskId, attempt: c.attempt, versions: c.versions }))),
+    workerId,
+    candidates.map((c) => c.taskId),
+    notify,
+  ])
+  return rows.map((r) =>
+    claimedTaskOf(
+      {
+        queue: r.queue,
+        jobId: null,
+        retryCount: 0,
+        taskId: r.id,
+        workflowId: r.workflow_id,
+        attempt: r.attempt,
+      },
+      r,
+    ),
+  )
 }
 
 /** Decrypts the task's payloads in place, or sets payloadError. */

@@ -7,11 +7,11 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
 import { insertJobs, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
-import type { FetchedJob } from './claim.ts'
+import { type ClaimedTask, claimLocally, type FetchedJob, type LocalCandidate } from './claim.ts'
 import { spawnTasks, type SpawnRequest } from './spawn.ts'
 import { readyAt, timerOf } from './task-rows.ts'
 
@@ -33,8 +33,22 @@ export interface CompletionOutcome {
   completed: Set<string>
   /** Workflows this batch finished, with their type and duration. */
   workflowsCompleted: { id: string; type: string; durationMs: number }[]
-  /** Tasks this batch made ready. */
+  /** Tasks this batch made ready and queued (their jobs inserted). */
   dispatched: ReadyJob[]
+  /** Tasks this batch made ready and claimed for its worker (local continuation), payloads sealed. */
+  claimedLocally: ClaimedTask[]
+}
+
+/**
+ * Local continuation, offered by the worker whose completions these are: of the tasks a batch makes
+ * ready, `take` picks those the worker will run itself, holding an agent slot for each at once (so
+ * the choice and the slots cannot diverge); `giveBack` returns the slots of picks that were not
+ * claimed or whose transaction did not commit.
+ */
+export interface LocalContinuation {
+  workerId: string
+  take(ready: readonly ReadyJob[], batch: readonly Completion[]): LocalCandidate[]
+  giveBack(picks: readonly LocalCandidate[]): void
 }
 
 /** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
@@ -93,6 +107,7 @@ audit AS (
 ),
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
+  WHERE $4::boolean
 )
 SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
   NULL::float8 AS n, NULL AS type, NULL AS start_after
@@ -111,14 +126,41 @@ export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
   items: readonly Completion[],
+  local?: LocalContinuation,
 ): Promise<CompletionOutcome> {
-  return withTenantTx(deps.pool, scope, async (db) => {
+  // The slots held for the picks of the attempt under way: given back if it does not commit (the
+  // transaction retries its body after a serialization failure, so each attempt picks anew).
+  let held: LocalCandidate[] = []
+  const giveBack = () => {
+    if (held.length > 0) local?.giveBack(held)
+    held = []
+  }
+  try {
+    return await withTenantTx(deps.pool, scope, async (db) => {
+      giveBack()
+      return completeIn(deps, db, scope, items, local, (picks) => (held = picks))
+    })
+  } catch (error) {
+    giveBack()
+    throw error
+  }
+}
+
+async function completeIn(
+  deps: { pool: pg.Pool; boss: PgBoss },
+  db: Db,
+  scope: TenantScope,
+  items: readonly Completion[],
+  local: LocalContinuation | undefined,
+  holding: (picks: LocalCandidate[]) => void,
+): Promise<CompletionOutcome> {
+  {
     const spawned: ReadyJob[] = []
     for (const item of items) {
       if (item.spawn)
         spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
     }
-    const outcome = await writeCompletions(deps.boss, db, scope, items)
+    const outcome = await writeCompletions(deps.boss, db, scope, items, local, holding)
     const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
     if (lostSpawner) {
       // Roll back the spawned tasks with the rest: their parent's completion did not happen.
@@ -128,7 +170,7 @@ export async function completeTasks(
     outcome.dispatched.push(...spawned)
     failpoint('complete.before-commit')
     return outcome
-  })
+  }
 }
 
 export class SpawnLeaseLostError extends Error {
@@ -139,14 +181,20 @@ export class SpawnLeaseLostError extends Error {
   }
 }
 
-/** Writes completions in the caller's transaction (a wait task's, with its delivery). */
+/**
+ * Writes completions in the caller's transaction (a wait task's, with its delivery). With `local`,
+ * the worker's picks among the tasks made ready are claimed here too (see LOCAL_CLAIM); `holding`
+ * learns the picks whose slots are held, for the caller to give back if the transaction fails.
+ */
 export async function writeCompletions(
   boss: PgBoss,
   db: Db,
   scope: TenantScope,
   items: readonly Completion[],
+  local?: LocalContinuation,
+  holding?: (picks: LocalCandidate[]) => void,
 ): Promise<CompletionOutcome> {
-  const { rows } = await db.executeSql(COMPLETE, [
+  const { rows } = await executeNamed(db, 'eq_complete', COMPLETE, [
     scope.tenantId,
     JSON.stringify(
       items.map((i) => ({
@@ -157,6 +205,8 @@ export async function writeCompletions(
       })),
     ),
     items.map((i) => i.taskId),
+    // With local continuation, the ready tasks' queues are notified after the worker's picks.
+    local === undefined,
   ])
   const completed = new Set<string>()
   const dispatched: ReadyJob[] = []
@@ -175,10 +225,32 @@ export async function writeCompletions(
       })
     } else if (r.kind === 'workflow') workflowsCompleted.push({ id: r.id, type: r.type, durationMs: r.n })
   }
-  await insertJobs(boss, db, scope, dispatched)
+  let claimedLocally: ClaimedTask[] = []
+  let queued = dispatched
+  if (local && dispatched.length > 0) {
+    const picks = local.take(dispatched, items)
+    holding?.(picks)
+    const picked = new Set(picks.map((p) => p.taskId))
+    const notify = [...new Set(dispatched.filter((d) => !picked.has(d.taskId)).map((d) => d.queue))]
+    claimedLocally =
+      picks.length > 0 || notify.length > 0
+        ? await claimLocally(db, scope, local.workerId, picks, notify)
+        : []
+    const claimed = new Set(claimedLocally.map((t) => t.taskId))
+    // A pick the claim did not take (it needs an agent version this worker lacks) is queued after all.
+    const unclaimed = picks.filter((p) => !claimed.has(p.taskId))
+    if (unclaimed.length > 0) {
+      local.giveBack(unclaimed)
+      holding?.(picks.filter((p) => claimed.has(p.taskId)))
+      await notifyReady(db, [...new Set(unclaimed.map((p) => p.queue))])
+    }
+    queued = dispatched.filter((d) => !claimed.has(d.taskId))
+  }
+  await insertJobs(boss, db, scope, queued)
   failpoint('complete.after-dependents')
   // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done too.
-  const jobs = items.flatMap((i) => (i.job ? [i.job] : []))
+  // A locally claimed task has no job.
+  const jobs = items.flatMap((i) => (i.job?.jobId ? [{ ...i.job, jobId: i.job.jobId }] : []))
   for (const [queue, list] of Map.groupBy(jobs, (j) => j.queue)) {
     await boss.complete(
       queue,
@@ -187,5 +259,9 @@ export async function writeCompletions(
       { db },
     )
   }
-  return { completed, workflowsCompleted, dispatched }
+  return { completed, workflowsCompleted, dispatched: queued, claimedLocally }
+}
+
+async function notifyReady(db: Db, queues: readonly string[]): Promise<void> {
+  await db.executeSql(`SELECT pg_notify('${READY_CHANNEL}', q) FROM unnest($1::text[]) AS q`, [queues])
 }

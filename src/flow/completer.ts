@@ -6,7 +6,8 @@ import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { TenantScope } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
-import { type Completion, type CompletionOutcome, completeTasks } from './complete.ts'
+import type { ClaimedTask } from './claim.ts'
+import { type Completion, type CompletionOutcome, completeTasks, type LocalContinuation } from './complete.ts'
 import { heartbeat } from './heartbeat.ts'
 
 export interface CompletionResult {
@@ -34,10 +35,17 @@ export class Completer {
     { scope: TenantScope; items: Pending[]; flushing: Promise<void> | null }
   >()
   readonly #onError: (error: unknown, attempt: number) => void
+  readonly #local: (LocalContinuation & { run(scope: TenantScope, tasks: ClaimedTask[]): void }) | undefined
 
-  constructor(deps: { pool: pg.Pool; boss: PgBoss }, onError: (error: unknown, attempt: number) => void) {
+  constructor(
+    deps: { pool: pg.Pool; boss: PgBoss },
+    onError: (error: unknown, attempt: number) => void,
+    /** Local continuation: picks tasks the batches make ready, and runs them once claimed and committed. */
+    local?: LocalContinuation & { run(scope: TenantScope, tasks: ClaimedTask[]): void },
+  ) {
     this.#deps = deps
     this.#onError = onError
+    this.#local = local
   }
 
   submit(scope: TenantScope, item: Completion): Promise<CompletionResult> {
@@ -83,7 +91,7 @@ export class Completer {
     let outcome: CompletionOutcome
     try {
       outcome = await retryTransient(
-        () => completeTasks(this.#deps, scope, items),
+        () => completeTasks(this.#deps, scope, items, this.#local),
         async (error, attempt) => {
           this.#onError(error, attempt)
           await keepAlive(this.#deps.pool, scope, items)
@@ -95,6 +103,10 @@ export class Completer {
       return
     }
     failpoint('complete.after-commit')
+    if (outcome.claimedLocally.length > 0) {
+      failpoint('local.after-commit')
+      this.#local?.run(scope, outcome.claimedLocally)
+    }
     const reported = new Set<string>()
     for (const p of batch) {
       const written = outcome.completed.has(p.item.taskId)

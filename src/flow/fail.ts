@@ -5,7 +5,7 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
 import { failpoint } from '../failpoints.ts'
 
@@ -133,7 +133,7 @@ export async function failAttemptIn(
   const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
   // A failure for good ends the workflow: lock it first (a retry's share lock comes with FAIL_ATTEMPT).
   if (!mayRetry) await db.executeSql(WORKFLOW_LOCK, [scope.tenantId, f.workflowId])
-  const { rows } = await db.executeSql(FAIL_ATTEMPT, [
+  const { rows } = await executeNamed(db, 'eq_fail_attempt', FAIL_ATTEMPT, [
     scope.tenantId,
     f.taskId,
     f.attempt,

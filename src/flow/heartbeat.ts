@@ -3,7 +3,7 @@
 // recovered by the sweeper): those agents are aborted. Staleness is judged by the sweeper against
 // now() in the database, never against a worker's clock.
 import type pg from 'pg'
-import { type TenantScope, withTenantTx } from '../db/tx.ts'
+import { executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 
 const BEAT = `
 UPDATE agent_coordination t SET heartbeat_at = now()
@@ -19,7 +19,7 @@ export async function heartbeat(
 ): Promise<Set<string>> {
   if (tasks.length === 0) return new Set()
   return withTenantTx(pool, scope, async (db) => {
-    const { rows } = await db.executeSql(BEAT, [
+    const { rows } = await executeNamed(db, 'eq_heartbeat', BEAT, [
       scope.tenantId,
       JSON.stringify(tasks.map((t) => ({ id: t.taskId, attempt: t.attempt }))),
     ])

@@ -10,7 +10,7 @@ import { assertStorableJson, type JsonLimits } from '../core/json.ts'
 import { planTasks, taskData } from '../core/plan.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
+import { type Db, executeNamed, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { insertJobs, queueName } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
@@ -110,7 +110,7 @@ export async function startWorkflow<TInput>(
   const correlationId = options.correlationId ?? workflowId
 
   const run = async (db: Db): Promise<StartResult> => {
-    const { rows } = await db.executeSql(START, [
+    const { rows } = await executeNamed(db, 'eq_start', START, [
       scope.tenantId,
       workflowId,
       def.name,

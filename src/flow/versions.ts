@@ -62,7 +62,7 @@ export async function handleUnserved(
         attempt: u.task.attempt,
         status: u.status,
         reason: `needs agent "${u.task.agentId}" version ${u.agentVersion}; this worker has version ${have}`,
-        oldJob: { queue: u.task.job.queue, jobId: u.task.job.jobId },
+        ...(u.task.job.jobId ? { oldJob: { queue: u.task.job.queue, jobId: u.task.job.jobId } } : {}),
         delayMs: policy.retryMs,
         audit: u.firstLeft,
       })),
@@ -89,7 +89,7 @@ export async function handleUnserved(
       agentId: u.task.agentId,
       error: serializeError(error),
       permanent: true,
-      job: { jobId: u.task.job.jobId, retryCount: u.task.job.retryCount },
+      ...(u.task.job.jobId ? { job: { jobId: u.task.job.jobId, retryCount: u.task.job.retryCount } } : {}),
     })
     outcomes.push({ task: u.task, kind: 'failed', outcome, error })
   }

@@ -369,7 +369,7 @@ async function completeJobs(boss: PgBoss, db: Db, jobs: readonly FetchedJob[]): 
   if (jobs.length === 0) return
   await boss.complete(
     WAIT_QUEUE,
-    jobs.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
+    jobs.flatMap((j) => (j.jobId ? [{ id: j.jobId, retryCount: j.retryCount }] : [])),
     null,
     { db },
   )

@@ -24,8 +24,9 @@ import { DefinitionError, InvalidInputError, isPermanent, serializeError, Snooze
 import { failpoint } from '../failpoints.ts'
 import { queueName, type TaskJobData, WAIT_QUEUE } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
-import { type ClaimedTask, claimTasks, type FetchedJob } from './claim.ts'
-import { SpawnLeaseLostError } from './complete.ts'
+import { type ClaimedTask, claimTasks, type FetchedJob, type LocalCandidate, openClaimed } from './claim.ts'
+import { type Completion, SpawnLeaseLostError } from './complete.ts'
+import type { ReadyJob } from '../queue/boss.ts'
 import { Completer, isTransient, keepAlive, retryTransient } from './completer.ts'
 import { failAttempt } from './fail.ts'
 import { heartbeat } from './heartbeat.ts'
@@ -66,6 +67,13 @@ export interface WorkerOptions {
   /** ... and fails for good once no worker has served it for this long (default 10 minutes). */
   agentVersionWaitMs?: number
   workerId?: string
+  /**
+   * Local continuation (default on): a completion that makes tasks ready claims some of those whose
+   * agents this worker serves, in its own transaction, and runs them at once (see LOCAL_CLAIM in
+   * claim.ts). Off when tenant concurrency limits are set: those count pg-boss jobs, and a locally
+   * claimed task has none.
+   */
+  localContinuation?: boolean
   hooks?: WorkerHooks
   /**
    * The process's liveness registration (src/flow/liveness.ts): the worker is listed before it
@@ -104,6 +112,8 @@ interface Running {
   controller: AbortController
   /** 'agent' while the handler runs; 'writing' once its outcome is being written. */
   phase: 'agent' | 'writing'
+  /** Its agent slot passed to a child it made ready and claimed locally: not given back at its end. */
+  donated?: boolean
   done: Promise<void>
 }
 
@@ -173,6 +183,10 @@ export class Worker {
   readonly #inflight = new Map<string, number>()
   readonly #wakers = new Map<string, Waker>()
   readonly #slots: Slots
+  /** Per queue: how many of its agents may run at once in this worker. */
+  readonly #limits = new Map<string, number>()
+  /** Slots held for local continuation picks whose completion transaction is under way. */
+  readonly #picks = new Map<string, { queue: string; donor: Running | null }>()
   readonly #completer: Completer
   #loops: Promise<void>[] = []
   #stopping = false
@@ -202,8 +216,23 @@ export class Worker {
         waitMs: options.agentVersionWaitMs ?? 600_000,
       })
     }
-    this.#completer = new Completer(options, (error, attempt) =>
-      options.log.warn({ err: error, attempt }, 'completion write failed; retrying'),
+    for (const id of this.#agents.keys()) {
+      const agent = this.#latest(id)
+      // One loop per agent id, whatever the versions; the highest version's concurrency applies.
+      this.#limits.set(queueName(id), Math.min(agent.concurrency ?? options.concurrency, options.concurrency))
+    }
+    const local = (options.localContinuation ?? true) && !options.tenantConcurrency
+    this.#completer = new Completer(
+      options,
+      (error, attempt) => options.log.warn({ err: error, attempt }, 'completion write failed; retrying'),
+      local
+        ? {
+            workerId: this.id,
+            take: (ready, batch) => this.#takeLocal(ready, batch),
+            giveBack: (picks) => this.#giveBackLocal(picks),
+            run: (scope, tasks) => this.#runLocal(scope, tasks),
+          }
+        : undefined,
     )
   }
 
@@ -216,11 +245,9 @@ export class Worker {
     await this.#listen()
     for (const id of this.#agents.keys()) {
       const queue = queueName(id)
-      // One loop per agent id, whatever the versions; the highest version's concurrency applies.
-      const agent = this.#latest(id)
       this.#wakers.set(queue, new Waker())
       this.#inflight.set(queue, 0)
-      const limit = Math.min(agent.concurrency ?? this.#o.concurrency, this.#o.concurrency)
+      const limit = this.#limits.get(queue) as number
       this.#loops.push(
         this.#loop(queue, {
           // Agents run after the loop moves on: they hold slots (theirs and the process's) until they end.
@@ -418,6 +445,74 @@ export class Worker {
     }
   }
 
+  /**
+   * Local continuation, inside a completion's transaction: of the tasks it made ready, picks those
+   * this worker will claim and run, and holds an agent slot for each (synchronously, so the loops
+   * cannot take the same slots meanwhile). A pick takes a free slot, or else the slot of a task of
+   * the batch that is ending (its completion is this transaction). At most half of the ready tasks
+   * (at least one) are picked: the rest are queued for any worker, so one process cannot hoard a
+   * workflow's fan-out.
+   */
+  #takeLocal(ready: readonly ReadyJob[], batch: readonly Completion[]): LocalCandidate[] {
+    if (this.#stopping) return []
+    const eligible = ready.filter((r) => !r.startAfter && this.#versions.has(r.queue))
+    const share = Math.max(1, Math.floor(ready.length / 2))
+    const donors = batch.flatMap((c) => {
+      const r = this.#running.get(c.taskId)
+      return r && r.phase === 'writing' && !r.donated ? [r] : []
+    })
+    const picks: LocalCandidate[] = []
+    for (const job of eligible) {
+      if (picks.length >= share) break
+      const limit = this.#limits.get(job.queue) as number
+      const inflight = this.#inflight.get(job.queue) ?? 0
+      let donor: Running | null = null
+      if (this.#slots.free > 0 && inflight < limit) {
+        this.#slots.take(1)
+      } else {
+        // A donor of the same queue frees the queue's count it takes; another queue's needs room.
+        const i = donors.findIndex((d) => d.task.job.queue === job.queue || inflight < limit)
+        if (i < 0) continue
+        donor = donors.splice(i, 1)[0] as Running
+        donor.donated = true
+        this.#inflight.set(donor.task.job.queue, (this.#inflight.get(donor.task.job.queue) ?? 1) - 1)
+      }
+      this.#inflight.set(job.queue, (this.#inflight.get(job.queue) ?? 0) + 1)
+      this.#picks.set(job.taskId, { queue: job.queue, donor })
+      picks.push({
+        queue: job.queue,
+        taskId: job.taskId,
+        attempt: job.attempt,
+        versions: this.#versions.get(job.queue)?.versions ?? [],
+      })
+    }
+    return picks
+  }
+
+  /** The picks were not claimed (or their transaction did not commit): their slots go back. */
+  #giveBackLocal(picks: readonly LocalCandidate[]): void {
+    for (const p of picks) {
+      const held = this.#picks.get(p.taskId)
+      if (!held) continue
+      this.#picks.delete(p.taskId)
+      if (held.donor) {
+        held.donor.donated = false
+        this.#inflight.set(held.queue, Math.max(0, (this.#inflight.get(held.queue) ?? 0) - 1))
+        const q = held.donor.task.job.queue
+        this.#inflight.set(q, (this.#inflight.get(q) ?? 0) + 1)
+      } else this.#release(held.queue, 1)
+    }
+  }
+
+  /** The completion committed: the locally claimed tasks run on the slots held for them. */
+  #runLocal(scope: TenantScope, tasks: ClaimedTask[]): void {
+    openClaimed(this.#o.keyRing, scope, tasks)
+    for (const task of tasks) {
+      this.#picks.delete(task.taskId)
+      this.#run(task, scope)
+    }
+  }
+
   /** The agent's highest version this worker has. */
   #latest(id: string): AgentDefinition<any, any> {
     const versions = this.#agents.get(id) as Map<number, AgentDefinition<any, any>>
@@ -460,7 +555,7 @@ export class Worker {
       })
       .finally(() => {
         this.#running.delete(task.taskId)
-        this.#release(task.job.queue, 1)
+        if (!entry.donated) this.#release(task.job.queue, 1)
         // With tenant limits an empty fetch may only mean that every tenant with jobs waiting was at
         // its limit. This task's job has normally been completed by now, freeing a slot of its tenant:
         // fetch again at once, or a tenant at its limit would start at most its limit per poll interval.
@@ -611,7 +706,7 @@ export class Worker {
         agentId: task.agentId,
         error: failure.error,
         permanent: failure.permanent,
-        job: { jobId: task.job.jobId, retryCount: task.job.retryCount },
+        ...(task.job.jobId ? { job: { jobId: task.job.jobId, retryCount: task.job.retryCount } } : {}),
       }
       const outcome = await this.#writeEnd(scope, [task], log, 'failure', () =>
         failAttempt(this.#o, scope, attemptFailure),
@@ -645,7 +740,7 @@ export class Worker {
                 attempt: task.attempt,
                 status: 'running',
                 reason: snooze.message,
-                oldJob: { queue: task.job.queue, jobId: task.job.jobId },
+                ...(task.job.jobId ? { oldJob: { queue: task.job.queue, jobId: task.job.jobId } } : {}),
                 delayMs: snooze.delayMs,
                 until: snooze.until,
               },
@@ -747,10 +842,12 @@ export class Worker {
             r.controller.abort(new AbortReason('cancelled', 'the task is no longer held by this attempt'))
           }
         }
-        for (const [queue, jobs] of Map.groupBy(list, (r) => r.task.job.queue)) {
+        // A locally claimed task has no job to touch: its heartbeat is its only lease.
+        const withJobs = list.filter((r) => r.task.job.jobId !== null)
+        for (const [queue, jobs] of Map.groupBy(withJobs, (r) => r.task.job.queue)) {
           await this.#o.boss.touch(
             queue,
-            jobs.map((r) => r.task.job.jobId),
+            jobs.map((r) => r.task.job.jobId as string),
           )
         }
       } catch (error) {
@@ -792,7 +889,7 @@ export class Worker {
                 attempt: t.attempt,
                 status: 'running' as const,
                 reason: 'worker shut down',
-                oldJob: { queue: t.job.queue, jobId: t.job.jobId },
+                ...(t.job.jobId ? { oldJob: { queue: t.job.queue, jobId: t.job.jobId } } : {}),
               })),
               'task_released',
             ),

@@ -26,6 +26,7 @@ const PROBABILITY: Record<Failpoint, number> = {
   'complete.after-dependents': 0.12,
   'complete.before-commit': 0.12,
   'complete.after-commit': 0.12,
+  'local.after-commit': 0.15,
   'fail.before-commit': 0.35,
   'fail.after-commit': 0.35,
 }

@@ -47,6 +47,19 @@ describe('decideSweep and dead workers', () => {
     })
   })
 
+  it('judges a locally claimed task (no job by design) by its worker and heartbeat only', () => {
+    const local = { ...running, jobId: null, jobState: null }
+    expect(decideSweep(local)).toEqual({ kind: 'none' })
+    expect(decideSweep({ ...local, workerDead: true })).toEqual({
+      kind: 'lost_worker',
+      reason: "worker's database session ended",
+    })
+    expect(decideSweep({ ...local, heartbeatStale: true })).toEqual({
+      kind: 'lost_worker',
+      reason: 'heartbeat stale',
+    })
+  })
+
   it('does not apply to tasks that are not running (a queued task has no worker yet)', () => {
     expect(decideSweep({ ...running, status: 'queued', jobState: 'created', workerDead: true })).toEqual({
       kind: 'none',
