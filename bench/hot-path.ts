@@ -105,6 +105,8 @@ const statements = await admin
   .then(() => true)
   .catch(() => false)
 const wal0 = await walLsn()
+const pgCpu0 = await serverCpu()
+const nodeCpu0 = process.cpuUsage()
 const t0 = performance.now()
 let polls = 0
 await engine.startWorker()
@@ -119,6 +121,8 @@ for (;;) {
   await new Promise((r) => setTimeout(r, 20))
 }
 const runMs = performance.now() - t0
+const nodeCpu = process.cpuUsage(nodeCpu0)
+const pgCpu1 = await serverCpu()
 const runStatements = statementsSentSoFar() - s1 - polls
 const runXacts = (await xacts()) - x1 - polls - 1
 const tasks = W * 4
@@ -171,6 +175,12 @@ console.log(
           ...(dbTimeMs === null ? {} : { databaseMs: +(dbTimeMs / tasks).toFixed(3) }),
         },
       },
+      // CPU seconds of the run: this process (engine and worker) and the server's processes
+      // (read from /proc when the server runs on this machine; null elsewhere).
+      cpu: {
+        nodeSeconds: +((nodeCpu.user + nodeCpu.system) / 1e6).toFixed(2),
+        postgresSeconds: pgCpu0 && pgCpu1 ? +cpuDiff(pgCpu0, pgCpu1).toFixed(2) : null,
+      },
       ...(top ? { topStatements: top } : {}),
     },
     null,
@@ -179,6 +189,29 @@ console.log(
 )
 await check.end()
 await engine.close()
+
+/** CPU seconds used so far by each process of the server (backends and background processes). */
+async function serverCpu(): Promise<Map<number, number> | null> {
+  const { readFile } = await import('node:fs/promises')
+  const { rows } = await admin.query('SELECT pid FROM pg_stat_activity')
+  const cpu = new Map<number, number>()
+  for (const { pid } of rows as { pid: number }[]) {
+    try {
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8')
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      cpu.set(pid, (Number(f[11]) + Number(f[12])) / 100)
+    } catch {
+      return null // not on this machine
+    }
+  }
+  return cpu
+}
+
+function cpuDiff(before: Map<number, number>, after: Map<number, number>): number {
+  let sum = 0
+  for (const [pid, s] of after) sum += s - (before.get(pid) ?? 0)
+  return sum
+}
 
 async function walLsn(): Promise<string> {
   return (await admin.query('SELECT pg_current_wal_lsn()::text AS l')).rows[0].l

@@ -227,12 +227,13 @@ audit AS (
     c.correlation_id
   FROM claimed c
 ),
-notified AS (SELECT pg_notify('${READY_CHANNEL}', q) FROM unnest($5::text[]) AS q)
+notified AS (SELECT count(pg_notify('${READY_CHANNEL}', q)) AS n FROM unnest($5::text[]) AS q)
+-- One row at least, so the notifications are sent when nothing is claimed (a row without id).
 SELECT c.*, (
   SELECT coalesce(jsonb_object_agg(p.task_key, p.result), '{}'::jsonb)
   FROM agent_coordination p WHERE p.tenant_id = $1 AND p.id = ANY(c.depends_on)
-) AS results, (SELECT count(*) FROM notified) AS notified
-FROM claimed c`
+) AS results, n.n AS notified
+FROM notified n LEFT JOIN claimed c ON true`
 
 /** A ready task this worker may claim in the completion's transaction, with its agent's versions. */
 export interface LocalCandidate {
@@ -262,18 +263,20 @@ export async function claimLocally(
     candidates.map((c) => c.taskId),
     notify,
   ])
-  return rows.map((r) =>
-    claimedTaskOf(
-      {
-        queue: r.queue,
-        jobId: null,
-        retryCount: 0,
-        taskId: r.id,
-        workflowId: r.workflow_id,
-        attempt: r.attempt,
-      },
-      r,
-    ),
+  return rows.flatMap((r) =>
+    r.id === null
+      ? []
+      : claimedTaskOf(
+          {
+            queue: r.queue,
+            jobId: null,
+            retryCount: 0,
+            taskId: r.id,
+            workflowId: r.workflow_id,
+            attempt: r.attempt,
+          },
+          r,
+        ),
   )
 }
 

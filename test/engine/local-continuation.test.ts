@@ -184,6 +184,36 @@ describe('with a worker', () => {
   })
 })
 
+describe('ready tasks it does not claim', async () => {
+  const first = defineAgent({ id: 'first', handler: async () => 1 })
+  const second = defineAgent({ id: 'second', handler: async () => 2 })
+  const handoff = defineWorkflow({
+    name: 'handoff',
+    tasks: [
+      { key: 'a', agent: first },
+      { key: 'b', agent: second, dependsOn: ['a'] },
+    ],
+  })
+  // No poll within the test: a worker waiting for work only learns of it by a notification.
+  const two = await testEngine({
+    agents: [first, second],
+    workflows: [handoff],
+    config: { pollIntervalMs: 600_000 },
+  })
+  await two.engine.createTenant({ id: 'acme' })
+
+  it("wake the worker serving them at once (the completing worker does not serve b's agent)", async () => {
+    await two.engine.startWorker({ agents: [second] })
+    await two.engine.startWorker({ agents: [first] })
+    const { id } = await (await two.engine.tenant('acme')).startWorkflow('handoff')
+    const wf = await settled(two.engine, 'acme', id)
+    expect(wf.tasks.map((t) => [t.key, t.status, t.result])).toEqual([
+      ['a', 'completed', 1],
+      ['b', 'completed', 2],
+    ])
+  })
+})
+
 describe('turned off', async () => {
   const off = await testEngine({
     agents: [step],
