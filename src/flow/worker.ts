@@ -126,6 +126,10 @@ class Waker {
     for (const resolve of this.#waiters) resolve()
     this.#waiters.clear()
   }
+  /** Forgets a remembered wake: what it announced is visible to a fetch that starts now. */
+  clear(): void {
+    this.#pending = false
+  }
   async wait(ms: number): Promise<void> {
     if (this.#pending) {
       this.#pending = false
@@ -305,9 +309,13 @@ export class Worker {
         continue
       }
       let jobs: { id: string; data: TaskJobData; retryCount: number }[]
+      // A wake (a NOTIFY sent at commit, or our own) that came before this fetch starts is answered
+      // by it; remembered, it would cost an empty fetch after this one.
+      waker.clear()
+      const wanted = Math.min(free, this.#o.batchSize)
       try {
         jobs = await this.#o.boss.fetch<TaskJobData>(queue, {
-          batchSize: Math.min(free, this.#o.batchSize),
+          batchSize: wanted,
           ...(this.#o.tenantConcurrency ? { groupConcurrency: this.#o.tenantConcurrency } : {}),
         })
         if (failures > 0) this.#o.log.info({ queue, failures }, 'fetch recovered')
@@ -332,6 +340,9 @@ export class Worker {
           'claiming fetched jobs failed; the sweeper will recover them',
         )
       }
+      // Fewer jobs than asked for: the queue had no more when the fetch ran. Fetch again when a NOTIFY
+      // (or the poll) says there is more, not at once: that fetch would come back empty.
+      if (jobs.length < wanted) await waker.wait(this.#o.pollIntervalMs)
     }
   }
 
@@ -679,8 +690,8 @@ export class Worker {
           )
           for (const wf of written.workflowsCompleted)
             this.#o.hooks?.workflowFinished?.(scope.tenantId, wf.type, 'completed', wf.durationMs)
-          // Wake our own loops for dependents we serve: the NOTIFY will say the same a little later.
-          for (const d of written.outcome.dispatched) this.wake(d.queue)
+          // The dependents queued are announced by the transaction's NOTIFY, to this worker too: waking
+          // our loops here as well would only cost an empty fetch when the NOTIFY follows.
           return
         } catch (error) {
           if (error instanceof SpawnLeaseLostError) {
