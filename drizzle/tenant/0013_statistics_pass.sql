@@ -12,12 +12,17 @@
 --
 -- Due, per table (agent_coordination, workflows; the audit and compliance tables are only written
 -- by the hot statements):
---   never analyzed (neither ANALYZE nor autovacuum's) and at least 100 live rows, or
+--   never analyzed (neither ANALYZE nor autovacuum's) and holding at least 100 live rows or 4 pages
+--   (~100 tasks without payloads). The page count is read from the table itself: the row counters
+--   of pg_stat_user_tables lag behind the writes (a session reports them at most once a second,
+--   and up to 10 s late once it idles), and are zero after a crash or a restore; or
 --   changed (rows inserted, updated, deleted) since its last analyze by at least 1,000 rows and a
 --   fifth of its live rows: twice autovacuum's own share (a tenth), so on a database autovacuum
 --   keeps up with this stays out of its way.
--- Nothing due costs one read of pg_stat_user_tables. src/flow/statistics.ts lists the schemas to
--- call with the smallest of these thresholds (STATISTICS_MIN_CHANGES = 100): keep them in step.
+-- Nothing due costs one read of pg_stat_user_tables (and the size of a table never analyzed).
+-- src/flow/statistics.ts lists the schemas to call with the smallest change count that can make a
+-- table due (STATISTICS_MIN_CHANGES = 100), or, when a worker starts on a database, every schema
+-- with a table never analyzed: keep them in step.
 --
 -- A table another session holds a conflicting lock on (autovacuum, VACUUM, a migration) is passed
 -- over (LOCK ... NOWAIT), never waited for; the hot statements' row locks do not conflict with
@@ -28,42 +33,43 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 DECLARE
   -- Pinned below (search_path = this schema, pg_temp): the schema the function was created in.
   s constant text := current_schema();
-  hot constant text[] := ARRAY['agent_coordination', 'workflows'];
-  r record;
+  due jsonb;
+  t jsonb;
 BEGIN
-  -- The cheap path: one read; nothing due, nothing else.
-  IF NOT EXISTS (
-    SELECT FROM pg_catalog.pg_stat_user_tables t
-    WHERE t.schemaname = s AND t.relname = ANY (hot)
-      AND ((t.last_analyze IS NULL AND t.last_autoanalyze IS NULL AND t.n_live_tup >= 100)
-        OR t.n_mod_since_analyze >= greatest(1000, 0.2 * t.n_live_tup))
-  ) THEN
-    RETURN;
-  END IF;
-  -- One caller per schema at a time ('eqan' in the high half, the schema's oid in the low half);
-  -- held to the end of the caller's transaction, the others return at once.
-  IF NOT pg_catalog.pg_try_advisory_xact_lock((x'6571616e'::bigint << 32) | quote_ident(s)::regnamespace::oid::bigint) THEN
-    RETURN;
-  END IF;
-  -- Read again, past this transaction's cached statistics: a caller that held the lock until just
-  -- now has analyzed them (ANALYZE reports its counts at once, not at commit).
-  PERFORM pg_catalog.pg_stat_clear_snapshot();
-  FOR r IN
-    SELECT t.relname::text AS relname, t.n_live_tup, t.n_mod_since_analyze,
-      (t.last_analyze IS NULL AND t.last_autoanalyze IS NULL) AS never
-    FROM pg_catalog.pg_stat_user_tables t
-    WHERE t.schemaname = s AND t.relname = ANY (hot)
-      AND ((t.last_analyze IS NULL AND t.last_autoanalyze IS NULL AND t.n_live_tup >= 100)
-        OR t.n_mod_since_analyze >= greatest(1000, 0.2 * t.n_live_tup))
-    ORDER BY t.relname
-  LOOP
+  FOR attempt IN 1..2 LOOP
+    SELECT jsonb_agg(jsonb_build_object('table', st.relname, 'live', st.n_live_tup,
+        'changed', st.n_mod_since_analyze, 'never', st.last_analyze IS NULL AND st.last_autoanalyze IS NULL)
+      ORDER BY st.relname)
+    INTO due
+    FROM pg_catalog.pg_stat_user_tables st
+    WHERE st.schemaname = s AND st.relname IN ('agent_coordination', 'workflows')
+      AND ((st.last_analyze IS NULL AND st.last_autoanalyze IS NULL
+          AND (st.n_live_tup >= 100
+            OR pg_catalog.pg_relation_size(st.relid) >= 4 * pg_catalog.current_setting('block_size')::bigint))
+        OR st.n_mod_since_analyze >= greatest(1000, 0.2 * st.n_live_tup));
+    -- Nothing due: that one read was all.
+    IF due IS NULL THEN
+      RETURN;
+    END IF;
+    EXIT WHEN attempt = 2;
+    -- One caller per schema at a time ('eqan' in the high half, the schema's oid in the low half),
+    -- held to the end of the caller's transaction; the others return at once.
+    IF NOT pg_catalog.pg_try_advisory_xact_lock(
+        (x'6571616e'::bigint << 32) | pg_catalog.quote_ident(s)::regnamespace::oid::bigint) THEN
+      RETURN;
+    END IF;
+    -- Read again, past this transaction's cached statistics: a caller that held the lock until
+    -- just now has analyzed them (ANALYZE reports to the statistics at once, not at commit).
+    PERFORM pg_catalog.pg_stat_clear_snapshot();
+  END LOOP;
+  FOR t IN SELECT * FROM jsonb_array_elements(due) LOOP
     BEGIN
-      EXECUTE format('LOCK TABLE %I.%I IN SHARE UPDATE EXCLUSIVE MODE NOWAIT', s, r.relname);
-      EXECUTE format('ANALYZE %I.%I', s, r.relname);
-      table_name := r.relname;
-      reason := CASE WHEN r.never THEN 'never analyzed' ELSE 'changed since its last analyze' END;
-      live_rows := r.n_live_tup;
-      changed_rows := r.n_mod_since_analyze;
+      EXECUTE format('LOCK TABLE %I.%I IN SHARE UPDATE EXCLUSIVE MODE NOWAIT', s, t->>'table');
+      EXECUTE format('ANALYZE %I.%I', s, t->>'table');
+      table_name := t->>'table';
+      reason := CASE WHEN (t->>'never')::boolean THEN 'never analyzed' ELSE 'changed since its last analyze' END;
+      live_rows := (t->>'live')::bigint;
+      changed_rows := (t->>'changed')::bigint;
       RETURN NEXT;
     EXCEPTION WHEN lock_not_available THEN
       NULL; -- someone else is on it (autovacuum, VACUUM, DDL): the next pass looks again

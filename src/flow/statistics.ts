@@ -10,8 +10,12 @@
 // One loop per process walks the databases its workers serve one after the other (never two at
 // once). In each it lists, in one read of pg_stat_user_tables, the schemas (the shared one, tenant
 // schemas) whose hot tables have changed enough for the function to possibly find something due,
-// and calls the function of each: nothing due costs that read. A database migrated before 0013
-// (code deployed before `migrate`) has no function yet: it is passed over until it has.
+// and calls the function of each: nothing due costs that read. Those change counts lag behind the
+// writes (a session reports them at most once a second, and up to 10 s late once it idles: the
+// backlog a web process started just before the worker came up), so a worker's first pass on a
+// database also calls the function of every schema with a hot table never analyzed, which judges
+// those by their size on disk. A database migrated before 0013 (code deployed before `migrate`)
+// has no function yet: it is passed over until it has.
 import type pg from 'pg'
 import type { Logger } from 'pino'
 import { APP_SCHEMA } from '../db/names.ts'
@@ -22,15 +26,17 @@ export const HOT_TABLES = ['agent_coordination', 'workflows'] as const
 
 /**
  * The fewest changed rows (n_mod_since_analyze) at which analyze_hot_tables() may find a table
- * due: its smallest threshold (100 live rows of a table never analyzed, each of them an insert).
- * Keep in step with drizzle/tenant/0013_statistics_pass.sql.
+ * due by its counters: its smallest threshold (100 live rows of a table never analyzed, each of
+ * them an insert). Keep in step with drizzle/tenant/0013_statistics_pass.sql.
  */
 export const STATISTICS_MIN_CHANGES = 100
 
-// The shared schema and the tenant schemas (src/db/names.ts TENANT_SCHEMA_PATTERN) that may be due.
+// The shared schema and the tenant schemas (src/db/names.ts TENANT_SCHEMA_PATTERN) that may be
+// due; $3: also those with a hot table never analyzed, whatever their counters say.
 const CANDIDATES = `
 SELECT DISTINCT schemaname::text AS schema FROM pg_catalog.pg_stat_user_tables
-WHERE relname = ANY ($1::text[]) AND n_mod_since_analyze >= $2
+WHERE relname = ANY ($1::text[])
+  AND (n_mod_since_analyze >= $2 OR ($3 AND last_analyze IS NULL AND last_autoanalyze IS NULL))
   AND (schemaname = '${APP_SCHEMA}' OR schemaname ~ '^t_[0-9a-f]{16}$')
 ORDER BY 1`
 
@@ -46,14 +52,30 @@ export interface AnalyzedTable {
   changedRows: number
 }
 
+export interface StatisticsPassOptions {
+  timeouts?: TxTimeouts
+  /**
+   * A worker's first pass on the database: also asks every schema with a hot table never analyzed,
+   * however few changes its counters show yet (the function then judges the table by its size).
+   */
+  fresh?: boolean
+}
+
 /**
  * One pass over a database: the hot tables of every schema of it that needed statistics, analyzed.
  * A schema without the function (not migrated yet) or dropped meanwhile is passed over.
  */
-export async function statisticsPass(pool: pg.Pool, timeouts?: TxTimeouts): Promise<AnalyzedTable[]> {
-  const { rows } = await pool.query<{ schema: string }>(CANDIDATES, [HOT_TABLES, STATISTICS_MIN_CHANGES])
+export async function statisticsPass(
+  pool: pg.Pool,
+  options: StatisticsPassOptions = {},
+): Promise<AnalyzedTable[]> {
+  const { rows } = await pool.query<{ schema: string }>(CANDIDATES, [
+    HOT_TABLES,
+    STATISTICS_MIN_CHANGES,
+    options.fresh ?? false,
+  ])
   const analyzed: AnalyzedTable[] = []
-  for (const { schema } of rows) analyzed.push(...(await analyzeSchema(pool, schema, timeouts)))
+  for (const { schema } of rows) analyzed.push(...(await analyzeSchema(pool, schema, options.timeouts)))
   return analyzed
 }
 
@@ -114,10 +136,10 @@ export interface StatisticsPassesOptions {
 
 /**
  * The process's statistics loop: one round over the databases held every `everyMs`, one database
- * at a time; a database held for the first time gets a pass of its own at once (a worker starting
- * on a database that filled before it started). Errors are logged, a database's first failure at
- * warn and the next ones at debug until it passes again; nothing here ever waits for the hot path
- * or makes it wait.
+ * at a time; a database held for the first time gets a fresh pass of its own at once (a worker
+ * starting on a database that filled before it started). Errors are logged, a database's first
+ * failure at warn and the next ones at debug until it passes again; nothing here ever waits for
+ * the hot path or makes it wait.
  */
 export class StatisticsPasses {
   readonly #o: StatisticsPassesOptions
@@ -172,12 +194,13 @@ export class StatisticsPasses {
 
   async #tick(): Promise<void> {
     const round = Date.now() >= this.#nextRoundAt
-    const keys = round ? [...this.#held.keys()] : [...this.#fresh]
+    const fresh = new Set(this.#fresh)
     this.#fresh.clear()
+    const keys = round ? [...this.#held.keys()] : [...fresh]
     this.#running = (async () => {
       for (const key of keys) {
         if (this.#stopped) return
-        await this.#pass(key)
+        await this.#pass(key, fresh.has(key))
       }
     })()
     await this.#running
@@ -186,12 +209,15 @@ export class StatisticsPasses {
     this.#schedule()
   }
 
-  async #pass(key: string): Promise<void> {
+  async #pass(key: string, fresh: boolean): Promise<void> {
     const held = this.#held.get(key)
     if (!held) return
     const log = this.#o.log
     try {
-      const analyzed = await statisticsPass(held.pool, this.#o.timeouts)
+      const analyzed = await statisticsPass(held.pool, {
+        ...(this.#o.timeouts ? { timeouts: this.#o.timeouts } : {}),
+        fresh,
+      })
       if (analyzed.length > 0) log.debug({ database: key, analyzed }, 'statistics pass analyzed tables')
       if (held.failing) log.info({ database: key }, 'statistics pass works again')
       held.failing = false

@@ -176,8 +176,10 @@ describe('statistics pass, row-level', () => {
 
   it('does nothing while nothing is due: empty tables, or fewer rows than matter', async () => {
     expect(await statisticsPass(app)).toEqual([])
+    expect(await statisticsPass(app, { fresh: true })).toEqual([])
     await startDiamonds(ctx.engine, ctx.db, 'acme', 'equilateral', 10) // 40 tasks, 10 workflows
     expect(await statisticsPass(app)).toEqual([])
+    expect(await statisticsPass(app, { fresh: true })).toEqual([])
     const stats = await tableStats(ctx.db.url, 'equilateral')
     expect(stats.agent_coordination).toMatchObject({ n_live_tup: 40, last_analyze: null })
   })
@@ -272,6 +274,48 @@ describe('statistics pass, row-level', () => {
     await startDiamonds(ctx.engine, ctx.db, 'acme', 'equilateral', STATISTICS_MIN_CHANGES)
     await queryOnce(ctx.db.url, 'DROP FUNCTION equilateral.analyze_hot_tables()')
     expect(await statisticsPass(app)).toEqual([])
+  })
+})
+
+describe('statistics pass, counters not reported yet', () => {
+  let ctx: Awaited<ReturnType<typeof testEngine>>
+
+  beforeAll(async () => {
+    ctx = await testEngine({ agents: [noop], workflows: [diamond], config: { statisticsIntervalMs: 0 } })
+    await ctx.engine.createTenant({ id: 'acme' })
+    for (const table of HOT_TABLES)
+      await queryOnce(ctx.db.url, `ALTER TABLE equilateral.${table} SET (autovacuum_enabled = false)`)
+  })
+
+  it("a worker's first pass analyzes a filled table whose counters do not show it yet", async () => {
+    await startDiamonds(ctx.engine, ctx.db, 'acme', 'equilateral', 40) // 160 tasks, 40 workflows
+    // As after a burst of starts from sessions that then idle (they report up to 10 s later), a
+    // crash, or a restore: the counters know nothing of the rows.
+    await queryOnce(
+      ctx.db.url,
+      `SELECT pg_stat_reset_single_table_counters('equilateral.agent_coordination'::regclass)`,
+    )
+    expect((await tableStats(ctx.db.url, 'equilateral')).agent_coordination).toMatchObject({
+      n_live_tup: 0,
+      n_mod_since_analyze: 0,
+    })
+    // A regular round trusts the counters (the workers' own changes soon show)...
+    expect(await statisticsPass(ctx.engine.pool)).toEqual([])
+    // ... a worker's first pass judges a table never analyzed by its size: 160 tasks are more than
+    // 4 pages; 40 workflows are not.
+    expect(await statisticsPass(ctx.engine.pool, { fresh: true })).toEqual([
+      {
+        schema: 'equilateral',
+        table: 'agent_coordination',
+        reason: 'never analyzed',
+        liveRows: 0,
+        changedRows: 0,
+      },
+    ])
+    expect((await tableStats(ctx.db.url, 'equilateral')).agent_coordination?.last_analyze).toBeInstanceOf(
+      Date,
+    )
+    expect(await statisticsPass(ctx.engine.pool, { fresh: true })).toEqual([])
   })
 })
 
