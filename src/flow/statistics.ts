@@ -18,7 +18,7 @@
 // has no function yet: it is passed over until it has.
 import type pg from 'pg'
 import type { Logger } from 'pino'
-import { APP_SCHEMA } from '../db/names.ts'
+import { APP_SCHEMA, TENANT_SCHEMA_PATTERN } from '../db/names.ts'
 import { type TxTimeouts, withTransaction } from '../db/tx.ts'
 
 /** The tables analyze_hot_tables() looks after. */
@@ -31,13 +31,13 @@ export const HOT_TABLES = ['agent_coordination', 'workflows'] as const
  */
 export const STATISTICS_MIN_CHANGES = 100
 
-// The shared schema and the tenant schemas (src/db/names.ts TENANT_SCHEMA_PATTERN) that may be
-// due; $3: also those with a hot table never analyzed, whatever their counters say.
+// The shared schema and the tenant schemas that may be due; $3: also those with a hot table never
+// analyzed, whatever their counters say.
 const CANDIDATES = `
 SELECT DISTINCT schemaname::text AS schema FROM pg_catalog.pg_stat_user_tables
 WHERE relname = ANY ($1::text[])
   AND (n_mod_since_analyze >= $2 OR ($3 AND last_analyze IS NULL AND last_autoanalyze IS NULL))
-  AND (schemaname = '${APP_SCHEMA}' OR schemaname ~ '^t_[0-9a-f]{16}$')
+  AND (schemaname = '${APP_SCHEMA}' OR schemaname ~ '${TENANT_SCHEMA_PATTERN.source}')
 ORDER BY 1`
 
 const UNDEFINED_FUNCTION = '42883'
