@@ -65,6 +65,12 @@ export interface Config {
    * not register, and only heartbeats find lost tasks).
    */
   livenessIntervalMs: number
+  /**
+   * How often a worker process gives the hot tables of the databases it serves their planner
+   * statistics when they have none yet or changed a lot since (src/flow/statistics.ts), instead of
+   * waiting for autovacuum; also once as soon as a worker starts on a database. 0: off.
+   */
+  statisticsIntervalMs: number
   /** How often a process's scheduler looks for due cron schedules (startScheduler); 0: it does not. */
   schedulerIntervalMs: number
   /**
@@ -162,6 +168,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
     sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),
     livenessIntervalMs: int('LIVENESS_INTERVAL_MS', 1000, 0),
+    statisticsIntervalMs: int('STATISTICS_INTERVAL_MS', 5000, 0),
     schedulerIntervalMs: int('SCHEDULER_INTERVAL_MS', 10_000, 0),
     schedulerGraceMs: int('SCHEDULER_GRACE_MS', 60_000, 1000),
     shutdownGraceMs: int('SHUTDOWN_GRACE_MS', 10_000, 0),

@@ -70,6 +70,7 @@ import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { type DeadWorkers, findDeadWorkers, LivenessRegistry, startLivenessPasses } from './flow/liveness.ts'
+import { StatisticsPasses } from './flow/statistics.ts'
 import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from './flow/waits.ts'
 import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
@@ -229,6 +230,12 @@ export class Engine {
   /** Worker liveness (src/flow/liveness.ts): this process's registration, and its pass's stop. */
   #liveness: LivenessRegistry | null = null
   #stopLivenessPasses: (() => Promise<void>) | null = null
+  /**
+   * The statistics pass (src/flow/statistics.ts) over the databases this process's workers serve,
+   * and each worker's hold on its database's place in it.
+   */
+  #statistics: StatisticsPasses | null = null
+  readonly #statisticsHolds = new Map<Worker, () => void>()
   /** startScheduler: the timers of the local scheduler loops, and the passes under way. */
   readonly #schedulerTimers = new Set<NodeJS.Timeout>()
   readonly #schedulerRuns = new Set<Promise<void>>()
@@ -720,6 +727,8 @@ export class Engine {
         return async () => {
           workers.delete(worker)
           this.#workers.delete(worker)
+          this.#statisticsHolds.get(worker)?.()
+          this.#statisticsHolds.delete(worker)
           await worker.stop()
         }
       },
@@ -765,7 +774,24 @@ export class Engine {
     })
     await worker.start()
     this.#workers.add(worker)
+    const statistics = this.#statisticsPasses()
+    if (statistics) this.#statisticsHolds.set(worker, statistics.hold(store.key, store.pool))
     return worker
+  }
+
+  /**
+   * The process's statistics loop, created with its first worker; null when STATISTICS_INTERVAL_MS
+   * is 0. A worker's database gets its first pass at once: the tables a backlog filled before the
+   * worker started are the ones its first claims read.
+   */
+  #statisticsPasses(): StatisticsPasses | null {
+    if (this.config.statisticsIntervalMs === 0 || this.#closing) return null
+    this.#statistics ??= new StatisticsPasses({
+      everyMs: this.config.statisticsIntervalMs,
+      log: this.log,
+      timeouts: this.#timeouts,
+    })
+    return this.#statistics
   }
 
   /** The process's liveness registration, on the control database; null when LIVENESS_INTERVAL_MS is 0. */
@@ -1258,6 +1284,8 @@ export class Engine {
       })
     }
     await this.#stopLivenessPasses?.()
+    await this.#statistics?.stop()
+    this.#statisticsHolds.clear()
     await this.#liveness?.close()
     await this.stores.closeAll()
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})

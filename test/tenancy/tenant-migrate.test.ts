@@ -73,23 +73,23 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-/** Undoes the newest tenant-table migration (0012: the observer role's grants) and forgets it. */
+/** Undoes the newest tenant-table migration (0013: the statistics pass's function) and forgets it. */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     REVOKE ALL ON ALL TABLES IN SCHEMA equilateral FROM equilateral_observer;
-     REVOKE USAGE ON SCHEMA equilateral FROM equilateral_observer;
+     DROP FUNCTION equilateral.analyze_hot_tables();
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Whether the newest tenant-table migration is in place: the observer role may read a status. */
-async function observed(tenant: string): Promise<boolean> {
+/** Whether the newest tenant-table migration is in place: the application role may run its function. */
+async function newestApplied(tenant: string): Promise<boolean> {
   const [row] = await sql(
     tenant,
-    `SELECT has_column_privilege('equilateral_observer', 'equilateral.workflows', 'status', 'SELECT') AS ok`,
+    `SELECT CASE WHEN to_regprocedure('equilateral.analyze_hot_tables()') IS NULL THEN false
+       ELSE has_function_privilege('equilateral_app', 'equilateral.analyze_hot_tables()', 'EXECUTE') END AS ok`,
   )
   return row?.ok === true
 }
@@ -176,7 +176,7 @@ describe('migrateTenantDatabases', () => {
     expect(problems(report)).toEqual(PROBLEMS)
     expect(report.problems[0]?.database).toBe(keyOf('delta'))
     expect(await Promise.all(['bravo', 'echo', 'foxtrot', 'golf'].map(tenantMigrations))).toEqual(before)
-    expect(await observed('bravo')).toBe(false)
+    expect(await newestApplied('bravo')).toBe(false)
 
     expect(describeTenantDatabases(report, true)).toEqual([
       'tenant databases: 9 examined, 3 with migrations pending, 1 current, 5 with problems, 1 provisioning (skipped)',
@@ -201,7 +201,7 @@ describe('migrateTenantDatabases', () => {
 
     // The undone migrations were applied again: what they create exists, their rows are back.
     for (const tenant of ['bravo', 'golf']) {
-      expect(await observed(tenant)).toBe(true)
+      expect(await newestApplied(tenant)).toBe(true)
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
     const [signed] = await sql(
@@ -214,7 +214,7 @@ describe('migrateTenantDatabases', () => {
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)
-    expect(await observed('foxtrot')).toBe(false)
+    expect(await newestApplied('foxtrot')).toBe(false)
     // Nothing was created for the tenant still being provisioned.
     const created = await queryOnce(adminUrl, 'SELECT 1 FROM pg_database WHERE datname = $1', [
       `${tenantDatabasePrefix}never_created`,
@@ -256,12 +256,12 @@ describe('migrateTenantDatabases', () => {
     expect(resumed).toMatchObject({ examined: 5, migrated: 1, current: 0, provisioning: ['x-provisioning'] })
     expect(resumed.pending.map((p) => p.tenant)).toEqual(['golf'])
     expect(problems(resumed).map((p) => p.tenant)).toEqual(['echo', 'foxtrot', 'x-unknown', 'x-unreachable'])
-    expect(await observed('bravo')).toBe(false)
-    expect(await observed('golf')).toBe(true)
+    expect(await newestApplied('bravo')).toBe(false)
+    expect(await newestApplied('golf')).toBe(true)
     // From the start, the rest is done.
     const rest = await migrateTenantDatabases(control.url, servers, { batchSize: 1 })
     expect(rest.pending.map((p) => p.tenant)).toEqual(['bravo'])
-    expect(await observed('bravo')).toBe(true)
+    expect(await newestApplied('bravo')).toBe(true)
   })
 
   it('finds nothing to do in a control database without tenant databases', async () => {
@@ -300,7 +300,7 @@ describe('equilateral migrate', () => {
       expect.stringMatching(/^unknown_server x-unknown /),
       expect.stringMatching(/^unreachable {4}x-unreachable /),
     ])
-    expect(await observed('bravo')).toBe(false)
+    expect(await newestApplied('bravo')).toBe(false)
   })
 
   it('migrates the control database and every tenant database, one line per problem, exit 1', async () => {
@@ -324,7 +324,7 @@ describe('equilateral migrate', () => {
       'unknown_server',
       'unreachable',
     ])
-    expect(await observed('bravo')).toBe(true)
+    expect(await newestApplied('bravo')).toBe(true)
   })
 
   it('--from resumes after a tenant; exit 0 once no database has a problem', async () => {
