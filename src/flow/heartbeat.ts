@@ -4,11 +4,12 @@
 // now() in the database, never against a worker's clock.
 import type pg from 'pg'
 import { executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { UNINDEXED_STATUS } from './claim.ts'
 
 const BEAT = `
 UPDATE agent_coordination t SET heartbeat_at = now()
 FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int)
-WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND t.status = 'running'
+WHERE t.tenant_id = $1 AND t.id = x.id AND t.attempt = x.attempt AND ${UNINDEXED_STATUS("t.status = 'running'")}
 RETURNING t.id`
 
 /** Returns the ids of the tasks still held by their attempt. */
