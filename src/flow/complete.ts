@@ -154,23 +154,21 @@ async function completeIn(
   local: LocalContinuation | undefined,
   holding: (picks: LocalCandidate[]) => void,
 ): Promise<CompletionOutcome> {
-  {
-    const spawned: ReadyJob[] = []
-    for (const item of items) {
-      if (item.spawn)
-        spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
-    }
-    const outcome = await writeCompletions(deps.boss, db, scope, items, local, holding)
-    const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
-    if (lostSpawner) {
-      // Roll back the spawned tasks with the rest: their parent's completion did not happen.
-      throw new SpawnLeaseLostError(lostSpawner.taskId)
-    }
-    await insertJobs(deps.boss, db, scope, spawned)
-    outcome.dispatched.push(...spawned)
-    failpoint('complete.before-commit')
-    return outcome
+  const spawned: ReadyJob[] = []
+  for (const item of items) {
+    if (item.spawn)
+      spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
   }
+  const outcome = await writeCompletions(deps.boss, db, scope, items, local, holding)
+  const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
+  if (lostSpawner) {
+    // Roll back the spawned tasks with the rest: their parent's completion did not happen.
+    throw new SpawnLeaseLostError(lostSpawner.taskId)
+  }
+  await insertJobs(deps.boss, db, scope, spawned)
+  outcome.dispatched.push(...spawned)
+  failpoint('complete.before-commit')
+  return outcome
 }
 
 export class SpawnLeaseLostError extends Error {
