@@ -69,20 +69,26 @@ try {
   log('2/6 workloads')
   const db = await scratchDatabase(adminUrl, 'eq_bench_engine')
   await migrate(db.url)
-  const engine = await createEngine({
-    connectionString: db.url,
-    adminConnectionString: db.url,
-    agents,
-    workflows,
-    log: pino({ level: 'warn' }),
-    supervise: false,
-  })
+  // The engine the bench starts workflows from (the workers are processes of their own).
+  const benchEngine = (config: Parameters<typeof createEngine>[0]['config'] = {}) =>
+    createEngine({
+      connectionString: db.url,
+      adminConnectionString: db.url,
+      agents,
+      workflows,
+      log: pino({ level: 'warn' }),
+      supervise: false,
+      config,
+    })
+  const engine = await benchEngine()
   const tenantIds = ['t1', 't2', 't3', 't4']
   for (const id of tenantIds) await engine.createTenant({ id })
   const tenants = await Promise.all(tenantIds.map((id) => engine.tenant(id)))
   const run = async (
     name: string,
     o: Omit<Parameters<typeof runWorkload>[0], 'name' | 'url' | 'adminUrl' | 'fleet' | 'tenants'> & {
+      /** Default: the bench engine's tenants t1-t4. */
+      tenants?: Parameters<typeof runWorkload>[0]['tenants']
       fleetSize?: number
       env?: Record<string, string>
       /** Workflows run first, unmeasured, the same way: the fleet's processes warm up (JIT, pools, plans). */
@@ -97,11 +103,11 @@ try {
           url: db.url,
           adminUrl,
           fleet,
-          tenants,
           ...o,
+          tenants: o.tenants ?? tenants,
           workflows: o.warmup,
         })
-      const r = await runWorkload({ name, url: db.url, adminUrl, fleet, tenants, ...o })
+      const r = await runWorkload({ name, url: db.url, adminUrl, fleet, ...o, tenants: o.tenants ?? tenants })
       log(`${name}: ${r.tasksPerSecond} tasks/s, dispatch p50 ${r.dispatch.p50} p99 ${r.dispatch.p99} ms`)
       table.push(r)
       return r
@@ -161,32 +167,14 @@ try {
   // tenant key): a second engine starts them with the keys, and the workers get them too.
   {
     const keys = `bench:${randomBytes(32).toString('base64')}`
-    const sealed = await createEngine({
-      connectionString: db.url,
-      adminConnectionString: db.url,
-      agents,
-      workflows,
-      log: pino({ level: 'warn' }),
-      supervise: false,
-      config: { encryption: parseKeyRing(keys, undefined, []) },
-    })
+    const sealed = await benchEngine({ encryption: parseKeyRing(keys, undefined, []) })
     try {
-      const fleet = await startFleet(db.url, WORKERS, { ENCRYPTION_KEYS: keys })
-      try {
-        const r = await runWorkload({
-          name: 'diamond, encrypted',
-          url: db.url,
-          adminUrl,
-          fleet,
-          tenants: await Promise.all(tenantIds.map((id) => sealed.tenant(id))),
-          shape: 'diamond',
-          workflows: scale(1000),
-        })
-        log(`encrypted diamonds: ${r.tasksPerSecond} tasks/s, dispatch p99 ${r.dispatch.p99} ms`)
-        table.push(r)
-      } finally {
-        await fleet.stop()
-      }
+      await run('diamond, encrypted', {
+        shape: 'diamond',
+        workflows: scale(1000),
+        env: { ENCRYPTION_KEYS: keys },
+        tenants: await Promise.all(tenantIds.map((id) => sealed.tenant(id))),
+      })
     } finally {
       await sealed.close()
     }

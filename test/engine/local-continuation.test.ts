@@ -1,12 +1,12 @@
 // Local continuation: a completion that makes tasks ready claims some of them for its own worker in
 // the same transaction, with no job. They must stay as recoverable and fenced as any claimed task,
 // and leave part of a fan-out to other workers.
-import pg from 'pg'
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { claimTasks, type FetchedJob } from '../../src/flow/claim.ts'
 import { completeTasks, type LocalContinuation } from '../../src/flow/complete.ts'
 import { queueName, type TaskJobData } from '../../src/queue/boss.ts'
+import { queryOnce } from '../helpers/db.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 
 const seen: Record<string, Record<string, unknown>> = {}
@@ -52,16 +52,6 @@ const { engine, db } = await testEngine({
 await engine.createTenant({ id: 'acme' })
 const acme = await engine.tenant('acme')
 
-async function owner<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
-  const c = new pg.Client({ connectionString: db.url })
-  await c.connect()
-  try {
-    return await fn(c)
-  } finally {
-    await c.end()
-  }
-}
-
 /** The workflow's task ids that ever had a pg-boss job. */
 async function tasksWithJobs(workflowId: string): Promise<Set<string>> {
   const jobs = await engine.boss.findJobs<TaskJobData>(queueName('step'), { data: { w: workflowId } })
@@ -101,14 +91,10 @@ describe('without a worker running', () => {
     if (!child) throw new Error('b was not claimed locally')
     expect(done.dispatched).toEqual([])
     expect(child).toMatchObject({ taskKey: 'b', results: { a: 'a' }, job: { jobId: null } })
-    const [row] = await owner(
-      async (c) =>
-        (
-          await c.query(
-            `SELECT status, worker_id, job_id, attempt FROM equilateral.agent_coordination WHERE id = $1`,
-            [child.taskId],
-          )
-        ).rows,
+    const [row] = await queryOnce(
+      db.url,
+      `SELECT status, worker_id, job_id, attempt FROM equilateral.agent_coordination WHERE id = $1`,
+      [child.taskId],
     )
     expect(row).toEqual({
       status: 'running',
@@ -123,11 +109,10 @@ describe('without a worker running', () => {
     expect((await engine.sweep()).lost).toBe(0)
     expect((await acme.getWorkflow(id)).tasks[1]).toMatchObject({ status: 'running' })
     // ... and once its heartbeat goes stale (the worker hung), it is recovered with a new attempt.
-    await owner((c) =>
-      c.query(
-        `UPDATE equilateral.agent_coordination SET heartbeat_at = now() - interval '1 hour' WHERE id = $1`,
-        [child.taskId],
-      ),
+    await queryOnce(
+      db.url,
+      `UPDATE equilateral.agent_coordination SET heartbeat_at = now() - interval '1 hour' WHERE id = $1`,
+      [child.taskId],
     )
     expect((await engine.sweep()).lost).toBe(1)
     const recovered = (await acme.getWorkflow(id)).tasks[1]
