@@ -54,6 +54,12 @@ export interface Config {
   /** Jobs fetched per query at most. */
   fetchBatchSize: number
   pollIntervalMs: number
+  /**
+   * A caller awaiting a workflow's end (`result()`, `GET /v1/workflows/:id?wait=`) is woken by a
+   * NOTIFY from the statement that ended it; it also reads the workflow again this often, and every
+   * pollIntervalMs while its LISTEN connection is down, so that no lost notification can hang it.
+   */
+  resultRecheckMs: number
   heartbeatIntervalMs: number
   /** A running task whose heartbeat is older than this is recovered by the sweeper. */
   staleAfterMs: number
@@ -164,6 +170,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     localContinuation: bool('LOCAL_CONTINUATION', true),
     fetchBatchSize: int('FETCH_BATCH_SIZE', 16, 1, 1000),
     pollIntervalMs: int('POLL_INTERVAL_MS', 2000, 50),
+    resultRecheckMs: int('RESULT_RECHECK_MS', 30_000, 100, 2_147_483_647),
     heartbeatIntervalMs: int('HEARTBEAT_INTERVAL_MS', 5000, 100),
     staleAfterMs: int('STALE_AFTER_MS', 30_000, 1000),
     sweepIntervalMs: int('SWEEP_INTERVAL_MS', 0, 0),

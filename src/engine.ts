@@ -58,14 +58,19 @@ import {
 } from './db/tx.ts'
 import {
   DefinitionError,
+  EquilateralError,
   InvalidInputError,
   NotFoundError,
+  ResultWaitError,
   SetupError,
   UnknownWorkflowTypeError,
   UnknownWorkflowVersionError,
+  WorkflowCancelledError,
+  WorkflowFailedError,
 } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { closeAgents } from './flow/close-agents.ts'
+import { awaitEnd, EndListener } from './flow/ends.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
@@ -155,6 +160,37 @@ export interface TaskView {
   completedAt: Date | null
   /** A wait task: what it waits for, and until when once it waits (null without a timeout). */
   wait?: { type: 'approval' | 'event'; name: string; deadline: Date | null }
+}
+
+/** How long `result()` (and `getWorkflow(id, { waitMs })`) waits, and what stops it early. */
+export interface ResultOptions {
+  /** Give up after this long (ResultWaitError `result_timeout`); default: no limit. */
+  timeoutMs?: number
+  /** Stop waiting when aborted (ResultWaitError `result_aborted`). The workflow is not touched. */
+  signal?: AbortSignal
+}
+
+/** What startWorkflow returns: the StartResult (JSON as before), and a way to await the run's end. */
+export class StartedWorkflow implements StartResult {
+  readonly id: string
+  readonly created: boolean
+  readonly status: WorkflowStatus
+  readonly #handle: TenantHandle
+  constructor(handle: TenantHandle, started: StartResult) {
+    this.#handle = handle
+    this.id = started.id
+    this.created = started.created
+    this.status = started.status
+  }
+
+  /** The workflow's outputs once it completed: see TenantHandle.result. */
+  result(options: ResultOptions = {}): Promise<Record<string, Json>> {
+    return this.#handle.result(this.id, options)
+  }
+
+  toJSON(): StartResult {
+    return { id: this.id, created: this.created, status: this.status }
+  }
 }
 
 export interface Readiness {
@@ -249,6 +285,8 @@ export class Engine {
   #agentsClosed = false
   /** Read from the migration files on the first readiness check, not at every process start. */
   #latestMigrations: ReturnType<typeof latestMigrations> | undefined
+  /** Per database (store key): the LISTEN connection shared by the callers awaiting workflows' ends. */
+  readonly #ends = new Map<string, EndListener>()
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
@@ -315,6 +353,9 @@ export class Engine {
       onClose: (store) => {
         unobserve.get(store.key)?.()
         unobserve.delete(store.key)
+        const ends = this.#ends.get(store.key)
+        this.#ends.delete(store.key)
+        void ends?.close()
       },
     })
     for (const a of options.agents ?? []) this.#registerAgent(a)
@@ -423,6 +464,50 @@ export class Engine {
 
   get workflowTypes(): string[] {
     return [...this.#workflows.keys()]
+  }
+
+  /** Callers awaiting a workflow's end in this process now (result(), long-polls), all databases. */
+  get resultWaiters(): number {
+    let n = 0
+    for (const listener of this.#ends.values()) n += listener.waiters
+    return n
+  }
+
+  /**
+   * Waits until `read` (run in a tenant transaction of the tenant's database) answers non-null, woken
+   * by the NOTIFY of the statement that ends a workflow (src/flow/ends.ts) through the one LISTEN
+   * connection this process has on that database; 'timeout' after `timeoutMs`. For TenantHandle.
+   */
+  async awaitWorkflowEnd<T>(
+    scope: TenantScope,
+    workflowId: string,
+    read: (db: Db) => Promise<T | null>,
+    options: ResultOptions,
+  ): Promise<T | 'timeout'> {
+    // Held while waiting: an idle tenant database is not closed under a waiter.
+    const { store, release } = await this.stores.hold(scope)
+    try {
+      let listener = this.#ends.get(store.key)
+      if (!listener || listener.closed) {
+        if (this.#closing) throw new EquilateralError('engine_closed', 'the engine is closed')
+        listener = new EndListener({
+          connectionString: store.connectionString,
+          log: store.database ? this.log.child({ database: store.key }) : this.log,
+          downPollMs: this.config.pollIntervalMs,
+        })
+        this.#ends.set(store.key, listener)
+      }
+      return await awaitEnd({
+        listener,
+        workflowId,
+        read: () => withTenantTx(store.pool, scope, read),
+        timeoutMs: options.timeoutMs,
+        signal: options.signal,
+        recheckMs: this.config.resultRecheckMs,
+      })
+    } finally {
+      await release()
+    }
   }
 
   /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
@@ -1272,6 +1357,8 @@ export class Engine {
     for (const timer of this.#sweepTimers) clearInterval(timer)
     for (const timer of this.#schedulerTimers) clearTimeout(timer)
     await Promise.allSettled([...this.#schedulerRuns])
+    await Promise.allSettled([...this.#ends.values()].map((l) => l.close()))
+    this.#ends.clear()
     await this.#fleet?.stop()
     await Promise.allSettled([...this.#workers].map((w) => w.stop()))
     this.#workers.clear()
@@ -1310,13 +1397,14 @@ export class TenantHandle {
 
   /**
    * Starts a workflow of the type's latest registered version, or of `options.version`
-   * (UnknownWorkflowVersionError if that version is not registered in this process).
+   * (UnknownWorkflowVersionError if that version is not registered in this process). The answer
+   * serialises as the StartResult (id, created, status); its `result()` awaits the run's end.
    */
   async startWorkflow(
     type: string,
     input: Json = null,
     options: StartOptions & { version?: number } = {},
-  ): Promise<StartResult> {
+  ): Promise<StartedWorkflow> {
     const e = this.#engine
     const { version, ...rest } = options
     const def = e.workflow(type, version)
@@ -1329,8 +1417,60 @@ export class TenantHandle {
       rest,
     )
     // In the caller's own transaction (options.db) this counts a start that may still roll back.
-    if (started.created) e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type }, this.id, key))
-    return started
+    if (started.created)
+      e.metrics.workflowsStarted.inc(e.metrics.withTenant({ type: def.name }, this.id, key))
+    return new StartedWorkflow(this, started)
+  }
+
+  /**
+   * Waits for the workflow to end and resolves with its outputs (the results of its completed
+   * final tasks, by task key, decrypted), also when it had ended before the call. Rejects with
+   * WorkflowFailedError (its `error` is the failure) or WorkflowCancelledError; with ResultWaitError
+   * `result_timeout` once `timeoutMs` passed or `result_aborted` when `signal` aborts, leaving the
+   * workflow running; NotFoundError for a workflow this tenant does not have. Woken by a NOTIFY
+   * from the statement that ends the workflow, not by polling (see src/flow/ends.ts).
+   */
+  async result(id: string, options: ResultOptions = {}): Promise<Record<string, Json>> {
+    requireUuid(id, 'workflow id')
+    checkWait(options)
+    const ring = this.#engine.keyRing
+    const tenant = this.scope.tenantId
+    const ended = await this.#engine.awaitWorkflowEnd(
+      this.scope,
+      id,
+      async (db) => {
+        const { rows } = await db.executeSql(
+          `SELECT w.status, w.error,
+             CASE WHEN w.status = 'completed' THEN (
+               SELECT coalesce(jsonb_agg(jsonb_build_array(t.task_key, t.result)), '[]'::jsonb) FROM agent_coordination t
+               WHERE t.tenant_id = $1 AND t.workflow_id = w.id AND t.status = 'completed' AND cardinality(t.dependents) = 0
+             ) END AS outputs
+           FROM workflows w WHERE w.tenant_id = $1 AND w.id = $2`,
+          [tenant, id],
+        )
+        const w = rows[0]
+        if (!w) throw new NotFoundError(`workflow ${id}`)
+        return w.status === 'running' ? null : (w as { status: WorkflowStatus; error: Json; outputs: Json })
+      },
+      options,
+    )
+    if (ended === 'timeout') {
+      throw new ResultWaitError(
+        'result_timeout',
+        id,
+        `workflow ${id} did not end within ${options.timeoutMs} ms (it goes on)`,
+      )
+    }
+    if (ended.status === 'failed') throw new WorkflowFailedError(id, ended.error)
+    if (ended.status === 'cancelled') {
+      const reason = (ended.error as { reason?: unknown } | null)?.reason
+      throw new WorkflowCancelledError(id, typeof reason === 'string' ? reason : null)
+    }
+    const output: Record<string, Json> = {}
+    for (const [key, result] of ended.outputs as [string, Json][]) {
+      output[key] = ring.decrypt(tenant, 'task.result', result)
+    }
+    return output
   }
 
   async cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {
@@ -1502,9 +1642,37 @@ export class TenantHandle {
     return this.#tx((db) => tenantStats(db, this.scope.tenantId, w))
   }
 
-  /** Decrypts the input and results; a missing or wrong key throws EncryptionError. */
-  async getWorkflow(id: string): Promise<WorkflowView> {
+  /**
+   * Decrypts the input and results; a missing or wrong key throws EncryptionError. With `waitMs`,
+   * waits (as result() does, woken by the workflow's end) up to that long for a running workflow
+   * to end, then answers with its state, ended or not; `signal` stops the wait early the same way.
+   */
+  async getWorkflow(
+    id: string,
+    options: { waitMs?: number; signal?: AbortSignal } = {},
+  ): Promise<WorkflowView> {
     requireUuid(id, 'workflow id')
+    if (options.waitMs !== undefined && options.waitMs > 0) {
+      checkWait({ timeoutMs: options.waitMs, signal: options.signal })
+      await this.#engine
+        .awaitWorkflowEnd(
+          this.scope,
+          id,
+          async (db) => {
+            const { rows } = await db.executeSql(
+              'SELECT status FROM workflows WHERE tenant_id = $1 AND id = $2',
+              [this.scope.tenantId, id],
+            )
+            if (!rows[0]) throw new NotFoundError(`workflow ${id}`)
+            return rows[0].status === 'running' ? null : true
+          },
+          { timeoutMs: options.waitMs, signal: options.signal },
+        )
+        .catch((error: unknown) => {
+          // Stopped early: the state as it is now (a disconnected HTTP client gets nothing anyway).
+          if ((error as { code?: unknown }).code !== 'result_aborted') throw error
+        })
+    }
     const ring = this.#engine.keyRing
     const tenant = this.scope.tenantId
     return this.#tx(async (db) => {
@@ -1588,6 +1756,22 @@ export class TenantHandle {
         at: r.timestamp,
       }))
     })
+  }
+}
+
+/** Checks result()'s options: a bad timeout or signal is an InvalidInputError, before any wait. */
+function checkWait(options: ResultOptions): void {
+  if (options === null || typeof options !== 'object')
+    throw new InvalidInputError('options must be an object')
+  const t = options.timeoutMs
+  if (t !== undefined && !(Number.isInteger(t) && t >= 0 && t <= 2_147_483_647)) {
+    throw new InvalidInputError(
+      'timeoutMs must be an integer number of milliseconds, 0 to 2^31-1',
+      '$.timeoutMs',
+    )
+  }
+  if (options.signal !== undefined && !(options.signal instanceof AbortSignal)) {
+    throw new InvalidInputError('signal must be an AbortSignal', '$.signal')
   }
 }
 

@@ -168,6 +168,48 @@ export class WaitError extends EquilateralError {
   }
 }
 
+/** What `result()` rejects with when the awaited workflow failed: `error` is the workflow's failure. */
+export class WorkflowFailedError extends EquilateralError {
+  readonly workflowId: string
+  /** The workflow's error as getWorkflow shows it: `{ task, agent, error: { name, message, code? } }`. */
+  readonly error: unknown
+  constructor(workflowId: string, error: unknown) {
+    const inner = (error as { error?: { message?: unknown } } | null)?.error?.message
+    super('workflow_failed', `workflow ${workflowId} failed${typeof inner === 'string' ? `: ${inner}` : ''}`)
+    this.workflowId = workflowId
+    this.error = error
+  }
+}
+
+/** What `result()` rejects with when the awaited workflow was cancelled. */
+export class WorkflowCancelledError extends EquilateralError {
+  readonly workflowId: string
+  readonly reason: string | null
+  constructor(workflowId: string, reason: string | null) {
+    super('workflow_cancelled', `workflow ${workflowId} was cancelled${reason ? `: ${reason}` : ''}`)
+    this.workflowId = workflowId
+    this.reason = reason
+  }
+}
+
+/**
+ * `result()` gave up waiting: `result_timeout` (its timeoutMs passed) or `result_aborted` (its
+ * signal was aborted; `cause` is the signal's reason). The workflow is left as it is, still running.
+ */
+export class ResultWaitError extends EquilateralError {
+  declare readonly code: 'result_timeout' | 'result_aborted'
+  readonly workflowId: string
+  constructor(
+    code: 'result_timeout' | 'result_aborted',
+    workflowId: string,
+    message: string,
+    cause?: unknown,
+  ) {
+    super(code, message, cause === undefined ? undefined : { cause })
+    this.workflowId = workflowId
+  }
+}
+
 /** The task was cancelled, timed out or reassigned while the agent ran; its result is discarded. */
 export class LeaseLostError extends EquilateralError {
   constructor(taskId: string, attempt: number) {

@@ -3,9 +3,10 @@ import type { Engine as EngineInstance } from './engine.ts'
 import type * as WebApp from './web/app.ts'
 import type * as WebServerModule from './web/server.ts'
 
-export { createEngine, Engine, TenantHandle } from './engine.ts'
+export { createEngine, Engine, StartedWorkflow, TenantHandle } from './engine.ts'
 export type {
   EngineOptions,
+  ResultOptions,
   WorkflowView,
   TaskView,
   AuditEntry,

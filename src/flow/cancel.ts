@@ -7,7 +7,7 @@ import { assertStorableJson } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError } from '../errors.ts'
-import { CANCEL_CHANNEL } from './channels.ts'
+import { CANCEL_CHANNEL, ENDED_CHANNEL } from './channels.ts'
 
 const CANCEL = `
 WITH wf AS (
@@ -36,8 +36,10 @@ notified AS (
   SELECT pg_notify('${CANCEL_CHANNEL}', string_agg(b.id::text, ',')) FROM (
     SELECT id, (row_number() OVER ()) / 200 AS chunk FROM before WHERE status = 'running'
   ) b GROUP BY b.chunk
-)
+),
+ended AS (SELECT pg_notify('${ENDED_CHANNEL}', wf.id::text) FROM wf)
 SELECT 'workflow' AS kind, wf.id, NULL::uuid AS job_id, NULL AS queue, NULL AS status, wf.type, wf.ms::float8 AS ms FROM wf
+WHERE (SELECT count(*) FROM ended) >= 0
 UNION ALL
 SELECT 'task', t.id, t.job_id, t.queue, b.status, NULL, NULL FROM t JOIN before b ON b.id = t.id
 UNION ALL

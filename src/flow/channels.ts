@@ -5,3 +5,8 @@
 export const READY_CHANNEL = 'equilateral_ready'
 /** Payload: comma-separated task ids whose running agents must be aborted (their workflow was cancelled). */
 export const CANCEL_CHANNEL = 'equilateral_cancel'
+/**
+ * Payload: comma-separated ids of workflows that ended (completed, failed, cancelled). Sent by the
+ * statement that ends them; wakes the callers awaiting their result (src/flow/ends.ts).
+ */
+export const ENDED_CHANNEL = 'equilateral_ended'

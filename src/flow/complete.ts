@@ -10,7 +10,7 @@ import type { Json } from '../core/json.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
 import { insertJobs, type ReadyJob } from '../queue/boss.ts'
-import { READY_CHANNEL } from './channels.ts'
+import { ENDED_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimLocally, type FetchedJob, type LocalCandidate } from './claim.ts'
 import { spawnTasks, type SpawnRequest } from './spawn.ts'
 import { readyAt, timerOf } from './task-rows.ts'
@@ -108,6 +108,11 @@ audit AS (
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
   WHERE $4::boolean
+),
+ended AS (
+  SELECT pg_notify('${ENDED_CHANNEL}', string_agg(e.id::text, ',')) FROM (
+    SELECT id, (row_number() OVER ()) / 200 AS chunk FROM wf WHERE status = 'completed'
+  ) e GROUP BY e.chunk
 )
 SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
   NULL::float8 AS n, NULL AS type, NULL AS start_after
@@ -120,7 +125,8 @@ SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_
   NULL
 FROM wf w WHERE w.status = 'completed'
 UNION ALL
-SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, NULL, NULL, NULL`
+SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, (SELECT count(*) FROM ended)::float8,
+  NULL, NULL`
 
 export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },

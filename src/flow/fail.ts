@@ -7,6 +7,7 @@ import type { PgBoss } from 'pg-boss'
 import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
+import { ENDED_CHANNEL } from './channels.ts'
 import { failpoint } from '../failpoints.ts'
 
 /** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
@@ -101,8 +102,10 @@ audit AS (
   UNION ALL
   SELECT $1, wf.id, s.id, s.agent_id, 'task_skipped', jsonb_build_object('reason', 'workflow failed'), wf.correlation_id
   FROM skipped s, wf
-)
+),
+ended AS (SELECT pg_notify('${ENDED_CHANNEL}', wf.id::text) FROM wf)
 SELECT 'workflow' AS kind, NULL::uuid AS job_id, NULL AS queue, wf.type, wf.ms::float8 AS ms FROM wf
+WHERE (SELECT count(*) FROM ended) >= 0
 UNION ALL
 SELECT 'skipped', s.job_id, s.queue, NULL, NULL FROM skipped s`
 
