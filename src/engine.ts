@@ -1397,17 +1397,31 @@ export class TenantHandle {
 
   /**
    * Starts a workflow of the type's latest registered version, or of `options.version`
-   * (UnknownWorkflowVersionError if that version is not registered in this process). The answer
+   * (UnknownWorkflowVersionError if that version is not registered in this process). Given the
+   * definition instead of its name, the input is typed by the definition's input schema (and the
+   * definition's own version starts). The input is checked against that schema first: a refusal is
+   * an InvalidInputError naming the path of the first problem, and nothing is written. The answer
    * serialises as the StartResult (id, created, status); its `result()` awaits the run's end.
    */
+  async startWorkflow<TStart>(
+    workflow: WorkflowDefinition<any, TStart>,
+    input: TStart,
+    options?: StartOptions,
+  ): Promise<StartedWorkflow>
   async startWorkflow(
     type: string,
-    input: Json = null,
+    input?: Json,
+    options?: StartOptions & { version?: number },
+  ): Promise<StartedWorkflow>
+  async startWorkflow(
+    type: string | WorkflowDefinition<any, unknown>,
+    input: unknown = null,
     options: StartOptions & { version?: number } = {},
   ): Promise<StartedWorkflow> {
     const e = this.#engine
     const { version, ...rest } = options
-    const def = e.workflow(type, version)
+    const def =
+      typeof type === 'string' ? e.workflow(type, version) : e.workflow(type?.name, type?.version ?? version)
     const { pool, boss, key } = await e.storeOf(this.scope)
     const started = await startWorkflow(
       { pool, boss, limits: e.limits, keyRing: e.keyRing },

@@ -39,7 +39,16 @@ export type {
   TaskSpec,
   WaitTimeout,
   WorkflowDefinition,
+  WorkflowSpec,
 } from './core/definition.ts'
+export type {
+  InputSchema,
+  InputValidator,
+  JsonSchemaObject,
+  SchemaInput,
+  SchemaOutput,
+  StandardSchemaV1,
+} from './core/input-schema.ts'
 export type { ApprovalDecision, DeliveryResult, EventDelivery } from './flow/waits.ts'
 export type { Json } from './core/json.ts'
 export type { TaskStatus, WorkflowStatus } from './core/task-state.ts'

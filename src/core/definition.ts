@@ -2,6 +2,13 @@
 // boot with an error naming the offending key, never at run time.
 import type { Logger } from 'pino'
 import { DefinitionError } from '../errors.ts'
+import {
+  type InputSchema,
+  type InputValidator,
+  inputValidator,
+  type SchemaInput,
+  type SchemaOutput,
+} from './input-schema.ts'
 import { assertStorableJson, type Json } from './json.ts'
 
 /** What an agent's handler gets for one attempt of one task. */
@@ -162,10 +169,16 @@ export interface WaitSpec {
 /** Agent ids of wait tasks: not valid agent ids, so no agent can share them. */
 export const WAIT_AGENTS = { approval: '@approval', event: '@event' } as const
 
-export interface WorkflowDefinition<TInput = Json> {
+/**
+ * A workflow type. `TInput` is what its tasks' functions get (the validated input), `TStart` what a
+ * caller passes to start it (they differ for a schema that transforms or fills in defaults).
+ */
+export interface WorkflowDefinition<TInput = Json, TStart = TInput> {
   readonly kind: 'workflow'
   readonly name: string
   readonly version: number
+  /** The input check of `defineWorkflow({ input })`, run before anything is written; null: none. */
+  readonly input: InputValidator<TStart, TInput> | null
   readonly tasks: readonly ResolvedTaskSpec<TInput>[]
   /** Task keys in an order where every task comes after its dependencies. */
   readonly order: readonly string[]
@@ -255,11 +268,27 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   })
 }
 
-export function defineWorkflow<TInput = Json>(spec: {
+export interface WorkflowSpec<TInput> {
   name: string
   version?: number
   tasks: readonly TaskSpec<TInput>[]
-}): WorkflowDefinition<TInput> {
+}
+
+/**
+ * Defines a workflow type. With `input`, a Standard Schema validator (zod, valibot, arktype, ...)
+ * or a JSON Schema (e.g. from TypeBox), every start is checked against it before anything is
+ * written (invalid_input naming the path of the first problem), the tasks' functions get the
+ * validated value, and starting it through the definition is typed by the schema.
+ */
+export function defineWorkflow<S extends InputSchema>(
+  spec: WorkflowSpec<SchemaOutput<S>> & { input: S },
+): WorkflowDefinition<SchemaOutput<S>, SchemaInput<S>>
+export function defineWorkflow<TInput = Json>(
+  spec: WorkflowSpec<TInput> & { input?: InputSchema },
+): WorkflowDefinition<TInput>
+export function defineWorkflow<TInput = Json>(
+  spec: WorkflowSpec<TInput> & { input?: InputSchema },
+): WorkflowDefinition<TInput> {
   if (spec === null || typeof spec !== 'object')
     throw new DefinitionError('a workflow definition must be an object')
   if (typeof spec.name !== 'string' || !NAME.test(spec.name)) {
@@ -281,7 +310,18 @@ export function defineWorkflow<TInput = Json>(spec: {
   // Array.from visits the holes of a sparse array (as undefined), which map would skip.
   const tasks = Array.from(spec.tasks, (t) => resolveTask(t, `workflow "${spec.name}"`))
   const order = topologicalOrder(tasks, new Set(), `workflow "${spec.name}"`)
-  return Object.freeze({ kind: 'workflow', name: spec.name, version, tasks: Object.freeze(tasks), order })
+  const input =
+    spec.input === undefined
+      ? null
+      : (inputValidator(spec.input, spec.name) as InputValidator<TInput, TInput>)
+  return Object.freeze({
+    kind: 'workflow',
+    name: spec.name,
+    version,
+    input,
+    tasks: Object.freeze(tasks),
+    order,
+  })
 }
 
 /** Validates one task spec and fills in its defaults. */

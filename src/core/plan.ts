@@ -151,7 +151,11 @@ function timer(
 }
 
 /** Computes each task's data from the workflow input and checks it can be stored. */
-export function taskData<TInput>(def: WorkflowDefinition<TInput>, input: TInput, limits: JsonLimits): Json[] {
+export function taskData<TInput>(
+  def: WorkflowDefinition<TInput, any>,
+  input: TInput,
+  limits: JsonLimits,
+): Json[] {
   return def.tasks.map((t) => {
     let value: Json
     try {

@@ -82,14 +82,16 @@ export interface StartDeps {
   keyRing: KeyRing
 }
 
-export async function startWorkflow<TInput>(
+export async function startWorkflow<TInput, TStart>(
   deps: StartDeps,
   scope: TenantScope,
-  def: WorkflowDefinition<TInput>,
-  input: TInput,
+  def: WorkflowDefinition<TInput, TStart>,
+  given: TStart,
   options: StartOptions = {},
 ): Promise<StartResult> {
-  // Everything that can be refused is refused before anything is written.
+  // Everything that can be refused is refused before anything is written: the input schema first
+  // (defineWorkflow({ input })), whose validated value is what is stored and what the tasks get.
+  const input = def.input ? await def.input.validate(given) : (given as unknown as TInput)
   assertStorableJson(input ?? null, '$.input', deps.limits)
   if (options.idempotencyKey !== undefined) checkKey(options.idempotencyKey, 'idempotencyKey')
   if (options.correlationId !== undefined) checkKey(options.correlationId, 'correlationId')

@@ -80,7 +80,7 @@ interface Checked {
   enabled: boolean
 }
 
-function check(deps: PutDeps, tenantId: string, spec: ScheduleSpec): Checked {
+async function check(deps: PutDeps, tenantId: string, spec: ScheduleSpec): Promise<Checked> {
   if (spec === null || typeof spec !== 'object') throw new InvalidInputError('a schedule must be an object')
   const id = requireScheduleId(spec.id)
   if (typeof spec.workflowType !== 'string') {
@@ -95,15 +95,18 @@ function check(deps: PutDeps, tenantId: string, spec: ScheduleSpec): Checked {
   const enabled = spec.enabled ?? true
   if (typeof enabled !== 'boolean') throw new InvalidInputError('enabled must be true or false', '$.enabled')
   const input = spec.input ?? null
-  assertStorableJson(input, '$.input', deps.limits)
+  // The input as given is what is stored: every start validates it again (a schema that transforms
+  // would refuse its own output).
+  const validated = def.input ? await def.input.validate(input) : input
+  assertStorableJson(validated, '$.input', deps.limits)
   // The workflow's tasks are computed from the input (their data, a wait's match, a startAfter):
   // an input it cannot start with is refused now, as startWorkflow would, not at 3 a.m. by the
   // scheduler.
-  planTasks(def.tasks, taskData(def, input, deps.limits), {
+  planTasks(def.tasks, taskData(def, validated, deps.limits), {
     newId: randomUUID,
     queueName,
     limits: deps.limits,
-    input: { value: input },
+    input: { value: validated },
   })
   const storedInput = deps.keyRing.encrypt(tenantId, 'workflow.input', input, '$.input')
   return { id, workflowType: def.name, cron, timezone, storedInput, missed, enabled }
@@ -122,7 +125,7 @@ export async function putSchedule(
   tenantId: string,
   spec: ScheduleSpec,
 ): Promise<ScheduleView> {
-  const s = check(deps, tenantId, spec)
+  const s = await check(deps, tenantId, spec)
   const { rows: clock } = await db.executeSql('SELECT now() AS now', [])
   const next = nextSlot(s, clock[0]?.now as Date)
   const { rows } = await db.executeSql(
