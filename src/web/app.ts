@@ -95,6 +95,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
       buildLocalReference: (json, _base, _fragment, i) =>
         typeof json.$id === 'string' ? json.$id : `def-${i}`,
     },
+    transformObject: (document) =>
+      withWorkflowInputs(engine, (document as { openapiObject: Record<string, any> }).openapiObject),
   })
 
   app.setErrorHandler(errorHandler)
@@ -147,10 +149,23 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     { schema: routes.listWorkflows, preHandler: tenantAuth },
     async (request) => tenantOf(request).listWorkflows(request.query),
   )
-  app.get<{ Params: { id: string } }>(
+  app.get<{ Params: { id: string }; Querystring: { wait?: string } }>(
     '/v1/workflows/:id',
     { schema: routes.getWorkflow, preHandler: tenantAuth },
-    async (request) => tenantOf(request).getWorkflow(request.params.id),
+    async (request, reply) => {
+      const waitMs = request.query.wait === undefined ? 0 : parseWait(request.query.wait)
+      if (waitMs === 0) return tenantOf(request).getWorkflow(request.params.id)
+      // A long-poll: answered when the workflow ends or at the bound, whichever comes first. A
+      // client that goes away stops the wait (its place among the result waiters is freed).
+      const gone = new AbortController()
+      const onClose = () => gone.abort(new Error('the client disconnected'))
+      reply.raw.once('close', onClose)
+      try {
+        return await tenantOf(request).getWorkflow(request.params.id, { waitMs, signal: gone.signal })
+      } finally {
+        reply.raw.off('close', onClose)
+      }
+    },
   )
   app.get<{ Params: { id: string } }>(
     '/v1/workflows/:id/audit',
@@ -276,6 +291,63 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
   registerUi(app)
 
   return app
+}
+
+/** The longest long-poll `GET /v1/workflows/:id?wait=` holds a request (under common proxy timeouts). */
+export const MAX_WAIT_MS = 60_000
+
+/** `?wait=30s`, `?wait=500ms`, `?wait=30` (seconds); the schema checked the shape. */
+function parseWait(raw: string): number {
+  const match = /^(\d+)(ms|s)?$/.exec(raw)
+  const ms = match ? Number(match[1]) * (match[2] === 'ms' ? 1 : 1000) : NaN
+  if (!(ms <= MAX_WAIT_MS)) {
+    throw Object.assign(
+      new HttpProblem('invalid_request', `wait must be at most ${MAX_WAIT_MS / 1000}s (got ${raw})`),
+      { path: 'querystring.wait' },
+    )
+  }
+  return ms
+}
+
+/**
+ * The OpenAPI document with what this process knows of its workflow types: when some have an input
+ * schema, the start request is one of a shape per type (`StartWorkflow.<type>`, its `input` the
+ * type's schema), or the general shape for the types without one.
+ */
+function withWorkflowInputs(engine: Engine, doc: Record<string, any>): Record<string, any> {
+  const typed = engine.workflowTypes
+    .map((type) => engine.workflow(type))
+    .filter((def) => def.input !== null)
+    .sort((a, b) => (a.name < b.name ? -1 : 1))
+  const body = doc.paths?.['/v1/workflows']?.post?.requestBody?.content?.['application/json']
+  if (typed.length === 0 || !body?.schema) return doc
+  const general = body.schema as { properties: Record<string, any> }
+  const variants: Record<string, unknown>[] = []
+  for (const def of typed) {
+    const name = `StartWorkflow.${def.name}`
+    const input = def.input!
+    doc.components.schemas[name] = {
+      ...general,
+      description: `Starts a "${def.name}" workflow (version ${def.version}); its input is checked against this schema${input.jsonSchema ? '' : ` (a ${input.vendor} validator that publishes no JSON Schema)`}, and a refusal is a 422 invalid_input naming the path of the first problem.`,
+      properties: {
+        ...general.properties,
+        type: { type: 'string', const: def.name },
+        input: input.jsonSchema ?? {
+          description: `the workflow input, checked by a ${input.vendor} validator`,
+        },
+      },
+    }
+    variants.push({ $ref: `#/components/schemas/${name}` })
+  }
+  const untyped = engine.workflowTypes.filter((t) => engine.workflow(t).input === null)
+  if (untyped.length > 0) {
+    variants.push({
+      ...general,
+      properties: { ...general.properties, type: { ...general.properties.type, enum: untyped.sort() } },
+    })
+  }
+  body.schema = { oneOf: variants }
+  return doc
 }
 
 function bearerToken(request: FastifyRequest): string | undefined {

@@ -313,8 +313,22 @@ export const routes = {
   getWorkflow: {
     tags: ['workflows'],
     summary: 'A workflow with its tasks (state, attempts, results or errors, timings)',
+    description:
+      'With `wait` (a long-poll), the answer comes when the workflow ends (completed, failed or cancelled) or once `wait` has passed, whichever is first: the workflow as it is then, still `running` at the bound. At most 60s. The server is woken by the end itself, not by polling; a client that disconnects frees its wait.',
     security: bearer,
     params: idParams,
+    querystring: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        wait: {
+          type: 'string',
+          pattern: '^[0-9]{1,6}(ms|s)?$',
+          description:
+            'wait up to this long for the workflow to end: `30s`, `500ms`, or seconds (`30`); at most 60s',
+        },
+      },
+    },
     response: { 200: { $ref: 'Workflow#', description: 'the workflow' }, ...problems(400, 401, 403, 404) },
   },
   workflowAudit: {
