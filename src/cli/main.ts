@@ -559,12 +559,19 @@ const workflow = program.command('workflow').description('start and follow workf
 workflow
   .command('start')
   .argument('<type>', 'workflow type, e.g. deploy-feature (one the registry defines)')
-  .description('start a workflow for a tenant and print its id (with --wait: the finished workflow)')
+  .description(
+    'start a workflow for a tenant and print its id (with --wait: the finished workflow; exit code 1 when it failed or was cancelled, 124 when --timeout passed first, 130 when interrupted)',
+  )
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--input <json>', 'workflow input as JSON, or @file.json')
   .option('--idempotency-key <key>', 'starting twice with the same key returns the first workflow')
   .option('--subject <key>', 'the data subject the workflow is about, for erasure (`erase --subject`)')
   .option('--wait', 'wait until the workflow ends and print it')
+  .option(
+    '--timeout <duration>',
+    'with --wait: stop waiting after this long, e.g. 30s, 5m, 500ms (a bare number is seconds)',
+    (v) => duration(v, '--timeout'),
+  )
   .option('--registry <module>', 'module exporting `agents` and `workflows`')
   .action(
     async (
@@ -575,10 +582,12 @@ workflow
         idempotencyKey?: string
         subject?: string
         wait?: boolean
+        timeout?: number
         registry?: string
       },
     ) => {
       const input = await parseInput(opts.input)
+      if (opts.timeout !== undefined && !opts.wait) throw new InvalidInputError('--timeout needs --wait')
       await withEngine(opts.registry, async (engine) => {
         if (!engine.workflowTypes.includes(type)) {
           throw new InvalidInputError(
@@ -591,11 +600,33 @@ workflow
           ...(opts.subject ? { subjectKey: opts.subject } : {}),
         })
         if (!opts.wait) return print(started)
-        for (;;) {
-          const wf = await handle.getWorkflow(started.id)
-          if (wf.status !== 'running') return print(wf)
-          await new Promise((r) => setTimeout(r, 200))
+        // Woken by the workflow's end (handle.result), not by polling. Ctrl-C stops the wait only.
+        const stop = new AbortController()
+        const interrupt = () => stop.abort()
+        process.once('SIGINT', interrupt)
+        process.once('SIGTERM', interrupt)
+        try {
+          await started.result({
+            signal: stop.signal,
+            ...(opts.timeout !== undefined ? { timeoutMs: opts.timeout } : {}),
+          })
+        } catch (error) {
+          const code = (error as { code?: unknown }).code
+          if (
+            !['workflow_failed', 'workflow_cancelled', 'result_timeout', 'result_aborted'].includes(
+              code as string,
+            )
+          )
+            throw error
+        } finally {
+          process.off('SIGINT', interrupt)
+          process.off('SIGTERM', interrupt)
         }
+        const wf = await handle.getWorkflow(started.id)
+        print(wf)
+        // Still running: 124 after --timeout (as timeout(1) exits), 130 when interrupted (as a shell says).
+        process.exitCode =
+          wf.status === 'completed' ? 0 : wf.status !== 'running' ? 1 : stop.signal.aborted ? 130 : 124
       })
     },
   )
@@ -947,6 +978,16 @@ function port(value: string): number {
   const n = Number(value)
   if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('must be a port number')
   return n
+}
+
+/** A duration: `30s`, `5m`, `500ms`, or seconds (`30`), as `?wait=` and timeout(1) read them. */
+function duration(value: string, option: string): number {
+  const match = /^(\d+)(ms|s|m|h)?$/.exec(value.trim())
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[match?.[2] ?? 's'] ?? 1000
+  const ms = match ? Number(match[1]) * unit : NaN
+  if (!(ms <= 2_147_483_647))
+    throw new InvalidArgumentError(`${option} must be a duration like 30s, 5m or 500ms`)
+  return ms
 }
 
 function isoTime(value: string, option: string): Date {

@@ -219,6 +219,23 @@ describe('a workflow from the command line', () => {
     expect(all.tenants.map((t: { tenantId: string }) => t.tenantId)).toContain('acme')
   })
 
+  it('workflow start --wait prints the ended workflow: exit 0 when it completed, 1 when it failed', async () => {
+    const startAndWait = (input: string) =>
+      run(['workflow', 'start', 'deploy-feature', '--tenant', 'acme', '--input', input, '--wait'])
+    const [completed, failed] = await Promise.all([
+      startAndWait('@examples/deploy-feature.json'),
+      startAndWait('@examples/deploy-feature-blocked.json'),
+    ])
+    expect(completed.code, completed.stderr).toBe(0)
+    expect(JSON.parse(completed.stdout)).toMatchObject({
+      type: 'deploy-feature',
+      status: 'completed',
+      output: { deploy: expect.anything() },
+    })
+    expect(failed.code, failed.stderr).toBe(1)
+    expect(JSON.parse(failed.stdout)).toMatchObject({ status: 'failed', error: { agent: 'deployer' } })
+  })
+
   it('audit seal, then audit verify reports the chain intact', async () => {
     const sealed = json(await run(['audit', 'seal']))
     expect(sealed.rows).toBeGreaterThan(0)

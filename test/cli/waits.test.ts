@@ -247,3 +247,26 @@ describe('equilateral approve and reject', () => {
     expect(events).toHaveLength(3)
   })
 })
+
+describe('workflow start --wait --timeout', () => {
+  it('prints the workflow still running and exits 124 when the timeout passes first', async () => {
+    const result = await run([
+      'workflow',
+      'start',
+      'quick-scan',
+      '--tenant',
+      'globex',
+      '--registry',
+      REGISTRY,
+      '--wait',
+      '--timeout',
+      '300ms',
+    ])
+    expect(result.code, result.stderr).toBe(124)
+    const wf = JSON.parse(result.stdout)
+    expect(wf).toMatchObject({ type: 'quick-scan', status: 'running' })
+    // It was only the wait that stopped: the workflow goes on.
+    const [row] = await queryOnce(db.url, 'SELECT status FROM equilateral.workflows WHERE id = $1', [wf.id])
+    expect(row?.status).toBe('running')
+  })
+})
