@@ -145,3 +145,32 @@ describe('result()', () => {
     await expect(acme.result(id, { timeoutMs: -1 })).rejects.toMatchObject({ code: 'invalid_input' })
   })
 })
+
+// An engine whose waiters read again only when the LISTEN connection comes back: no periodic
+// re-read, no polling while it is down.
+const lonely = await testEngine({
+  agents: [gate, echo],
+  workflows: [gated, quick],
+  config: { resultRecheckMs: NEVER, pollIntervalMs: NEVER },
+})
+await lonely.engine.createTenant({ id: 'acme' })
+await lonely.engine.startWorker()
+
+describe('result() when its LISTEN connection is lost', () => {
+  it('reads again once the connection is back, so an end it did not hear still resolves the wait', async () => {
+    const tenant = await lonely.engine.tenant('acme')
+    const run = await tenant.startWorkflow('gated', null)
+    const result = run.result()
+    const { open } = await gateOf(run.id)
+    await eventually(() => (lonely.engine.resultWaiters === 1 ? true : undefined))
+    const database = new URL(lonely.db.url).pathname.slice(1)
+    const listener = `SELECT pid FROM pg_stat_activity WHERE application_name = 'equilateral-results' AND datname = $1`
+    await queryOnce(lonely.db.url, `SELECT pg_terminate_backend(pid) FROM (${listener}) l`, [database])
+    await eventually(async () =>
+      (await queryOnce(lonely.db.url, listener, [database])).length === 0 ? true : undefined,
+    )
+    // The workflow ends while nobody listens (the connection is tried again after a second).
+    open('unheard')
+    await expect(result).resolves.toMatchObject({ held: 'unheard' })
+  })
+})
