@@ -79,22 +79,29 @@ function problem(target: string, files: Files, from: string): string | null {
   return anchors(text).has(anchor) ? null : `no heading #${anchor} in ${rel}`
 }
 
-/** Every relative link of a markdown file (at `rel` in the repository) that does not resolve. */
-function brokenLinks(rel: string, files: Files): string[] {
+/** The relative links of a markdown file (at `rel` in the repository), resolved from the repository root. */
+function links(rel: string, files: Files): { line: number; target: string; resolved: string }[] {
   const text = files.read(rel) ?? ''
   const dir = path.posix.dirname(rel)
-  const out: string[] = []
-  proseLines(text).forEach((line, i) => {
+  return proseLines(text).flatMap((line, i) => {
     const prose = line.replace(/(`+)[^`]*?\1/g, '') // inline code is not a link
-    for (const m of prose.matchAll(/\]\(\s*<?([^)\s>]*)>?(?:\s+"[^"]*")?\s*\)/g)) {
-      const target = m[1]!
-      if (/^[a-z][a-z0-9+.-]*:/i.test(target)) continue // http:, https:, mailto:
-      const resolved = target.startsWith('#') ? rel + target : path.posix.join(dir, target)
-      const why = problem(resolved, files, rel)
-      if (why) out.push(`${rel}:${i + 1}: (${target}) ${why}`)
-    }
+    return [...prose.matchAll(/\]\(\s*<?([^)\s>]*)>?(?:\s+"[^"]*")?\s*\)/g)]
+      .map((m) => m[1]!)
+      .filter((target) => !/^[a-z][a-z0-9+.-]*:/i.test(target)) // http:, https:, mailto:
+      .map((target) => ({
+        line: i + 1,
+        target,
+        resolved: target.startsWith('#') ? rel + target : path.posix.join(dir, target),
+      }))
   })
-  return out
+}
+
+/** Every relative link of a markdown file (at `rel` in the repository) that does not resolve. */
+function brokenLinks(rel: string, files: Files): string[] {
+  return links(rel, files).flatMap(({ line, target, resolved }) => {
+    const why = problem(resolved, files, rel)
+    return why ? [`${rel}:${line}: (${target}) ${why}`] : []
+  })
 }
 
 /** Every `README.md#...` or `docs/....md[#...]` named in a text file that does not resolve. */
@@ -154,6 +161,25 @@ describe('links in the README and docs/', () => {
   it('every relative link and anchor in README.md and docs/*.md resolves', () => {
     expect(markdown.length).toBeGreaterThan(5)
     expect(markdown.flatMap((f) => brokenLinks(f, repoFiles))).toEqual([])
+  })
+
+  it('the package ships what the README and docs link to, so the links work in node_modules too', () => {
+    const pkg = JSON.parse(readFileSync(path.join(root, 'package.json'), 'utf8')) as { files: string[] }
+    const shipped = (rel: string) =>
+      rel === 'README.md' ||
+      rel === 'package.json' ||
+      pkg.files.some((f) => rel === f || rel.startsWith(f + '/'))
+    expect(markdown.filter((f) => !shipped(f))).toEqual([])
+    const notShipped = markdown.flatMap((f) =>
+      links(f, repoFiles)
+        .map(({ line, resolved }) => ({
+          line,
+          file: path.posix.normalize(resolved.split('#')[0]!).replace(/\/$/, ''),
+        }))
+        .filter(({ file }) => !shipped(file))
+        .map(({ line, file }) => `${f}:${line}: ${file}`),
+    )
+    expect(notShipped).toEqual([])
   })
 
   it('every README.md or docs/ reference in code, messages, tests, benchmarks and openapi.json resolves', () => {
