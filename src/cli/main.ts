@@ -36,11 +36,12 @@ async function loadRegistry(specifier: string | undefined): Promise<Registry> {
   return { agents: mod.agents, workflows: mod.workflows }
 }
 
-/** Runs `body`, stopping everything on SIGINT/SIGTERM (twice: exit at once). */
-async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
-  // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
-  // never reaches: written now that the command has loaded everything, the next start is warm.
-  module.flushCompileCache?.()
+/**
+ * Waits for SIGINT/SIGTERM, then runs `stop` (a second signal: exit at once). `quiet` (dev on a
+ * terminal's Ctrl-C): only warnings and errors are logged while stopping, and `quiet` is the one
+ * line printed once everything stopped.
+ */
+async function runUntilSignal(log: Logger, stop: () => Promise<void>, quiet?: string): Promise<void> {
   await new Promise<void>((resolve) => {
     let stopping = false
     const onSignal = (signal: NodeJS.Signals) => {
@@ -49,7 +50,8 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
         process.exit(1)
       }
       stopping = true
-      log.info({ signal }, 'shutting down')
+      if (quiet === undefined) log.info({ signal }, 'shutting down')
+      else if (log.levelVal < 40) log.level = 'warn'
       stop().then(resolve, (error: unknown) => {
         log.error({ err: error }, 'shutdown failed')
         resolve()
@@ -57,7 +59,12 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
+    // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
+    // never reaches: written now that the command has loaded everything, the next start is warm.
+    // After the handlers: writing it takes a while the first time, and a Ctrl-C then must not kill.
+    module.flushCompileCache?.()
   })
+  if (quiet !== undefined) process.stderr.write(`${quiet}\n`)
 }
 
 /**
@@ -446,7 +453,7 @@ program
       await stopAll()
       throw error
     }
-    await runUntilSignal(log, stopAll)
+    await runUntilSignal(log, stopAll, 'equilateral dev: stopped.')
   })
 
 const tenant = program
