@@ -5,6 +5,7 @@
 import cluster from 'node:cluster'
 import module from 'node:module'
 import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
@@ -15,7 +16,9 @@ import type { Json } from '../core/json.ts'
 import { assertTenantId, requireUuid } from '../core/ids.ts'
 import type { Engine } from '../engine.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
+import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
+import { outputMode, render, withoutInternalAgents } from './output.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -115,9 +118,11 @@ async function withEngine<T>(
     engine = new Engine({
       connectionString: db.url,
       ...registry,
-      // To stderr: stdout carries the command's JSON (the engine warns at start when payloads are plain).
+      // To stderr: stdout carries the command's output.
       log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
       supervise: false,
+      // Plain payloads, a role that bypasses RLS: said by web and worker, not by every command.
+      setupWarnings: false,
     })
     await engine.start()
     return await fn(engine)
@@ -127,8 +132,9 @@ async function withEngine<T>(
   }
 }
 
+/** A command's result on stdout: tables and key/value lines on a terminal, JSON otherwise (output.ts). */
 function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+  process.stdout.write(render(value, outputMode(program.opts(), process.stdout.isTTY === true)))
 }
 
 /** JSON given inline or as @file; `what` names it in errors (`--input`). */
@@ -172,6 +178,13 @@ const program = new Command()
   })
   .showHelpAfterError('(add --help for usage)')
   .exitOverride()
+  .version(
+    (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version,
+    '-V, --version',
+    'print the version',
+  )
+  .option('--json', 'print results as JSON (the default when stdout is not a terminal)')
+  .option('--human', 'print results as tables and key/value lines (the default on a terminal)')
 
 program
   .command('migrate')
@@ -876,13 +889,15 @@ program
     isoTime(v, '--since'),
   )
   .option('--until <time>', 'window end, ISO 8601, exclusive (default: now)', (v) => isoTime(v, '--until'))
-  .action(async (opts: { tenant?: string; since?: Date; until?: Date }) => {
+  .option('--all', "include the engine's own agents (@approval, @event: the waits)")
+  .action(async (opts: { tenant?: string; since?: Date; until?: Date; all?: boolean }) => {
     const window = { since: opts.since, until: opts.until }
-    await withEngine(undefined, async (engine) =>
-      print(
-        opts.tenant ? await (await engine.tenant(opts.tenant)).stats(window) : await engine.stats(window),
-      ),
-    )
+    await withEngine(undefined, async (engine) => {
+      const report = opts.tenant
+        ? await (await engine.tenant(opts.tenant)).stats(window)
+        : await engine.stats(window)
+      print(opts.all ? report : withoutInternalAgents(report))
+    })
   })
 
 program

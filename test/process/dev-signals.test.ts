@@ -41,8 +41,8 @@ function launch(args: string[], env: Record<string, string>, cwd = ROOT): Runnin
   })
   children.add(child)
   const out = { stdout: '', stderr: '' }
-  child.stdout!.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk))
-  child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk))
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (out.stdout += chunk))
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (out.stderr += chunk))
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) =>
     child.on('close', (code, signal) => {
       children.delete(child)
