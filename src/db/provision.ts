@@ -288,15 +288,19 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
  * - in a session of its own (`detached`), so the terminal's Ctrl-C (SIGINT to the foreground process
  *   group) reaches this process only, which stops the engine first and then the server;
  * - `sh` holds the read end of a pipe whose only write end is this process's: when this process
- *   ends in any way (stop(), exit, a crash, SIGKILL), the pipe reports end-of-file and `sh` asks the
- *   server for a fast shutdown (SIGINT). No server outlives its parent to hold the port.
+ *   ends in any way (stop(), exit, a crash, SIGKILL), the pipe reports end-of-file and `sh` stops
+ *   the server. No server outlives its parent to hold the port.
+ * It asks for a smart shutdown first (SIGTERM: wait for the clients to disconnect, which the pools
+ * closing a moment ago are doing: a fast shutdown would terminate their connections under them,
+ * and each pool would log "connection lost"), then, should a client linger, a fast one (SIGINT).
  * It exits with the server's exit code, once the server has exited.
  */
+const SMART_SHUTDOWN_S = 3
 const LIFETIME_SCRIPT = [
   'exec 3<&0 0</dev/null',
   '"$@" 3<&- &',
   'server=$!',
-  '(while read -r _ <&3; do :; done; kill -INT "$server" 2>/dev/null) &',
+  `(while read -r _ <&3; do :; done; kill -TERM "$server" 2>/dev/null; sleep ${SMART_SHUTDOWN_S} >/dev/null 2>&1; kill -INT "$server" 2>/dev/null) &`,
   'watcher=$!',
   'exec 3<&-',
   'wait "$server"',
@@ -333,6 +337,10 @@ function spawnServer(
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve()
     else child.once('exit', () => resolve())
+  }).then(() => {
+    // Nothing more to read; a leftover holder of the pipe (the watcher's `sleep`) must not keep
+    // this process alive.
+    child.stderr?.destroy()
   })
   const ready = new Promise<void>((resolve, reject) => {
     child.once('error', reject)

@@ -143,6 +143,8 @@ describe('equilateral dev on the embedded PostgreSQL', () => {
     const { code } = await listed.exited
     expect(code, listed.out.stderr).toBe(0)
     expect(JSON.parse(listed.out.stdout)).toEqual([])
+    // No set-up warning, and no "connection lost" from pools whose server stopped under them.
+    expect(listed.out.stderr).toBe('')
     expect(existsSync(path.join(project, '.equilateral', 'postgres', 'PG_VERSION'))).toBe(true)
     expect(existsSync(path.join(project, '.equilateral', 'postgres.json'))).toBe(true)
   })
