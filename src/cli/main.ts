@@ -134,7 +134,15 @@ async function withEngine<T>(
 
 /** A command's result on stdout: tables and key/value lines on a terminal, JSON otherwise (output.ts). */
 function print(value: unknown): void {
-  process.stdout.write(render(value, outputMode(program.opts(), process.stdout.isTTY === true)))
+  const tty = process.stdout.isTTY === true
+  process.stdout.write(
+    render(value, outputMode(program.opts(), tty), { columns: tty ? process.stdout.columns : undefined }),
+  )
+}
+
+/** A document to keep or feed to another program (a checkpoint, the OpenAPI document): JSON always. */
+function printDocument(value: unknown): void {
+  process.stdout.write(render(value, 'json'))
 }
 
 /** JSON given inline or as @file; `what` names it in errors (`--input`). */
@@ -622,7 +630,7 @@ workflow
 workflow
   .command('status')
   .argument('<id>', 'workflow id (UUID)')
-  .description("print a workflow's status and tasks as JSON")
+  .description("print a workflow's status and tasks")
   .requiredOption('--tenant <id>', 'tenant id')
   .action(async (raw: string, opts: { tenant: string }) => {
     const id = requireUuid(raw, 'workflow id') // before connecting: a typo fails at once
@@ -669,7 +677,7 @@ workflow
 workflow
   .command('history')
   .argument('<id>', 'workflow id (UUID)')
-  .description("print a workflow's audit trail in order, as JSON")
+  .description("print a workflow's audit trail in order")
   .requiredOption('--tenant <id>', 'tenant id')
   .action(async (raw: string, opts: { tenant: string }) => {
     const id = requireUuid(raw, 'workflow id')
@@ -696,7 +704,7 @@ program
   .argument('<workflow-id>', 'workflow id (UUID)')
   .argument('<name>', 'the event name the workflow waits for, e.g. scan.completed')
   .description(
-    'deliver an external event to a workflow and print the result as JSON (status consumed, kept until its task waits, or duplicate); without --id a new event id is generated and printed (in the result, and on stderr): pass it as --id to resend the same event idempotently',
+    'deliver an external event to a workflow and print the result (status consumed, kept until its task waits, or duplicate); without --id a new event id is generated and printed (in the result, and on stderr): pass it as --id to resend the same event idempotently',
   )
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--id <eventId>', 'the event id: delivering it again changes nothing (default: a new UUID)')
@@ -735,8 +743,8 @@ for (const approved of [true, false]) {
     .argument('<name>', "the approval's name (by default its task's key), e.g. release")
     .description(
       approved
-        ? "approve a workflow's approval: its task completes and the workflow goes on; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)"
-        : "reject a workflow's approval: the workflow fails with the comment as the reason; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)",
+        ? "approve a workflow's approval: its task completes and the workflow goes on; prints the result (status consumed, kept until the approval waits, or duplicate)"
+        : "reject a workflow's approval: the workflow fails with the comment as the reason; prints the result (status consumed, kept until the approval waits, or duplicate)",
     )
     .requiredOption('--tenant <id>', 'tenant id')
     .requiredOption(
@@ -785,7 +793,7 @@ audit
     "print every active tenant's audit chain head, signed, as JSON: keep it outside the database for `audit verify --against`",
   )
   .action(async () => {
-    await withEngine(undefined, async (engine) => print(await engine.auditCheckpoint()))
+    await withEngine(undefined, async (engine) => printDocument(await engine.auditCheckpoint()))
   })
 audit
   .command('verify')
@@ -872,7 +880,7 @@ program
     try {
       const app = await buildApp(engine)
       await app.ready()
-      print(app.swagger())
+      printDocument(app.swagger())
       await app.close()
     } finally {
       await engine.close()

@@ -17,9 +17,18 @@ export function outputMode(opts: { json?: boolean; human?: boolean }, isTTY: boo
 export interface RenderOptions {
   /** IANA zone for times (default: the process's, TZ). */
   timeZone?: string | undefined
-  /** The widest a table cell or a value may be before it is cut with `…` (default 60). */
-  maxCell?: number
+  /**
+   * The terminal's width: a wider table leaves out columns (ids other than the first column, then
+   * text columns with one value in every row, then from the right), a longer value is cut with `…`.
+   * Undefined (not a terminal): no limit but the cell width.
+   */
+  columns?: number | undefined
 }
+
+/** The widest a table cell may be before it is cut with `…`. */
+const MAX_CELL = 60
+/** The longest a value in key/value lines may be without a terminal width. */
+const MAX_VALUE = 200
 
 /** The text `print` writes: JSON (two-space indented) or the human form of `value`. */
 export function render(value: unknown, mode: OutputMode, options: RenderOptions = {}): string {
@@ -36,24 +45,30 @@ function human(value: unknown, o: RenderOptions): string[] {
 
 /**
  * An object as `key: value` lines with the values aligned; its lists of objects follow as titled
- * tables, its nested objects as indented blocks. Empty lists and null values say so briefly.
+ * tables, its objects of plain values as indented blocks. Nulls and empty lists say so briefly.
  */
 function block(object: Record<string, unknown>, o: RenderOptions, indent = ''): string[] {
-  const scalars: [string, string][] = []
+  const scalars: [string, unknown][] = []
   const after: string[] = []
+  const inner = { ...o, ...(o.columns ? { columns: o.columns - indent.length - 2 } : {}) }
   for (const [key, value] of Object.entries(object)) {
     if (value === undefined) continue
     if (Array.isArray(value) && value.length > 0 && value.every(isPlainObject)) {
-      after.push('', `${indent}${key}:`, ...table(value, o).map((line) => `${indent}  ${line}`))
-    } else if (isPlainObject(value) && Object.keys(value).length > 0 && !isTimeLike(value)) {
-      const nested = Object.values(value).every((v) => !isPlainObject(v) && !Array.isArray(v))
-      if (nested) {
-        after.push('', `${indent}${key}:`, ...block(value, o, `${indent}  `))
-      } else scalars.push([key, cell(value, o, maxValue(o))])
-    } else scalars.push([key, cell(value, o, maxValue(o))])
+      after.push('', `${indent}${key}:`, ...table(value, inner).map((line) => `${indent}  ${line}`))
+    } else if (
+      isPlainObject(value) &&
+      Object.keys(value).length > 0 &&
+      Object.values(value).every((v) => !isPlainObject(v) && !Array.isArray(v))
+    ) {
+      after.push('', `${indent}${key}:`, ...block(value, inner, `${indent}  `))
+    } else scalars.push([key, value])
   }
   const width = Math.max(0, ...scalars.map(([key]) => key.length + 1))
-  return [...scalars.map(([key, text]) => `${indent}${`${key}:`.padEnd(width)}  ${text}`), ...after]
+  const room = o.columns ? Math.max(20, o.columns - indent.length - width - 2) : MAX_VALUE
+  return [
+    ...scalars.map(([key, value]) => `${indent}${`${key}:`.padEnd(width)}  ${cell(value, o, room)}`),
+    ...after,
+  ]
 }
 
 /**
@@ -62,32 +77,62 @@ function block(object: Record<string, unknown>, o: RenderOptions, indent = ''): 
  */
 function table(rows: unknown[], o: RenderOptions): string[] {
   if (rows.length === 0) return ['(none)']
-  if (!rows.every(isPlainObject)) return rows.map((row) => cell(row, o, maxValue(o)))
+  if (!rows.every(isPlainObject)) return rows.map((row) => cell(row, o, o.columns ?? MAX_VALUE))
   const keys: string[] = []
   for (const row of rows) for (const key of Object.keys(row)) if (!keys.includes(key)) keys.push(key)
-  const columns = keys.filter((key) =>
+  let columns = keys.filter((key) =>
     rows.some((row) => {
       const v = row[key]
-      return v !== undefined && v !== null && ((!Array.isArray(v) && !isPlainObject(v)) || isTimeLike(v))
+      return v !== undefined && v !== null && !Array.isArray(v) && !isPlainObject(v)
     }),
   )
-  const max = o.maxCell ?? 60
-  const cells = rows.map((row) => columns.map((key) => cell(row[key], o, max)))
+  const text = new Map(columns.map((key) => [key, rows.map((row) => cell(row[key], o, MAX_CELL))]))
+  const widthOf = (key: string) => Math.max(heading(key).length, ...text.get(key)!.map(width))
+  const total = (keys: string[]) => keys.reduce((sum, key) => sum + widthOf(key) + 2, -2)
+  if (o.columns) {
+    const first = columns[0]
+    const droppable = [
+      ...columns.filter((key) => key !== first && text.get(key)!.every((v) => v === '-' || UUID.test(v))),
+      ...(rows.length > 1
+        ? columns.filter(
+            (key) =>
+              key !== first &&
+              new Set(text.get(key)).size === 1 &&
+              rows.every((row) => typeof row[key] !== 'number'),
+          )
+        : []),
+      ...columns.filter((key) => key !== first).reverse(),
+    ]
+    for (const key of droppable) {
+      if (total(columns) <= o.columns) break
+      columns = columns.filter((c) => c !== key)
+    }
+  }
   const numeric = columns.map((key) => rows.every((row) => typeof row[key] === 'number' || row[key] == null))
-  const header = columns.map(heading)
-  const widths = columns.map((_, i) => Math.max(header[i]!.length, ...cells.map((r) => width(r[i]!))))
+  const widths = columns.map(widthOf)
   const line = (values: string[], alignNumbers: boolean) =>
     values
       .map((v, i) => (alignNumbers && numeric[i] ? padStart(v, widths[i]!) : padEnd(v, widths[i]!)))
       .join('  ')
       .trimEnd()
-  return [line(header, false), ...cells.map((r) => line(r, true))]
+  return [
+    line(columns.map(heading), false),
+    ...rows.map((_, r) =>
+      line(
+        columns.map((key) => text.get(key)![r]!),
+        true,
+      ),
+    ),
+  ]
 }
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
 
 /** One value as table or block text: times in the local zone, lists and objects as compact JSON. */
 function cell(value: unknown, o: RenderOptions, max: number): string {
   let text: string
   if (value === null || value === undefined) text = '-'
+  else if (Array.isArray(value) && value.length === 0) text = '(none)'
   else if (value instanceof Date) text = formatTime(value, o.timeZone)
   else if (typeof value === 'string')
     text = ISO_TIME.test(value) ? formatTime(new Date(value), o.timeZone) : value
@@ -133,16 +178,8 @@ function heading(key: string): string {
     .toUpperCase()
 }
 
-function maxValue(o: RenderOptions): number {
-  return Math.max(o.maxCell ?? 60, 200)
-}
-
 function isPlainObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value) && !(value instanceof Date)
-}
-
-function isTimeLike(value: unknown): boolean {
-  return value instanceof Date
 }
 
 /** Display width: code points (good enough for what the CLI prints: ids, names, numbers). */
@@ -175,15 +212,18 @@ function isStatsReport(value: unknown): value is StatsLike {
 }
 
 function renderStats(report: StatsLike, o: RenderOptions): string {
-  const lines = [`window: ${cell(report.window.since, o, 60)} to ${cell(report.window.until, o, 60)}`]
+  const lines = [
+    `window: ${cell(report.window.since, o, MAX_CELL)} to ${cell(report.window.until, o, MAX_CELL)}`,
+  ]
   const section = (
     title: string,
     s: { workflows: Record<string, unknown>[]; agents: Record<string, unknown>[] },
   ) => {
+    const inner = { ...o, ...(o.columns ? { columns: o.columns - 2 } : {}) }
     lines.push('', title)
-    lines.push(...indent(s.workflows.length ? table(s.workflows, o) : ['no workflows in the window']))
+    lines.push(...indent(s.workflows.length ? table(s.workflows, inner) : ['no workflows in the window']))
     lines.push('')
-    lines.push(...indent(s.agents.length ? table(s.agents, o) : ['no agent ran in the window']))
+    lines.push(...indent(s.agents.length ? table(s.agents, inner) : ['no agent ran in the window']))
   }
   if (report.tenants) {
     if (report.tenants.length === 0) lines.push('', 'nothing ran in the window')
