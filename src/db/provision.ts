@@ -70,7 +70,7 @@ export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<Pr
     return { url: fromEnv, source: 'env', stop: async () => {} }
   }
 
-  if (!opts.dataDir) await adoptLegacyData(env, log)
+  if (!opts.dataDir) await adoptLegacyData(env)
   const dataDir = path.resolve(opts.dataDir ?? path.join(dataRoot(env), 'postgres'))
   const stateFile = `${dataDir}.json`
   const state = await readState(stateFile)
@@ -119,7 +119,7 @@ export function dataRoot(env: NodeJS.ProcessEnv = process.env): string {
  * the package folder is the working directory or inside it (a checkout, or this project's
  * node_modules). A server still running on it is stopped first by the user (one line says how).
  */
-async function adoptLegacyData(env: NodeJS.ProcessEnv, log: (line: string) => void): Promise<void> {
+async function adoptLegacyData(env: NodeJS.ProcessEnv): Promise<void> {
   if (env.EQUILATERAL_DATA_DIR?.trim()) return
   const target = dataRoot(env)
   const inside = path.relative(process.cwd(), LEGACY_DATA_ROOT)
@@ -140,8 +140,9 @@ async function adoptLegacyData(env: NodeJS.ProcessEnv, log: (line: string) => vo
         `EQUILATERAL_DATA_DIR=${LEGACY_DATA_ROOT} to keep using it there`,
     )
   }
-  log(
-    `moved the embedded database from ${displayPath(LEGACY_DATA_ROOT)} to ${displayPath(target)} (its new place)`,
+  // On stderr whatever the caller logs: it happens once, and every command may be the one.
+  process.stderr.write(
+    `equilateral: moved the embedded database from ${displayPath(LEGACY_DATA_ROOT)} to ${displayPath(target)} (the data folder is now in the working directory)\n`,
   )
 }
 

@@ -4,7 +4,7 @@
 // without EQUILATERAL_DATA_DIR the data goes to `.equilateral/` in the working directory.
 import { type ChildProcess, spawn } from 'node:child_process'
 import { existsSync } from 'node:fs'
-import { chmod, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises'
+import { chmod, cp, mkdir, mkdtemp, readFile, rm, symlink } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -18,7 +18,11 @@ await chmod(dir, 0o755)
 const children = new Set<ChildProcess>()
 afterAll(async () => {
   for (const child of children) await stop(child, 'SIGKILL', 1_000)
-  for (const data of [path.join(dir, 'data'), path.join(dir, 'project', '.equilateral')]) {
+  for (const data of [
+    path.join(dir, 'data'),
+    path.join(dir, 'project', '.equilateral'),
+    path.join(dir, 'checkout', '.equilateral'),
+  ]) {
     const pid = await postmasterPid(data).catch(() => undefined)
     if (pid && alive(pid)) process.kill(pid, 'SIGQUIT')
   }
@@ -32,8 +36,8 @@ interface Running {
 }
 
 /** Runs the command as a shell does: in a process group of its own (a terminal's foreground job). */
-function launch(args: string[], env: Record<string, string>, cwd = ROOT): Running {
-  const child = spawn(process.execPath, [BIN, ...args], {
+function launch(args: string[], env: Record<string, string>, cwd = ROOT, bin = BIN): Running {
+  const child = spawn(process.execPath, [bin, ...args], {
     cwd,
     env: childEnv(env),
     detached: true,
@@ -147,5 +151,38 @@ describe('equilateral dev on the embedded PostgreSQL', () => {
     expect(listed.out.stderr).toBe('')
     expect(existsSync(path.join(project, '.equilateral', 'postgres', 'PG_VERSION'))).toBe(true)
     expect(existsSync(path.join(project, '.equilateral', 'postgres.json'))).toBe(true)
+  })
+
+  it('moves the .data/ an earlier version kept in the package folder to .equilateral/, once, saying so', async () => {
+    // A checkout (the package folder is the working directory) of the code under test.
+    const checkout = path.join(dir, 'checkout')
+    await mkdir(checkout)
+    await chmod(checkout, 0o755)
+    for (const part of ['bin', 'src', 'drizzle', 'workers', 'package.json'])
+      await cp(path.join(ROOT, part), path.join(checkout, part), { recursive: true })
+    await symlink(path.join(ROOT, 'node_modules'), path.join(checkout, 'node_modules'))
+    const bin = path.join(checkout, 'bin', 'equilateral.js')
+    const cli = async (args: string[], env: Record<string, string> = {}) => {
+      const ran = launch(args, env, checkout, bin)
+      const { code } = await ran.exited
+      expect(code, ran.out.stderr).toBe(0)
+      return ran.out
+    }
+    // What an earlier version left there: the embedded database in `.data/`, with a tenant.
+    const legacy = { EQUILATERAL_DATA_DIR: path.join(checkout, '.data') }
+    await cli(['migrate'], legacy)
+    await cli(['tenant', 'create', 'kept'], legacy)
+
+    const first = await cli(['tenant', 'list'])
+    expect(first.stderr).toBe(
+      'equilateral: moved the embedded database from .data to .equilateral (the data folder is now in the working directory)\n',
+    )
+    expect(JSON.parse(first.stdout)).toEqual([expect.objectContaining({ id: 'kept' })])
+    expect(existsSync(path.join(checkout, '.data'))).toBe(false)
+    expect(existsSync(path.join(checkout, '.equilateral', 'postgres', 'PG_VERSION'))).toBe(true)
+
+    const second = await cli(['tenant', 'list'])
+    expect(second.stderr).toBe('')
+    expect(JSON.parse(second.stdout)).toEqual([expect.objectContaining({ id: 'kept' })])
   })
 })
