@@ -337,7 +337,10 @@ function spawnServer(
   )
   const exited = new Promise<void>((resolve) => {
     if (child.exitCode !== null || child.signalCode !== null) resolve()
-    else child.once('exit', () => resolve())
+    else {
+      child.once('exit', () => resolve())
+      child.once('error', () => resolve()) // not started (no /bin/sh): nothing to wait for
+    }
   }).then(() => {
     // Nothing more to read; a leftover holder of the pipe (the watcher's `sleep`) must not keep
     // this process alive.
