@@ -14,7 +14,7 @@ import type { ComplianceProfile } from '../compliance/profile.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import type { Json } from '../core/json.ts'
 import { assertTenantId, requireUuid } from '../core/ids.ts'
-import type { Engine } from '../engine.ts'
+import type { Engine, WorkflowFilter } from '../engine.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
@@ -695,6 +695,37 @@ workflow
       print(
         await (await engine.tenant(opts.tenant)).cancelWorkflow(id, { reason: opts.reason, actor: 'cli' }),
       ),
+    )
+  })
+
+workflow
+  .command('list')
+  .description("list a tenant's workflows, newest first, a page at a time (GET /v1/workflows)")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--status <status>', 'only these: running, completed, failed or cancelled')
+  .option('--type <type>', 'only this workflow type')
+  .option('--limit <n>', 'workflows per page, 1 to 200 (default 50)', (v) => positiveInt(v))
+  .option('--cursor <cursor>', 'the next page: the nextCursor the previous one printed')
+  .action(
+    async (opts: { tenant: string; status?: string; type?: string; limit?: number; cursor?: string }) => {
+      const { tenant: id, ...filter } = opts
+      await withEngine(undefined, async (engine) =>
+        print(await (await engine.tenant(id)).listWorkflows(filter as WorkflowFilter)),
+      )
+    },
+  )
+
+program
+  .command('schedule')
+  .description(
+    'cron schedules that start workflows (created with TenantHandle.putSchedule, see docs/waits-and-schedules.md)',
+  )
+  .command('list')
+  .description("list a tenant's cron schedules with their last and next slots")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .action(async (opts: { tenant: string }) => {
+    await withEngine(undefined, async (engine) =>
+      print(await (await engine.tenant(opts.tenant)).listSchedules()),
     )
   })
 

@@ -19,7 +19,7 @@ export interface RenderOptions {
   timeZone?: string | undefined
   /**
    * The terminal's width: a wider table leaves out columns (ids other than the first column, then
-   * text columns with one value in every row, then from the right), a longer value is cut with `…`.
+   * columns from the right), a longer value is cut with `…`.
    * Undefined (not a terminal): no limit but the cell width.
    */
   columns?: number | undefined
@@ -34,7 +34,19 @@ const MAX_VALUE = 200
 export function render(value: unknown, mode: OutputMode, options: RenderOptions = {}): string {
   if (mode === 'json') return `${JSON.stringify(value, null, 2)}\n`
   if (isStatsReport(value)) return renderStats(value, options)
+  if (isPage(value)) {
+    const [list, cursor] = [Object.values(value).find(Array.isArray)!, value.nextCursor]
+    const more = typeof cursor === 'string' ? ['', `next page: --cursor ${cursor}`] : []
+    return `${[...table(list, options), ...more].join('\n')}\n`
+  }
   return `${human(value, options).join('\n')}\n`
+}
+
+/** A page of a list: `{ workflows: [...], nextCursor }`. */
+function isPage(value: unknown): value is Record<string, unknown> & { nextCursor: unknown } {
+  if (!isPlainObject(value) || !('nextCursor' in value)) return false
+  const keys = Object.keys(value)
+  return keys.length === 2 && keys.some((k) => k !== 'nextCursor' && Array.isArray(value[k]))
 }
 
 function human(value: unknown, o: RenderOptions): string[] {
@@ -93,14 +105,6 @@ function table(rows: unknown[], o: RenderOptions): string[] {
     const first = columns[0]
     const droppable = [
       ...columns.filter((key) => key !== first && text.get(key)!.every((v) => v === '-' || UUID.test(v))),
-      ...(rows.length > 1
-        ? columns.filter(
-            (key) =>
-              key !== first &&
-              new Set(text.get(key)).size === 1 &&
-              rows.every((row) => typeof row[key] !== 'number'),
-          )
-        : []),
       ...columns.filter((key) => key !== first).reverse(),
     ]
     for (const key of droppable) {

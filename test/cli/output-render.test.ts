@@ -1,6 +1,6 @@
 // The human form of a command's result on a terminal of a given width (src/cli/output.ts): a table
-// too wide for it leaves out ids (but the first column), then text columns with one value in every
-// row, then columns from the right; values too long for a line are cut. No database.
+// too wide for it leaves out ids (but the first column), then columns from the right; values too
+// long for a line are cut. No database.
 import { describe, expect, it } from 'vitest'
 import { render } from '../../src/cli/output.ts'
 
@@ -33,14 +33,21 @@ describe('human output on a terminal of a given width', () => {
     expect(text).toContain('2026-03-01 03:00:00 EST')
   })
 
-  it('leaves out other ids, then one-valued text columns, then from the right', () => {
-    const lines = render(tasks, 'human', { timeZone: 'UTC', columns: 100 }).trimEnd().split('\n')
+  it('leaves out other ids first, then columns from the right', () => {
+    const lines = render(tasks, 'human', { timeZone: 'UTC', columns: 110 }).trimEnd().split('\n')
     expect(lines[0]).toBe(
-      'ID                                    KEY       AGENT              ATTEMPT  QUEUED AT',
+      'ID                                    KEY       AGENT              ENV      ATTEMPT  QUEUED AT',
     )
-    for (const line of lines) expect(line.length).toBeLessThanOrEqual(100)
+    for (const line of lines) expect(line.length).toBeLessThanOrEqual(110)
     const narrow = render(tasks, 'human', { timeZone: 'UTC', columns: 80 }).split('\n')[0]
-    expect(narrow).toBe('ID                                    KEY       AGENT              ATTEMPT')
+    expect(narrow).toBe('ID                                    KEY       AGENT              ENV')
+  })
+
+  it('prints a page as its table and the whole cursor of the next page', () => {
+    const page = { workflows: tasks.map(({ id, key }) => ({ id, key })), nextCursor: 'c'.repeat(120) }
+    const lines = render(page, 'human', { columns: 80 }).trimEnd().split('\n')
+    expect(lines[0]).toBe('ID                                    KEY')
+    expect(lines.at(-1)).toBe(`next page: --cursor ${'c'.repeat(120)}`)
   })
 
   it('cuts a long value in key/value lines to the width, and says (none) for an empty list', () => {

@@ -98,6 +98,39 @@ describe('output for people and for scripts', () => {
     ])
   })
 
+  it('workflow list and schedule list: tables, and the next page to ask for', async () => {
+    await acme.putSchedule({
+      id: 'nightly',
+      workflowType: 'deploy-feature',
+      cron: '0 9 * * *',
+      timezone: 'UTC',
+      input,
+    })
+    const schedules = await run(['schedule', 'list', '--tenant', 'acme', '--human'])
+    expect(schedules.code, schedules.stderr).toBe(0)
+    const [header, row] = schedules.stdout.split('\n')
+    expect(header).toMatch(
+      /^ID +WORKFLOW TYPE +CRON +TIMEZONE +MISSED +ENABLED +NEXT SLOT +CREATED AT +UPDATED AT$/,
+    )
+    expect(row).toMatch(
+      /^nightly +deploy-feature +0 9 \* \* \* +UTC +skip +true +\d{4}-\d\d-\d\d 14:30:00 GMT\+5:30 /,
+    )
+
+    // Two workflows (with the one of the test above): a page of one, and the next page.
+    const newest = await acme.startWorkflow('deploy-feature', input)
+    const first = await run(['workflow', 'list', '--tenant', 'acme', '--limit', '1', '--human'])
+    expect(first.code, first.stderr).toBe(0)
+    const lines = first.stdout.trimEnd().split('\n')
+    expect(lines[0]).toMatch(/^ID +TYPE +VERSION +STATUS +CORRELATION ID +TASKS REMAINING +CREATED AT$/)
+    expect(lines[1]).toMatch(new RegExp(`^${newest.id} +deploy-feature +1 +running `))
+    const cursor = /^next page: --cursor (\S+)$/.exec(lines.at(-1)!)?.[1]
+    expect(cursor).toBeTruthy()
+    const page = JSON.parse((await run(['workflow', 'list', '--tenant', 'acme', '--cursor', cursor!])).stdout)
+    expect(page.nextCursor).toBeNull()
+    expect(page.workflows).toHaveLength(1)
+    expect(page.workflows[0].id).not.toBe(newest.id)
+  })
+
   it('stats leaves out the engine’s own agents (@approval) unless --all', async () => {
     await engine.startWorker()
     const { id } = await acme.startWorkflow('deploy-feature-approved', input)
