@@ -201,6 +201,10 @@ export async function awaitEnd<T>(o: AwaitEndOptions<T>): Promise<T | 'timeout'>
     )
   if (o.signal?.aborted) throw aborted()
   const deadline = o.timeoutMs === undefined ? Infinity : Date.now() + o.timeoutMs
+  // Ended already (the common case of a late caller): answered without touching the LISTEN
+  // connection. Otherwise the loop below reads again once listening, so no end falls in between.
+  const ended = await o.read()
+  if (ended !== null) return ended
   let woken = false
   let wakeUp: () => void = () => {}
   const unregister = await o.listener.add(o.workflowId, () => {

@@ -135,6 +135,9 @@ describe('with keys configured', async () => {
     expect(byKey.second).toMatchObject({ got: null, parents: { first: byKey.first } })
     expect(byKey.spawned).toMatchObject({ got: { note: `${MARKER}-spawned` } })
     expect(Object.keys(wf.output).sort()).toEqual(['second', 'spawned'])
+    // result() decrypts the outputs as getWorkflow does.
+    expect(await acme.result(id)).toEqual(wf.output)
+    expect((await acme.result(id)).second).toMatchObject({ secret: `${MARKER}-result` })
 
     const raw = await rawPayloads(db.url)
     // input, first's data, the spawned task's data, and three results
