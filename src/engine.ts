@@ -189,7 +189,11 @@ export class StartedWorkflow implements StartResult {
     this.status = started.status
   }
 
-  /** The workflow's outputs once it completed: see TenantHandle.result. */
+  /**
+   * The workflow's outputs once it completed: see TenantHandle.result. Started in the caller's own
+   * transaction (`options.db`), call it after that transaction commits: before, the workflow is not
+   * visible to other connections and the call rejects with NotFoundError.
+   */
   result(options: ResultOptions = {}): Promise<Record<string, Json>> {
     return this.#handle.result(this.id, options)
   }
