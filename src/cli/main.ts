@@ -352,6 +352,7 @@ program
         readDevState,
         shellQuote,
         writeDevState,
+        projectBanner,
       },
     ] = await Promise.all([
       import('../config.ts'),
@@ -433,6 +434,7 @@ program
         envPrefix:
           dataDirSet && db.source === 'embedded' ? `EQUILATERAL_DATA_DIR=${shellQuote(dataRoot())} ` : '',
         databaseFromEnv: db.source === 'env',
+        project: projectBanner(engine.workflowTypes),
       })
       // stderr, as every human-facing line of this command: stdout carries the JSON logs.
       process.stderr.write(lines.join('\n'))
