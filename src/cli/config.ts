@@ -175,14 +175,21 @@ class Collector {
   readonly #workflows = new Set<WorkflowDefinition<any>>()
   readonly #schedules = new Set<ScheduleDeclaration>()
 
+  /**
+   * A module that exports any of the lists `agents`, `workflows`, `schedules` is taken at its word:
+   * those lists, nothing else it exports. Otherwise every export that is an agent or a workflow.
+   */
   add(where: string, mod: Record<string, unknown>): void {
     let found = 0
-    for (const [name, value] of Object.entries(mod)) {
-      if (name === 'agents' || name === 'workflows' || name === 'schedules') {
-        if (!Array.isArray(value)) throw new ProjectConfigError(`${where}: \`${name}\` must be an array`)
-        value.forEach((item, i) => this.#addListed(name, item, `${where}: ${name}[${i}]`))
-        found += value.length
-      } else if (isKind(value, 'agent')) {
+    const lists = (['agents', 'workflows', 'schedules'] as const).filter((name) => name in mod)
+    for (const name of lists) {
+      const value = mod[name]
+      if (!Array.isArray(value)) throw new ProjectConfigError(`${where}: \`${name}\` must be an array`)
+      value.forEach((item, i) => this.#addListed(name, item, `${where}: ${name}[${i}]`))
+      found += value.length
+    }
+    for (const value of lists.length > 0 ? [] : Object.values(mod)) {
+      if (isKind(value, 'agent')) {
         this.#agents.add(value as AgentDefinition<any, any>)
         found++
       } else if (isKind(value, 'workflow')) {

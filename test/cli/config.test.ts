@@ -31,8 +31,8 @@ async function project(name: string, files: Record<string, string>): Promise<str
   return dir
 }
 
-// A TypeScript config with types (Node strips them), and modules exporting definitions one by one
-// and as the `agents` / `workflows` / `schedules` arrays.
+// A TypeScript config with types (Node strips them), a module exporting agents one by one and one
+// exporting the `workflows` and `schedules` lists.
 const CONFIG_TS = `import type { EquilateralConfig } from '${INDEX}'
 const modules: string[] = ['./src/agents.ts', './src/flows.mjs']
 export default { modules } satisfies EquilateralConfig
@@ -40,18 +40,20 @@ export default { modules } satisfies EquilateralConfig
 const AGENTS = `import { defineAgent } from '${INDEX}'
 export const upper = defineAgent<{ text: string }>({ id: 'cfg-upper', handler: async (ctx) => ({ text: ctx.data.text.toUpperCase() }) })
 export const exclaim = defineAgent({ id: 'cfg-exclaim', handler: async (ctx) => ({ text: (ctx.results.upper as { text: string }).text + '!' }) })
-export const agents = [upper] // listed and exported: counted once
 export const notADefinition = 42
 `
 const FLOWS = `import { defineWorkflow, defineSchedule } from '${INDEX}'
 import { upper, exclaim } from './agents.ts'
-export const shout = defineWorkflow({
+const shout = defineWorkflow({
   name: 'cfg-shout',
   tasks: [
     { key: 'upper', agent: upper, data: (input) => ({ text: input.text }) },
     { key: 'exclaim', agent: exclaim, dependsOn: ['upper'] },
   ],
 })
+// Not in the lists below: a module that exports lists is taken at its word.
+export const draft = defineWorkflow({ name: 'cfg-draft', tasks: [{ key: 'a', agent: upper }] })
+export const workflows = [shout, shout] // the same definition twice counts once
 export const schedules = [
   defineSchedule({ tenant: 'cfg-acme', id: 'nightly', workflowType: 'cfg-shout', cron: '0 3 * * *', input: { text: 'night' } }),
   defineSchedule({ tenant: 'cfg-nobody', id: 'nightly', workflowType: 'cfg-shout', cron: '0 3 * * *' }),
