@@ -119,6 +119,17 @@ export async function init(options: InitOptions): Promise<InitResult> {
   }
 }
 
+/** What `equilateral init` prints: what it wrote, what it kept, and the commands to run next. */
+export function describeInit(result: InitResult): string {
+  const lines = [
+    `init: wrote ${result.written.join(', ')} (${PACKAGE_NAME} from ${result.dependency})`,
+    ...(result.skipped.length > 0 ? [`init: kept the existing ${result.skipped.join(', ')}`] : []),
+    'next:',
+    ...result.next.map((line) => `  ${line}`),
+  ]
+  return `${lines.join('\n')}\n`
+}
+
 function chooseDependency(dir: string, options: InitOptions, existing: PackageJson | undefined): string {
   const given = options.package?.trim()
   if (given) {

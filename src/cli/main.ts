@@ -457,15 +457,9 @@ program
   )
   .option('--force', 'overwrite existing files and package.json scripts')
   .action(async (dir: string, opts: { package?: string; force?: boolean }) => {
-    const { init } = await import('./init.ts')
+    const { init, describeInit } = await import('./init.ts')
     const result = await init({ dir, package: opts.package, force: !!opts.force })
-    const lines = [
-      `init: wrote ${result.written.join(', ')} (equilateral-agents from ${result.dependency})`,
-      ...(result.skipped.length > 0 ? [`init: kept the existing ${result.skipped.join(', ')}`] : []),
-      'next:',
-      ...result.next.map((line) => `  ${line}`),
-    ]
-    process.stdout.write(`${lines.join('\n')}\n`)
+    process.stdout.write(describeInit(result))
   })
 
 const tenant = program
