@@ -468,11 +468,19 @@ export class Engine {
    */
   async #checkMigrated(): Promise<void> {
     const state = async () => {
-      const { rows } = await this.pool.query<{ app: boolean; boss: boolean }>(
-        `SELECT to_regclass('${APP_SCHEMA}.__tenant_migrations') IS NOT NULL AS app,
-           to_regclass('${BOSS_SCHEMA}.version') IS NOT NULL AS boss`,
-      )
-      const found = rows[0]!
+      let found
+      try {
+        const { rows } = await this.pool.query<{ app: boolean; boss: boolean }>(
+          `SELECT to_regclass('${APP_SCHEMA}.__tenant_migrations') IS NOT NULL AS app,
+             to_regclass('${BOSS_SCHEMA}.version') IS NOT NULL AS boss`,
+        )
+        found = rows[0]!
+      } catch (error) {
+        // A new server: the application role every connection switches to (`-c role=...`) is
+        // created by the first migration, so connecting fails before anything can be read.
+        if (!isMissingRole(error)) throw error
+        return { migrated: false, pending: false }
+      }
       const migrated = found.app && found.boss
       return { migrated, pending: migrated && (await this.readiness(30_000)).migrations === 'pending' }
     }
@@ -1656,6 +1664,12 @@ function isCursorTime(value: unknown): value is string {
 function connectionError(error: Error): { err: { message: string; code?: string } } {
   const code = (error as { code?: string }).code
   return { err: { message: error.message, ...(code ? { code } : {}) } }
+}
+
+/** `-c role=<name>` at connection naming a role the server does not have (invalid_parameter_value). */
+function isMissingRole(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown }
+  return e.code === '22023' && typeof e.message === 'string' && /^role ".*" does not exist$/.test(e.message)
 }
 
 export async function createEngine(options: EngineOptions): Promise<Engine> {

@@ -99,6 +99,18 @@ export class ConfigError extends EquilateralError {
 }
 
 /**
+ * The project's configuration file (`equilateral.config.ts`, see src/project.ts) or a module it
+ * names cannot be used: not found, failing to load, or exporting no agent, workflow or schedule.
+ * The message is one line naming the file and the module.
+ */
+export class ProjectConfigError extends EquilateralError {
+  declare readonly code: 'invalid_project_config'
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('invalid_project_config', message, options)
+  }
+}
+
+/**
  * The database is not ready for this build: `not_migrated` (the engine's tables or pg-boss's schema
  * do not exist). The message names the command that fixes it.
  */

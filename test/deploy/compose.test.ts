@@ -254,6 +254,33 @@ describe('Dockerfile', () => {
     expect(destination(/^package\.json$/)).toContain(path.posix.resolve(workdir))
   })
 
+  it("puts a configuration file in the working directory that names the build's modules", async () => {
+    const copies = instructions('COPY').map((args) => args.split(/\s+/))
+    const config = copies.find((args) =>
+      /^equilateral\.config\.m?js$/.test(path.posix.basename(args.at(-1)!)),
+    )
+    expect(config, 'no equilateral.config.mjs copied into the image').toBeDefined()
+    expect(path.posix.dirname(path.posix.resolve(workdir, config!.at(-1)!))).toBe(workdir)
+    const { default: image } = (await import(path.join(root, config![0]!))) as {
+      default: { modules: string[] }
+    }
+    // Each module is the compiled twin of a source file the build stage compiles.
+    for (const module of image.modules) {
+      expect(module).toMatch(/^\.\/dist\/.*\.js$/)
+      expect(
+        existsSync(path.join(root, module.replace(/^\.\/dist\//, '').replace(/\.js$/, '.ts'))),
+        module,
+      ).toBe(true)
+    }
+    // The same modules as the repository's own configuration file, which the Procfile's processes use.
+    const { default: repo } = (await import(path.join(root, 'equilateral.config.ts'))) as {
+      default: { modules: string[] }
+    }
+    expect(image.modules.map((m) => m.replace(/^\.\/dist\//, './').replace(/\.js$/, '.ts'))).toEqual(
+      repo.modules,
+    )
+  })
+
   it('keeps host builds and data out of the build context', () => {
     const ignored = readFileSync(path.join(root, '.dockerignore'), 'utf8').split('\n')
     expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'dist', '.equilateral', '.git']))

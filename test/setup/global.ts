@@ -10,6 +10,7 @@ import type { TestProject } from 'vitest/node'
 import { migrate } from '../../src/db/migrate.ts'
 import { APP_ROLE } from '../../src/db/names.ts'
 import { describeUrl, findFreePort, startEmbeddedPostgres, withDatabase } from '../../src/db/provision.ts'
+import { packDir } from '../helpers/package.ts'
 import { selectServer, type ServerSource } from './select-server.ts'
 
 export interface PgContext {
@@ -70,6 +71,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const prefix = `eq_test_${runId}_`
   const teardown = async () => {
     try {
+      await rm(packDir(prefix), { recursive: true, force: true }) // the tarball test/helpers/package.ts made
       await dropDatabases(server.adminUrl, template, prefix)
     } finally {
       await server.stop()
