@@ -72,6 +72,17 @@ BEGIN
 END
 $$;
 --> statement-breakpoint
+-- The purge's commit-time checks (0011: purged blocks are a prefix, deleted rows lie in them) run at
+-- COMMIT, after the function that purged has returned, as the session's role: they read the seals
+-- as the tables' owner instead (still under row-level security), so the maintenance role needs no
+-- privilege on the seals. A trigger function cannot be called other than by its trigger.
+DO $$
+BEGIN
+  EXECUTE format('ALTER FUNCTION %I.audit_purge_prefix() SECURITY DEFINER SET search_path = %I, pg_temp',
+    current_schema(), current_schema());
+END
+$$;
+--> statement-breakpoint
 -- The tenant a maintenance function was asked for must be the transaction's: the functions run as
 -- the owner, whom row-level security binds to that tenant as well, so this only turns a mismatch
 -- (nothing would be found) into an error.
