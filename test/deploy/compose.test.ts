@@ -124,9 +124,11 @@ describe.skipIf(skipCompose)(
       for (const name of ['migrate', 'web', 'worker']) {
         const env = services[name]!.environment ?? {}
         expect(env.DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
-        expect(env.MAINTENANCE_DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
         expect(env.DATABASE_ROLE, name).toBe('equilateral_app')
       }
+      expect(services.worker!.environment?.MAINTENANCE_DATABASE_URL).toMatch(
+        /^postgres:\/\/.+@postgres:5432\//,
+      )
       expect(services.migrate!.environment?.MIGRATION_DATABASE_URL).toMatch(
         /^postgres:\/\/.+@postgres:5432\//,
       )
@@ -141,7 +143,7 @@ describe.skipIf(skipCompose)(
       expect(services.worker!.environment?.METRICS_PORT).toBe('9464')
     })
 
-    it("gives web and worker the application and maintenance logins, and the owner's to migrate alone", () => {
+    it("gives web the application login, the worker the application and maintenance logins, and the owner's to migrate alone", () => {
       const { services } = composeConfig()
       /** The login of a postgres:// URL, or null for any other value. */
       const user = (url: string | null | undefined) =>
@@ -161,8 +163,10 @@ describe.skipIf(skipCompose)(
           name,
         ).toEqual([])
         expect(user(env.DATABASE_URL), name).toBe(made('APP_DB_USER'))
-        expect(user(env.MAINTENANCE_DATABASE_URL), name).toBe(made('MAINTENANCE_DB_USER'))
       }
+      // The worker runs the retention purge; web purges and erases nothing.
+      expect(user(services.worker!.environment?.MAINTENANCE_DATABASE_URL)).toBe(made('MAINTENANCE_DB_USER'))
+      expect(services.web!.environment?.MAINTENANCE_DATABASE_URL).toBeUndefined()
       expect(made('APP_DB_USER')).toBeTruthy()
       expect(made('MAINTENANCE_DB_USER')).toBeTruthy()
       expect(bindMounts(services.postgres!)).toContainEqual([
