@@ -1,7 +1,8 @@
 // Issue 20, item 2: a worker process as the recommended setup starts it (README, docker-compose.yml,
 // Procfile): the application login as DATABASE_URL, the maintenance login as
 // MAINTENANCE_DATABASE_URL, and no owner URL anywhere in its environment. It schedules the retention
-// purge and runs it: what is past the tenant's retention is purged and the purge recorded.
+// purge and runs it: what is past the tenant's retention is purged and the purge recorded. The
+// one-off commands a scheduler or an operator runs, `retention purge` and `erase`, need no more.
 import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -16,7 +17,7 @@ const noop = defineAgent({ id: 'noop', handler: async () => null })
 const once = defineWorkflow({ name: 'once', tasks: [{ key: 'only', agent: noop }] })
 
 const db = await createTestDatabase()
-const { start } = cliProcesses(childEnv({ LOG_LEVEL: 'info' }), () => db.drop())
+const { start, run } = cliProcesses(childEnv({ LOG_LEVEL: 'info' }), () => db.drop())
 // The release step's side: tenant administration and a first workflow, as the owner.
 const engine = await createEngine({
   connectionString: db.appUrl,
@@ -73,5 +74,20 @@ describe('a worker without the owner URL', () => {
       [id],
     )
     expect(rows).toEqual([{ left: 0, records: 1 }])
+  })
+
+  it('runs `retention purge` and `erase` as one-off commands with the same two logins', async () => {
+    const acme = await engine.tenant('acme')
+    const { id } = await acme.startWorkflow('once', null, { subjectKey: 'alice' })
+    expect((await settled(engine, 'acme', id)).status).toBe('completed')
+    const env = { DATABASE_URL: db.appUrl, MAINTENANCE_DATABASE_URL: db.maintenanceUrl }
+    const purge = await run(['retention', 'purge'], env)
+    expect(purge.code, purge.stderr).toBe(0)
+    expect(JSON.parse(purge.stdout)).toMatchObject({ tenants: 1, complete: true, problems: [] })
+    const erased = await run(['erase', '--tenant', 'acme', '--subject', 'alice'], env)
+    expect(erased.code, erased.stderr).toBe(0)
+    expect(JSON.parse(erased.stdout)).toMatchObject({ tenantId: 'acme', workflows: 1, events: 1 })
+    const { rows } = await owner.query(`SELECT subject_key FROM equilateral.workflows WHERE id = $1`, [id])
+    expect(rows).toEqual([{ subject_key: null }])
   })
 })

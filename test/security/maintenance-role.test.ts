@@ -13,11 +13,13 @@ import type { IsolationMode } from '../../src/config.ts'
 import { createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
 import { createTenant } from '../../src/tenants.ts'
+import { buildApp } from '../../src/web/app.ts'
 import { createTestDatabase, pgContext } from '../helpers/db.ts'
 import { eventually, settled } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 
 const INSUFFICIENT_PRIVILEGE = '42501'
+const ADMIN_TOKEN = 'maintenance-role-admin-token'
 const SECRET = 'SECRET-4b1d-personal'
 const PROFILE = { GDPR: { retentionDays: 30 }, dataRetentionDays: 7, auditRetentionDays: 60 }
 
@@ -123,6 +125,23 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
     const { engine, schemaOf, owner, run, sealAll, backdate } = ctx
     const s = schemaOf.acme
     await expect(engine.createTenant({ id: 'delta' })).rejects.toMatchObject({ code: 'owner_required' })
+    // The admin API of such a web process says so, instead of an internal error.
+    const app = await buildApp(engine, { adminToken: ADMIN_TOKEN })
+    try {
+      const headers = { authorization: `Bearer ${ADMIN_TOKEN}` }
+      const created = await app.inject({
+        method: 'POST',
+        url: '/v1/admin/tenants',
+        headers,
+        payload: { id: 'delta' },
+      })
+      expect(created.statusCode).toBe(503)
+      expect(created.json()).toMatchObject({ code: 'owner_required' })
+      const suspended = await app.inject({ method: 'POST', url: '/v1/admin/tenants/beta/suspend', headers })
+      expect([suspended.statusCode, suspended.json().code]).toEqual([503, 'owner_required'])
+    } finally {
+      await app.close()
+    }
 
     // Ended 10 days ago (data retention 7), audit rows 61 days old (audit retention 60), sealed.
     const old = await run('acme', 'old news')
