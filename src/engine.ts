@@ -303,6 +303,7 @@ export class Engine {
       configured: this.config.tenantServers,
       controlOwnerUrl: this.#adminConnectionString,
       controlRuntimeUrl: options.connectionString,
+      controlMaintenanceUrl: maintenance,
       role: this.config.databaseRole,
       session,
     })
@@ -551,11 +552,7 @@ export class Engine {
 
   /** The maintenance pool on the tenant's database (the control one's for a shared-database tenant). */
   #maintenanceOf(scope: TenantScope): pg.Pool {
-    return this.stores.maintenance(
-      scope,
-      this.#maintenance,
-      this.#maintenanceConnectionString ? MAINTENANCE_ROLE : '',
-    )
+    return this.stores.maintenance(scope, this.#maintenance)
   }
 
   /**

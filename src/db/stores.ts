@@ -9,7 +9,7 @@ import type { Logger } from 'pino'
 import { TenantError } from '../errors.ts'
 import { createBoss } from '../queue/boss.ts'
 import { databaseKey, identityProblem, type Servers, type TenantDatabase } from './placement.ts'
-import { runtimeConnectionString, type TenantScope } from './tx.ts'
+import type { TenantScope } from './tx.ts'
 
 export interface Store {
   /** `control` for the engine's own database; `server/database` for a tenant database. */
@@ -101,18 +101,16 @@ export class Stores {
   }
 
   /**
-   * The maintenance pool on the tenant's database (retention, erasure), or `control` for a tenant in
-   * the control database: the server's login (TENANT_SERVERS) switched to `role` (the maintenance
-   * role when MAINTENANCE_DATABASE_URL is set; '' keeps the owner). Small, and closed with the stores.
+   * The maintenance pool on the tenant's database (retention, erasure; Servers.maintenanceUrl), or
+   * `control` for a tenant in the control database. Small, and closed with the stores.
    */
-  maintenance(scope: TenantScope, control: pg.Pool, role: string): pg.Pool {
+  maintenance(scope: TenantScope, control: pg.Pool): pg.Pool {
     if (!scope.database) return control
     const key = databaseKey(scope.database)
     let pool = this.#owners.get(key)
     if (!pool) {
-      const url = this.#o.servers.ownerUrl(scope.database.server, scope.database.name)
       pool = new pg.Pool({
-        connectionString: role ? runtimeConnectionString(url, role) : url,
+        connectionString: this.#o.servers.maintenanceUrl(scope.database),
         max: 2,
         idleTimeoutMillis: 10_000,
         application_name: 'equilateral-maintenance',

@@ -10,12 +10,13 @@ import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
+import { withDatabase } from '../../src/db/provision.ts'
 import { createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
 import { createTenant } from '../../src/tenants.ts'
 import { buildApp } from '../../src/web/app.ts'
 import { createTestDatabase, pgContext } from '../helpers/db.ts'
-import { eventually, settled } from '../helpers/engine.ts'
+import { eventually, settled, tenantDatabasePrefix } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 
 const INSUFFICIENT_PRIVILEGE = '42501'
@@ -331,6 +332,75 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
       await app.query('ROLLBACK')
     } finally {
       await app.end()
+    }
+  })
+})
+
+describe('maintenance role, database-per-tenant', () => {
+  it('purges and erases in a tenant database with the maintenance login, without the owner’s', async () => {
+    const db = await createTestDatabase()
+    const config = {
+      ...TEST_ENGINE_CONFIG,
+      isolationMode: 'database-per-tenant' as const,
+      tenantDatabasePrefix: tenantDatabasePrefix(),
+    }
+    const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
+    // The release step's side creates the tenant and its database.
+    const admin = await createEngine({
+      connectionString: db.appUrl,
+      adminConnectionString: db.url,
+      log,
+      config,
+    })
+    const engine = await createEngine({
+      connectionString: db.appUrl,
+      maintenanceConnectionString: db.maintenanceUrl,
+      agents: [echo],
+      workflows: [pair],
+      log,
+      supervise: false,
+      config: { ...config, migrationDatabaseUrl: undefined },
+    })
+    afterAll(async () => {
+      await engine.close()
+      await admin.close()
+      await db.drop()
+    })
+    const created = await admin.createTenant({ id: 'acme', complianceProfile: PROFILE })
+    const owner = new pg.Client({ connectionString: withDatabase(db.url, created.database!.name) })
+    await owner.connect()
+    try {
+      await engine.startWorker()
+      const acme = await engine.tenant('acme')
+      const run = async (note: string, subjectKey?: string) => {
+        const { id } = await acme.startWorkflow('pair', { note }, subjectKey ? { subjectKey } : {})
+        expect((await settled(engine, 'acme', id)).status).toBe('completed')
+        return id
+      }
+      const old = await run('old news')
+      await owner.query(`BEGIN; SET LOCAL session_replication_role = replica;
+        UPDATE equilateral.workflows SET created_at = now() - interval '11 days', completed_at = now() - interval '10 days'
+        WHERE id = '${old}'; COMMIT`)
+      const alice = await run(SECRET, 'alice')
+
+      expect(await engine.purgeExpired()).toMatchObject({
+        workflows: 1,
+        tasks: 2,
+        complete: true,
+        problems: [],
+      })
+      const erasure = await engine.eraseSubject('acme', 'alice')
+      expect(erasure).toMatchObject({ workflows: 1, tasks: 2, events: 1 })
+      const { rows } = await owner.query(
+        `SELECT (SELECT count(*) FROM equilateral.workflows WHERE id = $1)::int AS old,
+           (SELECT count(*) FROM equilateral.agent_audit_log WHERE action_data::text LIKE $3)::int AS traces,
+           (SELECT array_agg(DISTINCT by_role) FROM equilateral.agent_audit_redactions)::text[] AS by,
+           (SELECT subject_key FROM equilateral.workflows WHERE id = $2) AS subject`,
+        [old, alice, `%${SECRET}%`],
+      )
+      expect(rows).toEqual([{ old: 0, traces: 0, by: [pgContext().maintenanceUser.user], subject: null }])
+    } finally {
+      await owner.end()
     }
   })
 })
