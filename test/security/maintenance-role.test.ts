@@ -264,8 +264,29 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
         INSUFFICIENT_PRIVILEGE,
       )
     }
+    // Grants: where it holds a privilege, GRANT only warns, and grants nothing.
+    const login = pgContext().maintenanceUser.user
+    const granted = await asMaintenance('gamma', async () => {
+      await maint.query(`GRANT DELETE, UPDATE ON compliance_events TO ${login}`)
+      await maint.query(`GRANT INSERT ON compliance_events TO equilateral_app WITH GRANT OPTION`)
+      return (
+        await maint.query(
+          `SELECT has_table_privilege($1, 'compliance_events', 'DELETE') AS del,
+             has_table_privilege($1, 'compliance_events', 'UPDATE') AS upd,
+             has_table_privilege('equilateral_app', 'compliance_events', 'INSERT WITH GRANT OPTION') AS passed_on`,
+          [login],
+        )
+      ).rows[0]
+    })
+    expect(granted).toEqual({ del: false, upd: false, passed_on: false })
     // Nothing changed: the chain verifies and the triggers and policies are in place.
     expect((await ctx.engine.verifyAudit('gamma'))[0]).toMatchObject({ ok: true, purgedBlocks: 0 })
+    const [catalog] = await ctx.owner(
+      `SELECT (SELECT count(*) FROM pg_trigger WHERE tgname = 'append_only' AND tgenabled = 'O')::int AS triggers,
+         (SELECT count(*) FROM pg_policies WHERE policyname = 'open')::int AS open`,
+    )
+    expect(catalog).toMatchObject({ open: 0 })
+    expect(catalog!.triggers).toBeGreaterThanOrEqual(3)
   })
 
   it('the maintenance functions purge only leading blocks past retention, of the transaction’s tenant alone', async () => {
