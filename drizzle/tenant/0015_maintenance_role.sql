@@ -259,6 +259,7 @@ $$;
 --> statement-breakpoint
 -- Dead-lettered jobs carry the failed task's error (pg-boss keeps them for its retention period):
 -- those of the given workflows (NULL: all of the tenant's) get the erasure's marker instead.
+-- 'eq/dead-letter' is DEAD_LETTER_QUEUE (src/queue/boss.ts), pgboss the BOSS_SCHEMA (src/db/names.ts).
 CREATE FUNCTION maintenance_erase_dead_letters(p_tenant text, p_erasure uuid, p_workflows text[])
 RETURNS integer LANGUAGE plpgsql VOLATILE SECURITY DEFINER AS $$
 DECLARE
