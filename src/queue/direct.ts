@@ -111,3 +111,29 @@ export const COMPLETE_JOBS = `
 WITH src AS (SELECT * FROM jsonb_to_recordset($1::jsonb) AS s(job_id uuid, queue text, retry_count int)),
 ${completeJobsCte('done', 'src')}
 SELECT count(*)::int AS n FROM done`
+
+/**
+ * Fetches ready jobs of several queues in one statement ($1 queue names, $2 how many each may take
+ * at most, $3 how many in all), as pg-boss's fetch() does for one queue without tenant limits:
+ * oldest first within a queue (priority, then creation), locked with SKIP LOCKED, made active with
+ * the attempt counted. Queues are taken in the order given: callers rotate it, so a busy queue cannot
+ * starve the others.
+ */
+export const FETCH_ACROSS = `
+WITH next AS (
+  SELECT c.name, c.id
+  FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS q(name, n, ord),
+  LATERAL (
+    SELECT j.name, j.id FROM ${COMMON_TABLE} j
+    WHERE j.name = q.name AND j.state < 'active' AND NOT j.blocked AND j.start_after <= ${BOSS_SCHEMA}.job_now()
+    ORDER BY j.priority DESC, j.created_on
+    LIMIT q.n
+    FOR UPDATE OF j SKIP LOCKED
+  ) c
+  LIMIT $3
+)
+UPDATE ${COMMON_TABLE} j SET state = 'active', started_on = ${BOSS_SCHEMA}.job_now(),
+  heartbeat_on = ${BOSS_SCHEMA}.job_now(),
+  retry_count = CASE WHEN j.started_on IS NOT NULL THEN j.retry_count + 1 ELSE j.retry_count END
+FROM next WHERE j.name = next.name AND j.id = next.id
+RETURNING j.id, j.name, j.data, j.retry_count AS "retryCount"`
