@@ -82,6 +82,12 @@ export type TenantErrorCode =
   | 'too_many_databases'
   /** A move refused: the tenant is not suspended and drained, or the copy differs from the source. */
   | 'move_refused'
+  /**
+   * Tenant administration (create, suspend, resume, rotate key, set profile, move) on a connection
+   * that is not the owner's: this process was given no MIGRATION_DATABASE_URL (the recommended setup
+   * for web and worker); run `equilateral tenant ...` where the owner's URL is, as the release step.
+   */
+  | 'owner_required'
 
 export class TenantError extends EquilateralError {
   declare readonly code: TenantErrorCode

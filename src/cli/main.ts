@@ -871,7 +871,9 @@ audit
 
 const retention = program
   .command('retention')
-  .description('retention of coordination data, audit rows and compliance events (owner connection)')
+  .description(
+    'retention of coordination data, audit rows and compliance events (MAINTENANCE_DATABASE_URL, else the owner)',
+  )
 retention
   .command('purge')
   .description(
@@ -893,7 +895,7 @@ retention
 program
   .command('erase')
   .description(
-    "GDPR erasure: cancel, then erase the personal data of a data subject's workflows (--subject) or of a whole tenant, keeping the audit chain verifiable; records a deletion compliance event",
+    "GDPR erasure: cancel, then erase the personal data of a data subject's workflows (--subject) or of a whole tenant, keeping the audit chain verifiable; records a deletion compliance event (MAINTENANCE_DATABASE_URL, else the owner)",
   )
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--subject <key>', 'the subject key the workflows were started with (default: the whole tenant)')
