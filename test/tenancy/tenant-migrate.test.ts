@@ -73,34 +73,42 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-/** Undoes the newest tenant-table migration (0013: the statistics pass's function) and forgets it. */
+/** Undoes the newest tenant-table migration (0015: the maintenance role's functions) and forgets it. */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP FUNCTION equilateral.analyze_hot_tables();
+     DROP FUNCTION equilateral.maintenance_purge(text, integer, integer, integer),
+       equilateral.maintenance_erase(text, uuid, text, uuid, integer),
+       equilateral.maintenance_erase_dead_letters(text, uuid, text[]),
+       equilateral.maintenance_redact_audit(text, uuid, bigint, integer),
+       equilateral.maintenance_erase_rest(text, uuid), equilateral.maintenance_tenant(text);
+     REVOKE INSERT ON equilateral.compliance_events FROM equilateral_maintenance;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Whether the newest tenant-table migration is in place: the application role may run its function. */
+/** Whether the newest tenant-table migration is in place: the maintenance role may run its functions. */
 async function newestApplied(tenant: string): Promise<boolean> {
+  const purge = 'equilateral.maintenance_purge(text, integer, integer, integer)'
   const [row] = await sql(
     tenant,
-    `SELECT CASE WHEN to_regprocedure('equilateral.analyze_hot_tables()') IS NULL THEN false
-       ELSE has_function_privilege('equilateral_app', 'equilateral.analyze_hot_tables()', 'EXECUTE') END AS ok`,
+    `SELECT CASE WHEN to_regprocedure($1) IS NULL THEN false
+       ELSE has_function_privilege('equilateral_maintenance', $1, 'EXECUTE')
+         AND has_table_privilege('equilateral_maintenance', 'equilateral.compliance_events', 'INSERT') END AS ok`,
+    [purge],
   )
   return row?.ok === true
 }
 
-/** Undoes the newest control migration (0008: enterprise signatures) and forgets it. */
+/** Undoes the newest control migration (0010: the maintenance role's grants) and forgets it. */
 async function undoNewestControlMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     ALTER TABLE equilateral.enterprise_runs DROP COLUMN mac;
-     ALTER TABLE equilateral.enterprise_run_tenants DROP COLUMN mac;
+     DROP FUNCTION equilateral.maintenance_erase_members(text, uuid, uuid[]);
+     REVOKE SELECT ON equilateral.tenants FROM equilateral_maintenance;
      DELETE FROM drizzle.__equilateral_control_migrations WHERE created_at = ${latestMigrations().control};
      COMMIT;`,
   )
@@ -204,13 +212,12 @@ describe('migrateTenantDatabases', () => {
       expect(await newestApplied(tenant)).toBe(true)
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
-    const [signed] = await sql(
+    const [controlMigration] = await sql(
       'charlie',
-      `SELECT count(*)::int AS n FROM information_schema.columns
-       WHERE table_schema = 'equilateral' AND column_name = 'mac'
-         AND table_name IN ('enterprise_runs', 'enterprise_run_tenants')`,
+      `SELECT to_regprocedure('equilateral.maintenance_erase_members(text, uuid, uuid[])') IS NOT NULL AS erase,
+         has_column_privilege('equilateral_maintenance', 'equilateral.tenants', 'compliance_profile', 'SELECT') AS tenants`,
     )
-    expect(signed?.n).toBe(2)
+    expect(controlMigration).toEqual({ erase: true, tenants: true })
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)
