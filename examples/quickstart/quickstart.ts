@@ -10,7 +10,6 @@ import {
   provisionDatabase,
   type Engine,
   type TenantHandle,
-  type WorkflowView,
 } from 'equilateral-agents'
 
 const reviewer = defineAgent<{ source: string }>({
@@ -53,13 +52,15 @@ try {
   const acme = await tenant(engine, 'acme')
   await engine.startWorker() // in worker processes; here, in this one
   // The same idempotency key returns the same workflow: run this file twice, one workflow.
-  const { id } = await acme.startWorkflow(
+  const run = await acme.startWorkflow(
     'deploy-feature',
     { source: 'export const x = 1' },
     { idempotencyKey: 'order-42' },
   )
-  const done = await workflowResult(acme, id)
-  console.log(`deploy-feature ${done.status}: ${JSON.stringify(done.output)}`)
+  // Woken when the workflow ends (a NOTIFY, not polling): its final tasks' results by key, or a
+  // WorkflowFailedError / WorkflowCancelledError carrying the failure.
+  const output = await run.result({ timeoutMs: 60_000 })
+  console.log(`deploy-feature completed: ${JSON.stringify(output)}`)
 } finally {
   await engine.close()
   await db.stop()
@@ -74,18 +75,4 @@ async function tenant(engine: Engine, id: string): Promise<TenantHandle> {
     if ((error as { code?: string }).code !== 'tenant_exists') throw error
   }
   return engine.tenant(id)
-}
-
-/**
- * Waits for the workflow to end: its view when it completed, an Error with its failure otherwise.
- * It reads the workflow every 100 ms; an awaited result woken by the database (`acme.result(id)`)
- * is on its way and will replace this helper.
- */
-async function workflowResult(acme: TenantHandle, id: string): Promise<WorkflowView> {
-  for (;;) {
-    const wf = await acme.getWorkflow(id)
-    if (wf.status === 'completed') return wf
-    if (wf.status !== 'running') throw new Error(`workflow ${id} ${wf.status}: ${JSON.stringify(wf.error)}`)
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
 }
