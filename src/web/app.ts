@@ -128,6 +128,14 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
     }
   }
   const tenantOf = (request: FastifyRequest): TenantHandle => request.tenant!
+  // Long-polls in flight: on shutdown each is answered at once with the workflow as it is (close()
+  // waits for requests in flight, and a platform's stop timeout is often shorter than a wait).
+  const longPolls = new Set<AbortController>()
+  let shuttingDown = false
+  app.addHook('preClose', async () => {
+    shuttingDown = true
+    for (const poll of longPolls) poll.abort(new Error('the server is shutting down'))
+  })
 
   // --- workflows (tenant API key) -------------------------------------------------------------
   app.post<{ Body: { type: string; input?: Json; idempotencyKey?: string; subjectKey?: string } }>(
@@ -160,9 +168,17 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
       const gone = new AbortController()
       const onClose = () => gone.abort(new Error('the client disconnected'))
       reply.raw.once('close', onClose)
+      longPolls.add(gone)
       try {
-        return await tenantOf(request).getWorkflow(request.params.id, { waitMs, signal: gone.signal })
+        const workflow = await tenantOf(request).getWorkflow(request.params.id, {
+          waitMs,
+          signal: gone.signal,
+        })
+        // Its keep-alive connection would hold the server's close until it times out.
+        if (shuttingDown) reply.header('connection', 'close')
+        return workflow
       } finally {
+        longPolls.delete(gone)
         reply.raw.off('close', onClose)
       }
     },

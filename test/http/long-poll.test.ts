@@ -136,3 +136,25 @@ describe('typed inputs over HTTP', () => {
     })
   })
 })
+
+describe('shutting down', () => {
+  it(
+    'answers the long-polls in flight with the current state instead of holding the shutdown',
+    { timeout: 20_000 },
+    async () => {
+      const second = await startWeb(engine, { port: 0, host: '127.0.0.1' })
+      const id = await start()
+      const open = await gateOf(id)
+      const answer = fetch(`${second.url}/v1/workflows/${id}?wait=60s`, {
+        headers: { authorization: `Bearer ${acmeKey}` },
+      })
+      await eventually(() => (engine.resultWaiters === 1 ? true : undefined))
+      await second.close()
+      const res = await answer
+      expect(res.status).toBe(200)
+      expect(await res.json()).toMatchObject({ id, status: 'running' })
+      expect(engine.resultWaiters).toBe(0)
+      open(null)
+    },
+  )
+})
