@@ -151,13 +151,14 @@ describe('a new user, from an empty folder to a workflow of their own', () => {
  * Reads the workflow until it ends. `GET /v1/workflows/:id?wait=30s` (a long poll woken by the
  * database) is on its way; then this becomes one request.
  */
+/** The workflow's end, awaited as a user would: long-polls of GET /v1/workflows/:id?wait=30s. */
 async function workflowResultOverHttp(
   api: string,
   headers: Record<string, string>,
   id: string,
 ): Promise<{ status: string; output: unknown }> {
   return until('the workflow ends', async () => {
-    const response = await fetch(`${api}/v1/workflows/${id}`, { headers })
+    const response = await fetch(`${api}/v1/workflows/${id}?wait=30s`, { headers })
     const wf = (await response.json()) as { status: string; output: unknown }
     return wf.status === 'running' ? undefined : wf
   })
