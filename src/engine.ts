@@ -44,8 +44,9 @@ import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from '
 import { latestMigrations } from './db/migrate.ts'
 import { describeUrl } from './db/describe-url.ts'
 import { APP_SCHEMA, BOSS_SCHEMA } from './db/names.ts'
-import { databaseKey, Servers } from './db/placement.ts'
+import { databaseKey, Servers, type TenantDatabase } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
+import { provideTenantContextSecret, readTenantContextSecret, secretBytes } from './db/tenant-context.ts'
 import {
   checkout,
   type Db,
@@ -269,6 +270,7 @@ export class Engine {
       max: this.config.dbPoolMax,
       application_name: 'equilateral',
     })
+    provideTenantContextSecret(this.pool, () => this.#tenantContextSecret(null))
     // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
     this.pool.on('error', (error) =>
       this.#warn(connectionError(error), error, 'idle database connection lost'),
@@ -309,6 +311,7 @@ export class Engine {
       idleMs: this.config.tenantDbIdleMs,
       supervise: options.supervise ?? true,
       onOpen: async (store) => {
+        provideTenantContextSecret(store.pool, () => this.#tenantContextSecret(store.database))
         await this.#ensureQueues(this.#allAgentIds(), store.boss)
         unobserve.set(store.key, this.metrics.observeResources(store.pool, store.boss, 'app', store.key))
       },
@@ -445,6 +448,14 @@ export class Engine {
     } else {
       this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
+    // The tenant context: fail here, naming the fix (TenantContextError, or the secret configured
+    // differs from the database's), rather than at the first request. A database still without
+    // migration 0014 is only the warning above (a rollout in progress).
+    await withTenantTx(this.pool, { tenantId: '-', searchPath: APP_SCHEMA, tier: '' }, async () => {}).catch(
+      (error: unknown) => {
+        if ((error as { code?: string }).code !== '42883') throw error
+      },
+    )
     await this.boss.start()
     await this.#ensureQueues(this.#allAgentIds())
     return this
@@ -469,7 +480,10 @@ export class Engine {
     let found = await state()
     if (this.#migrateOnStart && (!found.migrated || found.pending)) {
       const { migrate } = await import('./db/migrate.ts')
-      await migrate(this.#adminConnectionString, { onStep: (m) => this.log.info(`migrate: ${m}`) })
+      await migrate(this.#adminConnectionString, {
+        onStep: (m) => this.log.info(`migrate: ${m}`),
+        tenantContextSecret: this.config.tenantContextSecret,
+      })
       found = await state()
     }
     if (!found.migrated) {
@@ -500,6 +514,16 @@ export class Engine {
       heartbeatSeconds: Math.max(30, Math.ceil((this.config.staleAfterMs * 2) / 1000)),
       deleteAfterSeconds: 24 * 3600,
     })
+  }
+
+  /**
+   * The secret a database's tenant credentials derive from (src/db/tenant-context.ts): the
+   * configured TENANT_CONTEXT_SECRET, else the database's own, read once through the owner's
+   * connection (the run-time pools' role cannot read it).
+   */
+  async #tenantContextSecret(database: TenantDatabase | null): Promise<Buffer> {
+    if (this.config.tenantContextSecret !== undefined) return secretBytes(this.config.tenantContextSecret)
+    return readTenantContextSecret(this.stores.ownerOf(database, this.#admin))
   }
 
   /** The owner's pool, opened on first use by a tenant administration call. */

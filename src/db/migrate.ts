@@ -20,6 +20,7 @@ import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
 import { databaseKey, type Servers, identityProblem } from './placement.ts'
 import { eachLimit } from '../core/each-limit.ts'
+import { secretBytes } from './tenant-context.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 
@@ -33,6 +34,12 @@ export interface MigrateOptions {
   onStep?: (message: string) => void
   /** Tenant schemas read per page (each is migrated in its own transaction). */
   tenantBatchSize?: number
+  /**
+   * Stored as the database's tenant context secret (owner-only), replacing the one its migration
+   * generated, so engines configured with it can scope transactions without the owner's login.
+   * Default: TENANT_CONTEXT_SECRET from the environment; unset keeps the database's own.
+   */
+  tenantContextSecret?: string
 }
 
 export interface MigrateReport {
@@ -63,6 +70,14 @@ export async function migrate(
     step('control tables migrated')
     await inTransaction(client, () => migrateTenantTables(client, APP_SCHEMA))
     step(`tenant tables migrated in schema ${APP_SCHEMA}`)
+    const secret = options.tenantContextSecret ?? (process.env.TENANT_CONTEXT_SECRET || undefined)
+    if (secret !== undefined) {
+      const { rowCount } = await client.query(
+        `UPDATE ${APP_SCHEMA}.tenant_context_key SET secret = $1, created_at = now() WHERE secret <> $1`,
+        [secretBytes(secret)],
+      )
+      if (rowCount) step('tenant context secret set from TENANT_CONTEXT_SECRET')
+    }
     await migrateBoss(connectionString)
     await grantBoss(client)
     step(`pg-boss schema ${BOSS_SCHEMA} migrated`)

@@ -105,12 +105,17 @@ export class Stores {
    * in the control database. Small, and closed with the stores.
    */
   owner(scope: TenantScope, controlOwner: pg.Pool): pg.Pool {
-    if (!scope.database) return controlOwner
-    const key = databaseKey(scope.database)
+    return this.ownerOf(scope.database ?? null, controlOwner)
+  }
+
+  /** The owner's pool on a tenant database, or `controlOwner` for null (the control database). */
+  ownerOf(database: TenantDatabase | null, controlOwner: pg.Pool): pg.Pool {
+    if (!database) return controlOwner
+    const key = databaseKey(database)
     let pool = this.#owners.get(key)
     if (!pool) {
       pool = new pg.Pool({
-        connectionString: this.#o.servers.ownerUrl(scope.database.server, scope.database.name),
+        connectionString: this.#o.servers.ownerUrl(database.server, database.name),
         max: 2,
         idleTimeoutMillis: 10_000,
         application_name: 'equilateral-admin',
