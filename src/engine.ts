@@ -46,7 +46,12 @@ import { describeUrl } from './db/describe-url.ts'
 import { APP_SCHEMA, BOSS_SCHEMA } from './db/names.ts'
 import { databaseKey, Servers, type TenantDatabase } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
-import { provideTenantContextSecret, readTenantContextSecret, secretBytes } from './db/tenant-context.ts'
+import {
+  provideTenantContextSecret,
+  readTenantContextSecret,
+  secretBytes,
+  TenantContextError,
+} from './db/tenant-context.ts'
 import {
   checkout,
   type Db,
@@ -448,12 +453,16 @@ export class Engine {
     } else {
       this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
-    // The tenant context: fail here, naming the fix (TenantContextError, or the secret configured
-    // differs from the database's), rather than at the first request. A database still without
-    // migration 0014 is only the warning above (a rollout in progress).
+    // The tenant context of the control database: a secret configured that the database refuses is
+    // a misconfiguration, refused here rather than at the first request. A secret this process
+    // cannot have (no TENANT_CONTEXT_SECRET, no owner login) is only a warning: a worker serving
+    // only tenant databases reads theirs through TENANT_SERVERS' owner logins; transactions in the
+    // control database fail with the same message. A database still without migration 0014 (a
+    // rollout in progress) is the warning above.
     await withTenantTx(this.pool, { tenantId: '-', searchPath: APP_SCHEMA, tier: '' }, async () => {}).catch(
       (error: unknown) => {
-        if ((error as { code?: string }).code !== '42883') throw error
+        if (error instanceof TenantContextError) this.log.warn(error.message)
+        else if ((error as { code?: string }).code !== '42883') throw error
       },
     )
     await this.boss.start()
@@ -518,12 +527,17 @@ export class Engine {
 
   /**
    * The secret a database's tenant credentials derive from (src/db/tenant-context.ts): the
-   * configured TENANT_CONTEXT_SECRET, else the database's own, read once through the owner's
-   * connection (the run-time pools' role cannot read it).
+   * database's own, read once through the owner's connection (the run-time pools' role cannot read
+   * it), else the configured TENANT_CONTEXT_SECRET (which `migrate` stores in every database).
    */
   async #tenantContextSecret(database: TenantDatabase | null): Promise<Buffer> {
-    if (this.config.tenantContextSecret !== undefined) return secretBytes(this.config.tenantContextSecret)
-    return readTenantContextSecret(this.stores.ownerOf(database, this.#admin))
+    try {
+      return await readTenantContextSecret(this.stores.ownerOf(database, this.#admin))
+    } catch (error) {
+      const configured = this.config.tenantContextSecret
+      if (!(error instanceof TenantContextError) || configured === undefined) throw error
+      return secretBytes(configured)
+    }
   }
 
   /** The owner's pool, opened on first use by a tenant administration call. */
@@ -550,6 +564,7 @@ export class Engine {
     const created = await createTenant(this.#admin, spec, this.config.isolationMode, {
       servers: this.servers,
       prefix: this.config.tenantDatabasePrefix,
+      tenantContextSecret: this.config.tenantContextSecret,
     })
     // This process may have looked the tenant up before it existed.
     this.tenants.invalidate(spec.id)

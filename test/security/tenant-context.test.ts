@@ -8,10 +8,14 @@
 // rows, compliance events and workflow events. Nothing of beta is reachable; every write is refused
 // or touches nothing. In both modes whose tables the application role can name across tenants.
 import pg from 'pg'
+import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
 import { tenantCredential } from '../../src/db/tenant-context.ts'
-import { clientDb, defineAgent, defineWorkflow } from '../../src/index.ts'
+import { clientDb, createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
+import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
+import { queryOnce } from '../helpers/db.ts'
+import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
@@ -327,5 +331,43 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('tenant context
       { proname: 'current_tenant', prosecdef: true, proconfig: ['search_path=pg_catalog, pg_temp'] },
       { proname: 'enter_tenant', prosecdef: true, proconfig: ['search_path=pg_catalog, pg_temp'] },
     ])
+  })
+
+  it("takes the secret from the owner's connection, else TENANT_CONTEXT_SECRET, and says which is missing", async () => {
+    const engineWith = (tenantContextSecret: string | undefined) =>
+      createEngine({
+        connectionString: ctx.db.appUrl,
+        // No owner login: the engine cannot read the database's secret.
+        adminConnectionString: ctx.db.appUrl,
+        agents: [echo],
+        workflows: [single],
+        log: pino({ level: 'silent' }),
+        supervise: false,
+        config: { ...TEST_ENGINE_CONFIG, isolationMode: mode, tenantContextSecret },
+      })
+    const unconfigured = await engineWith(undefined)
+    try {
+      await expect((await unconfigured.tenant('alpha')).startWorkflow('single', 1)).rejects.toMatchObject({
+        code: 'tenant_context_unavailable',
+        message: expect.stringContaining('TENANT_CONTEXT_SECRET'),
+      })
+    } finally {
+      await unconfigured.close()
+    }
+    // A secret the database does not hold is refused when the engine starts.
+    await expect(engineWith('x'.repeat(40))).rejects.toMatchObject({ code: INSUFFICIENT_PRIVILEGE })
+    // The secret `migrate` stored (the test template's): alpha's workflow starts, in alpha only.
+    const configured = await engineWith(TEST_TENANT_CONTEXT_SECRET)
+    try {
+      const { id } = await (await configured.tenant('alpha')).startWorkflow('single', 2)
+      const [row] = await queryOnce(
+        ctx.db.url,
+        `SELECT tenant_id FROM ${table('alpha', 'workflows')} WHERE id = $1`,
+        [id],
+      )
+      expect(row?.tenant_id).toBe('alpha')
+    } finally {
+      await configured.close()
+    }
   })
 })
