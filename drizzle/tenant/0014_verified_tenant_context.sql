@@ -37,18 +37,23 @@ BEGIN
   INSERT INTO equilateral.tenant_context_key (secret)
   VALUES (sha256(convert_to(gen_random_uuid()::text || gen_random_uuid()::text || gen_random_uuid()::text, 'UTF8')));
 
+  -- The two helpers are plain SQL without a SET clause, so the planner inlines them into the
+  -- callers below (whose search_path is pinned): a SET clause would stop that and, per call of
+  -- current_tenant(), cost more than everything else it does (~50 µs instead of ~20 µs). Their
+  -- names are qualified all the same.
   CREATE FUNCTION equilateral.tenant_context_mac(key bytea, message text) RETURNS bytea
   LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
-  SET search_path = pg_catalog, pg_temp
-  AS $f$ SELECT sha256(key || sha256(key || convert_to(message, 'UTF8'))) $f$;
+  AS $f$ SELECT pg_catalog.sha256(key OPERATOR(pg_catalog.||)
+    pg_catalog.sha256(key OPERATOR(pg_catalog.||) pg_catalog.convert_to(message, 'UTF8'))) $f$;
   REVOKE ALL ON FUNCTION equilateral.tenant_context_mac(bytea, text) FROM PUBLIC;
 
   -- Whose transaction this is: the seal's message, bar the tenant.
   CREATE FUNCTION equilateral.tenant_context_binding() RETURNS text
   LANGUAGE sql STABLE PARALLEL RESTRICTED
-  SET search_path = pg_catalog, pg_temp
-  AS $f$ SELECT 'seal:' || current_database() || ':' || pg_backend_pid()::text || ':'
-      || (extract(epoch FROM transaction_timestamp()) * 1000000)::bigint::text || ':' $f$;
+  AS $f$ SELECT 'seal:' OPERATOR(pg_catalog.||) pg_catalog.current_database() OPERATOR(pg_catalog.||) ':'
+    OPERATOR(pg_catalog.||) pg_catalog.pg_backend_pid()::text OPERATOR(pg_catalog.||) ':'
+    OPERATOR(pg_catalog.||) (EXTRACT(epoch FROM pg_catalog.transaction_timestamp())
+      OPERATOR(pg_catalog.*) 1000000)::bigint::text OPERATOR(pg_catalog.||) ':' $f$;
   REVOKE ALL ON FUNCTION equilateral.tenant_context_binding() FROM PUBLIC;
 
   -- Scopes the current transaction to `tenant` (app.tenant_id, and the seal) if `credential` is
