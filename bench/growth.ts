@@ -841,6 +841,8 @@ export async function explainHotPath(
           JSON.stringify(tasks),
           null,
           null,
+          true, // the jobs of the ready tasks written by START itself (src/queue/direct.ts)
+          tenant.tier,
         ]
         return {
           start: await explain(START, startParams),
@@ -855,6 +857,9 @@ export async function explainHotPath(
             tenantId,
             JSON.stringify([{ id: first.id, attempt: 1, result: null }]),
             [first.id],
+            true, // notify, and insert the ready tasks' jobs (no local continuation)
+            true,
+            tenant.tier,
           ]),
         }
       } finally {

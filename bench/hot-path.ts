@@ -2,7 +2,8 @@
 // pg-boss's included), database transactions (pg_stat_database), and tasks per second, for W
 // diamond workflows with no-op agents on one worker process.
 // Usage: node bench/hot-path.ts <admin database url> [workflows=300] [concurrency=16]
-// BENCH_WITHOUT_AUDIT=1 discards the audit rows (see below).
+// BENCH_WITHOUT_AUDIT=1 discards the audit rows (see below). BENCH_AGENTS=n (1-4) spreads the
+// diamond over n agents, so n queues.
 // BENCH_PAYLOAD_BYTES=n gives every input, task data and result a random string of n bytes
 // (default: no payloads); with ENCRYPTION_KEYS set (e.g. k1:$(openssl rand -base64 32)) they are
 // encrypted. Random, so both runs store incompressible bytes: ciphertext defeats TOAST compression,
@@ -41,19 +42,24 @@ if (process.env.BENCH_WITHOUT_AUDIT === '1') {
 const payloadBytes = Number(process.env.BENCH_PAYLOAD_BYTES ?? 0)
 const blob = payloadBytes > 0 ? randomBytes(payloadBytes).toString('base64').slice(0, payloadBytes) : null
 const data = () => (blob === null ? null : { blob })
-const noop = defineAgent({ id: 'noop', handler: async () => data() })
+// BENCH_AGENTS=n: the diamond's four tasks run on n different agents (n queues), round robin.
+const agentCount = Math.max(1, Math.min(4, Number(process.env.BENCH_AGENTS ?? 1)))
+const noops = Array.from({ length: agentCount }, (_, i) =>
+  defineAgent({ id: i === 0 ? 'noop' : `noop${i}`, handler: async () => data() }),
+)
+const agentOf = (i: number) => noops[i % agentCount] as (typeof noops)[number]
 const diamond = defineWorkflow({
   name: 'diamond',
   tasks: [
-    { key: 'a', agent: noop, data },
-    { key: 'b', agent: noop, dependsOn: ['a'], data },
-    { key: 'c', agent: noop, dependsOn: ['a'], data },
-    { key: 'd', agent: noop, dependsOn: ['b', 'c'], data },
+    { key: 'a', agent: agentOf(0), data },
+    { key: 'b', agent: agentOf(1), dependsOn: ['a'], data },
+    { key: 'c', agent: agentOf(2), dependsOn: ['a'], data },
+    { key: 'd', agent: agentOf(3), dependsOn: ['b', 'c'], data },
   ],
 })
 const engine = await createEngine({
   connectionString: url.href,
-  agents: [noop],
+  agents: noops,
   workflows: [diamond],
   log: pino({ level: 'warn' }),
   supervise: false,

@@ -1,5 +1,5 @@
 // npm run bench: the whole benchmark in one run, on one machine and one PostgreSQL server, so
-// every figure can be compared with the others. See README, "Performance".
+// every figure can be compared with the others. See docs/performance.md.
 //   1. the PostgreSQL ceiling for a task-sized transaction (bench/ceiling.ts)
 //   2. the engine's workloads with no-op agents (and diamonds with 5 ms agents), on worker
 //      processes: tasks/s, workflows/s, dispatch, start and end-to-end latency, cost per task

@@ -14,7 +14,8 @@
 // member only with a valid signature, and reads a member's workflow only if, in the tenant's own
 // scope, it is of the run's type and correlated with the run. Outputs in the summary are encrypted
 // under each tenant's key context (`<tenant>:enterprise.output`), like other payloads. Without
-// ENCRYPTION_KEYS there is no secret to sign with and nothing is encrypted (see README).
+// ENCRYPTION_KEYS there is no secret to sign with and nothing is encrypted (see
+// docs/isolation-modes.md, "Enterprise fan-out").
 //
 // Durability. start() writes the run, its members (status 'starting') and the first consolidation
 // job in one transaction, then starts each member's workflow with the idempotency key

@@ -4,8 +4,9 @@
 //
 // Names follow the Prometheus conventions: the `equilateral_` prefix, base units in the name
 // (`_seconds`), `_total` on counters. Labels are bounded sets: agent ids, workflow types, queue
-// names, outcomes. Tenant ids are NOT labels unless METRICS_TENANT_LABEL is set (see the README):
-// with thousands of tenants every tenant-labelled series multiplies by the tenant count.
+// names, outcomes. Tenant ids are NOT labels unless METRICS_TENANT_LABEL is set (see
+// docs/operations-and-deploying.md#metrics): with thousands of tenants every tenant-labelled series
+// multiplies by the tenant count.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'

@@ -12,6 +12,8 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
+import type { JobRow } from '../queue/boss.ts'
+import { insertJobsCte } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
 
@@ -240,6 +242,13 @@ audit AS (
     c.correlation_id
   FROM claimed c
 ),
+${insertJobsCte(
+  'queued_jobs',
+  `(SELECT * FROM jsonb_to_recordset($6::jsonb) AS s(job_id uuid, queue text, workflow_id uuid, task_id uuid,
+    attempt int, timeout_ms int, start_after text))`,
+  '$1',
+  '$7',
+)},
 notified AS (SELECT count(pg_notify('${READY_CHANNEL}', q)) AS n FROM unnest($5::text[]) AS q)
 -- One row at least, so the notifications are sent when nothing is claimed (a row without id).
 SELECT c.*, (
@@ -258,9 +267,11 @@ export interface LocalCandidate {
 }
 
 /**
- * Claims `candidates` in the caller's (completion) transaction and notifies `notify`'s queues;
- * returns the claimed tasks, payloads still sealed (openClaimed after the commit). A candidate not
- * returned stays queued (it needs an agent version this worker lacks): the caller inserts its job.
+ * Claims `candidates` in the caller's (completion) transaction, inserts `jobs` (rows as jobRow
+ * makes them: the ready tasks not picked, where our statements write pg-boss's jobs) and notifies
+ * `notify`'s queues; returns the claimed tasks, payloads still sealed (openClaimed after the
+ * commit). A candidate not returned stays queued (it needs an agent version this worker lacks):
+ * the caller inserts its job.
  */
 export async function claimLocally(
   db: Db,
@@ -268,6 +279,7 @@ export async function claimLocally(
   workerId: string,
   candidates: readonly LocalCandidate[],
   notify: readonly string[],
+  jobs: readonly JobRow[],
 ): Promise<ClaimedTask[]> {
   const { rows } = await executeNamed(db, 'eq_local_claim', LOCAL_CLAIM, [
     scope.tenantId,
@@ -275,6 +287,8 @@ export async function claimLocally(
     workerId,
     candidates.map((c) => c.taskId),
     notify,
+    JSON.stringify(jobs),
+    scope.tier,
   ])
   return rows.flatMap((r) =>
     r.id === null

@@ -9,7 +9,8 @@ import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
-import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { completeJobs, insertJobs, jobRow, type ReadyJob } from '../queue/boss.ts'
+import { completeJobsCte, insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimLocally, type FetchedJob, type LocalCandidate } from './claim.ts'
 import { spawnTasks, type SpawnRequest } from './spawn.ts'
@@ -53,7 +54,11 @@ export interface LocalContinuation {
 
 /** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
 export const COMPLETE = `
-WITH x AS (SELECT * FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, attempt int, result jsonb, waiting boolean)),
+WITH x AS (
+  SELECT * FROM jsonb_to_recordset($2::jsonb)
+    AS x(id uuid, attempt int, result jsonb, waiting boolean, job_id uuid, queue text, retry_count int)
+),
+${completeJobsCte('jobs_done', '(SELECT job_id, queue, retry_count FROM x WHERE job_id IS NOT NULL)')},
 done AS (
   UPDATE agent_coordination t
   SET status = 'completed', result = x.result, error = NULL, completed_at = now(), updated_at = now()
@@ -105,6 +110,13 @@ audit AS (
   UNION ALL
   SELECT $1, w.id, NULL, NULL, 'workflow_completed', '{}'::jsonb, w.correlation_id FROM wf w WHERE w.status = 'completed'
 ),
+${insertJobsCte(
+  'jobs_queued',
+  `(SELECT c.job_id, c.queue, c.workflow_id, c.id AS task_id, c.attempt, c.timeout_ms, c.start_after
+    FROM children c WHERE c.status = 'queued' AND $5::boolean)`,
+  '$1',
+  '$6',
+)},
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM children WHERE status = 'queued') q
   WHERE $4::boolean
@@ -192,6 +204,9 @@ export async function writeCompletions(
   local?: LocalContinuation,
   holding?: (picks: LocalCandidate[]) => void,
 ): Promise<CompletionOutcome> {
+  // Where our statements write pg-boss's jobs (direct.ts), this statement also completes the batch's
+  // jobs and, without local continuation, inserts the jobs of the tasks it makes ready.
+  const direct = usesDirectJobs(boss)
   const { rows } = await executeNamed(db, 'eq_complete', COMPLETE, [
     scope.tenantId,
     JSON.stringify(
@@ -200,11 +215,16 @@ export async function writeCompletions(
         attempt: i.attempt,
         result: i.result ?? null,
         waiting: i.waiting ?? false,
+        ...(direct && i.job?.jobId
+          ? { job_id: i.job.jobId, queue: i.job.queue, retry_count: i.job.retryCount }
+          : {}),
       })),
     ),
     items.map((i) => i.taskId),
     // With local continuation, the ready tasks' queues are notified after the worker's picks.
     local === undefined,
+    direct && local === undefined,
+    scope.tier,
   ])
   const completed = new Set<string>()
   const dispatched: ReadyJob[] = []
@@ -225,36 +245,41 @@ export async function writeCompletions(
   }
   let claimedLocally: ClaimedTask[] = []
   let queued = dispatched
+  // The jobs this function still has to insert: with `direct`, COMPLETE (no local continuation) or
+  // LOCAL_CLAIM (the tasks not picked) inserted the others.
+  let toInsert = direct ? [] : dispatched
   if (local && dispatched.length > 0) {
     const picks = local.take(dispatched, items)
     holding?.(picks)
     const picked = new Set(picks.map((p) => p.taskId))
-    const notify = [...new Set(dispatched.filter((d) => !picked.has(d.taskId)).map((d) => d.queue))]
+    const rest = dispatched.filter((d) => !picked.has(d.taskId))
+    const notify = [...new Set(rest.map((d) => d.queue))]
     claimedLocally =
       picks.length > 0 || notify.length > 0
-        ? await claimLocally(db, scope, local.workerId, picks, notify)
+        ? await claimLocally(db, scope, local.workerId, picks, notify, direct ? rest.map(jobRow) : [])
         : []
     const claimed = new Set(claimedLocally.map((t) => t.taskId))
     // A pick the claim did not take (it needs an agent version this worker lacks) is queued after all.
-    const unclaimed = picks.filter((p) => !claimed.has(p.taskId))
-    if (unclaimed.length > 0) {
-      local.giveBack(unclaimed)
+    const unclaimed = new Set(picks.filter((p) => !claimed.has(p.taskId)).map((p) => p.taskId))
+    if (unclaimed.size > 0) {
+      local.giveBack(picks.filter((p) => unclaimed.has(p.taskId)))
       holding?.(picks.filter((p) => claimed.has(p.taskId)))
-      await notifyReady(db, [...new Set(unclaimed.map((p) => p.queue))])
+      await notifyReady(db, [...new Set(picks.filter((p) => unclaimed.has(p.taskId)).map((p) => p.queue))])
     }
     queued = dispatched.filter((d) => !claimed.has(d.taskId))
+    toInsert = direct ? queued.filter((d) => unclaimed.has(d.taskId)) : queued
   }
-  await insertJobs(boss, db, scope, queued)
+  await insertJobs(boss, db, scope, toInsert)
   failpoint('complete.after-dependents')
-  // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done too.
-  // A locally claimed task has no job.
-  const jobs = items.flatMap((i) => (i.job?.jobId ? [{ ...i.job, jobId: i.job.jobId }] : []))
-  for (const [queue, list] of Map.groupBy(jobs, (j) => j.queue)) {
-    await boss.complete(
-      queue,
-      list.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
-      null,
-      { db },
+  // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done
+  // too. A locally claimed task has no job. With `direct`, COMPLETE did it.
+  if (!direct) {
+    await completeJobs(
+      boss,
+      db,
+      items.flatMap((i) =>
+        i.job?.jobId ? [{ queue: i.job.queue, jobId: i.job.jobId, retryCount: i.job.retryCount }] : [],
+      ),
     )
   }
   return { completed, workflowsCompleted, dispatched: queued, claimedLocally }

@@ -14,6 +14,7 @@ import { tenantContextSecret } from '../db/tenant-context.ts'
 import { type Db, executeNamed, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { insertJobs, queueName } from '../queue/boss.ts'
+import { insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { insertPlannedTasks } from './task-rows.ts'
 
@@ -69,6 +70,13 @@ audit AS (
     NULL, wf.correlation_id
   FROM t, wf
 ),
+${insertJobsCte(
+  'jobs',
+  `(SELECT t.job_id, t.queue, wf.id AS workflow_id, t.id AS task_id, t.attempt, t.timeout_ms, t.start_after
+    FROM t, wf WHERE t.status = 'queued' AND $12::boolean)`,
+  '$1',
+  '$13',
+)},
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
 )
@@ -110,6 +118,8 @@ export async function startWorkflow<TInput>(
   const workflowId = randomUUID()
   const correlationId = options.correlationId ?? workflowId
 
+  // Where our statements write pg-boss's jobs (queue/direct.ts), START inserts the ready tasks' jobs.
+  const direct = usesDirectJobs(deps.boss)
   const run = async (db: Db): Promise<StartResult> => {
     const { rows } = await executeNamed(db, 'eq_start', START, [
       scope.tenantId,
@@ -123,8 +133,11 @@ export async function startWorkflow<TInput>(
       JSON.stringify(tasks),
       options.subjectKey ?? null,
       options.actor ?? null,
+      direct,
+      scope.tier,
     ])
     if (rows[0]?.id) {
+      if (direct) return { id: workflowId, created: true, status: 'running' }
       const timers: Record<string, string> = rows[0].timers ?? {}
       const ready = tasks.filter((t) => t.status === 'queued')
       await insertJobs(

@@ -3,7 +3,8 @@
 
 /**
  * CTEs `x` (the planned rows, read from the jsonb parameter `param`) and `t` (their insert,
- * returning id, task_key, agent_id, status, attempt, queue). `workflowId` is the SQL expression of
+ * returning id, task_key, agent_id, status, attempt, queue, job_id,
+ * timeout_ms, start_after). `workflowId` is the SQL expression of
  * the workflow id; `from` is the FROM list that provides `x` (and whatever `workflowId` refers to).
  */
 export function insertPlannedTasks(param: string, workflowId: string, from: string): string {
@@ -24,7 +25,8 @@ t AS (
     x.backoff_max_ms, x.timeout_ms, x.job_id, x.agent_version, x.wait, x.start_at, x.start_delay_ms,
     CASE WHEN x.status = 'queued' THEN ${readyAt('x')} END
   FROM ${from}
-  RETURNING id, task_key, agent_id, status, attempt, queue, ${timerOf('agent_coordination')} AS start_after
+  RETURNING id, task_key, agent_id, status, attempt, queue, job_id, timeout_ms,
+    ${timerOf('agent_coordination')} AS start_after
 )`
 }
 

@@ -1,8 +1,11 @@
 // Steps 3-5 of the data flow in one process: fetch jobs -> claim tasks -> run agents -> complete.
 //
-// Each agent's queue has a loop that fetches min(free slots, batch size) jobs and fetches again at
-// once while it gets jobs; when a fetch comes back empty it sleeps until a NOTIFY names its queue
-// (sent by the transaction that made a task ready) or the poll interval passes. pg-boss's work()
+// One loop fetches min(free slots, batch size) jobs across the agents' queues (each within its
+// agent's own limit) and fetches again at once while it gets full batches; when a fetch comes back
+// short it sleeps until a NOTIFY names one of its queues (sent by the transaction that made a task
+// ready) or the poll interval passes. With tenant limits (or a pg-boss schema our statements were
+// not written for, see queue/direct.ts) each queue has such a loop of its own, through pg-boss's
+// fetch(), which applies the limits. pg-boss's work()
 // is not used for task queues: with batch size 1 it sleeps a full polling interval after every job
 // unless notified, and batches hold every slot until the slowest job of the batch finishes.
 import { hostname } from 'node:os'
@@ -23,6 +26,7 @@ import type { TenantScope } from '../db/tx.ts'
 import { DefinitionError, InvalidInputError, isPermanent, serializeError, Snooze } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import { queueName, type TaskJobData, WAIT_QUEUE } from '../queue/boss.ts'
+import { FETCH_ACROSS, usesDirectJobs } from '../queue/direct.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimTasks, type FetchedJob, type LocalCandidate, openClaimed } from './claim.ts'
 import { type Completion, SpawnLeaseLostError } from './complete.ts'
@@ -115,6 +119,14 @@ interface Running {
   /** Its agent slot passed to a child it made ready and claimed locally: not given back at its end. */
   donated?: boolean
   done: Promise<void>
+}
+
+/** A job as a fetch returns it: its id, queue, what it carries and the attempt it was fetched at. */
+interface FetchedRow {
+  id: string
+  name: string
+  data: TaskJobData
+  retryCount: number
 }
 
 /** A wake-up for the loops waiting on it; a wake that arrives while nobody waits is remembered. */
@@ -247,30 +259,36 @@ export class Worker {
   async start(): Promise<void> {
     await this.#o.liveness?.register(this.id)
     await this.#listen()
-    for (const id of this.#agents.keys()) {
-      const queue = queueName(id)
-      this.#wakers.set(queue, new Waker())
-      this.#inflight.set(queue, 0)
-      const limit = this.#limits.get(queue) as number
-      this.#loops.push(
-        this.#loop(queue, {
-          // Agents run after the loop moves on: they hold slots (theirs and the process's) until they end.
-          free: () => Math.min(limit - (this.#inflight.get(queue) ?? 0), this.#slots.free),
-          untilFree: () => this.#slots.waker.wait(this.#o.pollIntervalMs),
-          handle: async (jobs) => {
-            this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + jobs.length)
-            this.#slots.take(jobs.length)
-            await this.#dispatch(queue, jobs)
-          },
-        }),
-      )
+    // Where our statements read pg-boss's jobs (queue/direct.ts) and no tenant limits apply, one
+    // loop fetches for every agent queue of this worker in one statement; else one loop per queue
+    // through pg-boss's fetch(), which also applies the tenant limits.
+    const queues = [...this.#agents.keys()].map(queueName)
+    for (const queue of queues) this.#inflight.set(queue, 0)
+    if (usesDirectJobs(this.#o.boss) && !this.#o.tenantConcurrency) {
+      const waker = new Waker()
+      for (const queue of queues) this.#wakers.set(queue, waker)
+      this.#loops.push(this.#agentLoop('agents', waker, queues, true))
+    } else {
+      for (const queue of queues) {
+        const waker = new Waker()
+        this.#wakers.set(queue, waker)
+        this.#loops.push(this.#agentLoop(queue, waker, [queue], false))
+      }
     }
     // Wait tasks: arming and timeouts are short transactions, handled in the loop, no agent slot.
-    this.#wakers.set(WAIT_QUEUE, new Waker())
+    const waitWaker = new Waker()
+    this.#wakers.set(WAIT_QUEUE, waitWaker)
     this.#loops.push(
-      this.#loop(WAIT_QUEUE, {
+      this.#loop(WAIT_QUEUE, waitWaker, {
         free: () => this.#o.batchSize,
         untilFree: async () => {},
+        fetch: async (n) =>
+          (await this.#o.boss.fetch<TaskJobData>(WAIT_QUEUE, { batchSize: n })).map((j) => ({
+            id: j.id,
+            name: WAIT_QUEUE,
+            data: j.data,
+            retryCount: j.retryCount,
+          })),
         handle: (jobs) => this.#handleWaits(jobs),
       }),
     )
@@ -288,19 +306,67 @@ export class Worker {
   /** Wakes the loop of a queue (as a NOTIFY would). */
   wake(queue?: string): void {
     if (queue) this.#wakers.get(queue)?.wake()
-    else for (const w of this.#wakers.values()) w.wake()
+    else for (const w of new Set(this.#wakers.values())) w.wake()
   }
 
-  /** Fetches the queue's jobs while there are some and room for them; sleeps until woken when there are none. */
+  /**
+   * The loop fetching the jobs of agent queues: as many as there are free slots of the process and
+   * of each queue's agent; the jobs of each queue are claimed (per tenant) and their agents run.
+   * `across`: all of `queues` in one statement of ours (FETCH_ACROSS); else pg-boss's fetch() of the
+   * one queue.
+   */
+  #agentLoop(name: string, waker: Waker, queues: readonly string[], across: boolean): Promise<void> {
+    const room = (queue: string) => (this.#limits.get(queue) as number) - (this.#inflight.get(queue) ?? 0)
+    let turn = 0
+    return this.#loop(name, waker, {
+      // Agents run after the loop moves on: they hold slots (theirs and the process's) until they end.
+      free: () =>
+        Math.min(
+          queues.reduce((n, q) => n + Math.max(0, room(q)), 0),
+          this.#slots.free,
+        ),
+      untilFree: () => this.#slots.waker.wait(this.#o.pollIntervalMs),
+      fetch: async (n) => {
+        if (!across) {
+          const queue = queues[0] as string
+          const jobs = await this.#o.boss.fetch<TaskJobData>(queue, {
+            batchSize: n,
+            ...(this.#o.tenantConcurrency ? { groupConcurrency: this.#o.tenantConcurrency } : {}),
+          })
+          return jobs.map((j) => ({ id: j.id, name: queue, data: j.data, retryCount: j.retryCount }))
+        }
+        // Each fetch starts with the next queue, so a busy queue cannot starve the others.
+        turn = (turn + 1) % queues.length
+        const order = [...queues.slice(turn), ...queues.slice(0, turn)].filter((q) => room(q) > 0)
+        const { rows } = await this.#o.pool.query({
+          name: 'eq_fetch_across',
+          text: FETCH_ACROSS,
+          values: [order, order.map((q) => Math.min(n, room(q))), n],
+        })
+        return rows as FetchedRow[]
+      },
+      handle: async (jobs) => {
+        const byQueue = Map.groupBy(jobs, (j) => j.name)
+        for (const [queue, list] of byQueue) {
+          this.#inflight.set(queue, (this.#inflight.get(queue) ?? 0) + list.length)
+          this.#slots.take(list.length)
+        }
+        await Promise.all([...byQueue].map(([queue, list]) => this.#dispatch(queue, list)))
+      },
+    })
+  }
+
+  /** Fetches jobs while there are some and room for them; sleeps until woken when there are none. */
   async #loop(
-    queue: string,
+    name: string,
+    waker: Waker,
     room: {
       free: () => number
       untilFree: () => Promise<void>
-      handle: (jobs: { id: string; data: TaskJobData; retryCount: number }[]) => Promise<void>
+      fetch: (n: number) => Promise<FetchedRow[]>
+      handle: (jobs: FetchedRow[]) => Promise<void>
     },
   ): Promise<void> {
-    const waker = this.#wakers.get(queue) as Waker
     let failures = 0
     while (!this.#stopping) {
       const free = room.free()
@@ -308,23 +374,20 @@ export class Worker {
         await room.untilFree()
         continue
       }
-      let jobs: { id: string; data: TaskJobData; retryCount: number }[]
+      let jobs: FetchedRow[]
       // A wake (a NOTIFY sent at commit, or our own) that came before this fetch starts is answered
       // by it; remembered, it would cost an empty fetch after this one.
       waker.clear()
       const wanted = Math.min(free, this.#o.batchSize)
       try {
-        jobs = await this.#o.boss.fetch<TaskJobData>(queue, {
-          batchSize: wanted,
-          ...(this.#o.tenantConcurrency ? { groupConcurrency: this.#o.tenantConcurrency } : {}),
-        })
-        if (failures > 0) this.#o.log.info({ queue, failures }, 'fetch recovered')
+        jobs = await room.fetch(wanted)
+        if (failures > 0) this.#o.log.info({ queue: name, failures }, 'fetch recovered')
         failures = 0
       } catch (error) {
         failures++
-        // One warning per outage and queue; the retries that follow are debug lines.
-        if (failures === 1) this.#o.log.warn({ err: error, queue }, 'fetch failed; backing off')
-        else this.#o.log.debug({ err: error, queue, failures }, 'fetch failed again')
+        // One warning per outage and loop; the retries that follow are debug lines.
+        if (failures === 1) this.#o.log.warn({ err: error, queue: name }, 'fetch failed; backing off')
+        else this.#o.log.debug({ err: error, queue: name, failures }, 'fetch failed again')
         await waker.wait(Math.min(10_000, 100 * 2 ** failures))
         continue
       }
@@ -336,12 +399,12 @@ export class Worker {
         await room.handle(jobs)
       } catch (error) {
         this.#o.log.error(
-          { err: error, queue, jobs: jobs.length },
+          { err: error, queue: name, jobs: jobs.length },
           'claiming fetched jobs failed; the sweeper will recover them',
         )
       }
-      // Fewer jobs than asked for: the queue had no more when the fetch ran. Fetch again when a NOTIFY
-      // (or the poll) says there is more, not at once: that fetch would come back empty.
+      // Fewer jobs than asked for: the queues had no more when the fetch ran. Fetch again when a
+      // NOTIFY (or the poll) says there is more, not at once: that fetch would come back empty.
       if (jobs.length < wanted) await waker.wait(this.#o.pollIntervalMs)
     }
   }
@@ -350,7 +413,7 @@ export class Worker {
    * Arms the fetched wait tasks, or times them out (their timer jobs), per tenant. A failure leaves
    * the jobs active: pg-boss expires them and the sweeper recovers the tasks.
    */
-  async #handleWaits(jobs: { id: string; data: TaskJobData; retryCount: number }[]): Promise<void> {
+  async #handleWaits(jobs: FetchedRow[]): Promise<void> {
     const fetched = jobs.flatMap((j) =>
       j.data && typeof j.data.t === 'string'
         ? [
@@ -400,10 +463,7 @@ export class Worker {
     this.#slots.give(n)
   }
 
-  async #dispatch(
-    queue: string,
-    jobs: { id: string; data: TaskJobData; retryCount: number }[],
-  ): Promise<void> {
+  async #dispatch(queue: string, jobs: FetchedRow[]): Promise<void> {
     let unclaimed = jobs.length
     try {
       const fetched: FetchedJob[] = []

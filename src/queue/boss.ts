@@ -2,8 +2,9 @@
 // ids; the task itself lives in the coordination table. pg-boss does not retry our jobs
 // (retryLimit 0): retries are decided, counted and audited by the engine, fenced on its own rows.
 import { type Db as IDatabase, PgBoss, type JobInsert } from 'pg-boss'
-import type { Db, TenantScope } from '../db/tx.ts'
 import { BOSS_SCHEMA } from '../db/names.ts'
+import { type Db, executeNamed, type TenantScope } from '../db/tx.ts'
+import { COMPLETE_JOBS, enableDirectJobs, INSERT_JOBS, usesDirectJobs } from './direct.ts'
 
 // Internal queues use '/', which agent ids cannot contain, so no agent's queue (`eq.<id>`) can
 // ever share a name with them (an agent called "sweep" would otherwise).
@@ -86,7 +87,8 @@ export async function ensureQueues(
     heartbeatSeconds: settings.heartbeatSeconds,
     deleteAfterSeconds: settings.deleteAfterSeconds,
   }
-  for (const name of [DEAD_LETTER_QUEUE, SWEEP_QUEUE, WAIT_QUEUE, ...agentIds.map(queueName)]) {
+  const names = [DEAD_LETTER_QUEUE, SWEEP_QUEUE, WAIT_QUEUE, ...agentIds.map(queueName)]
+  for (const name of names) {
     if (existing.has(name)) continue
     try {
       await boss.createQueue(
@@ -98,15 +100,28 @@ export async function ensureQueues(
       if (!(await boss.getQueue(name))) throw error
     }
   }
+  await enableDirectJobs(boss, boss.getDb(), names)
 }
 
-/** Inserts the jobs in the caller's transaction: one statement per distinct queue. */
+/**
+ * Inserts the jobs in the caller's transaction: one statement for all of them where our own
+ * statements write pg-boss's jobs (see direct.ts), else one pg-boss insert per distinct queue.
+ */
 export async function insertJobs(
   boss: PgBoss,
   db: Db,
   scope: TenantScope,
   jobs: readonly ReadyJob[],
 ): Promise<void> {
+  if (jobs.length === 0) return
+  if (usesDirectJobs(boss)) {
+    await executeNamed(db, 'eq_insert_jobs', INSERT_JOBS, [
+      scope.tenantId,
+      JSON.stringify(jobs.map(jobRow)),
+      scope.tier,
+    ])
+    return
+  }
   const byQueue = new Map<string, JobInsert<TaskJobData>[]>()
   for (const job of jobs) {
     let list = byQueue.get(job.queue)
@@ -127,4 +142,49 @@ export async function insertJobs(
     })
   }
   for (const [queue, list] of byQueue) await boss.insert(queue, list, { db })
+}
+
+/** A ready job as the rows our job statements read (see direct.ts). */
+export type JobRow = ReturnType<typeof jobRow>
+
+export function jobRow(job: ReadyJob) {
+  return {
+    job_id: job.jobId,
+    queue: job.queue,
+    workflow_id: job.workflowId,
+    task_id: job.taskId,
+    attempt: job.attempt,
+    timeout_ms: job.timeoutMs,
+    start_after: job.startAfter ?? null,
+    timeout: job.timeout ?? false,
+  }
+}
+
+/** A fetched job to complete: its id, queue and the retry count it was fetched at (the fence). */
+export interface FetchedJobRef {
+  queue: string
+  jobId: string
+  retryCount: number
+}
+
+/**
+ * Completes fetched jobs in the caller's transaction, fenced on the attempt they were fetched at:
+ * one statement for all queues where our statements write pg-boss's jobs, else one per queue.
+ */
+export async function completeJobs(boss: PgBoss, db: Db, jobs: readonly FetchedJobRef[]): Promise<void> {
+  if (jobs.length === 0) return
+  if (usesDirectJobs(boss)) {
+    await executeNamed(db, 'eq_complete_jobs', COMPLETE_JOBS, [
+      JSON.stringify(jobs.map((j) => ({ job_id: j.jobId, queue: j.queue, retry_count: j.retryCount }))),
+    ])
+    return
+  }
+  for (const [queue, list] of Map.groupBy(jobs, (j) => j.queue)) {
+    await boss.complete(
+      queue,
+      list.map((j) => ({ id: j.jobId, retryCount: j.retryCount })),
+      null,
+      { db },
+    )
+  }
 }

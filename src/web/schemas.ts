@@ -423,7 +423,10 @@ export const routes = {
         id: { type: 'string', minLength: 1, maxLength: 63 },
         name: { type: 'string', minLength: 1, maxLength: 200 },
         tier: { type: 'string', minLength: 1, maxLength: 32 },
-        complianceProfile: { type: 'object', description: 'see the README, Compliance' },
+        complianceProfile: {
+          type: 'object',
+          description: 'see docs/audit-and-compliance.md#compliance-events-retention-erasure',
+        },
         server: {
           type: 'string',
           minLength: 1,

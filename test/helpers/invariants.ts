@@ -1,5 +1,5 @@
 // The promise of the engine, checked from the database after a run of crashes, kills and restarts
-// (see README, "What survives a crash"). Read as the superuser, across every tenant. Each check
+// (see docs/architecture.md#guarantees). Read as the superuser, across every tenant. Each check
 // counts what it examined, so a summary can show that the checks looked at something.
 import pg from 'pg'
 
