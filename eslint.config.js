@@ -6,7 +6,9 @@ const DRIZZLE =
   "drizzle-orm's runtime and the schema files cost ~0.3 s and ~100 MB at start: value lists are in src/db/schema/values.ts, migrate() imports drizzle when it runs"
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.data/**', 'drizzle/**', 'test-artifacts/**'] },
+  {
+    ignores: ['dist/**', 'node_modules/**', '.equilateral/**', '.data/**', 'drizzle/**', 'test-artifacts/**'],
+  },
   ...tseslint.configs.recommendedTypeChecked,
   {
     languageOptions: {

@@ -125,6 +125,12 @@ export interface EngineOptions {
    * does: for single-process apps. Default false: a fleet migrates once, in its release phase.
    */
   migrate?: boolean
+  /**
+   * Log at start what the deployment should change: payloads stored unencrypted, run-time
+   * connections that bypass row-level security (default true). The CLI's one-shot commands turn
+   * it off: those warnings belong to the processes that run the fleet (web, worker), once each.
+   */
+  setupWarnings?: boolean
 }
 
 export interface WorkflowView {
@@ -224,6 +230,7 @@ export class Engine {
   readonly #connectionString: string
   readonly #adminConnectionString: string
   readonly #migrateOnStart: boolean
+  readonly #setupWarnings: boolean
   #adminPool: pg.Pool | null = null
   /** Every registered version of each agent, by id then version. */
   readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
@@ -270,6 +277,7 @@ export class Engine {
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
     this.#migrateOnStart = options.migrate ?? false
+    this.#setupWarnings = options.setupWarnings ?? true
     this.pool = new pg.Pool({
       connectionString: this.#connectionString,
       max: this.config.dbPoolMax,
@@ -436,21 +444,23 @@ export class Engine {
   /** Starts pg-boss and creates the queues of every known agent (idempotent, safe from many processes). */
   async start(): Promise<this> {
     await this.#checkMigrated()
-    const { rows } = await this.pool.query(
-      'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
-    )
-    if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
-      this.log.warn(
-        { role: rows[0].role },
-        'run-time connections can bypass row-level security (superuser or BYPASSRLS); set DATABASE_ROLE',
+    if (this.#setupWarnings) {
+      const { rows } = await this.pool.query(
+        'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
       )
+      if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
+        this.log.warn(
+          { role: rows[0].role },
+          'run-time connections can bypass row-level security (superuser or BYPASSRLS); set DATABASE_ROLE',
+        )
+      }
     }
     if (this.keyRing.enabled) {
       this.log.info(
         { activeKey: this.keyRing.activeKeyId, keys: this.keyRing.keyIds },
         'payloads are encrypted at rest (AES-256-GCM)',
       )
-    } else {
+    } else if (this.#setupWarnings) {
       this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
     // The tenant context of the control database: a secret configured that the database refuses is

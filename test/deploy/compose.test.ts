@@ -256,7 +256,7 @@ describe('Dockerfile', () => {
 
   it('keeps host builds and data out of the build context', () => {
     const ignored = readFileSync(path.join(root, '.dockerignore'), 'utf8').split('\n')
-    expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'dist', '.data', '.git']))
+    expect(ignored).toEqual(expect.arrayContaining(['node_modules', 'dist', '.equilateral', '.git']))
   })
 })
 
