@@ -118,6 +118,12 @@ export interface Config {
    * migration generated and the engine reads it through the owner's connection.
    */
   tenantContextSecret: string | undefined
+  /**
+   * Whether the tenant tables' policies compare with the tenant the database verified (default) or,
+   * false, with the app.tenant_id setting as before (cheaper; any SQL run as the application role can
+   * then choose a tenant). Applied by `migrate` (TENANT_CONTEXT_VERIFIED); docs/security.md.
+   */
+  tenantContextVerified: boolean
   /** HTTP port of the `web` process (PORT, as on Heroku/Render). */
   port: number
   /** Interface the web process listens on. */
@@ -190,6 +196,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
     encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
     tenantContextSecret: env.TENANT_CONTEXT_SECRET || undefined,
+    tenantContextVerified: bool('TENANT_CONTEXT_VERIFIED', true),
     port: int('PORT', 3000, 0, 65535),
     host: env.HOST || '0.0.0.0',
     webConcurrency: int('WEB_CONCURRENCY', 1, 1, 64),
@@ -199,7 +206,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   }
   if (config.tenantContextSecret !== undefined && Buffer.byteLength(config.tenantContextSecret) < 32) {
     problems.push(
-      'TENANT_CONTEXT_SECRET must be at least 32 characters (or unset: see the README, Tenant isolation)',
+      'TENANT_CONTEXT_SECRET must be at least 32 characters (or unset: see docs/isolation-modes.md)',
     )
   }
   if (config.adminToken !== undefined && config.adminToken.length < 16) {

@@ -502,6 +502,7 @@ export class Engine {
       await migrate(this.#adminConnectionString, {
         onStep: (m) => this.log.info(`migrate: ${m}`),
         tenantContextSecret: this.config.tenantContextSecret,
+        tenantContextVerified: this.config.tenantContextVerified,
       })
       found = await state()
     }
@@ -575,6 +576,7 @@ export class Engine {
       servers: this.servers,
       prefix: this.config.tenantDatabasePrefix,
       tenantContextSecret: this.config.tenantContextSecret,
+      tenantContextVerified: this.config.tenantContextVerified,
     })
     // This process may have looked the tenant up before it existed.
     this.tenants.invalidate(spec.id)

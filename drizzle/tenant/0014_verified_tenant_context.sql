@@ -27,9 +27,13 @@ BEGIN
   IF current_schema() <> 'equilateral' THEN
     RETURN;
   END IF;
+  -- verified: whether the policies compare with current_tenant() (the default) or, switched off
+  -- with TENANT_CONTEXT_VERIFIED=false at migrate time, with app.tenant_id as before (cheaper, and
+  -- forgeable by injected SQL: see docs/security.md). tenant_policies() below writes either.
   CREATE TABLE equilateral.tenant_context_key (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
     secret bytea NOT NULL CHECK (length(secret) >= 32),
+    verified boolean NOT NULL DEFAULT true,
     created_at timestamptz NOT NULL DEFAULT now()
   );
   REVOKE ALL ON equilateral.tenant_context_key FROM PUBLIC;
@@ -105,25 +109,37 @@ BEGIN
   REVOKE ALL ON FUNCTION equilateral.current_tenant() FROM PUBLIC;
   -- Every role a policy binds evaluates it (the observer's queries too); it reveals nothing.
   GRANT EXECUTE ON FUNCTION equilateral.current_tenant() TO PUBLIC;
+
+  -- The policies of one schema's tenant tables, as equilateral.tenant_context_key.verified says:
+  -- this migration writes them for each schema it is applied to, and `equilateral migrate` again for
+  -- every schema when TENANT_CONTEXT_VERIFIED changes the flag. Owner only.
+  CREATE FUNCTION equilateral.tenant_policies(s text) RETURNS void
+  LANGUAGE plpgsql VOLATILE
+  SET search_path = pg_catalog, pg_temp
+  AS $f$
+  DECLARE
+    verified boolean := (SELECT k.verified FROM equilateral.tenant_context_key k);
+    tenant text := CASE WHEN verified THEN '(SELECT equilateral.current_tenant())'
+      ELSE 'NULLIF(current_setting(''app.tenant_id'', true), '''')' END;
+    t text;
+  BEGIN
+    FOREACH t IN ARRAY ARRAY['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events',
+      'agent_audit_seals', 'workflow_events', 'workflow_schedules', 'agent_audit_redactions'] LOOP
+      EXECUTE format('DROP POLICY IF EXISTS tenant_isolation ON %I.%I', s, t);
+      EXECUTE format('CREATE POLICY tenant_isolation ON %I.%I AS PERMISSIVE FOR ALL TO public
+        USING (tenant_id = %s) WITH CHECK (tenant_id = %s)', s, t, tenant, tenant);
+      -- The observer role (0012) has no secret: it keeps reading (the columns its grants allow,
+      -- never writing) the tenant its own app.tenant_id names, through a policy of its own that
+      -- binds only members of equilateral_observer, never the app role.
+      EXECUTE format('DROP POLICY IF EXISTS observer_tenant ON %I.%I', s, t);
+      EXECUTE format('CREATE POLICY observer_tenant ON %I.%I AS PERMISSIVE FOR SELECT TO equilateral_observer
+        USING (tenant_id = NULLIF(current_setting(''app.tenant_id'', true), ''''))', s, t);
+    END LOOP;
+  END
+  $f$;
+  REVOKE ALL ON FUNCTION equilateral.tenant_policies(text) FROM PUBLIC;
 END
 $$;
 --> statement-breakpoint
--- Every tenant table's policy, verified. The observer role (0012) has no secret: it keeps reading
--- (columns its grants allow, never writing) the tenant its own app.tenant_id names, through a
--- policy of its own; that policy binds only members of equilateral_observer, never the app role.
-DO $$
-DECLARE
-  s text := current_schema();
-  t text;
-BEGIN
-  FOREACH t IN ARRAY ARRAY['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events',
-    'agent_audit_seals', 'workflow_events', 'workflow_schedules', 'agent_audit_redactions'] LOOP
-    EXECUTE format('DROP POLICY tenant_isolation ON %I.%I', s, t);
-    EXECUTE format('CREATE POLICY tenant_isolation ON %I.%I AS PERMISSIVE FOR ALL TO public
-      USING (tenant_id = (SELECT equilateral.current_tenant()))
-      WITH CHECK (tenant_id = (SELECT equilateral.current_tenant()))', s, t);
-    EXECUTE format('CREATE POLICY observer_tenant ON %I.%I AS PERMISSIVE FOR SELECT TO equilateral_observer
-      USING (tenant_id = NULLIF(current_setting(''app.tenant_id'', true), ''''))', s, t);
-  END LOOP;
-END
-$$;
+-- Every tenant table's policies (verified unless switched off; see tenant_policies above).
+SELECT equilateral.tenant_policies(current_schema());

@@ -11,10 +11,11 @@ import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
+import { migrate } from '../../src/db/migrate.ts'
 import { tenantCredential } from '../../src/db/tenant-context.ts'
 import { clientDb, createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
-import { queryOnce } from '../helpers/db.ts'
+import { createTestDatabase, queryOnce } from '../helpers/db.ts'
 import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
@@ -369,5 +370,32 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('tenant context
     } finally {
       await configured.close()
     }
+  })
+})
+
+describe('TENANT_CONTEXT_VERIFIED=false', () => {
+  it('puts back the policies by setting, which injected SQL can choose, and true restores the verified ones', async () => {
+    const db = await createTestDatabase()
+    afterAll(() => db.drop())
+    await queryOnce(
+      db.url,
+      `INSERT INTO equilateral.workflows (tenant_id, id, type, version, status, correlation_id, tasks_remaining)
+       VALUES ('beta', gen_random_uuid(), 'single', 1, 'running', 'c', 1)`,
+    )
+    const app = await connect(db.appUrl)
+    afterAll(() => app.end())
+    const forged = async () => {
+      await app.query(`BEGIN; SELECT set_config('app.tenant_id', 'beta', true)`)
+      try {
+        return (await app.query(`SELECT count(*)::int AS n FROM equilateral.workflows`)).rows[0].n
+      } finally {
+        await app.query('ROLLBACK')
+      }
+    }
+    expect(await forged()).toBe(0)
+    await migrate(db.url, { tenantContextVerified: false })
+    expect(await forged()).toBe(1)
+    await migrate(db.url, { tenantContextVerified: true })
+    expect(await forged()).toBe(0)
   })
 })

@@ -99,7 +99,7 @@ async function undoNewestTenantMigration(tenant: string): Promise<void> {
        ) => `DROP POLICY tenant_isolation ON equilateral.${t}; DROP POLICY observer_tenant ON equilateral.${t};
          CREATE POLICY tenant_isolation ON equilateral.${t} USING (${old}) WITH CHECK (${old});`,
      ).join('\n')}
-     DROP FUNCTION equilateral.current_tenant(), equilateral.enter_tenant(text, text),
+     DROP FUNCTION equilateral.current_tenant(), equilateral.enter_tenant(text, text), equilateral.tenant_policies(text),
        equilateral.tenant_context_binding(), equilateral.tenant_context_mac(bytea, text);
      DROP TABLE equilateral.tenant_context_key;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
