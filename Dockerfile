@@ -31,6 +31,8 @@ COPY bin ./bin
 COPY examples ./examples
 # The migrations sit beside package.json, where src/paths.ts looks for the package root.
 COPY drizzle ./drizzle
+# The configuration file every command reads: which (compiled) modules hold the agents and workflows.
+COPY deploy/equilateral.config.image.mjs ./equilateral.config.mjs
 USER node
 EXPOSE 3000 9464
 ENTRYPOINT ["node", "bin/equilateral.js"]

@@ -110,7 +110,7 @@ async function tenantInfo(client: pg.ClientBase, tenantId: string): Promise<Tena
 }
 
 /**
- * The tenant's verified scope (drizzle/tenant/0014), computed in SQL by the owner, who may read the
+ * The tenant's verified scope (drizzle/tenant/0016), computed in SQL by the owner, who may read the
  * secret (this script runs as the owner; withTenantTx sends the credential from the engine's copy).
  */
 const enterTenantSql = (tenant: string) =>

@@ -1,4 +1,4 @@
-// The cost of the verified tenant context (drizzle/tenant/0014) on one connection, against the
+// The cost of the verified tenant context (drizzle/tenant/0016) on one connection, against the
 // policy it replaced: rounds of N engine-like transactions (BEGIN and the scope, a CLAIM-shaped
 // statement that updates a task joined with its workflow and appends an audit row, COMMIT), once
 // with the verified policies and enter_tenant(), once with the policies rewritten to compare with

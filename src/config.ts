@@ -12,6 +12,12 @@ export interface Config {
   /** The owner role's URL, for migrations and tenant administration; defaults to databaseUrl. */
   migrationDatabaseUrl: string | undefined
   /**
+   * A login in equilateral_maintenance, for the retention purge and GDPR erasure (its connections
+   * switch to that role); unset: they run on the owner's connection (migrationDatabaseUrl, else
+   * databaseUrl), as before the role existed.
+   */
+  maintenanceDatabaseUrl: string | undefined
+  /**
    * The role every run-time connection switches to (`-c role=...`): the application role, which
    * owns nothing and cannot bypass row-level security. '' keeps the login role as it is.
    */
@@ -163,6 +169,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   const config: Config = {
     databaseUrl: env.DATABASE_URL || undefined,
     migrationDatabaseUrl: env.MIGRATION_DATABASE_URL || undefined,
+    maintenanceDatabaseUrl: env.MAINTENANCE_DATABASE_URL || undefined,
     databaseRole: env.DATABASE_ROLE ?? APP_ROLE,
     isolationMode: (env.TENANT_ISOLATION_MODE || 'row-level') as IsolationMode,
     tenantServers: parseServers(env.TENANT_SERVERS, problems),

@@ -26,8 +26,8 @@ import {
   parseComplianceProfile,
 } from './compliance/profile.ts'
 import {
+  canMaintain,
   ensureRetentionQueue,
-  ownsTenantTables,
   type PurgeOptions,
   type PurgeReport,
   purgeExpired,
@@ -43,7 +43,7 @@ import type { KeyRing } from './crypto/keyring.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { latestMigrations } from './db/migrate.ts'
 import { describeUrl } from './db/describe-url.ts'
-import { APP_SCHEMA, BOSS_SCHEMA } from './db/names.ts'
+import { APP_SCHEMA, BOSS_SCHEMA, MAINTENANCE_ROLE } from './db/names.ts'
 import { databaseKey, Servers, type TenantDatabase } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
 import {
@@ -67,6 +67,7 @@ import {
   InvalidInputError,
   NotFoundError,
   SetupError,
+  TenantError,
   UnknownWorkflowTypeError,
   UnknownWorkflowVersionError,
 } from './errors.ts'
@@ -113,6 +114,11 @@ export interface EngineOptions {
    * application role may not do. Defaults to MIGRATION_DATABASE_URL, then connectionString.
    */
   adminConnectionString?: string
+  /**
+   * A login in equilateral_maintenance, for the retention purge and GDPR erasure (switched to that
+   * role at connection start). Defaults to MAINTENANCE_DATABASE_URL, then the owner's connection.
+   */
+  maintenanceConnectionString?: string
   agents?: readonly AgentDefinition<any, any>[]
   workflows?: readonly WorkflowDefinition<any>[]
   /** Overrides of the configuration read from the environment. */
@@ -229,9 +235,12 @@ export class Engine {
   #workerCalls = 0
   readonly #connectionString: string
   readonly #adminConnectionString: string
+  /** The maintenance login's connection, switched to the maintenance role; null: the owner's. */
+  readonly #maintenanceConnectionString: string | null
   readonly #migrateOnStart: boolean
   readonly #setupWarnings: boolean
   #adminPool: pg.Pool | null = null
+  #maintenancePool: pg.Pool | null = null
   /** Every registered version of each agent, by id then version. */
   readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
   /** The latest version of each workflow type (what starts by default) ... */
@@ -276,6 +285,10 @@ export class Engine {
     )
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
+    const maintenance = options.maintenanceConnectionString ?? this.config.maintenanceDatabaseUrl
+    this.#maintenanceConnectionString = maintenance
+      ? runtimeConnectionString(maintenance, MAINTENANCE_ROLE, session)
+      : null
     this.#migrateOnStart = options.migrate ?? false
     this.#setupWarnings = options.setupWarnings ?? true
     this.pool = new pg.Pool({
@@ -305,6 +318,7 @@ export class Engine {
       configured: this.config.tenantServers,
       controlOwnerUrl: this.#adminConnectionString,
       controlRuntimeUrl: options.connectionString,
+      controlMaintenanceUrl: maintenance,
       role: this.config.databaseRole,
       session,
     })
@@ -467,7 +481,7 @@ export class Engine {
     // a misconfiguration, refused here rather than at the first request. A secret this process
     // cannot have (no TENANT_CONTEXT_SECRET, no owner login) is only a warning: a worker serving
     // only tenant databases reads theirs through TENANT_SERVERS' owner logins; transactions in the
-    // control database fail with the same message. A database still without migration 0014 (a
+    // control database fail with the same message. A database still without migration 0016 (a
     // rollout in progress) is the warning above.
     await withTenantTx(this.pool, { tenantId: '-', searchPath: APP_SCHEMA, tier: '' }, async () => {}).catch(
       (error: unknown) => {
@@ -488,11 +502,19 @@ export class Engine {
    */
   async #checkMigrated(): Promise<void> {
     const state = async () => {
-      const { rows } = await this.pool.query<{ app: boolean; boss: boolean }>(
-        `SELECT to_regclass('${APP_SCHEMA}.__tenant_migrations') IS NOT NULL AS app,
-           to_regclass('${BOSS_SCHEMA}.version') IS NOT NULL AS boss`,
-      )
-      const found = rows[0]!
+      let found
+      try {
+        const { rows } = await this.pool.query<{ app: boolean; boss: boolean }>(
+          `SELECT to_regclass('${APP_SCHEMA}.__tenant_migrations') IS NOT NULL AS app,
+             to_regclass('${BOSS_SCHEMA}.version') IS NOT NULL AS boss`,
+        )
+        found = rows[0]!
+      } catch (error) {
+        // A new server: the application role every connection switches to (`-c role=...`) is
+        // created by the first migration, so connecting fails before anything can be read.
+        if (!isMissingRole(error)) throw error
+        return { migrated: false, pending: false }
+      }
       const migrated = found.app && found.boss
       return { migrated, pending: migrated && (await this.readiness(30_000)).migrations === 'pending' }
     }
@@ -543,7 +565,18 @@ export class Engine {
    */
   async #tenantContextSecret(database: TenantDatabase | null): Promise<Buffer> {
     try {
-      return await readTenantContextSecret(this.stores.ownerOf(database, this.#admin))
+      if (!database) return await readTenantContextSecret(this.#admin)
+      const owner = new pg.Client({
+        connectionString: this.servers.ownerUrl(database.server, database.name),
+        application_name: 'equilateral-admin',
+      })
+      owner.on('error', () => {})
+      await owner.connect()
+      try {
+        return await readTenantContextSecret(owner)
+      } finally {
+        await owner.end().catch(() => {})
+      }
     } catch (error) {
       const configured = this.config.tenantContextSecret
       if (!(error instanceof TenantContextError) || configured === undefined) throw error
@@ -567,17 +600,69 @@ export class Engine {
   }
 
   /**
+   * The maintenance pool (retention purge, erasure), opened on first use: the maintenance login's
+   * (MAINTENANCE_DATABASE_URL) when there is one, else the owner's, as before the role existed.
+   */
+  get #maintenance(): pg.Pool {
+    if (!this.#maintenanceConnectionString) return this.#admin
+    if (!this.#maintenancePool) {
+      this.#maintenancePool = new pg.Pool({
+        connectionString: this.#maintenanceConnectionString,
+        max: 2,
+        application_name: 'equilateral-maintenance',
+      })
+      this.#maintenancePool.on('error', (error) =>
+        this.#warn(connectionError(error), error, 'idle maintenance connection lost'),
+      )
+      // The maintenance role cannot read the secret: the same source as the app's pools.
+      provideTenantContextSecret(this.#maintenancePool, () => this.#tenantContextSecret(null))
+    }
+    return this.#maintenancePool
+  }
+
+  /** The maintenance pool on the tenant's database (the control one's for a shared-database tenant). */
+  #maintenanceOf(scope: TenantScope): pg.Pool {
+    const pool = this.stores.maintenance(scope, this.#maintenance)
+    // The maintenance role cannot read the secret either: the same source as the app's pools.
+    if (scope.database)
+      provideTenantContextSecret(pool, () => this.#tenantContextSecret(scope.database ?? null))
+    return pool
+  }
+
+  /**
+   * Runs a tenant administration call on the owner's connection. Tenant administration stays with
+   * the owner, not the maintenance role: creating a tenant creates schemas or databases and migrates
+   * them, and rotating a key or resuming a tenant hands the tenant to whoever asks. A process given
+   * no owner URL (web and worker in the recommended setup) is refused by the database; that is
+   * reported as `owner_required`, not as an internal error.
+   */
+  async #asOwner<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn()
+    } catch (error) {
+      if ((error as { code?: unknown }).code !== '42501') throw error
+      throw new TenantError(
+        'owner_required',
+        'tenant administration needs the database owner: this process has no MIGRATION_DATABASE_URL ' +
+          '(run `equilateral tenant ...` with it, as the release step does)',
+      )
+    }
+  }
+
+  /**
    * Creates a tenant (in schema-per-tenant mode with its schema, in database-per-tenant mode with
    * its database, created and migrated) and returns its API key, once. Workers start serving a new
    * tenant database within TENANT_REFRESH_MS.
    */
   async createTenant(spec: TenantSpec): Promise<CreatedTenant> {
-    const created = await createTenant(this.#admin, spec, this.config.isolationMode, {
-      servers: this.servers,
-      prefix: this.config.tenantDatabasePrefix,
-      tenantContextSecret: this.config.tenantContextSecret,
-      tenantContextVerified: this.config.tenantContextVerified,
-    })
+    const created = await this.#asOwner(() =>
+      createTenant(this.#admin, spec, this.config.isolationMode, {
+        servers: this.servers,
+        prefix: this.config.tenantDatabasePrefix,
+        tenantContextSecret: this.config.tenantContextSecret,
+        tenantContextVerified: this.config.tenantContextVerified,
+      }),
+    )
     // This process may have looked the tenant up before it existed.
     this.tenants.invalidate(spec.id)
     return created
@@ -593,12 +678,12 @@ export class Engine {
    * directory's cache time (5 s).
    */
   async suspendTenant(id: string): Promise<void> {
-    await setTenantStatus(this.#admin, id, 'suspended')
+    await this.#asOwner(() => setTenantStatus(this.#admin, id, 'suspended'))
     this.tenants.invalidate(id)
   }
 
   async resumeTenant(id: string): Promise<void> {
-    await setTenantStatus(this.#admin, id, 'active')
+    await this.#asOwner(() => setTenantStatus(this.#admin, id, 'active'))
     this.tenants.invalidate(id)
   }
 
@@ -627,22 +712,22 @@ export class Engine {
 
   /** A new API key for the tenant; the old one stops working at once. */
   rotateApiKey(id: string): Promise<string> {
-    return rotateApiKey(this.#admin, id)
+    return this.#asOwner(() => rotateApiKey(this.#admin, id))
   }
 
   /** Replaces a tenant's compliance profile (owner connection); returns it as stored. */
   setComplianceProfile(id: string, profile: ComplianceProfile): Promise<ComplianceProfile> {
-    return setComplianceProfile(this.#admin, id, profile, this.servers)
+    return this.#asOwner(() => setComplianceProfile(this.#admin, id, profile, this.servers))
   }
 
   /**
    * Retention: purges, for every tenant, coordination data, compliance events and sealed audit
    * blocks past their retention, in bounded batches, recording a `purge` compliance event
-   * (src/compliance/retention.ts). Owner connection.
+   * (src/compliance/retention.ts). Maintenance connection.
    */
   purgeExpired(options: PurgeOptions = {}): Promise<PurgeReport> {
-    return purgeExpired(this.#admin, { timeouts: this.#timeouts, ...options }, (scope) =>
-      this.stores.owner(scope, this.#admin),
+    return purgeExpired(this.#maintenance, { timeouts: this.#timeouts, ...options }, (scope) =>
+      this.#maintenanceOf(scope),
     )
   }
 
@@ -656,21 +741,34 @@ export class Engine {
     return eraseTenant(await this.#erasureDeps(tenantId), tenantId)
   }
 
-  /** The owner's pool and the pg-boss of the database the tenant's data is in (any status). */
-  async #erasureDeps(tenantId: string): Promise<{ admin: pg.Pool; boss: PgBoss; control: pg.Pool }> {
-    const { scope } = await ownerTenant(this.#admin, tenantId)
+  /**
+   * The maintenance pools (the tenant's database's, the control database's) and the store of the
+   * database the tenant's data is in (any status), whose pool and pg-boss cancel its running workflows.
+   */
+  async #erasureDeps(
+    tenantId: string,
+  ): Promise<{ maintenance: pg.Pool; app: pg.Pool; boss: PgBoss; control: pg.Pool }> {
+    const { scope } = await ownerTenant(this.#maintenance, tenantId)
     const store = await this.stores.of(scope)
-    return { admin: this.stores.owner(scope, this.#admin), boss: store.boss, control: this.#admin }
+    return {
+      maintenance: this.#maintenanceOf(scope),
+      app: store.pool,
+      boss: store.boss,
+      control: this.#maintenance,
+    }
   }
 
   /**
    * Runs the retention purge from a pg-boss cron schedule (hourly by default, sent once across the
-   * fleet). Needs the owner connection (MIGRATION_DATABASE_URL, or an owner DATABASE_URL): without
-   * it, logs a warning and returns false; run `equilateral retention purge` from a scheduler then.
+   * fleet). Needs the maintenance connection (MAINTENANCE_DATABASE_URL, else the owner's:
+   * MIGRATION_DATABASE_URL, or an owner DATABASE_URL): without one that may purge, logs a warning
+   * and returns false; run `equilateral retention purge` from a scheduler then.
    */
   async startRetention(cron = '17 * * * *'): Promise<boolean> {
-    if (!(await ownsTenantTables(this.#admin))) {
-      this.log.warn('retention purge not scheduled: the admin connection does not own the tenant tables')
+    if (!(await canMaintain(this.#maintenance))) {
+      this.log.warn(
+        'retention purge not scheduled: the maintenance connection may not purge (set MAINTENANCE_DATABASE_URL to a login in equilateral_maintenance)',
+      )
       return false
     }
     const schedule = async (store: Store, purge: () => Promise<PurgeReport>) => {
@@ -684,8 +782,8 @@ export class Engine {
     }
     // The control database's tenants (all of them in the shared modes).
     await schedule(this.stores.control, () =>
-      purgeExpired(this.#admin, { timeouts: this.#timeouts }, (scope) =>
-        scope.database ? null : this.#admin,
+      purgeExpired(this.#maintenance, { timeouts: this.#timeouts }, (scope) =>
+        scope.database ? null : this.#maintenance,
       ),
     )
     // database-per-tenant: each tenant database has its own schedule, run by the workers serving it.
@@ -693,9 +791,7 @@ export class Engine {
       await this.#serve({
         name: 'retention',
         start: async (store, scope) => {
-          await schedule(store, () =>
-            purgeExpired(this.stores.owner(scope, this.#admin), { timeouts: this.#timeouts }),
-          )
+          await schedule(store, () => purgeExpired(this.#maintenanceOf(scope), { timeouts: this.#timeouts }))
           return () => store.boss.offWork(RETENTION_QUEUE)
         },
       })
@@ -1342,6 +1438,7 @@ export class Engine {
     await this.boss.stop({ graceful: false, close: true }).catch(() => {})
     await this.pool.end().catch(() => {})
     await this.#adminPool?.end().catch(() => {})
+    await this.#maintenancePool?.end().catch(() => {})
   }
 }
 
@@ -1697,6 +1794,12 @@ function isCursorTime(value: unknown): value is string {
 function connectionError(error: Error): { err: { message: string; code?: string } } {
   const code = (error as { code?: string }).code
   return { err: { message: error.message, ...(code ? { code } : {}) } }
+}
+
+/** `-c role=<name>` at connection naming a role the server does not have (invalid_parameter_value). */
+function isMissingRole(error: unknown): boolean {
+  const e = error as { code?: unknown; message?: unknown }
+  return e.code === '22023' && typeof e.message === 'string' && /^role ".*" does not exist$/.test(e.message)
 }
 
 export async function createEngine(options: EngineOptions): Promise<Engine> {

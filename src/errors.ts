@@ -82,6 +82,12 @@ export type TenantErrorCode =
   | 'too_many_databases'
   /** A move refused: the tenant is not suspended and drained, or the copy differs from the source. */
   | 'move_refused'
+  /**
+   * Tenant administration (create, suspend, resume, rotate key, set profile, move) on a connection
+   * that is not the owner's: this process was given no MIGRATION_DATABASE_URL (the recommended setup
+   * for web and worker); run `equilateral tenant ...` where the owner's URL is, as the release step.
+   */
+  | 'owner_required'
 
 export class TenantError extends EquilateralError {
   declare readonly code: TenantErrorCode
@@ -95,6 +101,18 @@ export class ConfigError extends EquilateralError {
   constructor(problems: string[]) {
     super('invalid_config', `invalid configuration:\n  - ${problems.join('\n  - ')}`)
     this.problems = problems
+  }
+}
+
+/**
+ * The project's configuration file (`equilateral.config.ts`, see src/project.ts) or a module it
+ * names cannot be used: not found, failing to load, or exporting no agent, workflow or schedule.
+ * The message is one line naming the file and the module.
+ */
+export class ProjectConfigError extends EquilateralError {
+  declare readonly code: 'invalid_project_config'
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('invalid_project_config', message, options)
   }
 }
 

@@ -3,6 +3,7 @@
 // in a git-ignored file beside the embedded database, `<data root>/demo-tenant.json` (mode 0600):
 // a later run prints the same key while it still authenticates, or issues a new one.
 import { randomBytes } from 'node:crypto'
+import { existsSync } from 'node:fs'
 import { chmod, mkdir, readFile, rename, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import type { Engine } from '../engine.ts'
@@ -122,6 +123,29 @@ export interface BannerOptions {
   envPrefix: string
   /** DATABASE_URL is set: other commands need it too. */
   databaseFromEnv: boolean
+  /** How the command is run in this project and which workflow the curl line starts (see projectBanner). */
+  project?: ProjectBanner
+}
+
+export interface ProjectBanner {
+  /** `node bin/equilateral.js` in this repository, `npx equilateral` in a project that installed it. */
+  cli: string
+  /** The workflow type the curl line starts with an empty input; undefined: the deploy-feature example. */
+  start: string | undefined
+}
+
+/**
+ * This repository (its examples/deploy-feature.json is there) gets the deploy-feature lines; another
+ * project (equilateral.config.ts names its own workflows) gets a line starting its first workflow type.
+ */
+export function projectBanner(workflowTypes: readonly string[], cwd: string = process.cwd()): ProjectBanner {
+  const here = existsSync(path.join(cwd, 'bin', 'equilateral.js'))
+  const demo =
+    workflowTypes.includes('deploy-feature') && existsSync(path.join(cwd, 'examples', 'deploy-feature.json'))
+  return {
+    cli: here ? 'node bin/equilateral.js' : 'npx equilateral',
+    start: demo ? undefined : (workflowTypes[0] ?? 'WORKFLOW-TYPE'),
+  }
 }
 
 /** Single-quotes a word for bash when it needs it. */
@@ -141,7 +165,8 @@ export function devBanner(o: BannerOptions): string[] {
     created: `new tenant; kept in ${o.stateFile}`,
     rotated: `a new key for the existing tenant; kept in ${o.stateFile}`,
   }[o.keyOrigin]
-  const cli = `${o.envPrefix}node bin/equilateral.js`
+  const cli = `${o.envPrefix}${o.project?.cli ?? 'node bin/equilateral.js'}`
+  const start = o.project?.start
   return [
     '',
     'equilateral-agents dev: migrated; the HTTP API, a worker, the sweeper and retention are running.',
@@ -157,8 +182,15 @@ export function devBanner(o: BannerOptions): string[] {
       ? [`  warning: tenant "${DEMO_TENANT}" is suspended; resume it: ${cli} tenant resume ${DEMO_TENANT}`]
       : []),
     '',
-    'Start the example deploy-feature workflow (from the repository root):',
-    `  curl -sS ${auth} -H 'content-type: application/json' -d "{\\"type\\":\\"deploy-feature\\",\\"input\\":$(cat examples/deploy-feature.json)}" ${o.url}/v1/workflows`,
+    ...(start === undefined
+      ? [
+          'Start the example deploy-feature workflow (from the repository root):',
+          `  curl -sS ${auth} -H 'content-type: application/json' -d "{\\"type\\":\\"deploy-feature\\",\\"input\\":$(cat examples/deploy-feature.json)}" ${o.url}/v1/workflows`,
+        ]
+      : [
+          `Start a ${start} workflow (its input in place of {}):`,
+          `  curl -sS ${auth} -H 'content-type: application/json' -d '{"type":"${start}","input":{}}' ${o.url}/v1/workflows`,
+        ]),
     'Follow it (put the id it printed in place of <id>):',
     `  curl -sS ${auth} ${o.url}/v1/workflows/<id>`,
     `  ${cli} workflow watch <id> --tenant ${DEMO_TENANT}${o.databaseFromEnv ? '   (with the same DATABASE_URL)' : ''}`,

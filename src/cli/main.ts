@@ -11,32 +11,22 @@ import path from 'node:path'
 import { Command, InvalidArgumentError } from 'commander'
 import type { Logger } from 'pino'
 import type { ComplianceProfile } from '../compliance/profile.ts'
-import type { AgentDefinition, WorkflowDefinition } from '../core/definition.ts'
 import type { Json } from '../core/json.ts'
 import { assertTenantId, requireUuid } from '../core/ids.ts'
 import type { Engine, WorkflowFilter } from '../engine.ts'
-import { EquilateralError, InvalidInputError } from '../errors.ts'
+import { InvalidInputError } from '../errors.ts'
 import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
 import { outputMode, render, withoutInternalAgents } from './output.ts'
 
-interface Registry {
-  agents: readonly AgentDefinition<any, any>[]
-  workflows: readonly WorkflowDefinition<any>[]
-}
-
-const DEFAULT_REGISTRY = new URL(
-  import.meta.url.endsWith('.ts') ? '../../workers/registry.ts' : '../../workers/registry.js',
-  import.meta.url,
-).href
-
-async function loadRegistry(specifier: string | undefined): Promise<Registry> {
-  const url = specifier ? new URL(specifier, `file://${process.cwd()}/`).href : DEFAULT_REGISTRY
-  const mod = (await import(url)) as Partial<Registry>
-  if (!Array.isArray(mod.agents) || !Array.isArray(mod.workflows)) {
-    throw new EquilateralError('invalid_registry', `${url} must export arrays \`agents\` and \`workflows\``)
-  }
-  return { agents: mod.agents, workflows: mod.workflows }
+/**
+ * The project's agents, workflows and schedules: `--registry` when given, else the modules the
+ * configuration file names (equilateral.config.ts), else the examples (see ./config.ts).
+ */
+async function loadRegistry(specifier: string | undefined) {
+  const { loadProjectRegistry } = await import('./config.ts')
+  const { agents, workflows, schedules } = await loadProjectRegistry({ registry: specifier })
+  return { agents, workflows, schedules }
 }
 
 /**
@@ -114,10 +104,11 @@ async function withEngine<T>(
   const db = await provisionDatabase({ log: () => {} })
   let engine: Engine | undefined
   try {
-    const registry = await loadRegistry(registryPath)
+    const { agents, workflows } = await loadRegistry(registryPath)
     engine = new Engine({
       connectionString: db.url,
-      ...registry,
+      agents,
+      workflows,
       // To stderr: stdout carries the command's output.
       log: pino({ level: config.logLevel === 'info' ? 'warn' : config.logLevel }, pino.destination(2)),
       supervise: false,
@@ -270,7 +261,7 @@ program
   )
   .option(
     '--registry <module>',
-    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+    'a module exporting agents and workflows, instead of equilateral.config.ts (default: that file, else the examples in workers/)',
   )
   .option('--concurrency <n>', 'agents run at once (default WORKER_CONCURRENCY or 16)', (v) => positiveInt(v))
   .action(async (opts: { registry?: string; concurrency?: number }) => {
@@ -294,8 +285,9 @@ program
     const config = loadConfig()
     const log = createLogger(config.logLevel)
     const db = await provisionDatabase({ log: (line) => log.info(line) })
-    const registry = await loadRegistry(opts.registry)
+    const { schedules, ...registry } = await loadRegistry(opts.registry)
     const engine = await startEngine(new Engine({ connectionString: db.url, ...registry, log }), log)
+    await (await import('./config.ts')).applySchedules(engine, schedules, log)
     // An agent that blocks the event loop would freeze this process for good; exit instead.
     const watchdog = config.watchdogMs > 0 ? startWatchdog(config.watchdogMs) : undefined
     await engine.startWorker(opts.concurrency ? { concurrency: opts.concurrency } : {})
@@ -325,7 +317,7 @@ program
   )
   .option(
     '--registry <module>',
-    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+    'a module exporting agents and workflows, instead of equilateral.config.ts (default: that file, else the examples in workers/)',
   )
   .option('--port <n>', 'port (default PORT or 3000)', (v) => port(v))
   .action(async (opts: { registry?: string; port?: number }) => {
@@ -345,10 +337,10 @@ program
       import('../web/server.ts'),
     ])
     const db = await provisionDatabase({ log: (line) => log.info(line) })
-    const registry = await loadRegistry(opts.registry)
+    const { agents, workflows } = await loadRegistry(opts.registry)
     // supervise: false: pg-boss maintenance and cron belong to workers, not to the web tier.
     const engine = await startEngine(
-      new Engine({ connectionString: db.url, ...registry, log, supervise: false }),
+      new Engine({ connectionString: db.url, agents, workflows, log, supervise: false }),
       log,
     )
     const server = await startWeb(engine, opts.port === undefined ? {} : { port: opts.port })
@@ -367,7 +359,7 @@ program
   )
   .option(
     '--registry <module>',
-    'module exporting `agents` and `workflows` (default: the examples in workers/)',
+    'a module exporting agents and workflows, instead of equilateral.config.ts (default: that file, else the examples in workers/)',
   )
   .option('--port <n>', 'port of the HTTP API (default PORT or 3000)', (v) => port(v))
   .action(async (opts: { registry?: string; port?: number }) => {
@@ -388,6 +380,7 @@ program
         readDevState,
         shellQuote,
         writeDevState,
+        projectBanner,
       },
     ] = await Promise.all([
       import('../config.ts'),
@@ -414,7 +407,7 @@ program
       const db = await provisionDatabase({ log: (line) => log.info(line) })
       started.push({ name: 'the database', stop: db.stop })
       await migrate(config.migrationDatabaseUrl ?? db.url, { onStep: (m) => log.info(`migrate: ${m}`) })
-      const registry = await loadRegistry(opts.registry)
+      const { schedules, ...registry } = await loadRegistry(opts.registry)
       const engine = await createEngine({ connectionString: db.url, ...registry, log })
       started.push({ name: 'the engine', stop: () => engine.close() })
 
@@ -431,6 +424,8 @@ program
         apiKeys: { ...state.apiKeys, [database]: demo.apiKey },
       }
       if (JSON.stringify(next) !== JSON.stringify(state)) await writeDevState(stateFile, next)
+      // After the demo tenant exists: the project's schedules may name it.
+      await (await import('./config.ts')).applySchedules(engine, schedules, log)
 
       await engine.startWorker()
       await engine.startSweeper()
@@ -467,6 +462,7 @@ program
         envPrefix:
           dataDirSet && db.source === 'embedded' ? `EQUILATERAL_DATA_DIR=${shellQuote(dataRoot())} ` : '',
         databaseFromEnv: db.source === 'env',
+        project: projectBanner(engine.workflowTypes),
       })
       // stderr, as every human-facing line of this command: stdout carries the JSON logs.
       process.stderr.write(lines.join('\n'))
@@ -475,6 +471,23 @@ program
       throw error
     }
     await runUntilSignal(log, stopAll, 'equilateral dev: stopped.')
+  })
+
+program
+  .command('init')
+  .argument('[dir]', 'the project folder (default: the working directory)', '.')
+  .description(
+    'scaffold a project: equilateral.config.ts, an agent, a workflow, a test with the test kit, package.json scripts and a Procfile; refuses to overwrite files without --force',
+  )
+  .option(
+    '--package <spec>',
+    'where npm installs equilateral-agents from: a tarball or a directory (default: the dependency package.json has, else this checkout)',
+  )
+  .option('--force', 'overwrite existing files and package.json scripts')
+  .action(async (dir: string, opts: { package?: string; force?: boolean }) => {
+    const { init, describeInit } = await import('./init.ts')
+    const result = await init({ dir, package: opts.package, force: !!opts.force })
+    process.stdout.write(describeInit(result))
   })
 
 const tenant = program
@@ -858,7 +871,9 @@ audit
 
 const retention = program
   .command('retention')
-  .description('retention of coordination data, audit rows and compliance events (owner connection)')
+  .description(
+    'retention of coordination data, audit rows and compliance events (MAINTENANCE_DATABASE_URL, else the owner)',
+  )
 retention
   .command('purge')
   .description(
@@ -880,7 +895,7 @@ retention
 program
   .command('erase')
   .description(
-    "GDPR erasure: cancel, then erase the personal data of a data subject's workflows (--subject) or of a whole tenant, keeping the audit chain verifiable; records a deletion compliance event",
+    "GDPR erasure: cancel, then erase the personal data of a data subject's workflows (--subject) or of a whole tenant, keeping the audit chain verifiable; records a deletion compliance event (MAINTENANCE_DATABASE_URL, else the owner)",
   )
   .requiredOption('--tenant <id>', 'tenant id')
   .option('--subject <key>', 'the subject key the workflows were started with (default: the whole tenant)')

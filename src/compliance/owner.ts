@@ -1,6 +1,9 @@
-// The owner's side of compliance work (retention purge, GDPR erasure): tenant lookup whatever the
-// tenant's status, owner transactions scoped to one tenant with the narrow audit switches the
-// append-only triggers honour, and the compliance events the engine records itself.
+// The maintenance side of compliance work (retention purge, GDPR erasure), on the maintenance
+// connection (MAINTENANCE_DATABASE_URL, a login in equilateral_maintenance; by default the owner's):
+// tenant lookup whatever the tenant's status, transactions scoped to one tenant, and the compliance
+// events the engine records itself. What the purge and the erasure change, they change through the
+// SECURITY DEFINER functions of drizzle/tenant/0015_maintenance_role.sql, which set the audit
+// switches the append-only triggers honour for themselves.
 import type pg from 'pg'
 import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, type TenantScope, type TxTimeouts, withTimeouts } from '../db/tx.ts'
@@ -29,9 +32,9 @@ export interface TenantRow {
 export const TENANT_COLUMNS = 'id, tier, schema_name, database_server, database_name, compliance_profile'
 
 /** One tenant, active or suspended (retention and erasure apply to both). */
-export async function ownerTenant(admin: pg.Pool, id: string): Promise<OwnerTenant> {
+export async function ownerTenant(maintenance: pg.Pool, id: string): Promise<OwnerTenant> {
   assertTenantId(id)
-  const { rows } = await admin.query<TenantRow>(
+  const { rows } = await maintenance.query<TenantRow>(
     `SELECT ${TENANT_COLUMNS} FROM ${APP_SCHEMA}.tenants WHERE id = $1`,
     [id],
   )
@@ -40,32 +43,19 @@ export async function ownerTenant(admin: pg.Pool, id: string): Promise<OwnerTena
   return { scope: scopeOfRow(row), profile: row.compliance_profile }
 }
 
-/** The switches of drizzle/tenant/0004 and 0006, set transaction-locally. */
-export type OwnerSwitch =
-  'equilateral.audit_redaction' | 'equilateral.audit_purge' | 'equilateral.retention_purge'
-
 /**
- * An owner transaction scoped to the tenant (app.tenant_id and search_path, as every engine
- * transaction, because row-level security binds the owner too), with the given switches on for
- * this transaction only. Retried on serialization failures and deadlocks: bodies are idempotent.
- * `timeouts`: a maintenance pass's lock and statement timeouts (retention).
+ * A maintenance transaction scoped to the tenant (app.tenant_id and search_path, as every engine
+ * transaction: row-level security binds the maintenance role and the functions it calls). Retried
+ * on serialization failures and deadlocks: bodies are idempotent. `timeouts`: a maintenance pass's
+ * lock and statement timeouts (retention).
  */
-export function ownerTx<T>(
-  admin: pg.Pool,
+export function maintenanceTx<T>(
+  maintenance: pg.Pool,
   scope: TenantScope,
-  switches: readonly OwnerSwitch[],
   fn: (db: Db) => Promise<T>,
   timeouts?: TxTimeouts,
 ): Promise<T> {
-  return withTimeouts(timeouts)(admin, scope, async (db) => {
-    if (switches.length > 0) {
-      await db.executeSql(
-        `SELECT ${switches.map((_, i) => `set_config($${i + 1}, 'on', true)`).join(', ')}`,
-        [...switches],
-      )
-    }
-    return fn(db)
-  })
+  return withTimeouts(timeouts)(maintenance, scope, fn)
 }
 
 /**
@@ -80,13 +70,13 @@ export async function recordComplianceEvent(
   eventType: string,
   data: Record<string, unknown>,
 ): Promise<number> {
-  const { rows } = await db.executeSql(
+  // No RETURNING: the maintenance role may insert events, not read them.
+  const result = (await db.executeSql(
     `INSERT INTO compliance_events (tenant_id, agent_id, compliance_type, event_type, event_data, retention_until)
      SELECT $1, $2, r.regime, $3, $4::jsonb, r.retention_until FROM ${APP_SCHEMA}.compliance_regimes($1) r
      UNION ALL
-     SELECT $1, $2, 'GDPR', $3, $4::jsonb, NULL WHERE NOT EXISTS (SELECT FROM ${APP_SCHEMA}.compliance_regimes($1))
-     RETURNING id`,
+     SELECT $1, $2, 'GDPR', $3, $4::jsonb, NULL WHERE NOT EXISTS (SELECT FROM ${APP_SCHEMA}.compliance_regimes($1))`,
     [tenantId, actor, eventType, JSON.stringify(data)],
-  )
-  return rows.length
+  )) as { rowCount?: number | null }
+  return result.rowCount ?? 0
 }

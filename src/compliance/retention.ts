@@ -1,4 +1,6 @@
-// Retention purge, on the owner connection: per tenant, in bounded batches (one transaction each,
+// Retention purge, on the maintenance connection (equilateral_maintenance, or the owner by default),
+// through the SECURITY DEFINER function maintenance_purge (drizzle/tenant/0015), which refuses a
+// retention shorter than the tenant's profile: per tenant, in bounded batches (one transaction each,
 // so an interrupted purge simply resumes at the next run), it deletes
 //   * coordination data: workflows that ended more than the profile's dataRetentionDays ago, with
 //     their tasks;
@@ -15,7 +17,13 @@ import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, isTimedOut, type TenantScope, type TxTimeouts } from '../db/tx.ts'
 import { isTransient } from '../flow/completer.ts'
 import { scopeOfRow } from '../tenants.ts'
-import { ownerTx, recordComplianceEvent, RETENTION_ACTOR, TENANT_COLUMNS, type TenantRow } from './owner.ts'
+import {
+  maintenanceTx,
+  recordComplianceEvent,
+  RETENTION_ACTOR,
+  TENANT_COLUMNS,
+  type TenantRow,
+} from './owner.ts'
 import { auditRetentionDays, type ComplianceProfile, parseComplianceProfile } from './profile.ts'
 
 export interface PurgeCounts {
@@ -57,60 +65,16 @@ export interface PurgeOptions {
 
 const EMPTY: PurgeCounts = { workflows: 0, tasks: 0, auditRows: 0, auditBlocks: 0, complianceEvents: 0 }
 
-// Ended workflows older than the cutoff, oldest first, with their tasks and their events. created_at < cutoff is implied by
-// completed_at < cutoff and lets the (tenant_id, created_at) index find them.
-const PURGE_DATA = `
-WITH w AS (
-  SELECT id FROM workflows
-  WHERE tenant_id = $1 AND created_at < now() - make_interval(days => $2::int)
-    AND completed_at < now() - make_interval(days => $2::int) AND status <> 'running'
-  ORDER BY created_at LIMIT $3 FOR UPDATE SKIP LOCKED
-),
-t AS (DELETE FROM agent_coordination c USING w WHERE c.tenant_id = $1 AND c.workflow_id = w.id RETURNING 1),
-ev AS (DELETE FROM workflow_events e USING w WHERE e.tenant_id = $1 AND e.workflow_id = w.id RETURNING 1),
-d AS (DELETE FROM workflows x USING w WHERE x.tenant_id = $1 AND x.id = w.id RETURNING 1)
-SELECT (SELECT count(*) FROM d)::int AS workflows, (SELECT count(*) FROM t)::int AS tasks`
-
-const PURGE_EVENTS = `
-WITH e AS (
-  SELECT id FROM compliance_events WHERE tenant_id = $1 AND retention_until < now()
-  ORDER BY retention_until LIMIT $2 FOR UPDATE SKIP LOCKED
-),
-d AS (DELETE FROM compliance_events c USING e WHERE c.tenant_id = $1 AND c.id = e.id RETURNING 1)
-SELECT count(*)::int AS n FROM d`
-
-// The leading run of unpurged blocks whose rows are all present and all older than the cutoff. A
-// block with a row missing is left alone: marking it purged would hide that from verify.
-const PURGE_AUDIT = `
-WITH b AS (
-  SELECT s.block_no, s.row_ids FROM agent_audit_seals s
-  WHERE s.tenant_id = $1 AND s.purged_at IS NULL ORDER BY s.block_no LIMIT $3 FOR UPDATE
-),
-age AS (
-  SELECT b.block_no, b.row_ids, a.present, a.newest
-  FROM b CROSS JOIN LATERAL (
-    SELECT count(*) AS present, max(l."timestamp") AS newest
-    FROM agent_audit_log l WHERE l.tenant_id = $1 AND l.id = ANY (b.row_ids)
-  ) a
-),
-expired AS (
-  SELECT g.block_no, g.row_ids FROM age g
-  WHERE NOT EXISTS (
-    SELECT FROM age h WHERE h.block_no <= g.block_no
-      AND (h.present <> cardinality(h.row_ids) OR h.newest >= now() - make_interval(days => $2::int)))
-),
-del AS (
-  DELETE FROM agent_audit_log l USING expired e WHERE l.tenant_id = $1 AND l.id = ANY (e.row_ids) RETURNING 1
-),
-sealed AS (
-  UPDATE agent_audit_seals s SET purged_at = now(), row_ids = '{}', row_hashes = '{}', data_hashes = '{}'
-  FROM expired e WHERE s.tenant_id = $1 AND s.block_no = e.block_no RETURNING 1
-)
-SELECT (SELECT count(*) FROM del)::int AS rows, (SELECT count(*) FROM sealed)::int AS blocks`
+// What maintenance_purge deletes (drizzle/tenant/0015): ended workflows past dataRetentionDays with
+// their tasks and events, compliance events past their retention_until, and the leading run of
+// sealed audit blocks whose rows are all present and past the audit retention.
+const PURGE = `SELECT purged_workflows AS workflows, purged_tasks AS tasks, purged_audit_rows AS "auditRows",
+  purged_audit_blocks AS "auditBlocks", purged_events AS "complianceEvents"
+FROM maintenance_purge($1, $2, $3, $4)`
 
 /** One tenant, batch after batch, until nothing is left or maxBatches. */
 export async function purgeTenant(
-  admin: pg.Pool,
+  maintenance: pg.Pool,
   scope: TenantScope,
   profile: ComplianceProfile,
   options: PurgeOptions & { runId?: string } = {},
@@ -123,28 +87,13 @@ export async function purgeTenant(
   const report: TenantPurgeReport = { tenantId: scope.tenantId, ...EMPTY, batches: 0, complete: false }
   const t = scope.tenantId
   while (report.batches < maxBatches) {
-    const { counts, more } = await ownerTx(
-      admin,
+    const { counts, more } = await maintenanceTx(
+      maintenance,
       scope,
-      ['equilateral.audit_purge', 'equilateral.retention_purge'],
       async (db: Db) => {
-        const c = { ...EMPTY }
-        let more = false
-        if (dataDays !== undefined) {
-          const { rows } = await db.executeSql(PURGE_DATA, [t, dataDays, limit])
-          c.workflows = rows[0]?.workflows ?? 0
-          c.tasks = rows[0]?.tasks ?? 0
-          more ||= c.workflows === limit
-        }
-        const events = await db.executeSql(PURGE_EVENTS, [t, limit])
-        c.complianceEvents = events.rows[0]?.n ?? 0
-        more ||= c.complianceEvents === limit
-        if (auditDays !== undefined) {
-          const { rows } = await db.executeSql(PURGE_AUDIT, [t, auditDays, limit])
-          c.auditRows = rows[0]?.rows ?? 0
-          c.auditBlocks = rows[0]?.blocks ?? 0
-          more ||= c.auditBlocks === limit
-        }
+        const { rows } = await db.executeSql(PURGE, [t, dataDays ?? null, auditDays ?? null, limit])
+        const c: PurgeCounts = { ...EMPTY, ...(rows[0] as Partial<PurgeCounts>) }
+        const more = c.workflows === limit || c.complianceEvents === limit || c.auditBlocks === limit
         if (Object.values(c).some((n) => n > 0)) {
           await recordComplianceEvent(db, t, RETENTION_ACTOR, 'purge', {
             run: runId,
@@ -168,20 +117,20 @@ export async function purgeTenant(
 }
 
 /**
- * Every tenant (active or suspended), a page at a time. `ownerOf` gives the owner's pool on a
- * tenant's own database (database-per-tenant), or null to pass the tenant over (its database is
- * purged by a schedule of its own); one that cannot be reached is reported in `problems` and the
- * others are purged.
+ * Every tenant (active or suspended), a page at a time, listed on `maintenance` (the control
+ * database's). `ownerOf` gives the maintenance pool on a tenant's own database (database-per-tenant),
+ * or null to pass the tenant over (its database is purged by a schedule of its own); one that cannot
+ * be reached is reported in `problems` and the others are purged.
  */
 export async function purgeExpired(
-  admin: pg.Pool,
+  maintenance: pg.Pool,
   options: PurgeOptions = {},
-  ownerOf: (scope: TenantScope) => pg.Pool | null = () => admin,
+  ownerOf: (scope: TenantScope) => pg.Pool | null = () => maintenance,
 ): Promise<PurgeReport> {
   const runId = randomUUID()
   const report: PurgeReport = { runId, ...EMPTY, tenants: 0, batches: 0, complete: true, problems: [] }
   for (let after = ''; ;) {
-    const { rows } = await admin.query<TenantRow>(
+    const { rows } = await maintenance.query<TenantRow>(
       `SELECT ${TENANT_COLUMNS} FROM ${APP_SCHEMA}.tenants WHERE id > $1 ORDER BY id LIMIT 100`,
       [after],
     )
@@ -230,11 +179,16 @@ export async function purgeExpired(
   }
 }
 
-/** Whether this connection may purge and erase: it must own the tenant tables (or be a superuser). */
-export async function ownsTenantTables(admin: pg.Pool): Promise<boolean> {
-  const { rows } = await admin.query(
-    `SELECT pg_has_role(c.relowner, 'MEMBER') AS ok FROM pg_class c
-     WHERE c.oid = to_regclass('${APP_SCHEMA}.agent_audit_log')`,
+/**
+ * Whether this connection may purge and erase: it may execute the maintenance functions (a login
+ * in equilateral_maintenance, the owner, a superuser) and, in database-per-tenant mode, read the
+ * tenant list.
+ */
+export async function canMaintain(maintenance: pg.Pool): Promise<boolean> {
+  const { rows } = await maintenance.query(
+    `SELECT CASE WHEN to_regprocedure($1) IS NULL THEN false
+       ELSE has_function_privilege($1, 'EXECUTE') AND has_column_privilege($2, 'compliance_profile', 'SELECT') END AS ok`,
+    [`${APP_SCHEMA}.maintenance_purge(text, integer, integer, integer)`, `${APP_SCHEMA}.tenants`],
   )
   return rows[0]?.ok === true
 }

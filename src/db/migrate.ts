@@ -41,7 +41,7 @@ export interface MigrateOptions {
    */
   tenantContextSecret?: string
   /**
-   * false: the tenant tables' policies compare with app.tenant_id, as before migration 0014 (cheaper;
+   * false: the tenant tables' policies compare with app.tenant_id, as before migration 0016 (cheaper;
    * injected SQL can choose a tenant); true: with the verified tenant (equilateral.current_tenant()).
    * Default: TENANT_CONTEXT_VERIFIED from the environment, else true. Rewrites every schema's
    * policies when it differs from what the database has.
@@ -212,7 +212,7 @@ async function migrateTenantSchemas(
 
 /**
  * Rewrites the policies of the shared schema and of every tenant schema when `verified` differs from
- * the database's flag (drizzle/tenant/0014, equilateral.tenant_policies); returns whether it did.
+ * the database's flag (drizzle/tenant/0016, equilateral.tenant_policies); returns whether it did.
  */
 async function applyTenantContextMode(client: pg.Client, verified: boolean): Promise<boolean> {
   const { rowCount } = await client.query(

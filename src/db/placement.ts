@@ -4,7 +4,7 @@
 import { randomBytes } from 'node:crypto'
 import type pg from 'pg'
 import { TenantError } from '../errors.ts'
-import { APP_SCHEMA } from './names.ts'
+import { APP_SCHEMA, MAINTENANCE_ROLE } from './names.ts'
 import { withDatabase } from './provision.ts'
 import { runtimeConnectionString, type SessionLimits } from './tx.ts'
 
@@ -44,6 +44,8 @@ export function newDatabaseName(prefix: string, tenantId: string): string {
 export class Servers {
   readonly #owner: ReadonlyMap<string, string>
   readonly #runtime: ReadonlyMap<string, string>
+  /** The maintenance logins by server, or null: maintenance runs as the owner. */
+  readonly #maintenance: ReadonlyMap<string, string> | null
   readonly #role: string
   readonly #session: SessionLimits
 
@@ -55,6 +57,11 @@ export class Servers {
     configured: Readonly<Record<string, string>>
     controlOwnerUrl: string
     controlRuntimeUrl: string
+    /**
+     * MAINTENANCE_DATABASE_URL: the control database's maintenance login (undefined: maintenance
+     * runs as the owner). A configured server's owner login is switched to the maintenance role.
+     */
+    controlMaintenanceUrl?: string | undefined
     role: string
     /** Limits of the run-time sessions (see SessionLimits). */
     session?: SessionLimits
@@ -67,6 +74,13 @@ export class Servers {
     this.#runtime = new Map(
       entries.length > 0 ? entries : [[DEFAULT_SERVER, options.controlRuntimeUrl] as [string, string]],
     )
+    this.#maintenance = options.controlMaintenanceUrl
+      ? new Map(
+          entries.length > 0
+            ? entries
+            : [[DEFAULT_SERVER, options.controlMaintenanceUrl] as [string, string]],
+        )
+      : null
     this.#role = options.role
     this.#session = options.session ?? {}
   }
@@ -89,6 +103,19 @@ export class Servers {
     return runtimeConnectionString(
       withDatabase(this.#url(this.#runtime, db.server), db.name),
       this.#role,
+      this.#session,
+    )
+  }
+
+  /**
+   * The maintenance connection to a tenant database (retention purge, erasure): switched to the
+   * maintenance role when there is a maintenance login, else the owner's, as before the role existed.
+   */
+  maintenanceUrl(db: TenantDatabase): string {
+    if (!this.#maintenance) return this.ownerUrl(db.server, db.name)
+    return runtimeConnectionString(
+      withDatabase(this.#url(this.#maintenance, db.server), db.name),
+      MAINTENANCE_ROLE,
       this.#session,
     )
   }

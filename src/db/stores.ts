@@ -101,27 +101,22 @@ export class Stores {
   }
 
   /**
-   * The owner's pool on the tenant's database (retention, erasure), or `controlOwner` for a tenant
-   * in the control database. Small, and closed with the stores.
+   * The maintenance pool on the tenant's database (retention, erasure; Servers.maintenanceUrl), or
+   * `control` for a tenant in the control database. Small, and closed with the stores.
    */
-  owner(scope: TenantScope, controlOwner: pg.Pool): pg.Pool {
-    return this.ownerOf(scope.database ?? null, controlOwner)
-  }
-
-  /** The owner's pool on a tenant database, or `controlOwner` for null (the control database). */
-  ownerOf(database: TenantDatabase | null, controlOwner: pg.Pool): pg.Pool {
-    if (!database) return controlOwner
-    const key = databaseKey(database)
+  maintenance(scope: TenantScope, control: pg.Pool): pg.Pool {
+    if (!scope.database) return control
+    const key = databaseKey(scope.database)
     let pool = this.#owners.get(key)
     if (!pool) {
       pool = new pg.Pool({
-        connectionString: this.#o.servers.ownerUrl(database.server, database.name),
+        connectionString: this.#o.servers.maintenanceUrl(scope.database),
         max: 2,
         idleTimeoutMillis: 10_000,
-        application_name: 'equilateral-admin',
+        application_name: 'equilateral-maintenance',
       })
       pool.on('error', (error) =>
-        this.#o.log.warn({ database: key, err: error.message }, 'idle admin connection lost'),
+        this.#o.log.warn({ database: key, err: error.message }, 'idle maintenance connection lost'),
       )
       this.#owners.set(key, pool)
     }

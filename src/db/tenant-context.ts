@@ -1,4 +1,4 @@
-// The verified tenant context (issue 20, item 3; drizzle/tenant/0014_verified_tenant_context.sql).
+// The verified tenant context (issue 20, item 3; drizzle/tenant/0016_verified_tenant_context.sql).
 // Row-level security compares tenant_id with equilateral.current_tenant(), which names a tenant only
 // in a transaction that equilateral.enter_tenant() scoped to it with the tenant's credential. The
 // credential is derived from a per-database secret the application role cannot read; the engine
@@ -56,7 +56,7 @@ export async function readTenantContextSecret(db: Pick<pg.ClientBase, 'query'>):
     }
     if (code === '42P01') {
       throw new TenantContextError(
-        'the database has no tenant context secret (tenant-table migration 0014): run `equilateral migrate`',
+        'the database has no tenant context secret (tenant-table migration 0016): run `equilateral migrate`',
       )
     }
     throw error

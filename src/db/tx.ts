@@ -71,7 +71,7 @@ export interface TxTimeouts {
 
 /**
  * The scope of an engine transaction, one statement after BEGIN: enter_tenant() checks the tenant's
- * credential and seals the transaction to the tenant (drizzle/tenant/0014: row-level security
+ * credential and seals the transaction to the tenant (drizzle/tenant/0016: row-level security
  * compares with the sealed tenant, not with a setting anyone may change), then search_path, the
  * plan cache mode and a maintenance pass's limits. Every value is a bind parameter: the credential
  * never appears in the statement's text (pg_stat_activity, the server's statement log). One text for

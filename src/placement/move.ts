@@ -159,7 +159,7 @@ async function readTenant<T>(client: pg.ClientBase, tenantId: string, fn: () => 
     SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';
     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'`)
   try {
-    // The owner's connection reads the database's secret itself (drizzle/tenant/0014).
+    // The owner's connection reads the database's secret itself (drizzle/tenant/0016).
     const secret = await readTenantContextSecret(client)
     await client.query(`SELECT equilateral.enter_tenant($1, $2)`, [
       tenantId,

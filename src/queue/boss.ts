@@ -8,6 +8,7 @@ import { COMPLETE_JOBS, enableDirectJobs, INSERT_JOBS, usesDirectJobs } from './
 
 // Internal queues use '/', which agent ids cannot contain, so no agent's queue (`eq.<id>`) can
 // ever share a name with them (an agent called "sweep" would otherwise).
+// The dead-letter queue's name is also in drizzle/tenant/0015_maintenance_role.sql (erasure).
 export const DEAD_LETTER_QUEUE = 'eq/dead-letter'
 export const SWEEP_QUEUE = 'eq/sweep'
 /** Wait tasks' jobs: arming a wait when it becomes ready, and its timeout when it is due. */

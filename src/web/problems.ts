@@ -49,6 +49,7 @@ const STATUS: Record<string, [number, string]> = {
   request_timeout: [408, 'The request took too long to arrive'],
   unsupported_media_type: [415, 'The body must be application/json'],
   admin_disabled: [503, 'The admin API is disabled'],
+  owner_required: [503, "Tenant administration needs the database owner's connection"],
   unavailable: [503, 'The service is not ready'],
   database_unavailable: [503, 'The database is unavailable'],
   internal: [500, 'Internal error'],

@@ -55,11 +55,22 @@ const owner = new pg.Client({ connectionString: db.url })
 await owner.connect()
 afterAll(() => owner.end())
 
-async function verifyAcme() {
-  await engine.sealAudit()
-  const [report] = await engine.verifyAudit('acme')
+/**
+ * Seals the tenant's rows, then verifies its chain. Rows are sealed once no older transaction of the
+ * server runs, and another test's (another database's, on a shared server) may for a moment: seal
+ * again until none is left unsealed, and give the last report whatever it says.
+ */
+async function sealAndVerify(tenantId: string) {
+  let report: Awaited<ReturnType<typeof engine.verifyAudit>>[number] | undefined
+  await eventually(async () => {
+    await engine.sealAudit()
+    report = (await engine.verifyAudit(tenantId))[0]
+    return report?.unsealed === 0 ? true : undefined
+  }).catch(() => {})
   return report!
 }
+
+const verifyAcme = () => sealAndVerify('acme')
 
 describe('audit trail', () => {
   it('writes every transition of a workflow with a retry and a failure exactly once, in order', async () => {
@@ -235,7 +246,7 @@ describe('hash chain', () => {
     const other = await engine.tenant('other')
     const { id } = await other.startWorkflow('single', 2)
     await settled(engine, 'other', id)
-    await engine.sealAudit()
+    await sealAndVerify('other')
     const reports = await engine.verifyAudit()
     expect(reports.map((r) => [r.tenantId, r.ok])).toEqual([
       ['acme', true],

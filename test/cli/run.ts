@@ -27,6 +27,7 @@ export function childEnv(extra: Record<string, string | undefined>): NodeJS.Proc
   for (const name of [
     'DATABASE_URL',
     'MIGRATION_DATABASE_URL',
+    'MAINTENANCE_DATABASE_URL',
     'EQUILATERAL_DATA_DIR',
     'ADMIN_TOKEN',
     'HOST',

@@ -7,14 +7,17 @@ import { spawnSync } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import pg from 'pg'
 import { describe, expect, it } from 'vitest'
 import { parse } from 'yaml'
 import { migrationsFolder } from '../../src/db/migrate.ts'
+import { createTestDatabase } from '../helpers/db.ts'
 import { inCi, runs } from '../helpers/tools.ts'
 
 const root = fileURLToPath(new URL('../../', import.meta.url))
 const hasCompose = runs('docker-compose', ['version'])
 const hasPromtool = runs('promtool', ['--version'])
+const hasPsql = runs('psql', ['--version'])
 
 function readYaml(file: string): any {
   return parse(readFileSync(path.join(root, file), 'utf8'))
@@ -121,9 +124,14 @@ describe.skipIf(skipCompose)(
       for (const name of ['migrate', 'web', 'worker']) {
         const env = services[name]!.environment ?? {}
         expect(env.DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
-        expect(env.MIGRATION_DATABASE_URL, name).toMatch(/^postgres:\/\/.+@postgres:5432\//)
         expect(env.DATABASE_ROLE, name).toBe('equilateral_app')
       }
+      expect(services.worker!.environment?.MAINTENANCE_DATABASE_URL).toMatch(
+        /^postgres:\/\/.+@postgres:5432\//,
+      )
+      expect(services.migrate!.environment?.MIGRATION_DATABASE_URL).toMatch(
+        /^postgres:\/\/.+@postgres:5432\//,
+      )
       const web = services.web!
       expect(web.environment?.PORT).toBe('3000')
       // The config refuses an admin token shorter than 16 characters, so the default must be longer.
@@ -133,6 +141,38 @@ describe.skipIf(skipCompose)(
       )
       expect([web.healthcheck?.test].flat().join(' ')).toContain('http://127.0.0.1:3000/healthz')
       expect(services.worker!.environment?.METRICS_PORT).toBe('9464')
+    })
+
+    it("gives web the application login, the worker the application and maintenance logins, and the owner's to migrate alone", () => {
+      const { services } = composeConfig()
+      /** The login of a postgres:// URL, or null for any other value. */
+      const user = (url: string | null | undefined) =>
+        url && URL.canParse(url) && url.startsWith('postgres')
+          ? decodeURIComponent(new URL(url).username)
+          : null
+      const owner = services.postgres!.environment?.POSTGRES_USER ?? 'postgres'
+      expect(user(services.migrate!.environment?.MIGRATION_DATABASE_URL)).toBe(owner)
+      // The logins deploy/postgres/init-logins.sh creates by default.
+      const script = readFileSync(path.join(root, 'deploy/postgres/init-logins.sh'), 'utf8')
+      const made = (name: string) => new RegExp(`\\$\\{${name}:-([a-z_]+)\\}`).exec(script)?.[1]
+      for (const name of ['web', 'worker']) {
+        const env = services[name]!.environment ?? {}
+        expect(env.MIGRATION_DATABASE_URL, name).toBeUndefined()
+        expect(
+          Object.values(env).filter((v) => user(v) === owner),
+          name,
+        ).toEqual([])
+        expect(user(env.DATABASE_URL), name).toBe(made('APP_DB_USER'))
+      }
+      // The worker runs the retention purge; web purges and erases nothing.
+      expect(user(services.worker!.environment?.MAINTENANCE_DATABASE_URL)).toBe(made('MAINTENANCE_DB_USER'))
+      expect(services.web!.environment?.MAINTENANCE_DATABASE_URL).toBeUndefined()
+      expect(made('APP_DB_USER')).toBeTruthy()
+      expect(made('MAINTENANCE_DB_USER')).toBeTruthy()
+      expect(bindMounts(services.postgres!)).toContainEqual([
+        path.join(root, 'deploy/postgres/init-logins.sh'),
+        '/docker-entrypoint-initdb.d/init-logins.sh',
+      ])
     })
 
     it('mounts deploy files that exist, where Prometheus and Grafana look for them', () => {
@@ -166,6 +206,79 @@ describe.skipIf(skipCompose)(
       ])
       expect(targets('web')[0].port).toBe(3000)
       expect(targets('worker')[0].port).toBe(9464)
+    })
+  },
+)
+
+const skipPsql = !hasPsql && !inCi
+describe.skipIf(skipPsql)(
+  `deploy/postgres/init-logins.sh${skipPsql ? ' (skipped: psql is missing; apt-get install postgresql-client)' : ''}`,
+  () => {
+    it('creates a login in the application role and one in the maintenance role, nothing more, run twice', async () => {
+      const db = await createTestDatabase()
+      try {
+        const owner = new URL(db.url)
+        const login = (user: string, password: string, options?: string) => {
+          const u = new URL(db.url)
+          u.username = user
+          u.password = password
+          if (options) u.searchParams.set('options', options)
+          return u.toString()
+        }
+        const env = {
+          PATH: process.env.PATH ?? '/usr/bin:/bin',
+          HOME: process.env.HOME ?? '/tmp',
+          PGHOST: owner.hostname,
+          PGPORT: owner.port || '5432',
+          PGPASSWORD: decodeURIComponent(owner.password),
+          POSTGRES_USER: decodeURIComponent(owner.username),
+          POSTGRES_DB: db.name,
+          APP_DB_USER: 'equilateral_test_web',
+          APP_DB_PASSWORD: 'equilateral_test_web',
+          MAINTENANCE_DB_USER: 'equilateral_test_maintenance',
+          MAINTENANCE_DB_PASSWORD: 'equilateral_test_maintenance',
+        }
+        // The container runs it once per data directory; by hand it may run again.
+        for (let run = 0; run < 2; run++) {
+          const result = spawnSync('sh', ['deploy/postgres/init-logins.sh'], {
+            cwd: root,
+            env,
+            encoding: 'utf8',
+          })
+          expect(result.status, result.stderr).toBe(0)
+        }
+        const ask = async (url: string, sql: string) => {
+          const client = new pg.Client({ connectionString: url })
+          await client.connect()
+          try {
+            return (await client.query(sql)).rows[0]
+          } finally {
+            await client.end()
+          }
+        }
+        const purge = `has_function_privilege('equilateral.maintenance_purge(text, integer, integer, integer)', 'EXECUTE')`
+        const who = `SELECT current_user AS role, r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb,
+            array(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                  WHERE m.member = r.oid ORDER BY 1)::text[] AS member_of, ${purge} AS purges
+          FROM pg_roles r WHERE r.rolname = session_user`
+        const flags = { rolsuper: false, rolbypassrls: false, rolcreaterole: false, rolcreatedb: false }
+        expect(
+          await ask(login(env.APP_DB_USER, env.APP_DB_PASSWORD, '-c role=equilateral_app'), who),
+        ).toEqual({
+          ...flags,
+          role: 'equilateral_app',
+          member_of: ['equilateral_app'],
+          purges: false,
+        })
+        expect(await ask(login(env.MAINTENANCE_DB_USER, env.MAINTENANCE_DB_PASSWORD), who)).toEqual({
+          ...flags,
+          role: env.MAINTENANCE_DB_USER,
+          member_of: ['equilateral_maintenance'],
+          purges: true,
+        })
+      } finally {
+        await db.drop()
+      }
     })
   },
 )
@@ -252,6 +365,33 @@ describe('Dockerfile', () => {
         .map((args) => path.posix.resolve(workdir, args.at(-1)!))
     expect(destination(/^(\.\/)?drizzle\/?$/)).toEqual([path.posix.resolve(workdir, 'drizzle')])
     expect(destination(/^package\.json$/)).toContain(path.posix.resolve(workdir))
+  })
+
+  it("puts a configuration file in the working directory that names the build's modules", async () => {
+    const copies = instructions('COPY').map((args) => args.split(/\s+/))
+    const config = copies.find((args) =>
+      /^equilateral\.config\.m?js$/.test(path.posix.basename(args.at(-1)!)),
+    )
+    expect(config, 'no equilateral.config.mjs copied into the image').toBeDefined()
+    expect(path.posix.dirname(path.posix.resolve(workdir, config!.at(-1)!))).toBe(workdir)
+    const { default: image } = (await import(path.join(root, config![0]!))) as {
+      default: { modules: string[] }
+    }
+    // Each module is the compiled twin of a source file the build stage compiles.
+    for (const module of image.modules) {
+      expect(module).toMatch(/^\.\/dist\/.*\.js$/)
+      expect(
+        existsSync(path.join(root, module.replace(/^\.\/dist\//, '').replace(/\.js$/, '.ts'))),
+        module,
+      ).toBe(true)
+    }
+    // The same modules as the repository's own configuration file, which the Procfile's processes use.
+    const { default: repo } = (await import(path.join(root, 'equilateral.config.ts'))) as {
+      default: { modules: string[] }
+    }
+    expect(image.modules.map((m) => m.replace(/^\.\/dist\//, './').replace(/\.js$/, '.ts'))).toEqual(
+      repo.modules,
+    )
   })
 
   it('keeps host builds and data out of the build context', () => {

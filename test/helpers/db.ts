@@ -11,6 +11,8 @@ export interface TestDatabase {
   url: string
   /** As the application's login role (member of equilateral_app): what engines run with. */
   appUrl: string
+  /** As the maintenance login (member of equilateral_maintenance): retention purge and erasure. */
+  maintenanceUrl: string
   name: string
   /** Drops the database, disconnecting anyone still connected. Safe to call twice. */
   drop: () => Promise<void>
@@ -29,7 +31,7 @@ export function pgContext(): PgContext {
 }
 
 export async function createTestDatabase(options: CreateTestDatabaseOptions = {}): Promise<TestDatabase> {
-  const { adminUrl, template, prefix, appUser } = pgContext()
+  const { adminUrl, template, prefix, appUser, maintenanceUser } = pgContext()
   const name = `${prefix}${randomBytes(6).toString('hex')}`
   const source = options.migrated === false ? 'template0' : template
   const admin = new pg.Client({ connectionString: adminUrl })
@@ -56,6 +58,7 @@ export async function createTestDatabase(options: CreateTestDatabaseOptions = {}
   return {
     url: withDatabase(adminUrl, name),
     appUrl: withLogin(withDatabase(adminUrl, name), appUser.user, appUser.password),
+    maintenanceUrl: withLogin(withDatabase(adminUrl, name), maintenanceUser.user, maintenanceUser.password),
     name,
     drop: () => (dropped ??= dropDatabase(adminUrl, name)),
   }

@@ -1,4 +1,4 @@
-// The verified tenant context (drizzle/tenant/0014) for tests that act as the application role by
+// The verified tenant context (drizzle/tenant/0016) for tests that act as the application role by
 // hand: what the engine does, with the database's secret read as the owner.
 import type pg from 'pg'
 import { tenantCredential } from '../../src/db/tenant-context.ts'

@@ -8,8 +8,9 @@ import path from 'node:path'
 import pg from 'pg'
 import type { TestProject } from 'vitest/node'
 import { migrate } from '../../src/db/migrate.ts'
-import { APP_ROLE } from '../../src/db/names.ts'
+import { APP_ROLE, MAINTENANCE_ROLE } from '../../src/db/names.ts'
 import { describeUrl, findFreePort, startEmbeddedPostgres, withDatabase } from '../../src/db/provision.ts'
+import { packDir } from '../helpers/package.ts'
 import { selectServer, type ServerSource } from './select-server.ts'
 
 export interface PgContext {
@@ -17,6 +18,8 @@ export interface PgContext {
   adminUrl: string
   /** Login of the run-time role the engines in tests use: a member of equilateral_app, nothing more. */
   appUser: { user: string; password: string }
+  /** Login of the maintenance role (purge, erasure): a member of equilateral_maintenance, nothing more. */
+  maintenanceUser: { user: string; password: string }
   /** The migrated template database to clone. */
   template: string
   /** Every database the helpers create starts with this; teardown drops them all. */
@@ -41,6 +44,7 @@ export const TEST_TENANT_CONTEXT_SECRET = 'equilateral-test-tenant-context-secre
 
 // Roles are cluster-wide; parallel runs on one server share this one (same password, idempotent).
 export const APP_LOGIN = { user: 'equilateral_test_app', password: 'equilateral_test_app' }
+export const MAINTENANCE_LOGIN = { user: 'equilateral_test_maint', password: 'equilateral_test_maint' }
 
 const CONTAINER_IMAGE = 'postgres:17-alpine'
 const DOCKER_PROBE_MS = 3_000
@@ -77,6 +81,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
   const prefix = `eq_test_${runId}_`
   const teardown = async () => {
     try {
+      await rm(packDir(prefix), { recursive: true, force: true }) // the tarball test/helpers/package.ts made
       await dropDatabases(server.adminUrl, template, prefix)
     } finally {
       await server.stop()
@@ -88,6 +93,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
     project.provide('pg', {
       adminUrl: server.adminUrl,
       appUser: APP_LOGIN,
+      maintenanceUser: MAINTENANCE_LOGIN,
       template,
       prefix,
       source: choice.source,
@@ -182,17 +188,25 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
   }
 }
 
-/** Creates the tests' run-time login (idempotent): a member of the application role, nothing more. */
+/**
+ * Creates the tests' run-time logins (idempotent): one a member of the application role, one of the
+ * maintenance role, nothing more.
+ */
 export async function ensureAppLogin(admin: pg.Client): Promise<void> {
-  await admin.query(`
+  for (const [login, role] of [
+    [APP_LOGIN, APP_ROLE],
+    [MAINTENANCE_LOGIN, MAINTENANCE_ROLE],
+  ] as const) {
+    await admin.query(`
       DO $$ BEGIN
-        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${APP_LOGIN.user}') THEN
-          CREATE ROLE ${APP_LOGIN.user} LOGIN;
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '${login.user}') THEN
+          CREATE ROLE ${login.user} LOGIN;
         END IF;
       EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL;
       END $$;
-      ALTER ROLE ${APP_LOGIN.user} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '${APP_LOGIN.password}';
-      GRANT ${APP_ROLE} TO ${APP_LOGIN.user};`)
+      ALTER ROLE ${login.user} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE PASSWORD '${login.password}';
+      GRANT ${role} TO ${login.user};`)
+  }
 }
 
 async function dropDatabases(adminUrl: string, template: string, prefix: string): Promise<void> {

@@ -85,7 +85,7 @@ const POLICY_TABLES = [
 ]
 
 /**
- * Undoes the newest tenant-table migration (0014: the verified tenant context; the policies go back
+ * Undoes the newest tenant-table migration (0016: the verified tenant context; the policies go back
  * to comparing with app.tenant_id) and forgets it.
  */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
@@ -107,7 +107,7 @@ async function undoNewestTenantMigration(tenant: string): Promise<void> {
   )
 }
 
-/** Whether the newest tenant-table migration is in place: the application role may enter a tenant. */
+/** Whether the newest tenant-table migration is in place: any role may enter a tenant with its credential. */
 async function newestApplied(tenant: string): Promise<boolean> {
   const [row] = await sql(
     tenant,
@@ -117,13 +117,13 @@ async function newestApplied(tenant: string): Promise<boolean> {
   return row?.ok === true
 }
 
-/** Undoes the newest control migration (0008: enterprise signatures) and forgets it. */
+/** Undoes the newest control migration (0010: the maintenance role's grants) and forgets it. */
 async function undoNewestControlMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     ALTER TABLE equilateral.enterprise_runs DROP COLUMN mac;
-     ALTER TABLE equilateral.enterprise_run_tenants DROP COLUMN mac;
+     DROP FUNCTION equilateral.maintenance_erase_members(text, uuid, uuid[]);
+     REVOKE SELECT ON equilateral.tenants FROM equilateral_maintenance;
      DELETE FROM drizzle.__equilateral_control_migrations WHERE created_at = ${latestMigrations().control};
      COMMIT;`,
   )
@@ -227,13 +227,12 @@ describe('migrateTenantDatabases', () => {
       expect(await newestApplied(tenant)).toBe(true)
       expect(await tenantMigrations(tenant)).toEqual(await tenantMigrations('alpha'))
     }
-    const [signed] = await sql(
+    const [controlMigration] = await sql(
       'charlie',
-      `SELECT count(*)::int AS n FROM information_schema.columns
-       WHERE table_schema = 'equilateral' AND column_name = 'mac'
-         AND table_name IN ('enterprise_runs', 'enterprise_run_tenants')`,
+      `SELECT to_regprocedure('equilateral.maintenance_erase_members(text, uuid, uuid[])') IS NOT NULL AS erase,
+         has_column_privilege('equilateral_maintenance', 'equilateral.tenants', 'compliance_profile', 'SELECT') AS tenants`,
     )
-    expect(signed?.n).toBe(2)
+    expect(controlMigration).toEqual({ erase: true, tenants: true })
     // Ahead and foreign databases are exactly as they were.
     expect(await tenantMigrations('echo')).toEqual(echoBefore)
     expect(await tenantMigrations('foxtrot')).toEqual(foxtrotBefore)

@@ -10,6 +10,7 @@ import path from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { createTestDatabase } from '../helpers/db.ts'
+import { packedTarball } from '../helpers/package.ts'
 
 const run = promisify(execFile)
 const repo = path.resolve(import.meta.dirname, '../..')
@@ -52,17 +53,11 @@ try {
 }
 `
 
-// The package as npm would install it: `npm pack` (which builds dist/ first, as `prepare`),
-// unpacked into node_modules; its dependencies are this repository's, as a hoisted install
-// resolves them.
-const { stdout: packed } = await run('npm', ['pack', '--json', '--pack-destination', dir], {
-  cwd: repo,
-  maxBuffer: 16 * 1024 * 1024,
-})
-// (npm prints the prepare script's output before the JSON on some versions)
-const [tarball] = JSON.parse(packed.slice(packed.search(/^\[/m))) as { filename: string }[]
+// The package as npm would install it: the run's `npm pack` (test/helpers/package.ts), unpacked
+// into node_modules; its dependencies are this repository's, as a hoisted install resolves them.
+const tarball = await packedTarball()
 await mkdir(pkg, { recursive: true })
-await run('tar', ['-xzf', path.join(dir, tarball?.filename ?? ''), '-C', pkg, '--strip-components=1'])
+await run('tar', ['-xzf', tarball, '-C', pkg, '--strip-components=1'])
 await symlink(path.join(repo, 'node_modules'), path.join(pkg, 'node_modules'), 'dir')
 
 describe('equilateral-agents/testing as an installed package', () => {

@@ -27,11 +27,11 @@ const tz = (name: string) => timestamp(name, { withTimezone: true })
 /**
  * Row-level security, the same on every tenant table: a row is visible and writable only inside a
  * transaction that equilateral.enter_tenant() scoped to its tenant with the tenant's credential
- * (withTenantTx does; drizzle/tenant/0014). current_tenant() checks the transaction's seal and
+ * (withTenantTx does; drizzle/tenant/0016). current_tenant() checks the transaction's seal and
  * returns NULL without one, so setting `app.tenant_id` alone grants nothing: fail closed. Evaluated
  * once per statement (an initPlan). RLS is also FORCED (drizzle/tenant/0002_isolation.sql), so the
  * tables' owner is bound by the policy too. The observer role has a read-only policy of its own
- * (migration 0014), by `app.tenant_id`.
+ * (migration 0016), by `app.tenant_id`.
  */
 const tenantIsolation = () =>
   pgPolicy('tenant_isolation', {

@@ -69,8 +69,10 @@ BEGIN
   DECLARE
     k bytea := (SELECT secret FROM equilateral.tenant_context_key);
   BEGIN
+    -- Compared as hashes, so the time the comparison takes says nothing about the right credential.
     IF tenant IS NULL OR tenant = '' OR credential IS NULL
-      OR credential <> encode(equilateral.tenant_context_mac(k, 'tenant:' || tenant), 'hex') THEN
+      OR sha256(convert_to(credential, 'UTF8'))
+        <> sha256(convert_to(encode(equilateral.tenant_context_mac(k, 'tenant:' || tenant), 'hex'), 'UTF8')) THEN
       RAISE EXCEPTION 'tenant context refused: wrong credential for this database'
         USING ERRCODE = '42501',
           HINT = 'the engine''s tenant context secret differs from the database''s: run `equilateral migrate` with TENANT_CONTEXT_SECRET, or give the engine the owner''s connection';
@@ -81,8 +83,11 @@ BEGIN
     RETURN tenant;
   END
   $f$;
+  -- Every role may call it: the credential is what admits (the application role's engine, the
+  -- maintenance role's retention and erasure passes, anyone given a credential); without one it
+  -- refuses.
   REVOKE ALL ON FUNCTION equilateral.enter_tenant(text, text) FROM PUBLIC;
-  GRANT EXECUTE ON FUNCTION equilateral.enter_tenant(text, text) TO equilateral_app;
+  GRANT EXECUTE ON FUNCTION equilateral.enter_tenant(text, text) TO PUBLIC;
 
   -- The tenant of the current transaction, verified: app.tenant_id when equilateral.tenant_seal is
   -- the seal enter_tenant() made for it in this very transaction, else NULL (no row matches, and
