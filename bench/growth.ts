@@ -109,9 +109,17 @@ async function tenantInfo(client: pg.ClientBase, tenantId: string): Promise<Tena
   return { tier: row.tier, schema: row.schema_name ?? APP_SCHEMA }
 }
 
+/**
+ * The tenant's verified scope (drizzle/tenant/0016), computed in SQL by the owner, who may read the
+ * secret (this script runs as the owner; withTenantTx sends the credential from the engine's copy).
+ */
+const enterTenantSql = (tenant: string) =>
+  `equilateral.enter_tenant(${tenant}, encode(equilateral.tenant_context_mac(` +
+  `(SELECT secret FROM equilateral.tenant_context_key), 'tenant:' || ${tenant}), 'hex'))`
+
 /** BEGIN and the tenant's scope, as withTenantTx sets it (src/db/tx.ts). */
 const beginScoped = (tenantId: string, schema: string) =>
-  `BEGIN; SELECT set_config('app.tenant_id', ${pg.escapeLiteral(tenantId)}, true), ` +
+  `BEGIN; SELECT ${enterTenantSql(pg.escapeLiteral(tenantId))}, ` +
   `set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(schema))}, true)`
 
 // One batch of history: workflows $2 .. $2 + $3 - 1 of $4, in one statement. Timestamps: workflow i
@@ -442,7 +450,7 @@ DECLARE
   sealed_blocks bigint;
   sealed_rows bigint;
 BEGIN
-  PERFORM set_config('app.tenant_id', tenant, true),
+  PERFORM ${enterTenantSql('tenant')},
     set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(schema))}, true),
     set_config('work_mem', '64MB', true);
   PERFORM pg_advisory_xact_lock(hashtextextended('equilateral.seal:' || tenant, 0));

@@ -123,6 +123,19 @@ export interface Config {
    * stores them unencrypted. From ENCRYPTION_KEYS (`id:base64,...`) and ENCRYPTION_ACTIVE_KEY.
    */
   encryption: KeyRing
+  /**
+   * The secret tenant credentials derive from (TENANT_CONTEXT_SECRET, at least 32 characters):
+   * `equilateral migrate` stores it in every database it migrates, owner-only, and the engine uses
+   * it to scope transactions (src/db/tenant-context.ts). Unset: each database keeps the secret its
+   * migration generated and the engine reads it through the owner's connection.
+   */
+  tenantContextSecret: string | undefined
+  /**
+   * Whether the tenant tables' policies compare with the tenant the database verified (default) or,
+   * false, with the app.tenant_id setting as before (cheaper; any SQL run as the application role can
+   * then choose a tenant). Applied by `migrate` (TENANT_CONTEXT_VERIFIED); docs/security.md.
+   */
+  tenantContextVerified: boolean
   /** HTTP port of the `web` process (PORT, as on Heroku/Render). */
   port: number
   /** Interface the web process listens on. */
@@ -196,12 +209,19 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
     encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
+    tenantContextSecret: env.TENANT_CONTEXT_SECRET || undefined,
+    tenantContextVerified: bool('TENANT_CONTEXT_VERIFIED', true),
     port: int('PORT', 3000, 0, 65535),
     host: env.HOST || '0.0.0.0',
     webConcurrency: int('WEB_CONCURRENCY', 1, 1, 64),
     adminToken: env.ADMIN_TOKEN || undefined,
     metricsPort: int('METRICS_PORT', 9464, 0, 65535),
     metricsTenantLabel: bool('METRICS_TENANT_LABEL', false),
+  }
+  if (config.tenantContextSecret !== undefined && Buffer.byteLength(config.tenantContextSecret) < 32) {
+    problems.push(
+      'TENANT_CONTEXT_SECRET must be at least 32 characters (or unset: see docs/isolation-modes.md)',
+    )
   }
   if (config.adminToken !== undefined && config.adminToken.length < 16) {
     problems.push('ADMIN_TOKEN must be at least 16 characters (or unset, which disables the admin API)')

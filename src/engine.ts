@@ -44,8 +44,14 @@ import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from '
 import { latestMigrations } from './db/migrate.ts'
 import { describeUrl } from './db/describe-url.ts'
 import { APP_SCHEMA, BOSS_SCHEMA, MAINTENANCE_ROLE } from './db/names.ts'
-import { databaseKey, Servers } from './db/placement.ts'
+import { databaseKey, Servers, type TenantDatabase } from './db/placement.ts'
 import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
+import {
+  provideTenantContextSecret,
+  readTenantContextSecret,
+  secretBytes,
+  TenantContextError,
+} from './db/tenant-context.ts'
 import {
   checkout,
   type Db,
@@ -332,6 +338,7 @@ export class Engine {
       max: this.config.dbPoolMax,
       application_name: 'equilateral',
     })
+    provideTenantContextSecret(this.pool, () => this.#tenantContextSecret(null))
     // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
     this.pool.on('error', (error) =>
       this.#warn(connectionError(error), error, 'idle database connection lost'),
@@ -373,6 +380,7 @@ export class Engine {
       idleMs: this.config.tenantDbIdleMs,
       supervise: options.supervise ?? true,
       onOpen: async (store) => {
+        provideTenantContextSecret(store.pool, () => this.#tenantContextSecret(store.database))
         await this.#ensureQueues(this.#allAgentIds(), store.boss)
         unobserve.set(store.key, this.metrics.observeResources(store.pool, store.boss, 'app', store.key))
       },
@@ -558,6 +566,18 @@ export class Engine {
     } else if (this.#setupWarnings) {
       this.log.warn('payloads are stored unencrypted: set ENCRYPTION_KEYS to encrypt them at rest')
     }
+    // The tenant context of the control database: a secret configured that the database refuses is
+    // a misconfiguration, refused here rather than at the first request. A secret this process
+    // cannot have (no TENANT_CONTEXT_SECRET, no owner login) is only a warning: a worker serving
+    // only tenant databases reads theirs through TENANT_SERVERS' owner logins; transactions in the
+    // control database fail with the same message. A database still without migration 0016 (a
+    // rollout in progress) is the warning above.
+    await withTenantTx(this.pool, { tenantId: '-', searchPath: APP_SCHEMA, tier: '' }, async () => {}).catch(
+      (error: unknown) => {
+        if (error instanceof TenantContextError) this.log.warn(error.message)
+        else if ((error as { code?: string }).code !== '42883') throw error
+      },
+    )
     await this.boss.start()
     await this.#ensureQueues(this.#allAgentIds())
     return this
@@ -590,7 +610,11 @@ export class Engine {
     let found = await state()
     if (this.#migrateOnStart && (!found.migrated || found.pending)) {
       const { migrate } = await import('./db/migrate.ts')
-      await migrate(this.#adminConnectionString, { onStep: (m) => this.log.info(`migrate: ${m}`) })
+      await migrate(this.#adminConnectionString, {
+        onStep: (m) => this.log.info(`migrate: ${m}`),
+        tenantContextSecret: this.config.tenantContextSecret,
+        tenantContextVerified: this.config.tenantContextVerified,
+      })
       found = await state()
     }
     if (!found.migrated) {
@@ -623,6 +647,32 @@ export class Engine {
     })
   }
 
+  /**
+   * The secret a database's tenant credentials derive from (src/db/tenant-context.ts): the
+   * database's own, read once through the owner's connection (the run-time pools' role cannot read
+   * it), else the configured TENANT_CONTEXT_SECRET (which `migrate` stores in every database).
+   */
+  async #tenantContextSecret(database: TenantDatabase | null): Promise<Buffer> {
+    try {
+      if (!database) return await readTenantContextSecret(this.#admin)
+      const owner = new pg.Client({
+        connectionString: this.servers.ownerUrl(database.server, database.name),
+        application_name: 'equilateral-admin',
+      })
+      owner.on('error', () => {})
+      await owner.connect()
+      try {
+        return await readTenantContextSecret(owner)
+      } finally {
+        await owner.end().catch(() => {})
+      }
+    } catch (error) {
+      const configured = this.config.tenantContextSecret
+      if (!(error instanceof TenantContextError) || configured === undefined) throw error
+      return secretBytes(configured)
+    }
+  }
+
   /** The owner's pool, opened on first use by a tenant administration call. */
   get #admin(): pg.Pool {
     if (!this.#adminPool) {
@@ -653,13 +703,19 @@ export class Engine {
       this.#maintenancePool.on('error', (error) =>
         this.#warn(connectionError(error), error, 'idle maintenance connection lost'),
       )
+      // The maintenance role cannot read the secret: the same source as the app's pools.
+      provideTenantContextSecret(this.#maintenancePool, () => this.#tenantContextSecret(null))
     }
     return this.#maintenancePool
   }
 
   /** The maintenance pool on the tenant's database (the control one's for a shared-database tenant). */
   #maintenanceOf(scope: TenantScope): pg.Pool {
-    return this.stores.maintenance(scope, this.#maintenance)
+    const pool = this.stores.maintenance(scope, this.#maintenance)
+    // The maintenance role cannot read the secret either: the same source as the app's pools.
+    if (scope.database)
+      provideTenantContextSecret(pool, () => this.#tenantContextSecret(scope.database ?? null))
+    return pool
   }
 
   /**
@@ -692,6 +748,8 @@ export class Engine {
       createTenant(this.#admin, spec, this.config.isolationMode, {
         servers: this.servers,
         prefix: this.config.tenantDatabasePrefix,
+        tenantContextSecret: this.config.tenantContextSecret,
+        tenantContextVerified: this.config.tenantContextVerified,
       }),
     )
     // This process may have looked the tenant up before it existed.

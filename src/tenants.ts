@@ -85,6 +85,10 @@ export interface TenantSpec {
 export interface Placement {
   servers: Servers
   prefix: string
+  /** TENANT_CONTEXT_SECRET, stored in each new database as its migration does (src/db/migrate.ts). */
+  tenantContextSecret?: string | undefined
+  /** TENANT_CONTEXT_VERIFIED, likewise. */
+  tenantContextVerified?: boolean | undefined
 }
 
 /**
@@ -169,7 +173,10 @@ async function createTenantDatabase(
     return db
   })
   await ensureDatabase(servers.ownerUrl(database.server), database.name)
-  await migrate(servers.ownerUrl(database.server, database.name))
+  await migrate(servers.ownerUrl(database.server, database.name), {
+    tenantContextSecret: placement.tenantContextSecret,
+    tenantContextVerified: placement.tenantContextVerified,
+  })
   await withTenantDatabase(servers, database, async (client) => {
     const { rows } = await client.query(`SELECT id FROM ${APP_SCHEMA}.tenants WHERE id <> $1`, [t.id])
     if (rows.length > 0) {

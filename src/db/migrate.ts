@@ -20,6 +20,7 @@ import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
 import { databaseKey, type Servers, identityProblem } from './placement.ts'
 import { eachLimit } from '../core/each-limit.ts'
+import { secretBytes } from './tenant-context.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 
@@ -33,6 +34,19 @@ export interface MigrateOptions {
   onStep?: (message: string) => void
   /** Tenant schemas read per page (each is migrated in its own transaction). */
   tenantBatchSize?: number
+  /**
+   * Stored as the database's tenant context secret (owner-only), replacing the one its migration
+   * generated, so engines configured with it can scope transactions without the owner's login.
+   * Default: TENANT_CONTEXT_SECRET from the environment; unset keeps the database's own.
+   */
+  tenantContextSecret?: string
+  /**
+   * false: the tenant tables' policies compare with app.tenant_id, as before migration 0016 (cheaper;
+   * injected SQL can choose a tenant); true: with the verified tenant (equilateral.current_tenant()).
+   * Default: TENANT_CONTEXT_VERIFIED from the environment, else true. Rewrites every schema's
+   * policies when it differs from what the database has.
+   */
+  tenantContextVerified?: boolean
 }
 
 export interface MigrateReport {
@@ -63,10 +77,24 @@ export async function migrate(
     step('control tables migrated')
     await inTransaction(client, () => migrateTenantTables(client, APP_SCHEMA))
     step(`tenant tables migrated in schema ${APP_SCHEMA}`)
+    const secret = options.tenantContextSecret ?? (process.env.TENANT_CONTEXT_SECRET || undefined)
+    if (secret !== undefined) {
+      const { rowCount } = await client.query(
+        `UPDATE ${APP_SCHEMA}.tenant_context_key SET secret = $1, created_at = now() WHERE secret <> $1`,
+        [secretBytes(secret)],
+      )
+      if (rowCount) step('tenant context secret set from TENANT_CONTEXT_SECRET')
+    }
     await migrateBoss(connectionString)
     await grantBoss(client)
     step(`pg-boss schema ${BOSS_SCHEMA} migrated`)
     const report = await migrateTenantSchemas(client, options.tenantBatchSize ?? 100, step)
+    const verified = options.tenantContextVerified ?? envBoolean(process.env.TENANT_CONTEXT_VERIFIED) ?? true
+    if (await inTransaction(client, () => applyTenantContextMode(client, verified))) {
+      step(
+        `tenant context ${verified ? 'verified' : 'NOT verified (TENANT_CONTEXT_VERIFIED=false)'}: policies rewritten`,
+      )
+    }
     if (report.tenantSchemas > 0) {
       step(
         `${report.tenantSchemasMigrated} of ${report.tenantSchemas} tenant schemas had migrations to apply`,
@@ -180,6 +208,33 @@ async function migrateTenantSchemas(
     cursor = rows[rows.length - 1]!.schema_name
     step(`tenant schemas: ${report.tenantSchemas} examined so far`)
   }
+}
+
+/**
+ * Rewrites the policies of the shared schema and of every tenant schema when `verified` differs from
+ * the database's flag (drizzle/tenant/0016, equilateral.tenant_policies); returns whether it did.
+ */
+async function applyTenantContextMode(client: pg.Client, verified: boolean): Promise<boolean> {
+  const { rowCount } = await client.query(
+    `UPDATE ${APP_SCHEMA}.tenant_context_key SET verified = $1 WHERE verified <> $1`,
+    [verified],
+  )
+  if (!rowCount) return false
+  await client.query(
+    `SELECT ${APP_SCHEMA}.tenant_policies(s) FROM (
+       SELECT $1::text AS s UNION ALL
+       SELECT schema_name FROM ${APP_SCHEMA}.tenants WHERE schema_name ~ '^t_[0-9a-f]{16}$') schemas`,
+    [APP_SCHEMA],
+  )
+  return true
+}
+
+/** 'true'/'1'/'yes', 'false'/'0'/'no', or undefined (unset, empty or anything else). */
+function envBoolean(raw: string | undefined): boolean | undefined {
+  if (raw === undefined) return undefined
+  if (['true', '1', 'yes'].includes(raw)) return true
+  if (['false', '0', 'no'].includes(raw)) return false
+  return undefined
 }
 
 /** The application role may use pg-boss's tables and functions, but not change its schema. */

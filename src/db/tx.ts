@@ -1,10 +1,12 @@
 // Transactions scoped to one tenant. Every statement of the engine runs inside one of these: the
-// tenant id and search_path are set transaction-locally (set_config(..., true)), so a pooled
-// connection never carries a tenant into its next transaction, and row-level security (or the
-// tenant's own schema) decides what the statements can see.
+// tenant (verified by the database: equilateral.enter_tenant, src/db/tenant-context.ts) and
+// search_path are set transaction-locally, so a pooled connection never carries a tenant into its
+// next transaction, and row-level security (or the tenant's own schema) decides what the statements
+// can see.
 import pg from 'pg'
 import type { Db as BossDb } from 'pg-boss'
 import type { TenantDatabase } from './placement.ts'
+import { TENANT_SEAL_SETTING, tenantContextSecret, tenantCredential } from './tenant-context.ts'
 
 /**
  * Anything that runs SQL: a pooled client, a caller's transaction, pg-boss's `db` option. The
@@ -67,23 +69,58 @@ export interface TxTimeouts {
   statementTimeoutMs: number
 }
 
-function scopeSql(scope: TenantScope, timeouts?: TxTimeouts): string {
-  const limits = [
-    ...(timeouts?.lockTimeoutMs ? [`set_config('lock_timeout', '${timeouts.lockTimeoutMs}ms', true)`] : []),
-    ...(timeouts?.statementTimeoutMs
-      ? [`set_config('statement_timeout', '${timeouts.statementTimeoutMs}ms', true)`]
-      : []),
+/**
+ * The scope of an engine transaction, one statement after BEGIN: enter_tenant() checks the tenant's
+ * credential and seals the transaction to the tenant (drizzle/tenant/0016: row-level security
+ * compares with the sealed tenant, not with a setting anyone may change), then search_path, the
+ * plan cache mode and a maintenance pass's limits. Every value is a bind parameter: the credential
+ * never appears in the statement's text (pg_stat_activity, the server's statement log). One text for
+ * every scope, so a connection prepares it once ($4/$5 NULL keep the server's timeouts).
+ */
+const SCOPE_SQL =
+  `SELECT equilateral.enter_tenant($1, $2), set_config('search_path', $3, true), ` +
+  // The hot statements are prepared (executeNamed): plan them once per connection, whatever the
+  // parameters, instead of again for each call until PostgreSQL judges the generic plan cheaper
+  // (it kept re-planning CLAIM, 0.25-0.4 ms a call). Their generic plans find tasks and workflows
+  // by primary key. Statements sent unprepared (all others) are planned as before.
+  `set_config('plan_cache_mode', 'force_generic_plan', true), ` +
+  `set_config('lock_timeout', coalesce($4, current_setting('lock_timeout')), true), ` +
+  `set_config('statement_timeout', coalesce($5, current_setting('statement_timeout')), true)`
+
+function scopeValues(scope: TenantScope, secret: Buffer, timeouts?: TxTimeouts): unknown[] {
+  return [
+    scope.tenantId,
+    tenantCredential(secret, scope.tenantId),
+    scope.searchPath,
+    timeouts?.lockTimeoutMs ? `${timeouts.lockTimeoutMs}ms` : null,
+    timeouts?.statementTimeoutMs ? `${timeouts.statementTimeoutMs}ms` : null,
   ]
-  return `SELECT ${[
-    `set_config('app.tenant_id', ${pg.escapeLiteral(scope.tenantId)}, true)`,
-    `set_config('search_path', ${pg.escapeLiteral(scope.searchPath)}, true)`,
-    // The hot statements are prepared (executeNamed): plan them once per connection, whatever the
-    // parameters, instead of again for each call until PostgreSQL judges the generic plan cheaper
-    // (it kept re-planning CLAIM, 0.25-0.4 ms a call). Their generic plans find tasks and workflows
-    // by primary key. Statements sent unprepared (all others) are planned as before.
-    `set_config('plan_cache_mode', 'force_generic_plan', true)`,
-    ...limits,
-  ].join(', ')}`
+}
+
+/**
+ * BEGIN and the scope in one round trip: the two are written together (node-postgres's pipeline
+ * mode, for these two queries only), so the scope's bind parameters cost no extra round trip over
+ * the single `BEGIN; SELECT ...` string this replaced. Both answers are awaited before the client
+ * leaves pipeline mode.
+ */
+async function beginScoped(
+  client: pg.ClientBase,
+  scope: TenantScope,
+  secret: Buffer,
+  timeouts?: TxTimeouts,
+): Promise<void> {
+  const c = client as pg.ClientBase & { pipeline: boolean }
+  c.pipeline = true
+  let settled: PromiseSettledResult<unknown>[]
+  try {
+    settled = await Promise.allSettled([
+      client.query('BEGIN'),
+      client.query({ name: 'eq_scope', text: SCOPE_SQL, values: scopeValues(scope, secret, timeouts) }),
+    ])
+  } finally {
+    c.pipeline = false
+  }
+  for (const s of settled) if (s.status === 'rejected') throw s.reason
 }
 
 /** A lock not granted within lock_timeout (55P03), or a statement cancelled by statement_timeout (57014). */
@@ -122,10 +159,11 @@ export async function withTenantTx<T>(
   timeouts?: TxTimeouts,
 ): Promise<T> {
   for (let attempt = 1; ; attempt++) {
+    const secret = await tenantContextSecret(pool)
     const { client, release } = await checkout(pool)
     let broken = false
     try {
-      await client.query(`BEGIN; ${scopeSql(scope, timeouts)}`)
+      await beginScoped(client, scope, secret, timeouts)
       const result = await fn(engineDb(client))
       await client.query('COMMIT')
       return result
@@ -206,20 +244,28 @@ export async function checkout(
 
 /**
  * Runs `fn` inside a transaction the caller already opened (their pg client or ORM transaction),
- * scoped to the tenant for the duration of `fn` and restored afterwards, so the caller's own
- * statements keep the settings they had.
+ * scoped to the tenant for the duration of `fn` (enter_tenant(), with the credential of the
+ * database `secret` belongs to) and restored afterwards, so the caller's own statements keep the
+ * settings they had. The previous seal is restored with the previous tenant: it was made in this
+ * same transaction, so it is still valid for that tenant (and for no other).
  */
-export async function withinCallerTx<T>(db: Db, scope: TenantScope, fn: (db: Db) => Promise<T>): Promise<T> {
+export async function withinCallerTx<T>(
+  db: Db,
+  scope: TenantScope,
+  secret: Buffer,
+  fn: (db: Db) => Promise<T>,
+): Promise<T> {
   const { rows } = await db.executeSql(
-    `SELECT current_setting('app.tenant_id', true) AS tenant, current_setting('search_path') AS path, ` +
-      `set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)`,
-    [scope.tenantId, scope.searchPath],
+    `SELECT current_setting('app.tenant_id', true) AS tenant, current_setting('${TENANT_SEAL_SETTING}', true) AS seal, ` +
+      `current_setting('search_path') AS path, equilateral.enter_tenant($1, $2), set_config('search_path', $3, true)`,
+    [scope.tenantId, tenantCredential(secret, scope.tenantId), scope.searchPath],
   )
   const result = await fn(db)
-  await db.executeSql(`SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)`, [
-    rows[0]?.tenant ?? '',
-    rows[0]?.path,
-  ])
+  await db.executeSql(
+    `SELECT set_config('app.tenant_id', $1, true), set_config('${TENANT_SEAL_SETTING}', $2, true), ` +
+      `set_config('search_path', $3, true)`,
+    [rows[0]?.tenant ?? '', rows[0]?.seal ?? '', rows[0]?.path],
+  )
   return result
 }
 

@@ -10,6 +10,7 @@ import { assertStorableJson, type JsonLimits } from '../core/json.ts'
 import { planTasks, taskData } from '../core/plan.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
+import { tenantContextSecret } from '../db/tenant-context.ts'
 import { type Db, executeNamed, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
 import { insertJobs, queueName } from '../queue/boss.ts'
@@ -167,7 +168,9 @@ export async function startWorkflow<TInput, TStart>(
     return { id: row.id, created: false, status: row.status }
   }
 
-  return options.db ? withinCallerTx(options.db, scope, run) : withTenantTx(deps.pool, scope, run)
+  return options.db
+    ? withinCallerTx(options.db, scope, await tenantContextSecret(deps.pool), run)
+    : withTenantTx(deps.pool, scope, run)
 }
 
 function checkKey(value: unknown, name: string): void {

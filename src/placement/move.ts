@@ -11,6 +11,7 @@
 import pg from 'pg'
 import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
 import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from '../db/placement.ts'
+import { readTenantContextSecret, tenantCredential } from '../db/tenant-context.ts'
 import { InvalidInputError, TenantError } from '../errors.ts'
 import { assertTenantId, withTenantDatabase } from '../tenants.ts'
 
@@ -158,7 +159,12 @@ async function readTenant<T>(client: pg.ClientBase, tenantId: string, fn: () => 
     SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';
     SET LOCAL extra_float_digits = 3; SET LOCAL bytea_output = 'hex'`)
   try {
-    await client.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenantId])
+    // The owner's connection reads the database's secret itself (drizzle/tenant/0016).
+    const secret = await readTenantContextSecret(client)
+    await client.query(`SELECT equilateral.enter_tenant($1, $2)`, [
+      tenantId,
+      tenantCredential(secret, tenantId),
+    ])
     return await fn()
   } finally {
     await client.query('ROLLBACK').catch(() => {})

@@ -7,6 +7,7 @@ import { afterAll, describe, expect, it } from 'vitest'
 import { clientDb, defineAgent, defineWorkflow, PermanentError } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const attempts = new Map<string, number>()
 const flaky = defineAgent({
@@ -142,7 +143,8 @@ describe('audit trail', () => {
         `TRUNCATE equilateral.agent_audit_log`,
         `UPDATE equilateral.agent_audit_seals SET hash = 'x'`,
       ]) {
-        await app.query(`BEGIN; SELECT set_config('app.tenant_id', 'acme', true)`)
+        await app.query('BEGIN')
+        await enterTenant(app, await tenantSecret(db.url), 'acme')
         expect(await errorCode(app.query(sql)), sql).toBe('42501')
         await app.query('ROLLBACK')
       }
@@ -262,7 +264,8 @@ describe('seals written by the application role', () => {
     await app.connect()
     try {
       const forge = async (lastTxid: string, rowIds: string) => {
-        await app.query(`BEGIN; SELECT set_config('app.tenant_id', 'acme', true)`)
+        await app.query('BEGIN')
+        await enterTenant(app, await tenantSecret(db.url), 'acme')
         try {
           return await errorCode(
             app.query(

@@ -15,6 +15,7 @@ import {
   PermanentError,
 } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const ALICE = 'ALICE-7f3a-personal'
 const BOB = 'BOB-91c2-personal'
@@ -309,10 +310,10 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('erasure, %s', 
     await app.connect()
     try {
       await app.query('BEGIN')
-      await app.query(
-        `SELECT set_config('app.tenant_id', 'acme', true), set_config('search_path', $1, true)`,
-        [(await ctx.engine.tenant('acme')).scope.searchPath],
-      )
+      await enterTenant(app, await tenantSecret(ctx.db.url), 'acme')
+      await app.query(`SELECT set_config('search_path', $1, true)`, [
+        (await ctx.engine.tenant('acme')).scope.searchPath,
+      ])
       await app.query(`SELECT set_config('equilateral.audit_redaction', 'on', true)`)
       const code = await app
         .query(

@@ -7,6 +7,7 @@ import type { IsolationMode } from '../../src/config.ts'
 import { heartbeat } from '../../src/flow/heartbeat.ts'
 import { defineAgent, defineWorkflow, InvalidInputError } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const DAY_MS = 24 * 3600 * 1000
 
@@ -148,9 +149,8 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('compliance eve
     await app.connect()
     try {
       await app.query('BEGIN')
-      await app.query(`SELECT set_config('app.tenant_id', 'eu', true), set_config('search_path', $1, true)`, [
-        handle.scope.searchPath,
-      ])
+      await enterTenant(app, await tenantSecret(ctx.db.url), 'eu')
+      await app.query(`SELECT set_config('search_path', $1, true)`, [handle.scope.searchPath])
       const changed = await app.query(
         `UPDATE agent_coordination SET status = 'cancelled' WHERE tenant_id = 'eu' AND workflow_id = $1`,
         [id],

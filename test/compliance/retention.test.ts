@@ -8,6 +8,7 @@ import type { IsolationMode } from '../../src/config.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const INSUFFICIENT_PRIVILEGE = '42501'
 
@@ -238,13 +239,12 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('retention purg
     await app.connect()
     afterAll(() => app.end())
     const scope = (await ctx.engine.tenant('keep')).scope
+    const secret = await tenantSecret(ctx.db.url)
     const inTx = async <T>(fn: () => Promise<T>, switches: string[] = []): Promise<T> => {
       await app.query('BEGIN')
       try {
-        await app.query(
-          `SELECT set_config('app.tenant_id', 'keep', true), set_config('search_path', $1, true)`,
-          [scope.searchPath],
-        )
+        await enterTenant(app, secret, 'keep')
+        await app.query(`SELECT set_config('search_path', $1, true)`, [scope.searchPath])
         for (const s of switches) await app.query(`SELECT set_config($1, 'on', true)`, [s])
         return await fn()
       } finally {

@@ -3,6 +3,7 @@
 import { type ChildProcess, fork } from 'node:child_process'
 import { fileURLToPath } from 'node:url'
 import { afterAll } from 'vitest'
+import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 
 const script = fileURLToPath(new URL('../fixtures/worker-process.ts', import.meta.url))
 
@@ -15,7 +16,8 @@ export function workerProcesses(databaseUrl: string) {
   function spawn(env: Record<string, string> = {}): Promise<ChildProcess> {
     const child = fork(script, [databaseUrl], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-      env: { ...process.env, ...env },
+      // The template's secret: these processes have no owner login to read it with.
+      env: { ...process.env, TENANT_CONTEXT_SECRET: TEST_TENANT_CONTEXT_SECRET, ...env },
     })
     children.add(child)
     child.on('exit', () => children.delete(child))

@@ -13,6 +13,7 @@ import { tenantDatabasePrefix } from '../helpers/engine.ts'
 import { checkInvariants, type Expected } from '../helpers/invariants.ts'
 import { workerProcesses } from '../helpers/processes.ts'
 import { untilSettled } from '../helpers/progress.ts'
+import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 
 const db = await createTestDatabase()
 // Only liveness can recover a killed worker's task here: heartbeats would take 10 minutes.
@@ -210,7 +211,8 @@ describe('worker liveness, database per tenant', () => {
       workflows: livenessWorkflows,
       log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
       supervise: false,
-      config: { ...config, sweepIntervalMs: 3_600_000 },
+      // The worker processes have no owner login: the tenant database gets the secret they hold.
+      config: { ...config, sweepIntervalMs: 3_600_000, tenantContextSecret: TEST_TENANT_CONTEXT_SECRET },
     })
     const fleet = workerProcesses(control.appUrl)
     const spawnIn = () =>

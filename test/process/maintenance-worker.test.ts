@@ -12,6 +12,7 @@ import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { childEnv, cliProcesses, until } from '../cli/run.ts'
 import { createTestDatabase } from '../helpers/db.ts'
 import { settled } from '../helpers/engine.ts'
+import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 
 const noop = defineAgent({ id: 'noop', handler: async () => null })
 const once = defineWorkflow({ name: 'once', tasks: [{ key: 'only', agent: noop }] })
@@ -58,6 +59,8 @@ describe('a worker without the owner URL', () => {
     const worker = start(['worker', '--registry', 'test/fixtures/agent-pool-registry.ts'], {
       DATABASE_URL: db.appUrl,
       MAINTENANCE_DATABASE_URL: db.maintenanceUrl,
+      // Without the owner's login, the tenant context secret `migrate` stored (the template's).
+      TENANT_CONTEXT_SECRET: TEST_TENANT_CONTEXT_SECRET,
     })
     expect(worker.child.spawnargs.join(' ')).not.toContain(db.url)
     const purged = await until('the retention purge', () => {
@@ -80,7 +83,11 @@ describe('a worker without the owner URL', () => {
     const acme = await engine.tenant('acme')
     const { id } = await acme.startWorkflow('once', null, { subjectKey: 'alice' })
     expect((await settled(engine, 'acme', id)).status).toBe('completed')
-    const env = { DATABASE_URL: db.appUrl, MAINTENANCE_DATABASE_URL: db.maintenanceUrl }
+    const env = {
+      DATABASE_URL: db.appUrl,
+      MAINTENANCE_DATABASE_URL: db.maintenanceUrl,
+      TENANT_CONTEXT_SECRET: TEST_TENANT_CONTEXT_SECRET,
+    }
     const purge = await run(['retention', 'purge'], env)
     expect(purge.code, purge.stderr).toBe(0)
     expect(JSON.parse(purge.stdout)).toMatchObject({ tenants: 1, complete: true, problems: [] })

@@ -18,6 +18,8 @@ import { buildApp } from '../../src/web/app.ts'
 import { createTestDatabase, pgContext } from '../helpers/db.ts'
 import { eventually, settled, tenantDatabasePrefix } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
+import { TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 
 const INSUFFICIENT_PRIVILEGE = '42501'
 const ADMIN_TOKEN = 'maintenance-role-admin-token'
@@ -52,7 +54,13 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
       workflows: [pair],
       log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
       supervise: false,
-      config: { ...TEST_ENGINE_CONFIG, isolationMode: mode, migrationDatabaseUrl: undefined },
+      // No owner login to read the database's secret with: the one `migrate` stored (the template's).
+      config: {
+        ...TEST_ENGINE_CONFIG,
+        isolationMode: mode,
+        migrationDatabaseUrl: undefined,
+        tenantContextSecret: TEST_TENANT_CONTEXT_SECRET,
+      },
     })
     await engine.startWorker()
     const maint = new pg.Client({ connectionString: db.maintenanceUrl })
@@ -99,13 +107,13 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
      * Runs `fn` as the maintenance login in a transaction scoped to `tenant` (null: to no tenant, in
      * gamma's schema), with every audit switch on, and rolls it back.
      */
+    const secret = await tenantSecret(db.url)
     const asMaintenance = async <T>(tenant: string | null, fn: () => Promise<T>): Promise<T> => {
       await maint.query('BEGIN')
       try {
-        await maint.query(
-          `SELECT set_config('app.tenant_id', $1, true), set_config('search_path', $2, true)`,
-          [tenant ?? '', searchPathOf[tenant ?? 'gamma']],
-        )
+        // As the engine does: the tenant's credential, from the secret (read here as the owner).
+        if (tenant !== null) await enterTenant(maint, secret, tenant)
+        await maint.query(`SELECT set_config('search_path', $1, true)`, [searchPathOf[tenant ?? 'gamma']])
         await maint.query(
           `SELECT set_config('equilateral.audit_redaction', 'on', true),
              set_config('equilateral.audit_purge', 'on', true), set_config('equilateral.retention_purge', 'on', true)`,
@@ -345,10 +353,8 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('maintenance ro
     await app.connect()
     try {
       await app.query('BEGIN')
-      await app.query(
-        `SELECT set_config('app.tenant_id', 'gamma', true), set_config('search_path', $1, true)`,
-        [ctx.searchPathOf.gamma],
-      )
+      await enterTenant(app, await tenantSecret(db.url), 'gamma')
+      await app.query(`SELECT set_config('search_path', $1, true)`, [ctx.searchPathOf.gamma])
       expect(await errorCode(app.query(purge, ['gamma', null, null]))).toBe(INSUFFICIENT_PRIVILEGE)
       await app.query('ROLLBACK')
     } finally {
@@ -364,6 +370,9 @@ describe('maintenance role, database-per-tenant', () => {
       ...TEST_ENGINE_CONFIG,
       isolationMode: 'database-per-tenant' as const,
       tenantDatabasePrefix: tenantDatabasePrefix(),
+      // The engine below has no owner login to read the tenant database's secret with: the admin
+      // side stores this one in the database it creates, and the engine holds it.
+      tenantContextSecret: TEST_TENANT_CONTEXT_SECRET,
     }
     const log = pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' })
     // The release step's side creates the tenant and its database.

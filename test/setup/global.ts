@@ -35,6 +35,13 @@ declare module 'vitest' {
   }
 }
 
+/**
+ * The tenant context secret of the template (so of every test database cloned from it): worker
+ * processes that log in as the application role alone get it as TENANT_CONTEXT_SECRET, as a
+ * deployment without the owner's login in web and worker does (test/helpers/processes.ts).
+ */
+export const TEST_TENANT_CONTEXT_SECRET = 'equilateral-test-tenant-context-secret-0123456789'
+
 // Roles are cluster-wide; parallel runs on one server share this one (same password, idempotent).
 export const APP_LOGIN = { user: 'equilateral_test_app', password: 'equilateral_test_app' }
 export const MAINTENANCE_LOGIN = { user: 'equilateral_test_maint', password: 'equilateral_test_maint' }
@@ -171,7 +178,7 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
   try {
     const version = await admin.query<{ server_version: string }>('SHOW server_version')
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(template)}`)
-    await migrate(withDatabase(adminUrl, template))
+    await migrate(withDatabase(adminUrl, template), { tenantContextSecret: TEST_TENANT_CONTEXT_SECRET })
     await ensureAppLogin(admin)
     // Nobody may connect to it any more: a connection to a template makes cloning it fail.
     await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(template)} WITH ALLOW_CONNECTIONS false`)

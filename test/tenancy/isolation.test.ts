@@ -7,10 +7,12 @@
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
+import { provideTenantContextSecret } from '../../src/db/tenant-context.ts'
 import { type TenantScope, withTenantTx } from '../../src/db/tx.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
+import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const TABLES = ['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events'] as const
 const INSUFFICIENT_PRIVILEGE = '42501'
@@ -65,10 +67,11 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
       )
     }
     await owner.end()
+    const secret = await tenantSecret(db.url)
     const app = await connect(db.appUrl)
     afterAll(() => app.end())
     const scope = async (t: string): Promise<TenantScope> => (await engine.tenant(t)).scope
-    return { engine, db, ids, schemaOf, app, scope }
+    return { engine, db, ids, schemaOf, app, scope, secret }
   }
 
   beforeAll(async () => {
@@ -77,7 +80,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
 
   const table = (tenant: string, name: string) =>
     `${pg.escapeIdentifier(ctx.schemaOf[tenant])}.${pg.escapeIdentifier(name)}`
-  const asTenant = (tenant: string) => ctx.app.query(`SELECT set_config('app.tenant_id', $1, true)`, [tenant])
+  const asTenant = (tenant: string) => enterTenant(ctx.app, ctx.secret, tenant)
 
   it('puts each tenant where the mode says', () => {
     if (mode === 'row-level') {
@@ -92,7 +95,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
   it('shows a transaction with no tenant setting, or an empty one, nothing, and lets it write nothing', async () => {
     for (const setting of [null, '']) {
       await inRolledBackTx(ctx.app, async () => {
-        if (setting !== null) await asTenant(setting)
+        if (setting !== null) await ctx.app.query(`SELECT set_config('app.tenant_id', $1, true)`, [setting])
         for (const name of TABLES) {
           for (const t of ['alpha', 'beta']) {
             const { rows } = await ctx.app.query(`SELECT count(*)::int AS n FROM ${table(t, name)}`)
@@ -101,7 +104,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
         }
       })
       await inRolledBackTx(ctx.app, async () => {
-        if (setting !== null) await asTenant(setting)
+        if (setting !== null) await ctx.app.query(`SELECT set_config('app.tenant_id', $1, true)`, [setting])
         const code = await errorCode(
           ctx.app.query(
             `INSERT INTO ${table('beta', 'agent_audit_log')} (tenant_id, workflow_id, action_type) VALUES ('', gen_random_uuid(), 'forged')`,
@@ -175,6 +178,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
 
   it('carries no tenant from one transaction of a pooled connection into the next', async () => {
     const pool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 1 })
+    provideTenantContextSecret(pool, async () => ctx.secret)
     try {
       const seen = await withTenantTx(pool, await ctx.scope('alpha'), async (db) => {
         const { rows } = await db.executeSql('SELECT count(*)::int AS n FROM workflows', [])

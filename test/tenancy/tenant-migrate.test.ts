@@ -73,31 +73,46 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-/** Undoes the newest tenant-table migration (0015: the maintenance role's functions) and forgets it. */
+const POLICY_TABLES = [
+  'workflows',
+  'agent_coordination',
+  'agent_audit_log',
+  'compliance_events',
+  'agent_audit_seals',
+  'workflow_events',
+  'workflow_schedules',
+  'agent_audit_redactions',
+]
+
+/**
+ * Undoes the newest tenant-table migration (0016: the verified tenant context; the policies go back
+ * to comparing with app.tenant_id) and forgets it.
+ */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
+  const old = `tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`
   await sql(
     tenant,
     `BEGIN;
-     DROP FUNCTION equilateral.maintenance_purge(text, integer, integer, integer),
-       equilateral.maintenance_erase(text, uuid, text, uuid, integer),
-       equilateral.maintenance_erase_dead_letters(text, uuid, text[]),
-       equilateral.maintenance_redact_audit(text, uuid, bigint, integer),
-       equilateral.maintenance_erase_rest(text, uuid), equilateral.maintenance_tenant(text);
-     REVOKE INSERT ON equilateral.compliance_events FROM equilateral_maintenance;
+     ${POLICY_TABLES.map(
+       (
+         t,
+       ) => `DROP POLICY tenant_isolation ON equilateral.${t}; DROP POLICY observer_tenant ON equilateral.${t};
+         CREATE POLICY tenant_isolation ON equilateral.${t} USING (${old}) WITH CHECK (${old});`,
+     ).join('\n')}
+     DROP FUNCTION equilateral.current_tenant(), equilateral.enter_tenant(text, text), equilateral.tenant_policies(text),
+       equilateral.tenant_context_binding(), equilateral.tenant_context_mac(bytea, text);
+     DROP TABLE equilateral.tenant_context_key;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Whether the newest tenant-table migration is in place: the maintenance role may run its functions. */
+/** Whether the newest tenant-table migration is in place: any role may enter a tenant with its credential. */
 async function newestApplied(tenant: string): Promise<boolean> {
-  const purge = 'equilateral.maintenance_purge(text, integer, integer, integer)'
   const [row] = await sql(
     tenant,
-    `SELECT CASE WHEN to_regprocedure($1) IS NULL THEN false
-       ELSE has_function_privilege('equilateral_maintenance', $1, 'EXECUTE')
-         AND has_table_privilege('equilateral_maintenance', 'equilateral.compliance_events', 'INSERT') END AS ok`,
-    [purge],
+    `SELECT CASE WHEN to_regprocedure('equilateral.enter_tenant(text, text)') IS NULL THEN false
+       ELSE has_function_privilege('equilateral_app', 'equilateral.enter_tenant(text, text)', 'EXECUTE') END AS ok`,
   )
   return row?.ok === true
 }

@@ -26,17 +26,20 @@ const tz = (name: string) => timestamp(name, { withTimezone: true })
 
 /**
  * Row-level security, the same on every tenant table: a row is visible and writable only inside a
- * transaction whose `app.tenant_id` (set transaction-locally by withTenantTx) is its tenant. With no
- * setting, or an empty one, NULLIF yields NULL and nothing matches: fail closed. RLS is also FORCED
- * (drizzle/tenant/0001_isolation.sql), so the tables' owner is bound by the policy too.
+ * transaction that equilateral.enter_tenant() scoped to its tenant with the tenant's credential
+ * (withTenantTx does; drizzle/tenant/0016). current_tenant() checks the transaction's seal and
+ * returns NULL without one, so setting `app.tenant_id` alone grants nothing: fail closed. Evaluated
+ * once per statement (an initPlan). RLS is also FORCED (drizzle/tenant/0002_isolation.sql), so the
+ * tables' owner is bound by the policy too. The observer role has a read-only policy of its own
+ * (migration 0016), by `app.tenant_id`.
  */
 const tenantIsolation = () =>
   pgPolicy('tenant_isolation', {
     as: 'permissive',
     for: 'all',
     to: 'public',
-    using: sql`tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`,
-    withCheck: sql`tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`,
+    using: sql`tenant_id = (SELECT equilateral.current_tenant())`,
+    withCheck: sql`tenant_id = (SELECT equilateral.current_tenant())`,
   })
 
 export const workflows = pgTable(
