@@ -131,9 +131,10 @@ export interface Config {
    */
   tenantContextSecret: string | undefined
   /**
-   * Whether the tenant tables' policies compare with the tenant the database verified (default) or,
-   * false, with the app.tenant_id setting as before (cheaper; any SQL run as the application role can
-   * then choose a tenant). Applied by `migrate` (TENANT_CONTEXT_VERIFIED); docs/security.md.
+   * Whether the tenant tables' policies compare with the tenant the database verified (true: SQL run
+   * as the application role cannot choose another tenant) or with the app.tenant_id setting (the
+   * default: the verified policies cost about a fifth of the saturated throughput, docs/security.md).
+   * Applied by `migrate` (TENANT_CONTEXT_VERIFIED); transactions are sealed either way.
    */
   tenantContextVerified: boolean
   /** HTTP port of the `web` process (PORT, as on Heroku/Render). */
@@ -210,7 +211,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
     encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
     tenantContextSecret: env.TENANT_CONTEXT_SECRET || undefined,
-    tenantContextVerified: bool('TENANT_CONTEXT_VERIFIED', true),
+    tenantContextVerified: bool('TENANT_CONTEXT_VERIFIED', false),
     port: int('PORT', 3000, 0, 65535),
     host: env.HOST || '0.0.0.0',
     webConcurrency: int('WEB_CONCURRENCY', 1, 1, 64),

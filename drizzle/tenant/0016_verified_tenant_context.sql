@@ -27,13 +27,13 @@ BEGIN
   IF current_schema() <> 'equilateral' THEN
     RETURN;
   END IF;
-  -- verified: whether the policies compare with current_tenant() (the default) or, switched off
-  -- with TENANT_CONTEXT_VERIFIED=false at migrate time, with app.tenant_id as before (cheaper, and
-  -- forgeable by injected SQL: see docs/security.md). tenant_policies() below writes either.
+  -- verified: whether the policies compare with current_tenant() (TENANT_CONTEXT_VERIFIED=true at
+  -- migrate time) or, the default, with app.tenant_id as before (cheaper, and forgeable by injected
+  -- SQL: see docs/security.md). tenant_policies() below writes either.
   CREATE TABLE equilateral.tenant_context_key (
     id boolean PRIMARY KEY DEFAULT true CHECK (id),
     secret bytea NOT NULL CHECK (length(secret) >= 32),
-    verified boolean NOT NULL DEFAULT true,
+    verified boolean NOT NULL DEFAULT false,
     created_at timestamptz NOT NULL DEFAULT now()
   );
   REVOKE ALL ON equilateral.tenant_context_key FROM PUBLIC;

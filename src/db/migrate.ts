@@ -43,7 +43,7 @@ export interface MigrateOptions {
   /**
    * false: the tenant tables' policies compare with app.tenant_id, as before migration 0016 (cheaper;
    * injected SQL can choose a tenant); true: with the verified tenant (equilateral.current_tenant()).
-   * Default: TENANT_CONTEXT_VERIFIED from the environment, else true. Rewrites every schema's
+   * Default: TENANT_CONTEXT_VERIFIED from the environment, else false. Rewrites every schema's
    * policies when it differs from what the database has.
    */
   tenantContextVerified?: boolean
@@ -89,7 +89,7 @@ export async function migrate(
     await grantBoss(client)
     step(`pg-boss schema ${BOSS_SCHEMA} migrated`)
     const report = await migrateTenantSchemas(client, options.tenantBatchSize ?? 100, step)
-    const verified = options.tenantContextVerified ?? envBoolean(process.env.TENANT_CONTEXT_VERIFIED) ?? true
+    const verified = options.tenantContextVerified ?? envBoolean(process.env.TENANT_CONTEXT_VERIFIED) ?? false
     if (await inTransaction(client, () => applyTenantContextMode(client, verified))) {
       step(
         `tenant context ${verified ? 'verified' : 'NOT verified (TENANT_CONTEXT_VERIFIED=false)'}: policies rewritten`,

@@ -397,5 +397,14 @@ describe('TENANT_CONTEXT_VERIFIED=false', () => {
     expect(await forged()).toBe(1)
     await migrate(db.url, { tenantContextVerified: true })
     expect(await forged()).toBe(0)
+    // The default (no TENANT_CONTEXT_VERIFIED) is the policies by setting: see docs/security.md.
+    const env = process.env.TENANT_CONTEXT_VERIFIED
+    delete process.env.TENANT_CONTEXT_VERIFIED
+    try {
+      await migrate(db.url)
+    } finally {
+      if (env !== undefined) process.env.TENANT_CONTEXT_VERIFIED = env
+    }
+    expect(await forged()).toBe(1)
   })
 })

@@ -178,7 +178,12 @@ async function createTemplate(adminUrl: string, template: string): Promise<strin
   try {
     const version = await admin.query<{ server_version: string }>('SHOW server_version')
     await admin.query(`CREATE DATABASE ${pg.escapeIdentifier(template)}`)
-    await migrate(withDatabase(adminUrl, template), { tenantContextSecret: TEST_TENANT_CONTEXT_SECRET })
+    // With the verified tenant context (not the default): the suite's attacks on it need it, and
+    // every engine path must work under it; test/security/tenant-context.test.ts checks both modes.
+    await migrate(withDatabase(adminUrl, template), {
+      tenantContextSecret: TEST_TENANT_CONTEXT_SECRET,
+      tenantContextVerified: true,
+    })
     await ensureAppLogin(admin)
     // Nobody may connect to it any more: a connection to a template makes cloning it fail.
     await admin.query(`ALTER DATABASE ${pg.escapeIdentifier(template)} WITH ALLOW_CONNECTIONS false`)
