@@ -10,7 +10,7 @@ import pg from 'pg'
 import { afterAll } from 'vitest'
 import { migrate } from '../../src/db/migrate.ts'
 import { type EmbeddedServer, startEmbeddedPostgres, withDatabase } from '../../src/db/provision.ts'
-import { APP_LOGIN, ensureAppLogin, TEST_SETTINGS } from '../setup/global.ts'
+import { APP_LOGIN, ensureAppLogin, TEST_SETTINGS, TEST_TENANT_CONTEXT_SECRET } from '../setup/global.ts'
 
 export interface OwnServer {
   /** The migrated database, as the superuser. */
@@ -46,7 +46,9 @@ export async function ownServer(settings: Record<string, string | number> = {}):
   await admin.connect()
   try {
     await admin.query(`CREATE DATABASE ${DATABASE}`)
-    await migrate(url) // creates the application role the login joins
+    // Creates the application role the login joins. With the template's secret and tenant context,
+    // as every test database has: worker processes spawned by the tests are given that secret.
+    await migrate(url, { tenantContextSecret: TEST_TENANT_CONTEXT_SECRET, tenantContextVerified: true })
     await ensureAppLogin(admin)
   } finally {
     await admin.end()
