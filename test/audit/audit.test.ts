@@ -28,7 +28,8 @@ const broken = defineAgent({
 })
 
 // Ten tasks: a retry (r), a permanent failure (x) whose dependents (y, z) are skipped, and the rest
-// completing around them.
+// completing around them. x waits for f too: otherwise f (queued when c completes) races the chain
+// r -> e -> x, and a worker that runs the chain first skips f (seen under load in CI).
 const tenTasks = defineWorkflow({
   name: 'ten-tasks',
   tasks: [
@@ -38,7 +39,7 @@ const tenTasks = defineWorkflow({
     { key: 'r', agent: flaky, dependsOn: ['b'], maxAttempts: 3, backoffMs: 10 },
     { key: 'd', agent: ok, dependsOn: ['c'] },
     { key: 'e', agent: ok, dependsOn: ['r', 'd'] },
-    { key: 'x', agent: broken, dependsOn: ['e'], maxAttempts: 3 },
+    { key: 'x', agent: broken, dependsOn: ['e', 'f'], maxAttempts: 3 },
     { key: 'y', agent: ok, dependsOn: ['x'] },
     { key: 'z', agent: ok, dependsOn: ['y'] },
     { key: 'f', agent: ok, dependsOn: ['c'] },
