@@ -1185,7 +1185,7 @@ export class Engine {
   ): Promise<SweepReport> {
     const deadWorkers =
       options.deadWorkers === undefined ? await findDeadWorkers(this.pool) : options.deadWorkers
-    return sweepOnce((scope) => this.stores.of(scope), scopes, {
+    const report = await sweepOnce((scope) => this.stores.of(scope), scopes, {
       keyRing: this.keyRing,
       limits: this.limits,
       staleAfterMs: options.staleAfterMs ?? this.config.staleAfterMs,
@@ -1194,6 +1194,25 @@ export class Engine {
       timeouts: this.#timeouts,
       deadWorkers: deadWorkers ?? undefined,
     })
+    this.#countSweep(report)
+    return report
+  }
+
+  /**
+   * A sweep's outcomes in the metrics, whoever ran it (the sweeper, a liveness pass, `equilateral
+   * sweep`, the test kit): what it recovered, and the tasks and workflows it failed for good, which
+   * the lost worker never counted.
+   */
+  #countSweep(report: SweepReport): void {
+    const m = this.metrics
+    m.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
+    m.sweeperRecovered.inc({ action: 'lost' }, report.lost)
+    for (const t of report.ended.tasks) {
+      m.tasksFinished.inc(m.withTenant({ agent: t.agentId, outcome: 'failed' }, t.tenantId, t.database))
+      m.deadLettered.inc({ agent: t.agentId })
+    }
+    for (const w of report.ended.workflows)
+      m.workflowFinished(w.type, 'failed', w.durationMs, w.tenantId, w.database)
   }
 
   /**
@@ -1209,8 +1228,6 @@ export class Engine {
       recover: async (dead) => {
         const report = await this.sweep({ deadWorkers: dead })
         this.log.info({ ...report, workers: dead.ids }, 'liveness pass: workers gone, their tasks recovered')
-        this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
-        this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
         for (const f of report.failed) this.log.warn({ ...f }, 'sweep of a tenant failed')
       },
       onError: (error) => this.#warn({ err: error }, error, 'liveness pass failed'),
@@ -1229,8 +1246,6 @@ export class Engine {
       if (report.requeued > 0 || report.lost > 0) {
         this.log.info({ ...report, database: store.key }, 'sweeper recovered tasks')
       }
-      this.metrics.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
-      this.metrics.sweeperRecovered.inc({ action: 'lost' }, report.lost)
       for (const f of report.failed) this.log.warn({ ...f, database: store.key }, 'sweep of a tenant failed')
       if (report.blocked.length > 0 || report.skipped > 0)
         this.log.warn(

@@ -72,6 +72,15 @@ export interface SweepReport {
   skipped: number
   /** Tenants passed over because a lock or a statement timed out (the next sweep tries again). */
   blocked: string[]
+  /**
+   * Tasks the sweep failed for good (their worker was lost and no attempt is left), and the
+   * workflows that failed with them, each with the database its store names (Store.key): the worker
+   * that would have counted them in the metrics is gone, so the sweep's caller counts them.
+   */
+  ended: {
+    tasks: { tenantId: string; agentId: string; database: string }[]
+    workflows: { tenantId: string; type: string; durationMs: number; database: string }[]
+  }
 }
 
 // In-flight tasks, and ready tasks that have no job (only after a bug or a manual edit).
@@ -100,7 +109,7 @@ FOR NO KEY UPDATE SKIP LOCKED`
  * reached is noted and passed over, so one database down does not stop the others' recovery.
  */
 export async function sweepOnce(
-  storeOf: (scope: TenantScope) => Promise<{ pool: pg.Pool; boss: PgBoss }>,
+  storeOf: (scope: TenantScope) => Promise<{ pool: pg.Pool; boss: PgBoss; key: string }>,
   scopes: AsyncIterable<TenantScope> | Iterable<TenantScope>,
   options: SweepOptions,
 ): Promise<SweepReport> {
@@ -115,11 +124,12 @@ export async function sweepOnce(
     failed: [],
     skipped: 0,
     blocked: [],
+    ended: { tasks: [], workflows: [] },
   }
   for await (const scope of scopes) {
     try {
-      const { pool, boss } = await storeOf(scope)
-      await sweepTenant(pool, boss, scope, options, report)
+      const { pool, boss, key } = await storeOf(scope)
+      await sweepTenant(pool, boss, key, scope, options, report)
       await expireDueWaits(
         { pool, boss, keyRing: options.keyRing, limits: options.limits },
         scope,
@@ -151,13 +161,17 @@ export async function sweepOnce(
 async function sweepTenant(
   pool: pg.Pool,
   boss: PgBoss,
+  database: string,
   scope: TenantScope,
   options: SweepOptions,
   report: SweepReport,
 ): Promise<void> {
   let cursor = '00000000-0000-0000-0000-000000000000'
   for (let pages = 0; pages < options.maxPages; pages++) {
+    // What this page's transaction ended: counted only once it committed (a retried body starts over).
+    let ended: SweepReport['ended'] = { tasks: [], workflows: [] }
     const scanned = await withTimeouts(options.timeouts)(pool, scope, async (db) => {
+      ended = { tasks: [], workflows: [] }
       const { rows } = await db.executeSql(SCAN, [
         scope.tenantId,
         cursor,
@@ -194,12 +208,21 @@ async function sweepTenant(
             }),
           )
           if (outcome === null) report.skipped++
-          else if (outcome.kind !== 'lease_lost') report.lost++
+          else if (outcome.kind !== 'lease_lost') {
+            report.lost++
+            if (outcome.kind === 'failed') {
+              ended.tasks.push({ tenantId: scope.tenantId, agentId: c.agentId, database })
+              if (outcome.workflow)
+                ended.workflows.push({ tenantId: scope.tenantId, ...outcome.workflow, database })
+            }
+          }
         }
       }
       report.requeued += await requeueUnlessLocked(boss, db, scope, requeue, report)
       return candidates
     })
+    report.ended.tasks.push(...ended.tasks)
+    report.ended.workflows.push(...ended.workflows)
     report.pages++
     report.scanned += scanned.length
     if (scanned.length < options.batchSize) return
