@@ -266,11 +266,12 @@ export async function writeCompletions(
         : []
     const claimed = new Set(claimedLocally.map((t) => t.taskId))
     // A pick the claim did not take (it needs an agent version this worker lacks) is queued after all.
-    const unclaimed = new Set(picks.filter((p) => !claimed.has(p.taskId)).map((p) => p.taskId))
+    const unclaimedPicks = picks.filter((p) => !claimed.has(p.taskId))
+    const unclaimed = new Set(unclaimedPicks.map((p) => p.taskId))
     if (unclaimed.size > 0) {
-      local.giveBack(picks.filter((p) => unclaimed.has(p.taskId)))
+      local.giveBack(unclaimedPicks)
       holding?.(picks.filter((p) => claimed.has(p.taskId)))
-      await notifyReady(db, [...new Set(picks.filter((p) => unclaimed.has(p.taskId)).map((p) => p.queue))])
+      await notifyReady(db, [...new Set(unclaimedPicks.map((p) => p.queue))])
     }
     queued = dispatched.filter((d) => !claimed.has(d.taskId))
     toInsert = direct ? queued.filter((d) => unclaimed.has(d.taskId)) : queued

@@ -3,11 +3,11 @@
 // and leave part of a fan-out to other workers.
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
-import { claimTasks, type FetchedJob } from '../../src/flow/claim.ts'
+import { claimTasks } from '../../src/flow/claim.ts'
 import { completeTasks, type LocalContinuation } from '../../src/flow/complete.ts'
 import { queueName, type TaskJobData } from '../../src/queue/boss.ts'
 import { queryOnce } from '../helpers/db.ts'
-import { settled, testEngine } from '../helpers/engine.ts'
+import { fetchJob, settled, testEngine } from '../helpers/engine.ts'
 
 const seen: Record<string, Record<string, unknown>> = {}
 const step = defineAgent({
@@ -69,16 +69,7 @@ describe('without a worker running', () => {
 
   it('fences the late completion of a locally claimed task the sweeper recovered', async () => {
     const { id } = await acme.startWorkflow('pair')
-    const [job] = await engine.boss.fetch<TaskJobData>(queueName('manual'))
-    if (!job) throw new Error('no job')
-    const fetched: FetchedJob = {
-      queue: queueName('manual'),
-      jobId: job.id,
-      retryCount: job.retryCount,
-      taskId: job.data.k,
-      workflowId: id,
-      attempt: job.data.a,
-    }
+    const fetched = await fetchJob(engine, 'manual', id)
     await claimTasks(engine, acme.scope, [fetched], 'local-worker')
     const done = await completeTasks(
       engine,

@@ -2,10 +2,10 @@
 import pg from 'pg'
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
-import { claimTasks, type FetchedJob } from '../../src/flow/claim.ts'
+import { claimTasks } from '../../src/flow/claim.ts'
 import { completeTasks } from '../../src/flow/complete.ts'
 import { queueName, type TaskJobData } from '../../src/queue/boss.ts'
-import { eventually, settled, testEngine } from '../helpers/engine.ts'
+import { eventually, fetchJob, settled, testEngine } from '../helpers/engine.ts'
 
 const ran: string[] = []
 // One agent (so one queue) per scenario, so that fetching by hand in one test cannot take another's jobs.
@@ -78,16 +78,7 @@ async function owner<T>(fn: (c: pg.Client) => Promise<T>): Promise<T> {
 describe('without a worker running', () => {
   it('makes a duplicate delivery and a late completion harmless', async () => {
     const { id } = await acme.startWorkflow('pair-dup')
-    const [job] = await engine.boss.fetch<TaskJobData>(queueName('dup'))
-    if (!job) throw new Error('no job')
-    const fetched: FetchedJob = {
-      queue: queueName('dup'),
-      jobId: job.id,
-      retryCount: job.retryCount,
-      taskId: job.data.k,
-      workflowId: id,
-      attempt: job.data.a,
-    }
+    const fetched = await fetchJob(engine, 'dup', id)
     // two workers receive the same job
     const first = await claimTasks(engine, acme.scope, [fetched], 'worker-1')
     const second = await claimTasks(engine, acme.scope, [fetched], 'worker-2')
@@ -135,16 +126,7 @@ describe('without a worker running', () => {
 
   it('sweeper: recovers a running task whose worker stopped heartbeating, counting a failure', async () => {
     const { id } = await acme.startWorkflow('pair-lost')
-    const [job] = await engine.boss.fetch<TaskJobData>(queueName('lost'))
-    if (!job) throw new Error('no job')
-    const fetched: FetchedJob = {
-      queue: queueName('lost'),
-      jobId: job.id,
-      retryCount: job.retryCount,
-      taskId: job.data.k,
-      workflowId: id,
-      attempt: job.data.a,
-    }
+    const fetched = await fetchJob(engine, 'lost', id)
     await claimTasks(engine, acme.scope, [fetched], 'doomed-worker')
     // the worker dies: no heartbeat for longer than the threshold
     await owner((c) =>

@@ -4,6 +4,8 @@ import { afterAll } from 'vitest'
 import type { Config } from '../../src/config.ts'
 import type { AgentDefinition, WorkflowDefinition } from '../../src/core/definition.ts'
 import { createEngine, type Engine } from '../../src/engine.ts'
+import type { FetchedJob } from '../../src/flow/claim.ts'
+import { queueName, type TaskJobData } from '../../src/queue/boss.ts'
 import { TEST_ENGINE_CONFIG } from '../../src/testing.ts'
 import { createTestDatabase, pgContext, type TestDatabase } from './db.ts'
 import { untilSettled } from './progress.ts'
@@ -84,4 +86,23 @@ export async function settled(engine: Engine, tenantId: string, workflowId: stri
 /** database-per-tenant in tests: tenant database names start with the run's prefix (dropped at teardown). */
 export function tenantDatabasePrefix(): string {
   return `${pgContext().prefix}t_`
+}
+
+/**
+ * Fetches the next job of `agentId`'s queue by hand, as a worker's fetch would, for a test that
+ * then claims or completes its task itself (no worker serves the agent): the FetchedJob the claim
+ * and completion take.
+ */
+export async function fetchJob(engine: Engine, agentId: string, workflowId: string): Promise<FetchedJob> {
+  const queue = queueName(agentId)
+  const [job] = await engine.boss.fetch<TaskJobData>(queue)
+  if (!job) throw new Error(`no job in ${queue}`)
+  return {
+    queue,
+    jobId: job.id,
+    retryCount: job.retryCount,
+    taskId: job.data.k,
+    workflowId,
+    attempt: job.data.a,
+  }
 }

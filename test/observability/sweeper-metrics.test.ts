@@ -3,9 +3,8 @@
 // sweep must (issue 24: they were never counted).
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
-import { claimTasks, type FetchedJob } from '../../src/flow/claim.ts'
-import { queueName, type TaskJobData } from '../../src/queue/boss.ts'
-import { testEngine } from '../helpers/engine.ts'
+import { claimTasks } from '../../src/flow/claim.ts'
+import { fetchJob, testEngine } from '../helpers/engine.ts'
 
 // Never run: its task is claimed by hand for a worker that then "dies".
 const fragile = defineAgent({ id: 'fragile', handler: async () => null })
@@ -30,20 +29,13 @@ describe('a task the sweeper fails for good', () => {
       lost: await counter('equilateral_sweeper_recovered_tasks_total', { action: 'lost' }),
     }
     const { id } = await acme.startWorkflow('once')
-    const [job] = await engine.boss.fetch<TaskJobData>(queueName('fragile'))
-    if (!job) throw new Error('no job')
-    const fetched: FetchedJob = {
-      queue: queueName('fragile'),
-      jobId: job.id,
-      retryCount: job.retryCount,
-      taskId: job.data.k,
-      workflowId: id,
-      attempt: job.data.a,
-    }
+    const fetched = await fetchJob(engine, 'fragile', id)
     await claimTasks(engine, acme.scope, [fetched], 'ghost-worker')
+    // Seen dead after its claim, by the database's clock (as the liveness pass reads it).
+    const [{ seenAt }] = (await engine.pool.query(`SELECT now()::text AS "seenAt"`)).rows
     // The worker's session is gone: its running task is lost, with no attempt left.
     const report = await engine.sweep({
-      deadWorkers: { ids: ['ghost-worker'], seenAt: new Date(Date.now() + 60_000).toISOString(), rows: [] },
+      deadWorkers: { ids: ['ghost-worker'], seenAt, rows: [] },
     })
     expect(report.lost).toBe(1)
     expect((await acme.getWorkflow(id)).status).toBe('failed')
