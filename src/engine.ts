@@ -44,14 +44,14 @@ import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from '
 import { latestMigrations } from './db/migrate.ts'
 import { describeUrl } from './db/describe-url.ts'
 import { APP_SCHEMA, BOSS_SCHEMA, MAINTENANCE_ROLE } from './db/names.ts'
-import { databaseKey, Servers, type TenantDatabase } from './db/placement.ts'
-import { CONTROL_STORE, type Store, Stores } from './db/stores.ts'
+import { databaseKey, Servers, type TenantDatabase } from './tenancy/placement.ts'
+import { CONTROL_STORE, type Store, Stores } from './tenancy/stores.ts'
 import {
   provideTenantContextSecret,
   readTenantContextSecret,
   secretBytes,
   TenantContextError,
-} from './db/tenant-context.ts'
+} from './tenancy/tenant-context.ts'
 import {
   checkout,
   type Db,
@@ -88,7 +88,7 @@ import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
-import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
+import { type MoveOptions, type MoveReport, moveTenant } from './tenancy/move.ts'
 import { releasePass, type ScheduleReport, runSchedules, takePass } from './schedule/scheduler.ts'
 import {
   deleteSchedule,
@@ -109,7 +109,7 @@ import {
   TenantDirectory,
   type TenantInfo,
   type TenantSpec,
-} from './tenants.ts'
+} from './tenancy/tenants.ts'
 
 export interface EngineOptions {
   /** The run-time connection (switched to the application role, see DATABASE_ROLE). */
@@ -648,7 +648,7 @@ export class Engine {
   }
 
   /**
-   * The secret a database's tenant credentials derive from (src/db/tenant-context.ts): the
+   * The secret a database's tenant credentials derive from (src/tenancy/tenant-context.ts): the
    * database's own, read once through the owner's connection (the run-time pools' role cannot read
    * it), else the configured TENANT_CONTEXT_SECRET (which `migrate` stores in every database).
    */

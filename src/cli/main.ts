@@ -212,7 +212,7 @@ program
     ] = await Promise.all([
       import('../config.ts'),
       import('../db/provision.ts'),
-      import('../db/placement.ts'),
+      import('../tenancy/placement.ts'),
       import('../db/migrate.ts'),
     ])
     const config = loadConfig()
@@ -279,7 +279,7 @@ program
       import('../db/provision.ts'),
       import('../engine.ts'),
       import('../watchdog.ts'),
-      import('../enterprise.ts'),
+      import('../tenancy/enterprise.ts'),
       import('../metrics-server.ts'),
     ])
     const config = loadConfig()
@@ -388,7 +388,7 @@ program
       import('../db/provision.ts'),
       import('../db/migrate.ts'),
       import('../engine.ts'),
-      import('../enterprise.ts'),
+      import('../tenancy/enterprise.ts'),
       import('../web/server.ts'),
       import('./dev.ts'),
     ])
@@ -585,7 +585,7 @@ tenant
   )
   .option('--force', 'move although tasks are still marked running (only when their worker is gone for good)')
   .action(async (id: string, opts: { to: string; check?: boolean; force?: boolean }) => {
-    const { parseMoveTarget } = await import('../placement/move.ts')
+    const { parseMoveTarget } = await import('../tenancy/move.ts')
     const to = parseMoveTarget(opts.to)
     await withEngine(undefined, async (engine) => {
       const report = await engine.moveTenant(id, to, { force: !!opts.force, check: !!opts.check })

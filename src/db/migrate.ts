@@ -18,9 +18,9 @@ import pg from 'pg'
 import { PgBoss } from 'pg-boss'
 import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
-import { databaseKey, type Servers, identityProblem } from './placement.ts'
+import { databaseKey, type Servers, identityProblem } from '../tenancy/placement.ts'
 import { eachLimit } from '../core/each-limit.ts'
-import { secretBytes } from './tenant-context.ts'
+import { secretBytes } from '../tenancy/tenant-context.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 

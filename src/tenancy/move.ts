@@ -10,10 +10,10 @@
 // database, in one statement fenced on the entry it checked.
 import pg from 'pg'
 import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
-import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from '../db/placement.ts'
-import { readTenantContextSecret, tenantCredential } from '../db/tenant-context.ts'
+import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from './placement.ts'
+import { readTenantContextSecret, tenantCredential } from './tenant-context.ts'
 import { InvalidInputError, TenantError } from '../errors.ts'
-import { assertTenantId, withTenantDatabase } from '../tenants.ts'
+import { assertTenantId, withTenantDatabase } from './tenants.ts'
 
 /** A move refused: `problems` names each reason (not suspended, not drained, each difference). */
 export class MoveRefusedError extends TenantError {
