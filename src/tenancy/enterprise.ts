@@ -27,6 +27,10 @@
 // so it happens once however many passes race. Until then the job sends its successor, startAfter a
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
+//
+// Size (over 400 lines): one orchestrator whose start, consolidation pass and read share the
+// signing and the run's invariants described above; split apart, each half would need the other's
+// private rules (signatures, statuses) exported.
 import { randomUUID } from 'node:crypto'
 import { isUuid, UUID } from '../core/ids.ts'
 import { assertStorableJson, canonicalJson, type Json } from '../core/json.ts'

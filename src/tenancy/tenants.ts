@@ -1,6 +1,10 @@
 // Tenants: administration (create, list, suspend, resume, rotate key) on the owner connection, and
 // resolution of a tenant id or API key to the transaction scope the engine runs its statements in,
 // on the application connection (which may only read the tenants table).
+//
+// Size (just over 400 lines): the administration functions and the directory (TenantDirectory) are
+// the two sides of the tenants table and share its row shapes (SCOPE_COLUMNS, scopeOfRow) and
+// hashApiKey; createTenant (one procedure per isolation mode) is the longest part.
 import { createHash, randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { type ComplianceProfile, parseComplianceProfile } from '../compliance/profile.ts'
