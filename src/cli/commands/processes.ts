@@ -24,19 +24,16 @@ export function register(program: Command): void {
         { loadConfig },
         { provisionDatabase },
         { Servers },
-        {
-          databaseMigrationState,
-          describePending,
-          describeTenantDatabases,
-          isPending,
-          migrate,
-          migrateTenantDatabases,
-        },
+        { migrate },
+        { databaseMigrationState, describePending, isPending },
+        { describeTenantDatabases, migrateTenantDatabases },
       ] = await Promise.all([
         import('../../config.ts'),
         import('../../db/provision.ts'),
         import('../../db/placement.ts'),
         import('../../db/migrate.ts'),
+        import('../../db/migration-state.ts'),
+        import('../../db/migrate-tenant-databases.ts'),
       ])
       const config = loadConfig()
       const db = await provisionDatabase()
