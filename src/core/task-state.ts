@@ -5,9 +5,9 @@
 // table, and that each cause here is seen; the diagram in README.md#task-states is generated from
 // it (test/unit/task-state.test.ts).
 //
-// A cause is the audit action of the row that records the change, after the rows of the same task
-// in the same transaction that say why (`task_failed_attempt + task_retry_queued`: the agent failed
-// and a new attempt was queued), sorted by name. A task is inserted `pending` (`task_created`) or,
+// A cause is named by its audit actions: the rows of the same task in the same transaction that say
+// why, sorted by name, then the row of the change itself (`task_failed_attempt + task_retry_queued`:
+// the agent failed and a new attempt was queued). A task is inserted `pending` (`task_created`) or,
 // with no dependencies left, `queued` (`task_queued`): an insertion, not a transition.
 //
 // A task whose timer has not expired yet (startAfter, a retry's backoff, a snooze) is `queued`: its
