@@ -85,7 +85,7 @@ export {
   EnterpriseRunConflictError,
   EnterpriseRunForgedError,
   EnterpriseTimeoutError,
-} from './enterprise.ts'
+} from './tenancy/enterprise.ts'
 export type {
   EnterpriseMemberSpec,
   EnterpriseMemberStatus,
@@ -97,7 +97,7 @@ export type {
   EnterpriseStartResult,
   EnterpriseSummary,
   EnterpriseTenantResult,
-} from './enterprise.ts'
+} from './tenancy/enterprise.ts'
 
 // The HTTP server (fastify, its swagger plugin, the routes) is loaded when first used: a worker, or
 // an agent registry that imports this package, does not load it.

@@ -13,7 +13,7 @@ import {
   migrateTenantDatabases,
   type TenantDatabasesReport,
 } from '../../src/db/migrate-tenant-databases.ts'
-import { Servers } from '../../src/db/placement.ts'
+import { Servers } from '../../src/tenancy/placement.ts'
 import { withDatabase } from '../../src/db/provision.ts'
 import { createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { childEnv, cliProcesses, messages } from '../cli/run.ts'
