@@ -80,6 +80,16 @@ import { closeAgents } from './flow/close-agents.ts'
 import { awaitEnd, EndListener } from './flow/ends.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
+import type { BudgetAuditEntry, BudgetPeriod, BudgetSpec, BudgetView, UsageReport } from './usage/budgets.ts'
+import {
+  budgetPasses,
+  deleteTenantBudget,
+  setTenantBudget,
+  tenantBudgetAudit,
+  tenantBudgets,
+  tenantUsage,
+  type UsageDeps,
+} from './usage/service.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { type DeadWorkers, findDeadWorkers, LivenessRegistry, startLivenessPasses } from './flow/liveness.ts'
 import { StatisticsPasses } from './flow/statistics.ts'
@@ -178,6 +188,8 @@ export interface TaskView {
   completedAt: Date | null
   /** A wait task: what it waits for, and until when once it waits (null without a timeout). */
   wait?: { type: 'approval' | 'event'; name: string; deadline: Date | null }
+  /** A queued task held without a job: its tenant's hard budget is exhausted (docs/usage-and-budgets.md). */
+  holdReason?: 'budget_exhausted'
 }
 
 /** How long `result()` (and `getWorkflow(id, { waitMs })`) waits, and what stops it early. */
@@ -1057,6 +1069,11 @@ export class Engine {
         if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
         extra.taskFinished?.(task, tenant, outcome, ms)
       },
+      usageRecorded: (task, tenant, usage) => {
+        for (const [dimension, amount] of Object.entries(usage))
+          m.agentUsage.inc(m.withTenant({ agent: task.agentId, dimension }, tenant, database), amount)
+        extra.usageRecorded?.(task, tenant, usage)
+      },
       workflowFinished: (tenant, type, status, ms) => {
         m.workflowFinished(type, status, ms, tenant, database)
         extra.workflowFinished?.(tenant, type, status, ms)
@@ -1175,6 +1192,40 @@ export class Engine {
   }
 
   /**
+   * The budget pass (src/usage/budgets.ts) over every active tenant (or the given ones): rolls the
+   * budgets whose period ended by `clock` (default: the database clock), releases held tasks, and
+   * refreshes the equilateral_budgets_exceeded gauge. Runs with the sweeper.
+   */
+  budgetPass(
+    options: { clock?: Date; scopes?: AsyncIterable<TenantScope> | Iterable<TenantScope> } = {},
+  ): ReturnType<typeof budgetPasses> {
+    return budgetPasses(this.#usageDeps, options.scopes ?? this.tenants.active(), options.clock)
+  }
+
+  /** Sets (creates or changes) a tenant's budget, audited with `actor`; see docs/usage-and-budgets.md. */
+  async setBudget(
+    tenantId: string,
+    spec: BudgetSpec,
+    options: { actor?: string; clock?: Date } = {},
+  ): Promise<BudgetView & { released: number }> {
+    return setTenantBudget(this.#usageDeps, await this.tenants.require(tenantId), spec, options)
+  }
+
+  /** Removes a tenant's budget (audited); its held tasks are released if no hard budget is exhausted. */
+  async deleteBudget(
+    tenantId: string,
+    dimension: string,
+    period: BudgetPeriod,
+    options: { actor?: string } = {},
+  ): Promise<{ deleted: boolean; released: number }> {
+    return deleteTenantBudget(this.#usageDeps, await this.tenants.require(tenantId), dimension, period, options)
+  }
+
+  get #usageDeps(): UsageDeps {
+    return { storeOf: (scope) => this.stores.of(scope), metrics: this.metrics }
+  }
+
+  /**
    * One pass of the stale-task sweeper over every active tenant (or the given ones), each in its
    * own database; a tenant database that cannot be reached is listed in `unreachable`. Running
    * tasks of workers whose database session ended (see startSweeper) are lost too, stale or not.
@@ -1254,6 +1305,9 @@ export class Engine {
         )
       const sealed = await this.sealAudit({}, scopes())
       if (sealed.rows > 0) this.log.debug({ ...sealed, database: store.key }, 'audit rows sealed')
+      const budgets = await this.budgetPass({ scopes: scopes() })
+      if (budgets.rolled > 0 || budgets.released > 0)
+        this.log.info({ ...budgets, exceeded: budgets.exceeded.length, database: store.key }, 'budget pass')
     }
     // The control database sweeps its own tenants; each tenant database is swept on its own schedule.
     await this.#sweepOn(this.stores.control, () => run(this.stores.control, () => this.#controlTenants()))
@@ -1814,6 +1868,26 @@ export class TenantHandle {
     })
   }
 
+  /** The tenant's usage (ctx.usage) over a window, by dimension, agent and workflow type. */
+  async usage(query: { from?: Date; to?: Date; workflowId?: string } = {}): Promise<UsageReport> {
+    if (query.workflowId !== undefined) requireUuid(query.workflowId, 'workflow id')
+    return tenantUsage(this.#usageDeps, this.scope, query)
+  }
+
+  /** The tenant's budgets, with what each period has used. */
+  budgets(): Promise<BudgetView[]> {
+    return tenantBudgets(this.#usageDeps, this.scope)
+  }
+
+  /** The budgets' audit trail (set, raised, reached, rolled, removed), newest first. */
+  budgetAudit(limit?: number): Promise<BudgetAuditEntry[]> {
+    return tenantBudgetAudit(this.#usageDeps, this.scope, limit)
+  }
+
+  get #usageDeps(): UsageDeps {
+    return { storeOf: (scope) => this.#engine.storeOf(scope), metrics: this.#engine.metrics }
+  }
+
   /**
    * The tenant's workflow performance per type and agent performance per agent over a window
    * (default: the last 24 hours; see src/analytics.ts for what each figure counts).
@@ -1865,7 +1939,8 @@ export class TenantHandle {
       if (!w) throw new NotFoundError(`workflow ${id}`)
       const { rows } = await db.executeSql(
         `SELECT id, task_key, agent_id, agent_version, task_type, status, dependencies, dependents, attempt, failures, result, error,
-           queued_at, started_at, completed_at, wait->>'type' AS wait_type, wait->>'name' AS wait_name, wait_deadline
+           queued_at, started_at, completed_at, wait->>'type' AS wait_type, wait->>'name' AS wait_name, wait_deadline,
+           hold_reason
          FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
         [this.scope.tenantId, id],
       )
@@ -1903,6 +1978,7 @@ export class TenantHandle {
             ...(r.wait_type
               ? { wait: { type: r.wait_type, name: r.wait_name, deadline: r.wait_deadline ?? null } }
               : {}),
+            ...(r.hold_reason && r.status === 'queued' ? { holdReason: r.hold_reason } : {}),
           })),
         ),
       }

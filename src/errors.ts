@@ -22,11 +22,24 @@ export class DefinitionError extends EquilateralError {
 
 /** A value given to the library (workflow input, task data, agent result) cannot be stored. */
 export class InvalidInputError extends EquilateralError {
-  /** JSON path of the offending value, e.g. `$.input.name`. */
+    /** JSON path of the offending value, e.g. `$.input.name`. */
   readonly path: string | undefined
   constructor(message: string, path?: string) {
     super('invalid_input', message)
     this.path = path
+  }
+}
+
+/**
+ * An agent reported usage it did not declare (defineAgent's `usage`), or an amount that is not a
+ * non-negative safe integer. Permanent: another attempt would report the same.
+ */
+export class UsageError extends InvalidInputError {
+  /** The dimension the problem is about. */
+  readonly dimension: string
+  constructor(message: string, dimension: string) {
+    super(message, `$.usage.${dimension}`)
+    this.dimension = dimension
   }
 }
 

@@ -65,6 +65,11 @@ export const sharedSchemas = [
           deadline: nullableDateTime,
         },
       },
+      holdReason: {
+        type: 'string',
+        enum: ['budget_exhausted'],
+        description: "a queued task held without a job: its tenant's hard budget is exhausted",
+      },
     },
   },
   {
