@@ -133,20 +133,20 @@ export async function listBudgets(db: Db, scope: TenantScope): Promise<BudgetVie
 // state follows the new limit at once: reached (exceeded_at kept, or now) or not (cleared).
 const SET_BUDGET = `
 WITH old AS (
-  SELECT * FROM usage_budgets WHERE tenant_id = $1 AND dimension = $2 AND period = $3 FOR UPDATE
+  SELECT * FROM usage_budgets WHERE tenant_id = $1 AND dimension = $2::text AND period = $3::text FOR UPDATE
 ),
 start AS (
   SELECT coalesce((SELECT period_start FROM old),
-    date_trunc($3, coalesce($7::timestamptz, now()) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS at
+    date_trunc($3::text, coalesce($7::timestamptz, now()) AT TIME ZONE 'UTC') AT TIME ZONE 'UTC') AS at
 ),
 used AS (
   SELECT coalesce(sum(u.amount), 0) AS n FROM agent_usage u, start
-  WHERE u.tenant_id = $1 AND u.dimension = $2 AND u.recorded_at >= start.at
+  WHERE u.tenant_id = $1 AND u.dimension = $2::text AND u.recorded_at >= start.at
 ),
 up AS (
   INSERT INTO usage_budgets AS b (tenant_id, dimension, period, budget, hard, period_start, exceeded_at)
-  SELECT $1, $2, $3, $4, $5, start.at,
-    CASE WHEN used.n >= $4 THEN coalesce((SELECT exceeded_at FROM old), now()) END
+  SELECT $1, $2::text, $3::text, $4::bigint, $5::boolean, start.at,
+    CASE WHEN used.n >= $4::bigint THEN coalesce((SELECT exceeded_at FROM old), now()) END
   FROM start, used
   ON CONFLICT (tenant_id, dimension, period) DO UPDATE
   SET budget = EXCLUDED.budget, hard = EXCLUDED.hard, exceeded_at = EXCLUDED.exceeded_at, updated_at = now()
@@ -154,16 +154,16 @@ up AS (
 ),
 audit AS (
   INSERT INTO usage_budget_audit (tenant_id, dimension, period, action, data, actor)
-  SELECT $1, $2, $3,
-    CASE WHEN o.budget IS NULL THEN 'budget_set' WHEN $4 > o.budget THEN 'budget_raised'
-      WHEN $4 < o.budget THEN 'budget_lowered' ELSE 'budget_set' END,
+  SELECT $1, $2::text, $3::text,
+    CASE WHEN o.budget IS NULL THEN 'budget_set' WHEN $4::bigint > o.budget THEN 'budget_raised'
+      WHEN $4::bigint < o.budget THEN 'budget_lowered' ELSE 'budget_set' END,
     jsonb_strip_nulls(jsonb_build_object('budget', $4::bigint, 'hard', $5::boolean, 'previous', o.budget,
       'previousHard', o.hard, 'used', used.n, 'periodStart', start.at)),
-    $6
+    $6::text
   FROM used, start LEFT JOIN old o ON true
   UNION ALL
-  SELECT $1, $2, $3, CASE WHEN $5 THEN 'budget_exhausted' ELSE 'budget_exceeded' END,
-    jsonb_build_object('budget', $4::bigint, 'hard', $5::boolean, 'used', used.n, 'periodStart', start.at), $6
+  SELECT $1, $2::text, $3::text, CASE WHEN $5::boolean THEN 'budget_exhausted' ELSE 'budget_exceeded' END,
+    jsonb_build_object('budget', $4::bigint, 'hard', $5::boolean, 'used', used.n, 'periodStart', start.at), $6::text
   FROM used, start, up
   WHERE up.exceeded_at IS NOT NULL AND NOT EXISTS (SELECT FROM old WHERE old.exceeded_at IS NOT NULL)
 )
