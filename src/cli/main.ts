@@ -18,6 +18,7 @@ import { InvalidInputError } from '../errors.ts'
 import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
 import { outputMode, render, withoutInternalAgents } from './output.ts'
+import { registerUsageCommands } from './usage.ts'
 
 /**
  * The project's agents, workflows and schedules: `--registry` when given, else the modules the
@@ -984,6 +985,8 @@ program
       print(opts.all ? report : withoutInternalAgents(report))
     })
   })
+
+registerUsageCommands(program, { withEngine, print })
 
 program
   .command('sweep')
