@@ -1218,7 +1218,13 @@ export class Engine {
     period: BudgetPeriod,
     options: { actor?: string } = {},
   ): Promise<{ deleted: boolean; released: number }> {
-    return deleteTenantBudget(this.#usageDeps, await this.tenants.require(tenantId), dimension, period, options)
+    return deleteTenantBudget(
+      this.#usageDeps,
+      await this.tenants.require(tenantId),
+      dimension,
+      period,
+      options,
+    )
   }
 
   get #usageDeps(): UsageDeps {

@@ -22,7 +22,7 @@ export class DefinitionError extends EquilateralError {
 
 /** A value given to the library (workflow input, task data, agent result) cannot be stored. */
 export class InvalidInputError extends EquilateralError {
-    /** JSON path of the offending value, e.g. `$.input.name`. */
+  /** JSON path of the offending value, e.g. `$.input.name`. */
   readonly path: string | undefined
   constructor(message: string, path?: string) {
     super('invalid_input', message)

@@ -149,7 +149,7 @@ export class Metrics {
     })
     this.agentUsage = new Counter({
       name: 'equilateral_agent_usage_total',
-      help: 'Usage agents reported (ctx.usage) and this process recorded with their attempts (completed or failed), by agent and dimension, in the dimension\'s unit.',
+      help: "Usage agents reported (ctx.usage) and this process recorded with their attempts (completed or failed), by agent and dimension, in the dimension's unit.",
       labelNames: ['agent', 'dimension', ...t],
       registers,
     })
@@ -157,7 +157,7 @@ export class Metrics {
     const tenantLabel = this.tenantLabel
     new Gauge({
       name: 'equilateral_budgets_exceeded',
-      help: 'Budgets reached in their current period (kind hard: the tenant\'s tasks are held; soft: an alert), by dimension and period, as of the last budget pass or budget change seen by this process. Alert on > 0.',
+      help: "Budgets reached in their current period (kind hard: the tenant's tasks are held; soft: an alert), by dimension and period, as of the last budget pass or budget change seen by this process. Alert on > 0.",
       labelNames: ['dimension', 'period', 'kind', ...(tenantLabel ? ['tenant'] : [])],
       registers,
       collect() {
@@ -201,7 +201,10 @@ export class Metrics {
   }
 
   /** A tenant's budgets reached in their current period (the alert gauge's source). */
-  budgetsObserved(tenant: string, exceeded: readonly { dimension: string; period: string; hard: boolean }[]): void {
+  budgetsObserved(
+    tenant: string,
+    exceeded: readonly { dimension: string; period: string; hard: boolean }[],
+  ): void {
     if (exceeded.length === 0) this.#budgetsExceeded.delete(tenant)
     else this.#budgetsExceeded.set(tenant, [...exceeded])
   }

@@ -7,17 +7,21 @@ import type { Engine } from '../engine.ts'
 import type { BudgetPeriod } from '../usage/budgets.ts'
 
 export interface CliHelpers {
-  withEngine<T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>): Promise<T>
-  print(value: unknown): void
+  withEngine: <T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>) => Promise<T>
+  print: (value: unknown) => void
 }
 
 export function registerUsageCommands(program: Command, { withEngine, print }: CliHelpers): void {
   program
     .command('usage')
-    .description("a tenant's usage over a window, by dimension, agent and workflow type (what agents report through ctx.usage)")
+    .description(
+      "a tenant's usage over a window, by dimension, agent and workflow type (what agents report through ctx.usage)",
+    )
     .requiredOption('--tenant <id>', 'the tenant', tenantId)
-    .option('--from <time>', 'window start, ISO 8601, inclusive (default: the start of the month, UTC)', (v) =>
-      isoTime(v, '--from'),
+    .option(
+      '--from <time>',
+      'window start, ISO 8601, inclusive (default: the start of the month, UTC)',
+      (v) => isoTime(v, '--from'),
     )
     .option('--to <time>', 'window end, ISO 8601, exclusive (default: no end)', (v) => isoTime(v, '--to'))
     .option('--workflow <id>', 'one workflow only', (v) => uuidArg(v, '--workflow'))
@@ -45,7 +49,14 @@ export function registerUsageCommands(program: Command, { withEngine, print }: C
     .option('--hard', "hard: the tenant's tasks wait once it is reached (default: soft, an alert)")
     .option('--actor <who>', 'who makes the change, for the audit trail (default: cli)')
     .action(
-      async (opts: { tenant: string; dimension: string; period: BudgetPeriod; limit: number; hard?: boolean; actor?: string }) => {
+      async (opts: {
+        tenant: string
+        dimension: string
+        period: BudgetPeriod
+        limit: number
+        hard?: boolean
+        actor?: string
+      }) => {
         await withEngine(undefined, async (engine) =>
           print(
             await engine.setBudget(
@@ -76,17 +87,23 @@ export function registerUsageCommands(program: Command, { withEngine, print }: C
     .option('--actor <who>', 'who makes the change, for the audit trail (default: cli)')
     .action(async (opts: { tenant: string; dimension: string; period: BudgetPeriod; actor?: string }) => {
       await withEngine(undefined, async (engine) =>
-        print(await engine.deleteBudget(opts.tenant, opts.dimension, opts.period, { actor: opts.actor ?? 'cli' })),
+        print(
+          await engine.deleteBudget(opts.tenant, opts.dimension, opts.period, { actor: opts.actor ?? 'cli' }),
+        ),
       )
     })
   budgets
     .command('pass')
-    .description('run the budget pass once (it runs with the sweeper): roll ended periods, release held tasks')
+    .description(
+      'run the budget pass once (it runs with the sweeper): roll ended periods, release held tasks',
+    )
     .option('--clock <time>', 'judge periods by this time, ISO 8601 (default: the database clock)', (v) =>
       isoTime(v, '--clock'),
     )
     .action(async (opts: { clock?: Date }) => {
-      await withEngine(undefined, async (engine) => print(await engine.budgetPass(opts.clock ? { clock: opts.clock } : {})))
+      await withEngine(undefined, async (engine) =>
+        print(await engine.budgetPass(opts.clock ? { clock: opts.clock } : {})),
+      )
     })
 }
 

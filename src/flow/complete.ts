@@ -224,26 +224,31 @@ export async function writeCompletions(
   // jobs and, without local continuation, inserts the jobs of the tasks it makes ready.
   const direct = usesDirectJobs(boss)
   const usage = items.some((i) => i.usage)
-  const { rows } = await executeNamed(db, usage ? 'eq_complete_usage' : 'eq_complete', usage ? COMPLETE_WITH_USAGE : COMPLETE, [
-    scope.tenantId,
-    JSON.stringify(
-      items.map((i) => ({
-        id: i.taskId,
-        attempt: i.attempt,
-        result: i.result ?? null,
-        waiting: i.waiting ?? false,
-        ...(i.usage ? { usage: i.usage } : {}),
-        ...(direct && i.job?.jobId
-          ? { job_id: i.job.jobId, queue: i.job.queue, retry_count: i.job.retryCount }
-          : {}),
-      })),
-    ),
-    items.map((i) => i.taskId),
-    // With local continuation, the ready tasks' queues are notified after the worker's picks.
-    local === undefined,
-    direct && local === undefined,
-    scope.tier,
-  ])
+  const { rows } = await executeNamed(
+    db,
+    usage ? 'eq_complete_usage' : 'eq_complete',
+    usage ? COMPLETE_WITH_USAGE : COMPLETE,
+    [
+      scope.tenantId,
+      JSON.stringify(
+        items.map((i) => ({
+          id: i.taskId,
+          attempt: i.attempt,
+          result: i.result ?? null,
+          waiting: i.waiting ?? false,
+          ...(i.usage ? { usage: i.usage } : {}),
+          ...(direct && i.job?.jobId
+            ? { job_id: i.job.jobId, queue: i.job.queue, retry_count: i.job.retryCount }
+            : {}),
+        })),
+      ),
+      items.map((i) => i.taskId),
+      // With local continuation, the ready tasks' queues are notified after the worker's picks.
+      local === undefined,
+      direct && local === undefined,
+      scope.tier,
+    ],
+  )
   const completed = new Set<string>()
   const dispatched: ReadyJob[] = []
   const workflowsCompleted: CompletionOutcome['workflowsCompleted'] = []

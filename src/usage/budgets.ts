@@ -191,7 +191,9 @@ export async function setBudget(
     options.clock?.toISOString() ?? null,
   ])
   const released = await releaseHolds(boss, db, scope, 'budget available')
-  const view = (await listBudgets(db, scope)).find((b) => b.dimension === s.dimension && b.period === s.period)
+  const view = (await listBudgets(db, scope)).find(
+    (b) => b.dimension === s.dimension && b.period === s.period,
+  )
   return { ...(view as BudgetView), released }
 }
 
@@ -212,7 +214,12 @@ export async function deleteBudget(
   period: BudgetPeriod,
   options: { actor?: string } = {},
 ): Promise<{ deleted: boolean; released: number }> {
-  const r = (await db.executeSql(DELETE_BUDGET, [scope.tenantId, dimension, period, options.actor ?? null])) as {
+  const r = (await db.executeSql(DELETE_BUDGET, [
+    scope.tenantId,
+    dimension,
+    period,
+    options.actor ?? null,
+  ])) as {
     rowCount?: number | null
   }
   const released = await releaseHolds(boss, db, scope, 'budget available')
@@ -326,7 +333,11 @@ export async function usageReport(
     from: from.toISOString(),
     to: to instanceof Date ? to.toISOString() : 'infinity',
     totals: sum(() => '').map((e) => ({ dimension: e.r.dimension, amount: e.amount })),
-    byAgent: sum((r) => r.agent_id).map((e) => ({ agent: e.r.agent_id, dimension: e.r.dimension, amount: e.amount })),
+    byAgent: sum((r) => r.agent_id).map((e) => ({
+      agent: e.r.agent_id,
+      dimension: e.r.dimension,
+      amount: e.amount,
+    })),
     byWorkflowType: sum((r) => r.workflow_type).map((e) => ({
       workflowType: e.r.workflow_type,
       dimension: e.r.dimension,

@@ -79,7 +79,12 @@ SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t`
  * Queues the tenant's held tasks again (new attempt and job) if no hard budget of it is exhausted;
  * returns how many. `reason` goes into their audit rows.
  */
-export async function releaseHolds(boss: PgBoss, db: Db, scope: TenantScope, reason: string): Promise<number> {
+export async function releaseHolds(
+  boss: PgBoss,
+  db: Db,
+  scope: TenantScope,
+  reason: string,
+): Promise<number> {
   let released = 0
   for (;;) {
     const { rows } = await db.executeSql(RELEASE, [scope.tenantId, 500, reason])

@@ -24,7 +24,11 @@ export interface UsageDeps {
   metrics: Metrics
 }
 
-async function tx<T>(deps: UsageDeps, scope: TenantScope, fn: (db: Db, boss: PgBoss) => Promise<T>): Promise<T> {
+async function tx<T>(
+  deps: UsageDeps,
+  scope: TenantScope,
+  fn: (db: Db, boss: PgBoss) => Promise<T>,
+): Promise<T> {
   const { pool, boss } = await deps.storeOf(scope)
   return withTenantTx(pool, scope, (db) => fn(db, boss))
 }
@@ -41,7 +45,11 @@ export function tenantBudgets(deps: UsageDeps, scope: TenantScope): Promise<Budg
   return tx(deps, scope, (db) => listBudgets(db, scope))
 }
 
-export function tenantBudgetAudit(deps: UsageDeps, scope: TenantScope, limit?: number): Promise<BudgetAuditEntry[]> {
+export function tenantBudgetAudit(
+  deps: UsageDeps,
+  scope: TenantScope,
+  limit?: number,
+): Promise<BudgetAuditEntry[]> {
   return tx(deps, scope, (db) => budgetAudit(db, scope, limit))
 }
 
@@ -73,7 +81,9 @@ async function observe(deps: UsageDeps, scope: TenantScope): Promise<void> {
   const budgets = await tenantBudgets(deps, scope)
   deps.metrics.budgetsObserved(
     scope.tenantId,
-    budgets.filter((b) => b.exceededAt !== null).map((b) => ({ dimension: b.dimension, period: b.period, hard: b.hard })),
+    budgets
+      .filter((b) => b.exceededAt !== null)
+      .map((b) => ({ dimension: b.dimension, period: b.period, hard: b.hard })),
   )
 }
 

@@ -251,6 +251,15 @@ const tenantStatus = {
 const statsFigures = {
   workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
   agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+  usage: {
+    type: 'array',
+    description: 'what agents reported spending (ctx.usage) with the attempts that ended in the window',
+    items: {
+      type: 'object',
+      required: ['agent', 'dimension', 'amount'],
+      properties: { agent: { type: 'string' }, dimension: { type: 'string' }, amount: { type: 'number' } },
+    },
+  },
 } as const
 
 const bearer = [{ tenantKey: [] }]

@@ -17,17 +17,35 @@ const admin = [{ adminToken: [] }]
 
 const budget = {
   type: 'object',
-  required: ['dimension', 'period', 'limit', 'hard', 'periodStart', 'periodEnd', 'used', 'remaining', 'exceededAt', 'exhausted'],
+  required: [
+    'dimension',
+    'period',
+    'limit',
+    'hard',
+    'periodStart',
+    'periodEnd',
+    'used',
+    'remaining',
+    'exceededAt',
+    'exhausted',
+  ],
   properties: {
     dimension: { type: 'string' },
     period,
     limit: { type: 'integer' },
-    hard: { type: 'boolean', description: "hard: the tenant's tasks wait once it is reached; soft: an alert" },
+    hard: {
+      type: 'boolean',
+      description: "hard: the tenant's tasks wait once it is reached; soft: an alert",
+    },
     periodStart: dateTime,
     periodEnd: dateTime,
     used: { type: 'integer', description: 'usage recorded in the current period' },
     remaining: { type: 'integer' },
-    exceededAt: { type: ['string', 'null'], format: 'date-time', description: 'when it was reached in this period' },
+    exceededAt: {
+      type: ['string', 'null'],
+      format: 'date-time',
+      description: 'when it was reached in this period',
+    },
     exhausted: { type: 'boolean', description: "hard and reached: the tenant's tasks are held" },
     released: { type: 'integer', description: 'held tasks queued again by this change' },
   },
@@ -89,7 +107,8 @@ export const usageRoutes = {
           budgets: { type: 'array', items: budget },
           audit: {
             type: 'array',
-            description: 'newest first: set, raised, lowered, removed, reached (exhausted or exceeded), period rolled',
+            description:
+              'newest first: set, raised, lowered, removed, reached (exhausted or exceeded), period rolled',
             items: {
               type: 'object',
               required: ['id', 'dimension', 'period', 'action', 'at'],
@@ -116,7 +135,11 @@ export const usageRoutes = {
     security: admin,
     params: { type: 'object', required: ['id'], properties: { id: { type: 'string', maxLength: 63 } } },
     response: {
-      200: { type: 'object', required: ['budgets'], properties: { budgets: { type: 'array', items: budget } } },
+      200: {
+        type: 'object',
+        required: ['budgets'],
+        properties: { budgets: { type: 'array', items: budget } },
+      },
       ...problems(401, 404, 503),
     },
   },
@@ -193,15 +216,22 @@ export function registerUsageRoutes(
   app.put<{
     Params: { id: string; dimension: string }
     Body: { period: BudgetPeriod; limit: number; hard?: boolean; actor?: string }
-  }>('/v1/admin/tenants/:id/budgets/:dimension', { schema: usageRoutes.putBudget, preHandler: auth.admin }, async (request) => {
-    const { period, limit, hard, actor } = request.body
-    return engine.setBudget(
-      request.params.id,
-      { dimension: request.params.dimension, period, limit, hard: hard ?? false },
-      { actor: actor ?? 'admin' },
-    )
-  })
-  app.delete<{ Params: { id: string; dimension: string }; Querystring: { period: BudgetPeriod; actor?: string } }>(
+  }>(
+    '/v1/admin/tenants/:id/budgets/:dimension',
+    { schema: usageRoutes.putBudget, preHandler: auth.admin },
+    async (request) => {
+      const { period, limit, hard, actor } = request.body
+      return engine.setBudget(
+        request.params.id,
+        { dimension: request.params.dimension, period, limit, hard: hard ?? false },
+        { actor: actor ?? 'admin' },
+      )
+    },
+  )
+  app.delete<{
+    Params: { id: string; dimension: string }
+    Querystring: { period: BudgetPeriod; actor?: string }
+  }>(
     '/v1/admin/tenants/:id/budgets/:dimension',
     { schema: usageRoutes.deleteBudget, preHandler: auth.admin },
     async (request) =>

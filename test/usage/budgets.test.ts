@@ -41,7 +41,11 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant', 'database-per-te
   'budgets in isolation mode %s',
   (mode) => {
     it('hard: stops dispatch within one task of the limit, holds new work, and resumes when raised; tenants see only their own', async () => {
-      const { engine } = await testEngine({ agents: [spender], workflows: [chain8, chain3], config: { isolationMode: mode } })
+      const { engine } = await testEngine({
+        agents: [spender],
+        workflows: [chain8, chain3],
+        config: { isolationMode: mode },
+      })
       const app = await buildApp(engine, { adminToken: ADMIN })
       afterAll(() => app.close())
       await engine.startWorker()
@@ -50,7 +54,12 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant', 'database-per-te
         beta: (await engine.createTenant({ id: 'beta' })).apiKey,
       }
       const call = (method: 'GET' | 'PUT', url: string, key: string, payload?: object) =>
-        app.inject({ method, url, headers: { authorization: `Bearer ${key}` }, ...(payload ? { payload } : {}) })
+        app.inject({
+          method,
+          url,
+          headers: { authorization: `Bearer ${key}` },
+          ...(payload ? { payload } : {}),
+        })
 
       const set = await call('PUT', '/v1/admin/tenants/alpha/budgets/tokens', ADMIN, {
         period: 'day',
@@ -67,8 +76,16 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant', 'database-per-te
       await eventually(async () => ((await alpha.usage()).heldTasks === 1 ? true : undefined))
       let wf = await alpha.getWorkflow(id)
       expect(wf.status).toBe('running')
-      expect(wf.tasks.filter((t) => t.status === 'completed').map((t) => t.key)).toEqual(['s1', 's2', 's3', 's4'])
-      expect(wf.tasks.find((t) => t.key === 's5')).toMatchObject({ status: 'queued', holdReason: 'budget_exhausted' })
+      expect(wf.tasks.filter((t) => t.status === 'completed').map((t) => t.key)).toEqual([
+        's1',
+        's2',
+        's3',
+        's4',
+      ])
+      expect(wf.tasks.find((t) => t.key === 's5')).toMatchObject({
+        status: 'queued',
+        holdReason: 'budget_exhausted',
+      })
       const [budget] = await alpha.budgets()
       expect(budget).toMatchObject({ used: 40, exhausted: true })
       expect(budget!.used).toBeLessThanOrEqual(35 + TOKENS_PER_TASK)
@@ -86,9 +103,18 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant', 'database-per-te
       const betaUsage = await call('GET', `/v1/usage?workflowId=${id}`, keys.beta)
       expect(betaUsage.statusCode).toBe(200)
       expect(betaUsage.json().totals).toEqual([])
-      expect((await call('GET', '/v1/usage', keys.beta)).json().totals).toEqual([{ dimension: 'tokens', amount: 30 }])
+      expect((await call('GET', '/v1/usage', keys.beta)).json().totals).toEqual([
+        { dimension: 'tokens', amount: 30 },
+      ])
       expect((await call('GET', '/v1/budgets', keys.beta)).json()).toEqual({ budgets: [], audit: [] })
-      expect((await call('PUT', '/v1/admin/tenants/alpha/budgets/tokens', keys.alpha, { period: 'day', limit: 1e6 })).statusCode).toBe(401)
+      expect(
+        (
+          await call('PUT', '/v1/admin/tenants/alpha/budgets/tokens', keys.alpha, {
+            period: 'day',
+            limit: 1e6,
+          })
+        ).statusCode,
+      ).toBe(401)
 
       // Raised: the held tasks are queued again at once, and both workflows finish.
       const raised = await call('PUT', '/v1/admin/tenants/alpha/budgets/tokens', ADMIN, {
@@ -103,8 +129,16 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant', 'database-per-te
       expect((await settled(engine, 'alpha', second.id)).status).toBe('completed')
       expect((await alpha.usage()).totals).toEqual([{ dimension: 'tokens', amount: 110 }])
 
-      const audit = (await call('GET', '/v1/budgets', keys.alpha)).json().audit as { action: string; actor: string | null; workflowId: string | null }[]
-      expect(audit.map((a) => a.action).reverse()).toEqual(['budget_set', 'budget_exhausted', 'budget_raised'])
+      const audit = (await call('GET', '/v1/budgets', keys.alpha)).json().audit as {
+        action: string
+        actor: string | null
+        workflowId: string | null
+      }[]
+      expect(audit.map((a) => a.action).reverse()).toEqual([
+        'budget_set',
+        'budget_exhausted',
+        'budget_raised',
+      ])
       expect(audit.find((a) => a.action === 'budget_exhausted')?.workflowId).toBe(id)
       expect(audit.find((a) => a.action === 'budget_raised')?.actor).toBe('ops@example.com')
       const history = (await alpha.history(id)).map((e) => `${e.action}`)
@@ -121,11 +155,19 @@ describe('budget periods, soft budgets and concurrent crossings', async () => {
 
   it('holds until the period rolls: the budget pass, given a clock past the period, releases the tasks', async () => {
     const t = await engine.tenant('monthly')
-    const budget = await engine.setBudget('monthly', { dimension: 'tokens', period: 'month', limit: 15, hard: true })
+    const budget = await engine.setBudget('monthly', {
+      dimension: 'tokens',
+      period: 'month',
+      limit: 15,
+      hard: true,
+    })
     const { id } = await t.startWorkflow('chain3')
     await eventually(async () => ((await t.usage()).heldTasks === 1 ? true : undefined))
     // A pass whose clock is still in the period changes nothing.
-    expect(await engine.budgetPass({ clock: new Date(budget.periodStart) })).toMatchObject({ rolled: 0, released: 0 })
+    expect(await engine.budgetPass({ clock: new Date(budget.periodStart) })).toMatchObject({
+      rolled: 0,
+      released: 0,
+    })
     expect((await t.getWorkflow(id)).status).toBe('running')
     // Forty days after the period's start is in a later month, whatever today is.
     const later = new Date(Date.parse(budget.periodStart) + 40 * 86_400_000)
@@ -144,11 +186,16 @@ describe('budget periods, soft budgets and concurrent crossings', async () => {
     expect((await settled(engine, 'soft', id)).status).toBe('completed')
     const audit = await t.budgetAudit()
     expect(audit.filter((a) => a.action === 'budget_exceeded')).toHaveLength(1)
-    expect(audit.find((a) => a.action === 'budget_exceeded')).toMatchObject({ workflowId: id, data: { used: 20 } })
+    expect(audit.find((a) => a.action === 'budget_exceeded')).toMatchObject({
+      workflowId: id,
+      data: { used: 20 },
+    })
     expect((await t.budgets())[0]).toMatchObject({ used: 30, exhausted: false })
     await engine.budgetPass({ clock: new Date(budget.periodStart) })
     const s = parseExposition((await engine.metrics.expose()).body)
-    expect(sample(s, 'equilateral_budgets_exceeded', { dimension: 'tokens', period: 'day', kind: 'soft' })).toBe(1)
+    expect(
+      sample(s, 'equilateral_budgets_exceeded', { dimension: 'tokens', period: 'day', kind: 'soft' }),
+    ).toBe(1)
   })
 
   it('records one crossing when two transactions reach a budget at once, and the pass catches one neither saw', async () => {
@@ -191,7 +238,9 @@ describe('budget periods, soft budgets and concurrent crossings', async () => {
     expect(await crossings('calls')).toHaveLength(1)
     expect(await crossings('pages')).toHaveLength(0)
     expect(await engine.budgetPass({ clock: new Date(b1.periodStart) })).toMatchObject({ reached: 1 })
-    expect(await crossings('pages')).toMatchObject([{ action: 'budget_exceeded', data: { used: 60, by: 'budget pass' } }])
+    expect(await crossings('pages')).toMatchObject([
+      { action: 'budget_exceeded', data: { used: 60, by: 'budget pass' } },
+    ])
   })
 
   it('refuses what the database must not hold, as the application role', async () => {
@@ -202,9 +251,13 @@ describe('budget periods, soft budgets and concurrent crossings', async () => {
     try {
       await c.query('BEGIN')
       await enterTenant(c, secret, 'race')
-      const { rows } = await c.query(`SELECT count(*)::int AS n FROM equilateral.agent_usage WHERE tenant_id <> 'race'`)
+      const { rows } = await c.query(
+        `SELECT count(*)::int AS n FROM equilateral.agent_usage WHERE tenant_id <> 'race'`,
+      )
       expect(rows[0].n).toBe(0)
-      const { rowCount } = await c.query(`UPDATE equilateral.usage_budgets SET budget = 0 WHERE tenant_id = 'soft'`)
+      const { rowCount } = await c.query(
+        `UPDATE equilateral.usage_budgets SET budget = 0 WHERE tenant_id = 'soft'`,
+      )
       expect(rowCount).toBe(0)
       expect(
         await errorCode(
@@ -223,7 +276,10 @@ describe('budget periods, soft budgets and concurrent crossings', async () => {
     } finally {
       await c.end()
     }
-    const [{ n }] = (await queryOnce(db.url, `SELECT count(*)::int AS n FROM equilateral.agent_usage WHERE tenant_id = 'soft'`)) as [{ n: number }]
+    const [{ n }] = (await queryOnce(
+      db.url,
+      `SELECT count(*)::int AS n FROM equilateral.agent_usage WHERE tenant_id = 'soft'`,
+    )) as [{ n: number }]
     expect(n).toBe(3)
   })
 })

@@ -45,7 +45,9 @@ describe('the test kit: usage and budgets', () => {
     const held = await kit.start('twice')
     // 6800 + 3400 reaches 10 000: the second task waits.
     await eventually(async () => ((await kit.usage()).heldTasks === 1 ? true : undefined))
-    expect((await kit.get(held.id)).tasks.find((t) => t.key === 'second')?.holdReason).toBe('budget_exhausted')
+    expect((await kit.get(held.id)).tasks.find((t) => t.key === 'second')?.holdReason).toBe(
+      'budget_exhausted',
+    )
     expect((await kit.budgets())[0]).toMatchObject({ used: 10_200, exhausted: true })
 
     expect(await kit.rollBudgetPeriods()).toEqual({ rolled: 1, released: 1 })

@@ -66,7 +66,10 @@ const retried = defineWorkflow({
   ],
 })
 const fenced = defineWorkflow({ name: 'fenced', tasks: [{ key: 'x', agent: slow }] })
-const undeclared = defineWorkflow({ name: 'undeclared', tasks: [{ key: 'u', agent: sloppy, maxAttempts: 3 }] })
+const undeclared = defineWorkflow({
+  name: 'undeclared',
+  tasks: [{ key: 'u', agent: sloppy, maxAttempts: 3 }],
+})
 
 const { engine, db } = await testEngine({
   agents: [flaky, slow, sloppy, silent],
@@ -109,10 +112,12 @@ describe('agent usage', () => {
 
     const s = parseExposition((await engine.metrics.expose()).body)
     expect(sample(s, 'equilateral_agent_usage_total', { agent: 'flaky-llm', dimension: 'tokens' })).toBe(225)
-    expect(sample(s, 'equilateral_agent_usage_total', { agent: 'flaky-llm', dimension: 'costMicros' })).toBe(15)
+    expect(sample(s, 'equilateral_agent_usage_total', { agent: 'flaky-llm', dimension: 'costMicros' })).toBe(
+      15,
+    )
   })
 
-  it("does not count a completion the fence discarded: only the attempt that completed", async () => {
+  it('does not count a completion the fence discarded: only the attempt that completed', async () => {
     const { id } = await acme.startWorkflow('fenced')
     const taskId = await firstRunning
     // The worker looks dead to the sweeper: attempt 1 is lost (a failure, no usage: its worker is
