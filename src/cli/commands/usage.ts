@@ -1,17 +1,11 @@
-// `equilateral usage` and `equilateral budgets set|list|remove|pass`: a tenant's usage (what its
-// agents reported through ctx.usage) and budgets (docs/usage-and-budgets.md). Registered by one line
-// in main.ts, which lends its engine and output helpers.
+// Agent usage and budgets: `usage`, `budgets set|list|remove|pass` (docs/usage-and-budgets.md).
 import { type Command, InvalidArgumentError } from 'commander'
-import { assertTenantId, requireUuid } from '../core/ids.ts'
-import type { Engine } from '../engine.ts'
-import type { BudgetPeriod } from '../usage/budgets.ts'
+import { requireUuid } from '../../core/ids.ts'
+import type { BudgetPeriod } from '../../usage/budgets.ts'
+import { isoTime, tenantId } from '../arguments.ts'
+import { print, withEngine } from '../shared.ts'
 
-export interface CliHelpers {
-  withEngine: <T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>) => Promise<T>
-  print: (value: unknown) => void
-}
-
-export function registerUsageCommands(program: Command, { withEngine, print }: CliHelpers): void {
+export function register(program: Command): void {
   program
     .command('usage')
     .description(
@@ -107,15 +101,6 @@ export function registerUsageCommands(program: Command, { withEngine, print }: C
     })
 }
 
-function tenantId(value: string): string {
-  try {
-    assertTenantId(value)
-  } catch (error) {
-    throw new InvalidArgumentError((error as Error).message)
-  }
-  return value
-}
-
 function uuidArg(value: string, option: string): string {
   try {
     requireUuid(value, option)
@@ -123,12 +108,6 @@ function uuidArg(value: string, option: string): string {
     throw new InvalidArgumentError((error as Error).message)
   }
   return value
-}
-
-function isoTime(value: string, option: string): Date {
-  const at = new Date(value)
-  if (Number.isNaN(at.getTime())) throw new InvalidArgumentError(`${option} must be an ISO 8601 time`)
-  return at
 }
 
 function periodArg(value: string): BudgetPeriod {
