@@ -45,6 +45,8 @@ import type { SweepReport } from './flow/sweep.ts'
 import type { WorkerHooks } from './flow/worker.ts'
 import { type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
+import type { BudgetPeriod, BudgetSpec, BudgetView } from './usage/budgets.ts'
+import { budgetPasses, deleteTenantBudget, setTenantBudget, type UsageDeps } from './usage/service.ts'
 import { Runner } from './maintenance/runner.ts'
 import { Retention } from './maintenance/retention.ts'
 import { Scheduler } from './maintenance/scheduler.ts'
@@ -137,7 +139,12 @@ export class Engine {
     this.#audit = new Audit(this.#ctx)
     this.#compliance = new Compliance(this.#ctx, connections)
     this.#runner = new Runner(this.#ctx)
-    this.#sweeper = new Sweeper(this.#ctx, this.#runner, (o, scopes) => this.sealAudit(o, scopes))
+    this.#sweeper = new Sweeper(
+      this.#ctx,
+      this.#runner,
+      (o, scopes) => this.sealAudit(o, scopes),
+      (scopes) => this.budgetPass({ scopes }),
+    )
     this.#scheduler = new Scheduler(this.#ctx, this.#runner, this.#registry)
     this.#retention = new Retention(this.#ctx, this.#runner, connections)
     for (const a of options.agents ?? []) this.#registry.registerAgent(a)
@@ -322,6 +329,33 @@ export class Engine {
   }
   startRetention(cron = '17 * * * *'): Promise<boolean> {
     return this.#retention.start(cron)
+  }
+
+  // Usage budgets (src/usage/, docs/usage-and-budgets.md).
+  /** The budget pass (rolls ended periods by `clock`, default the database's; releases held tasks). */
+  budgetPass(options: { clock?: Date; scopes?: Scopes } = {}): ReturnType<typeof budgetPasses> {
+    return budgetPasses(this.#usageDeps, options.scopes ?? this.tenants.active(), options.clock)
+  }
+  /** Sets (creates or changes) a tenant's budget, audited with `actor`. */
+  async setBudget(
+    tenantId: string,
+    spec: BudgetSpec,
+    options: { actor?: string; clock?: Date } = {},
+  ): Promise<BudgetView & { released: number }> {
+    return setTenantBudget(this.#usageDeps, await this.tenants.require(tenantId), spec, options)
+  }
+  /** Removes a tenant's budget (audited); its held tasks are released if no hard budget is exhausted. */
+  async deleteBudget(
+    tenantId: string,
+    dimension: string,
+    period: BudgetPeriod,
+    options: { actor?: string } = {},
+  ): Promise<{ deleted: boolean; released: number }> {
+    const scope = await this.tenants.require(tenantId)
+    return deleteTenantBudget(this.#usageDeps, scope, dimension, period, options)
+  }
+  get #usageDeps(): UsageDeps {
+    return { storeOf: (scope) => this.stores.of(scope), metrics: this.metrics }
   }
 
   /** Whether this process can serve: the database answers and has every migration this build ships. */

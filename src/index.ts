@@ -69,6 +69,17 @@ export { isEnvelope, KeyRing } from './crypto/keyring.ts'
 export type { Envelope, PayloadPurpose } from './crypto/keyring.ts'
 export type { ReencryptOptions, ReencryptReport, TenantReencryptReport } from './crypto/reencrypt.ts'
 export { IdempotencyConflictError } from './flow/start.ts'
+export { BUDGET_PERIODS } from './usage/budgets.ts'
+export type {
+  BudgetAuditEntry,
+  BudgetPassReport,
+  BudgetPeriod,
+  BudgetSpec,
+  BudgetView,
+  UsageReport,
+  UsageTotal,
+} from './usage/budgets.ts'
+export type { Usage } from './usage/meter.ts'
 export { MISSED_POLICIES } from './schedule/schedules.ts'
 export type { MissedPolicy, ScheduleSpec, ScheduleView } from './schedule/schedules.ts'
 export type {

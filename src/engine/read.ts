@@ -120,7 +120,8 @@ export async function readWorkflow(
   if (!w) throw new NotFoundError(`workflow ${id}`)
   const { rows } = await db.executeSql(
     `SELECT id, task_key, agent_id, agent_version, task_type, status, dependencies, dependents, attempt, failures, result, error,
-         queued_at, started_at, completed_at, wait->>'type' AS wait_type, wait->>'name' AS wait_name, wait_deadline
+         queued_at, started_at, completed_at, wait->>'type' AS wait_type, wait->>'name' AS wait_name, wait_deadline,
+           hold_reason
        FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
     [tenantId, id],
   )
@@ -158,6 +159,7 @@ export async function readWorkflow(
         ...(r.wait_type
           ? { wait: { type: r.wait_type, name: r.wait_name, deadline: r.wait_deadline ?? null } }
           : {}),
+        ...(r.hold_reason && r.status === 'queued' ? { holdReason: r.hold_reason } : {}),
       })),
     ),
   }

@@ -28,6 +28,8 @@ import {
   readWorkflow,
   readWorkflowPage,
 } from './read.ts'
+import type { BudgetAuditEntry, BudgetView, UsageReport } from '../usage/budgets.ts'
+import { tenantBudgetAudit, tenantBudgets, tenantUsage, type UsageDeps } from '../usage/service.ts'
 import type { AuditEntry, ResultOptions, WorkflowFilter, WorkflowPage, WorkflowView } from './types.ts'
 
 /** What startWorkflow returns: the StartResult (JSON as before), and a way to await the run's end. */
@@ -266,6 +268,26 @@ export class TenantHandle {
   async listWorkflows(filter: WorkflowFilter = {}): Promise<WorkflowPage> {
     const page = checkWorkflowFilter(filter)
     return this.#tx((db) => readWorkflowPage(db, this.scope.tenantId, filter, page))
+  }
+
+  /** The tenant's usage (ctx.usage) over a window, by dimension, agent and workflow type. */
+  async usage(query: { from?: Date; to?: Date; workflowId?: string } = {}): Promise<UsageReport> {
+    if (query.workflowId !== undefined) requireUuid(query.workflowId, 'workflow id')
+    return tenantUsage(this.#usageDeps, this.scope, query)
+  }
+
+  /** The tenant's budgets, with what each period has used. */
+  budgets(): Promise<BudgetView[]> {
+    return tenantBudgets(this.#usageDeps, this.scope)
+  }
+
+  /** The budgets' audit trail (set, raised, reached, rolled, removed), newest first. */
+  budgetAudit(limit?: number): Promise<BudgetAuditEntry[]> {
+    return tenantBudgetAudit(this.#usageDeps, this.scope, limit)
+  }
+
+  get #usageDeps(): UsageDeps {
+    return { storeOf: (scope) => this.#engine.storeOf(scope), metrics: this.#engine.metrics }
   }
 
   /**

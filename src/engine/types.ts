@@ -73,6 +73,8 @@ export interface TaskView {
   completedAt: Date | null
   /** A wait task: what it waits for, and until when once it waits (null without a timeout). */
   wait?: { type: 'approval' | 'event'; name: string; deadline: Date | null }
+  /** A queued task held without a job: its tenant's hard budget is exhausted (docs/usage-and-budgets.md). */
+  holdReason?: 'budget_exhausted'
 }
 
 /** How long `result()` (and `getWorkflow(id, { waitMs })`) waits, and what stops it early. */

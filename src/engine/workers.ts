@@ -193,6 +193,11 @@ export class Workers {
         if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
         extra.taskFinished?.(task, tenant, outcome, ms)
       },
+      usageRecorded: (task, tenant, usage) => {
+        for (const [dimension, amount] of Object.entries(usage))
+          m.agentUsage.inc(m.withTenant({ agent: task.agentId, dimension }, tenant, database), amount)
+        extra.usageRecorded?.(task, tenant, usage)
+      },
       workflowFinished: (tenant, type, status, ms) => {
         m.workflowFinished(type, status, ms, tenant, database)
         extra.workflowFinished?.(tenant, type, status, ms)

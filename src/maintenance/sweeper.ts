@@ -9,27 +9,32 @@ import { type SweepReport, sweepOnce } from '../flow/sweep.ts'
 import type { EngineContext } from '../engine/context.ts'
 import { SWEEP_QUEUE } from '../queue/boss.ts'
 import type { Store } from '../tenancy/stores.ts'
+import type { budgetPasses } from '../usage/service.ts'
 import { controlTenants, type Runner, type Stop } from './runner.ts'
 
 /** The session advisory lock of the timer-driven sweeper (one process per database at a time). */
 const SWEEP_LOCK = 0x65717377
 
+type BudgetPassReport = Awaited<ReturnType<typeof budgetPasses>>
 type Scopes = AsyncIterable<TenantScope> | Iterable<TenantScope>
 
 export class Sweeper {
   readonly #ctx: EngineContext
   readonly #runner: Runner
   readonly #seal: (options: { maxRowsPerBlock?: number }, scopes: Scopes) => Promise<SealReport>
+  readonly #budgetPass: (scopes: Scopes) => Promise<BudgetPassReport>
   #livenessStarted = false
 
   constructor(
     ctx: EngineContext,
     runner: Runner,
     seal: (options: { maxRowsPerBlock?: number }, scopes: Scopes) => Promise<SealReport>,
+    budgetPass: (scopes: Scopes) => Promise<BudgetPassReport>,
   ) {
     this.#ctx = ctx
     this.#runner = runner
     this.#seal = seal
+    this.#budgetPass = budgetPass
   }
 
   /**
@@ -119,6 +124,12 @@ export class Sweeper {
         )
       const sealed = await this.#seal({}, scopes())
       if (sealed.rows > 0) this.#ctx.log.debug({ ...sealed, database: store.key }, 'audit rows sealed')
+      const budgets = await this.#budgetPass(scopes())
+      if (budgets.rolled > 0 || budgets.released > 0)
+        this.#ctx.log.info(
+          { ...budgets, exceeded: budgets.exceeded.length, database: store.key },
+          'budget pass',
+        )
     }
     // The control database sweeps its own tenants; each tenant database is swept on its own schedule.
     const control = this.#ctx.stores.control
