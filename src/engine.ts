@@ -53,7 +53,6 @@ import {
   TenantContextError,
 } from './db/tenant-context.ts'
 import {
-  checkout,
   type Db,
   isTimedOut,
   runtimeConnectionString,
@@ -87,7 +86,8 @@ import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery
 import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
-import { Metrics } from './metrics.ts'
+import { type ConnectionCount, Metrics } from './metrics.ts'
+import { behindPooler, poolerPoolOptions, withTurn } from './db/pooler.ts'
 import { type MoveOptions, type MoveReport, moveTenant } from './placement/move.ts'
 import { releasePass, type ScheduleReport, runSchedules, takePass } from './schedule/scheduler.ts'
 import {
@@ -274,6 +274,11 @@ export class Engine {
   /** startWorker calls so far (each is a service of the fleet of its own). */
   #workerCalls = 0
   readonly #connectionString: string
+  /**
+   * The run-time connection for what needs a session of its own (LISTEN, worker liveness): the
+   * pool's own URL, or DIRECT_DATABASE_URL behind a pooler; null behind a pooler without one.
+   */
+  readonly #sessionConnectionString: string | null
   readonly #adminConnectionString: string
   /** The maintenance login's connection, switched to the maintenance role; null: the owner's. */
   readonly #maintenanceConnectionString: string | null
@@ -320,11 +325,17 @@ export class Engine {
     // Every run-time session (the pool, pg-boss's, the LISTEN connections, the tenant databases')
     // has the server end it when it idles inside a transaction: a frozen worker's locks are released.
     const session = { idleInTransactionTimeoutMs: this.config.idleInTransactionTimeoutMs }
-    this.#connectionString = runtimeConnectionString(
-      options.connectionString,
-      this.config.databaseRole,
-      session,
-    )
+    // Behind a transaction pooler (DATABASE_POOLER=transaction) the pooled URL carries no startup
+    // `options` (PgBouncer refuses them): its login is the run-time role itself. What needs a
+    // session goes to DIRECT_DATABASE_URL, switched as usual (src/db/pooler.ts).
+    const pooled = behindPooler(this.config)
+    const direct = pooled ? this.config.directDatabaseUrl : options.connectionString
+    this.#connectionString = pooled
+      ? options.connectionString
+      : runtimeConnectionString(options.connectionString, this.config.databaseRole, session)
+    this.#sessionConnectionString = direct
+      ? runtimeConnectionString(direct, this.config.databaseRole, session)
+      : null
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
     const maintenance = options.maintenanceConnectionString ?? this.config.maintenanceDatabaseUrl
@@ -337,6 +348,7 @@ export class Engine {
       connectionString: this.#connectionString,
       max: this.config.dbPoolMax,
       application_name: 'equilateral',
+      ...poolerPoolOptions(this.config),
     })
     provideTenantContextSecret(this.pool, () => this.#tenantContextSecret(null))
     // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
@@ -356,10 +368,12 @@ export class Engine {
       databaseLabel: this.config.isolationMode === 'database-per-tenant',
     })
     this.metrics.observeResources(this.pool, this.boss, 'app', CONTROL_STORE)
+    this.metrics.observeConnections(() => this.#connectionCounts())
     this.servers = new Servers({
       configured: this.config.tenantServers,
       controlOwnerUrl: this.#adminConnectionString,
-      controlRuntimeUrl: options.connectionString,
+      // Tenant databases on the control database's server are reached directly behind a pooler.
+      controlRuntimeUrl: direct ?? options.connectionString,
       controlMaintenanceUrl: maintenance,
       role: this.config.databaseRole,
       session,
@@ -370,7 +384,7 @@ export class Engine {
         key: CONTROL_STORE,
         pool: this.pool,
         boss: this.boss,
-        connectionString: this.#connectionString,
+        connectionString: this.#sessionConnectionString,
         database: null,
       },
       servers: this.servers,
@@ -415,6 +429,32 @@ export class Engine {
   /** Every registered agent, all versions. */
   #allAgents(): AgentDefinition<any, any>[] {
     return [...this.#agents.values()].flatMap((versions) => [...versions.values()])
+  }
+
+  /**
+   * The connections this process holds open now, by holder (equilateral_db_connections): what the
+   * connection budget of docs/operations-and-deploying.md counts. Behind a pooler, the engine's and
+   * pg-boss's pools share its server connections (`pooled`); everything else holds one each.
+   */
+  #connectionCounts(): ConnectionCount[] {
+    const kind = behindPooler(this.config) ? 'pooled' : 'direct'
+    const bossDb = this.boss.getDb() as { poolCounts?: () => { total: number } | null }
+    const tenant = this.stores.opened()
+    const total = (pools: (pg.Pool | null)[]) => pools.reduce((n, p) => n + (p?.totalCount ?? 0), 0)
+    return [
+      { pool: 'app', kind, count: this.pool.totalCount },
+      { pool: 'boss', kind, count: bossDb.poolCounts?.()?.total ?? 0 },
+      { pool: 'app', kind: 'direct', count: total(tenant.stores.map((s) => s.pool)) },
+      { pool: 'listen', kind: 'direct', count: [...this.#workers].filter((w) => w.listening).length },
+      {
+        pool: 'results',
+        kind: 'direct',
+        count: [...this.#ends.values()].filter((l) => l.listening).length,
+      },
+      { pool: 'liveness', kind: 'direct', count: this.#liveness?.connected ? 1 : 0 },
+      { pool: 'admin', kind: 'direct', count: total([this.#adminPool]) },
+      { pool: 'maintenance', kind: 'direct', count: total([this.#maintenancePool, ...tenant.maintenance]) },
+    ]
   }
 
   /** The store (pool and pg-boss) a tenant's transactions run in: the control database's or its own. */
@@ -549,8 +589,17 @@ export class Engine {
     await this.#checkMigrated()
     if (this.#setupWarnings) {
       const { rows } = await this.pool.query(
-        'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
+        'SELECT current_user AS role, rolsuper, rolbypassrls, ' +
+          "$1 = '' OR pg_has_role(current_user, $1, 'MEMBER') AS member FROM pg_roles WHERE rolname = current_user",
+        [behindPooler(this.config) ? this.config.databaseRole : ''],
       )
+      if (rows[0] && !rows[0].member) {
+        this.log.warn(
+          { role: rows[0].role, expected: this.config.databaseRole },
+          'behind a pooler (DATABASE_POOLER=transaction) the login is not switched to DATABASE_ROLE: ' +
+            'give DATABASE_URL a login that is a member of it',
+        )
+      }
       if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
         this.log.warn(
           { role: rows[0].role },
@@ -1032,9 +1081,10 @@ export class Engine {
 
   /** The process's liveness registration, on the control database; null when LIVENESS_INTERVAL_MS is 0. */
   #livenessRegistry(): LivenessRegistry | null {
-    if (this.config.livenessIntervalMs === 0) return null
+    // Its lock lives as long as a session: none behind a pooler without DIRECT_DATABASE_URL.
+    if (this.config.livenessIntervalMs === 0 || this.#sessionConnectionString === null) return null
     this.#liveness ??= new LivenessRegistry({
-      connectionString: this.#connectionString,
+      connectionString: this.#sessionConnectionString,
       log: this.log,
       checkMs: this.config.heartbeatIntervalMs,
     })
@@ -1297,19 +1347,9 @@ export class Engine {
   }
 
   async #withSweepLock(store: Store, fn: () => Promise<void>): Promise<void> {
-    // Held for the whole sweep, idle while the sweep's own transactions run on other connections.
-    const { client, release } = await checkout(store.pool)
-    try {
-      const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS ok', [0x65717377])
-      if (!rows[0]?.ok) return
-      try {
-        await fn()
-      } finally {
-        await client.query('SELECT pg_advisory_unlock($1)', [0x65717377])
-      }
-    } finally {
-      release()
-    }
+    // Held for the whole sweep by an open transaction, idle while the sweep's own transactions run
+    // on other connections; transaction-scoped, so it cannot outlive the sweep behind a pooler.
+    await withTurn(store.pool, 0x65717377, fn)
   }
 
   /**
