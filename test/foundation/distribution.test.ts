@@ -30,7 +30,7 @@ const EXCEPTIONS: Record<string, string> = {}
 const db = await createTestDatabase()
 afterAll(() => db.drop())
 
-const tenantTables = Object.values(tenantSchema)
+const tenantTables = (Object.values(tenantSchema) as unknown[])
   .filter((t): t is PgTable => is(t, PgTable))
   .map((t) => getTableName(t))
   .sort()

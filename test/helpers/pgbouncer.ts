@@ -131,7 +131,15 @@ export async function startPgBouncer(options: {
   child.stderr?.on('data', (chunk: Buffer) => {
     stderr = (stderr + chunk.toString()).slice(-4000)
   })
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  // Never outlives the test process, whatever happens to its hooks.
+  const onExit = () => child.kill('SIGKILL')
+  process.once('exit', onExit)
+  const exited = new Promise<void>((resolve) =>
+    child.once('exit', () => {
+      process.off('exit', onExit)
+      resolve()
+    }),
+  )
   let running = true
   void exited.then(() => (running = false))
   for (let i = 0; !(await accepts(port)); i++) {
