@@ -17,21 +17,21 @@ import { havePgBouncer, type PgBouncer, startPgBouncer, withPgBouncer } from '..
 import { workerProcesses } from '../helpers/processes.ts'
 import { untilSettled, workProgress } from '../helpers/progress.ts'
 
-const WORKFLOWS = Number(process.env.CHAOS_WORKFLOWS ?? 100)
+const WORKFLOWS = Number(process.env.CHAOS_WORKFLOWS ?? 60)
 const WORKERS = 8
 const SERVER_POOL = 4
-const LOAD_SECONDS = 20
+const LOAD_SECONDS = 15
 const KILL_EVERY_MS = [2000, 4000] as const
 const TENANTS = ['acme', 'globex', 'initech']
 // Four server connections carry every transaction of the fleet: the timers that run transactions
 // whether or not there is work (heartbeats, polls, sweeps) are set slower than in chaos.test.ts, so
 // that on a busy machine (every transaction then lasts as long as its client takes to send the next
 // statement) they leave room for the work itself.
-const STALE_MS = 3000
+const STALE_MS = 5000
 const POOLED = {
   databasePooler: 'transaction',
-  pollIntervalMs: 500,
-  heartbeatIntervalMs: 500,
+  pollIntervalMs: 1000,
+  heartbeatIntervalMs: 1000,
   staleAfterMs: STALE_MS,
 }
 
@@ -70,7 +70,7 @@ describe.skipIf(!havePgBouncer)(withPgBouncer('chaos behind PgBouncer'), () => {
         workflows,
         log: pino({ level: process.env.TEST_LOG_LEVEL ?? 'silent' }),
         supervise: false,
-        config: { staleAfterMs: STALE_MS, heartbeatIntervalMs: 500, databasePooler: 'transaction' },
+        config: { staleAfterMs: STALE_MS, heartbeatIntervalMs: 1000, databasePooler: 'transaction' },
       })
       const fleet = workerProcesses(pooled)
       for (const id of TENANTS) await engine.createTenant({ id })
@@ -78,9 +78,13 @@ describe.skipIf(!havePgBouncer)(withPgBouncer('chaos behind PgBouncer'), () => {
 
       const killedByUs = new WeakSet<ChildProcess>()
       const crashes: string[] = []
+      /** Workers that are running their worker (only those are killed: a booting one is not work in flight). */
+      const ready = new Set<ChildProcess>()
       const spawnWorker = async (): Promise<void> => {
         const child = await fleet.spawn({ CHAOS_EFFECTS_URL: db.url, WORKER_CONFIG: JSON.stringify(POOLED) })
+        ready.add(child)
         child.once('exit', (code, signal) => {
+          ready.delete(child)
           if (!killedByUs.has(child)) crashes.push(`worker ${child.pid} exited (${code ?? signal})`)
         })
       }
@@ -112,7 +116,7 @@ describe.skipIf(!havePgBouncer)(withPgBouncer('chaos behind PgBouncer'), () => {
             () => sweeps++,
             () => {},
           )
-          await sleep(1000)
+          await sleep(2000)
         }
       })()
 
@@ -147,7 +151,7 @@ describe.skipIf(!havePgBouncer)(withPgBouncer('chaos behind PgBouncer'), () => {
             (rows) => new Set(rows.map((row) => row.pid)),
             () => new Set<number>(),
           )
-          const all = [...fleet.children]
+          const all = [...ready]
           const victims = all.some((c) => busy.has(c.pid as number))
             ? all.filter((c) => busy.has(c.pid as number))
             : all
