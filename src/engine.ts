@@ -280,6 +280,8 @@ export class Engine {
    */
   readonly #sessionConnectionString: string | null
   readonly #adminConnectionString: string
+  /** The owner's connection is the pooled DATABASE_URL itself (no MIGRATION_DATABASE_URL): metrics. */
+  readonly #adminPooled: boolean
   /** The maintenance login's connection, switched to the maintenance role; null: the owner's. */
   readonly #maintenanceConnectionString: string | null
   readonly #migrateOnStart: boolean
@@ -338,6 +340,7 @@ export class Engine {
       : null
     this.#adminConnectionString =
       options.adminConnectionString ?? this.config.migrationDatabaseUrl ?? options.connectionString
+    this.#adminPooled = pooled && this.#adminConnectionString === options.connectionString
     const maintenance = options.maintenanceConnectionString ?? this.config.maintenanceDatabaseUrl
     this.#maintenanceConnectionString = maintenance
       ? runtimeConnectionString(maintenance, MAINTENANCE_ROLE, session)
@@ -452,7 +455,7 @@ export class Engine {
         count: [...this.#ends.values()].filter((l) => l.listening).length,
       },
       { pool: 'liveness', kind: 'direct', count: this.#liveness?.connected ? 1 : 0 },
-      { pool: 'admin', kind: 'direct', count: total([this.#adminPool]) },
+      { pool: 'admin', kind: this.#adminPooled ? 'pooled' : 'direct', count: total([this.#adminPool]) },
       { pool: 'maintenance', kind: 'direct', count: total([this.#maintenancePool, ...tenant.maintenance]) },
     ]
   }

@@ -17,10 +17,10 @@ import { havePgBouncer, type PgBouncer, startPgBouncer, withPgBouncer } from '..
 import { workerProcesses } from '../helpers/processes.ts'
 import { untilSettled, workProgress } from '../helpers/progress.ts'
 
-const WORKFLOWS = Number(process.env.CHAOS_WORKFLOWS ?? 60)
+const WORKFLOWS = Number(process.env.CHAOS_WORKFLOWS ?? 30)
 const WORKERS = 8
 const SERVER_POOL = 4
-const LOAD_SECONDS = 15
+const LOAD_SECONDS = 10
 const KILL_EVERY_MS = [2000, 4000] as const
 const TENANTS = ['acme', 'globex', 'initech']
 // Four server connections carry every transaction of the fleet: the timers that run transactions
