@@ -59,7 +59,14 @@ const VARIANTS: { mode: IsolationMode; pooler: boolean }[] = [
 describe.each(VARIANTS)('isolation mode $mode, through PgBouncer: $pooler', ({ mode, pooler }) => {
   let ctx: Awaited<ReturnType<typeof setup>>
   let bouncer: PgBouncer | null = null
-  afterAll(() => bouncer?.stop())
+  // The pooler goes last: its clients (the cheating connection, the engine) are closed first, so
+  // that none is cut off while idle.
+  afterAll(async () => {
+    if (!bouncer) return
+    await ctx?.app.end().catch(() => {})
+    await ctx?.engine.close()
+    await bouncer.stop()
+  })
 
   async function setup() {
     if (pooler) {
