@@ -14,7 +14,20 @@ if (!url) throw new Error('usage: bench-worker.ts <database url>')
 /** [task id, workflow id, task key, 's' (agent started) or 'c' (completion committed), wall ms] */
 let events: [string, string, string, 's' | 'c', number][] = []
 let peakRss = 0
-const sampler = setInterval(() => (peakRss = Math.max(peakRss, process.memoryUsage().rss)), 100)
+/** The most connections this process held at once, by holder and kind (equilateral_db_connections). */
+let peakConnections: Record<string, number> = {}
+const sampler = setInterval(() => {
+  peakRss = Math.max(peakRss, process.memoryUsage().rss)
+  void sampleConnections()
+}, 100)
+let metrics: { registry: import('prom-client').Registry } | null = null
+async function sampleConnections(): Promise<void> {
+  const metric = await metrics?.registry.getSingleMetric('equilateral_db_connections')?.get()
+  for (const v of metric?.values ?? []) {
+    const key = `${v.labels.pool}/${v.labels.kind}`
+    peakConnections[key] = Math.max(peakConnections[key] ?? 0, v.value)
+  }
+}
 
 const engine = await createEngine({
   connectionString: url,
@@ -29,6 +42,12 @@ const engine = await createEngine({
       : {}),
   },
 })
+metrics = engine.metrics
+// BENCH_FULL_WORKER=1: everything the `worker` command starts (the sweeper and scheduler too).
+if (process.env.BENCH_FULL_WORKER === '1') {
+  await engine.startSweeper()
+  await engine.startScheduler()
+}
 await engine.startWorker({
   hooks: {
     taskStarted: (t) => void events.push([t.taskId, t.workflowId, t.taskKey, 's', wallMs()]),
@@ -41,7 +60,8 @@ await engine.startWorker({
 process.on('message', (m: { kind: string }) => {
   if (m.kind === 'collect') {
     const total = statementsSentSoFar()
-    process.send?.({ kind: 'events', events, statements: total - counted, peakRss })
+    process.send?.({ kind: 'events', events, statements: total - counted, peakRss, peakConnections })
+    peakConnections = {}
     counted = total
     events = []
     peakRss = process.memoryUsage().rss

@@ -15,7 +15,11 @@ interface Collected {
   events: TaskEvent[]
   statements: number
   peakRss: number
+  /** Per process: the most connections it held at once since the last collect, by `pool/kind`. */
+  peakConnections: Record<string, number>[]
 }
+/** One process's answer to a collect. */
+type Part = Omit<Collected, 'peakConnections'> & { peakConnections?: Record<string, number> }
 interface TaskRecord {
   workflowId: string
   key: string
@@ -37,13 +41,13 @@ export async function startFleet(
   env: Record<string, string> = {},
 ): Promise<Fleet> {
   const children: ChildProcess[] = []
-  const pending = new Map<ChildProcess, (c: Collected) => void>()
+  const pending = new Map<ChildProcess, (c: Part) => void>()
   for (let i = 0; i < size; i++) {
     const child = fork(workerScript, [url], {
       stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
       env: { ...process.env, ...env },
     })
-    child.on('message', (m: { kind: string } & Collected) => {
+    child.on('message', (m: { kind: string } & Part) => {
       if (m.kind === 'events') pending.get(child)?.(m)
     })
     children.push(child)
@@ -63,7 +67,7 @@ export async function startFleet(
       const parts = await Promise.all(
         children.map(
           (c) =>
-            new Promise<Collected>((resolve) => {
+            new Promise<Part>((resolve) => {
               pending.set(c, resolve)
               c.send({ kind: 'collect' })
             }),
@@ -73,6 +77,7 @@ export async function startFleet(
         events: parts.flatMap((p) => p.events),
         statements: parts.reduce((n, p) => n + p.statements, 0),
         peakRss: Math.max(...parts.map((p) => p.peakRss)),
+        peakConnections: parts.map((p) => p.peakConnections ?? {}),
       }
     },
     async stop() {
@@ -107,6 +112,8 @@ export interface WorkloadResult {
   endToEnd: Percentiles
   perTask: { transactions: number; statements: number; workerStatements: number }
   peakWorkerRssMb: number
+  /** The most connections one worker process held at once, by `pool/kind` (equilateral_db_connections). */
+  peakWorkerConnections: Record<string, number>
   /** Workflows started per second when paced (null: as fast as the starter goes). */
   pacedRate: number | null
 }
@@ -175,6 +182,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
   const byTask = new Map<string, TaskRecord>()
   let workerStatements = 0
   let peakRss = 0
+  const peakConnections: Record<string, number> = {}
   let committed = 0
   for (;;) {
     const part = await o.fleet.collect()
@@ -191,6 +199,8 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
     }
     workerStatements += part.statements
     peakRss = Math.max(peakRss, part.peakRss)
+    for (const one of part.peakConnections)
+      for (const [k, n] of Object.entries(one)) peakConnections[k] = Math.max(peakConnections[k] ?? 0, n)
     if (committed >= expected) break
     await sleep(50)
   }
@@ -238,6 +248,7 @@ export async function runWorkload(o: WorkloadOptions): Promise<WorkloadResult> {
       workerStatements: round(workerStatements / tasks, 2),
     },
     peakWorkerRssMb: Math.round(peakRss / 1024 / 1024),
+    peakWorkerConnections: peakConnections,
     pacedRate: o.rate ?? null,
   }
 }

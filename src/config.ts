@@ -4,6 +4,9 @@ import { type KeyRing, parseKeyRing } from './crypto/keyring.ts'
 import { APP_ROLE } from './db/names.ts'
 import { ConfigError } from './errors.ts'
 
+export const DATABASE_POOLERS = ['none', 'transaction'] as const
+export type DatabasePooler = (typeof DATABASE_POOLERS)[number]
+
 export const ISOLATION_MODES = ['row-level', 'schema-per-tenant', 'database-per-tenant'] as const
 export type IsolationMode = (typeof ISOLATION_MODES)[number]
 
@@ -17,6 +20,21 @@ export interface Config {
    * databaseUrl), as before the role existed.
    */
   maintenanceDatabaseUrl: string | undefined
+  /**
+   * What DATABASE_URL reaches: the server itself (`none`), or a pooler in transaction mode
+   * (`transaction`: PgBouncer's pool_mode=transaction, a managed service's pooled URL). Behind one,
+   * the engine prepares no named statements, sends no startup `options` (the login must be the
+   * run-time role itself: a member of equilateral_app), and opens its session connections (LISTEN,
+   * worker liveness) on directDatabaseUrl, or polls without them (docs/operations-and-deploying.md).
+   */
+  databasePooler: DatabasePooler
+  /**
+   * DIRECT_DATABASE_URL: the same database reached without the pooler, for what needs a session of
+   * its own (the LISTEN connections, worker liveness; migrations when MIGRATION_DATABASE_URL is
+   * unset). Unset behind a pooler: workers and result waiters poll every pollIntervalMs and worker
+   * liveness is off (heartbeats find lost tasks). Ignored when databasePooler is `none`.
+   */
+  directDatabaseUrl: string | undefined
   /**
    * The role every run-time connection switches to (`-c role=...`): the application role, which
    * owns nothing and cannot bypass row-level security. '' keeps the login role as it is.
@@ -177,6 +195,8 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     databaseUrl: env.DATABASE_URL || undefined,
     migrationDatabaseUrl: env.MIGRATION_DATABASE_URL || undefined,
     maintenanceDatabaseUrl: env.MAINTENANCE_DATABASE_URL || undefined,
+    databasePooler: (env.DATABASE_POOLER || 'none') as DatabasePooler,
+    directDatabaseUrl: env.DIRECT_DATABASE_URL || undefined,
     databaseRole: env.DATABASE_ROLE ?? APP_ROLE,
     isolationMode: (env.TENANT_ISOLATION_MODE || 'row-level') as IsolationMode,
     tenantServers: parseServers(env.TENANT_SERVERS, problems),
@@ -230,6 +250,11 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
   if (!['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'].includes(config.logLevel)) {
     problems.push(
       `LOG_LEVEL must be one of fatal, error, warn, info, debug, trace, silent (got "${config.logLevel}")`,
+    )
+  }
+  if (!DATABASE_POOLERS.includes(config.databasePooler)) {
+    problems.push(
+      `DATABASE_POOLER must be one of ${DATABASE_POOLERS.join(', ')} (got "${config.databasePooler}")`,
     )
   }
   if (!ISOLATION_MODES.includes(config.isolationMode)) {

@@ -29,7 +29,7 @@ import type { ReencryptOptions, ReencryptReport } from './crypto/reencrypt.ts'
 import type { Db, TenantScope } from './db/tx.ts'
 import { Audit } from './engine/audit.ts'
 import { Compliance } from './engine/compliance.ts'
-import { Connections } from './engine/connections.ts'
+import { connectionCounts, Connections } from './engine/connections.ts'
 import { type EngineContext, engineContext } from './engine/context.ts'
 import { EndWaits } from './engine/end-waits.ts'
 import { Health } from './engine/health.ts'
@@ -134,8 +134,14 @@ export class Engine {
     })
     this.#registry = new Registry(this.metrics)
     this.#admin = new TenantAdmin(connections, this.config, this.tenants)
-    this.#workers = new Workers(this.#ctx, this.#registry, connections.connectionString)
+    this.#workers = new Workers(this.#ctx, this.#registry, connections.sessionConnectionString)
     this.#ends = new EndWaits(this.#ctx)
+    this.metrics.observeConnections(() =>
+      connectionCounts(this.config, this.pool, this.boss, this.stores, connections, {
+        ...this.#workers.sessions,
+        results: this.#ends.listening,
+      }),
+    )
     this.#audit = new Audit(this.#ctx)
     this.#compliance = new Compliance(this.#ctx, connections)
     this.#runner = new Runner(this.#ctx)

@@ -36,6 +36,19 @@ interface Resources {
   queues: () => Promise<Awaited<ReturnType<PgBoss['getQueues']>>>
 }
 
+/**
+ * Connections a process holds open to the database, by what holds them: `pool` names the holder
+ * (app: the engine's pool; boss: pg-boss's own; listen: workers' LISTEN sessions; results: result
+ * waiters' LISTEN sessions; liveness: the worker liveness session; admin, maintenance: the owner's
+ * and the maintenance login's pools), `kind` whether they go through the pooler (`pooled`: they
+ * share its server connections) or hold a server connection each (`direct`).
+ */
+export interface ConnectionCount {
+  pool: string
+  kind: 'pooled' | 'direct'
+  count: number
+}
+
 const TASK_OUTCOMES = ['completed', 'retrying', 'failed', 'lease_lost', 'released'] as const
 const WORKFLOW_ENDS = ['completed', 'failed', 'cancelled'] as const
 export type TaskOutcome = (typeof TASK_OUTCOMES)[number]
@@ -47,6 +60,8 @@ export class Metrics {
   readonly databaseLabel: boolean
   /** What the pool and queue gauges read at scrape time, one entry per database. */
   readonly #resources = new Set<Resources>()
+  readonly #connections = new Set<() => ConnectionCount[]>()
+  #connectionsGauge = false
 
   readonly tasksStarted: Counter<string>
   readonly tasksFinished: Counter<string>
@@ -269,6 +284,40 @@ export class Metrics {
     this.#resources.add(entry)
     return () => {
       this.#resources.delete(entry)
+    }
+  }
+
+  /**
+   * The connection budget as it is spent (equilateral_db_connections{pool,kind}): `count` is read
+   * at scrape time. Returns the call that stops observing.
+   */
+  observeConnections(count: () => ConnectionCount[]): () => void {
+    if (!this.#connectionsGauge) {
+      this.#connectionsGauge = true
+      const sources = this.#connections
+      new Gauge({
+        name: 'equilateral_db_connections',
+        help: 'Database connections this process holds open, by holder (pool) and by whether they go through the pooler (kind: pooled) or each hold a server connection (kind: direct).',
+        labelNames: ['pool', 'kind'],
+        registers: [this.registry],
+        collect() {
+          this.reset()
+          const sums = new Map<string, ConnectionCount>()
+          for (const source of sources) {
+            for (const c of source()) {
+              const key = `${c.pool}\0${c.kind}`
+              const sum = sums.get(key)
+              if (sum) sum.count += c.count
+              else sums.set(key, { ...c })
+            }
+          }
+          for (const c of sums.values()) this.set({ pool: c.pool, kind: c.kind }, c.count)
+        },
+      })
+    }
+    this.#connections.add(count)
+    return () => {
+      this.#connections.delete(count)
     }
   }
 

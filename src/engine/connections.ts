@@ -5,6 +5,9 @@
 import pg from 'pg'
 import type { Config } from '../config.ts'
 import { MAINTENANCE_ROLE } from '../db/names.ts'
+import type { PgBoss } from 'pg-boss'
+import { behindPooler } from '../db/pooler.ts'
+import type { ConnectionCount } from '../metrics.ts'
 import { runtimeConnectionString, type TenantDatabase, type TenantScope } from '../db/tx.ts'
 import { Servers } from '../tenancy/placement.ts'
 import type { Stores } from '../tenancy/stores.ts'
@@ -21,7 +24,14 @@ type Warn = (details: object, error: unknown, msg: string) => void
 export class Connections {
   /** The run-time connection (switched to DATABASE_ROLE). */
   readonly connectionString: string
+  /**
+   * The run-time connection for what needs a session of its own (LISTEN, worker liveness): the
+   * pool's own URL, or DIRECT_DATABASE_URL behind a pooler; null behind a pooler without one.
+   */
+  readonly sessionConnectionString: string | null
   readonly adminConnectionString: string
+  /** The owner's connection is the pooled DATABASE_URL itself (no MIGRATION_DATABASE_URL): metrics. */
+  readonly adminPooled: boolean
   /** The maintenance login's connection, switched to the maintenance role; null: the owner's. */
   readonly #maintenanceConnectionString: string | null
   /** database-per-tenant: the servers tenant databases are placed on. */
@@ -41,9 +51,20 @@ export class Connections {
     // Every run-time session (the pool, pg-boss's, the LISTEN connections, the tenant databases')
     // has the server end it when it idles inside a transaction: a frozen worker's locks are released.
     const session = { idleInTransactionTimeoutMs: config.idleInTransactionTimeoutMs }
-    this.connectionString = runtimeConnectionString(options.connectionString, config.databaseRole, session)
+    // Behind a transaction pooler (DATABASE_POOLER=transaction) the pooled URL carries no startup
+    // `options` (PgBouncer refuses them): its login is the run-time role itself. What needs a
+    // session goes to DIRECT_DATABASE_URL, switched as usual (src/db/pooler.ts).
+    const pooled = behindPooler(config)
+    const direct = pooled ? config.directDatabaseUrl : options.connectionString
+    this.connectionString = pooled
+      ? options.connectionString
+      : runtimeConnectionString(options.connectionString, config.databaseRole, session)
+    this.sessionConnectionString = direct
+      ? runtimeConnectionString(direct, config.databaseRole, session)
+      : null
     this.adminConnectionString =
       options.adminConnectionString ?? config.migrationDatabaseUrl ?? options.connectionString
+    this.adminPooled = pooled && this.adminConnectionString === options.connectionString
     const maintenance = options.maintenanceConnectionString ?? config.maintenanceDatabaseUrl
     this.#maintenanceConnectionString = maintenance
       ? runtimeConnectionString(maintenance, MAINTENANCE_ROLE, session)
@@ -51,7 +72,8 @@ export class Connections {
     this.servers = new Servers({
       configured: config.tenantServers,
       controlOwnerUrl: this.adminConnectionString,
-      controlRuntimeUrl: options.connectionString,
+      // Tenant databases on the control database's server are reached directly behind a pooler.
+      controlRuntimeUrl: direct ?? options.connectionString,
       controlMaintenanceUrl: maintenance,
       role: config.databaseRole,
       session,
@@ -134,6 +156,11 @@ export class Connections {
     return pool
   }
 
+  /** The owner's and maintenance pools this process opened, for the connection counts. */
+  get opened(): { admin: pg.Pool | null; maintenance: pg.Pool | null } {
+    return { admin: this.#adminPool, maintenance: this.#maintenancePool }
+  }
+
   async close(): Promise<void> {
     await this.#adminPool?.end().catch(() => {})
     await this.#maintenancePool?.end().catch(() => {})
@@ -143,4 +170,34 @@ export class Connections {
 export function connectionError(error: Error): { err: { message: string; code?: string } } {
   const code = (error as { code?: string }).code
   return { err: { message: error.message, ...(code ? { code } : {}) } }
+}
+
+/**
+ * The connections a process holds open now, by holder (equilateral_db_connections): what the
+ * connection budget of docs/operations-and-deploying.md counts. Behind a pooler, the engine's and
+ * pg-boss's pools share its server connections (`pooled`); everything else holds one each.
+ */
+export function connectionCounts(
+  config: Readonly<Config>,
+  pool: pg.Pool,
+  boss: PgBoss,
+  stores: Stores,
+  connections: Connections,
+  sessions: { listening: number; liveness: number; results: number },
+): ConnectionCount[] {
+  const kind = behindPooler(config) ? 'pooled' : 'direct'
+  const bossDb = boss.getDb() as { poolCounts?: () => { total: number } | null }
+  const tenant = stores.opened()
+  const { admin, maintenance } = connections.opened
+  const total = (pools: (pg.Pool | null)[]) => pools.reduce((n, p) => n + (p?.totalCount ?? 0), 0)
+  return [
+    { pool: 'app', kind, count: pool.totalCount },
+    { pool: 'boss', kind, count: bossDb.poolCounts?.()?.total ?? 0 },
+    { pool: 'app', kind: 'direct', count: total(tenant.stores.map((s) => s.pool)) },
+    { pool: 'listen', kind: 'direct', count: sessions.listening },
+    { pool: 'results', kind: 'direct', count: sessions.results },
+    { pool: 'liveness', kind: 'direct', count: sessions.liveness },
+    { pool: 'admin', kind: connections.adminPooled ? 'pooled' : 'direct', count: total([admin]) },
+    { pool: 'maintenance', kind: 'direct', count: total([maintenance, ...tenant.maintenance]) },
+  ]
 }

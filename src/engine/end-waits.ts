@@ -27,6 +27,11 @@ export class EndWaits {
    * by the NOTIFY of the statement that ends a workflow (src/flow/ends.ts) through the one LISTEN
    * connection this process has on that database; 'timeout' after `timeoutMs`. For TenantHandle.
    */
+  /** LISTEN connections held for result waiters now. */
+  get listening(): number {
+    return [...this.#ends.values()].filter((l) => l.listening).length
+  }
+
   async await<T>(
     scope: TenantScope,
     workflowId: string,

@@ -10,6 +10,7 @@ import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
 import { withTenantTx } from '../db/tx.ts'
 import { SetupError } from '../errors.ts'
 import { isTransient } from '../flow/completer.ts'
+import { behindPooler } from '../db/pooler.ts'
 import { TenantContextError } from '../tenancy/tenant-context.ts'
 import { type Connections, connectionError } from './connections.ts'
 import type { Readiness } from './types.ts'
@@ -52,8 +53,17 @@ export class Health {
     await this.checkMigrated()
     if (this.#setupWarnings) {
       const { rows } = await this.#pool.query(
-        'SELECT current_user AS role, rolsuper, rolbypassrls FROM pg_roles WHERE rolname = current_user',
+        'SELECT current_user AS role, rolsuper, rolbypassrls, ' +
+          "$1 = '' OR pg_has_role(current_user, $1, 'MEMBER') AS member FROM pg_roles WHERE rolname = current_user",
+        [behindPooler(this.#config) ? this.#config.databaseRole : ''],
       )
+      if (rows[0] && !rows[0].member) {
+        this.#log.warn(
+          { role: rows[0].role, expected: this.#config.databaseRole },
+          'behind a pooler (DATABASE_POOLER=transaction) the login is not switched to DATABASE_ROLE: ' +
+            'give DATABASE_URL a login that is a member of it',
+        )
+      }
       if (rows[0]?.rolsuper || rows[0]?.rolbypassrls) {
         this.#log.warn(
           { role: rows[0].role },

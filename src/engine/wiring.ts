@@ -7,6 +7,7 @@ import type { Logger } from 'pino'
 import type { Config } from '../config.ts'
 import { Metrics } from '../metrics.ts'
 import { createBoss } from '../queue/boss.ts'
+import { poolerPoolOptions } from '../db/pooler.ts'
 import { CONTROL_STORE, Stores } from '../tenancy/stores.ts'
 import { provideTenantContextSecret } from '../tenancy/tenant-context.ts'
 import { TenantDirectory } from '../tenancy/tenants.ts'
@@ -38,6 +39,7 @@ export function openControl(
     connectionString: connections.connectionString,
     max: config.dbPoolMax,
     application_name: 'equilateral',
+    ...poolerPoolOptions(config),
   })
   provideTenantContextSecret(pool, () => connections.tenantContextSecret(null))
   // pg attaches the whole client to an idle connection's error: log what matters, not the socket.
@@ -61,7 +63,7 @@ export function openControl(
       key: CONTROL_STORE,
       pool: pool,
       boss: boss,
-      connectionString: connections.connectionString,
+      connectionString: connections.sessionConnectionString,
       database: null,
     },
     servers: connections.servers,

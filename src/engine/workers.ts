@@ -18,8 +18,8 @@ import type { Registry } from './registry.ts'
 export class Workers {
   readonly #ctx: EngineContext
   readonly #registry: Registry
-  /** The run-time connection string (the liveness registration's connection). */
-  readonly #connectionString: string
+  /** The run-time session connection (the liveness registration's); null behind a pooler without one. */
+  readonly #connectionString: string | null
   /** startWorker calls so far (each is a service of the fleet of its own). */
   #workerCalls = 0
   readonly #workers = new Set<Worker>()
@@ -35,7 +35,7 @@ export class Workers {
   readonly #workerAgents = new Set<AgentDefinition<any, any>>()
   #agentsClosed = false
 
-  constructor(ctx: EngineContext, registry: Registry, connectionString: string) {
+  constructor(ctx: EngineContext, registry: Registry, connectionString: string | null) {
     this.#ctx = ctx
     this.#registry = registry
     this.#connectionString = connectionString
@@ -168,7 +168,8 @@ export class Workers {
 
   /** The process's liveness registration, on the control database; null when LIVENESS_INTERVAL_MS is 0. */
   #livenessRegistry(): LivenessRegistry | null {
-    if (this.#ctx.config.livenessIntervalMs === 0) return null
+    // Its lock lives as long as a session: none behind a pooler without DIRECT_DATABASE_URL.
+    if (this.#ctx.config.livenessIntervalMs === 0 || this.#connectionString === null) return null
     this.#liveness ??= new LivenessRegistry({
       connectionString: this.#connectionString,
       log: this.#ctx.log,
@@ -202,6 +203,14 @@ export class Workers {
         m.workflowFinished(type, status, ms, tenant, database)
         extra.workflowFinished?.(tenant, type, status, ms)
       },
+    }
+  }
+
+  /** Session connections held by this process's workers: LISTEN ones, and the liveness registration. */
+  get sessions(): { listening: number; liveness: number } {
+    return {
+      listening: [...this.#workers].filter((w) => w.listening).length,
+      liveness: this.#liveness?.connected ? 1 : 0,
     }
   }
 

@@ -12,7 +12,8 @@ import { EquilateralError, ResultWaitError } from '../errors.ts'
 import { ENDED_CHANNEL } from './channels.ts'
 
 export interface EndListenerOptions {
-  connectionString: string
+  /** A session of its own (DIRECT_DATABASE_URL behind a pooler); null: none, waiters poll every downPollMs. */
+  connectionString: string | null
   log: Logger
   /** While the LISTEN connection is down, every waiter reads again this often. */
   downPollMs: number
@@ -92,6 +93,15 @@ export class EndListener {
   }
 
   async #connect(): Promise<void> {
+    if (this.#o.connectionString === null) {
+      // No session to LISTEN on: waiters read again every downPollMs (settled after the caller
+      // stored this promise, so that the next waiter arms the poll again after an idle close).
+      await Promise.resolve()
+      this.#downPoll ??= setInterval(() => this.#wakeAll(), this.#o.downPollMs)
+      this.#downPoll.unref()
+      this.#connecting = null
+      return
+    }
     const client = new pg.Client({
       connectionString: this.#o.connectionString,
       application_name: 'equilateral-results',

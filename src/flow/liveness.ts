@@ -49,7 +49,7 @@ WHERE w.lock_id::oid NOT IN (SELECT objid FROM held)`
 
 // The pass's turn and the dead workers in one statement; without the turn, no rows.
 const TURN_AND_DEAD = `
-WITH turn AS MATERIALIZED (SELECT pg_try_advisory_lock(${LIVENESS_LOCK_CLASS}, ${PASS_LOCK_ID}) AS ok),
+WITH turn AS MATERIALIZED (SELECT pg_try_advisory_xact_lock(${LIVENESS_LOCK_CLASS}, ${PASS_LOCK_ID}) AS ok),
 held AS MATERIALIZED (${HELD})
 SELECT turn.ok, w.worker_id, w.lock_id, to_json(now()) #>> '{}' AS seen_at
 FROM turn LEFT JOIN ${APP_SCHEMA}.worker_sessions w
@@ -103,31 +103,30 @@ export async function livenessPass(
   pool: pg.Pool,
   recover: (dead: DeadWorkers) => Promise<void>,
 ): Promise<DeadWorkers | null | 'busy'> {
+  // The turn is transaction-scoped (held by this open transaction while recover runs its own on
+  // other connections): behind a transaction pooler a session lock would stay with the server
+  // connection, and a lost connection releases it either way.
   const { client, release } = await checkout(pool)
   let broken = false
   try {
+    await client.query('BEGIN')
     const { rows } = await client.query(TURN_AND_DEAD)
     if (!rows[0]?.ok) return 'busy'
-    try {
-      const dead = deadOf(rows)
-      if (dead) {
-        await recover(dead)
-        await client.query(REMOVE, [
-          JSON.stringify(dead.rows.map((r) => ({ worker_id: r.workerId, lock_id: r.lockId }))),
-        ])
-      }
-      return dead
-    } finally {
-      await client
-        .query(`SELECT pg_advisory_unlock(${LIVENESS_LOCK_CLASS}, ${PASS_LOCK_ID})`)
-        .catch(() => (broken = true))
+    const dead = deadOf(rows)
+    if (dead) {
+      await recover(dead)
+      await client.query(REMOVE, [
+        JSON.stringify(dead.rows.map((r) => ({ worker_id: r.workerId, lock_id: r.lockId }))),
+      ])
     }
+    await client.query('COMMIT')
+    return dead
   } catch (error) {
-    broken = true
     if (unmigrated(error)) return null
     throw error
   } finally {
-    // A session that may still hold the turn is not given back to the pool.
+    // COMMIT done (a no-op ROLLBACK then), or the pass failed or was busy: end the transaction.
+    await client.query('ROLLBACK').catch(() => (broken = true))
     release(broken)
   }
 }
@@ -172,6 +171,11 @@ export class LivenessRegistry {
       if (!unmigrated(error)) throw error
       this.#log.warn('worker liveness waits for `migrate`: killed workers are found by heartbeats only')
     }
+  }
+
+  /** Whether the session holding the lock is open (the connection budget's metric). */
+  get connected(): boolean {
+    return this.#client !== null
   }
 
   /** Removes the worker's row (graceful shutdown: its tasks were finished or released). */

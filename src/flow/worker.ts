@@ -43,8 +43,11 @@ import { withTenantTx } from '../db/tx.ts'
 export interface WorkerOptions {
   pool: pg.Pool
   boss: PgBoss
-  /** For the dedicated LISTEN connection. */
-  connectionString: string
+  /**
+   * For the dedicated LISTEN connection (a session of its own: DIRECT_DATABASE_URL behind a pooler);
+   * null: none, the worker polls every pollIntervalMs.
+   */
+  connectionString: string | null
   agents: readonly AgentDefinition<any, any>[]
   scopeOf: (tenantIds: string[]) => Promise<Map<string, TenantScope>>
   log: Logger
@@ -253,6 +256,11 @@ export class Worker {
           }
         : undefined,
     )
+  }
+
+  /** Whether the worker's LISTEN session is open (the connection budget's metric). */
+  get listening(): boolean {
+    return this.#listener !== null
   }
 
   get runningCount(): number {
@@ -859,7 +867,7 @@ export class Worker {
   }
 
   async #listen(): Promise<void> {
-    if (this.#stopping) return
+    if (this.#stopping || this.#o.connectionString === null) return
     const client = new pg.Client({
       connectionString: this.#o.connectionString,
       application_name: 'equilateral-listen',

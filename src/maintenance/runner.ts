@@ -10,7 +10,8 @@
 //   failed job.
 // stop() (at close) clears the timers, waits for the timer passes under way and leaves the cron
 // queues' work (each loop's own stop does that for one loop: see FleetService).
-import { checkout, type TenantScope } from '../db/tx.ts'
+import { withTurn } from '../db/pooler.ts'
+import type { TenantScope } from '../db/tx.ts'
 import type { Store } from '../tenancy/stores.ts'
 import type { TenantDirectory } from '../tenancy/tenants.ts'
 
@@ -99,21 +100,12 @@ export class Runner {
   }
 }
 
-/** Runs `fn` holding a session advisory lock on the store's database; skips it if another holds it. */
+/**
+ * Runs `fn` holding the advisory lock `key` on the store's database; skips it if another holds it.
+ * Transaction-scoped (withTurn), so behind a transaction pooler it cannot stay with a server connection.
+ */
 async function withLock(store: Store, key: number, fn: () => Promise<void>): Promise<void> {
-  // Held for the whole pass, idle while the pass's own transactions run on other connections.
-  const { client, release } = await checkout(store.pool)
-  try {
-    const { rows } = await client.query('SELECT pg_try_advisory_lock($1) AS ok', [key])
-    if (!rows[0]?.ok) return
-    try {
-      await fn()
-    } finally {
-      await client.query('SELECT pg_advisory_unlock($1)', [key])
-    }
-  } finally {
-    release()
-  }
+  await withTurn(store.pool, key, fn)
 }
 
 /** Active tenants whose tables are in the control database. */

@@ -16,8 +16,11 @@ export interface Store {
   readonly key: string
   readonly pool: pg.Pool
   readonly boss: PgBoss
-  /** The run-time connection string (a worker's LISTEN connection). */
-  readonly connectionString: string
+  /**
+   * The run-time connection string of the sessions LISTEN needs (workers', result waiters'): the
+   * direct one behind a pooler (DIRECT_DATABASE_URL); null: none, they poll.
+   */
+  readonly connectionString: string | null
   /** The tenant database (null for the control database). */
   readonly database: TenantDatabase | null
 }
@@ -121,6 +124,13 @@ export class Stores {
       this.#owners.set(key, pool)
     }
     return pool
+  }
+
+  /** The tenant databases' stores open now, and their maintenance pools (the connection budget's metric). */
+  opened(): { stores: Store[]; maintenance: pg.Pool[] } {
+    const stores: Store[] = []
+    for (const e of this.#open.values()) if (e.store) stores.push(e.store)
+    return { stores, maintenance: [...this.#owners.values()] }
   }
 
   /** Closes a tenant database's store now (the tenant moved or was suspended); the next use reopens. */

@@ -21,10 +21,12 @@ export async function testEngine(options: {
   config?: Partial<Config>
   /** Default: silent (or TEST_LOG_LEVEL). */
   log?: Logger
+  /** The run-time URL the engine gets, from the database's application login URL (a pooler's). */
+  runtimeUrl?: (appUrl: string) => string
 }): Promise<TestEngine> {
   const db = await createTestDatabase()
   const engine = await createEngine({
-    connectionString: db.appUrl,
+    connectionString: options.runtimeUrl ? options.runtimeUrl(db.appUrl) : db.appUrl,
     adminConnectionString: db.url,
     agents: options.agents,
     workflows: options.workflows,

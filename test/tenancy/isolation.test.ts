@@ -4,14 +4,21 @@
 // after a pooled connection served another tenant, by writing rows or moving its own rows across,
 // and by shedding the policies (other roles, DISABLE/NO FORCE, row_security off). All of it fails or
 // sees nothing. The owner role is not what the engine runs as.
+// Each mode also runs behind a real PgBouncer in transaction mode with ONE server connection for the
+// application login (test/helpers/pgbouncer.ts): the engine, pg-boss and the cheating connection all
+// take turns on it, so what one tenant's transaction leaves on a server connection is what the next
+// client (another tenant) finds.
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
 import { provideTenantContextSecret } from '../../src/tenancy/tenant-context.ts'
+import { poolerPoolOptions } from '../../src/db/pooler.ts'
 import { type TenantScope, withTenantTx } from '../../src/db/tx.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'
+import { pgContext } from '../helpers/db.ts'
 import { errorCode } from '../helpers/errors.ts'
+import { havePgBouncer, type PgBouncer, startPgBouncer } from '../helpers/pgbouncer.ts'
 import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
 const TABLES = ['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events'] as const
@@ -36,14 +43,45 @@ async function inRolledBackTx<T>(c: pg.Client, fn: () => Promise<T>): Promise<T>
   }
 }
 
-describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode %s', (mode) => {
+// Without Debian's pgbouncer (apt-get install pgbouncer) the PgBouncer variants are left out; in CI
+// its absence fails (test/helpers/pgbouncer.ts).
+const VARIANTS: { mode: IsolationMode; pooler: boolean }[] = [
+  { mode: 'row-level', pooler: false },
+  { mode: 'schema-per-tenant', pooler: false },
+  ...(havePgBouncer
+    ? [
+        { mode: 'row-level' as const, pooler: true },
+        { mode: 'schema-per-tenant' as const, pooler: true },
+      ]
+    : []),
+]
+
+describe.each(VARIANTS)('isolation mode $mode, through PgBouncer: $pooler', ({ mode, pooler }) => {
   let ctx: Awaited<ReturnType<typeof setup>>
+  let bouncer: PgBouncer | null = null
+  // The pooler goes last: its clients (the cheating connection, the engine) are closed first, so
+  // that none is cut off while idle.
+  afterAll(async () => {
+    if (!bouncer) return
+    await ctx?.app.end().catch(() => {})
+    await ctx?.engine.close()
+    await bouncer.stop()
+  })
 
   async function setup() {
+    if (pooler) {
+      const { adminUrl, appUser } = pgContext()
+      const app = new URL(adminUrl)
+      app.username = appUser.user
+      app.password = appUser.password
+      bouncer = await startPgBouncer({ urls: [adminUrl, app.toString()], poolSize: 1 })
+    }
+    const through = (url: string) => (bouncer ? bouncer.through(url) : url)
     const { engine, db } = await testEngine({
       agents: [echo],
       workflows: [single],
-      config: { isolationMode: mode },
+      config: { isolationMode: mode, ...(pooler ? { databasePooler: 'transaction' as const } : {}) },
+      runtimeUrl: through,
     })
     await engine.createTenant({ id: 'alpha' })
     await engine.createTenant({ id: 'beta' })
@@ -68,10 +106,10 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
     }
     await owner.end()
     const secret = await tenantSecret(db.url)
-    const app = await connect(db.appUrl)
+    const app = await connect(through(db.appUrl))
     afterAll(() => app.end())
     const scope = async (t: string): Promise<TenantScope> => (await engine.tenant(t)).scope
-    return { engine, db, ids, schemaOf, app, scope, secret }
+    return { engine, db, ids, schemaOf, app, scope, secret, appUrl: through(db.appUrl) }
   }
 
   beforeAll(async () => {
@@ -177,7 +215,11 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
   })
 
   it('carries no tenant from one transaction of a pooled connection into the next', async () => {
-    const pool = new pg.Pool({ connectionString: ctx.db.appUrl, max: 1 })
+    const pool = new pg.Pool({
+      connectionString: ctx.appUrl,
+      max: 1,
+      ...poolerPoolOptions({ databasePooler: pooler ? 'transaction' : 'none' }),
+    })
     provideTenantContextSecret(pool, async () => ctx.secret)
     try {
       const seen = await withTenantTx(pool, await ctx.scope('alpha'), async (db) => {
@@ -254,8 +296,10 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
          EXISTS (SELECT FROM pg_tables WHERE tableowner = current_user) AS owns_tables
        FROM pg_roles r WHERE r.rolname = current_user`,
     )
+    // Behind a pooler the login is not switched (PgBouncer refuses startup options): it is the
+    // application login itself, a member of equilateral_app and nothing more.
     expect(rows[0]).toEqual({
-      role: 'equilateral_app',
+      role: pooler ? 'equilateral_test_app' : 'equilateral_app',
       rolsuper: false,
       rolbypassrls: false,
       owns_tables: false,
@@ -270,6 +314,51 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
       for (const s of sessions.rows) expect(s.usename, s.application_name).toBe('equilateral_test_app')
     } finally {
       await owner.end()
+    }
+  })
+
+  it("never shows tenant A's rows to B on a connection that just served A (behind the pooler: one server connection, turns alternating)", async () => {
+    const other = await connect(ctx.appUrl)
+    try {
+      const backends = new Set<number>()
+      for (let round = 0; round < 3; round++) {
+        for (const [client, tenant, theirs] of [
+          [ctx.app, 'alpha', 'beta'],
+          [other, 'beta', 'alpha'],
+        ] as const) {
+          // The tenant's transaction, as the engine scopes one, then the next client's turn.
+          const seen = await inRolledBackTx(client, async () => {
+            await enterTenant(client, ctx.secret, tenant)
+            const { rows } = await client.query(
+              `SELECT pg_backend_pid() AS pid, (SELECT array_agg(DISTINCT tenant_id) FROM ${table(tenant, 'workflows')}) AS own,
+                   (SELECT count(*)::int FROM ${table(theirs, 'workflows')} WHERE tenant_id = $1) AS theirs`,
+              [theirs],
+            )
+            return rows[0]
+          })
+          backends.add(seen.pid)
+          expect(seen.own).toEqual([tenant])
+          expect(seen.theirs).toBe(0)
+          // Outside any transaction, the next statement on that server connection: no tenant left.
+          const after = await client.query(
+            `SELECT pg_backend_pid() AS pid, current_setting('app.tenant_id', true) AS tenant,
+                 current_setting('equilateral.tenant_seal', true) AS seal,
+                 (SELECT count(*)::int FROM ${table(tenant, 'workflows')}) AS n`,
+          )
+          backends.add(after.rows[0].pid)
+          expect(after.rows[0].tenant ?? '').toBe('')
+          expect(after.rows[0].seal ?? '').toBe('')
+          expect(after.rows[0].n).toBe(0)
+          // The engine's own transactions take their turns on the same server connection.
+          const handle = await ctx.engine.tenant(theirs)
+          const listed = await handle.listWorkflows()
+          expect(listed.workflows.map((w) => w.id)).toEqual([ctx.ids[theirs]])
+        }
+      }
+      // Behind the pooler one server connection served every turn (directly: each client its own).
+      expect(backends.size).toBe(pooler ? 1 : 2)
+    } finally {
+      await other.end()
     }
   })
 })
