@@ -78,13 +78,14 @@ import {
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { closeAgents } from './flow/close-agents.ts'
 import { awaitEnd, EndListener } from './flow/ends.ts'
-import { isTransient } from './flow/completer.ts'
+import { isTransient } from './db/errors.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
 import { type SweepReport, sweepOnce } from './flow/sweep.ts'
 import { type DeadWorkers, findDeadWorkers, LivenessRegistry, startLivenessPasses } from './flow/liveness.ts'
 import { StatisticsPasses } from './flow/statistics.ts'
 import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from './flow/waits.ts'
 import { Slots, Worker, type WorkerHooks } from './flow/worker.ts'
+import { applyEffects, sweepEffects, waitEffects } from './flow/effects.ts'
 import { FleetWorker, type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
 import { Metrics } from './metrics.ts'
@@ -1005,7 +1006,9 @@ export class Engine {
       localContinuation: this.config.localContinuation,
       agentVersionRetryMs: this.config.agentVersionRetryMs,
       agentVersionWaitMs: this.config.agentVersionWaitMs,
-      hooks: this.#metricsHooks(hooks, store.key),
+      hooks,
+      metrics: this.metrics,
+      database: store.key,
       liveness: this.#livenessRegistry() ?? undefined,
     })
     await worker.start()
@@ -1039,29 +1042,6 @@ export class Engine {
       checkMs: this.config.heartbeatIntervalMs,
     })
     return this.#liveness
-  }
-
-  /** Worker hooks that feed the metrics, then call the caller's own hooks. */
-  #metricsHooks(extra: WorkerHooks = {}, database: string): WorkerHooks {
-    const m = this.metrics
-    return {
-      taskStarted: (task, tenant, dispatchMs) => {
-        m.tasksStarted.inc(m.withTenant({ agent: task.agentId }, tenant, database))
-        m.taskQueueWait.observe({ agent: task.agentId }, task.queueWaitMs / 1000)
-        m.taskDispatchLatency.observe({ agent: task.agentId }, dispatchMs / 1000)
-        extra.taskStarted?.(task, tenant, dispatchMs)
-      },
-      taskFinished: (task, tenant, outcome, ms) => {
-        m.tasksFinished.inc(m.withTenant({ agent: task.agentId, outcome }, tenant, database))
-        if (outcome !== 'released') m.taskRunDuration.observe({ agent: task.agentId }, ms / 1000)
-        if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
-        extra.taskFinished?.(task, tenant, outcome, ms)
-      },
-      workflowFinished: (tenant, type, status, ms) => {
-        m.workflowFinished(type, status, ms, tenant, database)
-        extra.workflowFinished?.(tenant, type, status, ms)
-      },
-    }
   }
 
   /**
@@ -1194,25 +1174,10 @@ export class Engine {
       timeouts: this.#timeouts,
       deadWorkers: deadWorkers ?? undefined,
     })
-    this.#countSweep(report)
+    // A sweep's outcomes in the metrics, whoever ran it (the sweeper, a liveness pass, `equilateral
+    // sweep`, the test kit): the lost worker never counted the tasks and workflows it failed for good.
+    applyEffects(sweepEffects(report), { metrics: this.metrics })
     return report
-  }
-
-  /**
-   * A sweep's outcomes in the metrics, whoever ran it (the sweeper, a liveness pass, `equilateral
-   * sweep`, the test kit): what it recovered, and the tasks and workflows it failed for good, which
-   * the lost worker never counted.
-   */
-  #countSweep(report: SweepReport): void {
-    const m = this.metrics
-    m.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
-    m.sweeperRecovered.inc({ action: 'lost' }, report.lost)
-    for (const t of report.ended.tasks) {
-      m.tasksFinished.inc(m.withTenant({ agent: t.agentId, outcome: 'failed' }, t.tenantId, t.database))
-      m.deadLettered.inc({ agent: t.agentId })
-    }
-    for (const w of report.ended.workflows)
-      m.workflowFinished(w.type, 'failed', w.durationMs, w.tenantId, w.database)
   }
 
   /**
@@ -1659,7 +1624,10 @@ export class TenantHandle {
     requireUuid(id, 'workflow id')
     const store = await this.#engine.storeOf(this.scope)
     return cancelWorkflow(store, this.scope, id, options, (wf) =>
-      m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id, store.key),
+      applyEffects(
+        { workflows: [{ tenantId: this.id, type: wf.type, status: 'cancelled', durationMs: wf.durationMs }] },
+        { metrics: m, database: store.key },
+      ),
     )
   }
 
@@ -1749,10 +1717,8 @@ export class TenantHandle {
       workflowId,
       delivery,
     )
-    for (const wf of outcome.workflowsCompleted)
-      e.metrics.workflowFinished(wf.type, 'completed', wf.durationMs, this.id, store.key)
-    for (const wf of outcome.workflowsFailed)
-      e.metrics.workflowFinished(wf.type, 'failed', wf.durationMs, this.id, store.key)
+    // The dispatched jobs are announced by the transaction's NOTIFY: no local loop to wake here.
+    applyEffects(waitEffects(this.scope, outcome), { metrics: e.metrics, database: store.key })
     return result
   }
 

@@ -7,54 +7,19 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
-import { type AttemptState, attemptStateOf } from '../core/retry.ts'
+import { attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
 import { insertJobsCte } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
-import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
+import type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
+import { handleUnservedTx, type UnservedOutcome, type UnservedTask } from './unserved.ts'
+import type { VersionPolicy } from './versions.ts'
 
-export interface FetchedJob {
-  queue: string
-  /**
-   * The pg-boss job the task was fetched with; null when the task was claimed by local
-   * continuation (see LOCAL_CLAIM): it never had a job, and its task row's job_id is null.
-   */
-  jobId: string | null
-  retryCount: number
-  taskId: string
-  workflowId: string
-  attempt: number
-}
-
-export interface ClaimedTask extends AttemptState {
-  job: FetchedJob
-  taskId: string
-  workflowId: string
-  workflowType: string
-  taskKey: string
-  agentId: string
-  taskType: string
-  /** The agent version the task needs; null: any (the worker runs its highest). */
-  agentVersion: number | null
-  data: Json
-  input: Json
-  results: Record<string, Json>
-  correlationId: string
-  /** From the task becoming ready (queued_at) to this claim, on the database's clock. */
-  queueWaitMs: number
-  /** performance.now() when the claim returned: dispatch latency = queueWaitMs + (agent start - claimedAt). */
-  claimedAt: number
-  /**
-   * Set when the task's data, the workflow input or a parent's result could not be decrypted (a
-   * missing or wrong key): the worker records it as the attempt's failure instead of running the
-   * agent, and data, input and results are empty.
-   */
-  payloadError?: EncryptionError
-}
+export type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
 
 // A task whose agent version ($5: the versions of the agent this worker has) is not among them is
 // not claimed: the same UPDATE only stamps unserved_since (the first time) and returns it with
@@ -175,7 +140,9 @@ export async function claimTasks(
       )
     }
     const left =
-      unserved.length > 0 && versions ? await handleUnserved(deps.boss, db, scope, unserved, versions) : []
+      unserved.length > 0 && versions
+        ? await handleUnservedTx({ db, boss: deps.boss, scope }, unserved, versions)
+        : []
     failpoint('claim.before-commit')
     return { claimed, dropped, unserved: left }
   })
@@ -257,15 +224,6 @@ SELECT c.*, (
 ) AS results, n.n AS notified
 FROM notified n LEFT JOIN claimed c ON true`
 
-/** A ready task this worker may claim in the completion's transaction, with its agent's versions. */
-export interface LocalCandidate {
-  queue: string
-  taskId: string
-  attempt: number
-  /** The versions of the task's agent this worker has. */
-  versions: readonly number[]
-}
-
 /**
  * Claims `candidates` in the caller's (completion) transaction, inserts `jobs` (rows as jobRow
  * makes them: the ready tasks not picked, where our statements write pg-boss's jobs) and notifies
@@ -273,9 +231,8 @@ export interface LocalCandidate {
  * commit). A candidate not returned stays queued (it needs an agent version this worker lacks):
  * the caller inserts its job.
  */
-export async function claimLocally(
-  db: Db,
-  scope: TenantScope,
+export async function claimLocallyTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   workerId: string,
   candidates: readonly LocalCandidate[],
   notify: readonly string[],

@@ -5,8 +5,8 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
-import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
-import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
+import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
+import { DEAD_LETTER_QUEUE, insertJobsTx } from '../queue/boss.ts'
 import { ENDED_CHANNEL } from './channels.ts'
 import { failpoint } from '../failpoints.ts'
 
@@ -116,7 +116,7 @@ export async function failAttempt(
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
-    const outcome = await failAttemptIn(deps.boss, db, scope, f, random)
+    const outcome = await failAttemptTx({ db, boss: deps.boss, scope }, f, random)
     failpoint('fail.before-commit')
     return outcome
   })
@@ -124,13 +124,13 @@ export async function failAttempt(
   return outcome
 }
 
-export async function failAttemptIn(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+/** Records the failed attempt in the caller's transaction (see failAttempt). */
+export async function failAttemptTx(
+  tx: TenantTx,
   f: AttemptFailure,
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
+  const { db, boss, scope } = tx
   const failures = f.failures + 1
   const mayRetry = canRetry(failures, f.maxAttempts, f.permanent)
   const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
@@ -160,7 +160,7 @@ export async function failAttemptIn(
     )
   }
   if (retry) {
-    await insertJobs(boss, db, scope, [
+    await insertJobsTx(tx, [
       {
         queue: f.queue,
         jobId: row.job_id,

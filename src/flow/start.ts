@@ -13,7 +13,7 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import { tenantContextSecret } from '../db/tenant-context.ts'
 import { type Db, executeNamed, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
-import { insertJobs, queueName } from '../queue/boss.ts'
+import { insertJobsTx, queueName } from '../queue/boss.ts'
 import { insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { insertPlannedTasks } from './task-rows.ts'
@@ -142,10 +142,8 @@ export async function startWorkflow<TInput, TStart>(
       if (direct) return { id: workflowId, created: true, status: 'running' }
       const timers: Record<string, string> = rows[0].timers ?? {}
       const ready = tasks.filter((t) => t.status === 'queued')
-      await insertJobs(
-        deps.boss,
-        db,
-        scope,
+      await insertJobsTx(
+        { db, boss: deps.boss, scope },
         ready.map((t) => ({
           queue: t.queue,
           jobId: t.job_id as string,

@@ -21,9 +21,9 @@ import {
   unlessLocked,
   withTimeouts,
 } from '../db/tx.ts'
-import { isTransient } from './completer.ts'
-import { failAttemptIn } from './fail.ts'
-import { requeueTasks, type RequeueItem } from './requeue.ts'
+import { isTransient } from '../db/errors.ts'
+import { failAttemptTx } from './fail.ts'
+import { requeueTasksTx, type RequeueItem } from './requeue.ts'
 import { dueWaits, expireWaits, type WaitDeps } from './waits.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { JsonLimits } from '../core/json.ts'
@@ -197,15 +197,18 @@ async function sweepTenant(
         } else if (action.kind === 'lost_worker') {
           // Failing a task for good fails its workflow, whose row a sibling's completion may hold.
           const outcome = await unlessLocked(db, null, () =>
-            failAttemptIn(boss, db, scope, {
-              ...c,
-              error: { name: 'WorkerLost', message: action.reason },
-              permanent: false,
-              action: 'task_lost',
-              ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
-                ? { job: { jobId: c.jobId } }
-                : {}),
-            }),
+            failAttemptTx(
+              { db, boss, scope },
+              {
+                ...c,
+                error: { name: 'WorkerLost', message: action.reason },
+                permanent: false,
+                action: 'task_lost',
+                ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
+                  ? { job: { jobId: c.jobId } }
+                  : {}),
+              },
+            ),
           )
           if (outcome === null) report.skipped++
           else if (outcome.kind !== 'lease_lost') {
@@ -281,11 +284,13 @@ async function requeueUnlessLocked(
   items: readonly RequeueItem[],
   report: SweepReport,
 ): Promise<number> {
-  const all = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, items, 'task_recovered'))
+  const all = await unlessLocked(db, null, () => requeueTasksTx({ db, boss, scope }, items, 'task_recovered'))
   if (all) return all.length
   let requeued = 0
   for (const item of items) {
-    const one = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, [item], 'task_recovered'))
+    const one = await unlessLocked(db, null, () =>
+      requeueTasksTx({ db, boss, scope }, [item], 'task_recovered'),
+    )
     if (one) requeued += one.length
     else report.skipped++
   }

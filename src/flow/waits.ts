@@ -23,10 +23,10 @@ import type { TaskStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import { type Db, type TenantScope, type TxTimeouts, withTenantTx, withTimeouts } from '../db/tx.ts'
 import { InvalidInputError, NotFoundError, WaitError } from '../errors.ts'
-import { insertJobs, type ReadyJob, WAIT_QUEUE } from '../queue/boss.ts'
-import { type CompletionOutcome, writeCompletions } from './complete.ts'
+import { insertJobsTx, type ReadyJob, WAIT_QUEUE } from '../queue/boss.ts'
+import { type CompletionOutcome, writeCompletionsTx } from './complete.ts'
 import type { FetchedJob } from './claim.ts'
-import { failAttemptIn } from './fail.ts'
+import { failAttemptTx } from './fail.ts'
 
 export interface WaitDeps {
   pool: pg.Pool
@@ -189,7 +189,7 @@ export async function armWaits(
         })
       }
     }
-    await insertJobs(deps.boss, db, scope, timers)
+    await insertJobsTx({ db, boss: deps.boss, scope }, timers)
     await completeJobs(deps.boss, db, jobs)
     return outcome
   })
@@ -332,7 +332,7 @@ async function resolve(
   }
   if (r.kind === 'complete') {
     assertStorableJson(r.result ?? null, '$.result', deps.limits)
-    const written = await writeCompletions(deps.boss, db, scope, [
+    const written = await writeCompletionsTx({ db, boss: deps.boss, scope }, [
       {
         taskId: task.id,
         workflowId: task.workflow_id,
@@ -345,22 +345,25 @@ async function resolve(
     outcome.workflowsCompleted.push(...written.workflowsCompleted)
     return 'completed'
   }
-  const failed = await failAttemptIn(deps.boss, db, scope, {
-    taskId: task.id,
-    workflowId: task.workflow_id,
-    queue: task.queue,
-    agentId: task.agent_id,
-    attempt: task.attempt,
-    failures: task.failures,
-    maxAttempts: task.max_attempts,
-    backoffMs: task.backoff_ms,
-    backoffMaxMs: task.backoff_max_ms,
-    timeoutMs: task.timeout_ms,
-    error: r.error,
-    permanent: true,
-    waiting: true,
-    deadLetter: r.error.code !== 'approval_rejected',
-  })
+  const failed = await failAttemptTx(
+    { db, boss: deps.boss, scope },
+    {
+      taskId: task.id,
+      workflowId: task.workflow_id,
+      queue: task.queue,
+      agentId: task.agent_id,
+      attempt: task.attempt,
+      failures: task.failures,
+      maxAttempts: task.max_attempts,
+      backoffMs: task.backoff_ms,
+      backoffMaxMs: task.backoff_max_ms,
+      timeoutMs: task.timeout_ms,
+      error: r.error,
+      permanent: true,
+      waiting: true,
+      deadLetter: r.error.code !== 'approval_rejected',
+    },
+  )
   if (failed.kind === 'failed' && failed.workflow) outcome.workflowsFailed.push(failed.workflow)
   return 'failed'
 }
