@@ -59,12 +59,12 @@ function engineDb(client: pg.ClientBase): Db {
  * cost ~0.5-1 ms to plan), else as a plain one (a caller's transaction). `name` must be unique per
  * text: a connection keeps what it prepared under that name.
  */
-export function executeNamed(
+export function executeNamed<Row = any>(
   db: Db,
   name: string,
   text: string,
   values: unknown[],
-): Promise<{ rows: any[] }> {
+): Promise<{ rows: Row[] }> {
   return db.executeNamed ? db.executeNamed(name, text, values) : db.executeSql(text, values)
 }
 

@@ -77,6 +77,33 @@ SELECT c.*, CASE WHEN c.served THEN (
 ) END AS results
 FROM claimed c`
 
+/** A row CLAIM returns (LOCAL_CLAIM too, served always, with `notified`). */
+interface ClaimRow {
+  id: string
+  workflow_id: string
+  task_key: string
+  agent_id: string
+  task_type: string
+  attempt: number
+  failures: number
+  max_attempts: number
+  backoff_ms: number
+  backoff_max_ms: number
+  timeout_ms: number
+  data: Json
+  depends_on: string[]
+  workflow_type: string
+  input: Json
+  correlation_id: string
+  queue_wait_ms: number | null
+  agent_version: number | null
+  served: boolean
+  status: 'queued' | 'running'
+  first_left: boolean | null
+  unserved_ms: number | null
+  results: Record<string, Json> | null
+}
+
 export interface ClaimOutcome {
   claimed: ClaimedTask[]
   /** Jobs whose task was not claimable; already completed as dropped in the same transaction. */
@@ -100,14 +127,14 @@ export async function claimTasks(
   versions?: VersionPolicy,
 ): Promise<ClaimOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
-    const { rows } = await executeNamed(db, 'eq_claim', CLAIM, [
+    const { rows } = await executeNamed<ClaimRow>(db, 'eq_claim', CLAIM, [
       scope.tenantId,
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
       workerId,
       jobs.map((j) => j.taskId),
       versions?.versions ?? null,
     ])
-    const byTask = new Map(rows.map((r) => [r.id as string, r]))
+    const byTask = new Map(rows.map((r) => [r.id, r]))
     const claimed: ClaimedTask[] = []
     const dropped: FetchedJob[] = []
     const unserved: UnservedTask[] = []
@@ -124,8 +151,9 @@ export async function claimTasks(
         unserved.push({
           task: { ...task, data: null, input: null },
           status: r.status,
-          agentVersion: r.agent_version,
-          firstLeft: r.first_left,
+          // Not served: the claim filled these (a task that takes any version is always served).
+          agentVersion: r.agent_version as number,
+          firstLeft: r.first_left as boolean,
           unservedMs: Number(r.unserved_ms),
         })
       }
@@ -151,7 +179,7 @@ export async function claimTasks(
   return outcome
 }
 
-function claimedTaskOf(job: FetchedJob, r: Record<string, any>): ClaimedTask {
+function claimedTaskOf(job: FetchedJob, r: ClaimRow): ClaimedTask {
   return {
     job,
     taskId: r.id,
@@ -238,7 +266,9 @@ export async function claimLocallyTx(
   notify: readonly string[],
   jobs: readonly JobRow[],
 ): Promise<ClaimedTask[]> {
-  const { rows } = await executeNamed(db, 'eq_local_claim', LOCAL_CLAIM, [
+  const { rows } = await executeNamed<
+    (ClaimRow & { queue: string; notified: number }) | { id: null; notified: number }
+  >(db, 'eq_local_claim', LOCAL_CLAIM, [
     scope.tenantId,
     JSON.stringify(candidates.map((c) => ({ id: c.taskId, attempt: c.attempt, versions: c.versions }))),
     workerId,

@@ -142,6 +142,23 @@ UNION ALL
 SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, (SELECT count(*) FROM ended)::float8,
   NULL, NULL`
 
+/** A row COMPLETE returns: one per kind of thing it did. */
+type CompleteRow =
+  | { kind: 'done'; id: string; workflow_id: string }
+  | {
+      kind: 'ready'
+      id: string
+      workflow_id: string
+      queue: string
+      attempt: number
+      job_id: string
+      /** The task's timeout_ms. */
+      n: number
+      start_after: string | null
+    }
+  | { kind: 'workflow'; id: string; type: string; /** Its duration in ms. */ n: number }
+  | { kind: 'notified'; attempt: number; n: number }
+
 export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
@@ -204,7 +221,7 @@ export async function writeCompletionsTx(
   // Where our statements write pg-boss's jobs (direct.ts), this statement also completes the batch's
   // jobs and, without local continuation, inserts the jobs of the tasks it makes ready.
   const direct = usesDirectJobs(boss)
-  const { rows } = await executeNamed(db, 'eq_complete', COMPLETE, [
+  const { rows } = await executeNamed<CompleteRow>(db, 'eq_complete', COMPLETE, [
     scope.tenantId,
     JSON.stringify(
       items.map((i) => ({

@@ -109,6 +109,19 @@ WHERE (SELECT count(*) FROM ended) >= 0
 UNION ALL
 SELECT 'skipped', s.job_id, s.queue, NULL, NULL FROM skipped s`
 
+/** The row FAIL_ATTEMPT returns when the attempt still held the task. */
+interface FailAttemptRow {
+  status: 'queued' | 'failed'
+  attempt: number
+  job_id: string
+  start_after: string
+}
+
+/** The rows FAIL_WORKFLOW returns: the workflow it failed, and the tasks it skipped. */
+type FailWorkflowRow =
+  | { kind: 'workflow'; job_id: null; queue: null; type: string; ms: number }
+  | { kind: 'skipped'; job_id: string | null; queue: string; type: null; ms: null }
+
 export async function failAttempt(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
@@ -136,7 +149,7 @@ export async function failAttemptTx(
   const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
   // A failure for good ends the workflow: lock it first (a retry's share lock comes with FAIL_ATTEMPT).
   if (!mayRetry) await db.executeSql(WORKFLOW_LOCK, [scope.tenantId, f.workflowId])
-  const { rows } = await executeNamed(db, 'eq_fail_attempt', FAIL_ATTEMPT, [
+  const { rows } = await executeNamed<FailAttemptRow>(db, 'eq_fail_attempt', FAIL_ATTEMPT, [
     scope.tenantId,
     f.taskId,
     f.attempt,
@@ -174,7 +187,7 @@ export async function failAttemptTx(
     ])
     return { kind: 'retrying', attempt: row.attempt, delayMs }
   }
-  const wf = await db.executeSql(FAIL_WORKFLOW, [
+  const wf: { rows: FailWorkflowRow[] } = await db.executeSql(FAIL_WORKFLOW, [
     scope.tenantId,
     f.workflowId,
     JSON.stringify({ task: f.taskId, agent: f.agentId, error: f.error }),
