@@ -195,7 +195,7 @@ export async function failAttemptTx(
   const skipped = wf.rows.filter((r) => r.kind === 'skipped')
   for (const [queue, list] of Map.groupBy(
     skipped.filter((r) => r.job_id),
-    (r) => r.queue as string,
+    (r) => r.queue,
   )) {
     await boss.cancel(
       queue,
