@@ -1,5 +1,6 @@
-// Tasks no version of this worker can run (see src/flow/versions.ts). The claim (src/flow/claim.ts) returns such tasks unclaimed,
-// stamped with unserved_since, and, in the same transaction, this module either leaves them in the
+// Tasks no version of this worker can run (see src/flow/versions.ts). The claim (src/flow/claim.ts)
+// returns such tasks unclaimed, stamped with unserved_since, and, in the same transaction, this
+// module either leaves them in the
 // queue for a worker that has the version (a new attempt AGENT_VERSION_RETRY_MS later, no failure
 // counted) or, once they have been unserved for AGENT_VERSION_WAIT_MS, fails them for good with
 // AgentVersionUnavailable, and their workflow with them.
