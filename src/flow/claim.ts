@@ -110,7 +110,7 @@ export interface ClaimOutcome {
   dropped: FetchedJob[]
   /**
    * Tasks that need an agent version this worker lacks: left in the queue for a worker that has
-   * it, or failed for good once unserved for too long, in the same transaction (see versions.ts).
+   * it, or failed for good once unserved for too long, in the same transaction (see unserved.ts).
    */
   unserved: UnservedOutcome[]
 }
