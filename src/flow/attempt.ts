@@ -16,6 +16,7 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { InvalidInputError, isPermanent, LeaseLostError, serializeError, Snooze } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
+import { type Usage, UsageMeter } from '../usage/meter.ts'
 import type { ClaimedTask } from './claimed.ts'
 
 /** Why an agent's signal was aborted, other than its task losing its lease (LeaseLostError). */
@@ -30,9 +31,15 @@ export class AbortReason extends Error {
 
 export type AttemptEnd =
   /** The agent returned: `result` is stored as it will be (encrypted). */
-  | { kind: 'returned'; result: Json; spawned: SpawnedTask[] }
+  | { kind: 'returned'; result: Json; spawned: SpawnedTask[]; usage: Usage | null }
   /** The agent threw, timed out or returned what cannot be stored. */
-  | { kind: 'threw'; error: ReturnType<typeof serializeError>; permanent: boolean; cause: unknown }
+  | {
+      kind: 'threw'
+      error: ReturnType<typeof serializeError>
+      permanent: boolean
+      cause: unknown
+      usage: Usage | null
+    }
   | { kind: 'snoozed'; snooze: Snooze }
   /**
    * Aborted by a decision made elsewhere (cancelled, lease lost: `lease_lost`; the worker shutting
@@ -57,6 +64,7 @@ export interface AttemptRun {
 export async function runAttempt(r: AttemptRun): Promise<AttemptEnd> {
   const { task, scope, controller, agent } = r
   const spawned: SpawnedTask[] = []
+  const meter = new UsageMeter(agent.id, agent.usage)
   const timer = setTimeout(
     () => controller.abort(new AbortReason('timeout', `task timed out after ${task.timeoutMs} ms`)),
     task.timeoutMs,
@@ -89,6 +97,7 @@ export async function runAttempt(r: AttemptRun): Promise<AttemptEnd> {
       throw new Snooze(snoozeDelay(delay))
     },
     agentVersion: agent.version,
+    usage: (amounts) => meter.add(amounts),
   }
   let end: AttemptEnd
   try {
@@ -99,7 +108,7 @@ export async function runAttempt(r: AttemptRun): Promise<AttemptEnd> {
     failpoint('agent.after-return')
     assertStorableJson(returned ?? null, '$.result', r.limits)
     const result = r.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
-    end = { kind: 'returned', result, spawned }
+    end = { kind: 'returned', result, spawned, usage: null }
   } catch (thrown) {
     if (isSnooze(thrown) && !controller.signal.aborted) return { kind: 'snoozed', snooze: thrown }
     const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined
@@ -110,14 +119,21 @@ export async function runAttempt(r: AttemptRun): Promise<AttemptEnd> {
       return { kind: 'aborted', outcome: kind === 'shutdown' ? 'released' : 'lease_lost', counted: true }
     }
     const error = reason instanceof AbortReason ? reason : thrown
-    end = { kind: 'threw', error: serializeError(error), permanent: isPermanent(error), cause: error }
+    end = {
+      kind: 'threw',
+      error: serializeError(error),
+      permanent: isPermanent(error),
+      cause: error,
+      usage: null,
+    }
   } finally {
     clearTimeout(timer)
   }
   const reason: unknown = controller.signal.aborted ? controller.signal.reason : undefined
   if (reason instanceof AbortReason && reason.kind === 'shutdown')
     return { kind: 'aborted', outcome: 'released', counted: false }
-  return end
+  // What the agent reported (ctx.usage), written with the attempt's end.
+  return { ...end, usage: meter.total() ?? null }
 }
 
 /** Whether an agent threw a snooze; never throws itself (agents throw Proxies whose traps throw). */

@@ -6,6 +6,7 @@
 // whose lost workers can no longer count what they ran). applyEffects is the only function that
 // counts them, so no writer can forget to (the sweeper did: issue 24).
 import type { Metrics, TaskOutcome as MetricsTaskOutcome } from '../metrics.ts'
+import type { Usage } from '../usage/meter.ts'
 import type { TenantScope } from '../db/tx.ts'
 import type { ClaimedTask } from './claimed.ts'
 import type { SweepReport } from './sweep.ts'
@@ -42,6 +43,8 @@ export interface Effects {
   workflows?: readonly WorkflowEnded[]
   /** Tasks the sweeper put back in the queue (`requeued`), or found lost (`lost`). */
   recovered?: { requeued: number; lost: number }
+  /** Usage written with an attempt's end (ctx.usage), for the caller's hook. */
+  usage?: readonly { task: ClaimedTask; tenantId: string; usage: Usage }[]
   /** Queues the write made jobs ready in: loops of this process waiting on them may fetch now. */
   wake?: readonly string[]
 }
@@ -51,6 +54,8 @@ export interface WorkerHooks {
   /** The agent is about to run; `dispatchLatencyMs` runs from the task becoming ready to now. */
   taskStarted?(t: ClaimedTask, tenantId: string, dispatchLatencyMs: number): void
   taskFinished?(t: ClaimedTask, tenantId: string, outcome: TaskOutcome, durationMs: number): void
+  /** The attempt's usage (ctx.usage) was written with its completion or failure. */
+  usageRecorded?(t: ClaimedTask, tenantId: string, usage: Usage): void
   /** A completion or a failure of this worker ended the workflow. */
   workflowFinished?(tenantId: string, type: string, status: 'completed' | 'failed', durationMs: number): void
 }
@@ -81,6 +86,12 @@ export function applyEffects(effects: Effects, sinks: EffectSinks): void {
   for (const w of effects.workflows ?? []) {
     m?.workflowFinished(w.type, w.status, w.durationMs, w.tenantId, w.database ?? database)
     if (w.status !== 'cancelled') hooks?.workflowFinished?.(w.tenantId, w.type, w.status, w.durationMs)
+  }
+  for (const u of effects.usage ?? []) {
+    if (m)
+      for (const [dimension, amount] of Object.entries(u.usage))
+        m.agentUsage.inc(m.withTenant({ agent: u.task.agentId, dimension }, u.tenantId, database), amount)
+    hooks?.usageRecorded?.(u.task, u.tenantId, u.usage)
   }
   if (effects.recovered && m) {
     m.sweeperRecovered.inc({ action: 'requeued' }, effects.recovered.requeued)

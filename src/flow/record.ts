@@ -72,6 +72,7 @@ export class Recorder {
             ...(end.spawned.length
               ? { spawn: { tasks: end.spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
               : {}),
+            ...(end.usage ? { usage: end.usage } : {}),
           })
           if (written.written) log.debug({ ms: Math.round(durationMs) }, 'task completed')
           else discarded(log, durationMs)
@@ -79,6 +80,7 @@ export class Recorder {
           // waking our loops here as well would only cost an empty fetch when the NOTIFY follows.
           return {
             tasks: ended(written.written ? 'completed' : 'lease_lost'),
+            usage: written.written && end.usage ? [{ task, tenantId: scope.tenantId, usage: end.usage }] : [],
             workflows: written.workflowsCompleted.map((wf) => ({
               tenantId: scope.tenantId,
               type: wf.type,
@@ -110,12 +112,17 @@ export class Recorder {
         error: failure.error,
         permanent: failure.permanent,
         ...(task.job.jobId ? { job: { jobId: task.job.jobId, retryCount: task.job.retryCount } } : {}),
+        ...(end.usage ? { usage: end.usage } : {}),
       }
       const outcome = await this.#writeEnd(scope, [task], log, 'failure', () =>
         failAttempt(this.#o, scope, attemptFailure),
       )
       return {
         tasks: ended(outcome.kind),
+        usage:
+          end.usage && outcome.kind !== 'lease_lost'
+            ? [{ task, tenantId: scope.tenantId, usage: end.usage }]
+            : [],
         workflows:
           outcome.kind === 'failed' && outcome.workflow
             ? [{ tenantId: scope.tenantId, status: 'failed', ...outcome.workflow }]
