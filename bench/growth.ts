@@ -126,7 +126,7 @@ const beginScoped = (tenantId: string, schema: string) =>
 // starts at now - 1 s - days * (1 - (i + 0.5) / W), so the history ends about a second ago and its
 // ids, like the engine's, grow with time. The durations are those of a no-op diamond: queue waits
 // of 5-50 ms, runs of 2-20 ms. Every row is what the engine writes for that step (src/flow/start.ts,
-// claim.ts, complete.ts, task-rows.ts, src/queue/boss.ts insertJobs), at the time it would write it.
+// claim.ts, complete.ts, task-rows.ts, src/queue/boss.ts insertJobsTx), at the time it would write it.
 //   $1 tenant  $2 first index  $3 count  $4 total workflows  $5 days  $6 reference now
 //   $7 per-key task template (planTasks output)  $8 workflow type  $9 version  $10 tier
 //   $11 jobs mode  $12 worker id  $13 tasks per workflow
@@ -252,7 +252,7 @@ ce AS (
   RETURNING 1
 ),
 jb AS (
-  -- The job pg-boss stored for each task (insertJobs: ids only, the tenant's group, expiry backstop),
+  -- The job pg-boss stored for each task (insertJobsTx: ids only, the tenant's group, expiry backstop),
   -- fetched just before the claim and completed with the task.
   INSERT INTO ${BOSS_SCHEMA}.job (id, name, priority, data, state, retry_limit, retry_count, retry_delay,
     retry_backoff, retry_delay_max, expire_seconds, deletion_seconds, singleton_key, singleton_on, group_id,

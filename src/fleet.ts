@@ -10,7 +10,7 @@ import { selects, type TenantSelection } from './config.ts'
 import { databaseKey } from './tenancy/placement.ts'
 import type { Store, Stores } from './tenancy/stores.ts'
 import type { TenantScope } from './db/tx.ts'
-import { isTransient } from './flow/completer.ts'
+import { isTransient } from './db/errors.ts'
 import type { TenantDirectory } from './tenancy/tenants.ts'
 
 /** Something a process runs on every tenant database it serves; start returns its stop. */

@@ -64,7 +64,7 @@ export async function runUntilSignal(log: Logger, stop: () => Promise<void>, qui
  * (a wrong password, no such database) end the command at once with their one-line error.
  */
 export async function startEngine(engine: Engine, log: Logger): Promise<Engine> {
-  const { isTransient } = await import('../flow/completer.ts')
+  const { isTransient } = await import('../db/errors.ts')
   for (let attempt = 1; ; attempt++) {
     try {
       return await engine.start()

@@ -15,7 +15,7 @@ import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, isTimedOut, type TenantScope, type TxTimeouts } from '../db/tx.ts'
-import { isTransient } from '../flow/completer.ts'
+import { isTransient } from '../db/errors.ts'
 import { scopeOfRow } from '../tenancy/tenants.ts'
 import {
   maintenanceTx,

@@ -4,8 +4,9 @@
 // next transaction, and row-level security (or the tenant's own schema) decides what the statements
 // can see.
 import pg from 'pg'
-import type { Db as BossDb } from 'pg-boss'
+import type { Db as BossDb, PgBoss } from 'pg-boss'
 import { TENANT_SEAL_SETTING, tenantContextSecret, tenantCredential } from '../tenancy/tenant-context.ts'
+import { isConflict } from './errors.ts'
 
 /**
  * Anything that runs SQL: a pooled client, a caller's transaction, pg-boss's `db` option. The
@@ -34,6 +35,17 @@ export interface TenantScope {
   readonly database?: TenantDatabase | null
 }
 
+/**
+ * A tenant's open transaction, as the functions that run inside their caller's transaction take it
+ * (first, and their names end in `Tx`): its connection, the pg-boss of the tenant's database (its
+ * job writes join the transaction through `db`), and the tenant's scope.
+ */
+export interface TenantTx {
+  readonly db: Db
+  readonly boss: PgBoss
+  readonly scope: TenantScope
+}
+
 export function clientDb(client: pg.ClientBase): Db {
   return { executeSql: (text, values) => client.query(text, values as unknown[]) }
 }
@@ -52,16 +64,14 @@ function engineDb(client: pg.ClientBase): Db {
  * cost ~0.5-1 ms to plan), else as a plain one (a caller's transaction). `name` must be unique per
  * text: a connection keeps what it prepared under that name.
  */
-export function executeNamed(
+export function executeNamed<Row = any>(
   db: Db,
   name: string,
   text: string,
   values: unknown[],
-): Promise<{ rows: any[] }> {
+): Promise<{ rows: Row[] }> {
   return db.executeNamed ? db.executeNamed(name, text, values) : db.executeSql(text, values)
 }
-
-const RETRYABLE = new Set(['40001', '40P01'])
 
 /**
  * Server-side limits of a maintenance transaction (sweeper, sealer, wait expiry, scheduler,
@@ -128,11 +138,8 @@ async function beginScoped(
   for (const s of settled) if (s.status === 'rejected') throw s.reason
 }
 
-/** A lock not granted within lock_timeout (55P03), or a statement cancelled by statement_timeout (57014). */
-export function isTimedOut(error: unknown): boolean {
-  const code = (error as { code?: string } | null)?.code
-  return code === '55P03' || code === '57014'
-}
+// Which errors are retried, where: the one table in db/errors.ts.
+export { isTimedOut } from './errors.ts'
 
 /**
  * Runs `fn` under a savepoint of the caller's transaction; if a lock it needs is not granted in
@@ -178,8 +185,7 @@ export async function withTenantTx<T>(
       } catch {
         broken = true
       }
-      const code = (error as { code?: string }).code
-      if (code && RETRYABLE.has(code) && attempt < 5) {
+      if (isConflict(error) && attempt < 5) {
         await new Promise((r) => setTimeout(r, 5 * 2 ** attempt * (0.5 + Math.random())))
         continue
       }

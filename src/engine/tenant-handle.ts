@@ -31,6 +31,7 @@ import {
 import type { BudgetAuditEntry, BudgetView, UsageReport } from '../usage/budgets.ts'
 import { tenantBudgetAudit, tenantBudgets, tenantUsage, type UsageDeps } from '../usage/service.ts'
 import type { AuditEntry, ResultOptions, WorkflowFilter, WorkflowPage, WorkflowView } from './types.ts'
+import { applyEffects, waitEffects } from '../flow/effects.ts'
 
 /** What startWorkflow returns: the StartResult (JSON as before), and a way to await the run's end. */
 export class StartedWorkflow implements StartResult {
@@ -157,7 +158,10 @@ export class TenantHandle {
     requireUuid(id, 'workflow id')
     const store = await this.#engine.storeOf(this.scope)
     return cancelWorkflow(store, this.scope, id, options, (wf) =>
-      m.workflowFinished(wf.type, 'cancelled', wf.durationMs, this.id, store.key),
+      applyEffects(
+        { workflows: [{ tenantId: this.id, type: wf.type, status: 'cancelled', durationMs: wf.durationMs }] },
+        { metrics: m, database: store.key },
+      ),
     )
   }
 
@@ -247,10 +251,8 @@ export class TenantHandle {
       workflowId,
       delivery,
     )
-    for (const wf of outcome.workflowsCompleted)
-      e.metrics.workflowFinished(wf.type, 'completed', wf.durationMs, this.id, store.key)
-    for (const wf of outcome.workflowsFailed)
-      e.metrics.workflowFinished(wf.type, 'failed', wf.durationMs, this.id, store.key)
+    // The dispatched jobs are announced by the transaction's NOTIFY: no local loop to wake here.
+    applyEffects(waitEffects(this.scope, outcome), { metrics: e.metrics, database: store.key })
     return result
   }
 

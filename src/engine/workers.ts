@@ -141,7 +141,9 @@ export class Workers {
       localContinuation: this.#ctx.config.localContinuation,
       agentVersionRetryMs: this.#ctx.config.agentVersionRetryMs,
       agentVersionWaitMs: this.#ctx.config.agentVersionWaitMs,
-      hooks: this.#metricsHooks(hooks, store.key),
+      hooks,
+      metrics: this.#ctx.metrics,
+      database: store.key,
       liveness: this.#livenessRegistry() ?? undefined,
     })
     await worker.start()
@@ -176,34 +178,6 @@ export class Workers {
       checkMs: this.#ctx.config.heartbeatIntervalMs,
     })
     return this.#liveness
-  }
-
-  /** Worker hooks that feed the metrics, then call the caller's own hooks. */
-  #metricsHooks(extra: WorkerHooks = {}, database: string): WorkerHooks {
-    const m = this.#ctx.metrics
-    return {
-      taskStarted: (task, tenant, dispatchMs) => {
-        m.tasksStarted.inc(m.withTenant({ agent: task.agentId }, tenant, database))
-        m.taskQueueWait.observe({ agent: task.agentId }, task.queueWaitMs / 1000)
-        m.taskDispatchLatency.observe({ agent: task.agentId }, dispatchMs / 1000)
-        extra.taskStarted?.(task, tenant, dispatchMs)
-      },
-      taskFinished: (task, tenant, outcome, ms) => {
-        m.tasksFinished.inc(m.withTenant({ agent: task.agentId, outcome }, tenant, database))
-        if (outcome !== 'released') m.taskRunDuration.observe({ agent: task.agentId }, ms / 1000)
-        if (outcome === 'failed') m.deadLettered.inc({ agent: task.agentId })
-        extra.taskFinished?.(task, tenant, outcome, ms)
-      },
-      usageRecorded: (task, tenant, usage) => {
-        for (const [dimension, amount] of Object.entries(usage))
-          m.agentUsage.inc(m.withTenant({ agent: task.agentId, dimension }, tenant, database), amount)
-        extra.usageRecorded?.(task, tenant, usage)
-      },
-      workflowFinished: (tenant, type, status, ms) => {
-        m.workflowFinished(type, status, ms, tenant, database)
-        extra.workflowFinished?.(tenant, type, status, ms)
-      },
-    }
   }
 
   /** Session connections held by this process's workers: LISTEN ones, and the liveness registration. */

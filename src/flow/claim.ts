@@ -7,9 +7,9 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
-import { type AttemptState, attemptStateOf } from '../core/retry.ts'
+import { attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
 import type { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
@@ -17,46 +17,11 @@ import { insertJobsCte } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { holdTasks } from '../usage/holds.ts'
 import { NOT_BUDGET_HELD } from '../usage/sql.ts'
-import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
+import type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
+import { handleUnservedTx, type UnservedOutcome, type UnservedTask } from './unserved.ts'
+import type { VersionPolicy } from './versions.ts'
 
-export interface FetchedJob {
-  queue: string
-  /**
-   * The pg-boss job the task was fetched with; null when the task was claimed by local
-   * continuation (see LOCAL_CLAIM): it never had a job, and its task row's job_id is null.
-   */
-  jobId: string | null
-  retryCount: number
-  taskId: string
-  workflowId: string
-  attempt: number
-}
-
-export interface ClaimedTask extends AttemptState {
-  job: FetchedJob
-  taskId: string
-  workflowId: string
-  workflowType: string
-  taskKey: string
-  agentId: string
-  taskType: string
-  /** The agent version the task needs; null: any (the worker runs its highest). */
-  agentVersion: number | null
-  data: Json
-  input: Json
-  results: Record<string, Json>
-  correlationId: string
-  /** From the task becoming ready (queued_at) to this claim, on the database's clock. */
-  queueWaitMs: number
-  /** performance.now() when the claim returned: dispatch latency = queueWaitMs + (agent start - claimedAt). */
-  claimedAt: number
-  /**
-   * Set when the task's data, the workflow input or a parent's result could not be decrypted (a
-   * missing or wrong key): the worker records it as the attempt's failure instead of running the
-   * agent, and data, input and results are empty.
-   */
-  payloadError?: EncryptionError
-}
+export type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
 
 // A task whose agent version ($5: the versions of the agent this worker has) is not among them is
 // not claimed: the same UPDATE only stamps unserved_since (the first time) and returns it with
@@ -114,13 +79,40 @@ SELECT c.*, CASE WHEN c.served THEN (
 ) END AS results
 FROM claimed c`
 
+/** A row CLAIM returns (LOCAL_CLAIM too, served always, with `notified`). */
+interface ClaimRow {
+  id: string
+  workflow_id: string
+  task_key: string
+  agent_id: string
+  task_type: string
+  attempt: number
+  failures: number
+  max_attempts: number
+  backoff_ms: number
+  backoff_max_ms: number
+  timeout_ms: number
+  data: Json
+  depends_on: string[]
+  workflow_type: string
+  input: Json
+  correlation_id: string
+  queue_wait_ms: number | null
+  agent_version: number | null
+  served: boolean
+  status: 'queued' | 'running'
+  first_left: boolean | null
+  unserved_ms: number | null
+  results: Record<string, Json> | null
+}
+
 export interface ClaimOutcome {
   claimed: ClaimedTask[]
   /** Jobs whose task was not claimable; already completed as dropped in the same transaction. */
   dropped: FetchedJob[]
   /**
    * Tasks that need an agent version this worker lacks: left in the queue for a worker that has
-   * it, or failed for good once unserved for too long, in the same transaction (see versions.ts).
+   * it, or failed for good once unserved for too long, in the same transaction (see unserved.ts).
    */
   unserved: UnservedOutcome[]
 }
@@ -137,14 +129,14 @@ export async function claimTasks(
   versions?: VersionPolicy,
 ): Promise<ClaimOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
-    const { rows } = await executeNamed(db, 'eq_claim', CLAIM, [
+    const { rows } = await executeNamed<ClaimRow>(db, 'eq_claim', CLAIM, [
       scope.tenantId,
       JSON.stringify(jobs.map((j) => ({ id: j.taskId, attempt: j.attempt }))),
       workerId,
       jobs.map((j) => j.taskId),
       versions?.versions ?? null,
     ])
-    const byTask = new Map(rows.map((r) => [r.id as string, r]))
+    const byTask = new Map(rows.map((r) => [r.id, r]))
     const claimed: ClaimedTask[] = []
     const dropped: FetchedJob[] = []
     const unserved: UnservedTask[] = []
@@ -161,8 +153,9 @@ export async function claimTasks(
         unserved.push({
           task: { ...task, data: null, input: null },
           status: r.status,
-          agentVersion: r.agent_version,
-          firstLeft: r.first_left,
+          // Not served: the claim filled these (a task that takes any version is always served).
+          agentVersion: r.agent_version as number,
+          firstLeft: r.first_left as boolean,
           unservedMs: Number(r.unserved_ms),
         })
       }
@@ -179,7 +172,9 @@ export async function claimTasks(
       )
     }
     const left =
-      unserved.length > 0 && versions ? await handleUnserved(deps.boss, db, scope, unserved, versions) : []
+      unserved.length > 0 && versions
+        ? await handleUnservedTx({ db, boss: deps.boss, scope }, unserved, versions)
+        : []
     failpoint('claim.before-commit')
     return { claimed, dropped, unserved: left }
   })
@@ -188,7 +183,7 @@ export async function claimTasks(
   return outcome
 }
 
-function claimedTaskOf(job: FetchedJob, r: Record<string, any>): ClaimedTask {
+function claimedTaskOf(job: FetchedJob, r: ClaimRow): ClaimedTask {
   return {
     job,
     taskId: r.id,
@@ -261,15 +256,6 @@ SELECT c.*, (
 ) AS results, n.n AS notified
 FROM notified n LEFT JOIN claimed c ON true`
 
-/** A ready task this worker may claim in the completion's transaction, with its agent's versions. */
-export interface LocalCandidate {
-  queue: string
-  taskId: string
-  attempt: number
-  /** The versions of the task's agent this worker has. */
-  versions: readonly number[]
-}
-
 /**
  * Claims `candidates` in the caller's (completion) transaction, inserts `jobs` (rows as jobRow
  * makes them: the ready tasks not picked, where our statements write pg-boss's jobs) and notifies
@@ -277,15 +263,16 @@ export interface LocalCandidate {
  * commit). A candidate not returned stays queued (it needs an agent version this worker lacks):
  * the caller inserts its job.
  */
-export async function claimLocally(
-  db: Db,
-  scope: TenantScope,
+export async function claimLocallyTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   workerId: string,
   candidates: readonly LocalCandidate[],
   notify: readonly string[],
   jobs: readonly JobRow[],
 ): Promise<ClaimedTask[]> {
-  const { rows } = await executeNamed(db, 'eq_local_claim', LOCAL_CLAIM, [
+  const { rows } = await executeNamed<
+    (ClaimRow & { queue: string; notified: number }) | { id: null; notified: number }
+  >(db, 'eq_local_claim', LOCAL_CLAIM, [
     scope.tenantId,
     JSON.stringify(candidates.map((c) => ({ id: c.taskId, attempt: c.attempt, versions: c.versions }))),
     workerId,

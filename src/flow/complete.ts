@@ -7,13 +7,15 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
-import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type Db, executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
+import { LeaseLostError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
-import { completeJobs, insertJobs, jobRow, type ReadyJob } from '../queue/boss.ts'
+import { completeJobsTx, insertJobsTx, jobRow, type ReadyJob } from '../queue/boss.ts'
 import { completeJobsCte, insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { ENDED_CHANNEL, READY_CHANNEL } from './channels.ts'
-import { type ClaimedTask, claimLocally, type FetchedJob, type LocalCandidate } from './claim.ts'
-import { spawnTasks, type SpawnRequest } from './spawn.ts'
+import { claimLocallyTx } from './claim.ts'
+import type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
+import { spawnTasksTx, type SpawnRequest } from './spawn.ts'
 import { readyAt, timerOf } from './task-rows.ts'
 import type { Usage } from '../usage/meter.ts'
 import { USAGE_COLUMN, usageCte } from '../usage/sql.ts'
@@ -150,6 +152,23 @@ SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL,
   NULL, NULL`
 }
 
+/** A row COMPLETE returns: one per kind of thing it did. */
+type CompleteRow =
+  | { kind: 'done'; id: string; workflow_id: string }
+  | {
+      kind: 'ready'
+      id: string
+      workflow_id: string
+      queue: string
+      attempt: number
+      job_id: string
+      /** The task's timeout_ms. */
+      n: number
+      start_after: string | null
+    }
+  | { kind: 'workflow'; id: string; type: string; /** Its duration in ms. */ n: number }
+  | { kind: 'notified'; attempt: number; n: number }
+
 export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
@@ -166,7 +185,7 @@ export async function completeTasks(
   try {
     return await withTenantTx(deps.pool, scope, async (db) => {
       giveBack()
-      return completeIn(deps, db, scope, items, local, (picks) => (held = picks))
+      return completeTx({ db, boss: deps.boss, scope }, items, local, (picks) => (held = picks))
     })
   } catch (error) {
     giveBack()
@@ -174,37 +193,27 @@ export async function completeTasks(
   }
 }
 
-async function completeIn(
-  deps: { pool: pg.Pool; boss: PgBoss },
-  db: Db,
-  scope: TenantScope,
+/** completeTasks' body, in its transaction: the spawned tasks, then the completions. */
+async function completeTx(
+  tx: TenantTx,
   items: readonly Completion[],
   local: LocalContinuation | undefined,
   holding: (picks: LocalCandidate[]) => void,
 ): Promise<CompletionOutcome> {
   const spawned: ReadyJob[] = []
   for (const item of items) {
-    if (item.spawn)
-      spawned.push(...(await spawnTasks(deps, db, scope, item.workflowId, item.taskId, item.spawn)))
+    if (item.spawn) spawned.push(...(await spawnTasksTx(tx, item.workflowId, item.taskId, item.spawn)))
   }
-  const outcome = await writeCompletions(deps.boss, db, scope, items, local, holding)
+  const outcome = await writeCompletionsTx(tx, items, local, holding)
   const lostSpawner = items.find((i) => i.spawn && !outcome.completed.has(i.taskId))
   if (lostSpawner) {
     // Roll back the spawned tasks with the rest: their parent's completion did not happen.
-    throw new SpawnLeaseLostError(lostSpawner.taskId)
+    throw new LeaseLostError(lostSpawner.taskId, lostSpawner.attempt)
   }
-  await insertJobs(deps.boss, db, scope, spawned)
+  await insertJobsTx(tx, spawned)
   outcome.dispatched.push(...spawned)
   failpoint('complete.before-commit')
   return outcome
-}
-
-export class SpawnLeaseLostError extends Error {
-  readonly taskId: string
-  constructor(taskId: string) {
-    super(`task ${taskId} lost its lease; its spawned tasks were not added`)
-    this.taskId = taskId
-  }
 }
 
 /**
@@ -212,19 +221,18 @@ export class SpawnLeaseLostError extends Error {
  * the worker's picks among the tasks made ready are claimed here too (see LOCAL_CLAIM); `holding`
  * learns the picks whose slots are held, for the caller to give back if the transaction fails.
  */
-export async function writeCompletions(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+export async function writeCompletionsTx(
+  tx: TenantTx,
   items: readonly Completion[],
   local?: LocalContinuation,
   holding?: (picks: LocalCandidate[]) => void,
 ): Promise<CompletionOutcome> {
+  const { db, boss, scope } = tx
   // Where our statements write pg-boss's jobs (direct.ts), this statement also completes the batch's
   // jobs and, without local continuation, inserts the jobs of the tasks it makes ready.
   const direct = usesDirectJobs(boss)
   const usage = items.some((i) => i.usage)
-  const { rows } = await executeNamed(
+  const { rows } = await executeNamed<CompleteRow>(
     db,
     usage ? 'eq_complete_usage' : 'eq_complete',
     usage ? COMPLETE_WITH_USAGE : COMPLETE,
@@ -279,7 +287,7 @@ export async function writeCompletions(
     const notify = [...new Set(rest.map((d) => d.queue))]
     claimedLocally =
       picks.length > 0 || notify.length > 0
-        ? await claimLocally(db, scope, local.workerId, picks, notify, direct ? rest.map(jobRow) : [])
+        ? await claimLocallyTx(tx, local.workerId, picks, notify, direct ? rest.map(jobRow) : [])
         : []
     const claimed = new Set(claimedLocally.map((t) => t.taskId))
     // A pick the claim did not take (it needs an agent version this worker lacks) is queued after all.
@@ -293,14 +301,13 @@ export async function writeCompletions(
     queued = dispatched.filter((d) => !claimed.has(d.taskId))
     toInsert = direct ? queued.filter((d) => unclaimed.has(d.taskId)) : queued
   }
-  await insertJobs(boss, db, scope, toInsert)
+  await insertJobsTx(tx, toInsert)
   failpoint('complete.after-dependents')
   // Complete every job of the batch, fenced on the fetched attempt; a lease-lost task's job is done
   // too. A locally claimed task has no job. With `direct`, COMPLETE did it.
   if (!direct) {
-    await completeJobs(
-      boss,
-      db,
+    await completeJobsTx(
+      tx,
       items.flatMap((i) =>
         i.job?.jobId ? [{ queue: i.job.queue, jobId: i.job.jobId, retryCount: i.job.retryCount }] : [],
       ),

@@ -4,11 +4,12 @@
 // completion is written alone with no added wait.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
+import { retryTransient } from '../db/errors.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { failpoint } from '../failpoints.ts'
 import type { ClaimedTask } from './claim.ts'
 import { type Completion, type CompletionOutcome, completeTasks, type LocalContinuation } from './complete.ts'
-import { heartbeat } from './heartbeat.ts'
+import { keepAlive } from './heartbeat.ts'
 
 export interface CompletionResult {
   /** False when the task's lease was lost (cancelled, recovered elsewhere): the result was discarded. */
@@ -26,7 +27,6 @@ interface Pending {
 }
 
 const MAX_BATCH = 200
-const RETRY_FOR_MS = 30_000
 
 export class Completer {
   readonly #deps: { pool: pg.Pool; boss: PgBoss }
@@ -117,59 +117,4 @@ export class Completer {
       p.resolve({ written, outcome, workflowsCompleted: ended })
     }
   }
-}
-
-/**
- * Runs a write, and runs it again after a short backoff while it fails with a transient error, for
- * up to 30 s; other errors, and the last one, are thrown. `onRetry` runs before each wait. Every
- * write of an attempt's end (completion, failure, snooze, release) goes through here: a write
- * given up leaves the task running without a heartbeat, and the sweeper would count it as lost.
- */
-export async function retryTransient<T>(
-  write: () => Promise<T>,
-  onRetry: (error: unknown, attempt: number) => void | Promise<void>,
-): Promise<T> {
-  const started = Date.now()
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await write()
-    } catch (error) {
-      if (!isTransient(error) || Date.now() - started > RETRY_FOR_MS) throw error
-      await onRetry(error, attempt)
-      await new Promise((r) => setTimeout(r, Math.min(2000, 50 * 2 ** attempt)))
-    }
-  }
-}
-
-/**
- * Between tries of a write, stamps its tasks' heartbeats, so the sweeper does not take them as lost
- * while their outcome waits to be written (best effort: the database may still be away).
- */
-export async function keepAlive(
-  pool: pg.Pool,
-  scope: TenantScope,
-  tasks: readonly { taskId: string; attempt: number }[],
-): Promise<void> {
-  await heartbeat(pool, scope, tasks).catch(() => {})
-}
-
-/** Connection-level and server-availability errors: the database may come back. */
-export function isTransient(error: unknown): boolean {
-  const code = (error as { code?: string } | null)?.code
-  if (typeof code !== 'string') {
-    const message = String((error as { message?: string } | null)?.message ?? '')
-    return /Connection terminated|ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENETUNREACH|EAI_AGAIN|EPIPE|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(
-      message,
-    )
-  }
-  // 08: connection exceptions; 57P01-03: the server shutting down or starting; 53300: too many
-  // connections; then the socket errors of a refused, reset or partitioned network (ENOTFOUND is
-  // left out: it is usually a mistyped host name).
-  return (
-    code.startsWith('08') ||
-    ['57P01', '57P02', '57P03', '53300'].includes(code) ||
-    ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'EPIPE'].includes(
-      code,
-    )
-  )
 }

@@ -5,8 +5,8 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
-import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
-import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
+import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
+import { DEAD_LETTER_QUEUE, insertJobsTx } from '../queue/boss.ts'
 import { ENDED_CHANNEL } from './channels.ts'
 import { failpoint } from '../failpoints.ts'
 import type { Usage } from '../usage/meter.ts'
@@ -113,6 +113,19 @@ WHERE (SELECT count(*) FROM ended) >= 0
 UNION ALL
 SELECT 'skipped', s.job_id, s.queue, NULL, NULL FROM skipped s`
 
+/** The row FAIL_ATTEMPT returns when the attempt still held the task. */
+interface FailAttemptRow {
+  status: 'queued' | 'failed'
+  attempt: number
+  job_id: string
+  start_after: string
+}
+
+/** The rows FAIL_WORKFLOW returns: the workflow it failed, and the tasks it skipped. */
+type FailWorkflowRow =
+  | { kind: 'workflow'; job_id: null; queue: null; type: string; ms: number }
+  | { kind: 'skipped'; job_id: string | null; queue: string; type: null; ms: null }
+
 export async function failAttempt(
   deps: { pool: pg.Pool; boss: PgBoss },
   scope: TenantScope,
@@ -120,7 +133,7 @@ export async function failAttempt(
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
   const outcome = await withTenantTx(deps.pool, scope, async (db) => {
-    const outcome = await failAttemptIn(deps.boss, db, scope, f, random)
+    const outcome = await failAttemptTx({ db, boss: deps.boss, scope }, f, random)
     failpoint('fail.before-commit')
     return outcome
   })
@@ -128,19 +141,19 @@ export async function failAttempt(
   return outcome
 }
 
-export async function failAttemptIn(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+/** Records the failed attempt in the caller's transaction (see failAttempt). */
+export async function failAttemptTx(
+  tx: TenantTx,
   f: AttemptFailure,
   random: () => number = Math.random,
 ): Promise<FailureOutcome> {
+  const { db, boss, scope } = tx
   const failures = f.failures + 1
   const mayRetry = canRetry(failures, f.maxAttempts, f.permanent)
   const delayMs = mayRetry ? retryDelayMs(failures, f.backoffMs, f.backoffMaxMs, random) : 0
   // A failure for good ends the workflow: lock it first (a retry's share lock comes with FAIL_ATTEMPT).
   if (!mayRetry) await db.executeSql(WORKFLOW_LOCK, [scope.tenantId, f.workflowId])
-  const { rows } = await executeNamed(db, 'eq_fail_attempt', FAIL_ATTEMPT, [
+  const { rows } = await executeNamed<FailAttemptRow>(db, 'eq_fail_attempt', FAIL_ATTEMPT, [
     scope.tenantId,
     f.taskId,
     f.attempt,
@@ -165,7 +178,7 @@ export async function failAttemptIn(
     )
   }
   if (retry) {
-    await insertJobs(boss, db, scope, [
+    await insertJobsTx(tx, [
       {
         queue: f.queue,
         jobId: row.job_id,
@@ -179,7 +192,7 @@ export async function failAttemptIn(
     ])
     return { kind: 'retrying', attempt: row.attempt, delayMs }
   }
-  const wf = await db.executeSql(FAIL_WORKFLOW, [
+  const wf: { rows: FailWorkflowRow[] } = await db.executeSql(FAIL_WORKFLOW, [
     scope.tenantId,
     f.workflowId,
     JSON.stringify({ task: f.taskId, agent: f.agentId, error: f.error }),
@@ -187,7 +200,7 @@ export async function failAttemptIn(
   const skipped = wf.rows.filter((r) => r.kind === 'skipped')
   for (const [queue, list] of Map.groupBy(
     skipped.filter((r) => r.job_id),
-    (r) => r.queue as string,
+    (r) => r.queue,
   )) {
     await boss.cancel(
       queue,

@@ -27,3 +27,15 @@ export async function heartbeat(
     return new Set(rows.map((r) => r.id as string))
   })
 }
+
+/**
+ * Between tries of a write, stamps its tasks' heartbeats, so the sweeper does not take them as lost
+ * while their outcome waits to be written (best effort: the database may still be away).
+ */
+export async function keepAlive(
+  pool: pg.Pool,
+  scope: TenantScope,
+  tasks: readonly { taskId: string; attempt: number }[],
+): Promise<void> {
+  await heartbeat(pool, scope, tasks).catch(() => {})
+}

@@ -3,9 +3,8 @@
 // queued task whose job was lost, or a ready task that has no job. Fenced on the status and attempt
 // the caller saw. A queued task keeps its timer (startAfter, backoff) if it has not passed yet; a
 // ready pending task gets its startAfter timer as it would have when it became ready.
-import type { PgBoss } from 'pg-boss'
-import type { Db, TenantScope } from '../db/tx.ts'
-import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import type { TenantTx } from '../db/tx.ts'
+import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { readyAt } from './task-rows.ts'
 
@@ -55,14 +54,13 @@ audit AS (
 notified AS (SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t) q)
 SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t`
 
-export async function requeueTasks(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+export async function requeueTasksTx(
+  tx: TenantTx,
   items: readonly RequeueItem[],
   action: 'task_released' | 'task_recovered' | 'task_snoozed' | 'task_left',
 ): Promise<ReadyJob[]> {
   if (items.length === 0) return []
+  const { db, boss, scope } = tx
   const { rows } = await db.executeSql(REQUEUE, [
     scope.tenantId,
     JSON.stringify(
@@ -98,6 +96,6 @@ export async function requeueTasks(
     timeoutMs: r.timeout_ms,
     startAfter: r.start_after,
   }))
-  await insertJobs(boss, db, scope, jobs)
+  await insertJobsTx(tx, jobs)
   return jobs
 }

@@ -2,12 +2,11 @@
 // are validated against the workflow's existing tasks and inserted in the completion transaction of
 // the agent's task, so they exist if and only if that completion commits.
 import { randomUUID } from 'node:crypto'
-import type { PgBoss } from 'pg-boss'
 import { LIMITS, resolveTask, type SpawnedTask, topologicalOrder } from '../core/definition.ts'
 import { assertStorableJson, type JsonLimits } from '../core/json.ts'
 import { planTasks } from '../core/plan.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import type { Db, TenantScope } from '../db/tx.ts'
+import type { TenantTx } from '../db/tx.ts'
 import { DefinitionError } from '../errors.ts'
 import { queueName, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
@@ -47,10 +46,8 @@ SELECT (SELECT count(*) FROM notified) AS notified,
   (SELECT jsonb_object_agg(t.id, t.start_after) FROM t WHERE t.start_after IS NOT NULL) AS timers`
 
 /** Inserts the spawned tasks; returns the jobs of the ones ready at once (to insert with the batch). */
-export async function spawnTasks(
-  _deps: { boss: PgBoss },
-  db: Db,
-  scope: TenantScope,
+export async function spawnTasksTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   workflowId: string,
   spawnerId: string,
   request: SpawnRequest,

@@ -13,7 +13,7 @@ import type { KeyRing } from '../crypto/keyring.ts'
 import { tenantContextSecret } from '../tenancy/tenant-context.ts'
 import { type Db, executeNamed, type TenantScope, withinCallerTx, withTenantTx } from '../db/tx.ts'
 import { EquilateralError, InvalidInputError } from '../errors.ts'
-import { insertJobs, queueName } from '../queue/boss.ts'
+import { insertJobsTx, queueName } from '../queue/boss.ts'
 import { insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { insertPlannedTasks } from './task-rows.ts'
@@ -83,6 +83,14 @@ notified AS (
 SELECT (SELECT id FROM wf) AS id, (SELECT count(*) FROM notified) AS notified,
   (SELECT jsonb_object_agg(t.id, t.start_after) FROM t WHERE t.start_after IS NOT NULL) AS timers`
 
+/** START's one row: the workflow id (null: the idempotency key was taken), and the ready tasks' timers. */
+interface StartRow {
+  id: string | null
+  notified: string
+  /** Task id -> its start_after, for the tasks that have one. */
+  timers: Record<string, string> | null
+}
+
 export interface StartDeps {
   pool: pg.Pool
   boss: PgBoss
@@ -123,7 +131,7 @@ export async function startWorkflow<TInput, TStart>(
   // Where our statements write pg-boss's jobs (queue/direct.ts), START inserts the ready tasks' jobs.
   const direct = usesDirectJobs(deps.boss)
   const run = async (db: Db): Promise<StartResult> => {
-    const { rows } = await executeNamed(db, 'eq_start', START, [
+    const { rows } = await executeNamed<StartRow>(db, 'eq_start', START, [
       scope.tenantId,
       workflowId,
       def.name,
@@ -140,12 +148,10 @@ export async function startWorkflow<TInput, TStart>(
     ])
     if (rows[0]?.id) {
       if (direct) return { id: workflowId, created: true, status: 'running' }
-      const timers: Record<string, string> = rows[0].timers ?? {}
+      const timers = rows[0].timers ?? {}
       const ready = tasks.filter((t) => t.status === 'queued')
-      await insertJobs(
-        deps.boss,
-        db,
-        scope,
+      await insertJobsTx(
+        { db, boss: deps.boss, scope },
         ready.map((t) => ({
           queue: t.queue,
           jobId: t.job_id as string,

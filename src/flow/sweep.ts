@@ -17,14 +17,15 @@ import {
   type Db,
   isTimedOut,
   type TenantScope,
+  type TenantTx,
   type TxTimeouts,
   unlessLocked,
   withTimeouts,
 } from '../db/tx.ts'
-import { isTransient } from './completer.ts'
-import { failAttemptIn } from './fail.ts'
-import { requeueTasks, type RequeueItem } from './requeue.ts'
-import { dueWaits, expireWaits, type WaitDeps } from './waits.ts'
+import { isTransient } from '../db/errors.ts'
+import { failAttemptTx } from './fail.ts'
+import { requeueTasksTx, type RequeueItem } from './requeue.ts'
+import { dueWaitsTx, expireWaits, type WaitDeps } from './waits.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import type { JsonLimits } from '../core/json.ts'
 import type { DeadWorkers } from './liveness.ts'
@@ -182,7 +183,7 @@ async function sweepTenant(
         options.deadWorkers?.seenAt ?? null,
       ])
       const candidates = rows.map(toCandidate)
-      const free = await lockFree(db, scope, candidates, report)
+      const free = await lockFreeTx(db, scope, candidates, report)
       const requeue: RequeueItem[] = []
       for (const c of candidates) {
         const action = decideSweep(c)
@@ -198,15 +199,18 @@ async function sweepTenant(
         } else if (action.kind === 'lost_worker') {
           // Failing a task for good fails its workflow, whose row a sibling's completion may hold.
           const outcome = await unlessLocked(db, null, () =>
-            failAttemptIn(boss, db, scope, {
-              ...c,
-              error: { name: 'WorkerLost', message: action.reason },
-              permanent: false,
-              action: 'task_lost',
-              ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
-                ? { job: { jobId: c.jobId } }
-                : {}),
-            }),
+            failAttemptTx(
+              { db, boss, scope },
+              {
+                ...c,
+                error: { name: 'WorkerLost', message: action.reason },
+                permanent: false,
+                action: 'task_lost',
+                ...(c.jobId && c.jobState && !['completed', 'cancelled', 'failed'].includes(c.jobState)
+                  ? { job: { jobId: c.jobId } }
+                  : {}),
+              },
+            ),
           )
           if (outcome === null) report.skipped++
           else if (outcome.kind !== 'lease_lost') {
@@ -219,7 +223,7 @@ async function sweepTenant(
           }
         }
       }
-      report.requeued += await requeueUnlessLocked(boss, db, scope, requeue, report)
+      report.requeued += await requeueUnlessLockedTx({ db, boss, scope }, requeue, report)
       return candidates
     })
     report.ended.tasks.push(...ended.tasks)
@@ -243,7 +247,7 @@ async function expireDueWaits(
 ): Promise<void> {
   for (let pages = 0; pages < options.maxPages; pages++) {
     const due = await withTimeouts(options.timeouts)(deps.pool, scope, (db) =>
-      dueWaits(db, scope, options.batchSize),
+      dueWaitsTx({ db, scope }, options.batchSize),
     )
     if (due.length === 0) return
     // Those a delivery or their timer job resolved meanwhile are left alone, and not counted; those
@@ -258,7 +262,7 @@ async function expireDueWaits(
  * Locks, without waiting, the candidates the sweep must act on; those another transaction holds (a
  * worker's completion under way, or frozen mid-way) are counted as skipped and left for next time.
  */
-async function lockFree(
+async function lockFreeTx(
   db: Db,
   scope: TenantScope,
   candidates: readonly SweepCandidate[],
@@ -275,18 +279,16 @@ async function lockFree(
  * Requeues in one statement; should a row it needs be held all the same (a job's, past
  * lock_timeout), one task at a time, skipping the held ones. Returns the tasks requeued.
  */
-async function requeueUnlessLocked(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+async function requeueUnlessLockedTx(
+  tx: TenantTx,
   items: readonly RequeueItem[],
   report: SweepReport,
 ): Promise<number> {
-  const all = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, items, 'task_recovered'))
+  const all = await unlessLocked(tx.db, null, () => requeueTasksTx(tx, items, 'task_recovered'))
   if (all) return all.length
   let requeued = 0
   for (const item of items) {
-    const one = await unlessLocked(db, null, () => requeueTasks(boss, db, scope, [item], 'task_recovered'))
+    const one = await unlessLocked(tx.db, null, () => requeueTasksTx(tx, [item], 'task_recovered'))
     if (one) requeued += one.length
     else report.skipped++
   }

@@ -1,32 +1,11 @@
 // Versions in flight: a task records the agent version its run needs (agent_version); a worker that
-// lacks that version does not run it. The claim (src/flow/claim.ts) returns such tasks unclaimed,
-// stamped with unserved_since, and, in the same transaction, this module either leaves them in the
-// queue for a worker that has the version (a new attempt AGENT_VERSION_RETRY_MS later, no failure
-// counted) or, once they have been unserved for AGENT_VERSION_WAIT_MS, fails them for good with
-// AgentVersionUnavailable, and their workflow with them.
-//
-// Audit: a task_left row on the first leave only (when unserved_since is stamped), not on each of
-// the leaves that follow every AGENT_VERSION_RETRY_MS (120 in 10 minutes with the defaults), and
-// the failure's rows (task_failed_attempt, task_failed, workflow_failed). A task that a worker with
-// its version runs has its stamp cleared, so a later gap is audited again.
-import type { PgBoss } from 'pg-boss'
-import type { Db, TenantScope } from '../db/tx.ts'
-import { AgentVersionUnavailableError, serializeError } from '../errors.ts'
-import type { ClaimedTask } from './claim.ts'
-import { type FailureOutcome, failAttemptIn } from './fail.ts'
-import { requeueTasks } from './requeue.ts'
-
-/** A fetched task this worker does not have the agent version of. */
-export interface UnservedTask {
-  task: ClaimedTask
-  status: 'queued' | 'running'
-  /** The version the task needs (never null: a task that takes any version is always served). */
-  agentVersion: number
-  /** This claim stamped unserved_since: the first time the task was left. */
-  firstLeft: boolean
-  /** For how long, on the database clock, the task has gone unserved. */
-  unservedMs: number
-}
+// lacks that version does not run it. This module is the worker's side of it, with no database
+// access: which versions of each agent a worker has (the policy its claims pass), and which
+// definition runs a claimed task. What happens to a task no version here can run is decided in the
+// claim's transaction: src/flow/unserved.ts.
+import type { AgentDefinition } from '../core/definition.ts'
+import { DefinitionError } from '../errors.ts'
+import { queueName } from '../queue/boss.ts'
 
 export interface VersionPolicy {
   /** The versions of the task's agent this worker has, lowest first. */
@@ -37,61 +16,59 @@ export interface VersionPolicy {
   waitMs: number
 }
 
-export type UnservedOutcome =
-  | { task: ClaimedTask; kind: 'left'; firstLeft: boolean }
-  | { task: ClaimedTask; kind: 'failed'; outcome: FailureOutcome; error: AgentVersionUnavailableError }
+/** The agents a worker runs, by id, then version (several versions of one id may run side by side). */
+export class AgentVersions {
+  readonly #agents = new Map<string, Map<number, AgentDefinition<any, any>>>()
+  /** Per queue: the versions of its agent this worker has, for the claim. */
+  readonly #policies = new Map<string, VersionPolicy>()
 
-/** Leaves or fails the unserved tasks of one claim, in the claim's transaction. */
-export async function handleUnserved(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
-  unserved: readonly UnservedTask[],
-  policy: VersionPolicy,
-): Promise<UnservedOutcome[]> {
-  const outcomes: UnservedOutcome[] = []
-  const leave = unserved.filter((u) => u.unservedMs < policy.waitMs)
-  if (leave.length > 0) {
-    const have = policy.versions.length > 0 ? policy.versions.join(', ') : 'none'
-    const requeued = await requeueTasks(
-      boss,
-      db,
-      scope,
-      leave.map((u) => ({
-        taskId: u.task.taskId,
-        attempt: u.task.attempt,
-        status: u.status,
-        reason: `needs agent "${u.task.agentId}" version ${u.agentVersion}; this worker has version ${have}`,
-        ...(u.task.job.jobId ? { oldJob: { queue: u.task.job.queue, jobId: u.task.job.jobId } } : {}),
-        delayMs: policy.retryMs,
-        audit: u.firstLeft,
-      })),
-      'task_left',
-    )
-    const done = new Set(requeued.map((j) => j.taskId))
-    for (const u of leave) {
-      if (done.has(u.task.taskId)) outcomes.push({ task: u.task, kind: 'left', firstLeft: u.firstLeft })
+  constructor(
+    agents: readonly AgentDefinition<any, any>[],
+    options: { agentVersionRetryMs?: number | undefined; agentVersionWaitMs?: number | undefined },
+  ) {
+    for (const a of agents) {
+      let versions = this.#agents.get(a.id)
+      if (!versions) this.#agents.set(a.id, (versions = new Map()))
+      const known = versions.get(a.version)
+      if (known && known !== a) {
+        throw new DefinitionError(`agent "${a.id}" version ${a.version} is given twice`, a.id)
+      }
+      versions.set(a.version, a)
+    }
+    for (const [id, versions] of this.#agents) {
+      this.#policies.set(queueName(id), {
+        versions: [...versions.keys()].sort((x, y) => x - y),
+        retryMs: options.agentVersionRetryMs ?? 5000,
+        waitMs: options.agentVersionWaitMs ?? 600_000,
+      })
     }
   }
-  for (const u of unserved) {
-    if (u.unservedMs < policy.waitMs) continue
-    const error = new AgentVersionUnavailableError(u.task.agentId, u.agentVersion, policy.waitMs)
-    const outcome = await failAttemptIn(boss, db, scope, {
-      taskId: u.task.taskId,
-      workflowId: u.task.workflowId,
-      attempt: u.task.attempt,
-      failures: u.task.failures,
-      maxAttempts: u.task.maxAttempts,
-      backoffMs: u.task.backoffMs,
-      backoffMaxMs: u.task.backoffMaxMs,
-      timeoutMs: u.task.timeoutMs,
-      queue: u.task.job.queue,
-      agentId: u.task.agentId,
-      error: serializeError(error),
-      permanent: true,
-      ...(u.task.job.jobId ? { job: { jobId: u.task.job.jobId, retryCount: u.task.job.retryCount } } : {}),
-    })
-    outcomes.push({ task: u.task, kind: 'failed', outcome, error })
+
+  /** The agent ids, one per queue. */
+  ids(): string[] {
+    return [...this.#agents.keys()]
   }
-  return outcomes
+
+  /** The queue's policy; undefined when this worker does not serve the queue. */
+  policy(queue: string): VersionPolicy | undefined {
+    return this.#policies.get(queue)
+  }
+
+  /** The agent's highest version this worker has. */
+  latest(id: string): AgentDefinition<any, any> {
+    const versions = this.#agents.get(id) as Map<number, AgentDefinition<any, any>>
+    return versions.get(Math.max(...versions.keys())) as AgentDefinition<any, any>
+  }
+
+  /** The version a claimed task's run needs (the claim only returns those this worker has), or the highest. */
+  of(agentId: string, agentVersion: number | null): AgentDefinition<any, any> {
+    return agentVersion === null
+      ? this.latest(agentId)
+      : (this.#agents.get(agentId)?.get(agentVersion) as AgentDefinition<any, any>)
+  }
+
+  /** For the start-up log line: each agent with its versions. */
+  describe(): string[] {
+    return [...this.#agents].map(([id, v]) => `${id}@${[...v.keys()].sort((x, y) => x - y).join(',')}`)
+  }
 }

@@ -11,6 +11,7 @@ import { SWEEP_QUEUE } from '../queue/boss.ts'
 import type { Store } from '../tenancy/stores.ts'
 import type { budgetPasses } from '../usage/service.ts'
 import { controlTenants, type Runner, type Stop } from './runner.ts'
+import { applyEffects, sweepEffects } from '../flow/effects.ts'
 
 /** The session advisory lock of the timer-driven sweeper (one process per database at a time). */
 const SWEEP_LOCK = 0x65717377
@@ -57,25 +58,10 @@ export class Sweeper {
       timeouts: this.#ctx.timeouts,
       deadWorkers: deadWorkers ?? undefined,
     })
-    this.#countSweep(report)
+    // A sweep's outcomes in the metrics, whoever ran it (the sweeper, a liveness pass, `equilateral
+    // sweep`, the test kit): the lost worker never counted the tasks and workflows it failed for good.
+    applyEffects(sweepEffects(report), { metrics: this.#ctx.metrics })
     return report
-  }
-
-  /**
-   * A sweep's outcomes in the metrics, whoever ran it (the sweeper, a liveness pass, `equilateral
-   * sweep`, the test kit): what it recovered, and the tasks and workflows it failed for good, which
-   * the lost worker never counted.
-   */
-  #countSweep(report: SweepReport): void {
-    const m = this.#ctx.metrics
-    m.sweeperRecovered.inc({ action: 'requeued' }, report.requeued)
-    m.sweeperRecovered.inc({ action: 'lost' }, report.lost)
-    for (const t of report.ended.tasks) {
-      m.tasksFinished.inc(m.withTenant({ agent: t.agentId, outcome: 'failed' }, t.tenantId, t.database))
-      m.deadLettered.inc({ agent: t.agentId })
-    }
-    for (const w of report.ended.workflows)
-      m.workflowFinished(w.type, 'failed', w.durationMs, w.tenantId, w.database)
   }
 
   /**

@@ -3,7 +3,7 @@
 // (retryLimit 0): retries are decided, counted and audited by the engine, fenced on its own rows.
 import { type Db as IDatabase, PgBoss, type JobInsert } from 'pg-boss'
 import { BOSS_SCHEMA } from '../db/names.ts'
-import { type Db, executeNamed, type TenantScope } from '../db/tx.ts'
+import { executeNamed, type TenantTx } from '../db/tx.ts'
 import { COMPLETE_JOBS, enableDirectJobs, INSERT_JOBS, usesDirectJobs } from './direct.ts'
 
 // Internal queues use '/', which agent ids cannot contain, so no agent's queue (`eq.<id>`) can
@@ -108,13 +108,9 @@ export async function ensureQueues(
  * Inserts the jobs in the caller's transaction: one statement for all of them where our own
  * statements write pg-boss's jobs (see direct.ts), else one pg-boss insert per distinct queue.
  */
-export async function insertJobs(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
-  jobs: readonly ReadyJob[],
-): Promise<void> {
+export async function insertJobsTx(tx: TenantTx, jobs: readonly ReadyJob[]): Promise<void> {
   if (jobs.length === 0) return
+  const { db, boss, scope } = tx
   if (usesDirectJobs(boss)) {
     await executeNamed(db, 'eq_insert_jobs', INSERT_JOBS, [
       scope.tenantId,
@@ -172,8 +168,12 @@ export interface FetchedJobRef {
  * Completes fetched jobs in the caller's transaction, fenced on the attempt they were fetched at:
  * one statement for all queues where our statements write pg-boss's jobs, else one per queue.
  */
-export async function completeJobs(boss: PgBoss, db: Db, jobs: readonly FetchedJobRef[]): Promise<void> {
+export async function completeJobsTx(
+  tx: Pick<TenantTx, 'db' | 'boss'>,
+  jobs: readonly FetchedJobRef[],
+): Promise<void> {
   if (jobs.length === 0) return
+  const { db, boss } = tx
   if (usesDirectJobs(boss)) {
     await executeNamed(db, 'eq_complete_jobs', COMPLETE_JOBS, [
       JSON.stringify(jobs.map((j) => ({ job_id: j.jobId, queue: j.queue, retry_count: j.retryCount }))),

@@ -4,7 +4,7 @@
 // completion transaction sent them after its own statement, the start transaction after its own.
 // Here the same rows are written by CTEs inside the engine's prepared START, COMPLETE and
 // LOCAL_CLAIM statements (no extra round trip, no planning), and by one statement for all queues
-// elsewhere (insertJobs). Everything else (fetch, retries of failed jobs, maintenance) stays
+// elsewhere (insertJobsTx). Everything else (fetch, retries of failed jobs, maintenance) stays
 // pg-boss's.
 //
 // The rows are exactly those pg-boss's insertJobs() and completeJobs() write for our jobs (see
@@ -56,7 +56,7 @@ export async function enableDirectJobs(boss: PgBoss, db: Db, queues: readonly st
  * A CTE `name` inserting the jobs of `source`'s rows: a relation with columns job_id, queue,
  * workflow_id, task_id, attempt, timeout_ms and start_after (text: a database time, or null for at
  * once), and optionally `timeout` (boolean, wait queue only). `tenant` and `tier` are SQL
- * expressions (parameters). What the job carries matches TaskJobData and insertJobs in boss.ts.
+ * expressions (parameters). What the job carries matches TaskJobData and insertJobsTx in boss.ts.
  */
 export function insertJobsCte(
   name: string,

@@ -10,7 +10,7 @@
 import type { PgBoss } from 'pg-boss'
 import type { Db, TenantScope } from '../db/tx.ts'
 import { READY_CHANNEL } from '../flow/channels.ts'
-import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 
 export const HOLD_REASON = 'budget_exhausted'
 
@@ -98,7 +98,7 @@ export async function releaseHolds(
         attempt: r.attempt,
         timeoutMs: r.timeout_ms,
       }))
-    await insertJobs(boss, db, scope, jobs)
+    await insertJobsTx({ db, boss, scope }, jobs)
     released += jobs.length
     if (rows.length < 500) return released
   }

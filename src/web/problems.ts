@@ -8,7 +8,7 @@
 import { STATUS_CODES } from 'node:http'
 import type { Socket } from 'node:net'
 import type { FastifyError, FastifyReply, FastifyRequest } from 'fastify'
-import { isTransient } from '../flow/completer.ts'
+import { isTransient } from '../db/errors.ts'
 
 export interface Problem {
   type: string

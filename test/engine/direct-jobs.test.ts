@@ -5,7 +5,7 @@
 import { randomUUID } from 'node:crypto'
 import pg from 'pg'
 import { afterAll, describe, expect, it } from 'vitest'
-import { completeJobs, createBoss, insertJobs, queueName, type ReadyJob } from '../../src/queue/boss.ts'
+import { completeJobsTx, createBoss, insertJobsTx, queueName, type ReadyJob } from '../../src/queue/boss.ts'
 import {
   DIRECT_JOBS_SCHEMA_VERSION,
   disableDirectJobs,
@@ -81,8 +81,8 @@ describe('the jobs our statements write', () => {
       theirs.push(readyJob(queueName('manual'), shape))
     }
     await withTenantTx(engine.pool, acme.scope, async (tx) => {
-      await insertJobs(engine.boss, tx, acme.scope, ours)
-      await insertJobs(viaApi, tx, acme.scope, theirs)
+      await insertJobsTx({ db: tx, boss: engine.boss, scope: acme.scope }, ours)
+      await insertJobsTx({ db: tx, boss: viaApi, scope: acme.scope }, theirs)
     })
     expect(await jobRows(ours.map((j) => j.jobId))).toEqual(await jobRows(theirs.map((j) => j.jobId)))
 
@@ -92,9 +92,13 @@ describe('the jobs our statements write', () => {
     const [mine, yours] = [ours[0], theirs[0]].map((j) => byId.get(j?.jobId ?? ''))
     if (!mine || !yours) throw new Error('the first jobs were not fetched')
     await withTenantTx(engine.pool, acme.scope, async (tx) => {
-      await completeJobs(engine.boss, tx, [{ queue: mine.name, jobId: mine.id, retryCount: mine.retryCount }])
-      await completeJobs(viaApi, tx, [{ queue: yours.name, jobId: yours.id, retryCount: yours.retryCount }])
-      await completeJobs(engine.boss, tx, [
+      await completeJobsTx({ db: tx, boss: engine.boss }, [
+        { queue: mine.name, jobId: mine.id, retryCount: mine.retryCount },
+      ])
+      await completeJobsTx({ db: tx, boss: viaApi }, [
+        { queue: yours.name, jobId: yours.id, retryCount: yours.retryCount },
+      ])
+      await completeJobsTx({ db: tx, boss: engine.boss }, [
         { queue: mine.name, jobId: mine.id, retryCount: mine.retryCount + 1 },
       ])
     })
@@ -119,13 +123,15 @@ describe('the jobs our statements write', () => {
 
   it('leave a job of another attempt active', async () => {
     const job = readyJob(queueName('manual'))
-    await withTenantTx(engine.pool, acme.scope, (tx) => insertJobs(engine.boss, tx, acme.scope, [job]))
+    await withTenantTx(engine.pool, acme.scope, (tx) =>
+      insertJobsTx({ db: tx, boss: engine.boss, scope: acme.scope }, [job]),
+    )
     const [fetched] = (await engine.boss.fetch(queueName('manual'), { batchSize: 10 })).filter(
       (j) => j.id === job.jobId,
     )
     if (!fetched) throw new Error('not fetched')
     await withTenantTx(engine.pool, acme.scope, (tx) =>
-      completeJobs(engine.boss, tx, [
+      completeJobsTx({ db: tx, boss: engine.boss }, [
         { queue: fetched.name, jobId: fetched.id, retryCount: fetched.retryCount + 1 },
       ]),
     )

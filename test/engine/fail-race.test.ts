@@ -5,8 +5,8 @@
 import { describe, expect, it } from 'vitest'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { withTenantTx } from '../../src/db/tx.ts'
-import { type AttemptFailure, failAttemptIn } from '../../src/flow/fail.ts'
-import { requeueTasks } from '../../src/flow/requeue.ts'
+import { type AttemptFailure, failAttemptTx } from '../../src/flow/fail.ts'
+import { requeueTasksTx } from '../../src/flow/requeue.ts'
 import { queryOnce } from '../helpers/db.ts'
 import { testEngine } from '../helpers/engine.ts'
 
@@ -87,8 +87,8 @@ describe('a retry racing the failure of its workflow', () => {
   it('is skipped when the retry was written first', async () => {
     const { workflowId, x, y } = await running()
     await interleave(
-      (tx) => failAttemptIn(store.boss, tx, scope, x),
-      (tx) => failAttemptIn(store.boss, tx, scope, y),
+      (tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, x),
+      (tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, y),
     )
     expect(await statuses(workflowId)).toEqual({ workflow: 'failed', x: 'skipped', y: 'failed' })
   })
@@ -96,27 +96,25 @@ describe('a retry racing the failure of its workflow', () => {
   it('fails for good when the workflow failed first', async () => {
     const { workflowId, x, y } = await running()
     await interleave(
-      (tx) => failAttemptIn(store.boss, tx, scope, y),
-      (tx) => failAttemptIn(store.boss, tx, scope, x),
+      (tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, y),
+      (tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, x),
     )
     expect(await statuses(workflowId)).toEqual({ workflow: 'failed', x: 'failed', y: 'failed' })
   })
 
   it('is skipped when a release put it back in the queue first, and not requeued after the failure', async () => {
     const release = (x: AttemptFailure) => (tx: any) =>
-      requeueTasks(
-        store.boss,
-        tx,
-        scope,
+      requeueTasksTx(
+        { db: tx, boss: store.boss, scope },
         [{ taskId: x.taskId, attempt: x.attempt, status: 'running', reason: 'shutdown' }],
         'task_released',
       )
     const a = await running()
-    await interleave(release(a.x), (tx) => failAttemptIn(store.boss, tx, scope, a.y))
+    await interleave(release(a.x), (tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, a.y))
     expect(await statuses(a.workflowId)).toEqual({ workflow: 'failed', x: 'skipped', y: 'failed' })
 
     const b = await running()
-    await interleave((tx) => failAttemptIn(store.boss, tx, scope, b.y), release(b.x))
+    await interleave((tx) => failAttemptTx({ db: tx, boss: store.boss, scope }, b.y), release(b.x))
     expect(await statuses(b.workflowId)).toEqual({ workflow: 'failed', x: 'running', y: 'failed' })
   })
 })
