@@ -40,6 +40,8 @@ import { isUuid, requireUuid } from './core/ids.ts'
 import { assertStorableJson, type Json, type JsonLimits } from './core/json.ts'
 import { type TaskStatus, WORKFLOW_STATUSES, type WorkflowStatus } from './core/task-state.ts'
 import type { KeyRing } from './crypto/keyring.ts'
+import { type CryptoErasureReport, cryptoErase } from './compliance/crypto-erasure.ts'
+import { type EngineKeys, engineKeys, keyRingOf } from './crypto/engine-keys.ts'
 import { type ReencryptOptions, type ReencryptReport, reencryptPayloads } from './crypto/reencrypt.ts'
 import { latestMigrations } from './db/migrate.ts'
 import { describeUrl } from './db/describe-url.ts'
@@ -316,6 +318,7 @@ export class Engine {
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
+    this.#keyRing = keyRingOf(this.config)
     this.log = options.log ?? createLogger(this.config.logLevel)
     // Every run-time session (the pool, pg-boss's, the LISTEN connections, the tenant databases')
     // has the server end it when it idles inside a transaction: a frozen worker's locks are released.
@@ -434,10 +437,12 @@ export class Engine {
     return { maxBytes: this.config.maxPayloadBytes, maxDepth: 64 }
   }
 
-  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted). */
+  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted), with this engine's data keys. */
   get keyRing(): KeyRing {
-    return this.config.encryption
+    return this.#keyRing
   }
+
+  readonly #keyRing: KeyRing
 
   /**
    * Registers a workflow type's version; every version registered stays available to start (see
@@ -828,6 +833,21 @@ export class Engine {
   /** GDPR erasure of a whole tenant's personal data; the tenant stays (suspend it to stop intake). */
   async eraseTenantData(tenantId: string): Promise<ErasureReport> {
     return eraseTenant(await this.#erasureDeps(tenantId), tenantId)
+  }
+
+  /**
+   * Crypto-erasure (src/compliance/crypto-erasure.ts): the running workflows of the subject (or the
+   * tenant) cancelled, then its data keys destroyed, recorded as a `deletion` compliance event.
+   */
+  async cryptoErase(tenantId: string, subjectKey?: string): Promise<CryptoErasureReport> {
+    const report = await cryptoErase(await this.#erasureDeps(tenantId), tenantId, subjectKey)
+    this.keyRing.dataKeys?.forget(tenantId)
+    return report
+  }
+
+  /** Per-tenant data keys (src/crypto/data-keys.ts): rotation, KEK re-wrap. */
+  get keys(): EngineKeys {
+    return engineKeys(this, async (scope) => (await this.stores.of(scope)).pool)
   }
 
   /**
@@ -1648,7 +1668,9 @@ export class TenantHandle {
       throw new WorkflowCancelledError(id, typeof reason === 'string' ? reason : null)
     }
     const output: Record<string, Json> = {}
-    for (const [key, result] of ended.outputs as [string, Json][]) {
+    const outputs = ended.outputs as [string, Json][]
+    await ring.prepareFor((await this.#engine.storeOf(this.scope)).pool, this.scope, outputs.map(([, r]) => r))
+    for (const [key, result] of outputs) {
       output[key] = ring.decrypt(tenant, 'task.result', result)
     }
     return output
@@ -1720,9 +1742,9 @@ export class TenantHandle {
    */
   async putSchedule(spec: ScheduleSpec): Promise<ScheduleView> {
     const e = this.#engine
-    return this.#tx((db) =>
+    return this.#tx(async (db) =>
       putSchedule(
-        db,
+        await e.keyRing.prepare(db, this.scope).then(() => db),
         { keyRing: e.keyRing, limits: e.limits, workflow: (type) => e.workflow(type) },
         this.id,
         spec,
@@ -1732,7 +1754,8 @@ export class TenantHandle {
 
   /** The tenant's cron schedules, by id. */
   async listSchedules(): Promise<ScheduleView[]> {
-    return this.#tx((db) => listSchedules(db, this.#engine.keyRing, this.id))
+    const ring = this.#engine.keyRing
+    return this.#tx(async (db) => listSchedules(await ring.prepare(db, this.scope).then(() => db), ring, this.id))
   }
 
   /** Deletes a cron schedule (workflows it started are not touched); NotFoundError if there is none. */
@@ -1869,6 +1892,8 @@ export class TenantHandle {
          FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
         [this.scope.tenantId, id],
       )
+      await ring.prepareFor(db, this.scope, [w.input, ...rows.map((r) => r.result)])
+      for (const value of [w.input, ...rows.map((r) => r.result)]) ring.checkSubject(tenant, value, w.subject_key)
       for (const r of rows) r.result = ring.decrypt(tenant, 'task.result', r.result)
       const output: Record<string, Json> = {}
       for (const r of rows)

@@ -17,6 +17,7 @@ import type { Engine, WorkflowFilter } from '../engine.ts'
 import { InvalidInputError } from '../errors.ts'
 import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
+import { registerKeyCommands } from './keys.ts'
 import { outputMode, render, withoutInternalAgents } from './output.ts'
 
 /**
@@ -1020,6 +1021,8 @@ program
       if (report.unreadable.length > 0) process.exitCode = 1
     })
   })
+
+registerKeyCommands(program, { withEngine, print })
 
 /**
  * WEB_CONCURRENCY > 1: this process forks that many web processes sharing the port (node:cluster),

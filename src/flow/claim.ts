@@ -10,7 +10,7 @@ import type { Json } from '../core/json.ts'
 import { type AttemptState, attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
-import type { EncryptionError } from '../errors.ts'
+import { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
 import { insertJobsCte } from '../queue/direct.ts'
@@ -54,6 +54,8 @@ export interface ClaimedTask extends AttemptState {
    * agent, and data, input and results are empty.
    */
   payloadError?: EncryptionError
+  /** The data key the task's payloads are under when it is a data subject's: what it writes goes under it too. */
+  sealKey?: string
 }
 
 // A task whose agent version ($5: the versions of the agent this worker has) is not among them is
@@ -180,6 +182,10 @@ export async function claimTasks(
     return { claimed, dropped, unserved: left }
   })
   failpoint('claim.after-commit')
+  // Per-tenant data keys the payloads are under: cached after first use (no round trip then).
+  await deps.keyRing
+    .prepareFor(deps.pool, scope, outcome.claimed.flatMap((t) => [t.data, t.input, ...Object.values(t.results)]))
+    .catch(() => undefined) // a key that cannot be loaded fails its own task in openPayloads (key_not_loaded)
   openClaimed(deps.keyRing, scope, outcome.claimed)
   return outcome
 }
@@ -310,6 +316,23 @@ export async function claimLocally(
 /** Decrypts the task's payloads in place, or sets payloadError. */
 function openPayloads(keyRing: KeyRing, tenantId: string, task: ClaimedTask): void {
   try {
+    // What the task writes (its result, spawned data) goes under its workflow's subject key, when
+    // its payloads are under one; a value of another subject's than the others' does not decrypt.
+    let sealKey: string | undefined
+    const subjects = new Set<string>()
+    for (const v of [task.input, task.data, ...Object.values(task.results)]) {
+      const subject = keyRing.subjectOf(tenantId, v)
+      if (!subject) continue
+      subjects.add(subject)
+      sealKey ??= (v as { k: string }).k
+    }
+    if (subjects.size > 1) {
+      throw new EncryptionError(
+        'decryption_failed',
+        `a task of tenant "${tenantId}" has values under several data subjects' keys`,
+      )
+    }
+    task.sealKey = sealKey
     const data = keyRing.decrypt(tenantId, 'task.data', task.data)
     const input = keyRing.decrypt(tenantId, 'workflow.input', task.input)
     const results: Record<string, Json> = {}

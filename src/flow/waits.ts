@@ -174,6 +174,7 @@ export async function armWaits(
           'UPDATE workflow_events SET task_id = $3, consumed_at = now() WHERE tenant_id = $1 AND id = $2',
           [scope.tenantId, event.id, task.id],
         )
+        await deps.keyRing.prepareFor(db, scope, [event.payload])
         const payload = deps.keyRing.decrypt(scope.tenantId, 'event.payload', event.payload)
         await resolve(deps, db, scope, task, resolution(task.wait, event.kind, payload, event.actor), outcome)
       } else if (task.deadline && task.job_id) {
@@ -332,6 +333,7 @@ async function resolve(
   }
   if (r.kind === 'complete') {
     assertStorableJson(r.result ?? null, '$.result', deps.limits)
+    await deps.keyRing.prepare(db, scope)
     const written = await writeCompletions(deps.boss, db, scope, [
       {
         taskId: task.id,
@@ -423,6 +425,7 @@ export async function deliver(
     assertStorableJson(value, path)
   }
   assertStorableJson(delivery.payload ?? null, '$.payload', deps.limits)
+  await deps.keyRing.prepare(deps.pool, scope)
   const stored = deps.keyRing.encrypt(scope.tenantId, 'event.payload', delivery.payload ?? null, '$.payload')
   return withTenantTx(deps.pool, scope, async (db) => {
     const outcome: WaitOutcome = { dispatched: [], workflowsCompleted: [], workflowsFailed: [] }
@@ -435,6 +438,7 @@ export async function deliver(
       [scope.tenantId, workflowId, delivery.eventId],
     )
     const before = earlier.rows[0]
+    if (before) await deps.keyRing.prepareFor(db, scope, [before.payload])
     if (before) {
       const same =
         before.kind === delivery.kind &&

@@ -696,7 +696,13 @@ export class Worker {
       const returned = await raceAbort(Promise.resolve(agent.handler(ctx)), controller.signal)
       failpoint('agent.after-return')
       assertStorableJson(returned ?? null, '$.result', this.#o.limits)
-      result = this.#o.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
+      result = this.#o.keyRing.encrypt(
+        scope.tenantId,
+        'task.result',
+        (returned ?? null) as Json,
+        '$.result',
+        task.sealKey,
+      )
     } catch (thrown) {
       if (isSnooze(thrown) && !controller.signal.aborted) {
         clearTimeout(timer)
@@ -737,7 +743,14 @@ export class Worker {
             attempt: task.attempt,
             result,
             ...(spawned.length
-              ? { spawn: { tasks: spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
+              ? {
+                  spawn: {
+                    tasks: spawned,
+                    limits: this.#o.limits,
+                    keyRing: this.#o.keyRing,
+                    ...(task.sealKey ? { sealKey: task.sealKey } : {}),
+                  },
+                }
               : {}),
           })
           if (written.written) log.debug({ ms: Math.round(duration) }, 'task completed')
