@@ -366,7 +366,9 @@ function parseKeyProvider(env: Env, ring: KeyRing, problems: string[]): KeyProvi
     return undefined
   }
   if (!ring.enabled) {
-    problems.push('DATA_KEYS=per-tenant needs ENCRYPTION_KEYS (older values, signatures, and the local provider)')
+    problems.push(
+      'DATA_KEYS=per-tenant needs ENCRYPTION_KEYS (older values, signatures, and the local provider)',
+    )
     return undefined
   }
   try {

@@ -1669,7 +1669,11 @@ export class TenantHandle {
     }
     const output: Record<string, Json> = {}
     const outputs = ended.outputs as [string, Json][]
-    await ring.prepareFor((await this.#engine.storeOf(this.scope)).pool, this.scope, outputs.map(([, r]) => r))
+    await ring.prepareFor(
+      (await this.#engine.storeOf(this.scope)).pool,
+      this.scope,
+      outputs.map(([, r]) => r),
+    )
     for (const [key, result] of outputs) {
       output[key] = ring.decrypt(tenant, 'task.result', result)
     }
@@ -1742,9 +1746,10 @@ export class TenantHandle {
    */
   async putSchedule(spec: ScheduleSpec): Promise<ScheduleView> {
     const e = this.#engine
+    await e.keyRing.prepare((await e.storeOf(this.scope)).pool, this.scope)
     return this.#tx(async (db) =>
       putSchedule(
-        await e.keyRing.prepare(db, this.scope).then(() => db),
+        db,
         { keyRing: e.keyRing, limits: e.limits, workflow: (type) => e.workflow(type) },
         this.id,
         spec,
@@ -1755,7 +1760,9 @@ export class TenantHandle {
   /** The tenant's cron schedules, by id. */
   async listSchedules(): Promise<ScheduleView[]> {
     const ring = this.#engine.keyRing
-    return this.#tx(async (db) => listSchedules(await ring.prepare(db, this.scope).then(() => db), ring, this.id))
+    return this.#tx(async (db) =>
+      listSchedules(await ring.prepareFor(db, this.scope, []).then(() => db), ring, this.id),
+    )
   }
 
   /** Deletes a cron schedule (workflows it started are not touched); NotFoundError if there is none. */
@@ -1893,7 +1900,8 @@ export class TenantHandle {
         [this.scope.tenantId, id],
       )
       await ring.prepareFor(db, this.scope, [w.input, ...rows.map((r) => r.result)])
-      for (const value of [w.input, ...rows.map((r) => r.result)]) ring.checkSubject(tenant, value, w.subject_key)
+      for (const value of [w.input, ...rows.map((r) => r.result)])
+        ring.checkSubject(tenant, value, w.subject_key)
       for (const r of rows) r.result = ring.decrypt(tenant, 'task.result', r.result)
       const output: Record<string, Json> = {}
       for (const r of rows)

@@ -18,7 +18,9 @@ function positiveInt(value: string): number {
 export function registerKeyCommands(program: Command, { withEngine, print }: CliHelpers): void {
   const keys = program
     .command('keys')
-    .description('per-tenant data keys (DATA_KEYS=per-tenant): rotation of a data key, re-wrap under a new KEK')
+    .description(
+      'per-tenant data keys (DATA_KEYS=per-tenant): rotation of a data key, re-wrap under a new KEK',
+    )
   keys
     .command('rotate')
     .description(

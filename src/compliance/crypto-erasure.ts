@@ -35,7 +35,10 @@ export async function cryptoErase(
   tenantId: string,
   subjectKey?: string,
 ): Promise<CryptoErasureReport> {
-  if (subjectKey !== undefined && (typeof subjectKey !== 'string' || subjectKey.length === 0 || subjectKey.length > 200)) {
+  if (
+    subjectKey !== undefined &&
+    (typeof subjectKey !== 'string' || subjectKey.length === 0 || subjectKey.length > 200)
+  ) {
     throw new InvalidInputError('subjectKey must be a string of 1-200 characters', '$.subjectKey')
   }
   const { scope } = await ownerTenant(deps.maintenance, tenantId)
@@ -50,7 +53,13 @@ export async function cryptoErase(
     events: 0,
   }
   if (subjectKey === undefined) {
-    await cancelRunning(deps, scope, `SELECT id FROM workflows WHERE tenant_id = $1 AND status = 'running' LIMIT $2`, [t], report)
+    await cancelRunning(
+      deps,
+      scope,
+      `SELECT id FROM workflows WHERE tenant_id = $1 AND status = 'running' LIMIT $2`,
+      [t],
+      report,
+    )
   } else {
     await cancelRunning(
       deps,
@@ -62,7 +71,11 @@ export async function cryptoErase(
   }
   const hash = subjectKey === undefined ? null : subjectHash(subjectKey)
   const done = await maintenanceTx(deps.maintenance, scope, async (db) => {
-    const { rows } = await db.executeSql('SELECT maintenance_destroy_data_keys($1, $2, $3) AS n', [t, report.erasureId, hash])
+    const { rows } = await db.executeSql('SELECT maintenance_destroy_data_keys($1, $2, $3) AS n', [
+      t,
+      report.erasureId,
+      hash,
+    ])
     const keys = (rows[0]?.n as number | undefined) ?? 0
     const events = await recordComplianceEvent(db, t, ERASURE_ACTOR, 'deletion', {
       erasure: report.erasureId,

@@ -104,17 +104,29 @@ export class DataKeys {
   }
 
   /**
-   * Makes sure the active key of the tenant (or of the subject) is cached, creating it when there
-   * is none; returns its id. Cached and fresh: no I/O.
+   * Makes sure the keys of the tenant (its active and retired ones, and destroyed ones' records),
+   * or of a subject, are cached, reading them in the caller's transaction or one of their own; never
+   * creates one (a key made in a transaction that rolls back would be cached all the same).
    */
-  async ensureActive(pool: KeySource, scope: TenantScope, subject?: string | null): Promise<string> {
+  async loadActive(source: KeySource, scope: TenantScope, subject?: string | null): Promise<void> {
+    const hash = subjectHash(subject)
+    if (this.#fresh(this.active(scope.tenantId, hash))) return
+    await this.#once(`l\0${scope.tenantId}\0${hash}`, () => this.#loadSubject(source, scope, hash))
+  }
+
+  /**
+   * Makes sure the active key of the tenant (or of the subject) is cached, creating it when there
+   * is none (in a transaction of its own); returns its id. Cached and fresh: no I/O.
+   */
+  async ensureActive(pool: pg.Pool, scope: TenantScope, subject?: string | null): Promise<string> {
     const tenant = scope.tenantId
     const hash = subjectHash(subject)
     const cached = this.active(tenant, hash)
     if (this.#fresh(cached)) return (cached as DataKeyEntry).id
-    await this.#once(`a\0${tenant}\0${hash}`, () => this.#loadSubject(pool, scope, hash))
-    let e = this.active(tenant, hash)
-    if (!e) {
+    // Concurrent misses (a burst of starts) share one load, and one creation when there is no key.
+    await this.#once(`a\0${tenant}\0${hash}`, async () => {
+      await this.#loadSubject(pool, scope, hash)
+      if (this.active(tenant, hash)) return
       // None yet: generate and wrap one outside any transaction (the provider may be remote), then
       // insert it unless another process got there first; either way, read back the one that won.
       const id = newKeyId()
@@ -128,8 +140,8 @@ export class DataKeys {
         ),
       )
       await this.#loadSubject(pool, scope, hash)
-      e = this.active(tenant, hash)
-    }
+    })
+    const e = this.active(tenant, hash)
     if (!e) throw new EncryptionError('key_not_loaded', `tenant "${tenant}" has no active data key`)
     return e.id
   }
@@ -151,7 +163,8 @@ export class DataKeys {
       // Ids the tenant does not have (a value copied from another tenant): remembered as absent.
       const now = this.#now()
       for (const id of missing) {
-        if (!rows.some((r) => r.id === id)) this.#put({ tenant, id, subject: '', state: 'absent', loadedAt: now })
+        if (!rows.some((r) => r.id === id))
+          this.#put({ tenant, id, subject: '', state: 'absent', loadedAt: now })
       }
     })
   }
@@ -192,7 +205,10 @@ export class DataKeys {
         if (r.state === 'destroyed' || r.wrapped === null) {
           return { ...base, state: 'destroyed', erasure: r.erasure ?? null }
         }
-        const plain = await this.provider.unwrap({ kek: r.kek, wrapped: r.wrapped }, wrapContext(tenant, r.id))
+        const plain = await this.provider.unwrap(
+          { kek: r.kek, wrapped: r.wrapped },
+          wrapContext(tenant, r.id),
+        )
         const key = createSecretKey(plain)
         plain.fill(0)
         return { ...base, state: r.state, key }
@@ -224,7 +240,11 @@ export class DataKeys {
  * the first step of a data-key rotation, whose second is re-encrypting what is under the retired
  * key (reencrypt). Returns the new key's id.
  */
-export async function rotateTenantDataKey(dataKeys: DataKeys, pool: pg.Pool, scope: TenantScope): Promise<string> {
+export async function rotateTenantDataKey(
+  dataKeys: DataKeys,
+  pool: pg.Pool,
+  scope: TenantScope,
+): Promise<string> {
   const tenant = scope.tenantId
   const id = newKeyId()
   const wrapped = await dataKeys.provider.wrap(randomBytes(32), wrapContext(tenant, id))
@@ -296,5 +316,5 @@ export interface ErasedValue {
 }
 
 export function erasedMarker(erasure: string | null | undefined): Json {
-  return { $erased: true, erasure: erasure ?? null } satisfies ErasedValue as unknown as Json
+  return { $erased: true, erasure: erasure ?? null } satisfies ErasedValue
 }

@@ -35,7 +35,8 @@ interface EngineLike {
 export function engineKeys(engine: EngineLike, poolOf: (scope: TenantScope) => Promise<pg.Pool>): EngineKeys {
   const dataKeys = () => {
     const dk = engine.keyRing.dataKeys
-    if (!dk) throw new EncryptionError('provider_config', 'per-tenant data keys are off (DATA_KEYS=per-tenant)')
+    if (!dk)
+      throw new EncryptionError('provider_config', 'per-tenant data keys are off (DATA_KEYS=per-tenant)')
     return dk
   }
   const scopes = async function* (tenant: string | undefined) {

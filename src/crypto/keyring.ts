@@ -26,6 +26,7 @@ import {
   timingSafeEqual,
 } from 'node:crypto'
 import { inspect } from 'node:util'
+import type pg from 'pg'
 import type { Json } from '../core/json.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { ConfigError, EncryptionError, InvalidInputError } from '../errors.ts'
@@ -128,7 +129,7 @@ export class KeyRing {
    * Loads (creating it when needed) the active data key of the tenant, or of the subject: call it
    * before encrypt(); returns the id to pass it (undefined without data keys). Cached: no I/O.
    */
-  async prepare(pool: KeySource, scope: TenantScope, subject?: string | null): Promise<string | undefined> {
+  async prepare(pool: pg.Pool, scope: TenantScope, subject?: string | null): Promise<string | undefined> {
     if (!this.#dataKeys) return undefined
     return this.#dataKeys.ensureActive(pool, scope, subject)
   }
@@ -139,7 +140,7 @@ export class KeyRing {
     if (!dk) return
     const ids: string[] = []
     for (const v of values) if (isEnvelope(v) && v.$eq === 2 && typeof v.k === 'string') ids.push(v.k)
-    await dk.ensureActive(pool, scope)
+    await dk.loadActive(pool, scope)
     if (ids.length > 0) await dk.ensureIds(pool, scope, ids)
   }
 

@@ -9,7 +9,7 @@
 //
 // No key material in errors, logs or metrics: errors name the provider, the key name and the HTTP
 // status, never a request or response body (they carry plaintext data keys), nor the token.
-import { createCipheriv, createDecipheriv, hkdfSync, randomBytes } from 'node:crypto'
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto'
 import { EncryptionError } from '../errors.ts'
 import type { KeyRing } from './keyring.ts'
 
@@ -57,7 +57,8 @@ export class LocalKeyProvider implements KeyProvider {
     let kek = this.#keks.get(id)
     if (!kek) {
       const material = this.#ring.deriveKey(id, LOCAL_INFO)
-      if (!material) throw new EncryptionError('unknown_key', `key-encryption key "${id}" is not in the key ring`)
+      if (!material)
+        throw new EncryptionError('unknown_key', `key-encryption key "${id}" is not in the key ring`)
       kek = material
       this.#keks.set(id, kek)
     }
@@ -135,7 +136,8 @@ export class VaultTransitProvider implements KeyProvider {
     const problems: string[] = []
     if (!/^https?:\/\/[^\s]+$/.test(options.address ?? '')) problems.push('VAULT_ADDR must be an http(s) URL')
     if (!options.token) problems.push('VAULT_TOKEN is required for the vault key provider')
-    if (!/^[A-Za-z0-9_.-]{1,128}$/.test(options.key ?? '')) problems.push('VAULT_TRANSIT_KEY must name a transit key')
+    if (!/^[A-Za-z0-9_.-]{1,128}$/.test(options.key ?? ''))
+      problems.push('VAULT_TRANSIT_KEY must name a transit key')
     if (problems.length > 0) throw new EncryptionError('provider_config', problems.join('; '))
     this.#o = {
       mount: 'transit',
@@ -146,7 +148,10 @@ export class VaultTransitProvider implements KeyProvider {
     }
   }
 
-  async #call(op: 'encrypt' | 'decrypt' | 'rewrap', body: Record<string, string>): Promise<Record<string, string>> {
+  async #call(
+    op: 'encrypt' | 'decrypt' | 'rewrap',
+    body: Record<string, string>,
+  ): Promise<Record<string, string>> {
     const { address, mount, key, token, namespace, timeoutMs } = this.#o
     const url = `${address}/v1/${mount}/${op}/${encodeURIComponent(key)}`
     let response: Response
@@ -177,7 +182,10 @@ export class VaultTransitProvider implements KeyProvider {
     }
     const json = (await response.json().catch(() => null)) as { data?: Record<string, string> } | null
     if (!json?.data) {
-      throw new EncryptionError('provider_unavailable', `vault transit ${op} with key "${key}" answered no data`)
+      throw new EncryptionError(
+        'provider_unavailable',
+        `vault transit ${op} with key "${key}" answered no data`,
+      )
     }
     return json.data
   }
@@ -188,12 +196,19 @@ export class VaultTransitProvider implements KeyProvider {
 
   #kekOf(ciphertext: string): string {
     const m = VAULT_CIPHERTEXT.exec(ciphertext)
-    if (!m) throw new EncryptionError('unwrap_failed', `vault transit key "${this.#o.key}" answered an unexpected ciphertext`)
+    if (!m)
+      throw new EncryptionError(
+        'unwrap_failed',
+        `vault transit key "${this.#o.key}" answered an unexpected ciphertext`,
+      )
     return `${this.#o.key}:v${m[1]}`
   }
 
   async wrap(dataKey: Buffer, context: string): Promise<WrappedKey> {
-    const data = await this.#call('encrypt', { plaintext: dataKey.toString('base64'), ...this.#context(context) })
+    const data = await this.#call('encrypt', {
+      plaintext: dataKey.toString('base64'),
+      ...this.#context(context),
+    })
     const ciphertext = String(data.ciphertext ?? '')
     return { kek: this.#kekOf(ciphertext), wrapped: ciphertext }
   }
@@ -202,7 +217,10 @@ export class VaultTransitProvider implements KeyProvider {
     const data = await this.#call('decrypt', { ciphertext: key.wrapped, ...this.#context(context) })
     const plain = Buffer.from(String(data.plaintext ?? ''), 'base64')
     if (plain.length !== 32) {
-      throw new EncryptionError('unwrap_failed', `vault transit key "${this.#o.key}" unwrapped no 32-byte data key`)
+      throw new EncryptionError(
+        'unwrap_failed',
+        `vault transit key "${this.#o.key}" unwrapped no 32-byte data key`,
+      )
     }
     return plain
   }

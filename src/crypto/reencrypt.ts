@@ -164,7 +164,8 @@ export async function reencryptPayloads(
   for await (const scope of tenants) {
     const pool = await deps.poolOf(scope)
     if (options.rotateDataKey) {
-      if (!ring.dataKeys) throw new EncryptionError('provider_config', 'per-tenant data keys are off (DATA_KEYS)')
+      if (!ring.dataKeys)
+        throw new EncryptionError('provider_config', 'per-tenant data keys are off (DATA_KEYS)')
       await rotateTenantDataKey(ring.dataKeys, pool, scope)
     }
     const r = await reencryptTenant(pool, scope, ring, batchSize, options.skipUnreadable)
@@ -236,7 +237,11 @@ export async function reencryptTenant(
         const { rows } = await db.executeSql(pageSql, [tenant, after, ring.activeKeyId, batchSize])
         if (rows.length === 0) return { read: 0, written: 0, last: after, full: false }
         // The data keys the page's values are under (and the tenant's active one), cached after first use.
-        await ring.prepareFor(db, scope, rows.flatMap((r) => [r.input, r.data, r.result, r.payload]))
+        await ring.prepareFor(
+          db,
+          scope,
+          rows.flatMap((r) => [r.input, r.data, r.result, r.payload]),
+        )
         // Rows whose every stale value was unreadable (left as it was) have nothing to write.
         const changes = rows
           .map((row) => [row, change(row)] as const)

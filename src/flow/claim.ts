@@ -184,7 +184,11 @@ export async function claimTasks(
   failpoint('claim.after-commit')
   // Per-tenant data keys the payloads are under: cached after first use (no round trip then).
   await deps.keyRing
-    .prepareFor(deps.pool, scope, outcome.claimed.flatMap((t) => [t.data, t.input, ...Object.values(t.results)]))
+    .prepareFor(
+      deps.pool,
+      scope,
+      outcome.claimed.flatMap((t) => [t.data, t.input, ...Object.values(t.results)]),
+    )
     .catch(() => undefined) // a key that cannot be loaded fails its own task in openPayloads (key_not_loaded)
   openClaimed(deps.keyRing, scope, outcome.claimed)
   return outcome

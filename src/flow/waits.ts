@@ -333,7 +333,7 @@ async function resolve(
   }
   if (r.kind === 'complete') {
     assertStorableJson(r.result ?? null, '$.result', deps.limits)
-    await deps.keyRing.prepare(db, scope)
+    await deps.keyRing.prepare(deps.pool, scope)
     const written = await writeCompletions(deps.boss, db, scope, [
       {
         taskId: task.id,

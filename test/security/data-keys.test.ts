@@ -69,7 +69,13 @@ async function payloads(url: string, tenant: string): Promise<{ where: string; t
 }
 
 async function dataKeys(url: string, tenant: string) {
-  return queryOnce<{ id: string; subject_hash: string; state: string; kek: string | null; wrapped: string | null }>(
+  return queryOnce<{
+    id: string
+    subject_hash: string
+    state: string
+    kek: string | null
+    wrapped: string | null
+  }>(
     url,
     `SELECT id, subject_hash, state, kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = $1 ORDER BY id`,
     [tenant],
@@ -148,8 +154,12 @@ describe('per-tenant data keys', async () => {
     expect((await acme.getWorkflow(alice)).input).toEqual({ who: 'alice' })
 
     const inputOf = async (tenant: string, id: string) =>
-      (await queryOnce(db.url, 'SELECT input FROM equilateral.workflows WHERE tenant_id = $1 AND id = $2', [tenant, id]))[0]
-        ?.input
+      (
+        await queryOnce(db.url, 'SELECT input FROM equilateral.workflows WHERE tenant_id = $1 AND id = $2', [
+          tenant,
+          id,
+        ])
+      )[0]?.input
     const setInput = (tenant: string, id: string, value: unknown) =>
       queryOnce(db.url, 'UPDATE equilateral.workflows SET input = $3 WHERE tenant_id = $1 AND id = $2', [
         tenant,
@@ -213,7 +223,8 @@ describe('per-tenant data keys', async () => {
     // Rotation and re-encryption, small pages, while more workflows start and the worker runs.
     let more = true
     const starting = (async () => {
-      for (let i = 40; more || i < 80; i++) ids.push((await umbrella.startWorkflow('chain', { who: `u${i}` })).id)
+      for (let i = 40; more || i < 80; i++)
+        ids.push((await umbrella.startWorkflow('chain', { who: `u${i}` })).id)
     })()
     const first = await engine.reencrypt({ tenant: 'umbrella', rotateDataKey: true, batchSize: 7 })
     more = false
@@ -234,7 +245,11 @@ describe('per-tenant data keys', async () => {
     })
     // A second pass (resuming) moves what the first could not see yet; then nothing is left.
     await engine.reencrypt({ tenant: 'umbrella', batchSize: 7 })
-    expect(await engine.reencrypt({ tenant: 'umbrella' })).toMatchObject({ workflows: 0, tasks: 0, skipped: 0 })
+    expect(await engine.reencrypt({ tenant: 'umbrella' })).toMatchObject({
+      workflows: 0,
+      tasks: 0,
+      skipped: 0,
+    })
     const values = await payloads(db.url, 'umbrella')
     expect(new Set(values.map((v) => v.value.k))).toEqual(new Set([active]))
     // No row lost, every one readable with the results its agents returned.
@@ -247,7 +262,9 @@ describe('per-tenant data keys', async () => {
       const wf = await umbrella.getWorkflow(id)
       expect(wf.status).toBe('completed')
       const who = (wf.input as { who: string }).who
-      expect(wf.tasks.find((t) => t.key === 'a')?.result).toMatchObject({ echoed: { note: `${who}-${SECRET}` } })
+      expect(wf.tasks.find((t) => t.key === 'a')?.result).toMatchObject({
+        echoed: { note: `${who}-${SECRET}` },
+      })
     }
   })
 
@@ -277,7 +294,10 @@ describe('per-tenant data keys', async () => {
     expect(JSON.stringify(events)).not.toContain('dave@example.com')
     // Its key cannot come back: the row is the record, and it refuses any change.
     await expect(
-      queryOnce(db.url, `UPDATE equilateral.tenant_data_keys SET state = 'active' WHERE tenant_id = 'hooli' AND state = 'destroyed'`),
+      queryOnce(
+        db.url,
+        `UPDATE equilateral.tenant_data_keys SET state = 'active' WHERE tenant_id = 'hooli' AND state = 'destroyed'`,
+      ),
     ).rejects.toThrow(/destroyed/)
 
     // The backup restored into a fresh database, and every value in it tried with the engine's keys.
@@ -286,22 +306,34 @@ describe('per-tenant data keys', async () => {
     expect(copies).toHaveLength(2 * 4)
     const ring = engine.keyRing
     const { scope } = hooli
-    await ring.prepareFor((await engine.storeOf(scope)).pool, scope, copies.map((c) => c.value))
+    await ring.prepareFor(
+      (await engine.storeOf(scope)).pool,
+      scope,
+      copies.map((c) => c.value),
+    )
     const daveIds = new Set(
-      (await queryOnce(restored.url, `SELECT id FROM equilateral.workflows WHERE subject_key = 'dave@example.com'`)).map((r) => r.id),
+      (
+        await queryOnce(
+          restored.url,
+          `SELECT id FROM equilateral.workflows WHERE subject_key = 'dave@example.com'`,
+        )
+      ).map((r) => r.id),
     )
     const daveTasks = new Set(
       (
-        await queryOnce(restored.url, `SELECT id FROM equilateral.agent_coordination WHERE workflow_id = ANY($1::uuid[])`, [
-          [...daveIds],
-        ])
+        await queryOnce(
+          restored.url,
+          `SELECT id FROM equilateral.agent_coordination WHERE workflow_id = ANY($1::uuid[])`,
+          [[...daveIds]],
+        )
       ).map((r) => r.id),
     )
     let erased = 0
     let readable = 0
     for (const c of copies) {
       const [column, id] = c.where.split(' ') as [string, string]
-      const purpose = column === 'workflows.input' ? 'workflow.input' : column === 'task.data' ? 'task.data' : 'task.result'
+      const purpose =
+        column === 'workflows.input' ? 'workflow.input' : column === 'task.data' ? 'task.data' : 'task.result'
       const plain = ring.decrypt('hooli', purpose, c.value)
       if (daveIds.has(id) || daveTasks.has(id)) {
         expect(plain, c.where).toEqual(marker)
@@ -323,10 +355,15 @@ describe('per-tenant data keys', async () => {
     await rotated.keys.rewrap({ tenant: 'hooli' })
     const retiredK1 = new LocalKeyProvider(KeyRing.of({ k2: K2 }))
     const backupKeys = await dataKeys(restored.url, 'hooli')
-    const daveHash = backupKeys.find((k) => k.subject_hash !== '' && k.subject_hash === sha256('dave@example.com'))
+    const daveHash = backupKeys.find(
+      (k) => k.subject_hash !== '' && k.subject_hash === sha256('dave@example.com'),
+    )
     expect(daveHash?.kek).toBe('k1')
     await expect(
-      retiredK1.unwrap({ kek: daveHash?.kek as string, wrapped: daveHash?.wrapped as string }, `equilateral:hooli:${daveHash?.id}`),
+      retiredK1.unwrap(
+        { kek: daveHash?.kek as string, wrapped: daveHash?.wrapped as string },
+        `equilateral:hooli:${daveHash?.id}`,
+      ),
     ).rejects.toMatchObject({ code: 'unknown_key' })
     const afterRotation = await (await engineWith(db, KeyRing.of({ k2: K2 }))).tenant('hooli')
     expect((await afterRotation.getWorkflow(erin)).input).toEqual({ who: 'erin' })
@@ -339,7 +376,13 @@ function sha256(s: string): string {
   return createHash('sha256').update(s).digest('hex')
 }
 
-const BACKUP_TABLES = ['workflows', 'agent_coordination', 'workflow_events', 'workflow_schedules', 'tenant_data_keys']
+const BACKUP_TABLES = [
+  'workflows',
+  'agent_coordination',
+  'workflow_events',
+  'workflow_schedules',
+  'tenant_data_keys',
+]
 
 type Backup = { kind: 'pg_dump'; file: string; dir: string } | { kind: 'copy'; data: Map<string, Buffer> }
 
@@ -349,7 +392,10 @@ async function pgDumpFits(url: string): Promise<boolean> {
   try {
     const { stdout } = await run('pg_dump', ['--version'])
     const mine = Number(/(\d+)(?:\.\d+)*/.exec(stdout)?.[1])
-    const [row] = await queryOnce<{ v: number }>(url, "SELECT current_setting('server_version_num')::int / 10000 AS v")
+    const [row] = await queryOnce<{ v: number }>(
+      url,
+      "SELECT current_setting('server_version_num')::int / 10000 AS v",
+    )
     return Number.isFinite(mine) && mine >= (row?.v ?? Infinity)
   } catch {
     return false // no pg_dump here (embedded PostgreSQL)
@@ -377,7 +423,10 @@ async function takeBackup(url: string, tenant: string): Promise<Backup> {
     for (const t of BACKUP_TABLES) {
       data.set(
         t,
-        await copyOut(client, `COPY (SELECT * FROM equilateral.${t} WHERE tenant_id = ${pg.escapeLiteral(tenant)}) TO STDOUT`),
+        await copyOut(
+          client,
+          `COPY (SELECT * FROM equilateral.${t} WHERE tenant_id = ${pg.escapeLiteral(tenant)}) TO STDOUT`,
+        ),
       )
     }
   } finally {

@@ -21,7 +21,12 @@ describe('keys and crypto-erasure on the command line', async () => {
   await engine.createTenant({ id: 'acme' })
   await engine.startWorker({ agents: [echo] })
   const acme = await engine.tenant('acme')
-  const env = { DATABASE_URL: db.url, MIGRATION_DATABASE_URL: db.url, LOG_LEVEL: 'warn', DATA_KEYS: 'per-tenant' }
+  const env = {
+    DATABASE_URL: db.url,
+    MIGRATION_DATABASE_URL: db.url,
+    LOG_LEVEL: 'warn',
+    DATA_KEYS: 'per-tenant',
+  }
   const { run } = cliProcesses(childEnv({ ...env, ENCRYPTION_KEYS: `k1:${K1}` }))
 
   it('erase --crypto destroys the subject key; keys rotate and keys rewrap rotate data key and KEK', async () => {
@@ -43,7 +48,10 @@ describe('keys and crypto-erasure on the command line', async () => {
     expect(rotated.code, rotated.stderr).toBe(0)
     expect(JSON.parse(rotated.stdout)).toMatchObject({ tenants: 1, workflows: 1, tasks: 1 })
 
-    const rewrap = await run(['keys', 'rewrap'], { ENCRYPTION_KEYS: `k1:${K1},k2:${K2}`, ENCRYPTION_ACTIVE_KEY: 'k2' })
+    const rewrap = await run(['keys', 'rewrap'], {
+      ENCRYPTION_KEYS: `k1:${K1},k2:${K2}`,
+      ENCRYPTION_ACTIVE_KEY: 'k2',
+    })
     expect(rewrap.code, rewrap.stderr).toBe(0)
     expect(JSON.parse(rewrap.stdout)).toEqual([{ tenant: 'acme', rewrapped: 2, current: 0 }])
     const keys = await queryOnce(db.url, `SELECT state, kek FROM equilateral.tenant_data_keys ORDER BY state`)

@@ -148,7 +148,10 @@ describe('Vault transit key provider', async () => {
   it('wraps data keys in Vault, and caches them: after the first workflow none calls Vault', async () => {
     const first = (await acme.startWorkflow('one', { n: 0 })).id
     expect((await settled(engine, 'acme', first)).status).toBe('completed')
-    const [key] = await queryOnce(db.url, `SELECT kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`)
+    const [key] = await queryOnce(
+      db.url,
+      `SELECT kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`,
+    )
     expect(key).toMatchObject({ kek: 'eq-kek:v1', wrapped: expect.stringMatching(/^vault:v1:/) })
     expect(vault.calls).toEqual(['encrypt', 'decrypt'])
     const before = vault.calls.length
@@ -166,22 +169,33 @@ describe('Vault transit key provider', async () => {
     const payloads = `SELECT input::text AS i FROM equilateral.workflows WHERE tenant_id = 'acme' ORDER BY id`
     const before = await queryOnce(db.url, payloads)
     vault.versions.push(randomBytes(32)) // vault write -f transit/keys/eq-kek/rotate
-    expect(await engine.keys.rewrap({ tenant: 'acme' })).toEqual([{ tenant: 'acme', rewrapped: 1, current: 0 }])
-    const [key] = await queryOnce(db.url, `SELECT kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`)
+    expect(await engine.keys.rewrap({ tenant: 'acme' })).toEqual([
+      { tenant: 'acme', rewrapped: 1, current: 0 },
+    ])
+    const [key] = await queryOnce(
+      db.url,
+      `SELECT kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`,
+    )
     expect(key).toMatchObject({ kek: 'eq-kek:v2', wrapped: expect.stringMatching(/^vault:v2:/) })
     expect(await queryOnce(db.url, payloads)).toEqual(before)
     // Version 1 retired (min_decryption_version): a fresh process still reads everything.
     vault.versions[0] = randomBytes(32)
     const fresh = new VaultTransitProvider({ address, token: TOKEN, key: 'eq-kek' })
     const wrapped = { kek: key?.kek as string, wrapped: key?.wrapped as string }
-    const [row] = await queryOnce(db.url, `SELECT id FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`)
+    const [row] = await queryOnce(
+      db.url,
+      `SELECT id FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`,
+    )
     expect(await fresh.unwrap(wrapped, `equilateral:acme:${row?.id}`)).toHaveLength(32)
   })
 
   it('fails with a typed error naming no key material, and logs none, when Vault refuses or is gone', async () => {
     const errors: unknown[] = []
     const attempt = async (p: VaultTransitProvider) => {
-      const [key] = await queryOnce(db.url, `SELECT id, kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`)
+      const [key] = await queryOnce(
+        db.url,
+        `SELECT id, kek, wrapped FROM equilateral.tenant_data_keys WHERE tenant_id = 'acme'`,
+      )
       try {
         await p.unwrap({ kek: key?.kek, wrapped: key?.wrapped }, `equilateral:acme:${key?.id}`)
       } catch (error) {
@@ -219,7 +233,12 @@ describe('Vault transit key provider', async () => {
     expect(vault.seen.size).toBeGreaterThan(0)
     for (const b64 of vault.seen) {
       const bytes = Buffer.from(b64, 'base64')
-      for (const form of [b64, bytes.toString('base64url'), bytes.toString('hex'), bytes.toString('latin1')]) {
+      for (const form of [
+        b64,
+        bytes.toString('base64url'),
+        bytes.toString('hex'),
+        bytes.toString('latin1'),
+      ]) {
         expect(text).not.toContain(form)
       }
     }
