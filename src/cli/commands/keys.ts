@@ -1,21 +1,12 @@
 // CLI of per-tenant data keys (issue 25): `keys rotate` (a tenant's data key, then its values moved
 // under the new one), `keys rewrap` (KEK rotation: data keys re-wrapped, no payload rewritten), and
-// `erase --crypto` (crypto-erasure: the data keys destroyed). Registered from main.ts in one line.
-import { type Command, InvalidArgumentError } from 'commander'
-import type { Engine } from '../engine.ts'
+// `erase --crypto` (crypto-erasure: the data keys destroyed). Registered from main.ts (GROUPS),
+// after the compliance group, whose `erase` it extends.
+import type { Command } from 'commander'
+import { positiveInt } from '../arguments.ts'
+import { print, withEngine } from '../shared.ts'
 
-export interface CliHelpers {
-  withEngine: <T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>) => Promise<T>
-  print: (value: unknown) => void
-}
-
-function positiveInt(value: string): number {
-  const n = Number(value)
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('must be a positive integer')
-  return n
-}
-
-export function registerKeyCommands(program: Command, { withEngine, print }: CliHelpers): void {
+export function register(program: Command): void {
   const keys = program
     .command('keys')
     .description(
