@@ -6,7 +6,7 @@ import type pg from 'pg'
 import type { Config } from '../config.ts'
 import type { TenantScope } from '../db/tx.ts'
 import { EncryptionError, TenantError } from '../errors.ts'
-import type { TenantDirectory } from '../tenants.ts'
+import type { TenantDirectory } from '../tenancy/tenants.ts'
 import { DataKeys, type RewrapReport, rewrapTenantDataKeys, rotateTenantDataKey } from './data-keys.ts'
 import type { KeyRing } from './keyring.ts'
 

@@ -55,6 +55,8 @@ export const ANNOTATIONS: Readonly<Record<string, { alone: boolean }>> = {
   task_wait_timed_out: { alone: false },
   event_received: { alone: true },
   approval_decided: { alone: true },
+  // A queued task held for its tenant's exhausted hard budget stays queued (its job is dropped).
+  task_held: { alone: true },
 }
 
 const WORKFLOW_ENDS: Readonly<Record<string, WorkflowStatus>> = {
