@@ -6,8 +6,10 @@
 // diamond over n agents, so n queues.
 // BENCH_PAYLOAD_BYTES=n gives every input, task data and result a random string of n bytes
 // (default: no payloads); with ENCRYPTION_KEYS set (e.g. k1:$(openssl rand -base64 32)) they are
-// encrypted. Random, so both runs store incompressible bytes: ciphertext defeats TOAST compression,
-// which would otherwise dominate the comparison for compressible payloads.
+// encrypted; add DATA_KEYS=per-tenant for per-tenant data keys (the local provider; the tenant's key
+// is made at its first start and cached). Random, so both runs store incompressible bytes:
+// ciphertext defeats TOAST compression, which would otherwise dominate the comparison for
+// compressible payloads.
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { pino } from 'pino'

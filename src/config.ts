@@ -1,6 +1,7 @@
 // Configuration, parsed once at boot into a frozen object; every problem is reported at once.
 import type { GroupConcurrencyConfig } from 'pg-boss'
 import { type KeyRing, parseKeyRing } from './crypto/keyring.ts'
+import { type KeyProvider, providerFromEnv } from './crypto/provider.ts'
 import { APP_ROLE } from './db/names.ts'
 import { ConfigError } from './errors.ts'
 
@@ -142,6 +143,17 @@ export interface Config {
    */
   encryption: KeyRing
   /**
+   * Per-tenant data keys (envelope encryption, docs/encryption.md): the provider of the
+   * key-encryption keys that wrap them, or undefined to encrypt under the key ring's keys directly
+   * (the default). From DATA_KEYS=per-tenant with KEY_PROVIDER (local, the default, or vault and
+   * VAULT_ADDR, VAULT_TOKEN, VAULT_TRANSIT_KEY).
+   */
+  keyProvider: KeyProvider | undefined
+  /** Unwrapped data keys kept in memory at most (DATA_KEY_CACHE_ENTRIES). */
+  dataKeyCacheEntries: number
+  /** How long an unwrapped data key is used before it is read again (DATA_KEY_CACHE_TTL_MS). */
+  dataKeyCacheTtlMs: number
+  /**
    * The secret tenant credentials derive from (TENANT_CONTEXT_SECRET, at least 32 characters):
    * `equilateral migrate` stores it in every database it migrates, owner-only, and the engine uses
    * it to scope transactions (src/tenancy/tenant-context.ts). Unset: each database keeps the secret its
@@ -230,6 +242,9 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
     dbPoolMax: int('DB_POOL_MAX', 10, 2, 1000),
     tenantConcurrency: parseTiers(env.TENANT_CONCURRENCY, env.TENANT_CONCURRENCY_TIERS, problems),
     encryption: parseKeyRing(env.ENCRYPTION_KEYS, env.ENCRYPTION_ACTIVE_KEY, problems),
+    keyProvider: undefined, // below: it needs the key ring
+    dataKeyCacheEntries: int('DATA_KEY_CACHE_ENTRIES', 10_000, 16),
+    dataKeyCacheTtlMs: int('DATA_KEY_CACHE_TTL_MS', 60_000, 0),
     tenantContextSecret: env.TENANT_CONTEXT_SECRET || undefined,
     tenantContextVerified: bool('TENANT_CONTEXT_VERIFIED', false),
     port: int('PORT', 3000, 0, 65535),
@@ -280,6 +295,7 @@ export function loadConfig(env: Env = process.env): Readonly<Config> {
       'STALE_AFTER_MS must be at least twice HEARTBEAT_INTERVAL_MS, or live tasks would be recovered',
     )
   }
+  config.keyProvider = parseKeyProvider(env, config.encryption, problems)
   if (problems.length > 0) throw new ConfigError(problems)
   return Object.freeze(config)
 }
@@ -361,4 +377,29 @@ function parseTiers(
     else (result.tiers as Record<string, number>)[name.trim()] = v
   }
   return result
+}
+
+/**
+ * DATA_KEYS=per-tenant turns per-tenant data keys on, wrapped by KEY_PROVIDER's keys (local by
+ * default: derived from ENCRYPTION_KEYS, which it needs); unset or "off": undefined.
+ */
+function parseKeyProvider(env: Env, ring: KeyRing, problems: string[]): KeyProvider | undefined {
+  const mode = (env.DATA_KEYS ?? '').trim()
+  if (mode === '' || mode === 'off') return undefined
+  if (mode !== 'per-tenant') {
+    problems.push(`DATA_KEYS must be per-tenant or off (got "${mode}")`)
+    return undefined
+  }
+  if (!ring.enabled) {
+    problems.push(
+      'DATA_KEYS=per-tenant needs ENCRYPTION_KEYS (older values, signatures, and the local provider)',
+    )
+    return undefined
+  }
+  try {
+    return providerFromEnv(env, ring)
+  } catch (error) {
+    problems.push((error as Error).message)
+    return undefined
+  }
 }

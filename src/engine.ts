@@ -24,6 +24,8 @@ import type { PurgeOptions, PurgeReport } from './compliance/retention.ts'
 import { type Config, loadConfig } from './config.ts'
 import type { AgentDefinition, WorkflowDefinition } from './core/definition.ts'
 import type { JsonLimits } from './core/json.ts'
+import type { CryptoErasureReport } from './compliance/crypto-erasure.ts'
+import { type EngineKeys, engineKeys, keyRingOf } from './crypto/engine-keys.ts'
 import type { KeyRing } from './crypto/keyring.ts'
 import type { ReencryptOptions, ReencryptReport } from './crypto/reencrypt.ts'
 import type { Db, TenantScope } from './db/tx.ts'
@@ -103,6 +105,7 @@ export class Engine {
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
+    this.#keyRing = keyRingOf(this.config)
     this.log = options.log ?? createLogger(this.config.logLevel)
     const warn = (details: object, error: unknown, msg: string) => this.#health.warn(details, error, msg)
     const connections = (this.#connections = new Connections(options, this.config, warn))
@@ -166,10 +169,12 @@ export class Engine {
     return { maxBytes: this.config.maxPayloadBytes, maxDepth: 64 }
   }
 
-  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted). */
+  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted), with this engine's data keys. */
   get keyRing(): KeyRing {
-    return this.config.encryption
+    return this.#keyRing
   }
+
+  readonly #keyRing: KeyRing
 
   /** Registers a workflow type's version (see Registry.registerWorkflow, src/engine/registry.ts). */
   registerWorkflow(def: WorkflowDefinition<any>): void {
@@ -249,6 +254,14 @@ export class Engine {
   }
   eraseTenantData(tenantId: string): Promise<ErasureReport> {
     return this.#compliance.eraseTenantData(tenantId)
+  }
+  /** Crypto-erasure: the subject's (or tenant's) data keys destroyed (src/compliance/crypto-erasure.ts). */
+  cryptoErase(tenantId: string, subjectKey?: string): Promise<CryptoErasureReport> {
+    return this.#compliance.cryptoErase(tenantId, subjectKey)
+  }
+  /** Per-tenant data keys (src/crypto/engine-keys.ts): rotation, KEK re-wrap. */
+  get keys(): EngineKeys {
+    return engineKeys(this, async (scope) => (await this.stores.of(scope)).pool)
   }
   reencrypt(options: ReencryptOptions = {}): Promise<ReencryptReport> {
     return this.#compliance.reencrypt(options)

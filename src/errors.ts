@@ -144,6 +144,9 @@ export class SetupError extends EquilateralError {
  * A stored payload could not be decrypted: `no_keys` (it is encrypted but no keys are configured),
  * `unknown_key` (its key is not in the key ring), `decryption_failed` (altered, copied from another
  * tenant or column, or different key material under its key id), `invalid_envelope` (malformed).
+ * Per-tenant data keys (src/crypto/data-keys.ts) add `key_not_loaded` (a data key the process has
+ * not loaded yet: retried), `unwrap_failed` (the key provider refused to unwrap a data key),
+ * `provider_unavailable` (the key provider could not be reached) and `provider_config`.
  * The message names the tenant, the column and the key id; never any data.
  */
 export class EncryptionError extends EquilateralError {
@@ -153,7 +156,15 @@ export class EncryptionError extends EquilateralError {
   }
 }
 
-export type EncryptionErrorCode = 'no_keys' | 'unknown_key' | 'decryption_failed' | 'invalid_envelope'
+export type EncryptionErrorCode =
+  | 'no_keys'
+  | 'unknown_key'
+  | 'decryption_failed'
+  | 'invalid_envelope'
+  | 'key_not_loaded'
+  | 'unwrap_failed'
+  | 'provider_unavailable'
+  | 'provider_config'
 
 /**
  * Thrown by an agent to fail its task without further retries (bad input that another attempt

@@ -66,6 +66,15 @@ export type { EquilateralConfig, ScheduleDeclaration } from './project.ts'
 export { loadConfig } from './config.ts'
 export type { Config } from './config.ts'
 export { isEnvelope, KeyRing } from './crypto/keyring.ts'
+export { DataKeys, type DataKeyOptions, type ErasedValue, type RewrapReport } from './crypto/data-keys.ts'
+export {
+  type KeyProvider,
+  LocalKeyProvider,
+  type VaultTransitOptions,
+  VaultTransitProvider,
+  type WrappedKey,
+} from './crypto/provider.ts'
+export type { CryptoErasureReport } from './compliance/crypto-erasure.ts'
 export type { Envelope, PayloadPurpose } from './crypto/keyring.ts'
 export type { ReencryptOptions, ReencryptReport, TenantReencryptReport } from './crypto/reencrypt.ts'
 export { IdempotencyConflictError } from './flow/start.ts'

@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs'
 import { Command } from 'commander'
 import { packagePath } from '../paths.ts'
 import * as compliance from './commands/compliance.ts'
+import * as keys from './commands/keys.ts'
 import * as ops from './commands/ops.ts'
 import * as processes from './commands/processes.ts'
 import * as project from './commands/project.ts'
@@ -51,6 +52,7 @@ const GROUPS: readonly { register(program: Command): void }[] = [
   tenants, // tenant ...
   workflows, // workflow ..., schedule list, event, approve, reject
   compliance, // audit ..., retention purge, erase
+  keys, // keys rotate|rewrap, erase --crypto (after compliance: it extends erase)
   ops, // openapi, stats, sweep, reencrypt
   usage, // usage, budgets ...
 ]

@@ -63,7 +63,7 @@ const AUDIT_PASS = `SELECT last, seen, n FROM maintenance_redact_audit($1, $2, $
 const TENANT_REST = `SELECT maintenance_erase_rest($1, $2) AS members,
   maintenance_erase_dead_letters($1, $2, NULL) AS dead_letters`
 
-interface Deps {
+export interface Deps {
   /** The maintenance pool on the database the tenant's data is in. */
   maintenance: pg.Pool
   /**
@@ -123,12 +123,12 @@ function newReport(tenantId: string, scope: ErasureReport['scope']): ErasureRepo
 }
 
 /** Cancels the running workflows `select` finds (its last parameter is the page size). */
-async function cancelRunning(
-  deps: Deps,
+export async function cancelRunning(
+  deps: Pick<Deps, 'app' | 'boss'>,
   scope: TenantScope,
   select: string,
   params: unknown[],
-  report: ErasureReport,
+  report: { erasureId: string; cancelled: number },
 ): Promise<void> {
   for (let page = 0; page < MAX_CANCEL_PAGES; page++) {
     const ids = await withTenantTx(deps.app, scope, async (db) => {

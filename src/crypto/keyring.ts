@@ -9,6 +9,12 @@
 // never ambiguous. The associated data is `<tenant id>:<purpose>` (tenant ids cannot contain ':'), so a
 // ciphertext copied into another tenant's row, or into another column, fails to decrypt instead of
 // yielding another tenant's data. JSON null is stored as it is: it has no content to hide.
+//
+// With per-tenant data keys (withDataKeys, src/crypto/data-keys.ts) the envelope has the same five
+// keys with "$eq": 2 and "k" the id of a tenant's (or subject's) data key, and the associated data
+// `<tenant id>:<purpose>:<data key id>`; version 1 envelopes (the key ring's keys) still read. The
+// data keys must be loaded before the synchronous encrypt/decrypt: prepare() and prepareFor() do it
+// (a Map lookup once cached).
 import {
   createCipheriv,
   createDecipheriv,
@@ -20,15 +26,19 @@ import {
   timingSafeEqual,
 } from 'node:crypto'
 import { inspect } from 'node:util'
+import type pg from 'pg'
 import type { Json } from '../core/json.ts'
+import type { TenantScope } from '../db/tx.ts'
 import { ConfigError, EncryptionError, InvalidInputError } from '../errors.ts'
+import { type DataKeys, erasedMarker, type KeySource, subjectHash } from './data-keys.ts'
 
 /** The column a payload belongs to; part of the associated data. */
 export type PayloadPurpose =
   'workflow.input' | 'task.data' | 'task.result' | 'event.payload' | 'enterprise.output'
 
 export interface Envelope {
-  $eq: 1
+  /** 1: under a key of the ring; 2: under a tenant's data key. */
+  $eq: 1 | 2
   /** Id of the key it was encrypted under. */
   k: string
   iv: string
@@ -64,20 +74,25 @@ export class KeyRing {
   readonly #active: string | undefined
   /** Signing keys, derived (HKDF) from each encryption key on first use. */
   readonly #macKeys = new Map<string, Buffer>()
+  /** Per-tenant data keys, when on (withDataKeys). */
+  #dataKeys: DataKeys | undefined
 
   /** Keys by id (32 bytes each) and the active key's id; throws ConfigError listing every problem. */
-  constructor(keys: ReadonlyMap<string, Uint8Array>, active: string | undefined) {
+  constructor(keys: ReadonlyMap<string, Uint8Array | KeyObject>, active: string | undefined) {
     const problems: string[] = []
     for (const [id, bytes] of keys) {
+      const size = bytes instanceof Uint8Array ? bytes.length : bytes.symmetricKeySize
       if (!KEY_ID.test(id)) problems.push(`encryption key id "${id}" must be 1-64 of A-Z a-z 0-9 _ . -`)
-      if (bytes.length !== 32) problems.push(`encryption key "${id}" must be 32 bytes (got ${bytes.length})`)
+      if (size !== 32) problems.push(`encryption key "${id}" must be 32 bytes (got ${size})`)
     }
     if (active !== undefined && !keys.has(active)) {
       problems.push(`the active encryption key "${active}" is not in the key ring`)
     }
     if (active === undefined && keys.size > 0) problems.push('a key ring with keys needs an active key')
     if (problems.length > 0) throw new ConfigError(problems)
-    this.#keys = new Map([...keys].map(([id, bytes]) => [id, createSecretKey(bytes)]))
+    this.#keys = new Map(
+      [...keys].map(([id, bytes]) => [id, bytes instanceof Uint8Array ? createSecretKey(bytes) : bytes]),
+    )
     this.#active = active
   }
 
@@ -93,6 +108,46 @@ export class KeyRing {
   /** A new random key, base64 (for ENCRYPTION_KEYS). */
   static generateKey(): string {
     return randomBytes(32).toString('base64')
+  }
+
+  /**
+   * The same keys, with payloads encrypted under per-tenant data keys (read: either version). One
+   * per engine: the data keys' cache is keyed by tenant id, which is unique within one fleet.
+   */
+  withDataKeys(dataKeys: DataKeys): KeyRing {
+    const ring = new KeyRing(this.#keys, this.#active)
+    ring.#dataKeys = dataKeys
+    return ring
+  }
+
+  /** The per-tenant data keys, when on. */
+  get dataKeys(): DataKeys | undefined {
+    return this.#dataKeys
+  }
+
+  /**
+   * Loads (creating it when needed) the active data key of the tenant, or of the subject: call it
+   * before encrypt(); returns the id to pass it (undefined without data keys). Cached: no I/O.
+   */
+  async prepare(pool: pg.Pool, scope: TenantScope, subject?: string | null): Promise<string | undefined> {
+    if (!this.#dataKeys) return undefined
+    return this.#dataKeys.ensureActive(pool, scope, subject)
+  }
+
+  /** Loads the data keys the values' envelopes name (and the tenant's active key): call it before decrypt(). */
+  async prepareFor(pool: KeySource, scope: TenantScope, values: Iterable<unknown>): Promise<void> {
+    const dk = this.#dataKeys
+    if (!dk) return
+    const ids: string[] = []
+    for (const v of values) if (isEnvelope(v) && v.$eq === 2 && typeof v.k === 'string') ids.push(v.k)
+    await dk.loadActive(pool, scope)
+    if (ids.length > 0) await dk.ensureIds(pool, scope, ids)
+  }
+
+  /** Key material derived (HKDF, `info`) from the ring's key `id`, or undefined when it has no such key. */
+  deriveKey(id: string, info: string): Buffer | undefined {
+    const key = this.#keys.get(id)
+    return key ? Buffer.from(hkdfSync('sha256', key, '', info, 32)) : undefined
   }
 
   /** Whether payloads are encrypted (there is an active key). */
@@ -113,7 +168,7 @@ export class KeyRing {
    * it is null). Refuses, with InvalidInputError at `path`, a value of the reserved envelope shape.
    * The size limit (MAX_PAYLOAD_BYTES) is checked on the plain value before this.
    */
-  encrypt(tenantId: string, purpose: PayloadPurpose, value: Json, path = '$'): Json {
+  encrypt(tenantId: string, purpose: PayloadPurpose, value: Json, path = '$', keyId?: string): Json {
     if (isEnvelope(value)) {
       throw new InvalidInputError(
         `${path} is an object with exactly the keys $eq, k, iv, ct and tag, which is reserved for encrypted values`,
@@ -122,18 +177,58 @@ export class KeyRing {
     }
     const id = this.#active
     if (id === undefined || value === null) return value
+    // Enterprise outputs are kept in the control database's run summaries, beside no tenant's data
+    // keys: always under the ring's keys (the row erasure covers them).
+    const data = purpose === 'enterprise.output' ? undefined : this.#sealingKey(tenantId, keyId)
+    const k = data ? data.id : id
     const iv = randomBytes(IV_BYTES)
-    const cipher = createCipheriv('aes-256-gcm', this.#keys.get(id) as KeyObject, iv)
-    cipher.setAAD(Buffer.from(`${tenantId}:${purpose}`, 'utf8'))
+    const cipher = createCipheriv('aes-256-gcm', data ? data.key : (this.#keys.get(id) as KeyObject), iv)
+    cipher.setAAD(Buffer.from(data ? `${tenantId}:${purpose}:${k}` : `${tenantId}:${purpose}`, 'utf8'))
     const ct = Buffer.concat([cipher.update(JSON.stringify(value), 'utf8'), cipher.final()])
     const envelope: Envelope = {
-      $eq: 1,
-      k: id,
+      $eq: data ? 2 : 1,
+      k,
       iv: iv.toString('base64'),
       ct: ct.toString('base64'),
       tag: cipher.getAuthTag().toString('base64'),
     }
     return envelope as unknown as Json
+  }
+
+  /**
+   * The data key to encrypt with: the active key of the subject `keyId` belongs to (a value written
+   * for a task is sealed under its workflow's subject key), else the tenant's active key; undefined
+   * without data keys, or when prepare() was not called for the tenant (then a version 1 envelope
+   * under the ring's active key is written: readable, re-encrypted by `reencrypt`).
+   */
+  #sealingKey(tenantId: string, keyId: string | undefined): { id: string; key: KeyObject } | undefined {
+    const dk = this.#dataKeys
+    if (!dk) return undefined
+    const named = keyId === undefined ? undefined : dk.get(tenantId, keyId)
+    const e = (named && dk.active(tenantId, named.subject)) ?? dk.active(tenantId)
+    return e?.key ? { id: e.id, key: e.key } : undefined
+  }
+
+  /**
+   * Refuses (EncryptionError decryption_failed) a value under another data subject's key than the
+   * workflow's: a ciphertext copied from one subject's workflow into another's (or into one without
+   * a subject) does not decrypt there. Values under the tenant's own keys pass (written before the
+   * subject had a key, or re-encrypted).
+   */
+  checkSubject(tenantId: string, value: Json, subjectKey: string | null | undefined): void {
+    const subject = this.subjectOf(tenantId, value)
+    if (subject === undefined || subject === '' || subject === subjectHash(subjectKey)) return
+    throw new EncryptionError(
+      'decryption_failed',
+      `a value of tenant "${tenantId}" is under another data subject's key than its workflow's`,
+    )
+  }
+
+  /** The subject hash ('' for the tenant's own keys) of a version 2 envelope's data key, if loaded. */
+  subjectOf(tenantId: string, value: Json): string | undefined {
+    if (!isEnvelope(value) || value.$eq !== 2) return undefined
+    const e = this.#dataKeys?.get(tenantId, value.k)
+    return e && e.state !== 'absent' ? e.subject : undefined
   }
 
   /**
@@ -147,10 +242,39 @@ export class KeyRing {
     if (!isEnvelope(value)) return value
     const what = `${purpose} of tenant "${tenantId}"`
     const { k, iv, ct, tag } = value
-    if (value.$eq !== 1 || typeof k !== 'string' || typeof iv !== 'string' || typeof ct !== 'string') {
+    if (
+      (value.$eq !== 1 && value.$eq !== 2) ||
+      typeof k !== 'string' ||
+      typeof iv !== 'string' ||
+      typeof ct !== 'string'
+    ) {
       throw new EncryptionError('invalid_envelope', `${what} is a malformed or unsupported encrypted value`)
     }
-    const key = this.#keys.get(k)
+    let key: KeyObject | undefined
+    let aad = `${tenantId}:${purpose}`
+    if (value.$eq === 2) {
+      const dk = this.#dataKeys
+      const e = dk?.get(tenantId, k)
+      if (!dk) {
+        throw new EncryptionError(
+          'unknown_key',
+          `${what} is encrypted under data key "${k}" but per-tenant data keys are off (DATA_KEYS)`,
+        )
+      }
+      if (!e) throw new EncryptionError('key_not_loaded', `${what} names data key "${k}", not loaded yet`)
+      // Crypto-erased: the typed marker a row erasure leaves, instead of an error.
+      if (e.state === 'destroyed') return erasedMarker(e.erasure)
+      if (e.state === 'absent' || !e.key) {
+        throw new EncryptionError(
+          'decryption_failed',
+          `${what} names data key "${k}", which the tenant does not have (another tenant's value?)`,
+        )
+      }
+      key = e.key
+      aad = `${tenantId}:${purpose}:${k}`
+    } else {
+      key = this.#keys.get(k)
+    }
     if (!key) {
       throw this.#keys.size === 0
         ? new EncryptionError(
@@ -170,7 +294,7 @@ export class KeyRing {
     let plain: string
     try {
       const decipher = createDecipheriv('aes-256-gcm', key, ivBytes)
-      decipher.setAAD(Buffer.from(`${tenantId}:${purpose}`, 'utf8'))
+      decipher.setAAD(Buffer.from(aad, 'utf8'))
       decipher.setAuthTag(tagBytes)
       plain = Buffer.concat([decipher.update(Buffer.from(ct, 'base64')), decipher.final()]).toString('utf8')
     } catch (error) {
@@ -226,9 +350,14 @@ export class KeyRing {
   }
 
   /** Whether a stored value should be rewritten under the active key (plain, or under another key). */
-  needsReencryption(value: Json): boolean {
+  needsReencryption(value: Json, tenantId?: string): boolean {
     if (this.#active === undefined || value === null) return false
-    return !isEnvelope(value) || value.k !== this.#active
+    if (!isEnvelope(value)) return true
+    const dk = this.#dataKeys
+    if (!dk || tenantId === undefined) return value.k !== this.#active
+    if (value.$eq !== 2) return true
+    // Under a retired data key: moves to the active one. Destroyed (erased) values stay as they are.
+    return dk.get(tenantId, value.k)?.state === 'retired'
   }
 
   toJSON(): { activeKey: string | null; keys: string[] } {

@@ -10,7 +10,8 @@ import type { Json } from '../core/json.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { EncryptionError, TenantError } from '../errors.ts'
 import type { TenantDirectory } from '../tenancy/tenants.ts'
-import type { KeyRing, PayloadPurpose } from './keyring.ts'
+import { rotateTenantDataKey } from './data-keys.ts'
+import { isEnvelope, type KeyRing, type PayloadPurpose } from './keyring.ts'
 
 export interface ReencryptOptions {
   /** Only this tenant (suspended tenants are included either way). */
@@ -24,6 +25,12 @@ export interface ReencryptOptions {
    * is and listed in `unreadable`. Without it the run stops at the first such value.
    */
   skipUnreadable?: boolean
+  /**
+   * Per-tenant data keys: first give each tenant a new active data key (the current one retired),
+   * then move its values under it. Without it, a run re-encrypts what is left under retired keys
+   * (a rotation interrupted, or values a process wrote with a key it had cached before the rotation).
+   */
+  rotateDataKey?: boolean
 }
 
 /** A value re-encryption could not read, left as it was. */
@@ -68,12 +75,24 @@ export interface ReencryptReport {
 const MIN_UUID = '00000000-0000-0000-0000-000000000000'
 
 /** SQL: whether column `col` holds a value that is neither null nor an envelope under key $3. */
-const stale = (col: string) =>
+const staleRingKey = (col: string) =>
   `(${col} IS NOT NULL AND jsonb_typeof(${col}) <> 'null' AND NOT (jsonb_typeof(${col}) = 'object' AND ${col} ? '$eq' AND ${col} ->> 'k' IS NOT DISTINCT FROM $3))`
+
+/**
+ * With per-tenant data keys: whether `col` holds a value that is plain, under a key of the ring
+ * (version 1), or under a retired data key of the tenant. Values under an active data key, or a
+ * destroyed one (crypto-erased: they stay unreadable), are left alone.
+ */
+const staleDataKey = (col: string) =>
+  `(${col} IS NOT NULL AND jsonb_typeof(${col}) <> 'null' AND NOT (jsonb_typeof(${col}) = 'object' AND ${col} ? '$eq'
+    AND ${col} ->> '$eq' = '2' AND NOT EXISTS (SELECT FROM tenant_data_keys d
+      WHERE d.tenant_id = $1 AND d.id = ${col} ->> 'k' AND d.state = 'retired')) AND $3::text IS NOT NULL)`
+
+type Stale = (col: string) => string
 
 // Updates are fenced on an md5 of the text read: comparing the values themselves would go through
 // JavaScript numbers, which cannot hold every jsonb number exactly.
-const WORKFLOWS_PAGE = `
+const WORKFLOWS_PAGE = (stale: Stale) => `
 SELECT id, input, md5(input::text) AS fp FROM workflows
 WHERE tenant_id = $1 AND id > $2::uuid AND ${stale('input')}
 ORDER BY id LIMIT $4`
@@ -84,7 +103,7 @@ FROM jsonb_to_recordset($2::jsonb) AS x(id uuid, fp text, input jsonb)
 WHERE w.tenant_id = $1 AND w.id = x.id AND md5(w.input::text) = x.fp
 RETURNING w.id`
 
-const TASKS_PAGE = `
+const TASKS_PAGE = (stale: Stale) => `
 SELECT id, data, result, md5(data::text) AS data_fp, md5(result::text) AS result_fp FROM agent_coordination
 WHERE tenant_id = $1 AND id > $2::uuid AND (${stale('data')} OR ${stale('result')})
 ORDER BY id LIMIT $4`
@@ -97,7 +116,7 @@ WHERE t.tenant_id = $1 AND t.id = x.id
 RETURNING t.id`
 
 // The event inbox is keyed by a bigint: its pages start after 0.
-const EVENTS_PAGE = `
+const EVENTS_PAGE = (stale: Stale) => `
 SELECT id::text AS id, payload, md5(payload::text) AS fp FROM workflow_events
 WHERE tenant_id = $1 AND id > $2::bigint AND ${stale('payload')}
 ORDER BY id LIMIT $4`
@@ -109,7 +128,7 @@ WHERE e.tenant_id = $1 AND e.id = x.id AND md5(e.payload::text) = x.fp
 RETURNING e.id`
 
 // Schedules are keyed by their name: pages start after ''.
-const SCHEDULES_PAGE = `
+const SCHEDULES_PAGE = (stale: Stale) => `
 SELECT id, input, md5(input::text) AS fp FROM workflow_schedules
 WHERE tenant_id = $1 AND id > $2 AND ${stale('input')}
 ORDER BY id LIMIT $4`
@@ -143,7 +162,13 @@ export async function reencryptPayloads(
   }
   const tenants = deps.tenants.all(options.tenant === undefined ? {} : { id: options.tenant })
   for await (const scope of tenants) {
-    const r = await reencryptTenant(await deps.poolOf(scope), scope, ring, batchSize, options.skipUnreadable)
+    const pool = await deps.poolOf(scope)
+    if (options.rotateDataKey) {
+      if (!ring.dataKeys)
+        throw new EncryptionError('provider_config', 'per-tenant data keys are off (DATA_KEYS)')
+      await rotateTenantDataKey(ring.dataKeys, pool, scope)
+    }
+    const r = await reencryptTenant(pool, scope, ring, batchSize, options.skipUnreadable)
     report.tenants++
     report.workflows += r.workflows
     report.tasks += r.tasks
@@ -179,10 +204,13 @@ export async function reencryptTenant(
   }
   // Unreadable values of the page being run; a retried transaction starts the page's list over.
   let pageUnreadable: UnreadableValue[] = []
+  const stale = ring.dataKeys ? staleDataKey : staleRingKey
   const redo = (purpose: PayloadPurpose, value: Json, id: string, table: string): Json => {
-    if (!ring.needsReencryption(value)) return value
+    if (!ring.needsReencryption(value, tenant)) return value
     try {
-      return ring.encrypt(tenant, purpose, ring.decrypt(tenant, purpose, value))
+      // Under a data key: re-encrypted under the active key of the same subject (or the tenant's).
+      const keyId = isEnvelope(value) && value.$eq === 2 ? value.k : undefined
+      return ring.encrypt(tenant, purpose, ring.decrypt(tenant, purpose, value), '$', keyId)
     } catch (error) {
       if (!(error instanceof EncryptionError)) throw error
       if (skipUnreadable) {
@@ -208,6 +236,12 @@ export async function reencryptTenant(
         pageUnreadable = []
         const { rows } = await db.executeSql(pageSql, [tenant, after, ring.activeKeyId, batchSize])
         if (rows.length === 0) return { read: 0, written: 0, last: after, full: false }
+        // The data keys the page's values are under (and the tenant's active one), cached after first use.
+        await ring.prepareFor(
+          db,
+          scope,
+          rows.flatMap((r) => [r.input, r.data, r.result, r.payload]),
+        )
         // Rows whose every stale value was unreadable (left as it was) have nothing to write.
         const changes = rows
           .map((row) => [row, change(row)] as const)
@@ -227,12 +261,12 @@ export async function reencryptTenant(
     }
   }
 
-  const wf = await pages(WORKFLOWS_PAGE, WORKFLOWS_UPDATE, (r) => ({
+  const wf = await pages(WORKFLOWS_PAGE(stale), WORKFLOWS_UPDATE, (r) => ({
     id: r.id,
     fp: r.fp,
     input: redo('workflow.input', r.input, r.id, 'workflows'),
   }))
-  const tasks = await pages(TASKS_PAGE, TASKS_UPDATE, (r) => ({
+  const tasks = await pages(TASKS_PAGE(stale), TASKS_UPDATE, (r) => ({
     id: r.id,
     data_fp: r.data_fp,
     result_fp: r.result_fp,
@@ -240,14 +274,14 @@ export async function reencryptTenant(
     result: redo('task.result', r.result, r.id, 'agent_coordination'),
   }))
   const events = await pages(
-    EVENTS_PAGE,
+    EVENTS_PAGE(stale),
     EVENTS_UPDATE,
     (r) => ({ id: r.id, fp: r.fp, payload: redo('event.payload', r.payload, r.id, 'workflow_events') }),
     '0',
   )
   // A schedule's input is the input of the workflows it starts: encrypted as one.
   const schedules = await pages(
-    SCHEDULES_PAGE,
+    SCHEDULES_PAGE(stale),
     SCHEDULES_UPDATE,
     (r) => ({ id: r.id, fp: r.fp, input: redo('workflow.input', r.input, r.id, 'workflow_schedules') }),
     '',

@@ -2,6 +2,7 @@
 // or a whole tenant) on the maintenance connection, and re-encryption of stored payloads.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
+import { type CryptoErasureReport, cryptoErase } from '../compliance/crypto-erasure.ts'
 import { type ErasureReport, eraseSubject, eraseTenant } from '../compliance/erasure.ts'
 import { ownerTenant } from '../compliance/owner.ts'
 import { type PurgeOptions, type PurgeReport, purgeExpired } from '../compliance/retention.ts'
@@ -39,6 +40,16 @@ export class Compliance {
   /** GDPR erasure of a whole tenant's personal data; the tenant stays (suspend it to stop intake). */
   async eraseTenantData(tenantId: string): Promise<ErasureReport> {
     return eraseTenant(await this.#erasureDeps(tenantId), tenantId)
+  }
+
+  /**
+   * Crypto-erasure (src/compliance/crypto-erasure.ts): the running workflows of the subject (or the
+   * tenant) cancelled, then its data keys destroyed, recorded as a `deletion` compliance event.
+   */
+  async cryptoErase(tenantId: string, subjectKey?: string): Promise<CryptoErasureReport> {
+    const report = await cryptoErase(await this.#erasureDeps(tenantId), tenantId, subjectKey)
+    this.#ctx.keyRing.dataKeys?.forget(tenantId)
+    return report
   }
 
   /**

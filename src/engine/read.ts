@@ -16,7 +16,7 @@ import { isUuid } from '../core/ids.ts'
 import { assertStorableJson, type Json } from '../core/json.ts'
 import { WORKFLOW_STATUSES, type WorkflowStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, withTenantTx } from '../db/tx.ts'
+import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { InvalidInputError, NotFoundError } from '../errors.ts'
 import type { Stores } from '../tenancy/stores.ts'
 import type { TenantDirectory } from '../tenancy/tenants.ts'
@@ -113,6 +113,8 @@ export async function readWorkflow(
   ring: KeyRing,
   tenantId: string,
   id: string,
+  /** Per-tenant data keys: the scope their keys are read in (this transaction's). */
+  scope: TenantScope = { tenantId } as TenantScope,
 ): Promise<WorkflowView> {
   const tenant = tenantId
   const wf = await db.executeSql('SELECT * FROM workflows WHERE tenant_id = $1 AND id = $2', [tenantId, id])
@@ -125,6 +127,8 @@ export async function readWorkflow(
        FROM agent_coordination WHERE tenant_id = $1 AND workflow_id = $2 ORDER BY created_at, task_key`,
     [tenantId, id],
   )
+  await ring.prepareFor(db, scope, [w.input, ...rows.map((r) => r.result)])
+  for (const value of [w.input, ...rows.map((r) => r.result)]) ring.checkSubject(tenant, value, w.subject_key)
   for (const r of rows) r.result = ring.decrypt(tenant, 'task.result', r.result)
   const output: Record<string, Json> = {}
   for (const r of rows)

@@ -147,7 +147,13 @@ export class TenantHandle {
       throw new WorkflowCancelledError(id, typeof reason === 'string' ? reason : null)
     }
     const output: Record<string, Json> = {}
-    for (const [key, result] of ended.outputs as [string, Json][]) {
+    const outputs = ended.outputs as [string, Json][]
+    await ring.prepareFor(
+      (await this.#engine.storeOf(this.scope)).pool,
+      this.scope,
+      outputs.map(([, r]) => r),
+    )
+    for (const [key, result] of outputs) {
       output[key] = ring.decrypt(tenant, 'task.result', result)
     }
     return output
@@ -222,6 +228,7 @@ export class TenantHandle {
    */
   async putSchedule(spec: ScheduleSpec): Promise<ScheduleView> {
     const e = this.#engine
+    await e.keyRing.prepare((await e.storeOf(this.scope)).pool, this.scope)
     return this.#tx((db) =>
       putSchedule(
         db,
@@ -234,7 +241,10 @@ export class TenantHandle {
 
   /** The tenant's cron schedules, by id. */
   async listSchedules(): Promise<ScheduleView[]> {
-    return this.#tx((db) => listSchedules(db, this.#engine.keyRing, this.id))
+    const ring = this.#engine.keyRing
+    return this.#tx(async (db) =>
+      listSchedules(await ring.prepareFor(db, this.scope, []).then(() => db), ring, this.id),
+    )
   }
 
   /** Deletes a cron schedule (workflows it started are not touched); NotFoundError if there is none. */
@@ -324,7 +334,7 @@ export class TenantHandle {
         })
     }
     const ring = this.#engine.keyRing
-    return this.#tx((db) => readWorkflow(db, ring, this.scope.tenantId, id))
+    return this.#tx((db) => readWorkflow(db, ring, this.scope.tenantId, id, this.scope))
   }
 
   /** The workflow's audit trail, in the order it was written; NotFoundError for an unknown workflow. */

@@ -107,7 +107,13 @@ export async function runAttempt(r: AttemptRun): Promise<AttemptEnd> {
     const returned = await raceAbort(Promise.resolve(agent.handler(ctx)), controller.signal)
     failpoint('agent.after-return')
     assertStorableJson(returned ?? null, '$.result', r.limits)
-    const result = r.keyRing.encrypt(scope.tenantId, 'task.result', (returned ?? null) as Json, '$.result')
+    const result = r.keyRing.encrypt(
+      scope.tenantId,
+      'task.result',
+      (returned ?? null) as Json,
+      '$.result',
+      task.sealKey,
+    )
     end = { kind: 'returned', result, spawned, usage: null }
   } catch (thrown) {
     if (isSnooze(thrown) && !controller.signal.aborted) return { kind: 'snoozed', snooze: thrown }

@@ -10,7 +10,7 @@ import type { Json } from '../core/json.ts'
 import { attemptStateOf } from '../core/retry.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
 import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
-import type { EncryptionError } from '../errors.ts'
+import { EncryptionError } from '../errors.ts'
 import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
 import { insertJobsCte } from '../queue/direct.ts'
@@ -179,6 +179,14 @@ export async function claimTasks(
     return { claimed, dropped, unserved: left }
   })
   failpoint('claim.after-commit')
+  // Per-tenant data keys the payloads are under: cached after first use (no round trip then).
+  await deps.keyRing
+    .prepareFor(
+      deps.pool,
+      scope,
+      outcome.claimed.flatMap((t) => [t.data, t.input, ...Object.values(t.results)]),
+    )
+    .catch(() => undefined) // a key that cannot be loaded fails its own task in openPayloads (key_not_loaded)
   openClaimed(deps.keyRing, scope, outcome.claimed)
   return outcome
 }
@@ -301,6 +309,23 @@ export async function claimLocallyTx(
 /** Decrypts the task's payloads in place, or sets payloadError. */
 function openPayloads(keyRing: KeyRing, tenantId: string, task: ClaimedTask): void {
   try {
+    // What the task writes (its result, spawned data) goes under its workflow's subject key, when
+    // its payloads are under one; a value of another subject's than the others' does not decrypt.
+    let sealKey: string | undefined
+    const subjects = new Set<string>()
+    for (const v of [task.input, task.data, ...Object.values(task.results)]) {
+      const subject = keyRing.subjectOf(tenantId, v)
+      if (!subject) continue
+      subjects.add(subject)
+      sealKey ??= (v as { k: string }).k
+    }
+    if (subjects.size > 1) {
+      throw new EncryptionError(
+        'decryption_failed',
+        `a task of tenant "${tenantId}" has values under several data subjects' keys`,
+      )
+    }
+    task.sealKey = sealKey
     const data = keyRing.decrypt(tenantId, 'task.data', task.data)
     const input = keyRing.decrypt(tenantId, 'workflow.input', task.input)
     const results: Record<string, Json> = {}

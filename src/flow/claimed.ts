@@ -42,6 +42,8 @@ export interface ClaimedTask extends AttemptState {
    * agent, and data, input and results are empty.
    */
   payloadError?: EncryptionError
+  /** The data key the task's payloads are under when it is a data subject's: what it writes goes under it too. */
+  sealKey?: string
 }
 
 /** A ready task this worker may claim in the completion's transaction, with its agent's versions. */

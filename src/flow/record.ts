@@ -70,7 +70,14 @@ export class Recorder {
             attempt: task.attempt,
             result: end.result,
             ...(end.spawned.length
-              ? { spawn: { tasks: end.spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
+              ? {
+                  spawn: {
+                    tasks: end.spawned,
+                    limits: this.#o.limits,
+                    keyRing: this.#o.keyRing,
+                    ...(task.sealKey ? { sealKey: task.sealKey } : {}),
+                  },
+                }
               : {}),
             ...(end.usage ? { usage: end.usage } : {}),
           })

@@ -17,6 +17,8 @@ export interface SpawnRequest {
   limits: JsonLimits
   /** Encrypts the spawned tasks' data (limits apply to the plain values). */
   keyRing: KeyRing
+  /** The spawner's data subject key (per-tenant data keys): the spawned data goes under it too. */
+  sealKey?: string
 }
 
 const INSERT_SPAWNED = `
@@ -76,7 +78,7 @@ export async function spawnTasksTx(
   const data = request.tasks.map((t, i) => {
     const value = t.data ?? null
     assertStorableJson(value, `$.spawn[${i}].data`, request.limits)
-    return request.keyRing.encrypt(scope.tenantId, 'task.data', value, `$.spawn[${i}].data`)
+    return request.keyRing.encrypt(scope.tenantId, 'task.data', value, `$.spawn[${i}].data`, request.sealKey)
   })
   const planned = planTasks(specs, data, { newId: randomUUID, queueName, limits: request.limits }, existing)
   const newIds = new Set(planned.map((p) => p.id))

@@ -115,9 +115,11 @@ export async function startWorkflow<TInput, TStart>(
   if (options.subjectKey !== undefined) checkKey(options.subjectKey, 'subjectKey')
   if (options.actor !== undefined) checkKey(options.actor, 'actor')
   const tenant = scope.tenantId
-  const storedInput = deps.keyRing.encrypt(tenant, 'workflow.input', input ?? null, '$.input')
+  // Per-tenant data keys: the tenant's (or the subject's) active key, cached after its first use.
+  const keyId = await deps.keyRing.prepare(deps.pool, scope, options.subjectKey)
+  const storedInput = deps.keyRing.encrypt(tenant, 'workflow.input', input ?? null, '$.input', keyId)
   const data = taskData(def, input, deps.limits).map((d, i) =>
-    deps.keyRing.encrypt(tenant, 'task.data', d, `$.tasks.${def.tasks[i]?.key}.data`),
+    deps.keyRing.encrypt(tenant, 'task.data', d, `$.tasks.${def.tasks[i]?.key}.data`, keyId),
   )
   const tasks = planTasks(def.tasks, data, {
     newId: randomUUID,

@@ -185,6 +185,7 @@ export async function armWaits(
           'UPDATE workflow_events SET task_id = $3, consumed_at = now() WHERE tenant_id = $1 AND id = $2',
           [scope.tenantId, event.id, task.id],
         )
+        await deps.keyRing.prepareFor(db, scope, [event.payload])
         const payload = deps.keyRing.decrypt(scope.tenantId, 'event.payload', event.payload)
         await resolveTx(
           db,
@@ -349,6 +350,7 @@ async function resolveTx(
   }
   if (r.kind === 'complete') {
     assertStorableJson(r.result ?? null, '$.result', deps.limits)
+    await deps.keyRing.prepare(deps.pool, scope)
     const written = await writeCompletionsTx({ db, boss: deps.boss, scope }, [
       {
         taskId: task.id,
@@ -443,6 +445,7 @@ export async function deliver(
     assertStorableJson(value, path)
   }
   assertStorableJson(delivery.payload ?? null, '$.payload', deps.limits)
+  await deps.keyRing.prepare(deps.pool, scope)
   const stored = deps.keyRing.encrypt(scope.tenantId, 'event.payload', delivery.payload ?? null, '$.payload')
   return withTenantTx(deps.pool, scope, async (db) => {
     const outcome: WaitOutcome = { dispatched: [], workflowsCompleted: [], workflowsFailed: [] }
@@ -455,6 +458,7 @@ export async function deliver(
       [scope.tenantId, workflowId, delivery.eventId],
     )
     const before = earlier.rows[0]
+    if (before) await deps.keyRing.prepareFor(db, scope, [before.payload])
     if (before) {
       const same =
         before.kind === delivery.kind &&

@@ -207,6 +207,7 @@ export async function tickTenant(
     await db.executeSql('SAVEPOINT schedule', [])
     try {
       const plan = planSlots(spec, row.missed, row.next_slot, row.now, options.graceMs, maxSlots)
+      if (plan.start.length > 0) await deps.keyRing.prepareFor(db, scope, [row.input])
       const input = plan.start.length > 0 ? deps.keyRing.decrypt(tenantId, 'workflow.input', row.input) : null
       const starts: ScheduledStart[] = []
       for (const slot of plan.start) {

@@ -7,6 +7,7 @@ import { sql } from 'drizzle-orm'
 import {
   bigint,
   boolean,
+  check,
   index,
   integer,
   jsonb,
@@ -359,6 +360,37 @@ export const complianceEvents = pgTable(
     primaryKey({ columns: [t.tenantId, t.id] }),
     tenantIsolation(),
     index('compliance_events_retention_idx').on(t.tenantId, t.retentionUntil),
+  ],
+)
+
+/**
+ * Per-tenant data keys (envelope encryption, src/crypto/data-keys.ts; drizzle/tenant/0018): one row
+ * per data key of a tenant (subject_hash '') or of a data subject (SHA-256 of its subject key), the
+ * key only wrapped by a key-encryption key (kek). At most one active per tenant and subject; a
+ * destroyed key (crypto-erasure) keeps its row without the wrapped key.
+ */
+export const tenantDataKeys = pgTable(
+  'tenant_data_keys',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: text('id').notNull(),
+    subjectHash: text('subject_hash').notNull().default(''),
+    state: text('state', { enum: ['active', 'retired', 'destroyed'] }).notNull(),
+    kek: text('kek'),
+    wrapped: text('wrapped'),
+    erasure: uuid('erasure'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+    rotatedAt: tz('rotated_at'),
+    destroyedAt: tz('destroyed_at'),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.id] }),
+    tenantIsolation(),
+    uniqueIndex('tenant_data_keys_active_idx')
+      .on(t.tenantId, t.subjectHash)
+      .where(sql`${t.state} = 'active'`),
+    check('tenant_data_keys_state_check', sql`${t.state} IN ('active', 'retired', 'destroyed')`),
+    check('tenant_data_keys_wrapped_check', sql`(${t.state} = 'destroyed') = (${t.wrapped} IS NULL)`),
   ],
 )
 
