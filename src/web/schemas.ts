@@ -81,6 +81,11 @@ export const sharedSchemas = [
       correlationId: { type: 'string' },
       createdAt: dateTime,
       completedAt: nullableDateTime,
+      replayOf: {
+        type: ['string', 'null'],
+        format: 'uuid',
+        description: 'a replay: the workflow it replays (POST /v1/workflows/{id}/replay); null otherwise',
+      },
       output: {
         type: 'object',
         additionalProperties: true,
