@@ -1694,7 +1694,8 @@ export class TenantHandle {
    */
   async replayWorkflow(id: string, options: ReplayOptions): Promise<ReplayResult> {
     requireUuid(id, 'workflow id')
-    if (options === null || typeof options !== 'object') throw new InvalidInputError('options must be an object')
+    if (options === null || typeof options !== 'object')
+      throw new InvalidInputError('options must be an object')
     const store = await this.#engine.storeOf(this.scope)
     return replayWorkflow(store, this.scope, id.toLowerCase(), options)
   }

@@ -137,7 +137,8 @@ export async function redrive(
   const { taskId, agent } = selection
   if ((taskId === undefined) === (agent === undefined))
     throw new InvalidInputError('redrive takes exactly one of taskId and agent')
-  if (taskId !== undefined && !isUuid(taskId)) throw new InvalidInputError('taskId must be a UUID', '$.taskId')
+  if (taskId !== undefined && !isUuid(taskId))
+    throw new InvalidInputError('taskId must be a UUID', '$.taskId')
   if (agent !== undefined) checkAgent(agent)
   const target = taskId !== undefined ? `task:${taskId.toLowerCase()}` : `agent:${agent}`
   return withTenantTx(deps.pool, scope, async (db) => {

@@ -225,7 +225,7 @@ export function planReplay(
     for (const c of byId.get(id)?.dependents ?? []) walk.push(c)
   }
   const dropped = new Set<string>()
-  for (let changed = true; changed; ) {
+  for (let changed = true; changed;) {
     changed = false
     for (const t of tasks) {
       if (dropped.has(t.id) || t.id === fromId) continue

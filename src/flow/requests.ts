@@ -19,7 +19,8 @@ export interface OperatorRequest {
 
 /** Refuses a bad actor or request key before the transaction (PostgreSQL text cannot hold a NUL). */
 export function checkRequest(request: OperatorRequest): void {
-  if (request === null || typeof request !== 'object') throw new InvalidInputError('options must be an object')
+  if (request === null || typeof request !== 'object')
+    throw new InvalidInputError('options must be an object')
   for (const name of ['actor', 'requestKey'] as const) {
     const value = request[name]
     if (value === undefined) continue

@@ -205,7 +205,9 @@ describe('retryWorkflow', () => {
     const one = await failedPipeline()
     const two = await failedPipeline()
     await acme.retryWorkflow(one, { requestKey: 'shared-key' })
-    expect(await errorCode(acme.retryWorkflow(two, { requestKey: 'shared-key' }))).toBe('request_key_conflict')
+    expect(await errorCode(acme.retryWorkflow(two, { requestKey: 'shared-key' }))).toBe(
+      'request_key_conflict',
+    )
     expect((await acme.getWorkflow(two)).status).toBe('failed')
     fix(one)
     await settled(engine, 'acme', one)
@@ -231,9 +233,12 @@ describe('replayWorkflow', () => {
     expect(replay.id).not.toBe(id)
     const wf = await settled(engine, 'acme', replay.id)
     expect(wf).toMatchObject({ status: 'completed', type: 'chain', version: 2, replayOf: id })
-    expect([callsOf(replay.id, 'a'), callsOf(replay.id, 'b'), callsOf(replay.id, 'c'), callsOf(replay.id, 'd')]).toEqual([
-      0, 1, 1, 0,
-    ])
+    expect([
+      callsOf(replay.id, 'a'),
+      callsOf(replay.id, 'b'),
+      callsOf(replay.id, 'c'),
+      callsOf(replay.id, 'd'),
+    ]).toEqual([0, 1, 1, 0])
     // The reused results are the original's, and b ran again with a's result as its parent.
     const byKey = (v: typeof wf, key: string) => v.tasks.find((t) => t.key === key)
     expect(byKey(wf, 'a')?.result).toEqual(byKey(original, 'a')?.result)
@@ -255,10 +260,15 @@ describe('replayWorkflow', () => {
       reusedFrom: byKey(original, 'a')?.id,
     })
     expect((await acme.history(id)).filter((h) => h.action === 'workflow_replayed')).toEqual([
-      expect.objectContaining({ actor: 'ops@acme', data: { replay: replay.id, from: 'b', requestKey: 'replay-1' } }),
+      expect.objectContaining({
+        actor: 'ops@acme',
+        data: { replay: replay.id, from: 'b', requestKey: 'replay-1' },
+      }),
     ])
     // The same request answers the same workflow; no second replay.
-    expect(await acme.replayWorkflow(id, { from: 'b', actor: 'ops@acme', requestKey: 'replay-1' })).toEqual(replay)
+    expect(await acme.replayWorkflow(id, { from: 'b', actor: 'ops@acme', requestKey: 'replay-1' })).toEqual(
+      replay,
+    )
     expect((await acme.listWorkflows({ type: 'chain' })).workflows).toHaveLength(2)
   })
 
@@ -270,7 +280,9 @@ describe('replayWorkflow', () => {
     expect(replay.reused.sort()).toEqual(['root', 'side'])
     const wf = await settled(engine, 'acme', replay.id)
     expect(wf.status).toBe('completed')
-    expect([callsOf(replay.id, 'root'), callsOf(replay.id, 'mid'), callsOf(replay.id, 'leaf')]).toEqual([0, 1, 1])
+    expect([callsOf(replay.id, 'root'), callsOf(replay.id, 'mid'), callsOf(replay.id, 'leaf')]).toEqual([
+      0, 1, 1,
+    ])
     expect((await acme.getWorkflow(id)).status).toBe('failed')
   })
 
@@ -342,11 +354,19 @@ describe('dead letters', () => {
 
   it('redrives one dead letter by task id, idempotent on its request key', async () => {
     const id = await failedPipeline()
-    const [letter] = (await acme.deadLetters({ agent: 'fragile' })).deadLetters.filter((d) => d.workflowId === id)
+    const [letter] = (await acme.deadLetters({ agent: 'fragile' })).deadLetters.filter(
+      (d) => d.workflowId === id,
+    )
     fix(id)
     const result = await acme.redrive({ taskId: letter!.taskId }, { actor: 'ops', requestKey: 'redrive-1' })
-    expect(result).toEqual({ redriven: [{ taskId: letter!.taskId, workflowId: id }], workflowsRetried: 1, more: false })
-    expect(await acme.redrive({ taskId: letter!.taskId }, { actor: 'ops', requestKey: 'redrive-1' })).toEqual(result)
+    expect(result).toEqual({
+      redriven: [{ taskId: letter!.taskId, workflowId: id }],
+      workflowsRetried: 1,
+      more: false,
+    })
+    expect(await acme.redrive({ taskId: letter!.taskId }, { actor: 'ops', requestKey: 'redrive-1' })).toEqual(
+      result,
+    )
     expect((await settled(engine, 'acme', id)).status).toBe('completed')
     expect(callsOf(id, 'mid')).toBe(2)
     // No longer a dead letter: without the key, redriving it is "not found".
