@@ -60,7 +60,7 @@ const setups = await Promise.all(
 
 let causes = 0
 
-describe.each(setups)('operations over HTTP with $mode', ({ mode, engine, db, web, keys }) => {
+describe.each(setups)('operations over HTTP with $mode', ({ mode, engine, web, keys }) => {
   const call = async (method: string, path: string, body?: unknown, key = keys.acme) => {
     const res = await fetch(`${web.url}${path}`, {
       method,
@@ -70,7 +70,7 @@ describe.each(setups)('operations over HTTP with $mode', ({ mode, engine, db, we
       },
       ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     })
-    return { status: res.status, type: res.headers.get('content-type'), body: await res.json() }
+    return { status: res.status, type: res.headers.get('content-type'), body: (await res.json()) as any }
   }
   const failed = async () => {
     const cause = `${mode}-${++causes}`
@@ -230,7 +230,7 @@ describe('request keys in row-level mode', () => {
       method: 'POST',
       headers: { authorization: `Bearer ${keys.acme}`, 'content-type': 'application/json' },
       body: JSON.stringify(body),
-    }).then(async (r) => ({ status: r.status, body: await r.json() }))
+    }).then(async (r) => ({ status: r.status, body: (await r.json()) as any }))
   const failed = async () => {
     const cause = `row-level-keys-${++causes}`
     broken.add(cause)
