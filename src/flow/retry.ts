@@ -85,10 +85,10 @@ audit AS (
     $4, wf.correlation_id
   FROM t, wf
   UNION ALL
-  SELECT $1, wf.id, t.id, t.agent_id, 'task_queued',
+  SELECT $1, wf.id, t.id, t.agent_id, CASE WHEN t.status = 'queued' THEN 'task_queued' ELSE 'task_pending' END,
     jsonb_strip_nulls(jsonb_build_object('key', t.task_key, 'attempt', t.attempt, 'startAfter', t.start_after)),
     $4, wf.correlation_id
-  FROM t, wf WHERE t.status = 'queued'
+  FROM t, wf
 ),
 stopped AS (
   SELECT pg_notify('${CANCEL_CHANNEL}', string_agg(s.id::text, ',')) FROM (
@@ -98,8 +98,10 @@ stopped AS (
 notified AS (
   SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT queue FROM t WHERE status = 'queued') q
 )
+-- The stop notices are sent before the ready ones: a worker must not abort the new attempt it may
+-- claim of a task whose old attempt it still runs.
 SELECT t.id, t.status, t.attempt, t.job_id, t.queue, t.timeout_ms, t.start_after, t.previous, t.old_job,
-  t.old_queue, (SELECT count(*) FROM notified) + (SELECT count(*) FROM stopped) AS notified,
+  t.old_queue, (SELECT count(*) FROM stopped) + (SELECT count(*) FROM notified) AS notified,
   (SELECT count(*) FROM wf) AS workflows
 FROM t`
 
