@@ -44,8 +44,18 @@ const blob = payloadBytes > 0 ? randomBytes(payloadBytes).toString('base64').sli
 const data = () => (blob === null ? null : { blob })
 // BENCH_AGENTS=n: the diamond's four tasks run on n different agents (n queues), round robin.
 const agentCount = Math.max(1, Math.min(4, Number(process.env.BENCH_AGENTS ?? 1)))
+// BENCH_USAGE=1: every agent reports usage (ctx.usage, two dimensions), to price recording it;
+// BENCH_BUDGET=1 also gives the tenant a hard budget on it that the run never reaches.
+const usage = process.env.BENCH_USAGE === '1' || process.env.BENCH_BUDGET === '1'
 const noops = Array.from({ length: agentCount }, (_, i) =>
-  defineAgent({ id: i === 0 ? 'noop' : `noop${i}`, handler: async () => data() }),
+  defineAgent({
+    id: i === 0 ? 'noop' : `noop${i}`,
+    usage: ['tokens', 'costMicros'],
+    handler: async (ctx) => {
+      if (usage) ctx.usage({ tokens: 1200, costMicros: 3400 })
+      return data()
+    },
+  }),
 )
 const agentOf = (i: number) => noops[i % agentCount] as (typeof noops)[number]
 const diamond = defineWorkflow({
@@ -73,6 +83,8 @@ await engine.createTenant({
   ...(complianceProfile ? { complianceProfile: JSON.parse(complianceProfile) as object } : {}),
 })
 const tenant = await engine.tenant('bench')
+if (process.env.BENCH_BUDGET === '1')
+  await engine.setBudget('bench', { dimension: 'tokens', period: 'month', limit: 1e15, hard: true })
 
 // Backends report their counters to pg_stat_database when idle, at most once a second: wait for it.
 const xacts = async () => {

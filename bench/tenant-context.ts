@@ -8,7 +8,7 @@
 import { readFileSync } from 'node:fs'
 import pg from 'pg'
 import { migrate } from '../src/db/migrate.ts'
-import { tenantCredential } from '../src/db/tenant-context.ts'
+import { tenantCredential } from '../src/tenancy/tenant-context.ts'
 
 const adminUrl = process.argv[2] ?? 'postgres://postgres@127.0.0.1:5432/postgres'
 const N = Number(process.argv[3] ?? 2000)

@@ -61,10 +61,18 @@ export interface AgentStats {
   avgQueueWaitSeconds: number | null
 }
 
+/** What an agent reported spending (ctx.usage) with the attempts that ended in the window. */
+export interface UsageStats {
+  agent: string
+  dimension: string
+  amount: number
+}
+
 export interface StatsReport {
   window: StatsWindow
   workflows: WorkflowTypeStats[]
   agents: AgentStats[]
+  usage: UsageStats[]
 }
 
 /** All-tenant totals: additive fields only (percentiles of different tenants cannot be merged). */
@@ -74,13 +82,14 @@ export interface TenantStatsSection {
   tenantId: string
   workflows: WorkflowTypeStats[]
   agents: AgentStats[]
+  usage: UsageStats[]
 }
 
 export interface AdminStatsReport {
   window: StatsWindow
   /** Tenants with at least one workflow started, or task finished, in the window; in id order. */
   tenants: TenantStatsSection[]
-  totals: { workflows: WorkflowTypeTotals[]; agents: AgentStats[] }
+  totals: { workflows: WorkflowTypeTotals[]; agents: AgentStats[]; usage: UsageStats[] }
 }
 
 /**
@@ -119,6 +128,7 @@ export interface AgentTally {
 export interface StatsTallies {
   workflows: WorkflowTypeTally[]
   agents: AgentTally[]
+  usage: UsageStats[]
 }
 
 const DAY_MS = 24 * 3600 * 1000
@@ -229,14 +239,30 @@ export async function agentTallies(db: Db, tenantId: string, window: StatsWindow
   }))
 }
 
+// Usage recorded in the window (agent_usage_period_idx leads with the dimension: one range per
+// dimension the tenant has; usage has few).
+const USAGE_SQL = `
+SELECT agent_id AS agent, dimension, sum(amount)::float8 AS amount
+FROM agent_usage
+WHERE tenant_id = $1 AND recorded_at >= $2 AND recorded_at < $3
+GROUP BY agent_id, dimension
+ORDER BY agent_id COLLATE "C", dimension COLLATE "C"`
+
+/** Per agent and dimension, the tenant's usage recorded in the window. */
+export async function usageTallies(db: Db, tenantId: string, window: StatsWindow): Promise<UsageStats[]> {
+  const { rows } = await db.executeSql(USAGE_SQL, [tenantId, window.since, window.until])
+  return rows.map((r) => ({ agent: r.agent, dimension: r.dimension, amount: r.amount }))
+}
+
 /**
- * Both, for one tenant (inside its withTenantTx). Two statements at READ COMMITTED: a task finishing
+ * All three, for one tenant (inside its withTenantTx). Three statements at READ COMMITTED: a task finishing
  * between them may show in one and not the other, as it may in any report of a moving system.
  */
 export async function statsTallies(db: Db, tenantId: string, window: StatsWindow): Promise<StatsTallies> {
   return {
     workflows: await workflowTallies(db, tenantId, window),
     agents: await agentTallies(db, tenantId, window),
+    usage: await usageTallies(db, tenantId, window),
   }
 }
 
@@ -254,6 +280,7 @@ export function reportOf(t: StatsTallies): Omit<StatsReport, 'window'> {
       p99Seconds: seconds(w.p99),
     })),
     agents: t.agents.map(agentStats),
+    usage: t.usage,
   }
 }
 
@@ -264,7 +291,14 @@ export function reportOf(t: StatsTallies): Omit<StatsReport, 'window'> {
 export function mergeTallies(all: readonly StatsTallies[]): AdminStatsReport['totals'] {
   const workflows = new Map<string, WorkflowTypeTally>()
   const agents = new Map<string, AgentTally>()
+  const usage = new Map<string, UsageStats>()
   for (const t of all) {
+    for (const u of t.usage) {
+      const key = `${u.agent}\u0000${u.dimension}`
+      const m = usage.get(key)
+      if (m) m.amount += u.amount
+      else usage.set(key, { ...u })
+    }
     for (const w of t.workflows) {
       const m = workflows.get(w.type)
       if (!m) {
@@ -299,6 +333,7 @@ export function mergeTallies(all: readonly StatsTallies[]): AdminStatsReport['to
   return {
     workflows: byKey(workflows).map(([, w]) => workflowTotals(w)),
     agents: byKey(agents).map(([, a]) => agentStats(a)),
+    usage: byKey(usage).map(([, u]) => u),
   }
 }
 

@@ -126,7 +126,7 @@ export interface Config {
   /**
    * The secret tenant credentials derive from (TENANT_CONTEXT_SECRET, at least 32 characters):
    * `equilateral migrate` stores it in every database it migrates, owner-only, and the engine uses
-   * it to scope transactions (src/db/tenant-context.ts). Unset: each database keeps the secret its
+   * it to scope transactions (src/tenancy/tenant-context.ts). Unset: each database keeps the secret its
    * migration generated and the engine reads it through the owner's connection.
    */
   tenantContextSecret: string | undefined

@@ -30,6 +30,19 @@ export class InvalidInputError extends EquilateralError {
   }
 }
 
+/**
+ * An agent reported usage it did not declare (defineAgent's `usage`), or an amount that is not a
+ * non-negative safe integer. Permanent: another attempt would report the same.
+ */
+export class UsageError extends InvalidInputError {
+  /** The dimension the problem is about. */
+  readonly dimension: string
+  constructor(message: string, dimension: string) {
+    super(message, `$.usage.${dimension}`)
+    this.dimension = dimension
+  }
+}
+
 export class UnknownWorkflowTypeError extends EquilateralError {
   constructor(type: string) {
     super('unknown_workflow_type', `unknown workflow type "${type}"`)

@@ -7,11 +7,11 @@
 // and the others are served meanwhile.
 import type { Logger } from 'pino'
 import { selects, type TenantSelection } from './config.ts'
-import { databaseKey } from './db/placement.ts'
-import type { Store, Stores } from './db/stores.ts'
+import { databaseKey } from './tenancy/placement.ts'
+import type { Store, Stores } from './tenancy/stores.ts'
 import type { TenantScope } from './db/tx.ts'
 import { isTransient } from './flow/completer.ts'
-import type { TenantDirectory } from './tenants.ts'
+import type { TenantDirectory } from './tenancy/tenants.ts'
 
 /** Something a process runs on every tenant database it serves; start returns its stop. */
 export interface FleetService {

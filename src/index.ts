@@ -69,6 +69,17 @@ export { isEnvelope, KeyRing } from './crypto/keyring.ts'
 export type { Envelope, PayloadPurpose } from './crypto/keyring.ts'
 export type { ReencryptOptions, ReencryptReport, TenantReencryptReport } from './crypto/reencrypt.ts'
 export { IdempotencyConflictError } from './flow/start.ts'
+export { BUDGET_PERIODS } from './usage/budgets.ts'
+export type {
+  BudgetAuditEntry,
+  BudgetPassReport,
+  BudgetPeriod,
+  BudgetSpec,
+  BudgetView,
+  UsageReport,
+  UsageTotal,
+} from './usage/budgets.ts'
+export type { Usage } from './usage/meter.ts'
 export { MISSED_POLICIES } from './schedule/schedules.ts'
 export type { MissedPolicy, ScheduleSpec, ScheduleView } from './schedule/schedules.ts'
 export type {
@@ -95,7 +106,7 @@ export {
   EnterpriseRunConflictError,
   EnterpriseRunForgedError,
   EnterpriseTimeoutError,
-} from './enterprise.ts'
+} from './tenancy/enterprise.ts'
 export type {
   EnterpriseMemberSpec,
   EnterpriseMemberStatus,
@@ -107,7 +118,7 @@ export type {
   EnterpriseStartResult,
   EnterpriseSummary,
   EnterpriseTenantResult,
-} from './enterprise.ts'
+} from './tenancy/enterprise.ts'
 
 // The HTTP server (fastify, its swagger plugin, the routes) is loaded when first used: a worker, or
 // an agent registry that imports this package, does not load it.

@@ -59,6 +59,9 @@ export class Metrics {
   readonly workflowDuration: Histogram<string>
   readonly sweeperRecovered: Counter<string>
   readonly schedulerPasses: Counter<string>
+  readonly agentUsage: Counter<string>
+  /** Per tenant: its budgets reached in their current period, as last seen (budget pass, budget set). */
+  readonly #budgetsExceeded = new Map<string, { dimension: string; period: string; hard: boolean }[]>()
 
   constructor(options: MetricsOptions = {}) {
     this.tenantLabel = options.tenantLabel ?? false
@@ -144,6 +147,39 @@ export class Metrics {
       labelNames: ['outcome'],
       registers,
     })
+    this.agentUsage = new Counter({
+      name: 'equilateral_agent_usage_total',
+      help: "Usage agents reported (ctx.usage) and this process recorded with their attempts (completed or failed), by agent and dimension, in the dimension's unit.",
+      labelNames: ['agent', 'dimension', ...t],
+      registers,
+    })
+    const budgets = this.#budgetsExceeded
+    const tenantLabel = this.tenantLabel
+    new Gauge({
+      name: 'equilateral_budgets_exceeded',
+      help: "Budgets reached in their current period (kind hard: the tenant's tasks are held; soft: an alert), by dimension and period, as of the last budget pass or budget change seen by this process. Alert on > 0.",
+      labelNames: ['dimension', 'period', 'kind', ...(tenantLabel ? ['tenant'] : [])],
+      registers,
+      collect() {
+        this.reset()
+        const counts = new Map<string, { labels: Record<string, string>; n: number }>()
+        for (const [tenant, list] of budgets) {
+          for (const b of list) {
+            const labels = {
+              dimension: b.dimension,
+              period: b.period,
+              kind: b.hard ? 'hard' : 'soft',
+              ...(tenantLabel ? { tenant } : {}),
+            }
+            const key = JSON.stringify(labels)
+            const e = counts.get(key) ?? { labels, n: 0 }
+            e.n++
+            counts.set(key, e)
+          }
+        }
+        for (const { labels, n } of counts.values()) this.set(labels, n)
+      },
+    })
     for (const action of ['requeued', 'lost']) this.sweeperRecovered.inc({ action }, 0)
     for (const outcome of ['ran', 'skipped']) this.schedulerPasses.inc({ outcome }, 0)
   }
@@ -162,6 +198,15 @@ export class Metrics {
     }
     this.deadLettered.inc({ agent }, 0)
     for (const h of [this.taskRunDuration, this.taskDispatchLatency, this.taskQueueWait]) h.zero({ agent })
+  }
+
+  /** A tenant's budgets reached in their current period (the alert gauge's source). */
+  budgetsObserved(
+    tenant: string,
+    exceeded: readonly { dimension: string; period: string; hard: boolean }[],
+  ): void {
+    if (exceeded.length === 0) this.#budgetsExceeded.delete(tenant)
+    else this.#budgetsExceeded.set(tenant, [...exceeded])
   }
 
   /** Series at zero for a workflow type this process knows (see declareAgent). */

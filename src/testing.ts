@@ -38,6 +38,7 @@ import type { StartOptions, StartResult } from './flow/start.ts'
 import type { SweepReport } from './flow/sweep.ts'
 import type { DeliveryResult, EventDelivery } from './flow/waits.ts'
 import type { ScheduleReport } from './schedule/scheduler.ts'
+import type { BudgetAuditEntry, BudgetSpec, BudgetView, UsageReport } from './usage/budgets.ts'
 
 export type { AuditEntry, TaskView, WorkflowView } from './engine.ts'
 
@@ -434,6 +435,45 @@ export class TestKit {
    */
   runSchedules(now?: Date): Promise<ScheduleReport> {
     return this.engine.runSchedules(now === undefined ? {} : { now }, [this.tenant.scope])
+  }
+
+  /**
+   * What the kit's agents reported through ctx.usage and the kit recorded (with completed and failed
+   * attempts; never a discarded completion's): over the current month by default, or one workflow's.
+   */
+  usage(query: { workflowId?: string; from?: Date; to?: Date } = {}): Promise<UsageReport> {
+    return this.tenant.usage(query)
+  }
+
+  /** Sets a budget of the kit's tenant (see docs/usage-and-budgets.md); `actor` defaults to `test-kit`. */
+  setBudget(spec: BudgetSpec, options: { actor?: string } = {}): Promise<BudgetView & { released: number }> {
+    return this.engine.setBudget(this.tenantId, spec, { actor: options.actor ?? 'test-kit' })
+  }
+
+  /** The kit's tenant's budgets, with what each period has used, and whether a hard one holds its tasks. */
+  budgets(): Promise<BudgetView[]> {
+    return this.tenant.budgets()
+  }
+
+  /** The budgets' audit trail (set, raised, reached, rolled, removed), newest first. */
+  budgetAudit(): Promise<BudgetAuditEntry[]> {
+    return this.tenant.budgetAudit()
+  }
+
+  /**
+   * Rolls the kit's tenant's budget periods as the day (or month) ending would, whatever the time of
+   * day: the budget pass judged at a clock `days` (default 40: past any month) after the latest
+   * period start, so held tasks run again and the new periods start from zero.
+   */
+  async rollBudgetPeriods(days = 40): Promise<{ rolled: number; released: number }> {
+    const budgets = await this.budgets()
+    if (budgets.length === 0) return { rolled: 0, released: 0 }
+    const latest = Math.max(...budgets.map((b) => Date.parse(b.periodStart)))
+    const report = await this.engine.budgetPass({
+      clock: new Date(latest + days * 86_400_000),
+      scopes: [this.tenant.scope],
+    })
+    return { rolled: report.rolled, released: report.released }
   }
 
   /** The workflow's audit trail, with assertions (see AuditTrail). */

@@ -17,6 +17,7 @@ import * as ops from './commands/ops.ts'
 import * as processes from './commands/processes.ts'
 import * as project from './commands/project.ts'
 import * as tenants from './commands/tenants.ts'
+import * as usage from './commands/usage.ts'
 import * as workflows from './commands/workflows.ts'
 import { reportError } from './errors.ts'
 import { useGlobalOptionsOf } from './shared.ts'
@@ -53,6 +54,7 @@ const GROUPS: readonly { register(program: Command): void }[] = [
   operate, // workflow retry|replay, dead-letters list|redrive
   compliance, // audit ..., retention purge, erase
   ops, // openapi, stats, sweep, reencrypt
+  usage, // usage, budgets ...
 ]
 for (const group of GROUPS) group.register(program)
 

@@ -8,7 +8,7 @@ import type pg from 'pg'
 import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, type TenantScope, type TxTimeouts, withTimeouts } from '../db/tx.ts'
 import { TenantError } from '../errors.ts'
-import { assertTenantId, scopeOfRow } from '../tenants.ts'
+import { assertTenantId, scopeOfRow } from '../tenancy/tenants.ts'
 
 /** agent_id of the events the engine records itself ('/' cannot appear in an agent id). */
 export const RETENTION_ACTOR = 'eq/retention'

@@ -16,7 +16,7 @@ import type { PgBoss } from 'pg-boss'
 import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, isTimedOut, type TenantScope, type TxTimeouts } from '../db/tx.ts'
 import { isTransient } from '../flow/completer.ts'
-import { scopeOfRow } from '../tenants.ts'
+import { scopeOfRow } from '../tenancy/tenants.ts'
 import {
   maintenanceTx,
   recordComplianceEvent,

@@ -64,6 +64,14 @@ export interface AgentContext<TData = Json> {
   snooze(delay: number | { until: Date | string }): never
   /** The version of this agent that runs the attempt. */
   agentVersion: number
+  /**
+   * Reports what this attempt spent, in the dimensions the agent declares (`usage` in defineAgent),
+   * as non-negative integers (money in micro-units: `costMicros`). May be called several times: the
+   * amounts are summed. Recorded with the attempt's end, in its transaction: a completed or failed
+   * attempt's usage counts; a result discarded (lease lost) is not. See docs/usage-and-budgets.md.
+   * Throws UsageError for an undeclared dimension or an amount that is not such an integer.
+   */
+  usage(amounts: Readonly<Record<string, number>>): void
 }
 
 export type AgentHandler<TData = Json, TResult extends Json = Json> = (
@@ -91,6 +99,8 @@ export interface AgentDefinition<TData = Json, TResult extends Json = Json> {
    * SHUTDOWN_GRACE_MS. Errors are logged, not thrown. One function shared by several agents runs once.
    */
   readonly close: (() => void | Promise<void>) | undefined
+  /** The usage dimensions the agent reports through ctx.usage (e.g. `tokens`, `costMicros`). */
+  readonly usage: readonly string[]
 }
 
 export interface RetryOptions {
@@ -218,6 +228,8 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   concurrency?: number
   handler: AgentHandler<TData, TResult>
   close?: () => void | Promise<void>
+  /** Usage dimensions the agent reports (ctx.usage): names like agent ids, at most 32. */
+  usage?: readonly string[]
 }): AgentDefinition<TData, TResult> {
   if (spec === null || typeof spec !== 'object')
     throw new DefinitionError('an agent definition must be an object')
@@ -248,6 +260,15 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
   if (spec.close !== undefined && typeof spec.close !== 'function') {
     throw new DefinitionError(`agent "${spec.id}" close must be a function`, spec.id)
   }
+  const usage = spec.usage ?? []
+  if (!Array.isArray(usage) || usage.length > 32) {
+    throw new DefinitionError(`agent "${spec.id}" usage must be a list of at most 32 dimensions`, spec.id)
+  }
+  for (const d of usage) {
+    if (typeof d !== 'string' || !NAME.test(d)) {
+      throw new DefinitionError(`agent "${spec.id}" has an invalid usage dimension ${show(d)}`, spec.id)
+    }
+  }
   return Object.freeze({
     kind: 'agent',
     id: spec.id,
@@ -256,6 +277,7 @@ export function defineAgent<TData = Json, TResult extends Json = Json>(spec: {
     concurrency: spec.concurrency,
     handler: spec.handler,
     close: spec.close,
+    usage: Object.freeze([...new Set(usage)]),
   })
 }
 

@@ -63,6 +63,8 @@ export const TASK_TRANSITIONS: Readonly<
           'the sweeper found its job gone, finished, or fetched and never started, and queued a new attempt',
         task_left:
           'a worker without its agent version left it for one that has it (audited on the first leave only)',
+        task_released:
+          "held for its tenant's exhausted hard budget (task_held, no job), queued again when the budget was raised or removed, or its period rolled",
       },
     },
     failed: {

@@ -9,7 +9,7 @@ import type pg from 'pg'
 import type { Json } from '../core/json.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { EncryptionError, TenantError } from '../errors.ts'
-import type { TenantDirectory } from '../tenants.ts'
+import type { TenantDirectory } from '../tenancy/tenants.ts'
 import type { KeyRing, PayloadPurpose } from './keyring.ts'
 
 export interface ReencryptOptions {

@@ -13,7 +13,7 @@ import {
   type PendingMigrations,
 } from './migration-state.ts'
 import { APP_SCHEMA } from './names.ts'
-import { databaseKey, identityProblem, type Servers } from './placement.ts'
+import { databaseKey, identityProblem, type Servers } from '../tenancy/placement.ts'
 
 export type TenantDatabaseProblemKind =
   /** The server did not let us in (refused, timed out, authentication failed). */

@@ -17,7 +17,7 @@ import pg from 'pg'
 import { PgBoss } from 'pg-boss'
 import { packagePath } from '../paths.ts'
 import { APP_ROLE, APP_SCHEMA, BOSS_SCHEMA, isTenantSchema } from './names.ts'
-import { secretBytes } from './tenant-context.ts'
+import { secretBytes } from '../tenancy/tenant-context.ts'
 
 export const MIGRATION_LOCK = 0x6571_6167 // 'eqag'
 

@@ -3,6 +3,10 @@
 // working directory (the user's project, never node_modules), so `npm start` works on a machine with
 // nothing but Node.js. The test harness reuses the embedded-server helpers below with a throwaway
 // data directory.
+//
+// Size (over 400 lines): the embedded server's life cycle (download check, initdb, start, port and
+// lock handling, stop) is one procedure with many failure cases; it stays in db/ (it is about the
+// server, not tenants: tenancy uses only ensureDatabase and withDatabase from here).
 import { spawn, type ChildProcess } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 import { existsSync } from 'node:fs'

@@ -1,12 +1,11 @@
 // Transactions scoped to one tenant. Every statement of the engine runs inside one of these: the
-// tenant (verified by the database: equilateral.enter_tenant, src/db/tenant-context.ts) and
+// tenant (verified by the database: equilateral.enter_tenant, src/tenancy/tenant-context.ts) and
 // search_path are set transaction-locally, so a pooled connection never carries a tenant into its
 // next transaction, and row-level security (or the tenant's own schema) decides what the statements
 // can see.
 import pg from 'pg'
 import type { Db as BossDb } from 'pg-boss'
-import type { TenantDatabase } from './placement.ts'
-import { TENANT_SEAL_SETTING, tenantContextSecret, tenantCredential } from './tenant-context.ts'
+import { TENANT_SEAL_SETTING, tenantContextSecret, tenantCredential } from '../tenancy/tenant-context.ts'
 
 /**
  * Anything that runs SQL: a pooled client, a caller's transaction, pg-boss's `db` option. The
@@ -14,6 +13,12 @@ import { TENANT_SEAL_SETTING, tenantContextSecret, tenantCredential } from './te
  */
 export type Db = BossDb & {
   executeNamed?: (name: string, text: string, values: unknown[]) => Promise<{ rows: any[] }>
+}
+
+/** A tenant database: a server (TENANT_SERVERS name) and a database name on it. */
+export interface TenantDatabase {
+  readonly server: string
+  readonly name: string
 }
 
 export interface TenantScope {

@@ -15,6 +15,8 @@ import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
 import { insertJobsCte } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
+import { holdTasks } from '../usage/holds.ts'
+import { NOT_BUDGET_HELD } from '../usage/sql.ts'
 import { handleUnserved, type UnservedOutcome, type UnservedTask, type VersionPolicy } from './versions.ts'
 
 export interface FetchedJob {
@@ -90,7 +92,7 @@ claimed AS (
   FROM j, workflows w
   WHERE t.tenant_id = $1 AND t.id = ANY($4::uuid[]) AND t.id = j.id AND t.attempt = j.attempt
     AND ${UNINDEXED_STATUS("t.status IN ('queued', 'running')")}
-    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
+    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running' AND ${NOT_BUDGET_HELD}
   RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
     t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input, w.correlation_id,
     greatest(0, extract(epoch FROM clock_timestamp() - t.queued_at) * 1000)::float8 AS queue_wait_ms,
@@ -165,6 +167,8 @@ export async function claimTasks(
         })
       }
     }
+    // Tasks not claimed because the tenant's hard budget is exhausted wait without a job.
+    if (dropped.length > 0) await holdTasks(db, scope, dropped)
     const byQueue = Map.groupBy(dropped, (j) => j.queue)
     for (const [queue, list] of byQueue) {
       await deps.boss.complete(
@@ -230,7 +234,7 @@ claimed AS (
   FROM j, workflows w
   WHERE t.tenant_id = $1 AND t.id = ANY($4::uuid[]) AND t.id = j.id AND t.attempt = j.attempt
     AND ${UNINDEXED_STATUS("t.status = 'queued'")} AND (t.agent_version IS NULL OR t.agent_version = ANY(j.versions))
-    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running'
+    AND w.tenant_id = $1 AND w.id = t.workflow_id AND w.status = 'running' AND ${NOT_BUDGET_HELD}
   RETURNING t.id, t.workflow_id, t.task_key, t.agent_id, t.task_type, t.attempt, t.failures, t.max_attempts,
     t.backoff_ms, t.backoff_max_ms, t.timeout_ms, t.data, t.depends_on, w.type AS workflow_type, w.input,
     w.correlation_id, t.agent_version, t.queue

@@ -15,6 +15,8 @@ import { ENDED_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { type ClaimedTask, claimLocally, type FetchedJob, type LocalCandidate } from './claim.ts'
 import { spawnTasks, type SpawnRequest } from './spawn.ts'
 import { readyAt, timerOf } from './task-rows.ts'
+import type { Usage } from '../usage/meter.ts'
+import { USAGE_COLUMN, usageCte } from '../usage/sql.ts'
 
 export interface Completion {
   /** The attempt's job, completed in the same transaction; absent for a wait task (it has none running). */
@@ -27,6 +29,8 @@ export interface Completion {
   spawn?: SpawnRequest
   /** A wait task's completion (by an event, a decision or a timeout): fenced on 'waiting', not 'running'. */
   waiting?: boolean
+  /** What the agent reported spending (ctx.usage), recorded with the completion if it is written. */
+  usage?: Usage
 }
 
 export interface CompletionOutcome {
@@ -53,10 +57,15 @@ export interface LocalContinuation {
 }
 
 /** Exported for the benchmark's EXPLAIN of the hot path (bench/growth.ts). */
-export const COMPLETE = `
+export const COMPLETE = completeSql(false)
+/** COMPLETE for a batch that reports usage: one CTE more (src/usage/sql.ts). */
+const COMPLETE_WITH_USAGE = completeSql(true)
+
+function completeSql(usage: boolean): string {
+  return `
 WITH x AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
-    AS x(id uuid, attempt int, result jsonb, waiting boolean, job_id uuid, queue text, retry_count int)
+    AS x(id uuid, attempt int, result jsonb, waiting boolean, job_id uuid, queue text, retry_count int${usage ? `, ${USAGE_COLUMN}` : ''})
 ),
 ${completeJobsCte('jobs_done', '(SELECT job_id, queue, retry_count FROM x WHERE job_id IS NOT NULL)')},
 done AS (
@@ -66,7 +75,7 @@ done AS (
   WHERE t.tenant_id = $1 AND t.id = ANY($3::uuid[]) AND t.id = x.id AND t.attempt = x.attempt
     AND t.status = CASE WHEN x.waiting THEN 'waiting' ELSE 'running' END
   RETURNING t.id, t.workflow_id, t.agent_id, t.attempt, t.dependents
-),
+),${usage ? `\n${usageCte('done', 'x')},` : ''}
 wf_before AS (
   SELECT w.id, w.status, w.correlation_id FROM workflows w
   WHERE w.tenant_id = $1 AND w.id IN (SELECT workflow_id FROM done)
@@ -139,6 +148,7 @@ FROM wf w WHERE w.status = 'completed'
 UNION ALL
 SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, (SELECT count(*) FROM ended)::float8,
   NULL, NULL`
+}
 
 export async function completeTasks(
   deps: { pool: pg.Pool; boss: PgBoss },
@@ -213,25 +223,32 @@ export async function writeCompletions(
   // Where our statements write pg-boss's jobs (direct.ts), this statement also completes the batch's
   // jobs and, without local continuation, inserts the jobs of the tasks it makes ready.
   const direct = usesDirectJobs(boss)
-  const { rows } = await executeNamed(db, 'eq_complete', COMPLETE, [
-    scope.tenantId,
-    JSON.stringify(
-      items.map((i) => ({
-        id: i.taskId,
-        attempt: i.attempt,
-        result: i.result ?? null,
-        waiting: i.waiting ?? false,
-        ...(direct && i.job?.jobId
-          ? { job_id: i.job.jobId, queue: i.job.queue, retry_count: i.job.retryCount }
-          : {}),
-      })),
-    ),
-    items.map((i) => i.taskId),
-    // With local continuation, the ready tasks' queues are notified after the worker's picks.
-    local === undefined,
-    direct && local === undefined,
-    scope.tier,
-  ])
+  const usage = items.some((i) => i.usage)
+  const { rows } = await executeNamed(
+    db,
+    usage ? 'eq_complete_usage' : 'eq_complete',
+    usage ? COMPLETE_WITH_USAGE : COMPLETE,
+    [
+      scope.tenantId,
+      JSON.stringify(
+        items.map((i) => ({
+          id: i.taskId,
+          attempt: i.attempt,
+          result: i.result ?? null,
+          waiting: i.waiting ?? false,
+          ...(i.usage ? { usage: i.usage } : {}),
+          ...(direct && i.job?.jobId
+            ? { job_id: i.job.jobId, queue: i.job.queue, retry_count: i.job.retryCount }
+            : {}),
+        })),
+      ),
+      items.map((i) => i.taskId),
+      // With local continuation, the ready tasks' queues are notified after the worker's picks.
+      local === undefined,
+      direct && local === undefined,
+      scope.tier,
+    ],
+  )
   const completed = new Set<string>()
   const dispatched: ReadyJob[] = []
   const workflowsCompleted: CompletionOutcome['workflowsCompleted'] = []

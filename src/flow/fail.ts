@@ -9,6 +9,8 @@ import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
 import { ENDED_CHANNEL } from './channels.ts'
 import { failpoint } from '../failpoints.ts'
+import type { Usage } from '../usage/meter.ts'
+import { recordFailedUsage } from '../usage/sql.ts'
 
 /** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
 export interface AttemptFailure extends AttemptState {
@@ -27,6 +29,8 @@ export interface AttemptFailure extends AttemptState {
   waiting?: boolean
   /** Record the task in the dead-letter queue when it fails for good (default true; not for a rejection). */
   deadLetter?: boolean
+  /** What the agent reported spending before it failed: counted as spent if this failure is written. */
+  usage?: Usage
 }
 
 export type FailureOutcome =
@@ -149,6 +153,7 @@ export async function failAttemptIn(
   ])
   const row = rows[0]
   if (!row) return { kind: 'lease_lost' }
+  if (f.usage) await recordFailedUsage(db, scope, { ...f, usage: f.usage })
   const retry = row.status === 'queued'
   if (f.job) {
     const { jobId, retryCount } = f.job

@@ -133,39 +133,6 @@ export async function livenessPass(
 }
 
 /**
- * Runs livenessPass every `everyMs` (the next pass is armed when one ends, so passes never overlap).
- * Returns its stop, which waits for a pass under way.
- */
-export function startLivenessPasses(options: {
-  pool: pg.Pool
-  everyMs: number
-  recover: (dead: DeadWorkers) => Promise<void>
-  onError: (error: unknown) => void
-}): () => Promise<void> {
-  let timer: NodeJS.Timeout | undefined
-  let running: Promise<void> | null = null
-  let stopped = false
-  const arm = () => {
-    timer = setTimeout(() => {
-      running = livenessPass(options.pool, options.recover).then(
-        () => {},
-        (error) => options.onError(error),
-      )
-      void running.finally(() => {
-        running = null
-        if (!stopped) arm()
-      })
-    }, options.everyMs)
-  }
-  arm()
-  return async () => {
-    stopped = true
-    clearTimeout(timer)
-    await running
-  }
-}
-
-/**
  * A process's registration: one dedicated session on the control database holding the process's
  * liveness lock, and a row per worker of the process. Shared by the workers of the process (in
  * database-per-tenant mode, one per tenant database it serves).

@@ -94,6 +94,7 @@ FROM agent_coordination t
 LEFT JOIN ${BOSS_SCHEMA}.job j ON j.name = t.queue AND j.id = t.job_id
 WHERE t.tenant_id = $1 AND t.id > $2::uuid
   AND (t.status IN ('queued', 'running') OR (t.status = 'pending' AND t.deps_remaining = 0))
+  AND t.hold_reason IS NULL -- held for a budget, without a job on purpose (src/usage/holds.ts)
 ORDER BY t.id
 LIMIT $4`
 

@@ -37,6 +37,7 @@ import { heartbeat } from './heartbeat.ts'
 import { requeueTasks } from './requeue.ts'
 import type { UnservedOutcome, VersionPolicy } from './versions.ts'
 import { armWaits, expireWaits, type WaitOutcome } from './waits.ts'
+import { type Usage, UsageMeter } from '../usage/meter.ts'
 import { withTenantTx } from '../db/tx.ts'
 
 export interface WorkerOptions {
@@ -97,6 +98,8 @@ export interface WorkerHooks {
     outcome: 'completed' | 'retrying' | 'failed' | 'lease_lost' | 'released' | 'snoozed',
     durationMs: number,
   ): void
+  /** The attempt's usage (ctx.usage) was written with its completion or failure. */
+  usageRecorded?(t: ClaimedTask, tenantId: string, usage: Usage): void
   /** A completion or a failure of this worker ended the workflow. */
   workflowFinished?(tenantId: string, type: string, status: 'completed' | 'failed', durationMs: number): void
 }
@@ -653,6 +656,7 @@ export class Worker {
     })
     this.#o.hooks?.taskStarted?.(task, scope.tenantId, task.queueWaitMs + (started - task.claimedAt))
     const spawned: SpawnedTask[] = []
+    const meter = new UsageMeter(agent.id, agent.usage)
     const timer = setTimeout(
       () => controller.abort(new AbortReason('timeout', `task timed out after ${task.timeoutMs} ms`)),
       task.timeoutMs,
@@ -686,6 +690,7 @@ export class Worker {
         throw new Snooze(snoozeDelay(delay))
       },
       agentVersion: agent.version,
+      usage: (amounts) => meter.add(amounts),
     }
     let result: Json = null
     let failure: { error: ReturnType<typeof serializeError>; permanent: boolean } | null = null
@@ -727,6 +732,7 @@ export class Worker {
     if (controller.signal.aborted && (controller.signal.reason as AbortReason).kind === 'shutdown') return
     entry.phase = 'writing'
     const duration = performance.now() - started
+    const usage = meter.total()
     try {
       if (!failure) {
         try {
@@ -739,7 +745,9 @@ export class Worker {
             ...(spawned.length
               ? { spawn: { tasks: spawned, limits: this.#o.limits, keyRing: this.#o.keyRing } }
               : {}),
+            ...(usage ? { usage } : {}),
           })
+          if (written.written && usage) this.#o.hooks?.usageRecorded?.(task, scope.tenantId, usage)
           if (written.written) log.debug({ ms: Math.round(duration) }, 'task completed')
           else discarded(log, duration)
           this.#o.hooks?.taskFinished?.(
@@ -778,11 +786,13 @@ export class Worker {
         error: failure.error,
         permanent: failure.permanent,
         ...(task.job.jobId ? { job: { jobId: task.job.jobId, retryCount: task.job.retryCount } } : {}),
+        ...(usage ? { usage } : {}),
       }
       const outcome = await this.#writeEnd(scope, [task], log, 'failure', () =>
         failAttempt(this.#o, scope, attemptFailure),
       )
       this.#o.hooks?.taskFinished?.(task, scope.tenantId, outcome.kind, duration)
+      if (usage && outcome.kind !== 'lease_lost') this.#o.hooks?.usageRecorded?.(task, scope.tenantId, usage)
       if (outcome.kind === 'failed' && outcome.workflow) {
         const { type, durationMs } = outcome.workflow
         this.#o.hooks?.workflowFinished?.(scope.tenantId, type, 'failed', durationMs)

@@ -13,6 +13,7 @@ import { registerOpsRoutes } from './ops-routes.ts'
 import { clientErrorHandler, HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
 import { registerUi } from './ui.ts'
+import { registerUsageRoutes } from './usage-routes.ts'
 
 export interface AppOptions {
   /** Bearer token of the admin API; undefined disables it (503). Defaults to the engine's config. */
@@ -292,6 +293,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
       return tenantOf(request).stats(window)
     },
   )
+
+  registerUsageRoutes(app, engine, { tenant: tenantAuth, admin: adminAuth })
 
   // --- operations -------------------------------------------------------------------------------
   // Probes come every few seconds: their requests are logged only when they fail (warn and up).

@@ -68,6 +68,11 @@ export const sharedSchemas = [
           deadline: nullableDateTime,
         },
       },
+      holdReason: {
+        type: 'string',
+        enum: ['budget_exhausted'],
+        description: "a queued task held without a job: its tenant's hard budget is exhausted",
+      },
     },
   },
   {
@@ -254,6 +259,15 @@ const tenantStatus = {
 const statsFigures = {
   workflows: { type: 'array', items: { $ref: 'WorkflowTypeStats#' } },
   agents: { type: 'array', items: { $ref: 'AgentStats#' } },
+  usage: {
+    type: 'array',
+    description: 'what agents reported spending (ctx.usage) with the attempts that ended in the window',
+    items: {
+      type: 'object',
+      required: ['agent', 'dimension', 'amount'],
+      properties: { agent: { type: 'string' }, dimension: { type: 'string' }, amount: { type: 'number' } },
+    },
+  },
 } as const
 
 const bearer = [{ tenantKey: [] }]

@@ -30,6 +30,14 @@ interface Wf {
   duration: number | null
 }
 
+/** Usage an attempt recorded (agent_usage), at seconds from T0. */
+interface UsageRow {
+  agent: string
+  dimension: string
+  amount: number
+  at: number
+}
+
 interface Task {
   agent: string
   status: 'pending' | 'queued' | 'running' | 'completed' | 'failed' | 'skipped' | 'cancelled'
@@ -74,6 +82,13 @@ const ACME_TASKS: Task[] = [
 //    queue wait 2 - 0 = 2 and 64 - 60 = 4 -> avg 3.
 //  deployer: completed 1, run 700 - 601 = 99, wait 601 - 600 = 1, retried 0.
 //  reviewer: only a cancelled task: no row.
+const ACME_USAGE: UsageRow[] = [
+  { agent: 'builder', dimension: 'tokens', amount: 100, at: 10 },
+  { agent: 'builder', dimension: 'tokens', amount: 50, at: 3000 },
+  { agent: 'builder', dimension: 'tokens', amount: 7, at: -1 }, // before since: out
+  { agent: 'builder', dimension: 'tokens', amount: 9, at: UNTIL }, // at until: out
+  { agent: 'deployer', dimension: 'costMicros', amount: 3, at: 700 },
+]
 const ACME = {
   workflows: [
     {
@@ -133,6 +148,11 @@ const ACME = {
       avgQueueWaitSeconds: 1,
     },
   ],
+  // Usage recorded in the window: 100 + 50 tokens (the 7 before since and the 9 at until are out).
+  usage: [
+    { agent: 'builder', dimension: 'tokens', amount: 150 },
+    { agent: 'deployer', dimension: 'costMicros', amount: 3 },
+  ],
 }
 
 // Tenant globex: the same type and agent names, other numbers.
@@ -155,6 +175,7 @@ const GLOBEX_TASKS: Task[] = [
 //  etl: one failed after 5 s.
 //  builder: completed 1, failed 1, retried 1 + 0 = 1, run 66 - 36 = 30, wait 36 - 30 = 6.
 //  loader: completed 1, run 3, wait 0.
+const GLOBEX_USAGE: UsageRow[] = [{ agent: 'builder', dimension: 'tokens', amount: 25, at: 40 }]
 const GLOBEX = {
   workflows: [
     {
@@ -202,6 +223,7 @@ const GLOBEX = {
       avgQueueWaitSeconds: 0,
     },
   ],
+  usage: [{ agent: 'builder', dimension: 'tokens', amount: 25 }],
 }
 
 // Tenant paused (suspended: its history still belongs in the admin view): one etl workflow, 15 s.
@@ -222,6 +244,7 @@ const PAUSED = {
     },
   ],
   agents: [],
+  usage: [],
 }
 
 // By hand, all tenants (idle has nothing and gets no section):
@@ -253,6 +276,10 @@ const TOTALS = {
     ACME.agents[1],
     GLOBEX.agents[1],
   ],
+  usage: [
+    { agent: 'builder', dimension: 'tokens', amount: 175 },
+    { agent: 'deployer', dimension: 'costMicros', amount: 3 },
+  ],
 }
 
 describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('analytics, %s', (mode) => {
@@ -272,7 +299,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('analytics, %s'
     const schemaOf = new Map<string, string>(rows.map((r) => [r.id, r.schema_name ?? 'equilateral']))
 
     /** Writes the rows as the owner (which row-level security does not bind: it is a superuser here). */
-    async function seed(tenant: string, workflows: Wf[], tasks: Task[], base = T0) {
+    async function seed(tenant: string, workflows: Wf[], tasks: Task[], base = T0, usage: UsageRow[] = []) {
       const schema = pg.escapeIdentifier(schemaOf.get(tenant) as string)
       const ts = (s: number | null) => (s === null ? null : new Date(base.getTime() + s * 1000))
       const ids: string[] = []
@@ -317,10 +344,18 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('analytics, %s'
           ],
         )
       }
+      for (const u of usage) {
+        await owner.query(
+          `INSERT INTO ${schema}.agent_usage (tenant_id, task_id, attempt, dimension, workflow_id, agent_id, amount,
+             outcome, recorded_at)
+           VALUES ($1, $2, 1, $3, $4, $5, $6, 'completed', $7)`,
+          [tenant, randomUUID(), u.dimension, workflowId, u.agent, u.amount, ts(u.at)],
+        )
+      }
     }
 
-    await seed('acme', ACME_WORKFLOWS, ACME_TASKS)
-    await seed('globex', GLOBEX_WORKFLOWS, GLOBEX_TASKS)
+    await seed('acme', ACME_WORKFLOWS, ACME_TASKS, T0, ACME_USAGE)
+    await seed('globex', GLOBEX_WORKFLOWS, GLOBEX_TASKS, T0, GLOBEX_USAGE)
     await seed('paused', PAUSED_WORKFLOWS, [])
     await engine.suspendTenant('paused')
     return { engine, owner, schemaOf, seed }
@@ -344,12 +379,13 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('analytics, %s'
       window,
       workflows: [],
       agents: [],
+      usage: [],
     })
   })
 
   it('serialises to the stable JSON shape', async () => {
     const json = JSON.parse(JSON.stringify(await (await ctx.engine.tenant('acme')).stats(window)))
-    expect(Object.keys(json)).toEqual(['window', 'workflows', 'agents'])
+    expect(Object.keys(json)).toEqual(['window', 'workflows', 'agents', 'usage'])
     expect(json.window).toEqual({ since: '2025-06-01T00:00:00.000Z', until: '2025-06-01T01:00:00.000Z' })
     expect(Object.keys(json.workflows[0])).toEqual([
       'type',
@@ -372,6 +408,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('analytics, %s'
       'maxSeconds',
       'avgQueueWaitSeconds',
     ])
+    expect(Object.keys(json.usage[0])).toEqual(['agent', 'dimension', 'amount'])
   })
 
   it('gives the admin a section per tenant with data, suspended ones included, and additive totals', async () => {

@@ -5,7 +5,7 @@ import pg from 'pg'
 import { afterEach, describe, expect, it } from 'vitest'
 import { loadConfig } from '../../src/config.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
-import { Servers } from '../../src/db/placement.ts'
+import { Servers } from '../../src/tenancy/placement.ts'
 import { checkout } from '../../src/db/tx.ts'
 import { eventually, testEngine } from '../helpers/engine.ts'
 

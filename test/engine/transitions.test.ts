@@ -228,6 +228,23 @@ async function claimByHand(workflowId: string, agent: string, workerId: string) 
 
 beforeAll(async () => {
   // The hand-driven paths first, while no worker runs: the sweeps below see only their tasks.
+  // Held for an exhausted hard budget (a limit of 0 is reached at once), released when it is raised.
+  {
+    const id = await start('manual')
+    await engine.setBudget('acme', { dimension: 'tokens', period: 'month', limit: 0, hard: true })
+    const first = await fetchJob(engine, 'manual', id)
+    expect((await claimTasks(engine, acme.scope, [first], 'held-worker')).claimed).toEqual([])
+    expect((await task(id, 'm')).holdReason).toBe('budget_exhausted')
+    expect(
+      (await engine.setBudget('acme', { dimension: 'tokens', period: 'month', limit: 10, hard: true }))
+        .released,
+    ).toBe(1)
+    await engine.deleteBudget('acme', 'tokens', 'month')
+    const fetched = await claimByHand(id, 'manual', 'released-worker')
+    await completeTasks(engine, acme.scope, [
+      { job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result: null },
+    ])
+  }
   // A job delivered twice: two workers claim the same attempt, one completion is written.
   {
     const id = await start('manual')

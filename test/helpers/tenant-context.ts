@@ -1,7 +1,7 @@
 // The verified tenant context (drizzle/tenant/0016) for tests that act as the application role by
 // hand: what the engine does, with the database's secret read as the owner.
 import type pg from 'pg'
-import { tenantCredential } from '../../src/db/tenant-context.ts'
+import { tenantCredential } from '../../src/tenancy/tenant-context.ts'
 import { queryOnce } from './db.ts'
 
 /** The database's tenant context secret, read with the owner's (or a superuser's) URL. */

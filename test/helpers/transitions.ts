@@ -59,6 +59,8 @@ export const ANNOTATIONS: Readonly<Record<string, { alone: boolean }>> = {
   task_retried: { alone: false },
   // Written after its workflow's retry, in the same transaction: it says who redrove, changes nothing.
   dead_letter_redriven: { alone: true },
+  // A queued task held for its tenant's exhausted hard budget stays queued (its job is dropped).
+  task_held: { alone: true },
 }
 
 const WORKFLOW_ENDS: Readonly<Record<string, WorkflowStatus>> = {

@@ -6,7 +6,7 @@
 import { pino } from 'pino'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { withDatabase } from '../../src/db/provision.ts'
-import { EnterpriseOrchestrator } from '../../src/enterprise.ts'
+import { EnterpriseOrchestrator } from '../../src/tenancy/enterprise.ts'
 import { buildApp, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { pgContext, queryOnce } from '../helpers/db.ts'
 import { eventually, settled, testEngine } from '../helpers/engine.ts'

@@ -7,7 +7,7 @@
 import pg from 'pg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import type { IsolationMode } from '../../src/config.ts'
-import { provideTenantContextSecret } from '../../src/db/tenant-context.ts'
+import { provideTenantContextSecret } from '../../src/tenancy/tenant-context.ts'
 import { type TenantScope, withTenantTx } from '../../src/db/tx.ts'
 import { defineAgent, defineWorkflow } from '../../src/index.ts'
 import { settled, testEngine } from '../helpers/engine.ts'

@@ -13,7 +13,7 @@ import {
   migrateTenantDatabases,
   type TenantDatabasesReport,
 } from '../../src/db/migrate-tenant-databases.ts'
-import { Servers } from '../../src/db/placement.ts'
+import { Servers } from '../../src/tenancy/placement.ts'
 import { withDatabase } from '../../src/db/provision.ts'
 import { createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'
 import { childEnv, cliProcesses, messages } from '../cli/run.ts'
@@ -72,46 +72,28 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
   return queryOnce(urlOf(tenant), text, params)
 }
 
-const POLICY_TABLES = [
-  'workflows',
-  'agent_coordination',
-  'agent_audit_log',
-  'compliance_events',
-  'agent_audit_seals',
-  'workflow_events',
-  'workflow_schedules',
-  'agent_audit_redactions',
-]
-
 /**
- * Undoes the newest tenant-table migration (0016: the verified tenant context; the policies go back
- * to comparing with app.tenant_id) and forgets it.
+ * Undoes the newest tenant-table migration (0019: agent usage and budgets; tenant_policies goes back
+ * to 0016's, which the migration replaces again) and forgets it.
  */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
-  const old = `tenant_id = NULLIF(current_setting('app.tenant_id', true), '')`
   await sql(
     tenant,
     `BEGIN;
-     ${POLICY_TABLES.map(
-       (
-         t,
-       ) => `DROP POLICY tenant_isolation ON equilateral.${t}; DROP POLICY observer_tenant ON equilateral.${t};
-         CREATE POLICY tenant_isolation ON equilateral.${t} USING (${old}) WITH CHECK (${old});`,
-     ).join('\n')}
-     DROP FUNCTION equilateral.current_tenant(), equilateral.enter_tenant(text, text), equilateral.tenant_policies(text),
-       equilateral.tenant_context_binding(), equilateral.tenant_context_mac(bytea, text);
-     DROP TABLE equilateral.tenant_context_key;
+     DROP TABLE equilateral.agent_usage, equilateral.usage_budgets, equilateral.usage_budget_audit;
+     DROP FUNCTION equilateral.usage_budget_check();
+     ALTER TABLE equilateral.agent_coordination DROP COLUMN hold_reason;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Whether the newest tenant-table migration is in place: any role may enter a tenant with its credential. */
+/** Whether the newest tenant-table migration is in place: the application role may record usage. */
 async function newestApplied(tenant: string): Promise<boolean> {
   const [row] = await sql(
     tenant,
-    `SELECT CASE WHEN to_regprocedure('equilateral.enter_tenant(text, text)') IS NULL THEN false
-       ELSE has_function_privilege('equilateral_app', 'equilateral.enter_tenant(text, text)', 'EXECUTE') END AS ok`,
+    `SELECT CASE WHEN to_regclass('equilateral.agent_usage') IS NULL THEN false
+       ELSE has_table_privilege('equilateral_app', 'equilateral.agent_usage', 'INSERT') END AS ok`,
   )
   return row?.ok === true
 }

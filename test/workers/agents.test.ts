@@ -43,6 +43,7 @@ async function run<TData, TResult extends Json>(
       throw new Error('not snoozing here')
     },
     agentVersion: agent.version,
+    usage: () => {},
     ...extra,
   }
   const result = await agent.handler(ctx)

@@ -30,7 +30,7 @@ export function register(program: Command): void {
       ] = await Promise.all([
         import('../../config.ts'),
         import('../../db/provision.ts'),
-        import('../../db/placement.ts'),
+        import('../../tenancy/placement.ts'),
         import('../../db/migrate.ts'),
         import('../../db/migration-state.ts'),
         import('../../db/migrate-tenant-databases.ts'),
@@ -101,7 +101,7 @@ export function register(program: Command): void {
         import('../../db/provision.ts'),
         import('../../engine.ts'),
         import('../../watchdog.ts'),
-        import('../../enterprise.ts'),
+        import('../../tenancy/enterprise.ts'),
         import('../../metrics-server.ts'),
       ])
       const config = loadConfig()

@@ -42,7 +42,7 @@ export function register(program: Command): void {
         import('../../db/provision.ts'),
         import('../../db/migrate.ts'),
         import('../../engine.ts'),
-        import('../../enterprise.ts'),
+        import('../../tenancy/enterprise.ts'),
         import('../../web/server.ts'),
         import('../dev.ts'),
       ])

@@ -105,7 +105,7 @@ export function register(program: Command): void {
       'move although tasks are still marked running (only when their worker is gone for good)',
     )
     .action(async (id: string, opts: { to: string; check?: boolean; force?: boolean }) => {
-      const { parseMoveTarget } = await import('../../placement/move.ts')
+      const { parseMoveTarget } = await import('../../tenancy/move.ts')
       const to = parseMoveTarget(opts.to)
       await withEngine(undefined, async (engine) => {
         const report = await engine.moveTenant(id, to, { force: !!opts.force, check: !!opts.check })

@@ -145,10 +145,19 @@ export const tasks = pgTable(
     heartbeatAt: tz('heartbeat_at'),
     completedAt: tz('completed_at'),
     updatedAt: tz('updated_at').notNull().defaultNow(),
+    /**
+     * Why a queued task is held without a job ('budget_exhausted': its tenant's hard budget is spent,
+     * src/usage/holds.ts); null for every other task. Cleared when the hold is released.
+     */
+    holdReason: text('hold_reason'),
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
     tenantIsolation(),
+    // Held tasks, released all at once when a budget is raised or its period rolls: nearly always empty.
+    index('agent_coordination_held_idx')
+      .on(t.tenantId, t.id)
+      .where(sql`${t.holdReason} IS NOT NULL`),
     uniqueIndex('agent_coordination_task_key_idx').on(t.tenantId, t.workflowId, t.taskKey),
     // The sweeper pages through in-flight tasks only; the partial index stays as small as the backlog.
     index('agent_coordination_inflight_idx')
@@ -384,4 +393,78 @@ export const complianceEvents = pgTable(
     tenantIsolation(),
     index('compliance_events_retention_idx').on(t.tenantId, t.retentionUntil),
   ],
+)
+
+/**
+ * What agents reported spending (ctx.usage): one row per attempt and dimension, written in the
+ * transaction that ends the attempt (its completion, or its failure), fenced like it, so an attempt's
+ * usage is counted exactly once and a late (fenced) completion's never. Summed by indexed range
+ * scans; nothing updates a per-tenant counter row (src/usage/).
+ */
+export const agentUsage = pgTable(
+  'agent_usage',
+  {
+    tenantId: text('tenant_id').notNull(),
+    taskId: uuid('task_id').notNull(),
+    attempt: integer('attempt').notNull(),
+    dimension: text('dimension').notNull(),
+    workflowId: uuid('workflow_id').notNull(),
+    agentId: text('agent_id').notNull(),
+    amount: bigint('amount', { mode: 'number' }).notNull(),
+    /** How the attempt ended: completed, or failed (its usage was spent all the same). */
+    outcome: text('outcome').notNull(),
+    recordedAt: tz('recorded_at').notNull().defaultNow(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.taskId, t.attempt, t.dimension] }),
+    tenantIsolation(),
+    // A budget's period sum, and usage over a window: a range scan by dimension and time.
+    index('agent_usage_period_idx').on(t.tenantId, t.dimension, t.recordedAt, t.amount),
+    index('agent_usage_workflow_idx').on(t.tenantId, t.workflowId),
+  ],
+)
+
+/**
+ * Budgets per tenant, dimension and period (day or month, UTC). `periodStart` is the current
+ * period, moved only by the budget pass (src/usage/budgets.ts rollBudgets), so what a period holds
+ * never depends on when a statement happens to run. `exceededAt`: the budget was reached in this
+ * period (hard: the tenant's tasks are held; soft: alerted once).
+ */
+export const usageBudgets = pgTable(
+  'usage_budgets',
+  {
+    tenantId: text('tenant_id').notNull(),
+    dimension: text('dimension').notNull(),
+    period: text('period', { enum: ['day', 'month'] }).notNull(),
+    budget: bigint('budget', { mode: 'number' }).notNull(),
+    hard: boolean('hard').notNull(),
+    periodStart: tz('period_start').notNull(),
+    exceededAt: tz('exceeded_at'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+    updatedAt: tz('updated_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.dimension, t.period] }), tenantIsolation()],
+)
+
+/**
+ * The budgets' audit trail: set, raised, lowered, removed, reached (exhausted or exceeded), period
+ * rolled, held tasks released. Append-only for the application role.
+ */
+export const budgetAudit = pgTable(
+  'usage_budget_audit',
+  {
+    tenantId: text('tenant_id').notNull(),
+    id: bigint('id', { mode: 'bigint' }).generatedAlwaysAsIdentity().notNull(),
+    dimension: text('dimension').notNull(),
+    period: text('period').notNull(),
+    action: text('action').notNull(),
+    data: jsonb('data')
+      .notNull()
+      .default(sql`'{}'::jsonb`),
+    actor: text('actor'),
+    /** The workflow whose task's usage reached the budget (crossings only). */
+    workflowId: uuid('workflow_id'),
+    at: tz('at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.id] }), tenantIsolation()],
 )

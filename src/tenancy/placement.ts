@@ -4,15 +4,13 @@
 import { randomBytes } from 'node:crypto'
 import type pg from 'pg'
 import { TenantError } from '../errors.ts'
-import { APP_SCHEMA, MAINTENANCE_ROLE } from './names.ts'
-import { withDatabase } from './provision.ts'
-import { runtimeConnectionString, type SessionLimits } from './tx.ts'
+import { APP_SCHEMA, MAINTENANCE_ROLE } from '../db/names.ts'
+import { withDatabase } from '../db/provision.ts'
+import { runtimeConnectionString, type SessionLimits, type TenantDatabase } from '../db/tx.ts'
 
-/** A tenant database: a server (TENANT_SERVERS name) and a database name on it. */
-export interface TenantDatabase {
-  readonly server: string
-  readonly name: string
-}
+// TenantDatabase is declared next to TenantScope (db/tx.ts), which holds one: db/tx.ts importing
+// this file back made an import cycle.
+export type { TenantDatabase }
 
 /** The name of the server of the control database when TENANT_SERVERS is empty. */
 export const DEFAULT_SERVER = 'default'

@@ -1,23 +1,27 @@
 // Tenants: administration (create, list, suspend, resume, rotate key) on the owner connection, and
 // resolution of a tenant id or API key to the transaction scope the engine runs its statements in,
 // on the application connection (which may only read the tenants table).
+//
+// Size (just over 400 lines): the administration functions and the directory (TenantDirectory) are
+// the two sides of the tenants table and share its row shapes (SCOPE_COLUMNS, scopeOfRow) and
+// hashApiKey; createTenant (one procedure per isolation mode) is the longest part.
 import { createHash, randomBytes } from 'node:crypto'
 import pg from 'pg'
-import { type ComplianceProfile, parseComplianceProfile } from './compliance/profile.ts'
-import type { IsolationMode } from './config.ts'
-import { assertStorableJson } from './core/json.ts'
-import { MIGRATION_LOCK, migrate, migrateTenantTables } from './db/migrate.ts'
-import { APP_SCHEMA, isTenantSchema } from './db/names.ts'
-import { DATABASE_NAME, newDatabaseName, type Servers, type TenantDatabase } from './db/placement.ts'
-import { ensureDatabase } from './db/provision.ts'
-import { type TenantScope, withTransaction } from './db/tx.ts'
-import { assertTenantId } from './core/ids.ts'
-import { InvalidInputError, TenantError } from './errors.ts'
+import { type ComplianceProfile, parseComplianceProfile } from '../compliance/profile.ts'
+import type { IsolationMode } from '../config.ts'
+import { assertStorableJson } from '../core/json.ts'
+import { MIGRATION_LOCK, migrate, migrateTenantTables } from '../db/migrate.ts'
+import { APP_SCHEMA, isTenantSchema } from '../db/names.ts'
+import { DATABASE_NAME, newDatabaseName, type Servers, type TenantDatabase } from './placement.ts'
+import { ensureDatabase } from '../db/provision.ts'
+import { type TenantScope, withTransaction } from '../db/tx.ts'
+import { assertTenantId } from '../core/ids.ts'
+import { InvalidInputError, TenantError } from '../errors.ts'
 
 const TIER = /^[a-z0-9][a-z0-9_-]{0,31}$/
 
 // In core/ids.ts, so the command line can check a tenant id without loading this module.
-export { assertTenantId } from './core/ids.ts'
+export { assertTenantId } from '../core/ids.ts'
 
 function assertTier(tier: string): void {
   if (!TIER.test(tier)) {

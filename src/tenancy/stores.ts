@@ -9,7 +9,7 @@ import type { Logger } from 'pino'
 import { TenantError } from '../errors.ts'
 import { createBoss } from '../queue/boss.ts'
 import { databaseKey, identityProblem, type Servers, type TenantDatabase } from './placement.ts'
-import type { TenantScope } from './tx.ts'
+import type { TenantScope } from '../db/tx.ts'
 
 export interface Store {
   /** `control` for the engine's own database; `server/database` for a tenant database. */

@@ -8,12 +8,16 @@
 // This module never writes to a tenant database, the source or the target: it reads both (as the
 // owner, in read-only repeatable-read transactions) and changes one directory row in the control
 // database, in one statement fenced on the entry it checked.
+//
+// Size (over 400 lines): the drain check, the snapshot of both databases and their comparison are
+// the move's safety argument and are read together with moveTenant; most of the length is the
+// per-table comparison's statements and messages.
 import pg from 'pg'
 import { APP_SCHEMA, BOSS_SCHEMA } from '../db/names.ts'
-import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from '../db/placement.ts'
-import { readTenantContextSecret, tenantCredential } from '../db/tenant-context.ts'
+import { DATABASE_NAME, databaseKey, type Servers, type TenantDatabase } from './placement.ts'
+import { readTenantContextSecret, tenantCredential } from './tenant-context.ts'
 import { InvalidInputError, TenantError } from '../errors.ts'
-import { assertTenantId, withTenantDatabase } from '../tenants.ts'
+import { assertTenantId, withTenantDatabase } from './tenants.ts'
 
 /** A move refused: `problems` names each reason (not suspended, not drained, each difference). */
 export class MoveRefusedError extends TenantError {

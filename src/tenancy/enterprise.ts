@@ -27,17 +27,21 @@
 // so it happens once however many passes race. Until then the job sends its successor, startAfter a
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
+//
+// Size (over 400 lines): one orchestrator whose start, consolidation pass and read share the
+// signing and the run's invariants described above; split apart, each half would need the other's
+// private rules (signatures, statuses) exported.
 import { randomUUID } from 'node:crypto'
-import { isUuid, UUID } from './core/ids.ts'
-import { assertStorableJson, canonicalJson, type Json } from './core/json.ts'
-import { taskData } from './core/plan.ts'
-import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from './db/schema/values.ts'
-import { APP_SCHEMA } from './db/names.ts'
-import { clientDb, type Db, withTransaction } from './db/tx.ts'
-import type { Engine, TenantHandle, WorkflowView } from './engine.ts'
-import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from './errors.ts'
+import { isUuid, UUID } from '../core/ids.ts'
+import { assertStorableJson, canonicalJson, type Json } from '../core/json.ts'
+import { taskData } from '../core/plan.ts'
+import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from '../db/schema/values.ts'
+import { APP_SCHEMA } from '../db/names.ts'
+import { clientDb, type Db, withTransaction } from '../db/tx.ts'
+import type { Engine, TenantHandle, WorkflowView } from '../engine.ts'
+import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from '../errors.ts'
 import { assertTenantId } from './tenants.ts'
-import { eachLimit } from './core/each-limit.ts'
+import { eachLimit } from '../core/each-limit.ts'
 
 /**
  * The consolidation queue. Agent queues are `eq.<agentId>`; agent ids cannot contain '/', so no
