@@ -11,6 +11,11 @@
 // tasks finishes. A task takes TASK_MS, far longer than the few fetches it takes to reach B's job, so
 // each of A's N slots frees at most once in that time: at most N more of A's tasks start first.
 //
+// B's enqueue is taken while A is frozen at its cap: every running A task waits on a gate, so no slot
+// of A frees (and none of A's tasks starts) while B's start call is under way, however long a busy
+// machine makes that call; the gate opens once B's workflow is committed. Counting from the call
+// instead would count A's starts during the call, which grow with the machine's load, not the bound.
+//
 // The control runs the same flood without limits and shows the assertion can fail: B's job waits
 // behind the whole backlog that A queued before it.
 import type { GroupConcurrencyConfig } from 'pg-boss'
@@ -37,6 +42,9 @@ const statsOf = (tenant: string): Stats => {
   return s
 }
 let onStart: ((tenant: string) => void) | undefined
+// While set, each task waits for it before it finishes (counted in `frozen`).
+let gate: Promise<void> | undefined
+let frozen = 0
 
 // Counts, per tenant, the agents running at this moment (one worker runs them all) and the peak.
 const work = defineAgent({
@@ -49,6 +57,10 @@ const work = defineAgent({
     onStart?.(ctx.tenantId)
     try {
       await new Promise((r) => setTimeout(r, TASK_MS))
+      if (gate) {
+        frozen++
+        await gate.finally(() => frozen--)
+      }
     } finally {
       s.running--
     }
@@ -66,6 +78,8 @@ const single = defineWorkflow({ name: 'single', tasks: [{ key: 'only', agent: wo
 async function setup(tenantConcurrency: GroupConcurrencyConfig | undefined) {
   stats.clear()
   onStart = undefined
+  gate = undefined
+  frozen = 0
   const { engine, db } = await testEngine({
     agents: [work],
     workflows: [flood, single],
@@ -90,8 +104,11 @@ async function setup(tenantConcurrency: GroupConcurrencyConfig | undefined) {
   }
 }
 
-/** A floods the queue; once its tasks are flowing, B starts one workflow. Counts A's starts in between. */
-async function floodThenSingle(tenantConcurrency: GroupConcurrencyConfig | undefined) {
+/**
+ * A floods the queue; once its tasks are flowing and frozen at A's cap, B starts one workflow; then A
+ * goes on. Counts A's starts between B's enqueue and B's start.
+ */
+async function floodThenSingle(tenantConcurrency: GroupConcurrencyConfig | undefined, capA: number) {
   const { engine, close } = await setup(tenantConcurrency)
   try {
     await (await engine.tenant('a')).startWorkflow('flood')
@@ -101,8 +118,13 @@ async function floodThenSingle(tenantConcurrency: GroupConcurrencyConfig | undef
     onStart = (tenant) => {
       if (tenant === 'b') aStartedAtBStart = statsOf('a').started
     }
+    let open!: () => void
+    gate = new Promise((resolve) => (open = resolve))
+    await eventually(async () => (frozen === capA && statsOf('a').running === capA ? true : undefined))
     const aStartedAtEnqueue = statsOf('a').started
     const { id } = await (await engine.tenant('b')).startWorkflow('single')
+    gate = undefined
+    open()
     expect((await settled(engine, 'b', id)).status).toBe('completed')
     return {
       aStartedAtEnqueue,
@@ -116,7 +138,7 @@ async function floodThenSingle(tenantConcurrency: GroupConcurrencyConfig | undef
 
 describe('fairness between tenants', () => {
   it("with limits, a flooding tenant starts at most 2N tasks before another tenant's single task", async () => {
-    const { k, peakA } = await floodThenSingle(LIMITS)
+    const { k, peakA } = await floodThenSingle(LIMITS, STANDARD)
     // A ran at its limit (so the limit, not the worker, was what held it), never above it.
     expect(peakA).toBe(STANDARD)
     expect(k).toBeGreaterThanOrEqual(0)
@@ -140,7 +162,7 @@ describe('fairness between tenants', () => {
   })
 
   it("control: without limits, the other tenant's task waits behind the flooding tenant's backlog", async () => {
-    const { aStartedAtEnqueue, k, peakA } = await floodThenSingle(undefined)
+    const { aStartedAtEnqueue, k, peakA } = await floodThenSingle(undefined, WORKER_CONCURRENCY)
     expect(peakA).toBeGreaterThan(STANDARD)
     // Jobs are fetched oldest first: B's job comes after every job A queued before it, so at most a
     // worker's worth of A's jobs (fetched with B's, or being claimed) can start after B's task.
