@@ -13,6 +13,7 @@ import { Command } from 'commander'
 import { packagePath } from '../paths.ts'
 import * as compliance from './commands/compliance.ts'
 import * as keys from './commands/keys.ts'
+import * as operate from './commands/operate.ts'
 import * as ops from './commands/ops.ts'
 import * as processes from './commands/processes.ts'
 import * as project from './commands/project.ts'
@@ -51,6 +52,7 @@ const GROUPS: readonly { register(program: Command): void }[] = [
   project, // dev, init
   tenants, // tenant ...
   workflows, // workflow ..., schedule list, event, approve, reject
+  operate, // workflow retry|replay, dead-letters list|redrive
   compliance, // audit ..., retention purge, erase
   keys, // keys rotate|rewrap, erase --crypto (after compliance: it extends erase)
   ops, // openapi, stats, sweep, reencrypt

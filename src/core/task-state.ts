@@ -110,6 +110,8 @@ export const TASK_TRANSITIONS: Readonly<
         task_snoozed: 'the agent snoozed',
         task_released: 'its worker shut down before the agent finished',
         task_left: 'a job of its attempt delivered again reached a worker without its agent version',
+        'task_retried + task_queued':
+          'its workflow had failed while its agent ran, and was retried: a new attempt (the agent is told to stop)',
       },
     },
     running: {
@@ -130,15 +132,55 @@ export const TASK_TRANSITIONS: Readonly<
     cancelled: { label: 'workflow cancelled', causes: { task_cancelled: 'its workflow was cancelled' } },
   },
   completed: {},
-  failed: {},
-  skipped: {},
-  cancelled: {},
+  // Terminal until the workflow is retried (src/flow/retry.ts).
+  failed: {
+    queued: {
+      label: 'retried',
+      causes: {
+        'task_retried + task_queued':
+          'its workflow was retried (retry, redrive) and its dependencies are done: a new attempt, a fresh budget',
+      },
+    },
+  },
+  skipped: {
+    queued: {
+      label: 'retried',
+      causes: {
+        'task_retried + task_queued':
+          'its workflow was retried (retry, redrive) and its dependencies are done: a new attempt, a fresh budget',
+      },
+    },
+    pending: {
+      label: 'retried',
+      causes: {
+        'task_retried + task_pending':
+          'its workflow was retried (retry, redrive); it waits for its dependencies again',
+      },
+    },
+  },
+  cancelled: {
+    queued: {
+      label: 'retried',
+      causes: {
+        'task_retried + task_queued':
+          'its workflow was retried (retry, redrive) and its dependencies are done: a new attempt, a fresh budget',
+      },
+    },
+    pending: {
+      label: 'retried',
+      causes: {
+        'task_retried + task_pending':
+          'its workflow was retried (retry, redrive); it waits for its dependencies again',
+      },
+    },
+  },
 }
 
 /** The audit actions that insert a task (a workflow's start, or an agent spawning tasks), and its first status. */
 export const TASK_INSERTIONS: Readonly<Record<string, { status: TaskStatus; label: string }>> = {
   task_created: { status: 'pending', label: 'inserted, dependencies left' },
   task_queued: { status: 'queued', label: 'inserted ready' },
+  task_reused: { status: 'completed', label: "inserted completed (a replay reuses the original's result)" },
 }
 
 export const TERMINAL_TASK_STATUSES: readonly TaskStatus[] = ['completed', 'failed', 'skipped', 'cancelled']
@@ -160,8 +202,8 @@ export const WORKFLOW_TRANSITIONS: Readonly<
     cancelled: { label: 'cancelled', causes: { workflow_cancelled: 'it was cancelled' } },
   },
   completed: {},
-  failed: {},
-  cancelled: {},
+  failed: { running: { label: 'retried', causes: { workflow_retried: 'it was retried (retry, redrive)' } } },
+  cancelled: { running: { label: 'retried', causes: { workflow_retried: 'it was retried' } } },
 }
 
 /** Mermaid source of the task state diagram (README.md#task-states shows it), from the table. */

@@ -143,6 +143,7 @@ export async function readWorkflow(
     correlationId: w.correlation_id,
     createdAt: w.created_at,
     completedAt: w.completed_at,
+    replayOf: w.replay_of ?? null,
     output,
     tasks: dagOrder(
       rows.map((r) => ({

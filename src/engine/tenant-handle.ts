@@ -11,6 +11,17 @@ import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import type { Engine } from '../engine.ts'
 import { InvalidInputError, ResultWaitError, WorkflowCancelledError, WorkflowFailedError } from '../errors.ts'
 import { cancelWorkflow, type CancelResult } from '../flow/cancel.ts'
+import {
+  type DeadLetterFilter,
+  type DeadLetterPage,
+  listDeadLetters,
+  redrive,
+  type RedriveResult,
+  type RedriveSelection,
+} from '../flow/dead-letters.ts'
+import { type ReplayOptions, type ReplayResult, replayWorkflow } from '../flow/replay.ts'
+import type { OperatorRequest } from '../flow/requests.ts'
+import { type RetryResult, retryWorkflow } from '../flow/retry.ts'
 import { type StartOptions, type StartResult, startWorkflow } from '../flow/start.ts'
 import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from '../flow/waits.ts'
 import {
@@ -157,6 +168,42 @@ export class TenantHandle {
       output[key] = ring.decrypt(tenant, 'task.result', result)
     }
     return output
+  }
+
+  /**
+   * Runs a failed or cancelled workflow again from where it stopped (src/flow/retry.ts): its tasks
+   * that did not complete get new attempts, completed ones keep their results. Idempotent on
+   * `requestKey`; OperationError `workflow_not_retryable` for a running or completed workflow.
+   */
+  async retryWorkflow(id: string, request: OperatorRequest = {}): Promise<RetryResult> {
+    requireUuid(id, 'workflow id')
+    const store = await this.#engine.storeOf(this.scope)
+    return retryWorkflow(store, this.scope, id.toLowerCase(), request)
+  }
+
+  /**
+   * A new workflow of the same type and version, linked to this one (`replayOf`), that runs task
+   * `from` and everything downstream of it again and reuses the other tasks' results
+   * (src/flow/replay.ts). OperationError `unknown_task` for a key the workflow does not have.
+   */
+  async replayWorkflow(id: string, options: ReplayOptions): Promise<ReplayResult> {
+    requireUuid(id, 'workflow id')
+    if (options === null || typeof options !== 'object')
+      throw new InvalidInputError('options must be an object')
+    const store = await this.#engine.storeOf(this.scope)
+    return replayWorkflow(store, this.scope, id.toLowerCase(), options)
+  }
+
+  /** The tenant's dead letters (tasks failed for good), newest first, a page at a time. */
+  async deadLetters(filter: DeadLetterFilter = {}): Promise<DeadLetterPage> {
+    const { pool } = await this.#engine.storeOf(this.scope)
+    return listDeadLetters(pool, this.scope, filter)
+  }
+
+  /** Runs a dead letter (`taskId`) or an agent's dead letters again, once each (src/flow/dead-letters.ts). */
+  async redrive(selection: RedriveSelection, request: OperatorRequest = {}): Promise<RedriveResult> {
+    const store = await this.#engine.storeOf(this.scope)
+    return redrive(store, this.scope, selection, request)
   }
 
   async cancelWorkflow(id: string, options: { reason?: string; actor?: string } = {}): Promise<CancelResult> {

@@ -49,6 +49,8 @@ export interface WorkflowView {
   correlationId: string
   createdAt: Date
   completedAt: Date | null
+  /** A replay (TenantHandle.replayWorkflow): the workflow it replays; null otherwise. */
+  replayOf: string | null
   /** Results of the completed tasks that nothing depends on. */
   output: Record<string, Json>
   /** Every task after the tasks it depends on (ties in creation order, then by key). */

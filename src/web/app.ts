@@ -9,6 +9,7 @@ import { assertExactNumbers, type Json } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { Engine, TenantHandle } from '../engine.ts'
 import type { DeliveryResult } from '../flow/waits.ts'
+import { registerOpsRoutes } from './ops-routes.ts'
 import { clientErrorHandler, HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
 import { registerUi } from './ui.ts'
@@ -201,6 +202,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
         actor: `api:${request.id}`,
       }),
   )
+
+  registerOpsRoutes(app, { tenant: tenantAuth })
 
   // --- events and approvals (tenant API key) -------------------------------------------------
   // 200 when the delivery took effect (consumed) or had already been made (duplicate), 202 when it

@@ -23,6 +23,7 @@ function gate(): { open: () => void; opened: Promise<void> } {
 }
 const doom = gate()
 const hold = gate()
+const straggle = gate()
 
 const ok = defineAgent({ id: 'ok', handler: async (ctx) => ({ key: ctx.taskKey }) })
 const flaky = defineAgent({
@@ -67,6 +68,14 @@ const blocker = defineAgent({
     return null
   },
 })
+/** Fails its workflow for good once the test opens `straggle` (while its sibling blocker runs). */
+const straggleFail = defineAgent({
+  id: 'straggle-fail',
+  handler: async () => {
+    await straggle.opened
+    throw new PermanentError('fails while a sibling runs')
+  },
+})
 /** Served by a worker of its own, stopped while the agent runs. */
 const released = defineAgent({ id: 'released', handler: blocker.handler })
 /** Served by no worker: the test fetches, claims and completes its tasks by hand. */
@@ -106,6 +115,14 @@ const workflows = [
       { key: 'gate', approval: {} },
     ],
   }),
+  // Retried after it failed with its blocker still running (src/flow/retry.ts).
+  defineWorkflow({
+    name: 'straggler',
+    tasks: [
+      { key: 'running', agent: blocker },
+      { key: 'fail', agent: straggleFail },
+    ],
+  }),
   defineWorkflow({ name: 'released', tasks: [{ key: 'r', agent: released }] }),
   defineWorkflow({ name: 'approval', tasks: [{ key: 'gate', approval: {} }] }),
   defineWorkflow({ name: 'event', tasks: [{ key: 'scan', event: { name: 'scan.done' } }] }),
@@ -137,7 +154,7 @@ const workflows = [
 ]
 
 const { engine, db } = await testEngine({
-  agents: [ok, flaky, doomed, permanent, snoozer, spawner, blocker, released, manual, manualV2],
+  agents: [ok, flaky, doomed, permanent, snoozer, spawner, blocker, released, manual, manualV2, straggleFail],
   workflows,
 })
 
@@ -298,7 +315,9 @@ beforeAll(async () => {
     await acme.cancelWorkflow(id)
   }
 
-  worker = await engine.startWorker({ agents: [ok, flaky, doomed, permanent, snoozer, spawner, blocker] })
+  worker = await engine.startWorker({
+    agents: [ok, flaky, doomed, permanent, snoozer, spawner, blocker, straggleFail],
+  })
   for (const type of ['chain', 'retry', 'permanent', 'snooze']) await start(type)
 
   // Failed for good with a task of each status that has not started.
@@ -340,6 +359,30 @@ beforeAll(async () => {
     await completeTasks(engine, acme.scope, [
       { job: fetched, taskId: fetched.taskId, workflowId: id, attempt: fetched.attempt, result: null },
     ])
+  }
+  // Retries (src/flow/retry.ts): of the failed `doomed` run (its failed, skipped and queued-then-
+  // skipped tasks), of the cancelled run (cancelled again once its blocker runs), and of a run that
+  // failed while its blocker ran (the blocker's attempt is superseded). A replay inserts reused tasks.
+  {
+    const doomedRun = await start('doomed')
+    await settled(engine, 'acme', doomedRun)
+    await acme.retryWorkflow(doomedRun, { actor: 'test' })
+    const cancelledRun = await start('cancelled')
+    await until(cancelledRun, 'running', 'running')
+    await acme.cancelWorkflow(cancelledRun, { reason: 'test' })
+    await acme.retryWorkflow(cancelledRun, { actor: 'test' })
+    await until(cancelledRun, 'running', 'running')
+    await acme.cancelWorkflow(cancelledRun, { reason: 'test' })
+    const straggler = await start('straggler')
+    await until(straggler, 'running', 'running')
+    straggle.open()
+    await settled(engine, 'acme', straggler)
+    await acme.retryWorkflow(straggler, { actor: 'test' })
+    await until(straggler, 'running', 'running')
+    await acme.cancelWorkflow(straggler, { reason: 'test' })
+    const chainRun = await start('chain')
+    await settled(engine, 'acme', chainRun)
+    started.push((await acme.replayWorkflow(chainRun, { from: 'b', actor: 'test' })).id)
   }
   for (const id of started) await settled(engine, 'acme', id)
 })

@@ -43,6 +43,7 @@ export const STATUS_ACTIONS: Readonly<Record<string, TaskStatus>> = {
   task_released: 'queued',
   task_snoozed: 'queued',
   task_left: 'queued',
+  task_pending: 'pending',
 }
 
 /**
@@ -55,6 +56,9 @@ export const ANNOTATIONS: Readonly<Record<string, { alone: boolean }>> = {
   task_wait_timed_out: { alone: false },
   event_received: { alone: true },
   approval_decided: { alone: true },
+  task_retried: { alone: false },
+  // Written after its workflow's retry, in the same transaction: it says who redrove, changes nothing.
+  dead_letter_redriven: { alone: true },
   // A queued task held for its tenant's exhausted hard budget stays queued (its job is dropped).
   task_held: { alone: true },
 }
@@ -63,7 +67,10 @@ const WORKFLOW_ENDS: Readonly<Record<string, WorkflowStatus>> = {
   workflow_completed: 'completed',
   workflow_failed: 'failed',
   workflow_cancelled: 'cancelled',
+  workflow_retried: 'running',
 }
+/** Workflow rows that change nothing of its status (a replay of it was started). */
+const WORKFLOW_NOTES = new Set(['workflow_replayed'])
 
 export interface Replay {
   changes: Change[]
@@ -140,6 +147,7 @@ function replayWorkflow(
   let status: string | undefined
   for (const row of rows) {
     if (row.action === 'workflow_started' && status === undefined) status = 'running'
+    else if (WORKFLOW_NOTES.has(row.action) && status !== undefined) continue
     else if (row.action in WORKFLOW_ENDS && status !== undefined) {
       const to = WORKFLOW_ENDS[row.action] as string
       changes.push({ subject, from: status, to, cause: row.action })

@@ -445,6 +445,8 @@ describe('operations endpoints', () => {
       '/v1/admin/tenants/{id}/rotate-key',
       '/v1/admin/tenants/{id}/suspend',
       '/v1/budgets',
+      '/v1/dead-letters',
+      '/v1/dead-letters/redrive',
       '/v1/stats',
       '/v1/usage',
       '/v1/workflows',
@@ -453,6 +455,8 @@ describe('operations endpoints', () => {
       '/v1/workflows/{id}/audit',
       '/v1/workflows/{id}/cancel',
       '/v1/workflows/{id}/events',
+      '/v1/workflows/{id}/replay',
+      '/v1/workflows/{id}/retry',
     ])
   })
 

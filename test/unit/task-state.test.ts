@@ -26,14 +26,18 @@ function reachable(from: readonly TaskStatus[]): Set<TaskStatus> {
 }
 
 describe('the task state machine', () => {
-  it('ends in the terminal states: none has a way out, every other state has one', () => {
+  it('ends in the terminal states: none has a way out but a retry of its workflow, every other state has one', () => {
+    // A retry (src/flow/retry.ts) is the one way out of a terminal state: its arrows are `retried`.
+    const ways = (table: Record<string, Record<string, { label: string }>>, s: string) =>
+      Object.values(table[s] ?? {}).filter((t) => t.label !== 'retried').length
     for (const s of TASK_STATUSES) {
-      expect(Object.keys(TASK_TRANSITIONS[s]).length === 0, s).toBe(isTerminalTask(s))
+      expect(ways(TASK_TRANSITIONS, s) === 0, s).toBe(isTerminalTask(s))
       expect(TERMINAL_TASK_STATUSES.includes(s)).toBe(isTerminalTask(s))
     }
     for (const s of WORKFLOW_STATUSES) {
-      expect(Object.keys(WORKFLOW_TRANSITIONS[s]).length === 0, s).toBe(s !== 'running')
+      expect(ways(WORKFLOW_TRANSITIONS, s) === 0, s).toBe(s !== 'running')
     }
+    expect(Object.keys(TASK_TRANSITIONS.completed)).toEqual([]) // a completed task never runs again
   })
 
   it('reaches every state from an insertion, and a terminal state from every state', () => {
