@@ -16,7 +16,7 @@ import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError, OperationError } from '../errors.ts'
-import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { checkRequest, type OperatorRequest, storeAnswer, storedAnswer } from './requests.ts'
 import { readyAt, timerOf } from './task-rows.ts'
@@ -187,7 +187,7 @@ export async function replayWorkflow(
         timeoutMs: r.timeout_ms,
         startAfter: r.start_after,
       }))
-    await insertJobs(deps.boss, db, scope, ready)
+    await insertJobsTx({ db, boss: deps.boss, scope }, ready)
     const byKey = (status: (s: string) => boolean) =>
       inserted.rows.filter((r) => status(r.status)).map((r) => r.task_key as string)
     const result: ReplayResult = {

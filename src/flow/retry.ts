@@ -14,7 +14,7 @@ import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError, OperationError } from '../errors.ts'
-import { insertJobs, type ReadyJob } from '../queue/boss.ts'
+import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { checkRequest, type OperatorRequest, storeAnswer, storedAnswer } from './requests.ts'
 import { readyAt, timerOf } from './task-rows.ts'
@@ -158,7 +158,7 @@ export async function retryIn(
       timeoutMs: r.timeout_ms,
       startAfter: r.start_after,
     }))
-  await insertJobs(boss, db, scope, ready)
+  await insertJobsTx({ db, boss, scope }, ready)
   return {
     id: workflowId,
     status: 'running',
