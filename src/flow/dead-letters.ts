@@ -14,8 +14,8 @@ import { isUuid } from '../core/ids.ts'
 import { assertStorableJson, type Json } from '../core/json.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { InvalidInputError, NotFoundError } from '../errors.ts'
-import { checkRequest, type OperatorRequest, storeAnswer, storedAnswer } from './requests.ts'
-import { retryIn } from './retry.ts'
+import { checkRequest, type OperatorRequest, storeAnswerTx, storedAnswerTx } from './requests.ts'
+import { retryWorkflowTx } from './retry.ts'
 
 export interface DeadLetter {
   taskId: string
@@ -142,7 +142,7 @@ export async function redrive(
   if (agent !== undefined) checkAgent(agent)
   const target = taskId !== undefined ? `task:${taskId.toLowerCase()}` : `agent:${agent}`
   return withTenantTx(deps.pool, scope, async (db) => {
-    const known = await storedAnswer<RedriveResult & Json>(db, scope, request.requestKey, 'redrive', target)
+    const known = await storedAnswerTx<RedriveResult & Json>(db, scope, request.requestKey, 'redrive', target)
     if (known) return known
     const { rows } = await db.executeSql(SELECT_REDRIVE, [
       scope.tenantId,
@@ -155,7 +155,7 @@ export async function redrive(
     const redriven: RedriveResult['redriven'] = []
     let workflowsRetried = 0
     for (const [workflowId, letters] of Map.groupBy(batch, (r) => r.workflow_id as string)) {
-      const retried = await retryIn(deps.boss, db, scope, workflowId, request, {
+      const retried = await retryWorkflowTx({ db, boss: deps.boss, scope }, workflowId, request, {
         redrive: letters.map((l) => l.id as string),
       }).then(
         () => true,
@@ -184,7 +184,7 @@ export async function redrive(
       for (const l of letters) redriven.push({ taskId: l.id, workflowId })
     }
     const result: RedriveResult = { redriven, workflowsRetried, more: rows.length > REDRIVE_BATCH }
-    await storeAnswer(db, scope, request, 'redrive', target, result as RedriveResult & Json)
+    await storeAnswerTx(db, scope, request, 'redrive', target, result as RedriveResult & Json)
     return result
   })
 }

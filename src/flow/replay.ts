@@ -18,7 +18,7 @@ import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError, OperationError } from '../errors.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
-import { checkRequest, type OperatorRequest, storeAnswer, storedAnswer } from './requests.ts'
+import { checkRequest, type OperatorRequest, storeAnswerTx, storedAnswerTx } from './requests.ts'
 import { readyAt, timerOf } from './task-rows.ts'
 
 export interface ReplayOptions extends OperatorRequest {
@@ -136,7 +136,7 @@ export async function replayWorkflow(
     throw new OperationError('unknown_task', 'from must name a task key (1-200 characters)')
   return withTenantTx(deps.pool, scope, async (db) => {
     const target = `${workflowId}#${from}`
-    const known = await storedAnswer<ReplayResult & Json>(db, scope, options.requestKey, 'replay', target)
+    const known = await storedAnswerTx<ReplayResult & Json>(db, scope, options.requestKey, 'replay', target)
     if (known) return known
     const wf = await db.executeSql(ORIGINAL, [scope.tenantId, workflowId])
     const original = wf.rows[0]
@@ -200,7 +200,7 @@ export async function replayWorkflow(
       rerun: byKey((s) => s !== 'completed'),
       reused: byKey((s) => s === 'completed'),
     }
-    await storeAnswer(db, scope, options, 'replay', target, result as ReplayResult & Json)
+    await storeAnswerTx(db, scope, options, 'replay', target, result as ReplayResult & Json)
     return result
   })
 }

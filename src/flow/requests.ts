@@ -34,7 +34,7 @@ export function checkRequest(request: OperatorRequest): void {
  * Takes the key's lock and returns the answer stored for it, or null when the key is new (or
  * absent). A key used for another operation or target is a request_key_conflict.
  */
-export async function storedAnswer<T extends Json>(
+export async function storedAnswerTx<T extends Json>(
   db: Db,
   scope: TenantScope,
   key: string | undefined,
@@ -61,7 +61,7 @@ export async function storedAnswer<T extends Json>(
 }
 
 /** Stores the answer under the key (no key: nothing), in the operation's transaction. */
-export async function storeAnswer(
+export async function storeAnswerTx(
   db: Db,
   scope: TenantScope,
   request: OperatorRequest,

@@ -12,11 +12,11 @@
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
 import type { Json } from '../core/json.ts'
-import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
+import { type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
 import { NotFoundError, OperationError } from '../errors.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
-import { checkRequest, type OperatorRequest, storeAnswer, storedAnswer } from './requests.ts'
+import { checkRequest, type OperatorRequest, storeAnswerTx, storedAnswerTx } from './requests.ts'
 import { readyAt, timerOf } from './task-rows.ts'
 
 export interface RetryResult {
@@ -110,14 +110,13 @@ FROM t`
  * running or completed workflow is refused (OperationError `workflow_not_retryable`), an unknown one
  * is NotFoundError. `audit` is merged into the workflow_retried audit row (a redrive names itself).
  */
-export async function retryIn(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+export async function retryWorkflowTx(
+  tx: TenantTx,
   workflowId: string,
   request: OperatorRequest,
   audit: Record<string, Json> | null = null,
 ): Promise<RetryResult> {
+  const { db, scope } = tx
   const wf = await db.executeSql(LOCK_WORKFLOW, [scope.tenantId, workflowId])
   const status = wf.rows[0]?.status as string | undefined
   if (!status) throw new NotFoundError(`workflow ${workflowId}`)
@@ -141,7 +140,7 @@ export async function retryIn(
   // is superseded, and a worker fetching one would only find it fenced out.
   const stale = rows.filter((r) => r.old_job && (r.previous === 'queued' || r.previous === 'running'))
   for (const [queue, list] of Map.groupBy(stale, (r) => r.old_queue as string)) {
-    await boss.cancel(
+    await tx.boss.cancel(
       queue,
       list.map((r) => r.old_job as string),
       { db },
@@ -158,7 +157,7 @@ export async function retryIn(
       timeoutMs: r.timeout_ms,
       startAfter: r.start_after,
     }))
-  await insertJobsTx({ db, boss, scope }, ready)
+  await insertJobsTx(tx, ready)
   return {
     id: workflowId,
     status: 'running',
@@ -168,7 +167,7 @@ export async function retryIn(
   }
 }
 
-/** retryIn in a transaction of its own, idempotent on the request key. */
+/** retryWorkflowTx in a transaction of its own, idempotent on the request key. */
 export async function retryWorkflow(
   deps: RetryDeps,
   scope: TenantScope,
@@ -177,10 +176,10 @@ export async function retryWorkflow(
 ): Promise<RetryResult> {
   checkRequest(request)
   return withTenantTx(deps.pool, scope, async (db) => {
-    const known = await storedAnswer<RetryResult & Json>(db, scope, request.requestKey, 'retry', workflowId)
+    const known = await storedAnswerTx<RetryResult & Json>(db, scope, request.requestKey, 'retry', workflowId)
     if (known) return known
-    const result = await retryIn(deps.boss, db, scope, workflowId, request)
-    await storeAnswer(db, scope, request, 'retry', workflowId, result as RetryResult & Json)
+    const result = await retryWorkflowTx({ db, boss: deps.boss, scope }, workflowId, request)
+    await storeAnswerTx(db, scope, request, 'retry', workflowId, result as RetryResult & Json)
     return result
   })
 }
