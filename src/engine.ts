@@ -229,6 +229,13 @@ export interface WorkflowFilter {
   limit?: number
   /** `nextCursor` of the previous page. */
   cursor?: string
+  /** Look-ups (each an index probe): the workflow with this id, correlation id or idempotency key. */
+  id?: string
+  correlationId?: string
+  idempotencyKey?: string
+  /** Created at or after `since`, before `until` (ISO 8601 or a Date). */
+  since?: string | Date
+  until?: string | Date
 }
 
 export interface WorkflowSummary {
@@ -1777,6 +1784,18 @@ export class TenantHandle {
     }
     // A NUL cannot even be a query parameter of PostgreSQL's.
     if (filter.type !== undefined) assertStorableJson(filter.type, 'type')
+    if (filter.id !== undefined) requireUuid(filter.id, 'id')
+    for (const name of ['correlationId', 'idempotencyKey'] as const)
+      if (filter[name] !== undefined) assertStorableJson(filter[name], name)
+    const instant = (value: string | Date | undefined, name: string) => {
+      if (value === undefined) return null
+      const d = value instanceof Date ? value : new Date(value)
+      if (Number.isNaN(d.getTime()))
+        throw new InvalidInputError(`${name} must be a date and time`, `$.${name}`)
+      return d.toISOString()
+    }
+    const since = instant(filter.since, 'since')
+    const until = instant(filter.until, 'until')
     const after = filter.cursor === undefined ? null : decodeCursor(filter.cursor)
     return this.#tx(async (db) => {
       const { rows } = await db.executeSql(
@@ -1785,6 +1804,9 @@ export class TenantHandle {
          FROM workflows
          WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR type = $3)
            AND ($4::timestamptz IS NULL OR (created_at, id) < ($4::timestamptz, $5::uuid))
+           AND ($7::uuid IS NULL OR id = $7) AND ($8::text IS NULL OR correlation_id = $8)
+           AND ($9::text IS NULL OR idempotency_key = $9)
+           AND ($10::timestamptz IS NULL OR created_at >= $10) AND ($11::timestamptz IS NULL OR created_at < $11)
          ORDER BY created_at DESC, id DESC
          LIMIT $6`,
         [
@@ -1794,6 +1816,11 @@ export class TenantHandle {
           after?.at ?? null,
           after?.id ?? null,
           limit + 1,
+          filter.id ?? null,
+          filter.correlationId ?? null,
+          filter.idempotencyKey ?? null,
+          since,
+          until,
         ],
       )
       const page = rows.slice(0, limit)

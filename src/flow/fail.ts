@@ -8,6 +8,7 @@ import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
 import { type Db, executeNamed, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobs } from '../queue/boss.ts'
 import { ENDED_CHANNEL } from './channels.ts'
+import { notifyProgress } from './progress.ts'
 import { failpoint } from '../failpoints.ts'
 
 /** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
@@ -149,6 +150,8 @@ export async function failAttemptIn(
   ])
   const row = rows[0]
   if (!row) return { kind: 'lease_lost' }
+  // A live console shows the failed attempt (off the hot path: failures only).
+  await notifyProgress(db, scope.tenantId, [f.workflowId])
   const retry = row.status === 'queued'
   if (f.job) {
     const { jobId, retryCount } = f.job

@@ -73,6 +73,8 @@ export const workflows = pgTable(
     index('workflows_subject_idx')
       .on(t.tenantId, t.subjectKey)
       .where(sql`${t.subjectKey} IS NOT NULL`),
+    // The console's lookup by correlation id (drizzle/tenant/0021).
+    index('workflows_correlation_idx').on(t.tenantId, t.correlationId),
   ],
 )
 
@@ -351,4 +353,18 @@ export const complianceEvents = pgTable(
     tenantIsolation(),
     index('compliance_events_retention_idx').on(t.tenantId, t.retentionUntil),
   ],
+)
+
+/**
+ * Tenants a web console is watching now (src/web/live.ts): a row per tenant, its expiry pushed
+ * forward while an event stream is open. The statements that change tasks notify the progress
+ * channel only while the tenant's row has not expired (drizzle/tenant/0021).
+ */
+export const consoleWatchers = pgTable(
+  'console_watchers',
+  {
+    tenantId: text('tenant_id').notNull().primaryKey(),
+    expiresAt: tz('expires_at').notNull(),
+  },
+  () => [tenantIsolation()],
 )
