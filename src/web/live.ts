@@ -81,6 +81,8 @@ export class LiveHub {
   async open(tenant: TenantHandle, res: ServerResponse, lastEventId: string | undefined): Promise<void> {
     const store = await this.#engine.storeOf(tenant.scope)
     let ended = false
+    // Kept: a hijacked response is detached from its socket when it closes.
+    const socket = res.socket
     const write = (text: string) => {
       if (!ended) res.write(text)
     }
@@ -92,12 +94,16 @@ export class LiveHub {
       close: () => {
         if (ended) return
         ended = true
-        res.end()
+        // The connection goes with the stream (a client reconnects, to another process if need be).
+        res.end(() => socket?.destroy())
       },
     }
     const heartbeat = setInterval(() => write(': keep-alive\n\n'), HEARTBEAT_MS)
     heartbeat.unref()
     res.on('close', () => {
+      // The client went away: its connection is not kept (a hijacked response never "finished",
+      // so the server's close would wait for the socket to time out).
+      socket?.destroy()
       ended = true
       clearInterval(heartbeat)
       this.#streams.delete(stream)
