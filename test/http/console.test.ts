@@ -17,7 +17,7 @@ const once = defineAgent({
   id: 'flaky-once',
   handler: async (ctx) => {
     if (flaky++ === 0) throw new Error('first attempt fails')
-    return { got: ctx.input as Json, done: true }
+    return { got: ctx.input, done: true }
   },
 })
 const gates = new Map<string, () => void>()
@@ -181,7 +181,7 @@ describe('finding workflows', () => {
     expect(await ids(`id=${g.id}`)).toEqual([])
     expect(await ids('idempotencyKey=nothing-like-it')).toEqual([])
 
-    const created = (await acme.getWorkflow(b.id)).createdAt as Date
+    const created = (await acme.getWorkflow(b.id)).createdAt
     const since = new Date(created.getTime()).toISOString()
     const until = new Date(created.getTime() + 1).toISOString()
     expect(await ids(`since=${since}&until=${until}&type=retried`)).toEqual([b.id])
