@@ -77,6 +77,17 @@ import {
 } from './errors.ts'
 import { cancelWorkflow, type CancelResult } from './flow/cancel.ts'
 import { closeAgents } from './flow/close-agents.ts'
+import {
+  type DeadLetterFilter,
+  type DeadLetterPage,
+  listDeadLetters,
+  redrive,
+  type RedriveResult,
+  type RedriveSelection,
+} from './flow/dead-letters.ts'
+import { type ReplayOptions, type ReplayResult, replayWorkflow } from './flow/replay.ts'
+import type { OperatorRequest } from './flow/requests.ts'
+import { type RetryResult, retryWorkflow } from './flow/retry.ts'
 import { awaitEnd, EndListener } from './flow/ends.ts'
 import { isTransient } from './flow/completer.ts'
 import { type StartOptions, type StartResult, startWorkflow } from './flow/start.ts'
@@ -154,6 +165,8 @@ export interface WorkflowView {
   correlationId: string
   createdAt: Date
   completedAt: Date | null
+  /** A replay (TenantHandle.replayWorkflow): the workflow it replays; null otherwise. */
+  replayOf: string | null
   /** Results of the completed tasks that nothing depends on. */
   output: Record<string, Json>
   /** Every task after the tasks it depends on (ties in creation order, then by key). */
@@ -1671,6 +1684,42 @@ export class TenantHandle {
   }
 
   /**
+   * Runs a failed or cancelled workflow again from where it stopped (src/flow/retry.ts): its tasks
+   * that did not complete get new attempts, completed ones keep their results. Idempotent on
+   * `requestKey`; OperationError `workflow_not_retryable` for a running or completed workflow.
+   */
+  async retryWorkflow(id: string, request: OperatorRequest = {}): Promise<RetryResult> {
+    requireUuid(id, 'workflow id')
+    const store = await this.#engine.storeOf(this.scope)
+    return retryWorkflow(store, this.scope, id.toLowerCase(), request)
+  }
+
+  /**
+   * A new workflow of the same type and version, linked to this one (`replayOf`), that runs task
+   * `from` and everything downstream of it again and reuses the other tasks' results
+   * (src/flow/replay.ts). OperationError `unknown_task` for a key the workflow does not have.
+   */
+  async replayWorkflow(id: string, options: ReplayOptions): Promise<ReplayResult> {
+    requireUuid(id, 'workflow id')
+    if (options === null || typeof options !== 'object')
+      throw new InvalidInputError('options must be an object')
+    const store = await this.#engine.storeOf(this.scope)
+    return replayWorkflow(store, this.scope, id.toLowerCase(), options)
+  }
+
+  /** The tenant's dead letters (tasks failed for good), newest first, a page at a time. */
+  async deadLetters(filter: DeadLetterFilter = {}): Promise<DeadLetterPage> {
+    const { pool } = await this.#engine.storeOf(this.scope)
+    return listDeadLetters(pool, this.scope, filter)
+  }
+
+  /** Runs a dead letter (`taskId`) or an agent's dead letters again, once each (src/flow/dead-letters.ts). */
+  async redrive(selection: RedriveSelection, request: OperatorRequest = {}): Promise<RedriveResult> {
+    const store = await this.#engine.storeOf(this.scope)
+    return redrive(store, this.scope, selection, request)
+  }
+
+  /**
    * Delivers an external event to a workflow: the task waiting for it completes with its payload
    * (and its dependents are dispatched) in the same transaction; if its task is not waiting yet,
    * the event is kept for it. Idempotent on `eventId`. WaitError when nothing in the workflow waits
@@ -1910,6 +1959,7 @@ export class TenantHandle {
         correlationId: w.correlation_id,
         createdAt: w.created_at,
         completedAt: w.completed_at,
+        replayOf: w.replay_of ?? null,
         output,
         tasks: dagOrder(
           rows.map((r) => ({

@@ -228,6 +228,25 @@ export class ResultWaitError extends EquilateralError {
   }
 }
 
+export type OperationErrorCode =
+  /** Retry asked of a workflow that is running or completed (only failed or cancelled ones run again). */
+  | 'workflow_not_retryable'
+  /** Replay from a task key the workflow does not have. */
+  | 'unknown_task'
+  /** A request key used before for another operation or another target. */
+  | 'request_key_conflict'
+
+/** An operator request on workflows (retry, replay, redrive) that was refused; nothing was written. */
+export class OperationError extends EquilateralError {
+  declare readonly code: OperationErrorCode
+  /** The workflow's status when a retry was refused. */
+  readonly status: string | undefined
+  constructor(code: OperationErrorCode, message: string, status?: string) {
+    super(code, message)
+    this.status = status
+  }
+}
+
 /** The task was cancelled, timed out or reassigned while the agent ran; its result is discarded. */
 export class LeaseLostError extends EquilateralError {
   constructor(taskId: string, attempt: number) {

@@ -78,6 +78,16 @@ export type {
   ScheduleTickReport,
 } from './schedule/scheduler.ts'
 export type { StartOptions, StartResult } from './flow/start.ts'
+export type { RetryResult } from './flow/retry.ts'
+export type { ReplayOptions, ReplayResult } from './flow/replay.ts'
+export type { OperatorRequest } from './flow/requests.ts'
+export type {
+  DeadLetter,
+  DeadLetterFilter,
+  DeadLetterPage,
+  RedriveResult,
+  RedriveSelection,
+} from './flow/dead-letters.ts'
 export * from './errors.ts'
 export {
   ENTERPRISE_QUEUE,

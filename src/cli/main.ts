@@ -17,6 +17,7 @@ import type { Engine, WorkflowFilter } from '../engine.ts'
 import { InvalidInputError } from '../errors.ts'
 import { packagePath } from '../paths.ts'
 import { EXIT_USAGE, reportError } from './errors.ts'
+import { registerOpsCommands } from './ops.ts'
 import { outputMode, render, withoutInternalAgents } from './output.ts'
 
 /**
@@ -854,6 +855,8 @@ for (const approved of [true, false]) {
       },
     )
 }
+
+registerOpsCommands(program, { withEngine, print })
 
 const audit = program.command('audit').description('the tamper-evident audit trail')
 audit

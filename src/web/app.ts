@@ -9,6 +9,7 @@ import { assertExactNumbers, type Json } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import type { Engine, TenantHandle } from '../engine.ts'
 import type { DeliveryResult } from '../flow/waits.ts'
+import { registerOpsRoutes } from './ops-routes.ts'
 import { clientErrorHandler, HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
 import { registerConsole } from './console.ts'
@@ -211,6 +212,8 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
         actor: `api:${request.id}`,
       }),
   )
+
+  registerOpsRoutes(app, { tenant: tenantAuth })
 
   // The console's task detail, attempts and live event stream (src/web/console.ts).
   registerConsole(app, engine, tenantAuth, tenantOf)

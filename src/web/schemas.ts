@@ -81,6 +81,11 @@ export const sharedSchemas = [
       correlationId: { type: 'string' },
       createdAt: dateTime,
       completedAt: nullableDateTime,
+      replayOf: {
+        type: ['string', 'null'],
+        format: 'uuid',
+        description: 'a replay: the workflow it replays (POST /v1/workflows/{id}/replay); null otherwise',
+      },
       output: {
         type: 'object',
         additionalProperties: true,
@@ -376,6 +381,173 @@ export const routes = {
         },
       },
       ...problems(400, 401, 403, 404, 415),
+    },
+  },
+  retryWorkflow: {
+    tags: ['workflows'],
+    summary: 'Run a failed or cancelled workflow again from where it stopped',
+    description:
+      "Every task that did not complete (failed, skipped, cancelled) gets a new attempt with a fresh attempt budget; completed tasks keep their results and do not run again; the workflow is `running` again. One transaction, with the audit rows `workflow_retried` and `task_retried` (actor: `actor`, default `api:<request id>`). With a `requestKey`, a repeated request answers the first one's result and retries nothing. Errors: 404 `not_found` (no such workflow for this tenant), 409 `workflow_not_retryable` (it is running or completed), 409 `request_key_conflict` (the key was used for another request).",
+    security: bearer,
+    params: idParams,
+    body: {
+      type: ['object', 'null'],
+      additionalProperties: false,
+      properties: {
+        requestKey: shortText('makes the request idempotent: the same key answers the same result'),
+        actor: shortText('who asks, for the audit trail (default `api:<request id>`)'),
+      },
+    },
+    response: {
+      200: {
+        description: 'retried (or, with a requestKey used before, what that request answered)',
+        type: 'object',
+        required: ['id', 'status', 'previousStatus', 'tasksRetried', 'tasksQueued'],
+        properties: {
+          id: uuid,
+          status: { type: 'string', enum: ['running'] },
+          previousStatus: { type: 'string', enum: ['failed', 'cancelled'] },
+          tasksRetried: { type: 'integer', description: 'tasks given a new attempt' },
+          tasksQueued: { type: 'integer', description: 'of those, the ones queued at once' },
+        },
+      },
+      ...problems(400, 401, 403, 404, 409, 415, 422),
+    },
+  },
+  replayWorkflow: {
+    tags: ['workflows'],
+    summary: 'Replay a workflow from one of its tasks, as a new workflow',
+    description:
+      'Starts a new workflow of the same type and version, linked to this one (`replayOf`), with the same input: the task `from` and everything downstream of it run again; the other tasks that completed here are recorded as completed with their results (audit `task_reused`) and do not run. The original gets a `workflow_replayed` audit row. With a `requestKey`, a repeated request answers the same new workflow. Errors: 404 `not_found`, 422 `unknown_task` (the workflow has no task `from`), 409 `request_key_conflict`.',
+    security: bearer,
+    params: idParams,
+    body: {
+      type: 'object',
+      required: ['from'],
+      additionalProperties: false,
+      properties: {
+        from: shortText('the key of the task to run again, with everything downstream of it'),
+        requestKey: shortText('makes the request idempotent: the same key answers the same workflow'),
+        actor: shortText('who asks, for the audit trail (default `api:<request id>`)'),
+      },
+    },
+    response: {
+      201: {
+        description: 'the new workflow (running)',
+        type: 'object',
+        required: ['id', 'status', 'replayOf', 'from', 'type', 'version', 'rerun', 'reused'],
+        properties: {
+          id: uuid,
+          status: { type: 'string', enum: ['running'] },
+          replayOf: uuid,
+          from: { type: 'string' },
+          type: { type: 'string' },
+          version: { type: 'integer' },
+          rerun: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'keys of the tasks that run again',
+          },
+          reused: {
+            type: 'array',
+            items: { type: 'string' },
+            description: 'keys of the tasks whose original results are reused',
+          },
+        },
+      },
+      ...problems(400, 401, 403, 404, 409, 415, 422),
+    },
+  },
+  listDeadLetters: {
+    tags: ['dead letters'],
+    summary: "The tenant's dead letters: tasks that failed for good, newest first",
+    description:
+      'A task is a dead letter while it is `failed` (its attempts used up, or a permanent error), a rejected approval excepted. Redriving it (POST /v1/dead-letters/redrive) or retrying its workflow takes it off the list.',
+    security: bearer,
+    querystring: {
+      type: 'object',
+      additionalProperties: false,
+      properties: {
+        agent: { type: 'string', minLength: 1, maxLength: 200, description: "only this agent's" },
+        limit: { type: 'integer', minimum: 1, maximum: 200, default: 50 },
+        cursor: { type: 'string', maxLength: 512, description: 'nextCursor of the previous page' },
+      },
+    },
+    response: {
+      200: {
+        description: 'a page of dead letters',
+        type: 'object',
+        required: ['deadLetters', 'nextCursor'],
+        properties: {
+          deadLetters: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: [
+                'taskId',
+                'workflowId',
+                'workflowType',
+                'taskKey',
+                'agent',
+                'attempt',
+                'failures',
+                'failedAt',
+              ],
+              properties: {
+                taskId: uuid,
+                workflowId: uuid,
+                workflowType: { type: 'string' },
+                taskKey: { type: 'string' },
+                agent: { type: 'string' },
+                attempt: { type: 'integer', description: 'the attempt that failed for good' },
+                failures: { type: 'integer' },
+                error: json,
+                failedAt: dateTime,
+              },
+            },
+          },
+          nextCursor: { type: ['string', 'null'] },
+        },
+      },
+      ...problems(400, 401, 403, 422),
+    },
+  },
+  redriveDeadLetters: {
+    tags: ['dead letters'],
+    summary: 'Run one dead letter, or an agent’s dead letters, again',
+    description:
+      "Each dead letter runs again once: its workflow is retried (as POST /v1/workflows/{id}/retry does), with a `dead_letter_redriven` audit row per task; a redriven task is no longer a dead letter, so redriving again finds nothing. `taskId`: that one (404 `not_found` when the tenant has no such dead letter); `agent`: up to 200 of that agent's (`more` says whether others remain). With a `requestKey`, a repeated request answers the same result.",
+    security: bearer,
+    body: {
+      type: 'object',
+      additionalProperties: false,
+      oneOf: [{ required: ['taskId'] }, { required: ['agent'] }],
+      properties: {
+        taskId: { ...uuid, description: 'the dead letter (a task id)' },
+        agent: shortText('all the dead letters of this agent'),
+        requestKey: shortText('makes the request idempotent: the same key answers the same result'),
+        actor: shortText('who asks, for the audit trail (default `api:<request id>`)'),
+      },
+    },
+    response: {
+      200: {
+        description: 'what was redriven',
+        type: 'object',
+        required: ['redriven', 'workflowsRetried', 'more'],
+        properties: {
+          redriven: {
+            type: 'array',
+            items: {
+              type: 'object',
+              required: ['taskId', 'workflowId'],
+              properties: { taskId: uuid, workflowId: uuid },
+            },
+          },
+          workflowsRetried: { type: 'integer' },
+          more: { type: 'boolean', description: 'more dead letters of the agent remain: redrive again' },
+        },
+      },
+      ...problems(400, 401, 403, 404, 409, 415, 422),
     },
   },
   sendEvent: {

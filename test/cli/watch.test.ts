@@ -48,6 +48,7 @@ function workflow(tasks: TaskView[], patch: Partial<WorkflowView> = {}): Workflo
     input: null,
     error: null,
     correlationId: 'c',
+    replayOf: null,
     createdAt: at(0),
     completedAt: null,
     output: {},

@@ -14,7 +14,13 @@ import { settled, testEngine } from '../helpers/engine.ts'
 import { errorCode } from '../helpers/errors.ts'
 import { enterTenant, tenantSecret } from '../helpers/tenant-context.ts'
 
-const TABLES = ['workflows', 'agent_coordination', 'agent_audit_log', 'compliance_events'] as const
+const TABLES = [
+  'workflows',
+  'agent_coordination',
+  'agent_audit_log',
+  'compliance_events',
+  'workflow_requests',
+] as const
 const INSUFFICIENT_PRIVILEGE = '42501'
 
 const echo = defineAgent({ id: 'echo', handler: async (ctx) => ({ echoed: ctx.input }) })
@@ -64,6 +70,12 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
         `INSERT INTO ${pg.escapeIdentifier(schemaOf[t])}.compliance_events
            (tenant_id, agent_id, compliance_type, event_type, event_data) VALUES ($1, 'echo', 'GDPR', 'test', '{}')`,
         [t],
+      )
+      // A retry's request key (src/flow/requests.ts), as the owner: the table is checked like the others.
+      await owner.query(
+        `INSERT INTO ${pg.escapeIdentifier(schemaOf[t])}.workflow_requests
+           (tenant_id, request_key, operation, target, result) VALUES ($1, 'key', 'retry', $2, '{}')`,
+        [t, ids[t]],
       )
     }
     await owner.end()
@@ -154,6 +166,7 @@ describe.each<IsolationMode>(['row-level', 'schema-per-tenant'])('isolation mode
       `INSERT INTO ${table('beta', 'compliance_events')} (tenant_id, agent_id, compliance_type, event_type, event_data) VALUES ('beta', 'x', 'GDPR', 'forged', '{}')`,
       `UPDATE ${table('alpha', 'workflows')} SET tenant_id = 'beta'`,
       `UPDATE ${table('alpha', 'agent_coordination')} SET tenant_id = 'beta'`,
+      `INSERT INTO ${table('beta', 'workflow_requests')} (tenant_id, request_key, operation, target, result) VALUES ('beta', 'forged', 'retry', 'x', '{}')`,
     ]) {
       const code = await inRolledBackTx(ctx.app, async () => {
         await asTenant('alpha')

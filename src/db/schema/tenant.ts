@@ -61,6 +61,8 @@ export const workflows = pgTable(
     createdAt: tz('created_at').notNull().defaultNow(),
     updatedAt: tz('updated_at').notNull().defaultNow(),
     completedAt: tz('completed_at'),
+    /** A replay (src/flow/replay.ts): the workflow this one replays; null for a workflow started anew. */
+    replayOf: uuid('replay_of'),
   },
   (t) => [
     primaryKey({ columns: [t.tenantId, t.id] }),
@@ -73,6 +75,9 @@ export const workflows = pgTable(
     index('workflows_subject_idx')
       .on(t.tenantId, t.subjectKey)
       .where(sql`${t.subjectKey} IS NOT NULL`),
+    index('workflows_replay_of_idx')
+      .on(t.tenantId, t.replayOf)
+      .where(sql`${t.replayOf} IS NOT NULL`),
     // The console's lookup by correlation id (drizzle/tenant/0021).
     index('workflows_correlation_idx').on(t.tenantId, t.correlationId),
   ],
@@ -163,10 +168,38 @@ export const tasks = pgTable(
     index('agent_coordination_waiting_idx')
       .on(t.tenantId, t.waitDeadline)
       .where(sql`${t.status} = 'waiting'`),
+    // Dead letters (src/flow/dead-letters.ts): the tasks that failed for good, newest first. Failed
+    // tasks are few, so the partial index is small.
+    index('agent_coordination_failed_idx')
+      .on(t.tenantId, t.completedAt.desc(), t.id.desc())
+      .where(sql`${t.status} = 'failed'`),
     index('agent_coordination_finished_idx')
       .on(t.tenantId, t.completedAt, t.agentId, t.status, t.attempt, t.queuedAt, t.startedAt)
       .where(sql`${t.status} IN ('completed', 'failed')`),
   ],
+)
+
+/**
+ * Operator requests on workflows (retry, replay, redrive: src/flow/retry.ts and the files beside it)
+ * by their request key: the first request's answer is kept, so a repeated request (a client that
+ * retries after a lost response) answers the same and changes nothing. Written in the transaction
+ * that does the operation, so the key exists if and only if the operation committed.
+ */
+export const workflowRequests = pgTable(
+  'workflow_requests',
+  {
+    tenantId: text('tenant_id').notNull(),
+    requestKey: text('request_key').notNull(),
+    /** retry, replay or redrive. */
+    operation: text('operation').notNull(),
+    /** What it was asked of: the workflow id, or the redrive's selection. */
+    target: text('target').notNull(),
+    /** The answer the first request got. */
+    result: jsonb('result').notNull(),
+    actor: text('actor'),
+    createdAt: tz('created_at').notNull().defaultNow(),
+  },
+  (t) => [primaryKey({ columns: [t.tenantId, t.requestKey] }), tenantIsolation()],
 )
 
 /**
