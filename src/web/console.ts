@@ -184,7 +184,6 @@ const schemas = {
     description:
       'A `text/event-stream` (authenticate with the Authorization header; browsers read it with fetch()). Events: `ready` (read the state now: changes after it are sent), `progress` `{"workflows": [ids] | "*"}` (these workflows changed: read them again), `resync` (events may have been missed: read everything again). Send the last event id as `Last-Event-ID` when reconnecting to get what was missed. Fed by LISTEN/NOTIFY, not polling.',
     security: [{ tenantKey: [] }],
-    produces: ['text/event-stream'],
     response: {
       200: {
         description: 'the event stream',
