@@ -11,32 +11,41 @@ const common = { testTimeout: 60_000, hookTimeout: 120_000, pool: 'forks' as con
 // (at most 10 min a test, 5 min a crash point) only bound a run that moves without end, and add
 // up to well under CI's 90 minutes.
 const heavy = ['test/chaos/**/*.test.ts', 'test/process/**/*.test.ts']
+// The pure rules (src/core: sweep decisions, retries, planning, definitions, the state machine), in
+// milliseconds and without a database: `npx vitest run --project unit` answers in seconds.
+const unit = ['test/unit/**/*.test.ts']
+// The database server is set up once for the run (test/setup/global.ts provides it), for the
+// projects that need one: not for the unit project.
+const database = { globalSetup: ['test/setup/global.ts'] }
 
 export default defineConfig({
   test: {
-    // The database server is set up once, for both projects (test/setup/global.ts provides it).
-    globalSetup: ['test/setup/global.ts'],
     projects: [
       // An explicit group order: vitest would otherwise run a default-order project that gets one
       // worker (a 2-core machine) last, after the heavy files.
       {
         test: {
           ...common,
+          ...database,
           name: 'main',
           include: ['test/**/*.test.ts'],
-          exclude: heavy,
+          exclude: [...heavy, ...unit],
           sequence: { groupOrder: 1 },
         },
       },
       {
         test: {
           ...common,
+          ...database,
           name: 'heavy',
           include: heavy,
           maxWorkers: 1,
           maxConcurrency: 2,
           sequence: { groupOrder: 2 },
         },
+      },
+      {
+        test: { ...common, name: 'unit', include: unit, testTimeout: 10_000, sequence: { groupOrder: 1 } },
       },
     ],
   },

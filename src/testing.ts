@@ -11,6 +11,10 @@
 //   import { createTestKit } from 'equilateral-agents/testing'
 //   const kit = await createTestKit({ databaseUrl, agents, workflows })
 //   afterAll(() => kit.close())
+//
+// Over 400 lines on purpose: it is the `equilateral-agents/testing` entry a user reads, one class
+// (TestKit) with the audit-trail assertions it returns and the SQL that moves the tenant's timers
+// beside the methods that use it.
 import { randomBytes, randomUUID } from 'node:crypto'
 import { type Logger, pino } from 'pino'
 import type { Config } from './config.ts'

@@ -18,6 +18,9 @@
 // the data is named. A retention purge keeps the purged blocks' hashes as the chain's anchor; purged
 // blocks must be a prefix of the chain and past the tenant's audit retention (newest_at). (Numbers travel as text; ORDER BY names the table's columns, never the
 // text aliases, which would sort '10' before '9'.)
+//
+// Over 400 lines on purpose: sealing and verifying share the row and block hash format above; in
+// one file a change to how rows are sealed cannot drift from how they are checked.
 import { createHash } from 'node:crypto'
 import type { Db } from '../db/tx.ts'
 

@@ -1,6 +1,9 @@
 // JSON Schemas of the HTTP API: Fastify validates requests and serialises responses with them, and
 // @fastify/swagger turns the same objects into the OpenAPI document (openapi.json), so the document
 // describes exactly what the server checks. Shared shapes are registered once by $id.
+//
+// Over 400 lines on purpose: every route's schemas sit beside the shared shapes they name by $id,
+// so the whole contract of the API (what openapi.json is generated from) reads in one place.
 import { TASK_STATUSES, WORKFLOW_STATUSES } from '../core/task-state.ts'
 
 const json = { description: 'any JSON value' }

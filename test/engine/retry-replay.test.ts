@@ -201,6 +201,33 @@ describe('retryWorkflow', () => {
     expect([callsOf(id, 'first'), callsOf(id, 'wait'), callsOf(id, 'last')]).toEqual([1, 2, 1])
   })
 
+  it('two retries at once: with one request key both get the one retry; without, the second is refused', async () => {
+    const keyed = await failedPipeline()
+    const plain = await failedPipeline()
+    const [a, b] = await Promise.all([
+      acme.retryWorkflow(keyed, { actor: 'ann', requestKey: 'same-click' }),
+      acme.retryWorkflow(keyed, { actor: 'ann', requestKey: 'same-click' }),
+    ])
+    expect(a).toEqual(b)
+    const outcomes = await Promise.allSettled([
+      acme.retryWorkflow(plain, { actor: 'ann' }),
+      acme.retryWorkflow(plain, { actor: 'bob' }),
+    ])
+    expect(outcomes.map((o) => o.status).sort()).toEqual(['fulfilled', 'rejected'])
+    expect(outcomes.find((o) => o.status === 'rejected')).toMatchObject({
+      reason: { code: 'workflow_not_retryable', status: 'running' },
+    })
+    for (const id of [keyed, plain]) {
+      const retried = (await acme.history(id)).filter((h) => h.action === 'workflow_retried')
+      expect(retried).toHaveLength(1)
+    }
+    // Still broken when retried: both fail again, each having run mid once more.
+    for (const id of [keyed, plain]) {
+      expect((await settled(engine, 'acme', id)).status).toBe('failed')
+      expect(callsOf(id, 'mid')).toBe(2)
+    }
+  })
+
   it('a request key names one request: reused for another workflow it is refused', async () => {
     const one = await failedPipeline()
     const two = await failedPipeline()

@@ -2,6 +2,7 @@
 // (see docs/architecture.md#guarantees). Read as the superuser, across every tenant. Each check
 // counts what it examined, so a summary can show that the checks looked at something.
 import pg from 'pg'
+import { allowed, type AuditRow as TrailRow, replay } from './transitions.ts'
 
 export type Expected = 'completed' | 'failed' | 'cancelled'
 
@@ -192,7 +193,21 @@ export async function checkInvariants(
       check('workflow has tasks', (tasksOf.get(w.id)?.length ?? 0) > 0, () => `workflow ${w.id} has no tasks`)
     }
 
-    // 3. No job of ours is left active.
+    // 3. Every status change the audit trail shows is one the state machine allows, with its cause
+    // (src/core/task-state.ts), however the run was interrupted.
+    const trail = replay(
+      await q<TrailRow>(
+        `SELECT id::text, txid::text, workflow_id AS "workflowId", task_id AS "taskId", action_type AS action
+         FROM ${schema}.agent_audit_log`,
+      ),
+    )
+    check('audit trail replays', trail.problems.length === 0, () => trail.problems.slice(0, 5).join('; '))
+    for (const change of trail.changes) {
+      const why = allowed(change)
+      check('status change allowed by the state machine', why === null, () => `${change.subject}: ${why}`)
+    }
+
+    // 4. No job of ours is left active.
     check('no pg-boss job left active', activeJobs[0]?.n === 0, () => `${activeJobs[0]?.n} active jobs`)
     return { checked, violations, lostAttempts, repeatedEffects }
   } finally {

@@ -62,7 +62,30 @@ interface Server {
   stop(): Promise<void>
 }
 
+/** The run's server and template, shared by the projects that list this file (main and heavy). */
+interface Shared {
+  ready: Promise<{ context: PgContext; teardown: () => Promise<void> }>
+  users: number
+}
+// Each project loads this file in a module runner of its own, so the one server of the run is kept
+// on the process's globalThis: the first project to set up starts it, the last teardown ends it.
+// The unit project (test/unit, pure rules) does not list this file: it runs without a database.
+const SHARED = Symbol.for('equilateral.test.pg')
+
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
+  const store = globalThis as { [SHARED]?: Shared }
+  const shared = (store[SHARED] ??= { ready: prepare(), users: 0 })
+  const { context, teardown } = await shared.ready
+  shared.users++
+  project.provide('pg', context)
+  return async () => {
+    if (--shared.users > 0) return
+    delete store[SHARED]
+    await teardown()
+  }
+}
+
+async function prepare(): Promise<{ context: PgContext; teardown: () => Promise<void> }> {
   const started = performance.now()
   const choice = await selectServer(process.env, { dockerAvailable: dockerAnswers })
   const server =
@@ -90,7 +113,7 @@ export default async function setup(project: TestProject): Promise<() => Promise
 
   try {
     const version = await createTemplate(server.adminUrl, template)
-    project.provide('pg', {
+    const context: PgContext = {
       adminUrl: server.adminUrl,
       appUser: APP_LOGIN,
       maintenanceUser: MAINTENANCE_LOGIN,
@@ -98,16 +121,16 @@ export default async function setup(project: TestProject): Promise<() => Promise
       prefix,
       source: choice.source,
       version,
-    })
+    }
     const seconds = ((performance.now() - started) / 1000).toFixed(1)
     console.log(
       `test database: ${server.description}, PostgreSQL ${version}; template ${template} ready in ${seconds} s`,
     )
+    return { context, teardown }
   } catch (error) {
     await teardown().catch(() => {})
     throw error
   }
-  return teardown
 }
 
 async function dockerAnswers(): Promise<boolean> {

@@ -7,13 +7,12 @@
 import pg from 'pg'
 import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
+import { bossSchemaVersion, latestMigrations } from '../../src/db/migrate.ts'
 import {
-  bossSchemaVersion,
   describeTenantDatabases,
-  latestMigrations,
   migrateTenantDatabases,
   type TenantDatabasesReport,
-} from '../../src/db/migrate.ts'
+} from '../../src/db/migrate-tenant-databases.ts'
 import { Servers } from '../../src/db/placement.ts'
 import { withDatabase } from '../../src/db/provision.ts'
 import { createEngine, defineAgent, defineWorkflow } from '../../src/index.ts'

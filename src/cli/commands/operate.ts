@@ -1,16 +1,12 @@
 // `equilateral workflow retry|replay` and `equilateral dead-letters list|redrive`: operating
 // workflows after the fact (src/flow/retry.ts, replay.ts, dead-letters.ts), through the same tenant
-// handle calls as the HTTP routes. Registered by one line in main.ts, which lends its engine and
-// output helpers; the retry and replay commands join the `workflow` group main.ts defines.
+// handle calls as the HTTP routes. The retry and replay commands join the `workflow` group
+// (./workflows.ts, registered before this one).
 import { type Command, InvalidArgumentError } from 'commander'
-import { assertTenantId, requireUuid } from '../core/ids.ts'
-import type { Engine } from '../engine.ts'
-import { InvalidInputError } from '../errors.ts'
-
-export interface CliHelpers {
-  withEngine: <T>(registryPath: string | undefined, fn: (engine: Engine) => Promise<T>) => Promise<T>
-  print: (value: unknown) => void
-}
+import { requireUuid } from '../../core/ids.ts'
+import { InvalidInputError } from '../../errors.ts'
+import { tenantId } from '../arguments.ts'
+import { print, withEngine } from '../shared.ts'
 
 interface OperatorOptions {
   tenant: string
@@ -23,7 +19,7 @@ const operator = (opts: OperatorOptions) => ({
   ...(opts.requestKey !== undefined ? { requestKey: opts.requestKey } : {}),
 })
 
-export function registerOpsCommands(program: Command, { withEngine, print }: CliHelpers): void {
+export function register(program: Command): void {
   const workflow =
     program.commands.find((c) => c.name() === 'workflow') ??
     program.command('workflow').description('start and follow workflows')
@@ -98,15 +94,6 @@ export function registerOpsCommands(program: Command, { withEngine, print }: Cli
         print(await (await engine.tenant(opts.tenant)).redrive(selection, operator(opts))),
       )
     })
-}
-
-function tenantId(value: string): string {
-  try {
-    assertTenantId(value)
-  } catch (error) {
-    throw new InvalidArgumentError((error as Error).message)
-  }
-  return value
 }
 
 function limitArg(value: string): number {
