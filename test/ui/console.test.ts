@@ -131,35 +131,25 @@ describe.skipIf(!haveChromium)(
     const sameDocument = () =>
       page.evaluate(() => (globalThis as { __sameDocument?: boolean }).__sameDocument === true)
     const status = () => page.locator('#wf-status').getAttribute('data-status')
+    // The page's own navigation (no reload): set location.hash in the page.
+    const go = (hash: string) => page.evaluate(`location.hash = ${JSON.stringify(hash)}`)
     const open = async (id: string, task?: string) => {
-      await page.evaluate(
-        ([id, task]) => {
-          location.hash = `#/workflows/${id}${task ? `/tasks/${task}` : ''}`
-        },
-        [id, task ?? ''],
-      )
+      await go(`#/workflows/${id}${task ? `/tasks/${task}` : ''}`)
       await expect.poll(() => page.locator('#wf-meta').textContent()).toContain(id)
     }
     /** When (epoch ms, this machine's clock) the page first shows `selector` with data-status `value`. */
     const watchFor = (selector: string, value: string) =>
-      page.evaluate(
-        ([selector, value]) =>
-          new Promise<number>((resolve) => {
-            const check = () => {
-              const node = document.querySelector(selector!)
-              if (node?.getAttribute('data-status') === value) {
-                observer.disconnect()
-                resolve(performance.timeOrigin + performance.now())
-                return true
-              }
-              return false
-            }
-            const observer = new MutationObserver(check)
-            observer.observe(document.body, { subtree: true, childList: true, attributes: true })
-            check()
-          }),
-        [selector, value],
-      )
+      page.evaluate(`new Promise((resolve) => {
+        const check = () => {
+          const node = document.querySelector(${JSON.stringify(selector)})
+          if (node?.getAttribute('data-status') !== ${JSON.stringify(value)}) return
+          observer.disconnect()
+          resolve(performance.timeOrigin + performance.now())
+        }
+        const observer = new MutationObserver(check)
+        observer.observe(document.body, { subtree: true, childList: true, attributes: true })
+        check()
+      })`) as Promise<number>
     const completedAt = async (workflowId: string, key: string) => {
       const t = (await acme.getWorkflow(workflowId)).tasks.find((x) => x.key === key)!
       return (t.completedAt as Date).getTime()
@@ -271,7 +261,7 @@ describe.skipIf(!haveChromium)(
     it('finds a workflow by its idempotency key', async () => {
       const wanted = await acme.startWorkflow('long-run', null, { idempotencyKey: 'invoice-2026-0042' })
       await acme.startWorkflow('long-run', null, { idempotencyKey: 'invoice-2026-0043' })
-      await page.evaluate(() => (location.hash = '#/'))
+      await go('#/')
       await page.locator('#workflows tbody tr').nth(1).waitFor()
       await page.locator('#find-kind').selectOption('idempotencyKey')
       await page.locator('#find-value').fill('invoice-2026-0042')
@@ -317,7 +307,7 @@ describe.skipIf(!haveChromium)(
     })
 
     it('measures the latency from a task completing to the page showing it', async () => {
-      await page.evaluate(() => (location.hash = '#/'))
+      await go('#/')
       for (let i = 0; i < 5; i++) {
         const { id } = await acme.startWorkflow('long-run')
         await eventually(() => gates.get(id))
