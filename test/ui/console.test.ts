@@ -139,7 +139,7 @@ describe.skipIf(!haveChromium)(
     }
     /** When (epoch ms, this machine's clock) the page first shows `selector` with data-status `value`. */
     const watchFor = (selector: string, value: string) =>
-      page.evaluate(`new Promise((resolve) => {
+      page.evaluate<number>(`new Promise((resolve) => {
         const check = () => {
           const node = document.querySelector(${JSON.stringify(selector)})
           if (node?.getAttribute('data-status') !== ${JSON.stringify(value)}) return
@@ -149,7 +149,7 @@ describe.skipIf(!haveChromium)(
         const observer = new MutationObserver(check)
         observer.observe(document.body, { subtree: true, childList: true, attributes: true })
         check()
-      })`) as Promise<number>
+      })`)
     const completedAt = async (workflowId: string, key: string) => {
       const t = (await acme.getWorkflow(workflowId)).tasks.find((x) => x.key === key)!
       return (t.completedAt as Date).getTime()
