@@ -12,7 +12,7 @@ import {
   type TenantStatsSection,
 } from '../analytics.ts'
 import { dagOrder } from '../core/dag-order.ts'
-import { isUuid } from '../core/ids.ts'
+import { isUuid, requireUuid } from '../core/ids.ts'
 import { assertStorableJson, type Json } from '../core/json.ts'
 import { WORKFLOW_STATUSES, type WorkflowStatus } from '../core/task-state.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
@@ -56,6 +56,8 @@ export async function readHasEnded(db: Db, tenantId: string, id: string): Promis
 export function checkWorkflowFilter(filter: WorkflowFilter): {
   limit: number
   after: { at: string; id: string } | null
+  since: string | null
+  until: string | null
 } {
   const limit = filter.limit ?? 50
   if (!Number.isInteger(limit) || limit < 1 || limit > 200) {
@@ -66,8 +68,17 @@ export function checkWorkflowFilter(filter: WorkflowFilter): {
   }
   // A NUL cannot even be a query parameter of PostgreSQL's.
   if (filter.type !== undefined) assertStorableJson(filter.type, 'type')
+  if (filter.id !== undefined) requireUuid(filter.id, 'id')
+  for (const name of ['correlationId', 'idempotencyKey'] as const)
+    if (filter[name] !== undefined) assertStorableJson(filter[name], name)
+  const instant = (value: string | Date | undefined, name: string) => {
+    if (value === undefined) return null
+    const d = value instanceof Date ? value : new Date(value)
+    if (Number.isNaN(d.getTime())) throw new InvalidInputError(`${name} must be a date and time`, `$.${name}`)
+    return d.toISOString()
+  }
   const after = filter.cursor === undefined ? null : decodeCursor(filter.cursor)
-  return { limit, after }
+  return { limit, after, since: instant(filter.since, 'since'), until: instant(filter.until, 'until') }
 }
 
 /**
@@ -78,7 +89,7 @@ export async function readWorkflowPage(
   db: Db,
   tenantId: string,
   filter: WorkflowFilter,
-  { limit, after }: ReturnType<typeof checkWorkflowFilter>,
+  { limit, after, since, until }: ReturnType<typeof checkWorkflowFilter>,
 ): Promise<WorkflowPage> {
   const { rows } = await db.executeSql(
     `SELECT id, type, version, status, correlation_id, created_at, completed_at, tasks_remaining,
@@ -86,9 +97,24 @@ export async function readWorkflowPage(
        FROM workflows
        WHERE tenant_id = $1 AND ($2::text IS NULL OR status = $2) AND ($3::text IS NULL OR type = $3)
          AND ($4::timestamptz IS NULL OR (created_at, id) < ($4::timestamptz, $5::uuid))
+         AND ($7::uuid IS NULL OR id = $7) AND ($8::text IS NULL OR correlation_id = $8)
+         AND ($9::text IS NULL OR idempotency_key = $9)
+         AND ($10::timestamptz IS NULL OR created_at >= $10) AND ($11::timestamptz IS NULL OR created_at < $11)
        ORDER BY created_at DESC, id DESC
        LIMIT $6`,
-    [tenantId, filter.status ?? null, filter.type ?? null, after?.at ?? null, after?.id ?? null, limit + 1],
+    [
+      tenantId,
+      filter.status ?? null,
+      filter.type ?? null,
+      after?.at ?? null,
+      after?.id ?? null,
+      limit + 1,
+      filter.id ?? null,
+      filter.correlationId ?? null,
+      filter.idempotencyKey ?? null,
+      since,
+      until,
+    ],
   )
   const page = rows.slice(0, limit)
   const last = page[page.length - 1]

@@ -101,6 +101,13 @@ export interface WorkflowFilter {
   limit?: number
   /** `nextCursor` of the previous page. */
   cursor?: string
+  /** Look-ups (each an index probe): the workflow with this id, correlation id or idempotency key. */
+  id?: string
+  correlationId?: string
+  idempotencyKey?: string
+  /** Created at or after `since`, before `until` (ISO 8601 or a Date). */
+  since?: string | Date
+  until?: string | Date
 }
 
 export interface WorkflowSummary {

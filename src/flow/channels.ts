@@ -10,3 +10,10 @@ export const CANCEL_CHANNEL = 'equilateral_cancel'
  * statement that ends them; wakes the callers awaiting their result (src/flow/ends.ts).
  */
 export const ENDED_CHANNEL = 'equilateral_ended'
+/**
+ * Payload: JSON `{"t": tenant id, "w": [workflow ids]}` (`"w": "*"` when a transaction touched too
+ * many to name): workflows whose tasks changed state. Sent only while a console watches the tenant
+ * (a live row in console_watchers), once per transaction; src/web/live.ts listens and hands each
+ * tenant's notifications to that tenant's event streams only.
+ */
+export const PROGRESS_CHANNEL = 'equilateral_progress'

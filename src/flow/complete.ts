@@ -13,6 +13,7 @@ import { failpoint } from '../failpoints.ts'
 import { completeJobsTx, insertJobsTx, jobRow, type ReadyJob } from '../queue/boss.ts'
 import { completeJobsCte, insertJobsCte, usesDirectJobs } from '../queue/direct.ts'
 import { ENDED_CHANNEL, READY_CHANNEL } from './channels.ts'
+import { progressCte } from './progress.ts'
 import { claimLocallyTx } from './claim.ts'
 import type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
 import { spawnTasksTx, type SpawnRequest } from './spawn.ts'
@@ -136,7 +137,8 @@ ended AS (
   SELECT pg_notify('${ENDED_CHANNEL}', string_agg(e.id::text, ',')) FROM (
     SELECT id, (row_number() OVER ()) / 200 AS chunk FROM wf WHERE status = 'completed'
   ) e GROUP BY e.chunk
-)
+),
+${progressCte('progress', '(SELECT workflow_id FROM done)')}
 SELECT 'done' AS kind, d.id, d.workflow_id, NULL AS queue, NULL::int AS attempt, NULL::uuid AS job_id,
   NULL::float8 AS n, NULL AS type, NULL AS start_after
 FROM done d
@@ -149,7 +151,7 @@ SELECT 'workflow', w.id, w.id, NULL, NULL, NULL, extract(epoch FROM w.completed_
 FROM wf w WHERE w.status = 'completed'
 UNION ALL
 SELECT 'notified', NULL, NULL, NULL, (SELECT count(*) FROM notified)::int, NULL, (SELECT count(*) FROM ended)::float8,
-  NULL, NULL`
+  (SELECT count(*) FROM progress)::text, NULL`
 }
 
 /** A row COMPLETE returns: one per kind of thing it did. */

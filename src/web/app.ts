@@ -12,6 +12,7 @@ import type { DeliveryResult } from '../flow/waits.ts'
 import { registerOpsRoutes } from './ops-routes.ts'
 import { clientErrorHandler, HttpProblem, errorHandler, problem, sendProblem } from './problems.ts'
 import { routes, sharedSchemas } from './schemas.ts'
+import { registerConsole } from './console.ts'
 import { registerUi } from './ui.ts'
 import { registerUsageRoutes } from './usage-routes.ts'
 
@@ -154,10 +155,20 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
       return reply.code(started.created ? 201 : 200).send(started)
     },
   )
-  app.get<{ Querystring: { status?: WorkflowStatus; type?: string; limit?: number; cursor?: string } }>(
-    '/v1/workflows',
-    { schema: routes.listWorkflows, preHandler: tenantAuth },
-    async (request) => tenantOf(request).listWorkflows(request.query),
+  app.get<{
+    Querystring: {
+      status?: WorkflowStatus
+      type?: string
+      limit?: number
+      cursor?: string
+      id?: string
+      correlationId?: string
+      idempotencyKey?: string
+      since?: string
+      until?: string
+    }
+  }>('/v1/workflows', { schema: routes.listWorkflows, preHandler: tenantAuth }, async (request) =>
+    tenantOf(request).listWorkflows(request.query),
   )
   app.get<{ Params: { id: string }; Querystring: { wait?: string } }>(
     '/v1/workflows/:id',
@@ -204,6 +215,9 @@ export async function buildApp(engine: Engine, options: AppOptions = {}) {
   )
 
   registerOpsRoutes(app, { tenant: tenantAuth })
+
+  // The console's task detail, attempts and live event stream (src/web/console.ts).
+  registerConsole(app, engine, tenantAuth, tenantOf)
 
   // --- events and approvals (tenant API key) -------------------------------------------------
   // 200 when the delivery took effect (consumed) or had already been made (duplicate), 202 when it

@@ -212,7 +212,7 @@ export const sharedSchemas = [
   },
 ] as const
 
-const problems = (...statuses: number[]) =>
+export const problems = (...statuses: number[]) =>
   Object.fromEntries(statuses.map((s) => [s, { $ref: 'Problem#', description: 'problem details' }]))
 
 const idParams = {
@@ -308,6 +308,8 @@ export const routes = {
   listWorkflows: {
     tags: ['workflows'],
     summary: "List the tenant's workflows, newest first",
+    description:
+      'Filters combine: status, type, a creation window (since, until), and look-ups by id, correlationId or idempotencyKey (each an index probe).',
     security: bearer,
     querystring: {
       type: 'object',
@@ -317,6 +319,11 @@ export const routes = {
         type: { type: 'string', minLength: 1, maxLength: 200 },
         limit: { type: 'integer', minimum: 1, maximum: 200, default: 50 },
         cursor: { type: 'string', maxLength: 512, description: 'nextCursor of the previous page' },
+        id: { ...uuid, description: 'the workflow with this id (a page of one, or none)' },
+        correlationId: { type: 'string', minLength: 1, maxLength: 255 },
+        idempotencyKey: { type: 'string', minLength: 1, maxLength: 255 },
+        since: { ...dateTime, description: 'created at or after this instant' },
+        until: { ...dateTime, description: 'created before this instant' },
       },
     },
     response: {

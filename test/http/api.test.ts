@@ -447,16 +447,19 @@ describe('operations endpoints', () => {
       '/v1/budgets',
       '/v1/dead-letters',
       '/v1/dead-letters/redrive',
+      '/v1/events',
       '/v1/stats',
       '/v1/usage',
       '/v1/workflows',
       '/v1/workflows/{id}',
       '/v1/workflows/{id}/approvals/{name}',
+      '/v1/workflows/{id}/attempts',
       '/v1/workflows/{id}/audit',
       '/v1/workflows/{id}/cancel',
       '/v1/workflows/{id}/events',
       '/v1/workflows/{id}/replay',
       '/v1/workflows/{id}/retry',
+      '/v1/workflows/{id}/tasks/{key}',
     ])
   })
 

@@ -27,6 +27,7 @@ const TABLES = [
   'agent_audit_log',
   'compliance_events',
   'workflow_requests',
+  'console_watchers',
 ] as const
 const INSUFFICIENT_PRIVILEGE = '42501'
 
@@ -114,6 +115,12 @@ describe.each(VARIANTS)('isolation mode $mode, through PgBouncer: $pooler', ({ m
         `INSERT INTO ${pg.escapeIdentifier(schemaOf[t])}.workflow_requests
            (tenant_id, request_key, operation, target, result) VALUES ($1, 'key', 'retry', $2, '{}')`,
         [t, ids[t]],
+      )
+      // A console watching the tenant (src/web/live.ts): the row that turns its progress NOTIFY on.
+      await owner.query(
+        `INSERT INTO ${pg.escapeIdentifier(schemaOf[t])}.console_watchers (tenant_id, expires_at)
+           VALUES ($1, now() + interval '1 hour')`,
+        [t],
       )
     }
     await owner.end()
@@ -205,6 +212,9 @@ describe.each(VARIANTS)('isolation mode $mode, through PgBouncer: $pooler', ({ m
       `UPDATE ${table('alpha', 'workflows')} SET tenant_id = 'beta'`,
       `UPDATE ${table('alpha', 'agent_coordination')} SET tenant_id = 'beta'`,
       `INSERT INTO ${table('beta', 'workflow_requests')} (tenant_id, request_key, operation, target, result) VALUES ('beta', 'forged', 'retry', 'x', '{}')`,
+      // Turning another tenant's progress notifications on (or keeping them on) is refused too.
+      `INSERT INTO ${table('beta', 'console_watchers')} (tenant_id, expires_at) VALUES ('beta', now()) ON CONFLICT (tenant_id) DO UPDATE SET expires_at = now() + interval '1 day'`,
+      `UPDATE ${table('alpha', 'console_watchers')} SET tenant_id = 'beta'`,
     ]) {
       const code = await inRolledBackTx(ctx.app, async () => {
         await asTenant('alpha')

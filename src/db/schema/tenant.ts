@@ -79,6 +79,8 @@ export const workflows = pgTable(
     index('workflows_replay_of_idx')
       .on(t.tenantId, t.replayOf)
       .where(sql`${t.replayOf} IS NOT NULL`),
+    // The console's lookup by correlation id (drizzle/tenant/0021).
+    index('workflows_correlation_idx').on(t.tenantId, t.correlationId),
   ],
 )
 
@@ -499,4 +501,18 @@ export const budgetAudit = pgTable(
     at: tz('at').notNull().defaultNow(),
   },
   (t) => [primaryKey({ columns: [t.tenantId, t.id] }), tenantIsolation()],
+)
+
+/**
+ * Tenants a web console is watching now (src/web/live.ts): a row per tenant, its expiry pushed
+ * forward while an event stream is open. The statements that change tasks notify the progress
+ * channel only while the tenant's row has not expired (drizzle/tenant/0021).
+ */
+export const consoleWatchers = pgTable(
+  'console_watchers',
+  {
+    tenantId: text('tenant_id').notNull().primaryKey(),
+    expiresAt: tz('expires_at').notNull(),
+  },
+  () => [tenantIsolation()],
 )

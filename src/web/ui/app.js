@@ -1,12 +1,16 @@
-// The read-only workflow page (src/web/ui.ts serves it at /ui/). Plain browser JavaScript, no build
-// step: it reads the JSON API with the tenant's API key, which it keeps in sessionStorage (gone when
-// the tab closes; never localStorage). Every element is built with textContent and
-// createElement(NS): no string from the API is ever parsed as HTML.
+// The console (src/web/ui.ts serves it at /ui/). Plain browser JavaScript, no build step: it calls
+// the JSON API with the tenant's API key, which it keeps in sessionStorage (gone when the tab
+// closes; never localStorage, a cookie or a URL). Every action goes through the same HTTP routes as
+// the CLI. Every element is built with textContent and createElement(NS): no string from the API is
+// ever parsed as HTML. The page follows changes through the server-sent events of /v1/events, read
+// with fetch() so the key travels in the Authorization header (EventSource cannot send one).
 
 const KEY_STORAGE = 'equilateral.apiKey'
-const REFRESH_MS = 2000
+const APPROVER_STORAGE = 'equilateral.approver'
 const SVG_NS = 'http://www.w3.org/2000/svg'
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i
+// A change notified within this long of another is read once with it.
+const COALESCE_MS = 60
 
 // Task boxes of the graph, one column (or row) per layer.
 const NODE_W = 224
@@ -33,23 +37,36 @@ class ApiError extends Error {
   }
 }
 
-async function api(path) {
+function authHeader() {
   const key = sessionStorage.getItem(KEY_STORAGE)
   if (!key) throw new ApiError(401, 'unauthorized', 'no key')
+  return `Bearer ${key}`
+}
+
+/** A JSON API call; `body` (for POST) is sent as JSON. */
+async function api(path, { method = 'GET', body } = {}) {
+  const headers = { authorization: authHeader(), accept: 'application/json' }
+  if (body !== undefined) headers['content-type'] = 'application/json'
   let res
   try {
     res = await fetch(path, {
-      headers: { authorization: `Bearer ${key}`, accept: 'application/json' },
+      method,
+      headers,
       cache: 'no-store',
+      ...(body !== undefined ? { body: JSON.stringify(body) } : {}),
     })
   } catch {
     throw new ApiError(0, 'network', 'The server cannot be reached.')
   }
-  const body = await res.json().catch(() => null)
+  const answer = await res.json().catch(() => null)
   if (!res.ok) {
-    throw new ApiError(res.status, body?.code ?? 'http_error', body?.detail ?? body?.title ?? res.statusText)
+    throw new ApiError(
+      res.status,
+      answer?.code ?? 'http_error',
+      answer?.detail ?? answer?.title ?? res.statusText,
+    )
   }
-  return body
+  return answer
 }
 
 // --- DOM helpers ----------------------------------------------------------------------------------
@@ -89,6 +106,15 @@ function truncate(text, max) {
 
 const pad2 = (n) => String(n).padStart(2, '0')
 
+/** The browser's time zone, by name and by offset (what every time on the page is in). */
+const ZONE = Intl.DateTimeFormat().resolvedOptions().timeZone
+function zoneOf(date) {
+  const part = new Intl.DateTimeFormat('en-US', { timeZone: ZONE, timeZoneName: 'shortOffset' })
+    .formatToParts(date)
+    .find((p) => p.type === 'timeZoneName')
+  return part?.value ?? ZONE
+}
+
 function clock(date) {
   return `${pad2(date.getHours())}:${pad2(date.getMinutes())}:${pad2(date.getSeconds())}`
 }
@@ -99,18 +125,19 @@ function dayAndClock(date) {
   return today ? clock(date) : `${pad2(date.getMonth() + 1)}-${pad2(date.getDate())} ${clock(date)}`
 }
 
-/** A <time> in local time, the exact instant in its tooltip. */
+/** A <time> in local time with its zone, the exact instant (UTC) in its tooltip. */
 function when(iso) {
   if (!iso) return '—'
   const d = new Date(iso)
-  const text = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${clock(d)}`
-  return el('time', { datetime: iso, title: iso }, text)
+  const text = `${d.getFullYear()}-${pad2(d.getMonth() + 1)}-${pad2(d.getDate())} ${clock(d)} ${zoneOf(d)}`
+  return el('time', { datetime: iso, title: `${d.toISOString()} (${ZONE})` }, text)
 }
 
-/** The time of day only (the date is in the tooltip): for the tasks, whose day is the workflow's. */
+/** The time of day with its zone (the date is in the tooltip): for the tasks, whose day is the workflow's. */
 function at(iso) {
   if (!iso) return '—'
-  return el('time', { datetime: iso, title: iso }, clock(new Date(iso)))
+  const d = new Date(iso)
+  return el('time', { datetime: iso, title: `${d.toISOString()} (${ZONE})` }, `${clock(d)} ${zoneOf(d)}`)
 }
 
 /** Milliseconds from `from` to `to` (or now, for what has not ended), or null. */
@@ -139,29 +166,28 @@ function errorText(error) {
   return typeof error === 'string' ? error : JSON.stringify(error)
 }
 
+/** JSON for people: indented; `undefined` and null as a dash. */
+function pretty(value) {
+  if (value === null || value === undefined) return '—'
+  return JSON.stringify(value, null, 2)
+}
+
+/** A datetime-local input's value (local wall time) as an ISO instant, or null. */
+function localInput(value) {
+  if (!value) return null
+  const d = new Date(value)
+  return Number.isNaN(d.getTime()) ? null : d.toISOString()
+}
+
 // --- views ----------------------------------------------------------------------------------------
 
-// Bumped by every navigation: an answer or timer of an older view is dropped.
+// Bumped by every navigation: an answer of an older view is dropped.
 let generation = 0
-let timer = null
-
-function startView(load, ...args) {
-  generation++
-  clearTimeout(timer)
-  const gen = generation
-  void load(gen, ...args)
-}
-
-function refreshLater(gen, load, ...args) {
-  if (gen !== generation) return
-  clearTimeout(timer)
-  timer = setTimeout(() => {
-    if (gen === generation) void load(gen, ...args)
-  }, REFRESH_MS)
-}
+// What is on screen: { view: 'list' | 'workflow' | 'dead', id?, task? (the open task's key) }.
+let current = { view: 'none' }
 
 function show(section) {
-  for (const id of ['login', 'list-view', 'workflow-view']) $(id).hidden = id !== section
+  for (const id of ['login', 'list-view', 'workflow-view', 'dead-view']) $(id).hidden = id !== section
 }
 
 function showError(error) {
@@ -170,6 +196,7 @@ function showError(error) {
     sessionStorage.removeItem(KEY_STORAGE)
     message = 'The key is not valid. Enter the tenant API key again.'
     $('sign-out').hidden = true
+    stopLive()
     show('login')
     $('api-key').focus()
   } else if (error instanceof ApiError && error.status === 404) {
@@ -195,24 +222,46 @@ function clearError() {
 function route() {
   const signedIn = Boolean(sessionStorage.getItem(KEY_STORAGE))
   $('sign-out').hidden = !signedIn
+  $('nav-dead').hidden = !signedIn
+  generation++
   if (!signedIn) {
-    generation++
-    clearTimeout(timer)
+    stopLive()
+    current = { view: 'none' }
     show('login')
     return
   }
   clearError()
-  const match = /^#\/workflows\/([^/?#]+)$/.exec(location.hash)
-  if (match) {
-    // Nothing of the workflow shown before stays on screen while this one loads.
-    clearWorkflow('Loading…')
+  startLive()
+  const wf = /^#\/workflows\/([^/?#]+)(?:\/tasks\/([^/?#]+))?$/.exec(location.hash)
+  if (wf) {
+    const id = safeDecode(wf[1])
+    const task = wf[2] ? safeDecode(wf[2]) : null
+    if (current.view !== 'workflow' || current.id !== id) {
+      // Nothing of the workflow shown before stays on screen while this one loads.
+      clearWorkflow('Loading…')
+    }
+    current = { view: 'workflow', id, task }
     show('workflow-view')
-    startView(loadWorkflow, safeDecode(match[1]))
+    void loadWorkflow(generation)
+  } else if (location.hash === '#/dead-letters') {
+    current = { view: 'dead' }
+    document.title = 'Dead letters · equilateral-agents'
+    show('dead-view')
+    void loadDeadLetters(generation)
   } else {
+    current = { view: 'list' }
     document.title = 'Workflows · equilateral-agents'
     show('list-view')
-    startView(loadList)
+    void loadList(generation)
   }
+}
+
+/** Reads what is on screen again (a change was notified, or the stream came back). */
+function reload() {
+  const gen = generation
+  if (current.view === 'list') void loadList(gen)
+  else if (current.view === 'workflow') void loadWorkflow(gen)
+  else if (current.view === 'dead') void loadDeadLetters(gen)
 }
 
 function safeDecode(text) {
@@ -223,26 +272,48 @@ function safeDecode(text) {
   }
 }
 
-// --- the list of recent workflows -----------------------------------------------------------------
+function updated(note) {
+  $(note).textContent = `Updated ${clock(new Date())} ${zoneOf(new Date())}`
+}
 
-async function loadList(gen) {
+// --- the list of workflows ------------------------------------------------------------------------
+
+/** The list's query: the look-up when one is entered, else the filters. */
+function listQuery() {
   const query = new URLSearchParams({ limit: '50' })
+  const value = $('find-value').value.trim()
+  if (value) {
+    query.set($('find-kind').value, value)
+    return query
+  }
   const status = $('status-filter').value
   if (status) query.set('status', status)
+  const type = $('type-filter').value.trim()
+  if (type) query.set('type', type)
+  const since = localInput($('since-filter').value)
+  if (since) query.set('since', since)
+  const until = localInput($('until-filter').value)
+  if (until) query.set('until', until)
+  return query
+}
+
+async function loadList(gen) {
+  const query = listQuery()
   try {
+    if (query.get('id') && !UUID.test(query.get('id'))) {
+      throw new ApiError(400, 'invalid_request', 'a workflow id is a UUID')
+    }
     const page = await api(`/v1/workflows?${query}`)
     if (gen !== generation) return
     clearError()
-    renderList(page.workflows, status)
-    const running = page.workflows.some((w) => w.status === 'running')
-    $('list-note').textContent = `Updated ${clock(new Date())}${running ? ' · refreshing every 2 s' : ''}`
-    if (running) refreshLater(gen, loadList)
+    renderList(page.workflows, query.size > 1)
+    updated('list-note')
   } catch (error) {
     if (gen === generation) showError(error)
   }
 }
 
-function renderList(workflows, status) {
+function renderList(workflows, filtered) {
   const rows = workflows.map((w) => {
     const href = `#/workflows/${encodeURIComponent(w.id)}`
     const ms = span(w.createdAt, w.completedAt)
@@ -263,22 +334,28 @@ function renderList(workflows, status) {
   })
   $('workflows').tBodies[0].replaceChildren(...rows)
   $('list-empty').hidden = workflows.length > 0
-  $('list-empty').textContent = status ? `No ${status} workflows.` : 'No workflows yet.'
+  $('list-empty').textContent = filtered ? 'No workflow matches.' : 'No workflows yet.'
   $('workflows').parentElement.hidden = workflows.length === 0
 }
 
 // --- one workflow ---------------------------------------------------------------------------------
 
-async function loadWorkflow(gen, id) {
+async function loadWorkflow(gen) {
+  const { id } = current
   try {
     if (!UUID.test(id)) throw new ApiError(404, 'not_found', 'not a workflow id')
-    const wf = await api(`/v1/workflows/${encodeURIComponent(id)}`)
+    const path = `/v1/workflows/${encodeURIComponent(id)}`
+    const [wf, attempts, audit] = await Promise.all([
+      api(path),
+      api(`${path}/attempts`),
+      api(`${path}/audit`),
+    ])
     if (gen !== generation) return
     clearError()
-    renderWorkflow(wf)
-    const live = wf.status === 'running' || wf.tasks.some((t) => t.status === 'running')
-    $('wf-note').textContent = `Updated ${clock(new Date())}${live ? ' · refreshing every 2 s' : ''}`
-    if (live) refreshLater(gen, loadWorkflow, id)
+    renderWorkflow(wf, attempts, audit)
+    updated('wf-note')
+    if (current.task) await loadTask(gen, wf)
+    else $('task-panel').hidden = true
   } catch (error) {
     if (gen !== generation) return
     if (error instanceof ApiError && error.status === 404) clearWorkflow('Workflow')
@@ -294,15 +371,27 @@ function clearWorkflow(title) {
   $('wf-note').textContent = ''
   $('graph').replaceChildren()
   $('tasks').tBodies[0].replaceChildren()
+  $('timeline').replaceChildren()
+  $('audit').tBodies[0].replaceChildren()
+  $('task-panel').hidden = true
+  for (const id of ['act-cancel', 'act-retry', 'act-event']) $(id).hidden = true
 }
 
-function renderWorkflow(wf) {
+let shown = null
+
+function renderWorkflow(wf, attempts, audit) {
+  shown = wf
   document.title = `${wf.type} · equilateral-agents`
   $('wf-title').replaceChildren(wf.type, el('span', { class: 'version' }, ` v${wf.version}`))
   $('wf-status').hidden = false
   $('wf-status').className = `badge status-${wf.status}`
   $('wf-status').textContent = wf.status
   $('wf-status').dataset.status = wf.status
+
+  const running = wf.status === 'running'
+  $('act-cancel').hidden = !running
+  $('act-retry').hidden = !(wf.status === 'failed' || wf.status === 'cancelled')
+  $('act-event').hidden = !running
 
   const ms = span(wf.createdAt, wf.completedAt)
   const meta = [
@@ -311,6 +400,7 @@ function renderWorkflow(wf) {
     ['Created', when(wf.createdAt)],
     ['Completed', when(wf.completedAt)],
     ['Duration', wf.completedAt ? duration(ms) : `${duration(ms)} so far`],
+    ['Input', el('code', { class: 'inline-json' }, truncate(JSON.stringify(wf.input ?? null), 200))],
   ]
   $('wf-meta').replaceChildren(
     ...meta.map(([term, value]) => el('div', {}, el('dt', {}, term), el('dd', {}, value))),
@@ -322,6 +412,8 @@ function renderWorkflow(wf) {
 
   $('graph').replaceChildren(renderGraph(wf.tasks))
   $('tasks').tBodies[0].replaceChildren(...wf.tasks.map(taskRow))
+  $('timeline').replaceChildren(renderTimeline(wf, attempts.tasks))
+  $('audit').tBodies[0].replaceChildren(...audit.entries.map((e) => auditRow(e, wf)))
 }
 
 /** Why the workflow ended badly, in words: the failed task and its error, or the cancel reason. */
@@ -347,8 +439,12 @@ function waitingFor(t) {
   if (t.status !== 'waiting' || !t.wait) return null
   const what = t.wait.type === 'approval' ? 'a decision' : 'the event'
   return t.wait.deadline
-    ? `waits for ${what} until ${new Date(t.wait.deadline).toLocaleString()}`
+    ? `waits for ${what} until ${new Date(t.wait.deadline).toLocaleString()} ${zoneOf(new Date(t.wait.deadline))}`
     : `waits for ${what}`
+}
+
+function taskHref(t) {
+  return `#/workflows/${encodeURIComponent(current.id)}/tasks/${encodeURIComponent(t.key)}`
 }
 
 function taskRow(t) {
@@ -356,7 +452,7 @@ function taskRow(t) {
   return el(
     'tr',
     { 'data-task-key': t.key, 'data-status': t.status },
-    el('td', { class: 'nowrap' }, el('code', {}, t.key)),
+    el('td', { class: 'nowrap' }, el('a', { href: taskHref(t) }, el('code', {}, t.key))),
     el('td', { class: 'nowrap' }, doer(t)),
     el('td', waits ? { title: waits } : {}, badge(t.status)),
     el('td', { class: 'deps' }, t.dependsOn.length ? t.dependsOn.join(', ') : '—'),
@@ -374,6 +470,471 @@ function ranFor(t) {
   if (!t.startedAt) return '—'
   if (t.completedAt) return duration(span(t.startedAt, t.completedAt))
   return t.status === 'running' ? `${duration(span(t.startedAt, null))} so far` : '—'
+}
+
+function auditRow(e, wf) {
+  const task = e.taskId ? wf.tasks.find((t) => t.id === e.taskId) : null
+  const details = e.data && Object.keys(e.data).length ? JSON.stringify(e.data) : ''
+  return el(
+    'tr',
+    { 'data-action': e.action },
+    el('td', { class: 'nowrap' }, at(e.at)),
+    el('td', { class: 'nowrap' }, e.action),
+    el('td', { class: 'nowrap' }, task ? el('code', {}, task.key) : '—'),
+    el('td', {}, e.actor ?? '—'),
+    el('td', { class: 'err' }, truncate(details, 300)),
+  )
+}
+
+// --- the timeline: one bar per attempt ------------------------------------------------------------
+
+const LANE_H = 24
+const LABEL_W = 150
+
+function renderTimeline(wf, attemptsByTask) {
+  const byKey = new Map(attemptsByTask.map((t) => [t.key, t.attempts]))
+  const lanes = wf.tasks.map((t) => ({ task: t, attempts: byKey.get(t.key) ?? [] }))
+  const instants = lanes.flatMap((l) =>
+    l.attempts.flatMap((a) => [a.queuedAt, a.startedAt, a.endedAt].filter(Boolean).map(Date.parse)),
+  )
+  if (instants.length === 0) return el('p', { class: 'empty' }, 'No attempt yet.')
+  const start = Math.min(Date.parse(wf.createdAt), ...instants)
+  const end = Math.max(wf.completedAt ? Date.parse(wf.completedAt) : Date.now(), ...instants)
+  const width = Math.max(480, ($('timeline').clientWidth || 1100) - 16)
+  const scale = (width - LABEL_W - 12) / Math.max(1, end - start)
+  const x = (ms) => LABEL_W + (ms - start) * scale
+  const height = lanes.length * LANE_H + 24
+  const root = svg('svg', {
+    width,
+    height,
+    viewBox: `0 0 ${width} ${height}`,
+    role: 'img',
+    'aria-label': `Timeline: ${lanes.reduce((n, l) => n + l.attempts.length, 0)} attempts over ${duration(end - start)}`,
+  })
+  lanes.forEach((lane, i) => {
+    const y = i * LANE_H
+    const g = svg('g', { class: 'lane', 'data-task-key': lane.task.key })
+    g.append(svg('text', { class: 'lane-key', x: 4, y: y + 16 }, truncate(lane.task.key, 20)))
+    for (const a of lane.attempts) {
+      const queued = a.queuedAt ? Date.parse(a.queuedAt) : null
+      const started = a.startedAt ? Date.parse(a.startedAt) : null
+      const ended = a.endedAt
+        ? Date.parse(a.endedAt)
+        : wf.completedAt
+          ? Date.parse(wf.completedAt)
+          : Date.now()
+      const title = [
+        `${lane.task.key}, attempt ${a.attempt}: ${a.outcome}`,
+        queued !== null && started !== null ? `waited ${duration(Math.max(0, started - queued))}` : null,
+        started !== null ? `ran ${duration(Math.max(0, ended - started))}` : null,
+        a.error ? errorText(a.error) : null,
+      ].filter(Boolean)
+      const bar = svg('g', {
+        class: `attempt outcome-${a.outcome.replace(/\s+/g, '-')}`,
+        'data-attempt': a.attempt,
+        'data-outcome': a.outcome,
+      })
+      bar.append(svg('title', {}, title.join('\n')))
+      if (queued !== null) {
+        const to = started ?? ended
+        bar.append(
+          svg('rect', {
+            class: 'wait',
+            x: x(queued),
+            y: y + 6,
+            width: Math.max(1, x(to) - x(queued)),
+            height: 12,
+          }),
+        )
+      }
+      if (started !== null) {
+        bar.append(
+          svg('rect', {
+            class: 'run',
+            x: x(started),
+            y: y + 4,
+            width: Math.max(2, x(ended) - x(started)),
+            height: 16,
+          }),
+        )
+      }
+      g.append(bar)
+    }
+    root.append(g)
+  })
+  const axisY = lanes.length * LANE_H + 16
+  root.append(
+    svg(
+      'text',
+      { class: 'axis', x: LABEL_W, y: axisY },
+      `${clock(new Date(start))} ${zoneOf(new Date(start))}`,
+    ),
+    svg('text', { class: 'axis', x: width - 4, y: axisY, 'text-anchor': 'end' }, `+${duration(end - start)}`),
+  )
+  return root
+}
+
+// --- one task: its data, result, error and attempts, and what can be done with it ----------------
+
+async function loadTask(gen, wf) {
+  const key = current.task
+  const detail = await api(`/v1/workflows/${encodeURIComponent(wf.id)}/tasks/${encodeURIComponent(key)}`)
+  if (gen !== generation) return
+  const t = detail.task
+  $('task-panel').hidden = false
+  $('task-panel').dataset.taskKey = t.key
+  $('task-title').replaceChildren('Task ', el('code', {}, t.key), ` · ${doer(t)}`)
+  $('task-status').className = `badge status-${t.status}`
+  $('task-status').textContent = t.status
+  $('task-status').dataset.status = t.status
+  $('task-data').textContent = pretty(t.data)
+  $('task-result').textContent = pretty(t.result)
+  $('task-error').textContent = t.error ? errorText(t.error) : '—'
+  $('task-attempts').tBodies[0].replaceChildren(
+    ...detail.attempts.map((a) =>
+      el(
+        'tr',
+        { 'data-attempt': a.attempt, 'data-outcome': a.outcome },
+        el('td', { class: 'num' }, String(a.attempt)),
+        el('td', {}, a.outcome),
+        el('td', {}, at(a.queuedAt)),
+        el('td', {}, at(a.startedAt)),
+        el('td', {}, at(a.endedAt)),
+        el('td', { class: 'num' }, duration(span(a.queuedAt, a.startedAt))),
+        el('td', { class: 'num' }, a.startedAt ? duration(span(a.startedAt, a.endedAt)) : '—'),
+        el('td', {}, a.worker ?? '—'),
+        el('td', { class: 'err' }, errorText(a.error)),
+      ),
+    ),
+  )
+  const actions = []
+  if (t.status === 'waiting' && t.wait?.type === 'approval') {
+    actions.push(
+      actionButton('Approve', 'act-approve', () => decide(wf, t, true)),
+      actionButton('Reject', 'act-reject', () => decide(wf, t, false), 'danger'),
+    )
+  }
+  if (t.status === 'waiting' && t.wait?.type === 'event') {
+    actions.push(actionButton(`Send “${t.wait.name}”`, 'act-send', () => sendEvent(wf, t.wait.name)))
+  }
+  if (wf.status !== 'running' && !t.wait) {
+    actions.push(actionButton('Replay from here', 'act-replay', () => replay(wf, t), 'quiet'))
+  }
+  $('task-actions').replaceChildren(...actions)
+}
+
+function actionButton(label, id, onClick, kind = '') {
+  const button = el('button', { type: 'button', id, class: kind }, label)
+  button.addEventListener('click', onClick)
+  return button
+}
+
+// --- dead letters ---------------------------------------------------------------------------------
+
+async function loadDeadLetters(gen) {
+  const query = new URLSearchParams({ limit: '100' })
+  const agent = $('dead-agent').value.trim()
+  if (agent) query.set('agent', agent)
+  $('dead-redrive-agent').hidden = !agent
+  try {
+    const page = await api(`/v1/dead-letters?${query}`)
+    if (gen !== generation) return
+    clearError()
+    const items = page.deadLetters ?? page.items ?? page.tasks ?? []
+    $('dead').tBodies[0].replaceChildren(...items.map(deadRow))
+    $('dead-empty').hidden = items.length > 0
+    $('dead').parentElement.hidden = items.length === 0
+    updated('dead-note')
+  } catch (error) {
+    if (gen === generation) showError(error)
+  }
+}
+
+function deadRow(d) {
+  const workflowId = d.workflowId
+  const taskId = d.taskId ?? d.id
+  const href = `#/workflows/${encodeURIComponent(workflowId)}${d.taskKey ? `/tasks/${encodeURIComponent(d.taskKey)}` : ''}`
+  return el(
+    'tr',
+    { 'data-task-id': taskId, 'data-workflow-id': workflowId },
+    el('td', {}, when(d.failedAt ?? d.completedAt)),
+    el('td', { class: 'nowrap' }, d.agent ?? d.agentId ?? '—'),
+    el('td', { class: 'nowrap' }, el('a', { href }, el('code', {}, d.taskKey ?? taskId.slice(0, 8)))),
+    el('td', {}, el('code', { title: workflowId }, workflowId.slice(0, 8))),
+    el('td', { class: 'err' }, errorText(d.error)),
+    el(
+      'td',
+      {},
+      actionButton('Redrive', `redrive-${taskId}`, () =>
+        confirmThen({
+          title: 'Redrive this task?',
+          text: `Task ${d.taskKey ?? taskId} (agent ${d.agent ?? d.agentId ?? '?'}) gets a new attempt, and its workflow runs again.`,
+          yes: 'Redrive',
+          run: () => api('/v1/dead-letters/redrive', { method: 'POST', body: { taskId } }),
+        }),
+      ),
+    ),
+  )
+}
+
+// --- actions: each through the HTTP API, destructive ones after a confirmation --------------------
+
+/**
+ * Opens the confirmation dialog; `fields` are extra inputs ({ name, label, value?, multiline?,
+ * required? }). On confirm, `run(values)` is called; its error is shown in the dialog, which stays
+ * open. Resolves after the action (or the refusal). The page reads its state again after an action.
+ */
+function confirmThen({ title, text, yes, danger = false, fields = [], run }) {
+  const dialog = $('confirm')
+  $('confirm-title').textContent = title
+  $('confirm-text').textContent = text
+  $('confirm-yes').textContent = yes
+  $('confirm-yes').className = danger ? 'danger' : ''
+  $('confirm-error').hidden = true
+  const inputs = fields.map((f) => {
+    const input = f.multiline
+      ? el('textarea', { name: f.name, rows: 4, spellcheck: 'false' })
+      : el('input', { name: f.name, type: 'text', autocomplete: 'off', spellcheck: 'false' })
+    input.value = f.value ?? ''
+    if (f.required) input.required = true
+    return { f, input }
+  })
+  $('confirm-fields').replaceChildren(
+    ...inputs.map(({ f, input }) => el('label', { class: 'field' }, el('span', {}, f.label), input)),
+  )
+  return new Promise((resolve) => {
+    const form = $('confirm-form')
+    const cleanup = () => {
+      form.removeEventListener('submit', onSubmit)
+      $('confirm-no').removeEventListener('click', onNo)
+      dialog.removeEventListener('cancel', onNo)
+    }
+    const onNo = () => {
+      cleanup()
+      dialog.close()
+      resolve(false)
+    }
+    const onSubmit = async (event) => {
+      event.preventDefault()
+      const values = Object.fromEntries(inputs.map(({ f, input }) => [f.name, input.value]))
+      $('confirm-yes').disabled = true
+      try {
+        await run(values)
+        cleanup()
+        dialog.close()
+        resolve(true)
+        reload()
+      } catch (error) {
+        $('confirm-error').textContent =
+          error instanceof ApiError ? `${error.message} (${error.code})` : String(error?.message ?? error)
+        $('confirm-error').hidden = false
+      } finally {
+        $('confirm-yes').disabled = false
+      }
+    }
+    form.addEventListener('submit', onSubmit)
+    $('confirm-no').addEventListener('click', onNo)
+    dialog.addEventListener('cancel', onNo)
+    dialog.showModal()
+    ;(inputs[0]?.input ?? $('confirm-yes')).focus()
+  })
+}
+
+const wfPath = (wf) => `/v1/workflows/${encodeURIComponent(wf.id)}`
+
+function cancelWorkflow(wf) {
+  return confirmThen({
+    title: 'Cancel this workflow?',
+    text: `“${wf.type}” stops: its running agents are aborted and its tasks that have not finished are cancelled.`,
+    yes: 'Cancel workflow',
+    danger: true,
+    fields: [{ name: 'reason', label: 'Reason', value: 'cancelled from the console' }],
+    run: ({ reason }) => api(`${wfPath(wf)}/cancel`, { method: 'POST', body: reason ? { reason } : {} }),
+  })
+}
+
+function retryWorkflow(wf) {
+  return confirmThen({
+    title: 'Retry this workflow?',
+    text: 'Its failed, skipped and cancelled tasks run again; completed tasks keep their results.',
+    yes: 'Retry',
+    run: () => api(`${wfPath(wf)}/retry`, { method: 'POST', body: { requestKey: crypto.randomUUID() } }),
+  })
+}
+
+function replay(wf, t) {
+  return confirmThen({
+    title: `Replay from “${t.key}”?`,
+    text: `A new workflow of type “${wf.type}” starts, reusing the results of the tasks before “${t.key}” and running it and everything after it again.`,
+    yes: 'Replay',
+    run: async () => {
+      const started = await api(`${wfPath(wf)}/replay`, {
+        method: 'POST',
+        body: { from: t.key, requestKey: crypto.randomUUID() },
+      })
+      location.hash = `#/workflows/${encodeURIComponent(started.id)}`
+    },
+  })
+}
+
+function decide(wf, t, approved) {
+  return confirmThen({
+    title: approved ? `Approve “${t.wait.name}”?` : `Reject “${t.wait.name}”?`,
+    text: approved ? 'The workflow goes on.' : 'The workflow fails with your comment as the reason.',
+    yes: approved ? 'Approve' : 'Reject',
+    danger: !approved,
+    fields: [
+      {
+        name: 'approver',
+        label: 'Your name',
+        value: sessionStorage.getItem(APPROVER_STORAGE) ?? '',
+        required: true,
+      },
+      { name: 'comment', label: 'Comment', multiline: true },
+    ],
+    run: ({ approver, comment }) => {
+      sessionStorage.setItem(APPROVER_STORAGE, approver)
+      return api(`${wfPath(wf)}/approvals/${encodeURIComponent(t.wait.name)}`, {
+        method: 'POST',
+        body: { approved, approver, ...(comment ? { comment } : {}) },
+      })
+    },
+  })
+}
+
+function sendEvent(wf, name = '') {
+  return confirmThen({
+    title: 'Send an event',
+    text: 'Delivered to the task that waits for it (or kept until one does).',
+    yes: 'Send',
+    fields: [
+      { name: 'name', label: 'Event name', value: name, required: true },
+      { name: 'key', label: 'Match key (optional)' },
+      { name: 'payload', label: 'Payload (JSON, optional)', multiline: true },
+    ],
+    run: ({ name: eventName, key, payload }) => {
+      let parsed
+      if (payload.trim()) {
+        try {
+          parsed = JSON.parse(payload)
+        } catch {
+          throw new Error('the payload is not valid JSON')
+        }
+      }
+      return api(`${wfPath(wf)}/events`, {
+        method: 'POST',
+        body: {
+          eventId: crypto.randomUUID(),
+          name: eventName,
+          actor: 'console',
+          ...(key ? { key } : {}),
+          ...(parsed !== undefined ? { payload: parsed } : {}),
+        },
+      })
+    },
+  })
+}
+
+// --- live: server-sent events read with fetch() ---------------------------------------------------
+
+let live = null
+
+/** Follows /v1/events while signed in: a change of a workflow on screen reads it again. */
+function startLive() {
+  if (live) return
+  const state = { abort: new AbortController(), lastId: null, pending: null, delay: 500 }
+  live = state
+  void (async () => {
+    while (live === state) {
+      try {
+        await stream(state)
+        state.delay = 500
+      } catch (error) {
+        if (live !== state) return
+        if (error instanceof ApiError && error.status === 401) {
+          showError(error)
+          return
+        }
+      }
+      if (live !== state) return
+      setLive('down', 'Reconnecting…')
+      await new Promise((resolve) => setTimeout(resolve, state.delay))
+      state.delay = Math.min(10_000, state.delay * 2)
+    }
+  })()
+}
+
+function stopLive() {
+  if (!live) return
+  live.abort.abort()
+  live = null
+  setLive('off', '')
+}
+
+function setLive(state, text) {
+  $('live').dataset.state = state
+  $('live').textContent = text
+}
+
+async function stream(state) {
+  const headers = { authorization: authHeader(), accept: 'text/event-stream' }
+  if (state.lastId) headers['last-event-id'] = state.lastId
+  const res = await fetch('/v1/events', { headers, cache: 'no-store', signal: state.abort.signal })
+  if (!res.ok || !res.body) {
+    const body = await res.json().catch(() => null)
+    throw new ApiError(res.status, body?.code ?? 'http_error', body?.detail ?? res.statusText)
+  }
+  const reader = res.body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ''
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) return
+    buffer += value
+    let end
+    while ((end = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buffer.slice(0, end)
+      buffer = buffer.slice(end).replace(/^\r?\n\r?\n/, '')
+      const event = { event: 'message', data: '', id: null }
+      for (const line of block.split(/\r?\n/)) {
+        if (line.startsWith(':')) continue
+        const colon = line.indexOf(':')
+        const field = colon < 0 ? line : line.slice(0, colon)
+        const text = colon < 0 ? '' : line.slice(colon + 1).replace(/^ /, '')
+        if (field === 'data') event.data += event.data ? `\n${text}` : text
+        else if (field === 'event') event.event = text
+        else if (field === 'id') event.id = text
+      }
+      if (event.id) state.lastId = event.id
+      onEvent(state, event)
+    }
+  }
+}
+
+function onEvent(state, event) {
+  if (event.event === 'ready') {
+    setLive('up', 'Live')
+    reload() // changes from here on are notified; read what happened before
+  } else if (event.event === 'resync') {
+    reload()
+  } else if (event.event === 'progress') {
+    let data
+    try {
+      data = JSON.parse(event.data)
+    } catch {
+      return
+    }
+    const mine =
+      current.view === 'list' ||
+      current.view === 'dead' ||
+      (current.view === 'workflow' && (data.workflows === '*' || data.workflows.includes(current.id)))
+    if (!mine) return
+    // Several notifications in a burst are read once.
+    if (state.pending) return
+    state.pending = setTimeout(() => {
+      state.pending = null
+      reload()
+    }, COALESCE_MS)
+  }
 }
 
 // --- the task graph -------------------------------------------------------------------------------
@@ -635,12 +1196,63 @@ $('key-form').addEventListener('submit', (event) => {
 $('sign-out').addEventListener('click', () => {
   sessionStorage.removeItem(KEY_STORAGE)
   clearError()
+  stopLive()
   location.hash = '#/'
   route()
 })
 
-$('status-filter').addEventListener('change', () => startView(loadList))
-$('refresh').addEventListener('click', () => startView(loadList))
+$('find-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  if (location.hash !== '#/' && location.hash !== '') location.hash = '#/'
+  else route()
+})
+$('filter-form').addEventListener('submit', (event) => {
+  event.preventDefault()
+  $('find-value').value = ''
+  route()
+})
+$('status-filter').addEventListener('change', () => {
+  $('find-value').value = ''
+  route()
+})
+$('clear-filters').addEventListener('click', () => {
+  for (const id of ['find-value', 'type-filter', 'since-filter', 'until-filter']) $(id).value = ''
+  $('status-filter').value = ''
+  route()
+})
+
+$('graph').addEventListener('click', (event) => {
+  const node = event.target instanceof Element ? event.target.closest('[data-task-key]') : null
+  if (node) location.hash = taskHref({ key: node.getAttribute('data-task-key') })
+})
+$('graph').addEventListener('keydown', (event) => {
+  const node = event.target instanceof Element ? event.target.closest('[data-task-key]') : null
+  if (node && (event.key === 'Enter' || event.key === ' ')) {
+    event.preventDefault()
+    location.hash = taskHref({ key: node.getAttribute('data-task-key') })
+  }
+})
+$('task-close').addEventListener('click', () => {
+  location.hash = `#/workflows/${encodeURIComponent(current.id)}`
+})
+$('act-cancel').addEventListener('click', () => shown && cancelWorkflow(shown))
+$('act-retry').addEventListener('click', () => shown && retryWorkflow(shown))
+$('act-event').addEventListener('click', () => shown && sendEvent(shown))
+
+$('dead-apply').addEventListener('click', () => route())
+$('dead-redrive-agent').addEventListener('click', () => {
+  const agent = $('dead-agent').value.trim()
+  if (!agent) return
+  void confirmThen({
+    title: `Redrive every dead letter of “${agent}”?`,
+    text: 'Each of its tasks that failed for good gets one new attempt, and its workflow runs again.',
+    yes: 'Redrive all',
+    danger: true,
+    run: () => api('/v1/dead-letters/redrive', { method: 'POST', body: { agent } }),
+  })
+})
+
+$('zone').textContent = `times in ${ZONE}`
 window.addEventListener('hashchange', route)
 
 route()
