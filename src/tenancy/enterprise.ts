@@ -28,9 +28,10 @@
 // few seconds; the queue is `stately` with the run id as singleton key, so duplicates (a retried job,
 // a resume scan) collapse to at most one waiting job per run.
 //
-// Size (over 400 lines): one orchestrator whose start, consolidation pass and read share the
-// signing and the run's invariants described above; split apart, each half would need the other's
-// private rules (signatures, statuses) exported.
+// Size (over 400 lines): the orchestrator, and beside it the checks it runs (validation, signature,
+// decryption of the summary) as plain functions, share the signing rules and the run's invariants
+// described above. The member rows, reads of the members' workflows and the summary are in
+// enterprise-members.ts.
 import { randomUUID } from 'node:crypto'
 import { isUuid, UUID } from '../core/ids.ts'
 import { assertStorableJson, canonicalJson, type Json } from '../core/json.ts'
@@ -38,10 +39,14 @@ import { taskData } from '../core/plan.ts'
 import { ENTERPRISE_MEMBER_STATUSES, ENTERPRISE_RUN_STATUSES } from '../db/schema/values.ts'
 import { APP_SCHEMA } from '../db/names.ts'
 import { clientDb, type Db, withTransaction } from '../db/tx.ts'
-import type { Engine, TenantHandle, WorkflowView } from '../engine.ts'
+import type { KeyRing } from '../crypto/keyring.ts'
+import type { Engine, TenantHandle } from '../engine.ts'
 import { EquilateralError, InvalidInputError, NotFoundError, serializeError } from '../errors.ts'
 import { assertTenantId } from './tenants.ts'
 import { eachLimit } from '../core/each-limit.ts'
+import { EnterpriseRunForgedError, MEMBERS, type MemberRecord, RunMembers } from './enterprise-members.ts'
+
+export { EnterpriseRunForgedError } from './enterprise-members.ts'
 
 /**
  * The consolidation queue. Agent queues are `eq.<agentId>`; agent ids cannot contain '/', so no
@@ -53,7 +58,6 @@ export const ENTERPRISE_QUEUE = 'eq/enterprise'
 export const MAX_ENTERPRISE_MEMBERS = 10_000
 
 const RUNS = `${APP_SCHEMA}.enterprise_runs`
-const MEMBERS = `${APP_SCHEMA}.enterprise_run_tenants`
 
 export type EnterpriseRunStatus = (typeof ENTERPRISE_RUN_STATUSES)[number]
 export type EnterpriseMemberStatus = (typeof ENTERPRISE_MEMBER_STATUSES)[number]
@@ -141,16 +145,6 @@ export class EnterpriseRunConflictError extends EquilateralError {
   }
 }
 
-/** A run's records were not written by start() of this deployment (forged, or altered by hand). */
-export class EnterpriseRunForgedError extends EquilateralError {
-  constructor(runId: string) {
-    super(
-      'invalid_signature',
-      `enterprise run ${runId} is not signed by this deployment's keys: refused (written or altered outside start())`,
-    )
-  }
-}
-
 /** What a run's signature covers: its id, workflow type and the member tenants, sorted. */
 function runSigned(runId: string, workflowType: string, tenants: readonly string[]): string {
   return JSON.stringify([runId, workflowType, [...tenants].sort()])
@@ -171,14 +165,11 @@ interface CheckJob {
   runId: string
 }
 
-interface MemberRecord extends EnterpriseMemberView {
-  mac: string | null
-}
-
 export class EnterpriseOrchestrator {
   readonly #engine: Engine
   readonly #checkIntervalMs: number
   readonly #concurrency: number
+  readonly #runMembers: RunMembers
   #queueReady: Promise<void> | null = null
   #workerId: string | null = null
 
@@ -192,6 +183,7 @@ export class EnterpriseOrchestrator {
     if (!(Number.isInteger(this.#concurrency) && this.#concurrency > 0)) {
       throw new InvalidInputError('concurrency must be a positive integer', '$.concurrency')
     }
+    this.#runMembers = new RunMembers(engine, this.#concurrency)
   }
 
   /**
@@ -205,7 +197,7 @@ export class EnterpriseOrchestrator {
     members: readonly EnterpriseMemberSpec[],
     options: EnterpriseStartOptions = {},
   ): Promise<EnterpriseStartResult> {
-    const rows = this.#validate(workflowType, members)
+    const rows = validateMembers(this.#engine, workflowType, members)
     if (options.runId !== undefined && !isUuid(options.runId)) {
       throw new InvalidInputError('runId must be a UUID', '$.runId')
     }
@@ -268,7 +260,7 @@ export class EnterpriseOrchestrator {
       return true
     })
 
-    const pending = (await this.#records(runId)).filter((m) => m.status === 'starting')
+    const pending = (await this.#runMembers.records(runId)).filter((m) => m.status === 'starting')
     await eachLimit(pending, this.#concurrency, async (m) => {
       await this.#startMember(runId, workflowType, m).catch((error: unknown) => {
         // Not the member's fault (e.g. the database went away): the consolidation job tries again.
@@ -294,60 +286,11 @@ export class EnterpriseOrchestrator {
       id: r.id,
       workflowType: r.workflow_type,
       status: r.status,
-      summary: this.#decrypted(r.summary),
+      summary: decryptedSummary(this.#engine.keyRing, r.summary),
       createdAt: r.created_at,
       completedAt: r.completed_at,
-      members: await this.#members(runId),
+      members: await this.#runMembers.list(runId),
     }
-  }
-
-  /** The summary with each tenant's output decrypted (EncryptionError if one does not decrypt). */
-  #decrypted(summary: EnterpriseSummary | null): EnterpriseSummary | null {
-    if (summary === null || typeof summary !== 'object' || typeof summary.tenants !== 'object') return summary
-    const ring = this.#engine.keyRing
-    const tenants: Record<string, EnterpriseTenantResult> = {}
-    for (const [t, result] of Object.entries(summary.tenants)) {
-      tenants[t] =
-        result && typeof result === 'object' && result.output !== undefined
-          ? {
-              ...result,
-              output: ring.decrypt(t, 'enterprise.output', result.output) as Record<string, Json>,
-            }
-          : result
-    }
-    return { ...summary, tenants }
-  }
-
-  /** Throws EnterpriseRunForgedError unless start() of this deployment signed the run as it stands. */
-  async #assertSigned(runId: string, workflowType: string): Promise<void> {
-    const { rows } = await this.#engine.pool.query(
-      `SELECT r.mac, array(SELECT tenant_id FROM ${MEMBERS} WHERE run_id = r.id) AS tenants
-       FROM ${RUNS} r WHERE r.id = $1`,
-      [runId],
-    )
-    const r = rows[0]
-    if (
-      !r ||
-      !this.#engine.keyRing.verify('enterprise.run', runSigned(runId, workflowType, r.tenants), r.mac)
-    ) {
-      throw new EnterpriseRunForgedError(runId)
-    }
-  }
-
-  /** The member's workflow if, in its tenant's scope, it is this run's; null if it is not. */
-  async #ownWorkflow(
-    handle: TenantHandle,
-    runId: string,
-    workflowType: string,
-    workflowId: string,
-  ): Promise<WorkflowView | null> {
-    const wf = await handle.getWorkflow(workflowId)
-    if (wf.correlationId === runId && wf.type === workflowType) return wf
-    this.#engine.log.warn(
-      { runId, tenantId: handle.scope.tenantId, workflowId },
-      'enterprise member names a workflow that is not this run’s: not read',
-    )
-    return null
   }
 
   /**
@@ -360,8 +303,8 @@ export class EnterpriseOrchestrator {
     const run = await this.get(id)
     if (run.status !== 'running') return run
     const runId = run.id // as stored (lower case), whatever case the caller used
-    await this.#assertSigned(runId, run.workflowType)
-    const records = new Map((await this.#records(runId)).map((m) => [m.tenantId, m]))
+    await assertSigned(this.#engine, runId, run.workflowType)
+    const records = new Map((await this.#runMembers.records(runId)).map((m) => [m.tenantId, m]))
     // Outputs of the workflows this pass saw completed, so consolidation need not read them twice.
     const outputs = new Map<string, Record<string, Json>>()
     const open = run.members.filter((m) => !TERMINAL.has(m.status))
@@ -372,16 +315,22 @@ export class EnterpriseOrchestrator {
             ? await this.#startMember(runId, run.workflowType, records.get(m.tenantId) ?? { ...m, mac: null })
             : m
         if (started.status === 'running' && started.workflowId) {
-          await this.#observe(runId, run.workflowType, started.tenantId, started.workflowId, outputs)
+          await this.#runMembers.observe(
+            runId,
+            run.workflowType,
+            started.tenantId,
+            started.workflowId,
+            outputs,
+          )
         }
       } catch (error) {
         this.#engine.log.warn({ err: error, runId, tenantId: m.tenantId }, 'enterprise member check failed')
       }
     })
 
-    const members = await this.#members(runId)
+    const members = await this.#runMembers.list(runId)
     if (!members.every((m) => TERMINAL.has(m.status))) return { ...run, members }
-    const summary = await this.#summarise(runId, run.workflowType, members, outputs)
+    const summary = await this.#runMembers.summarise(runId, run.workflowType, members, outputs)
     if (!summary) return { ...run, members }
     const status: EnterpriseRunStatus =
       summary.completed === summary.total ? 'completed' : summary.completed === 0 ? 'failed' : 'partial'
@@ -455,36 +404,6 @@ export class EnterpriseOrchestrator {
     if (status === 'running') await this.#scheduleCheck(runId)
   }
 
-  #validate(workflowType: string, members: readonly EnterpriseMemberSpec[]) {
-    const def = this.#engine.workflow(workflowType)
-    if (!Array.isArray(members) || members.length === 0) {
-      throw new InvalidInputError('an enterprise run needs at least one tenant', '$.members')
-    }
-    if (members.length > MAX_ENTERPRISE_MEMBERS) {
-      throw new InvalidInputError(
-        `an enterprise run names at most ${MAX_ENTERPRISE_MEMBERS} tenants, not ${members.length}`,
-        '$.members',
-      )
-    }
-    const limits = this.#engine.limits
-    const seen = new Set<string>()
-    return members.map((m, i) => {
-      if (m === null || typeof m !== 'object') {
-        throw new InvalidInputError(`$.members[${i}] is not an object`, `$.members[${i}]`)
-      }
-      assertTenantId(m.tenantId)
-      if (seen.has(m.tenantId)) {
-        throw new InvalidInputError(`tenant "${m.tenantId}" appears twice`, `$.members[${i}].tenantId`)
-      }
-      seen.add(m.tenantId)
-      const input = m.input ?? null
-      assertStorableJson(input, `$.members[${i}].input`, limits)
-      // What startWorkflow would refuse for this input (task data computed from it), refused now.
-      taskData(def, input, limits)
-      return { tenant_id: m.tenantId, input }
-    })
-  }
-
   /**
    * Starts one member's workflow (or finds the one an earlier attempt started: same idempotency
    * key) and records it. A tenant that cannot take it (unknown, suspended, input refused) rejects
@@ -494,7 +413,7 @@ export class EnterpriseOrchestrator {
     if (!this.#engine.keyRing.verify('enterprise.member', memberSigned(runId, m.tenantId, m.input), m.mac)) {
       // Written or altered by hand: its input is not what the caller of start() asked for.
       const refused = serializeError(new EnterpriseRunForgedError(runId))
-      await this.#setMember(runId, m.tenantId, 'rejected', null, refused)
+      await this.#runMembers.set(runId, m.tenantId, 'rejected', null, refused)
       this.#engine.log.warn({ runId, tenantId: m.tenantId }, 'enterprise member not signed: not started')
       return { ...m, status: 'rejected', error: refused }
     }
@@ -509,176 +428,12 @@ export class EnterpriseOrchestrator {
     } catch (error) {
       if (!rejects(error)) throw error
       const rejected = serializeError(error)
-      await this.#setMember(runId, m.tenantId, 'rejected', null, rejected)
+      await this.#runMembers.set(runId, m.tenantId, 'rejected', null, rejected)
       this.#engine.log.info({ runId, tenantId: m.tenantId, error: rejected }, 'enterprise member rejected')
       return { ...m, status: 'rejected', error: rejected }
     }
-    await this.#setMember(runId, m.tenantId, 'running', workflowId, null)
+    await this.#runMembers.set(runId, m.tenantId, 'running', workflowId, null)
     return { ...m, status: 'running', workflowId }
-  }
-
-  /** Reads a member's workflow in its tenant's scope and records it if it has ended. */
-  async #observe(
-    runId: string,
-    workflowType: string,
-    tenantId: string,
-    workflowId: string,
-    outputs: Map<string, Record<string, Json>>,
-  ): Promise<void> {
-    const handle = await this.#readable(tenantId)
-    if (!handle) return
-    let wf: WorkflowView | null
-    try {
-      wf = await this.#ownWorkflow(handle, runId, workflowType, workflowId)
-    } catch (error) {
-      // The workflow is gone from the tenant (deleted by retention or by hand): it will not finish.
-      if (!(error instanceof NotFoundError)) throw error
-      await this.#setMember(runId, tenantId, 'failed', null, serializeError(error))
-      return
-    }
-    if (!wf) {
-      await this.#setMember(
-        runId,
-        tenantId,
-        'failed',
-        null,
-        serializeError(new EnterpriseRunForgedError(runId)),
-      )
-      return
-    }
-    if (wf.status === 'running') return
-    if (wf.status === 'completed') outputs.set(tenantId, wf.output)
-    await this.#setMember(runId, tenantId, wf.status, null, wf.status === 'completed' ? null : wf.error)
-  }
-
-  /**
-   * The consolidated result of a run whose members have all ended, or null if a completed member's
-   * output cannot be read now (its tenant is suspended): the run then waits rather than consolidating
-   * without it.
-   */
-  async #summarise(
-    runId: string,
-    workflowType: string,
-    members: EnterpriseMemberView[],
-    outputs: Map<string, Record<string, Json>>,
-  ): Promise<EnterpriseSummary | null> {
-    const results = new Map<string, EnterpriseTenantResult>()
-    let complete = true
-    await eachLimit(members, this.#concurrency, async (m) => {
-      if (m.status !== 'completed') {
-        results.set(m.tenantId, { status: m.status, workflowId: m.workflowId, error: m.error })
-        return
-      }
-      let output = outputs.get(m.tenantId)
-      if (!output) {
-        const handle = await this.#readable(m.tenantId)
-        if (!handle || !m.workflowId) {
-          complete = false
-          return
-        }
-        try {
-          const wf = await this.#ownWorkflow(handle, runId, workflowType, m.workflowId)
-          if (!wf) {
-            results.set(m.tenantId, {
-              status: m.status,
-              workflowId: m.workflowId,
-              error: serializeError(new EnterpriseRunForgedError(runId)),
-            })
-            return
-          }
-          output = wf.output
-        } catch (error) {
-          // Completed, then deleted before consolidation (retention, by hand): say so, keep the status.
-          if (!(error instanceof NotFoundError)) throw error
-          results.set(m.tenantId, {
-            status: 'completed',
-            workflowId: m.workflowId,
-            error: serializeError(error),
-          })
-          return
-        }
-      }
-      // Encrypted like the tenant's other payloads; get() decrypts it.
-      const sealed = this.#engine.keyRing.encrypt(m.tenantId, 'enterprise.output', output)
-      results.set(m.tenantId, {
-        status: 'completed',
-        workflowId: m.workflowId,
-        output: sealed as Record<string, Json>,
-      })
-    })
-    if (!complete) {
-      this.#engine.log.info({ runId }, 'enterprise run waits to read the output of a suspended tenant')
-      return null
-    }
-    const summary: EnterpriseSummary = {
-      total: members.length,
-      completed: 0,
-      failed: 0,
-      cancelled: 0,
-      rejected: 0,
-      // Member order (tenant id), whatever order the reads finished in.
-      tenants: Object.fromEntries(
-        members.map((m) => [m.tenantId, results.get(m.tenantId) as EnterpriseTenantResult]),
-      ),
-    }
-    for (const m of members) {
-      if (
-        m.status === 'completed' ||
-        m.status === 'failed' ||
-        m.status === 'cancelled' ||
-        m.status === 'rejected'
-      )
-        summary[m.status]++
-    }
-    return summary
-  }
-
-  /** The tenant's handle, or null while the tenant is suspended (its workflows wait, and so do we). */
-  async #readable(tenantId: string): Promise<TenantHandle | null> {
-    try {
-      return await this.#engine.tenant(tenantId)
-    } catch (error) {
-      if ((error as { code?: unknown }).code === 'tenant_suspended') return null
-      throw error
-    }
-  }
-
-  /** Records a member's progress; a member that has ended is never changed again. */
-  async #setMember(
-    runId: string,
-    tenantId: string,
-    status: EnterpriseMemberStatus,
-    workflowId: string | null,
-    error: Json | null,
-  ): Promise<void> {
-    await this.#engine.pool.query(
-      `UPDATE ${MEMBERS} SET status = $3, workflow_id = COALESCE($4::uuid, workflow_id), error = $5::jsonb,
-         updated_at = now()
-       WHERE run_id = $1 AND tenant_id = $2 AND status IN ('starting', 'running')`,
-      [runId, tenantId, status, workflowId, error === null ? null : JSON.stringify(error)],
-    )
-  }
-
-  async #members(runId: string): Promise<EnterpriseMemberView[]> {
-    return (await this.#records(runId)).map(({ mac: _, ...view }) => view)
-  }
-
-  /** The members as stored, with their signatures. */
-  async #records(runId: string): Promise<MemberRecord[]> {
-    const { rows } = await this.#engine.pool.query(
-      `SELECT tenant_id, input, workflow_id, status, error, updated_at, mac FROM ${MEMBERS}
-       WHERE run_id = $1 ORDER BY tenant_id`,
-      [runId],
-    )
-    return rows.map((r) => ({
-      tenantId: r.tenant_id,
-      input: r.input,
-      workflowId: r.workflow_id,
-      status: r.status,
-      error: r.error,
-      updatedAt: r.updated_at,
-      mac: r.mac,
-    }))
   }
 
   /** Sends the run's next consolidation pass (in the caller's transaction when `db` is given). */
@@ -738,4 +493,64 @@ function count(s: EnterpriseSummary) {
     cancelled: s.cancelled,
     rejected: s.rejected,
   }
+}
+
+/** The summary with each tenant's output decrypted (EncryptionError if one does not decrypt). */
+function decryptedSummary(ring: KeyRing, summary: EnterpriseSummary | null): EnterpriseSummary | null {
+  if (summary === null || typeof summary !== 'object' || typeof summary.tenants !== 'object') return summary
+  const tenants: Record<string, EnterpriseTenantResult> = {}
+  for (const [t, result] of Object.entries(summary.tenants)) {
+    tenants[t] =
+      result && typeof result === 'object' && result.output !== undefined
+        ? {
+            ...result,
+            output: ring.decrypt(t, 'enterprise.output', result.output) as Record<string, Json>,
+          }
+        : result
+  }
+  return { ...summary, tenants }
+}
+
+/** Throws EnterpriseRunForgedError unless start() of this deployment signed the run as it stands. */
+async function assertSigned(engine: Engine, runId: string, workflowType: string): Promise<void> {
+  const { rows } = await engine.pool.query(
+    `SELECT r.mac, array(SELECT tenant_id FROM ${MEMBERS} WHERE run_id = r.id) AS tenants
+     FROM ${RUNS} r WHERE r.id = $1`,
+    [runId],
+  )
+  const r = rows[0]
+  if (!r || !engine.keyRing.verify('enterprise.run', runSigned(runId, workflowType, r.tenants), r.mac)) {
+    throw new EnterpriseRunForgedError(runId)
+  }
+}
+
+/** What start() refuses for the whole run, checked before anything is written; the rows to insert. */
+function validateMembers(engine: Engine, workflowType: string, members: readonly EnterpriseMemberSpec[]) {
+  const def = engine.workflow(workflowType)
+  if (!Array.isArray(members) || members.length === 0) {
+    throw new InvalidInputError('an enterprise run needs at least one tenant', '$.members')
+  }
+  if (members.length > MAX_ENTERPRISE_MEMBERS) {
+    throw new InvalidInputError(
+      `an enterprise run names at most ${MAX_ENTERPRISE_MEMBERS} tenants, not ${members.length}`,
+      '$.members',
+    )
+  }
+  const limits = engine.limits
+  const seen = new Set<string>()
+  return members.map((m, i) => {
+    if (m === null || typeof m !== 'object') {
+      throw new InvalidInputError(`$.members[${i}] is not an object`, `$.members[${i}]`)
+    }
+    assertTenantId(m.tenantId)
+    if (seen.has(m.tenantId)) {
+      throw new InvalidInputError(`tenant "${m.tenantId}" appears twice`, `$.members[${i}].tenantId`)
+    }
+    seen.add(m.tenantId)
+    const input = m.input ?? null
+    assertStorableJson(input, `$.members[${i}].input`, limits)
+    // What startWorkflow would refuse for this input (task data computed from it), refused now.
+    taskData(def, input, limits)
+    return { tenant_id: m.tenantId, input }
+  })
 }
