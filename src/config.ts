@@ -1,4 +1,6 @@
 // Configuration, parsed once at boot into a frozen object; every problem is reported at once.
+// Size (over 400 lines): one declaration and one parser line per setting, so every setting and its
+// bounds are read in one place (docs/configuration.md lists them).
 import type { GroupConcurrencyConfig } from 'pg-boss'
 import { type KeyRing, parseKeyRing } from './crypto/keyring.ts'
 import { type KeyProvider, providerFromEnv } from './crypto/provider.ts'

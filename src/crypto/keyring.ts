@@ -15,6 +15,9 @@
 // `<tenant id>:<purpose>:<data key id>`; version 1 envelopes (the key ring's keys) still read. The
 // data keys must be loaded before the synchronous encrypt/decrypt: prepare() and prepareFor() do it
 // (a Map lookup once cached).
+// Size (over 400 lines): the fleet keys and the per-tenant data keys share one ciphertext format
+// and its associated data; in one file a change to how values are sealed cannot drift from how
+// they are opened.
 import {
   createCipheriv,
   createDecipheriv,

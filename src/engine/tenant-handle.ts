@@ -1,6 +1,8 @@
 // A tenant handle: everything a caller can do for one tenant (start, await, cancel, deliver events
 // and decisions, cron schedules, and the read side, whose statements are in src/engine/read.ts).
 // Obtained from Engine.tenant() or tenantByApiKey().
+// Size (over 400 lines): the public surface of a tenant, each method a thin delegation to the flow
+// module or the read statement that does the work; one class keeps that surface in one place.
 import { createHash } from 'node:crypto'
 import { resolveWindow, type StatsReport, type StatsWindowInput, tenantStats } from '../analytics.ts'
 import type { WorkflowDefinition } from '../core/definition.ts'
