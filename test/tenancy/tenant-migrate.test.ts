@@ -73,27 +73,26 @@ async function sql(tenant: string, text: string, params: unknown[] = []): Promis
 }
 
 /**
- * Undoes the newest tenant-table migration (0019: agent usage and budgets; tenant_policies goes back
- * to 0016's, which the migration replaces again) and forgets it.
+ * Undoes the newest tenant-table migration (0021: the console's watcher table and correlation-id
+ * index) and forgets it.
  */
 async function undoNewestTenantMigration(tenant: string): Promise<void> {
   await sql(
     tenant,
     `BEGIN;
-     DROP TABLE equilateral.agent_usage, equilateral.usage_budgets, equilateral.usage_budget_audit;
-     DROP FUNCTION equilateral.usage_budget_check();
-     ALTER TABLE equilateral.agent_coordination DROP COLUMN hold_reason;
+     DROP TABLE equilateral.console_watchers;
+     DROP INDEX equilateral.workflows_correlation_idx;
      DELETE FROM equilateral.__tenant_migrations WHERE created_at = ${latestMigrations().tenant};
      COMMIT;`,
   )
 }
 
-/** Whether the newest tenant-table migration is in place: the application role may record usage. */
+/** Whether the newest tenant-table migration is in place: the application role may watch a tenant. */
 async function newestApplied(tenant: string): Promise<boolean> {
   const [row] = await sql(
     tenant,
-    `SELECT CASE WHEN to_regclass('equilateral.agent_usage') IS NULL THEN false
-       ELSE has_table_privilege('equilateral_app', 'equilateral.agent_usage', 'INSERT') END AS ok`,
+    `SELECT CASE WHEN to_regclass('equilateral.console_watchers') IS NULL THEN false
+       ELSE has_table_privilege('equilateral_app', 'equilateral.console_watchers', 'INSERT') END AS ok`,
   )
   return row?.ok === true
 }
