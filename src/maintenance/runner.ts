@@ -1,8 +1,8 @@
 // How every periodic maintenance pass of an engine runs (the sweeper, the liveness pass, the
 // scheduler, the retention purge): one of two ways, with the same stop and error handling.
 // - every(): on a local timer, the next pass armed when one ends (passes of one loop never
-//   overlap); with `lockKey`, only while this process holds that session advisory lock on the
-//   store's database (one process at a time per database). A failed pass is logged through the
+//   overlap); with `lockKey`, only while this process holds that advisory lock on the store's
+//   database (one process at a time per database; transaction-scoped, see withTurn). A failed pass is logged through the
 //   engine's warning (counted, not logged, while the database is known to be down) and the loop
 //   goes on. Leader rules of a pass's own (the scheduler's takePass) stay in the pass.
 // - cron(): from a pg-boss cron schedule on the store's database (sent once across the fleet
@@ -25,7 +25,7 @@ export interface EveryOptions {
   /** Logged (with `err`, and `database` when given) when a pass fails. */
   failed: string
   database?: string
-  /** A session advisory lock key: the pass runs only in the process that takes it. */
+  /** An advisory lock key (transaction-scoped): the pass runs only in the process that takes it. */
   lockKey?: number
 }
 
