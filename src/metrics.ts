@@ -9,7 +9,17 @@
 // multiplies by the tenant count.
 import type pg from 'pg'
 import type { PgBoss } from 'pg-boss'
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client'
+import {
+  type ConnectionCount,
+  type ExceededBudget,
+  registerBudgetGauge,
+  registerConnectionsGauge,
+  registerResourceGauges,
+  type Resources,
+} from './metrics-gauges.ts'
+
+export type { ConnectionCount } from './metrics-gauges.ts'
 
 /** Seconds, from 1 ms to 1 min: dispatch latency lives at the low end, agents at the high end. */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
@@ -27,26 +37,6 @@ export interface MetricsOptions {
    * workflow counters and to the pool and queue gauges. Default false.
    */
   databaseLabel?: boolean
-}
-
-interface Resources {
-  pool: pg.Pool
-  poolName: string
-  database: string
-  queues: () => Promise<Awaited<ReturnType<PgBoss['getQueues']>>>
-}
-
-/**
- * Connections a process holds open to the database, by what holds them: `pool` names the holder
- * (app: the engine's pool; boss: pg-boss's own; listen: workers' LISTEN sessions; results: result
- * waiters' LISTEN sessions; liveness: the worker liveness session; admin, maintenance: the owner's
- * and the maintenance login's pools), `kind` whether they go through the pooler (`pooled`: they
- * share its server connections) or hold a server connection each (`direct`).
- */
-export interface ConnectionCount {
-  pool: string
-  kind: 'pooled' | 'direct'
-  count: number
 }
 
 const TASK_OUTCOMES = ['completed', 'retrying', 'failed', 'lease_lost', 'released'] as const
@@ -76,7 +66,7 @@ export class Metrics {
   readonly schedulerPasses: Counter<string>
   readonly agentUsage: Counter<string>
   /** Per tenant: its budgets reached in their current period, as last seen (budget pass, budget set). */
-  readonly #budgetsExceeded = new Map<string, { dimension: string; period: string; hard: boolean }[]>()
+  readonly #budgetsExceeded = new Map<string, ExceededBudget[]>()
 
   constructor(options: MetricsOptions = {}) {
     this.tenantLabel = options.tenantLabel ?? false
@@ -168,33 +158,7 @@ export class Metrics {
       labelNames: ['agent', 'dimension', ...t],
       registers,
     })
-    const budgets = this.#budgetsExceeded
-    const tenantLabel = this.tenantLabel
-    new Gauge({
-      name: 'equilateral_budgets_exceeded',
-      help: "Budgets reached in their current period (kind hard: the tenant's tasks are held; soft: an alert), by dimension and period, as of the last budget pass or budget change seen by this process. Alert on > 0.",
-      labelNames: ['dimension', 'period', 'kind', ...(tenantLabel ? ['tenant'] : [])],
-      registers,
-      collect() {
-        this.reset()
-        const counts = new Map<string, { labels: Record<string, string>; n: number }>()
-        for (const [tenant, list] of budgets) {
-          for (const b of list) {
-            const labels = {
-              dimension: b.dimension,
-              period: b.period,
-              kind: b.hard ? 'hard' : 'soft',
-              ...(tenantLabel ? { tenant } : {}),
-            }
-            const key = JSON.stringify(labels)
-            const e = counts.get(key) ?? { labels, n: 0 }
-            e.n++
-            counts.set(key, e)
-          }
-        }
-        for (const { labels, n } of counts.values()) this.set(labels, n)
-      },
-    })
+    registerBudgetGauge(this.registry, this.#budgetsExceeded, this.tenantLabel)
     for (const action of ['requeued', 'lost']) this.sweeperRecovered.inc({ action }, 0)
     for (const outcome of ['ran', 'skipped']) this.schedulerPasses.inc({ outcome }, 0)
   }
@@ -218,7 +182,7 @@ export class Metrics {
   /** A tenant's budgets reached in their current period (the alert gauge's source). */
   budgetsObserved(
     tenant: string,
-    exceeded: readonly { dimension: string; period: string; hard: boolean }[],
+    exceeded: readonly ExceededBudget[],
   ): void {
     if (exceeded.length === 0) this.#budgetsExceeded.delete(tenant)
     else this.#budgetsExceeded.set(tenant, [...exceeded])
@@ -268,7 +232,7 @@ export class Metrics {
    * that stops observing it.
    */
   observeResources(pool: pg.Pool, boss: PgBoss, poolName = 'app', database = 'control'): () => void {
-    if (this.#resources.size === 0) this.#registerResourceGauges()
+    if (this.#resources.size === 0) registerResourceGauges(this.registry, this.#resources, this.databaseLabel)
     let cached: { at: number; queues: Awaited<ReturnType<PgBoss['getQueues']>> } | null = null
     const entry: Resources = {
       pool,
@@ -294,85 +258,12 @@ export class Metrics {
   observeConnections(count: () => ConnectionCount[]): () => void {
     if (!this.#connectionsGauge) {
       this.#connectionsGauge = true
-      const sources = this.#connections
-      new Gauge({
-        name: 'equilateral_db_connections',
-        help: 'Database connections this process holds open, by holder (pool) and by whether they go through the pooler (kind: pooled) or each hold a server connection (kind: direct).',
-        labelNames: ['pool', 'kind'],
-        registers: [this.registry],
-        collect() {
-          this.reset()
-          const sums = new Map<string, ConnectionCount>()
-          for (const source of sources) {
-            for (const c of source()) {
-              const key = `${c.pool}\0${c.kind}`
-              const sum = sums.get(key)
-              if (sum) sum.count += c.count
-              else sums.set(key, { ...c })
-            }
-          }
-          for (const c of sums.values()) this.set({ pool: c.pool, kind: c.kind }, c.count)
-        },
-      })
+      registerConnectionsGauge(this.registry, this.#connections)
     }
     this.#connections.add(count)
     return () => {
       this.#connections.delete(count)
     }
-  }
-
-  #registerResourceGauges(): void {
-    const resources = this.#resources
-    const db = (r: Resources) => (this.databaseLabel ? { database: r.database } : {})
-    const d = this.databaseLabel ? ['database'] : []
-    new Gauge({
-      name: 'equilateral_db_pool_connections',
-      help: 'Connections of the database pool, by state: in_use, idle, waiting (requests queued for a connection).',
-      labelNames: ['pool', 'state', ...d],
-      registers: [this.registry],
-      collect() {
-        this.reset()
-        for (const r of resources) {
-          const { pool, poolName } = r
-          this.set({ pool: poolName, state: 'in_use', ...db(r) }, pool.totalCount - pool.idleCount)
-          this.set({ pool: poolName, state: 'idle', ...db(r) }, pool.idleCount)
-          this.set({ pool: poolName, state: 'waiting', ...db(r) }, pool.waitingCount)
-        }
-      },
-    })
-    const all = () =>
-      Promise.all([...resources].map(async (r) => ({ r, queues: await r.queues().catch(() => []) })))
-    new Gauge({
-      name: 'equilateral_queue_jobs',
-      help: 'Jobs per pg-boss queue and state: queued (created, incl. deferred), deferred (waiting for a start time, e.g. a retry backoff), active, failed (kept until deleted). As of the last pg-boss monitor pass.',
-      labelNames: ['queue', 'state', ...d],
-      registers: [this.registry],
-      async collect() {
-        const found = await all()
-        this.reset()
-        for (const { r, queues } of found) {
-          for (const q of queues) {
-            this.set({ queue: q.name, state: 'queued', ...db(r) }, q.queuedCount)
-            this.set({ queue: q.name, state: 'deferred', ...db(r) }, q.deferredCount)
-            this.set({ queue: q.name, state: 'active', ...db(r) }, q.activeCount)
-            this.set({ queue: q.name, state: 'failed', ...db(r) }, q.failedCount ?? 0)
-          }
-        }
-      },
-    })
-    new Gauge({
-      name: 'equilateral_queue_oldest_ready_job_age_seconds',
-      help: 'Age of the oldest job ready to run per queue (0 when none), as of the last pg-boss monitor pass: a queue nobody drains grows it.',
-      labelNames: ['queue', ...d],
-      registers: [this.registry],
-      async collect() {
-        const found = await all()
-        this.reset()
-        for (const { r, queues } of found) {
-          for (const q of queues) this.set({ queue: q.name, ...db(r) }, Number(q.readyOldestSeconds ?? 0))
-        }
-      },
-    })
   }
 
   /** The exposition text and its content type. */

@@ -228,15 +228,7 @@ export class TenantHandle {
    */
   async sendEvent(workflowId: string, event: EventDelivery): Promise<DeliveryResult> {
     requireUuid(workflowId, 'workflow id')
-    if (event === null || typeof event !== 'object') throw new InvalidInputError('an event must be an object')
-    return this.#deliver(workflowId, {
-      kind: 'event',
-      eventId: event.eventId,
-      name: event.name,
-      key: event.key ?? null,
-      payload: event.payload ?? null,
-      actor: event.actor ?? null,
-    })
+    return this.#deliver(workflowId, eventDelivery(event))
   }
 
   /**
@@ -246,28 +238,7 @@ export class TenantHandle {
    */
   async decide(workflowId: string, decision: ApprovalDecision): Promise<DeliveryResult> {
     requireUuid(workflowId, 'workflow id')
-    if (decision === null || typeof decision !== 'object')
-      throw new InvalidInputError('a decision must be an object')
-    if (typeof decision.approved !== 'boolean')
-      throw new InvalidInputError('approved must be true or false', '$.approved')
-    if (
-      decision.comment !== undefined &&
-      (typeof decision.comment !== 'string' || decision.comment.length > 2000)
-    )
-      throw new InvalidInputError('comment must be a string of at most 2000 characters', '$.comment')
-    if (typeof decision.approver !== 'string' || decision.approver.length === 0)
-      throw new InvalidInputError('approver must name who decides', '$.approver')
-    return this.#deliver(workflowId, {
-      kind: 'approval',
-      eventId: decision.eventId ?? decisionId(decision),
-      name: decision.name,
-      key: null,
-      payload: {
-        approved: decision.approved,
-        ...(decision.comment !== undefined ? { comment: decision.comment } : {}),
-      },
-      actor: decision.approver,
-    })
+    return this.#deliver(workflowId, decisionDelivery(decision))
   }
 
   /**
@@ -301,7 +272,7 @@ export class TenantHandle {
     return this.#tx((db) => deleteSchedule(db, this.id, id))
   }
 
-  async #deliver(workflowId: string, delivery: Parameters<typeof deliver>[3]): Promise<DeliveryResult> {
+  async #deliver(workflowId: string, delivery: Delivery): Promise<DeliveryResult> {
     const e = this.#engine
     const store = await e.storeOf(this.scope)
     const { outcome, ...result } = await deliver(
@@ -390,6 +361,47 @@ export class TenantHandle {
   async history(workflowId: string): Promise<AuditEntry[]> {
     requireUuid(workflowId, 'workflow id')
     return this.#tx((db) => readHistory(db, this.scope.tenantId, workflowId))
+  }
+}
+
+type Delivery = Parameters<typeof deliver>[3]
+
+/** An event as deliver() takes it; a value that is not an object is an InvalidInputError. */
+function eventDelivery(event: EventDelivery): Delivery {
+  if (event === null || typeof event !== 'object') throw new InvalidInputError('an event must be an object')
+  return {
+    kind: 'event',
+    eventId: event.eventId,
+    name: event.name,
+    key: event.key ?? null,
+    payload: event.payload ?? null,
+    actor: event.actor ?? null,
+  }
+}
+
+/** A decision as deliver() takes it, checked first (InvalidInputError naming the field). */
+function decisionDelivery(decision: ApprovalDecision): Delivery {
+  if (decision === null || typeof decision !== 'object')
+    throw new InvalidInputError('a decision must be an object')
+  if (typeof decision.approved !== 'boolean')
+    throw new InvalidInputError('approved must be true or false', '$.approved')
+  if (
+    decision.comment !== undefined &&
+    (typeof decision.comment !== 'string' || decision.comment.length > 2000)
+  )
+    throw new InvalidInputError('comment must be a string of at most 2000 characters', '$.comment')
+  if (typeof decision.approver !== 'string' || decision.approver.length === 0)
+    throw new InvalidInputError('approver must name who decides', '$.approver')
+  return {
+    kind: 'approval',
+    eventId: decision.eventId ?? decisionId(decision),
+    name: decision.name,
+    key: null,
+    payload: {
+      approved: decision.approved,
+      ...(decision.comment !== undefined ? { comment: decision.comment } : {}),
+    },
+    actor: decision.approver,
   }
 }
 
