@@ -11,7 +11,8 @@
 //   src/engine/tenant-handle.ts TenantHandle (and src/engine/read.ts, its read side)
 //   src/engine/end-waits.ts     callers awaiting a workflow's end (one LISTEN per database)
 //   src/engine/audit.ts, compliance.ts   seal/verify the audit trail; purge, erasure, re-encryption
-//   src/maintenance/            sweeper, scheduler, retention, on one runner (runner.ts)
+//   src/engine/budgets.ts       the budget pass, setting and removing a tenant's budget
+//   src/maintenance/            sweeper, scheduler, retention, on one runner (services.ts, runner.ts)
 // Size (just over 400 lines): the map of parts below and the public API's doc comments; the class
 // itself only wires and delegates.
 import type pg from 'pg'
@@ -32,6 +33,7 @@ import type { KeyRing } from './crypto/keyring.ts'
 import type { ReencryptOptions, ReencryptReport } from './crypto/reencrypt.ts'
 import type { Db, TenantScope } from './db/tx.ts'
 import { Audit } from './engine/audit.ts'
+import { Budgets } from './engine/budgets.ts'
 import { Compliance } from './engine/compliance.ts'
 import { connectionCounts, Connections } from './engine/connections.ts'
 import { type EngineContext, engineContext } from './engine/context.ts'
@@ -47,14 +49,11 @@ import { Workers } from './engine/workers.ts'
 import type { DeadWorkers } from './flow/liveness.ts'
 import type { SweepReport } from './flow/sweep.ts'
 import type { WorkerHooks } from './flow/worker.ts'
-import { type FleetService, type TaskWorker, TenantFleet } from './fleet.ts'
+import { type TaskWorker, TenantFleet } from './fleet.ts'
 import { createLogger } from './log.ts'
 import type { BudgetPeriod, BudgetSpec, BudgetView } from './usage/budgets.ts'
-import { budgetPasses, deleteTenantBudget, setTenantBudget, type UsageDeps } from './usage/service.ts'
-import { Runner } from './maintenance/runner.ts'
-import { Retention } from './maintenance/retention.ts'
-import { Scheduler } from './maintenance/scheduler.ts'
-import { Sweeper } from './maintenance/sweeper.ts'
+import type { budgetPasses } from './usage/service.ts'
+import { Maintenance } from './maintenance/services.ts'
 import type { Metrics } from './metrics.ts'
 import type { ScheduleReport } from './schedule/scheduler.ts'
 import type { MoveOptions, MoveReport } from './tenancy/move.ts'
@@ -88,6 +87,8 @@ export class Engine {
   readonly servers: Servers
   /** Where each tenant's transactions run: the control database, or the tenant's own. */
   readonly stores: Stores
+  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted), with this engine's data keys. */
+  readonly keyRing: KeyRing
   readonly #ctx: EngineContext
   readonly #connections: Connections
   readonly #health: Health
@@ -97,17 +98,15 @@ export class Engine {
   readonly #ends: EndWaits
   readonly #audit: Audit
   readonly #compliance: Compliance
-  readonly #runner: Runner
-  readonly #sweeper: Sweeper
-  readonly #scheduler: Scheduler
-  readonly #retention: Retention
+  readonly #maintenance: Maintenance
+  readonly #budgets: Budgets
   /** database-per-tenant: the tenant databases this process serves (see startWorker). */
-  #fleet: TenantFleet | null = null
+  readonly #fleet: TenantFleet
   #closing = false
 
   constructor(options: EngineOptions) {
     this.config = Object.freeze({ ...loadConfig(), ...options.config })
-    this.#keyRing = keyRingOf(this.config)
+    this.keyRing = keyRingOf(this.config)
     this.log = options.log ?? createLogger(this.config.logLevel)
     const warn = (details: object, error: unknown, msg: string) => this.#health.warn(details, error, msg)
     const connections = (this.#connections = new Connections(options, this.config, warn))
@@ -123,10 +122,17 @@ export class Engine {
     this.metrics = control.metrics
     this.stores = control.stores
     connections.useStores(this.stores)
+    this.#fleet = new TenantFleet({
+      stores: this.stores,
+      directory: this.tenants,
+      selection: this.config.workerTenants,
+      refreshMs: this.config.tenantRefreshMs,
+      log: this.log,
+    })
     this.#ctx = engineContext(this, {
       closing: () => this.#closing,
       warn,
-      serve: (service) => this.#serve(service),
+      serve: (service) => this.#fleet.add(service),
     })
     this.#health = new Health({
       pool: this.pool,
@@ -149,15 +155,13 @@ export class Engine {
     )
     this.#audit = new Audit(this.#ctx)
     this.#compliance = new Compliance(this.#ctx, connections)
-    this.#runner = new Runner(this.#ctx)
-    this.#sweeper = new Sweeper(
-      this.#ctx,
-      this.#runner,
-      (o, scopes) => this.sealAudit(o, scopes),
-      (scopes) => this.budgetPass({ scopes }),
-    )
-    this.#scheduler = new Scheduler(this.#ctx, this.#runner, this.#registry)
-    this.#retention = new Retention(this.#ctx, this.#runner, connections)
+    this.#budgets = new Budgets(this.#ctx)
+    this.#maintenance = new Maintenance(this.#ctx, {
+      registry: this.#registry,
+      connections,
+      seal: (o, scopes) => this.sealAudit(o, scopes),
+      budgetPass: (scopes) => this.budgetPass({ scopes }),
+    })
     for (const a of options.agents ?? []) this.#registry.registerAgent(a)
     for (const w of options.workflows ?? []) this.registerWorkflow(w)
   }
@@ -170,13 +174,6 @@ export class Engine {
   get limits(): JsonLimits {
     return { maxBytes: this.config.maxPayloadBytes, maxDepth: 64 }
   }
-
-  /** The keys payloads are encrypted under at rest (KeyRing.none: unencrypted), with this engine's data keys. */
-  get keyRing(): KeyRing {
-    return this.#keyRing
-  }
-
-  readonly #keyRing: KeyRing
 
   /** Registers a workflow type's version (see Registry.registerWorkflow, src/engine/registry.ts). */
   registerWorkflow(def: WorkflowDefinition<any>): void {
@@ -269,21 +266,9 @@ export class Engine {
     return this.#compliance.reencrypt(options)
   }
 
-  /** Runs a service on every tenant database this process serves (database-per-tenant). */
-  async #serve(service: FleetService): Promise<void> {
-    this.#fleet ??= new TenantFleet({
-      stores: this.stores,
-      directory: this.tenants,
-      selection: this.config.workerTenants,
-      refreshMs: this.config.tenantRefreshMs,
-      log: this.log,
-    })
-    await this.#fleet.add(service)
-  }
-
   /** database-per-tenant: reads the directory now instead of at the next TENANT_REFRESH_MS. */
   async refreshTenants(): Promise<void> {
-    await this.#fleet?.refresh()
+    await this.#fleet.refresh()
   }
 
   /** A handle on one active tenant, by id (for trusted backend code) ... */
@@ -331,52 +316,48 @@ export class Engine {
     options: { staleAfterMs?: number; deadWorkers?: DeadWorkers | null } = {},
     scopes: Scopes = this.tenants.active(),
   ): Promise<SweepReport> {
-    return this.#sweeper.sweep(options, scopes)
+    return this.#maintenance.sweeper.sweep(options, scopes)
   }
   startSweeper(): Promise<void> {
-    return this.#sweeper.start()
+    return this.#maintenance.sweeper.start()
   }
   get scheduleGraceMs(): number {
-    return this.#scheduler.graceMs
+    return this.#maintenance.scheduler.graceMs
   }
   runSchedules(
     options: { now?: Date } = {},
     scopes: Scopes = this.tenants.active(),
   ): Promise<ScheduleReport> {
-    return this.#scheduler.run(options, scopes)
+    return this.#maintenance.scheduler.run(options, scopes)
   }
   startScheduler(): Promise<void> {
-    return this.#scheduler.start()
+    return this.#maintenance.scheduler.start()
   }
   startRetention(cron = '17 * * * *'): Promise<boolean> {
-    return this.#retention.start(cron)
+    return this.#maintenance.retention.start(cron)
   }
 
   // Usage budgets (src/usage/, docs/usage-and-budgets.md).
   /** The budget pass (rolls ended periods by `clock`, default the database's; releases held tasks). */
   budgetPass(options: { clock?: Date; scopes?: Scopes } = {}): ReturnType<typeof budgetPasses> {
-    return budgetPasses(this.#usageDeps, options.scopes ?? this.tenants.active(), options.clock)
+    return this.#budgets.pass(options)
   }
   /** Sets (creates or changes) a tenant's budget, audited with `actor`. */
-  async setBudget(
+  setBudget(
     tenantId: string,
     spec: BudgetSpec,
     options: { actor?: string; clock?: Date } = {},
   ): Promise<BudgetView & { released: number }> {
-    return setTenantBudget(this.#usageDeps, await this.tenants.require(tenantId), spec, options)
+    return this.#budgets.set(tenantId, spec, options)
   }
   /** Removes a tenant's budget (audited); its held tasks are released if no hard budget is exhausted. */
-  async deleteBudget(
+  deleteBudget(
     tenantId: string,
     dimension: string,
     period: BudgetPeriod,
     options: { actor?: string } = {},
   ): Promise<{ deleted: boolean; released: number }> {
-    const scope = await this.tenants.require(tenantId)
-    return deleteTenantBudget(this.#usageDeps, scope, dimension, period, options)
-  }
-  get #usageDeps(): UsageDeps {
-    return { storeOf: (scope) => this.stores.of(scope), metrics: this.metrics }
+    return this.#budgets.delete(tenantId, dimension, period, options)
   }
 
   /** Whether this process can serve: the database answers and has every migration this build ships. */
@@ -388,9 +369,9 @@ export class Engine {
   async close(): Promise<void> {
     this.#closing = true
     this.#health.close()
-    await this.#runner.stop()
+    await this.#maintenance.stop()
     await this.#ends.close()
-    await this.#fleet?.stop()
+    await this.#fleet.stop()
     await this.#workers.stop()
     await this.#workers.close()
     await this.stores.closeAll()

@@ -60,8 +60,12 @@ export class TenantFleet {
     }
   }
 
-  /** Reads the directory once and starts or stops serving tenants to match it. */
+  /**
+   * Reads the directory once and starts or stops serving tenants to match it; nothing to do before
+   * the first service is added (no database is opened for nothing).
+   */
   refresh(): Promise<void> {
+    if (this.#services.length === 0) return Promise.resolve()
     this.#refreshing ??= this.#refresh().finally(() => {
       this.#refreshing = null
     })

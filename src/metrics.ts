@@ -180,10 +180,7 @@ export class Metrics {
   }
 
   /** A tenant's budgets reached in their current period (the alert gauge's source). */
-  budgetsObserved(
-    tenant: string,
-    exceeded: readonly ExceededBudget[],
-  ): void {
+  budgetsObserved(tenant: string, exceeded: readonly ExceededBudget[]): void {
     if (exceeded.length === 0) this.#budgetsExceeded.delete(tenant)
     else this.#budgetsExceeded.set(tenant, [...exceeded])
   }

@@ -33,6 +33,7 @@
 // described above. The member rows, reads of the members' workflows and the summary are in
 // enterprise-members.ts.
 import { randomUUID } from 'node:crypto'
+import type pg from 'pg'
 import { isUuid, UUID } from '../core/ids.ts'
 import { assertStorableJson, canonicalJson, type Json } from '../core/json.ts'
 import { taskData } from '../core/plan.ts'
@@ -219,46 +220,9 @@ export class EnterpriseOrchestrator {
     }))
     await this.#ensureQueue()
 
-    const created = await withTransaction(this.#engine.pool, async (client) => {
-      const inserted = await client.query(
-        `INSERT INTO ${RUNS} (id, workflow_type, status, mac) VALUES ($1, $2, 'running', $3) ON CONFLICT (id) DO NOTHING`,
-        [runId, workflowType, runMac],
-      )
-      const payload = JSON.stringify(rows)
-      if (inserted.rowCount === 0) {
-        // Started before with this id: the same run again is fine, a different one is not.
-        const { rows: same } = await client.query(
-          `SELECT r.workflow_type,
-             (SELECT count(*)::int FROM ${MEMBERS} e WHERE e.run_id = r.id) AS members,
-             (SELECT count(*)::int FROM ${MEMBERS} e
-                JOIN jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb)
-                  ON m.tenant_id = e.tenant_id AND m.input IS NOT DISTINCT FROM e.input
-              WHERE e.run_id = r.id) AS matching
-           FROM ${RUNS} r WHERE r.id = $1`,
-          [runId, payload],
-        )
-        const r = same[0]
-        if (
-          !r ||
-          r.workflow_type !== workflowType ||
-          r.members !== rows.length ||
-          r.matching !== rows.length
-        ) {
-          throw new EnterpriseRunConflictError(runId)
-        }
-        return false
-      }
-      await client.query(
-        `INSERT INTO ${MEMBERS} (run_id, tenant_id, input, status, mac)
-         SELECT $1, m.tenant_id, m.input, 'starting', m.mac
-         FROM jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb, mac text)`,
-        [runId, JSON.stringify(signed)],
-      )
-      // The first consolidation pass commits with the run: from here on, a crash of this process
-      // leaves a job that finishes what this call started.
-      await this.#scheduleCheck(runId, clientDb(client))
-      return true
-    })
+    const created = await withTransaction(this.#engine.pool, (client) =>
+      writeRun(client, { runId, workflowType, runMac, rows, signed }, (db) => this.#scheduleCheck(runId, db)),
+    )
 
     const pending = (await this.#runMembers.records(runId)).filter((m) => m.status === 'starting')
     await eachLimit(pending, this.#concurrency, async (m) => {
@@ -522,6 +486,59 @@ async function assertSigned(engine: Engine, runId: string, workflowType: string)
   if (!r || !engine.keyRing.verify('enterprise.run', runSigned(runId, workflowType, r.tenants), r.mac)) {
     throw new EnterpriseRunForgedError(runId)
   }
+}
+
+/**
+ * Writes a run, its members ('starting') and its first consolidation job (`scheduleCheck`) in the
+ * caller's transaction; false when a run with this id exists already and is the same run,
+ * EnterpriseRunConflictError when it is a different one.
+ */
+async function writeRun(
+  client: pg.PoolClient,
+  run: {
+    runId: string
+    workflowType: string
+    /** Null without ENCRYPTION_KEYS: nothing to sign with (see the top of this file). */
+    runMac: string | null
+    rows: readonly { tenant_id: string; input: Json }[]
+    signed: readonly { tenant_id: string; input: Json; mac: string | null }[]
+  },
+  scheduleCheck: (db: Db) => Promise<void>,
+): Promise<boolean> {
+  const { runId, workflowType, runMac, rows, signed } = run
+  const inserted = await client.query(
+    `INSERT INTO ${RUNS} (id, workflow_type, status, mac) VALUES ($1, $2, 'running', $3) ON CONFLICT (id) DO NOTHING`,
+    [runId, workflowType, runMac],
+  )
+  const payload = JSON.stringify(rows)
+  if (inserted.rowCount === 0) {
+    // Started before with this id: the same run again is fine, a different one is not.
+    const { rows: same } = await client.query(
+      `SELECT r.workflow_type,
+         (SELECT count(*)::int FROM ${MEMBERS} e WHERE e.run_id = r.id) AS members,
+         (SELECT count(*)::int FROM ${MEMBERS} e
+            JOIN jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb)
+              ON m.tenant_id = e.tenant_id AND m.input IS NOT DISTINCT FROM e.input
+          WHERE e.run_id = r.id) AS matching
+       FROM ${RUNS} r WHERE r.id = $1`,
+      [runId, payload],
+    )
+    const r = same[0]
+    if (!r || r.workflow_type !== workflowType || r.members !== rows.length || r.matching !== rows.length) {
+      throw new EnterpriseRunConflictError(runId)
+    }
+    return false
+  }
+  await client.query(
+    `INSERT INTO ${MEMBERS} (run_id, tenant_id, input, status, mac)
+     SELECT $1, m.tenant_id, m.input, 'starting', m.mac
+     FROM jsonb_to_recordset($2::jsonb) AS m(tenant_id text, input jsonb, mac text)`,
+    [runId, JSON.stringify(signed)],
+  )
+  // The first consolidation pass commits with the run: from here on, a crash of this process
+  // leaves a job that finishes what this call started.
+  await scheduleCheck(clientDb(client))
+  return true
 }
 
 /** What start() refuses for the whole run, checked before anything is written; the rows to insert. */
