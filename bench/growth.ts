@@ -422,7 +422,7 @@ export async function preloadHistory(opts: PreloadOptions): Promise<PreloadRepor
 
 const secondsSince = (t: number) => Math.round((performance.now() - t) / 100) / 10
 
-// The engine's sealer (src/audit/seal.ts sealTenant) hashes in Node, 1,000 rows a block, about 35 ms
+// The engine's sealer (src/audit/seal.ts sealTenantTx) hashes in Node, 1,000 rows a block, about 35 ms
 // a block here: some 2.5 minutes for the audit rows of 1M tasks, twice this. This is the same
 // computation in the server, a chunk of rows per transaction: the same advisory lock, the same horizon, rows in
 // (txid, id) order after the last sealed one, and the same hashes:

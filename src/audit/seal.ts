@@ -130,7 +130,7 @@ export function blockHash(prevHash: string, blockNo: string, firstSeq: string, r
  * it); a sealer that finds it held seals nothing and leaves the tenant to the holder, or to its next
  * pass, instead of waiting (the holder may be a frozen process).
  */
-export async function sealTenant(db: Db, tenantId: string, maxRows = 1000): Promise<SealReport> {
+export async function sealTenantTx(db: Db, tenantId: string, maxRows = 1000): Promise<SealReport> {
   const turn = await db.executeSql(
     `SELECT pg_try_advisory_xact_lock(hashtextextended('equilateral.seal:' || $1, 0)) AS ok`,
     [tenantId],

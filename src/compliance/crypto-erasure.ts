@@ -15,7 +15,7 @@ import { randomUUID } from 'node:crypto'
 import { subjectHash } from '../crypto/data-keys.ts'
 import { InvalidInputError } from '../errors.ts'
 import { cancelRunning, type Deps } from './erasure.ts'
-import { ERASURE_ACTOR, maintenanceTx, ownerTenant, recordComplianceEvent } from './owner.ts'
+import { ERASURE_ACTOR, maintenanceTx, ownerTenant, recordComplianceEventTx } from './owner.ts'
 
 export interface CryptoErasureReport {
   tenantId: string
@@ -77,7 +77,7 @@ export async function cryptoErase(
       hash,
     ])
     const keys = (rows[0]?.n as number | undefined) ?? 0
-    const events = await recordComplianceEvent(db, t, ERASURE_ACTOR, 'deletion', {
+    const events = await recordComplianceEventTx(db, t, ERASURE_ACTOR, 'deletion', {
       erasure: report.erasureId,
       scope: report.scope,
       crypto: true,

@@ -23,7 +23,7 @@ import { APP_SCHEMA } from '../db/names.ts'
 import { type Db, type TenantScope, withTenantTx } from '../db/tx.ts'
 import { InvalidInputError } from '../errors.ts'
 import { cancelWorkflow } from '../flow/cancel.ts'
-import { ERASURE_ACTOR, maintenanceTx, ownerTenant, recordComplianceEvent } from './owner.ts'
+import { ERASURE_ACTOR, maintenanceTx, ownerTenant, recordComplianceEventTx } from './owner.ts'
 
 export interface ErasureReport {
   tenantId: string
@@ -157,7 +157,7 @@ function add(report: ErasureReport, row: Record<string, unknown>): number {
 
 async function recordDeletion(db: Db, report: ErasureReport, extra: Record<string, unknown>): Promise<void> {
   const { tenantId, erasureId, scope, cancelled, workflows, tasks, auditRows, enterpriseMembers } = report
-  report.events = await recordComplianceEvent(db, tenantId, ERASURE_ACTOR, 'deletion', {
+  report.events = await recordComplianceEventTx(db, tenantId, ERASURE_ACTOR, 'deletion', {
     erasure: erasureId,
     scope,
     ...extra,

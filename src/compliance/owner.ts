@@ -59,11 +59,12 @@ export function maintenanceTx<T>(
 }
 
 /**
- * Records an event the engine writes itself (purge, deletion): one per regime that applies to the
- * tenant, with that regime's retention; under GDPR, kept, when none applies (erasure and storage
- * limitation are GDPR notions, and the record of them must exist whatever the profile says).
+ * Records an event the engine writes itself (purge, deletion), in the caller's transaction: one per
+ * regime that applies to the tenant, with that regime's retention; under GDPR, kept, when none
+ * applies (erasure and storage limitation are GDPR notions, and the record of them must exist
+ * whatever the profile says).
  */
-export async function recordComplianceEvent(
+export async function recordComplianceEventTx(
   db: Db,
   tenantId: string,
   actor: string,

@@ -19,7 +19,7 @@ import { isTransient } from '../db/errors.ts'
 import { scopeOfRow } from '../tenancy/tenants.ts'
 import {
   maintenanceTx,
-  recordComplianceEvent,
+  recordComplianceEventTx,
   RETENTION_ACTOR,
   TENANT_COLUMNS,
   type TenantRow,
@@ -95,7 +95,7 @@ export async function purgeTenant(
         const c: PurgeCounts = { ...EMPTY, ...(rows[0] as Partial<PurgeCounts>) }
         const more = c.workflows === limit || c.complianceEvents === limit || c.auditBlocks === limit
         if (Object.values(c).some((n) => n > 0)) {
-          await recordComplianceEvent(db, t, RETENTION_ACTOR, 'purge', {
+          await recordComplianceEventTx(db, t, RETENTION_ACTOR, 'purge', {
             run: runId,
             ...c,
             ...(dataDays !== undefined ? { dataRetentionDays: dataDays } : {}),

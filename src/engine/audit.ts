@@ -1,7 +1,7 @@
 // The audit trail's integrity, over every active tenant: sealing new rows into each tenant's hash
 // chain, signed checkpoints of the chain heads, and verification (src/audit/).
 import { type AuditCheckpoint, type ChainHead, chainHead, signCheckpoint } from '../audit/checkpoint.ts'
-import { type SealReport, sealTenant, type VerifyReport, verifyTenant } from '../audit/seal.ts'
+import { type SealReport, sealTenantTx, type VerifyReport, verifyTenant } from '../audit/seal.ts'
 import { auditRetentionDays as auditRetentionOf, parseComplianceProfile } from '../compliance/profile.ts'
 import { APP_SCHEMA } from '../db/names.ts'
 import { isTimedOut, type TenantScope, withTenantTx, withTimeouts } from '../db/tx.ts'
@@ -29,7 +29,7 @@ export class Audit {
       // Bounded per run, so a tenant that writes without pause cannot hold the sealer.
       for (let blocks = 0; blocks < 20; blocks++) {
         const r = await withTimeouts(this.#ctx.timeouts)(pool, scope, (db) =>
-          sealTenant(db, scope.tenantId, options.maxRowsPerBlock),
+          sealTenantTx(db, scope.tenantId, options.maxRowsPerBlock),
         ).catch((error: unknown) => {
           if (isTimedOut(error)) return { blocks: 0, rows: 0 }
           throw error

@@ -27,9 +27,9 @@ import { type RetryResult, retryWorkflow } from '../flow/retry.ts'
 import { type StartOptions, type StartResult, startWorkflow } from '../flow/start.ts'
 import { type ApprovalDecision, deliver, type DeliveryResult, type EventDelivery } from '../flow/waits.ts'
 import {
-  deleteSchedule,
+  deleteScheduleTx,
   listSchedules,
-  putSchedule,
+  putScheduleTx,
   type ScheduleSpec,
   type ScheduleView,
 } from '../schedule/schedules.ts'
@@ -250,7 +250,7 @@ export class TenantHandle {
     const e = this.#engine
     await e.keyRing.prepare((await e.storeOf(this.scope)).pool, this.scope)
     return this.#tx((db) =>
-      putSchedule(
+      putScheduleTx(
         db,
         { keyRing: e.keyRing, limits: e.limits, workflow: (type) => e.workflow(type) },
         this.id,
@@ -269,7 +269,7 @@ export class TenantHandle {
 
   /** Deletes a cron schedule (workflows it started are not touched); NotFoundError if there is none. */
   async deleteSchedule(id: string): Promise<void> {
-    return this.#tx((db) => deleteSchedule(db, this.id, id))
+    return this.#tx((db) => deleteScheduleTx(db, this.id, id))
   }
 
   async #deliver(workflowId: string, delivery: Delivery): Promise<DeliveryResult> {

@@ -7,7 +7,7 @@ import { assertStorableJson } from '../core/json.ts'
 import type { WorkflowStatus } from '../core/task-state.ts'
 import { type TenantScope, withTenantTx } from '../db/tx.ts'
 import { NotFoundError } from '../errors.ts'
-import { notifyProgress } from './progress.ts'
+import { notifyProgressTx } from './progress.ts'
 import { CANCEL_CHANNEL, ENDED_CHANNEL } from './channels.ts'
 
 const CANCEL = `
@@ -87,7 +87,7 @@ export async function cancelWorkflow(
       if (!status) throw new NotFoundError(`workflow ${workflowId}`)
       return { result: { cancelled: false, status, tasksCancelled: 0 }, ended: null }
     }
-    await notifyProgress(db, scope.tenantId, [workflowId])
+    await notifyProgressTx(db, scope.tenantId, [workflowId])
     const tasks = rows.filter((r) => r.kind === 'task')
     const queued = tasks.filter((r) => r.job_id && r.status !== 'pending')
     for (const [queue, list] of Map.groupBy(queued, (r) => r.queue as string)) {

@@ -15,7 +15,7 @@ import { failpoint } from '../failpoints.ts'
 import type { JobRow } from '../queue/boss.ts'
 import { insertJobsCte } from '../queue/direct.ts'
 import { READY_CHANNEL } from './channels.ts'
-import { holdTasks } from '../usage/holds.ts'
+import { holdTasksTx } from '../usage/holds.ts'
 import { NOT_BUDGET_HELD } from '../usage/sql.ts'
 import type { ClaimedTask, FetchedJob, LocalCandidate } from './claimed.ts'
 import { handleUnservedTx, type UnservedOutcome, type UnservedTask } from './unserved.ts'
@@ -161,7 +161,7 @@ export async function claimTasks(
       }
     }
     // Tasks not claimed because the tenant's hard budget is exhausted wait without a job.
-    if (dropped.length > 0) await holdTasks(db, scope, dropped)
+    if (dropped.length > 0) await holdTasksTx({ db, scope }, dropped)
     const byQueue = Map.groupBy(dropped, (j) => j.queue)
     for (const [queue, list] of byQueue) {
       await deps.boss.complete(

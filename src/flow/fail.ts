@@ -8,10 +8,10 @@ import { type AttemptState, canRetry, retryDelayMs } from '../core/retry.ts'
 import { executeNamed, type TenantScope, type TenantTx, withTenantTx } from '../db/tx.ts'
 import { DEAD_LETTER_QUEUE, insertJobsTx } from '../queue/boss.ts'
 import { ENDED_CHANNEL } from './channels.ts'
-import { notifyProgress } from './progress.ts'
+import { notifyProgressTx } from './progress.ts'
 import { failpoint } from '../failpoints.ts'
 import type { Usage } from '../usage/meter.ts'
-import { recordFailedUsage } from '../usage/sql.ts'
+import { recordFailedUsageTx } from '../usage/sql.ts'
 
 /** The attempt that failed, with the counters and limits read when it was claimed (or swept). */
 export interface AttemptFailure extends AttemptState {
@@ -167,9 +167,9 @@ export async function failAttemptTx(
   ])
   const row = rows[0]
   if (!row) return { kind: 'lease_lost' }
-  if (f.usage) await recordFailedUsage(db, scope, { ...f, usage: f.usage })
+  if (f.usage) await recordFailedUsageTx(tx, { ...f, usage: f.usage })
   // A live console shows the failed attempt (off the hot path: failures only).
-  await notifyProgress(db, scope.tenantId, [f.workflowId])
+  await notifyProgressTx(db, scope.tenantId, [f.workflowId])
   const retry = row.status === 'queued'
   if (f.job) {
     const { jobId, retryCount } = f.job

@@ -1,7 +1,7 @@
 // Progress notifications for the web console's live view (src/web/live.ts). The statement that
 // changes tasks adds PROGRESS_CTE, which notifies PROGRESS_CHANNEL once, and only while a console
 // watches the tenant (an unexpired console_watchers row: one primary-key probe otherwise).
-// Paths off the hot path (an attempt's failure, a cancel) call notifyProgress after their statement.
+// Paths off the hot path (an attempt's failure, a cancel) call notifyProgressTx after their statement.
 import type { Db } from '../db/tx.ts'
 import { PROGRESS_CHANNEL } from './channels.ts'
 
@@ -25,7 +25,7 @@ export function progressCte(name: string, ids: string, tenant = '$1'): string {
 }
 
 /** Notifies the progress of `workflowIds` in the caller's transaction, if a console watches. */
-export async function notifyProgress(
+export async function notifyProgressTx(
   db: Db,
   tenantId: string,
   workflowIds: readonly string[],

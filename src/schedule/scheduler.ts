@@ -14,7 +14,7 @@ import type { PgBoss } from 'pg-boss'
 import type { WorkflowDefinition } from '../core/definition.ts'
 import type { JsonLimits } from '../core/json.ts'
 import type { KeyRing } from '../crypto/keyring.ts'
-import { type Db, isTimedOut, type TenantScope, type TxTimeouts, withTimeouts } from '../db/tx.ts'
+import { isTimedOut, type TenantScope, type TenantTx, type TxTimeouts, withTimeouts } from '../db/tx.ts'
 import { isTransient } from '../db/errors.ts'
 import { startWorkflow, type StartDeps } from '../flow/start.ts'
 import { APP_SCHEMA } from '../db/names.ts'
@@ -168,13 +168,12 @@ UNION ALL
 SELECT false, id, workflow_type, NULL, NULL, NULL, NULL, next_slot, now FROM unknown`
 
 /**
- * Handles, in the tenant transaction `db`, up to `batchSize` of the tenant's due schedules. Returns
- * what it did; `full` says the batch was full (more schedules may be due).
+ * Handles, in the caller's tenant transaction `tx`, up to `batchSize` of the tenant's due
+ * schedules. Returns what it did; `full` says the batch was full (more schedules may be due).
  */
-export async function tickTenant(
-  db: Db,
+export async function tickTenantTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   deps: TickDeps,
-  scope: TenantScope,
   options: TickOptions,
   /**
    * Schedules whose start failed earlier in this pass: not selected again (they keep their slot
@@ -296,7 +295,7 @@ export async function runSchedules(
       const failed = new Set<string>()
       for (let batch = 0; batch < (options.maxBatches ?? 10); batch++) {
         const { full, ...tick } = await withTimeouts(options.timeouts)(pool, scope, (db) =>
-          tickTenant(db, tickDeps, scope, options, failed),
+          tickTenantTx({ db, scope }, tickDeps, options, failed),
         )
         // The same due schedules of unknown types would be listed again by every batch.
         addTick(report, batch === 0 ? tick : { ...tick, unknownTypes: [] })

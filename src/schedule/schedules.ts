@@ -115,11 +115,12 @@ async function check(deps: PutDeps, tenantId: string, spec: ScheduleSpec): Promi
 const COLUMNS = `id, workflow_type, cron, timezone, input, missed, enabled, last_slot, next_slot, created_at, updated_at`
 
 /**
- * Creates or replaces a schedule. A replacement that keeps the cron expression and time zone of an
- * enabled schedule keeps its next slot, so declaring the same schedules at every deploy loses no
- * slot that is due but not yet handled; otherwise the next slot is the first after now (database clock).
+ * Creates or replaces a schedule, in the caller's transaction. A replacement that keeps the cron
+ * expression and time zone of an enabled schedule keeps its next slot, so declaring the same
+ * schedules at every deploy loses no slot that is due but not yet handled; otherwise the next slot
+ * is the first after now (database clock).
  */
-export async function putSchedule(
+export async function putScheduleTx(
   db: Db,
   deps: PutDeps,
   tenantId: string,
@@ -163,8 +164,11 @@ export async function listSchedules(db: Db, keyRing: KeyRing, tenantId: string):
   return rows.map((r) => view(keyRing, tenantId, r))
 }
 
-/** Deletes a schedule; NotFoundError when the tenant has none of that id. */
-export async function deleteSchedule(db: Db, tenantId: string, id: string): Promise<void> {
+/**
+ * Deletes a schedule, in the caller's transaction; NotFoundError when the tenant has none of that
+ * id.
+ */
+export async function deleteScheduleTx(db: Db, tenantId: string, id: string): Promise<void> {
   requireScheduleId(id)
   const { rows } = await db.executeSql(
     'DELETE FROM workflow_schedules WHERE tenant_id = $1 AND id = $2 RETURNING id',

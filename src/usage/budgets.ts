@@ -1,6 +1,6 @@
 // Budgets per tenant, dimension and period (day or month, UTC), and usage read back. A budget's
 // current period is stored (period_start): the completion's trigger (drizzle/tenant/0019) sums
-// usage since then, and only the budget pass (rollBudgets) moves it, with the clock it is given
+// usage since then, and only the budget pass (budgetPassTx) moves it, with the clock it is given
 // (the database's by default; a fixed date in tests). So what a period holds never depends on the
 // moment a statement runs, and a test never depends on the time of day.
 //
@@ -8,10 +8,9 @@
 // or removed, or its period rolls. Soft budget reached: an audit row, and the alert gauge
 // equilateral_budgets_exceeded the budget pass keeps. Setting, raising, lowering, removing,
 // reaching and rolling a budget are audited in usage_budget_audit, in the transaction that does it.
-import type { PgBoss } from 'pg-boss'
-import type { Db, TenantScope } from '../db/tx.ts'
+import type { Db, TenantScope, TenantTx } from '../db/tx.ts'
 import { InvalidInputError } from '../errors.ts'
-import { releaseHolds } from './holds.ts'
+import { releaseHoldsTx } from './holds.ts'
 
 export const BUDGET_PERIODS = ['day', 'month'] as const
 export type BudgetPeriod = (typeof BUDGET_PERIODS)[number]
@@ -170,16 +169,15 @@ audit AS (
 SELECT 1`
 
 /**
- * Sets (creates or changes) a budget, audited with its actor; releases the tenant's held tasks if
- * no hard budget is exhausted afterwards. Returns the budget as it is now.
+ * Sets (creates or changes) a budget, audited with its actor, in the caller's transaction; releases
+ * the tenant's held tasks if no hard budget is exhausted afterwards. Returns the budget as it is now.
  */
-export async function setBudget(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+export async function setBudgetTx(
+  tx: TenantTx,
   spec: BudgetSpec,
   options: { actor?: string; clock?: Date } = {},
 ): Promise<BudgetView & { released: number }> {
+  const { db, scope } = tx
   const s = checkBudgetSpec(spec)
   await db.executeSql(SET_BUDGET, [
     scope.tenantId,
@@ -190,7 +188,7 @@ export async function setBudget(
     options.actor ?? null,
     options.clock?.toISOString() ?? null,
   ])
-  const released = await releaseHolds(boss, db, scope, 'budget available')
+  const released = await releaseHoldsTx(tx, 'budget available')
   const view = (await listBudgets(db, scope)).find(
     (b) => b.dimension === s.dimension && b.period === s.period,
   )
@@ -205,15 +203,17 @@ WITH d AS (
 INSERT INTO usage_budget_audit (tenant_id, dimension, period, action, data, actor)
 SELECT $1, d.dimension, d.period, 'budget_removed', jsonb_build_object('budget', d.budget, 'hard', d.hard), $4 FROM d`
 
-/** Removes a budget (audited); false if there was none. Releases held tasks as setBudget does. */
-export async function deleteBudget(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
+/**
+ * Removes a budget (audited), in the caller's transaction; false if there was none. Releases held
+ * tasks as setBudgetTx does.
+ */
+export async function deleteBudgetTx(
+  tx: TenantTx,
   dimension: string,
   period: BudgetPeriod,
   options: { actor?: string } = {},
 ): Promise<{ deleted: boolean; released: number }> {
+  const { db, scope } = tx
   const r = (await db.executeSql(DELETE_BUDGET, [
     scope.tenantId,
     dimension,
@@ -222,7 +222,7 @@ export async function deleteBudget(
   ])) as {
     rowCount?: number | null
   }
-  const released = await releaseHolds(boss, db, scope, 'budget available')
+  const released = await releaseHoldsTx(tx, 'budget available')
   return { deleted: (r.rowCount ?? 0) > 0, released }
 }
 
@@ -262,22 +262,18 @@ SELECT $1, r.dimension, r.period, CASE WHEN r.hard THEN 'budget_exhausted' ELSE 
 FROM reached r`
 
 /**
- * The budget pass over one tenant (run with the sweeper, or by hand with a clock): rolls the
- * budgets whose period ended by `clock` (default: the database's now()) into the period `clock` is
- * in, marks budgets reached that nothing had marked, and releases held tasks when no hard budget is
- * exhausted any more.
+ * The budget pass over one tenant, in the caller's transaction (run with the sweeper, or by hand
+ * with a clock): rolls the budgets whose period ended by `clock` (default: the database's now())
+ * into the period `clock` is in, marks budgets reached that nothing had marked, and releases held
+ * tasks when no hard budget is exhausted any more.
  */
-export async function budgetPass(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
-  clock?: Date,
-): Promise<BudgetPassReport> {
+export async function budgetPassTx(tx: TenantTx, clock?: Date): Promise<BudgetPassReport> {
+  const { db, scope } = tx
   const rolled = (await db.executeSql(ROLL, [scope.tenantId, clock?.toISOString() ?? null])) as {
     rowCount?: number | null
   }
   const reached = (await db.executeSql(REACHED, [scope.tenantId])) as { rowCount?: number | null }
-  const released = await releaseHolds(boss, db, scope, 'budget period rolled')
+  const released = await releaseHoldsTx(tx, 'budget period rolled')
   const { rows } = await db.executeSql(
     `SELECT dimension, period, hard FROM usage_budgets WHERE tenant_id = $1 AND exceeded_at IS NOT NULL`,
     [scope.tenantId],

@@ -1,14 +1,13 @@
 // Hard budgets hold a tenant's tasks. The completion whose usage reaches a hard budget marks it
 // exhausted (the trigger of drizzle/tenant/0019), in its own transaction; from then on the claim
-// (src/flow/claim.ts CLAIM, LOCAL_CLAIM) takes none of the tenant's tasks, and holdTasks, in the
+// (src/flow/claim.ts CLAIM, LOCAL_CLAIM) takes none of the tenant's tasks, and holdTasksTx, in the
 // claim's transaction, marks the fetched ones held: still `queued`, with hold_reason
 // 'budget_exhausted' and no job (the fetched job is completed as dropped; the sweeper passes held
-// tasks over). Tasks already running finish, and their usage counts. releaseHolds queues them all
+// tasks over). Tasks already running finish, and their usage counts. releaseHoldsTx queues them all
 // again, with a new attempt and job, once no hard budget of the tenant is exhausted: when a budget is
 // raised or removed, or its period rolls (src/usage/budgets.ts). Each step is one transaction with
 // its audit rows, so a crash at any point leaves the tasks either held or queued with a job.
-import type { PgBoss } from 'pg-boss'
-import type { Db, TenantScope } from '../db/tx.ts'
+import type { TenantTx } from '../db/tx.ts'
 import { READY_CHANNEL } from '../flow/channels.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 
@@ -29,10 +28,12 @@ SELECT $1, h.workflow_id, h.id, h.agent_id, 'task_held',
   jsonb_build_object('attempt', h.attempt, 'reason', '${HOLD_REASON}'), w.correlation_id
 FROM h JOIN workflows w ON w.tenant_id = $1 AND w.id = h.workflow_id`
 
-/** Holds the fetched tasks the claim did not take because a hard budget is exhausted. */
-export async function holdTasks(
-  db: Db,
-  scope: TenantScope,
+/**
+ * Holds the fetched tasks the claim did not take because a hard budget is exhausted, in the
+ * claim's transaction.
+ */
+export async function holdTasksTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   jobs: readonly { taskId: string; attempt: number }[],
 ): Promise<number> {
   const result = (await db.executeSql(HOLD, [
@@ -76,15 +77,11 @@ notified AS (SELECT pg_notify('${READY_CHANNEL}', q.queue) FROM (SELECT DISTINCT
 SELECT t.*, (SELECT count(*) FROM notified) AS notified FROM t`
 
 /**
- * Queues the tenant's held tasks again (new attempt and job) if no hard budget of it is exhausted;
- * returns how many. `reason` goes into their audit rows.
+ * Queues the tenant's held tasks again (new attempt and job) if no hard budget of it is exhausted,
+ * in the caller's transaction; returns how many. `reason` goes into their audit rows.
  */
-export async function releaseHolds(
-  boss: PgBoss,
-  db: Db,
-  scope: TenantScope,
-  reason: string,
-): Promise<number> {
+export async function releaseHoldsTx(tx: TenantTx, reason: string): Promise<number> {
+  const { db, scope } = tx
   let released = 0
   for (;;) {
     const { rows } = await db.executeSql(RELEASE, [scope.tenantId, 500, reason])
@@ -98,7 +95,7 @@ export async function releaseHolds(
         attempt: r.attempt,
         timeoutMs: r.timeout_ms,
       }))
-    await insertJobsTx({ db, boss, scope }, jobs)
+    await insertJobsTx(tx, jobs)
     released += jobs.length
     if (rows.length < 500) return released
   }

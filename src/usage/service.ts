@@ -7,14 +7,14 @@ import type { Metrics } from '../metrics.ts'
 import {
   type BudgetAuditEntry,
   budgetAudit,
-  budgetPass,
+  budgetPassTx,
   type BudgetPassReport,
   type BudgetPeriod,
   type BudgetSpec,
   type BudgetView,
-  deleteBudget,
+  deleteBudgetTx,
   listBudgets,
-  setBudget,
+  setBudgetTx,
   type UsageReport,
   usageReport,
 } from './budgets.ts'
@@ -59,7 +59,7 @@ export async function setTenantBudget(
   spec: BudgetSpec,
   options: { actor?: string; clock?: Date } = {},
 ): Promise<BudgetView & { released: number }> {
-  const view = await tx(deps, scope, (db, boss) => setBudget(boss, db, scope, spec, options))
+  const view = await tx(deps, scope, (db, boss) => setBudgetTx({ db, boss, scope }, spec, options))
   await observe(deps, scope)
   return view
 }
@@ -71,7 +71,9 @@ export async function deleteTenantBudget(
   period: BudgetPeriod,
   options: { actor?: string } = {},
 ): Promise<{ deleted: boolean; released: number }> {
-  const r = await tx(deps, scope, (db, boss) => deleteBudget(boss, db, scope, dimension, period, options))
+  const r = await tx(deps, scope, (db, boss) =>
+    deleteBudgetTx({ db, boss, scope }, dimension, period, options),
+  )
   await observe(deps, scope)
   return r
 }
@@ -88,7 +90,7 @@ async function observe(deps: UsageDeps, scope: TenantScope): Promise<void> {
 }
 
 /**
- * The budget pass over the given tenants (see budgetPass): rolls periods by `clock` (default: the
+ * The budget pass over the given tenants (see budgetPassTx): rolls periods by `clock` (default: the
  * database's), marks budgets reached that nothing had marked, releases held tasks, and refreshes the
  * alert gauge. A tenant whose pass fails is reported and passed over.
  */
@@ -108,7 +110,7 @@ export async function budgetPasses(
   for await (const scope of scopes) {
     total.tenants++
     try {
-      const r = await tx(deps, scope, (db, boss) => budgetPass(boss, db, scope, clock))
+      const r = await tx(deps, scope, (db, boss) => budgetPassTx({ db, boss, scope }, clock))
       total.rolled += r.rolled
       total.reached += r.reached
       total.released += r.released

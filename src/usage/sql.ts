@@ -6,7 +6,7 @@
 // statement trigger of drizzle/tenant/0019, which touches a budget row only when it is reached). A
 // claim reads whether the tenant has a hard budget exhausted (NOT_BUDGET_HELD): one probe of the
 // tenant's few budget rows.
-import type { Db, TenantScope } from '../db/tx.ts'
+import type { TenantTx } from '../db/tx.ts'
 import type { Usage } from './meter.ts'
 
 /** The column COMPLETE's batch recordset gets when a completion of the batch reports usage. */
@@ -43,9 +43,8 @@ ON CONFLICT DO NOTHING`
  * A failed attempt's usage, in the failure's transaction, after its fenced update matched (so a
  * failure written for an attempt that had already ended records nothing): spent all the same.
  */
-export async function recordFailedUsage(
-  db: Db,
-  scope: TenantScope,
+export async function recordFailedUsageTx(
+  { db, scope }: Pick<TenantTx, 'db' | 'scope'>,
   attempt: { taskId: string; attempt: number; workflowId: string; agentId: string; usage: Usage },
 ): Promise<void> {
   await db.executeSql(RECORD_FAILED, [

@@ -462,7 +462,7 @@ export const agentUsage = pgTable(
 
 /**
  * Budgets per tenant, dimension and period (day or month, UTC). `periodStart` is the current
- * period, moved only by the budget pass (src/usage/budgets.ts rollBudgets), so what a period holds
+ * period, moved only by the budget pass (src/usage/budgets.ts budgetPassTx), so what a period holds
  * never depends on when a statement happens to run. `exceededAt`: the budget was reached in this
  * period (hard: the tenant's tasks are held; soft: alerted once).
  */
