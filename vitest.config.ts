@@ -52,7 +52,15 @@ export default defineConfig({
         },
       },
       {
-        test: { ...common, name: 'unit', include: unit, testTimeout: 10_000, sequence: { groupOrder: 1 } },
+        // Beside the main files, in their group (vitest wants one maxWorkers per group).
+        test: {
+          ...common,
+          name: 'unit',
+          include: unit,
+          testTimeout: 10_000,
+          maxWorkers: mainWorkers,
+          sequence: { groupOrder: 1 },
+        },
       },
     ],
   },
