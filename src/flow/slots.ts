@@ -9,8 +9,17 @@ import type { Completion } from './complete.ts'
 /** A wake-up for the loops waiting on it; a wake that arrives while nobody waits is remembered. */
 export class Waker {
   #pending = false
+  #news = 0
   readonly #waiters = new Set<() => void>()
-  wake(): void {
+  /**
+   * How many wakes announced new jobs (a NOTIFY, or jobs this process made ready), as opposed to
+   * room that came free: a loop compares it to tell whether news came since it last looked.
+   */
+  get news(): number {
+    return this.#news
+  }
+  wake(news = true): void {
+    if (news) this.#news++
     if (this.#waiters.size === 0) this.#pending = true
     for (const resolve of this.#waiters) resolve()
     this.#waiters.clear()

@@ -212,7 +212,7 @@ export class Worker {
         // With tenant limits an empty fetch may only mean that every tenant with jobs waiting was at
         // its limit. This task's job has normally been completed by now, freeing a slot of its tenant:
         // fetch again at once, or a tenant at its limit would start at most its limit per poll interval.
-        if (this.#o.tenantConcurrency) this.wake(task.job.queue)
+        if (this.#o.tenantConcurrency) this.#fetcher.wake(task.job.queue, false)
       })
   }
 
