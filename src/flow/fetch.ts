@@ -181,11 +181,18 @@ export class Fetcher {
     let last = jobs.length
     while (last > 0 && jobs.length < n) {
       for (const j of jobs) reached.add(j.data.t)
-      const more = await this.#o.boss.fetch<TaskJobData>(queue, {
-        batchSize: n - jobs.length,
-        groupConcurrency,
-        ignoreGroups: [...reached],
-      })
+      let more: typeof jobs
+      try {
+        more = await this.#o.boss.fetch<TaskJobData>(queue, {
+          batchSize: n - jobs.length,
+          groupConcurrency,
+          ignoreGroups: [...reached],
+        })
+      } catch (error) {
+        // The jobs fetched so far are active now: run them (the next fetch will report an outage).
+        this.#o.log.debug({ err: error, queue }, 'top-up fetch failed')
+        break
+      }
       jobs.push(...more)
       last = more.length
     }
