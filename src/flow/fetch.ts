@@ -133,7 +133,7 @@ export class Fetcher {
       fetch: async (n, woken) => {
         if (!across) {
           const queue = queues[0] as string
-          const jobs = await this.#fetchQueue(queue, n, woken)
+          const jobs = await fetchQueue(this.#o, queue, n, woken)
           return jobs.map((j) => ({ id: j.id, name: queue, data: j.data, retryCount: j.retryCount }))
         }
         // Each fetch starts with the next queue, so a busy queue cannot starve the others.
@@ -152,51 +152,6 @@ export class Fetcher {
         await Promise.all([...byQueue].map(([queue, list]) => this.#dispatch(queue, list)))
       },
     })
-  }
-
-  /**
-   * Up to `n` jobs of one queue through pg-boss's fetch(), within the tenant limits when there are
-   * some. pg-boss takes the `n` oldest jobs of the tenants below their limit, then cuts each tenant
-   * down to its room: a tenant that floods the queue with room for one more fills that window, and
-   * a job another tenant queued behind it is not seen until a fetch happens to find the flooder at
-   * its limit exactly (measured: another tenant's task waited up to 650 ms behind a flood, and 73 of
-   * the flooder's tasks started first in a test on a busy machine). So a fetch that follows a wake
-   * (`woken`: jobs were announced, perhaps another tenant's) and came back short but not empty is
-   * topped up from the tenants it did not reach, the ones it reached ignored, until the batch is
-   * full or a fetch finds nothing. Only after news: a top-up that finds nothing walks past the
-   * flooder's whole backlog, and after every task's end that cost the flooder a fifth of its rate.
-   */
-  async #fetchQueue(
-    queue: string,
-    n: number,
-    woken: boolean,
-  ): Promise<{ id: string; data: TaskJobData; retryCount: number }[]> {
-    const groupConcurrency = this.#o.tenantConcurrency
-    const jobs = await this.#o.boss.fetch<TaskJobData>(queue, {
-      batchSize: n,
-      ...(groupConcurrency ? { groupConcurrency } : {}),
-    })
-    if (!groupConcurrency || !woken) return jobs
-    const reached = new Set<string>()
-    let last = jobs.length
-    while (last > 0 && jobs.length < n) {
-      for (const j of jobs) reached.add(j.data.t)
-      let more: typeof jobs
-      try {
-        more = await this.#o.boss.fetch<TaskJobData>(queue, {
-          batchSize: n - jobs.length,
-          groupConcurrency,
-          ignoreGroups: [...reached],
-        })
-      } catch (error) {
-        // The jobs fetched so far are active now: run them (the next fetch will report an outage).
-        this.#o.log.debug({ err: error, queue }, 'top-up fetch failed')
-        break
-      }
-      jobs.push(...more)
-      last = more.length
-    }
-    return jobs
   }
 
   /** Fetches jobs while there are some and room for them; sleeps until woken when there are none. */
@@ -380,4 +335,50 @@ export class Fetcher {
     }
     return effects
   }
+}
+
+/**
+ * Up to `n` jobs of one queue through pg-boss's fetch(), within the tenant limits when there are
+ * some. pg-boss takes the `n` oldest jobs of the tenants below their limit, then cuts each tenant
+ * down to its room: a tenant that floods the queue with room for one more fills that window, and
+ * a job another tenant queued behind it is not seen until a fetch happens to find the flooder at
+ * its limit exactly (measured: another tenant's task waited up to 650 ms behind a flood, and 73 of
+ * the flooder's tasks started first in a test on a busy machine). So a fetch that follows a wake
+ * (`woken`: jobs were announced, perhaps another tenant's) and came back short but not empty is
+ * topped up from the tenants it did not reach, the ones it reached ignored, until the batch is
+ * full or a fetch finds nothing. Only after news: a top-up that finds nothing walks past the
+ * flooder's whole backlog, and after every task's end that cost the flooder a fifth of its rate.
+ */
+async function fetchQueue(
+  o: Pick<FetcherOptions, 'boss' | 'tenantConcurrency' | 'log'>,
+  queue: string,
+  n: number,
+  woken: boolean,
+): Promise<{ id: string; data: TaskJobData; retryCount: number }[]> {
+  const groupConcurrency = o.tenantConcurrency
+  const jobs = await o.boss.fetch<TaskJobData>(queue, {
+    batchSize: n,
+    ...(groupConcurrency ? { groupConcurrency } : {}),
+  })
+  if (!groupConcurrency || !woken) return jobs
+  const reached = new Set<string>()
+  let last = jobs.length
+  while (last > 0 && jobs.length < n) {
+    for (const j of jobs) reached.add(j.data.t)
+    let more: typeof jobs
+    try {
+      more = await o.boss.fetch<TaskJobData>(queue, {
+        batchSize: n - jobs.length,
+        groupConcurrency,
+        ignoreGroups: [...reached],
+      })
+    } catch (error) {
+      // The jobs fetched so far are active now: run them (the next fetch will report an outage).
+      o.log.debug({ err: error, queue }, 'top-up fetch failed')
+      break
+    }
+    jobs.push(...more)
+    last = more.length
+  }
+  return jobs
 }
