@@ -19,7 +19,7 @@ import { NotFoundError, OperationError } from '../errors.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
 import { checkRequest, type OperatorRequest, storeAnswerTx, storedAnswerTx } from './requests.ts'
-import { readyAt, timerOf } from './task-rows.ts'
+import { readyAt, readyJobOf, timerOf } from './task-rows.ts'
 
 export interface ReplayOptions extends OperatorRequest {
   /** The key of the task to run again, with everything downstream of it. */
@@ -178,15 +178,7 @@ export async function replayWorkflow(
     ])
     const ready: ReadyJob[] = inserted.rows
       .filter((r) => r.status === 'queued')
-      .map((r) => ({
-        queue: r.queue,
-        jobId: r.job_id,
-        workflowId: newId,
-        taskId: r.id,
-        attempt: r.attempt,
-        timeoutMs: r.timeout_ms,
-        startAfter: r.start_after,
-      }))
+      .map((r) => readyJobOf(r, newId))
     await insertJobsTx({ db, boss: deps.boss, scope }, ready)
     const byKey = (status: (s: string) => boolean) =>
       inserted.rows.filter((r) => status(r.status)).map((r) => r.task_key as string)

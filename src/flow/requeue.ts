@@ -6,7 +6,7 @@
 import type { TenantTx } from '../db/tx.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { READY_CHANNEL } from './channels.ts'
-import { readyAt } from './task-rows.ts'
+import { readyAt, readyJobOf } from './task-rows.ts'
 
 export interface RequeueItem {
   taskId: string
@@ -87,15 +87,7 @@ export async function requeueTasksTx(
     else if (action === 'task_left') await boss.complete(queue, ids, { left: true }, { db })
     else await boss.fail(queue, ids, { error: { name: 'Requeued', message: action } }, { db })
   }
-  const jobs: ReadyJob[] = rows.map((r) => ({
-    queue: r.queue,
-    jobId: r.job_id,
-    workflowId: r.workflow_id,
-    taskId: r.id,
-    attempt: r.attempt,
-    timeoutMs: r.timeout_ms,
-    startAfter: r.start_after,
-  }))
+  const jobs: ReadyJob[] = rows.map((r) => readyJobOf(r))
   await insertJobsTx(tx, jobs)
   return jobs
 }

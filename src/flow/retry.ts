@@ -17,7 +17,7 @@ import { NotFoundError, OperationError } from '../errors.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
 import { CANCEL_CHANNEL, READY_CHANNEL } from './channels.ts'
 import { checkRequest, type OperatorRequest, storeAnswerTx, storedAnswerTx } from './requests.ts'
-import { readyAt, timerOf } from './task-rows.ts'
+import { readyAt, readyJobOf, timerOf } from './task-rows.ts'
 
 export interface RetryResult {
   /** The workflow retried. */
@@ -146,17 +146,7 @@ export async function retryWorkflowTx(
       { db },
     )
   }
-  const ready: ReadyJob[] = rows
-    .filter((r) => r.status === 'queued')
-    .map((r) => ({
-      queue: r.queue,
-      jobId: r.job_id,
-      workflowId,
-      taskId: r.id,
-      attempt: r.attempt,
-      timeoutMs: r.timeout_ms,
-      startAfter: r.start_after,
-    }))
+  const ready: ReadyJob[] = rows.filter((r) => r.status === 'queued').map((r) => readyJobOf(r, workflowId))
   await insertJobsTx(tx, ready)
   return {
     id: workflowId,

@@ -1,5 +1,8 @@
 // SQL shared by the two places that insert task rows (starting a workflow, and spawning tasks):
 // the planned rows (src/core/plan.ts) arrive as one jsonb parameter and are inserted in one statement.
+// Also the job a task row a statement returned is queued with (readyJobOf): requeue, retry, replay
+// and the release of budget holds.
+import type { ReadyJob } from '../queue/boss.ts'
 
 /**
  * CTEs `x` (the planned rows, read from the jsonb parameter `param`) and `t` (their insert,
@@ -45,4 +48,29 @@ export function readyAt(t: string): string {
  */
 export function timerOf(t: string): string {
   return `CASE WHEN ${t}.status = 'queued' AND ${t}.queued_at > now() THEN ${t}.queued_at::text END`
+}
+
+/** The columns of a task row a statement returns for its job (see `insertPlannedTasks`'s RETURNING). */
+export interface TaskJobRow {
+  id: string
+  queue: string
+  job_id: string
+  attempt: number
+  timeout_ms: number
+  workflow_id?: string
+  /** `timerOf`'s value: when the job may start; absent or null: at once. */
+  start_after?: string | null
+}
+
+/** The job to insert for a queued task row, in `workflowId` (default: the row's own). */
+export function readyJobOf(r: TaskJobRow, workflowId = r.workflow_id as string): ReadyJob {
+  return {
+    queue: r.queue,
+    jobId: r.job_id,
+    workflowId,
+    taskId: r.id,
+    attempt: r.attempt,
+    timeoutMs: r.timeout_ms,
+    ...(r.start_after !== undefined ? { startAfter: r.start_after } : {}),
+  }
 }

@@ -10,6 +10,7 @@
 import type { TenantTx } from '../db/tx.ts'
 import { READY_CHANNEL } from '../flow/channels.ts'
 import { insertJobsTx, type ReadyJob } from '../queue/boss.ts'
+import { readyJobOf } from '../flow/task-rows.ts'
 
 export const HOLD_REASON = 'budget_exhausted'
 
@@ -85,16 +86,7 @@ export async function releaseHoldsTx(tx: TenantTx, reason: string): Promise<numb
   let released = 0
   for (;;) {
     const { rows } = await db.executeSql(RELEASE, [scope.tenantId, 500, reason])
-    const jobs: ReadyJob[] = rows
-      .filter((r) => r.status === 'queued')
-      .map((r) => ({
-        queue: r.queue,
-        jobId: r.job_id,
-        workflowId: r.workflow_id,
-        taskId: r.id,
-        attempt: r.attempt,
-        timeoutMs: r.timeout_ms,
-      }))
+    const jobs: ReadyJob[] = rows.filter((r) => r.status === 'queued').map((r) => readyJobOf(r))
     await insertJobsTx(tx, jobs)
     released += jobs.length
     if (rows.length < 500) return released
